@@ -1,0 +1,3 @@
+"""lottery: iterative magnitude pruning with weight rewinding on JAX and Flax NNX."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,112 @@
+"""Structured configs: one dataclass per config group, registered in Hydra's ConfigStore.
+
+``conf/config.yaml`` starts from ``config_schema`` (``Config`` below), so a key that is not declared
+here, or a value of the wrong type, fails when Hydra composes the config, before anything runs.
+Values that need the data set to check (points in training, batch size) are checked by
+``lottery.imp`` before anything is written.
+"""
+
+import dataclasses
+import hashlib
+import json
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    name: str = MISSING  # lenet | conv2 | conv4 | conv6 | resnet | vgg
+    hidden: List[int] = dataclasses.field(default_factory=lambda: [300, 100])  # lenet fc widths
+    depth: int = 20  # resnet: 6n+2 (20, 56, 110); vgg: 11, 13, 16 or 19
+    width: int = 16  # resnet: channels of the first stage (then 2x, 4x)
+    init: str = "glorot_normal"  # glorot_normal (Frankle & Carbin) | kaiming_normal (open_lth)
+
+
+@dataclasses.dataclass
+class DatasetConfig:
+    name: str = MISSING  # digits | mnist | fashion_mnist | cifar10
+    root: str = "${oc.env:LOTTERY_DATA_DIR,'~/.cache/lottery'}"  # files live in <root>/<name>/
+    validation: int = 5000  # training examples held out for validation (early stopping)
+    augment: bool = False  # pad-4 random crop and horizontal flip, on the device
+    download: bool = True  # fetch missing files from the official source
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    name: str = MISSING  # sgd | adam
+    lr: float = MISSING
+    momentum: float = 0.0  # sgd
+    nesterov: bool = False  # sgd
+    weight_decay: float = 0.0  # L2 added to the gradient, as torch.optim does
+    b1: float = 0.9  # adam
+    b2: float = 0.999  # adam
+    eps: float = 1e-8  # adam
+
+
+@dataclasses.dataclass
+class PruningConfig:
+    strategy: str = "layerwise"  # layerwise | global
+    # Fraction of the *remaining* weights removed per level: of each fc layer (layerwise), or of all
+    # prunable weights together (global).
+    rate: float = 0.2
+    conv_rate: Optional[float] = None  # layerwise, conv layers; None: same as `rate`
+    output_rate: Optional[float] = None  # layerwise, output layer; None: rate / 2 (F&C 2019)
+    # Parameter paths (regular expressions, full match, e.g. "output/kernel") never pruned.
+    # Biases and normalization parameters are never pruned in any case.
+    ignore: List[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    steps: str = MISSING  # length of training, e.g. 50000it or 160ep
+    batch_size: int = 60
+    eval_every: str = "100it"  # validation and test evaluation interval
+    eval_batch_size: int = 1000
+    milestones: List[str] = dataclasses.field(default_factory=list)  # lr x gamma at each
+    gamma: float = 0.1
+    warmup: str = "0it"  # linear learning-rate warmup from 0
+
+
+@dataclasses.dataclass
+class Config:
+    name: str = "quickstart"  # experiment name: first part of the results directory's name
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    dataset: DatasetConfig = dataclasses.field(default_factory=DatasetConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    pruning: PruningConfig = dataclasses.field(default_factory=PruningConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    rewind: str = "0it"  # rewind step k: each level restarts from the dense run's weights at k
+    rewind_optimizer: bool = False  # restart levels from the optimizer state at k (else fresh)
+    levels: int = 3  # pruning levels after the dense level 0
+    seed: int = 0
+    replicate: int = 0  # which independent IMP trajectory this is
+    output_dir: str = "runs"
+    progress: bool = True  # progress bar
+
+
+# Keys that do not change what is computed, so they stay out of the results directory's hash:
+# asking for more levels continues the same run; where data or results live is not the experiment.
+_NOT_HASHED = ("name", "levels", "replicate", "output_dir", "progress", "dataset.root", "dataset.download")
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+
+
+def experiment_hash(cfg: DictConfig) -> str:
+    """Content hash of the resolved config, without the keys in ``_NOT_HASHED``."""
+    content = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in _NOT_HASHED:
+        *parents, leaf = dotted.split(".")
+        node = content
+        for parent in parents:
+            node = node[parent]
+        node.pop(leaf, None)
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+register()

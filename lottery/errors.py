@@ -1,0 +1,5 @@
+"""The one exception type the command line turns into a one-line message and a non-zero exit."""
+
+
+class LotteryError(Exception):
+    """Bad input (config, data, results directory): the message names the key, file or value."""

@@ -1,0 +1,51 @@
+"""Model registry: ``build(cfg.model, input_shape, num_classes, key)`` returns a Flax NNX module.
+
+Every model names its last dense layer ``output`` (layerwise pruning gives it its own rate) and its
+conv / dense weights ``kernel`` (the prunable parameters).
+"""
+
+from flax import nnx
+
+from lottery.errors import LotteryError
+from lottery.models import conv, lenet, resnet, vgg
+
+_BUILDERS = {
+    "lenet": lenet.build,
+    "conv2": conv.build,
+    "conv4": conv.build,
+    "conv6": conv.build,
+    "resnet": resnet.build,
+    "vgg": vgg.build,
+}
+
+INITIALIZERS = {
+    # Untruncated Gaussian Glorot, as torch.nn.init.xavier_normal_ (Frankle & Carbin 2019).
+    "glorot_normal": nnx.initializers.variance_scaling(1.0, "fan_avg", "normal"),
+    # torch.nn.init.kaiming_normal_ defaults: fan_in, ReLU gain (open_lth).
+    "kaiming_normal": nnx.initializers.variance_scaling(2.0, "fan_in", "normal"),
+}
+
+
+def names():
+    return sorted(_BUILDERS)
+
+
+def check(cfg) -> None:
+    """Raise a one-line LotteryError for a model config that cannot be built."""
+    if cfg.name not in _BUILDERS:
+        raise LotteryError(f"model.name={cfg.name!r} is not a model; choose one of: {', '.join(names())}")
+    if cfg.init not in INITIALIZERS:
+        raise LotteryError(f"model.init={cfg.init!r} is not an initializer; choose one of: {', '.join(sorted(INITIALIZERS))}")
+    if cfg.name == "resnet" and (cfg.depth < 8 or (cfg.depth - 2) % 6):
+        raise LotteryError(f"model.depth={cfg.depth} is not a CIFAR ResNet depth: expected 6n+2, e.g. 20, 56, 110")
+    if cfg.name == "vgg" and cfg.depth not in vgg.PLANS:
+        raise LotteryError(f"model.depth={cfg.depth} is not a VGG depth; choose one of: {', '.join(map(str, vgg.PLANS))}")
+    if cfg.name in ("lenet", "resnet") and (min(cfg.hidden, default=1) < 1 or cfg.width < 1):
+        raise LotteryError("model.hidden and model.width must be positive")
+
+
+def build(cfg, input_shape, num_classes: int, key) -> nnx.Module:
+    """Build the model of `cfg` with its initial weights drawn from the PRNG `key`."""
+    check(cfg)
+    init = INITIALIZERS[cfg.init]
+    return _BUILDERS[cfg.name](cfg, tuple(input_shape), num_classes, init, nnx.Rngs(params=key))

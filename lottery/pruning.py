@@ -1,0 +1,117 @@
+"""Magnitude pruning: masks shaped like the parameters, with exact counts.
+
+A mask is a pytree of booleans with the structure of the parameter dict (``True`` = kept). Every
+parameter has one; only prunable ones (conv and dense ``kernel``s not matched by an ignore pattern)
+are ever set to ``False``. Pruning runs on the host once per level, in NumPy.
+
+Counts are exact: a group of weights (one tensor for ``layerwise``, all prunable tensors together for
+``global``) with R remaining weights loses ``round(rate * R)`` of them (halves round up). Weights
+are ranked by magnitude; ties go by position (the earlier weight is pruned first), and weights
+already pruned rank below every surviving one, so masks are nested from level to level.
+"""
+
+import math
+import re
+from typing import Dict, List
+
+import jax
+import numpy as np
+
+from lottery.errors import LotteryError
+
+STRATEGIES = ("layerwise", "global")
+
+
+def path_names(tree) -> List[str]:
+    """'/'-joined key paths of a nested dict's leaves, in leaf order (``hidden/0/kernel``)."""
+    paths, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path) for path, _ in paths]
+
+
+def flatten(tree) -> Dict[str, object]:
+    return dict(zip(path_names(tree), jax.tree.leaves(tree)))
+
+
+def unflatten(like, flat: Dict[str, object]):
+    return jax.tree.unflatten(jax.tree.structure(like), [flat[name] for name in path_names(like)])
+
+
+def prunable(params, ignore=()) -> List[str]:
+    """Paths of the prunable tensors: conv and dense kernels, minus those an ignore pattern matches."""
+    kernels = [name for name in path_names(params) if name.split("/")[-1] == "kernel"]
+    for pattern in ignore:
+        if not any(re.fullmatch(pattern, name) for name in kernels):
+            raise LotteryError(
+                f"pruning.ignore pattern {pattern!r} matches no prunable parameter; "
+                f"prunable parameters are: {', '.join(kernels)}"
+            )
+    return [name for name in kernels if not any(re.fullmatch(p, name) for p in ignore)]
+
+
+def full_mask(params):
+    return jax.tree.map(lambda p: np.ones(np.shape(p), dtype=bool), params)
+
+
+def layer_kind(name: str, kernel) -> str:
+    if name.split("/")[0] == "output":
+        return "output"
+    return "conv" if np.ndim(kernel) == 4 else "fc"
+
+
+def layerwise_rates(cfg) -> Dict[str, float]:
+    """Per-kind rates of the layerwise strategy: output defaults to half the fc rate (F&C 2019)."""
+    return {
+        "fc": cfg.rate,
+        "conv": cfg.rate if cfg.conv_rate is None else cfg.conv_rate,
+        "output": cfg.rate / 2 if cfg.output_rate is None else cfg.output_rate,
+    }
+
+
+def check(cfg) -> None:
+    if cfg.strategy not in STRATEGIES:
+        raise LotteryError(f"pruning.strategy={cfg.strategy!r} is not a strategy; choose one of: {', '.join(STRATEGIES)}")
+    for key in ("rate", "conv_rate", "output_rate"):
+        value = getattr(cfg, key)
+        if value is not None and not 0 < value < 1:
+            raise LotteryError(f"pruning.{key}={value} must be in (0, 1): the fraction of remaining weights pruned per level")
+
+
+def number_to_prune(rate: float, remaining: int) -> int:
+    return math.floor(rate * remaining + 0.5)
+
+
+def _prune_group(weights: List[np.ndarray], masks: List[np.ndarray], rate: float) -> List[np.ndarray]:
+    """New masks for tensors that share one ranking: the smallest surviving magnitudes go."""
+    scores = np.concatenate([np.where(m, np.abs(w), -1.0).ravel() for w, m in zip(weights, masks)])
+    remaining = int(sum(m.sum() for m in masks))
+    keep = remaining - number_to_prune(rate, remaining)
+    order = np.argsort(scores, kind="stable")  # ascending; equal scores keep their position order
+    kept = np.zeros(scores.size, dtype=bool)
+    kept[order[scores.size - keep :]] = True
+    pieces = np.split(kept, np.cumsum([m.size for m in masks])[:-1])
+    return [piece.reshape(m.shape) for piece, m in zip(pieces, masks)]
+
+
+def prune(params, mask, cfg, names: List[str]):
+    """The next level's mask: prune ``params`` (trained weights) under ``mask`` per ``cfg``."""
+    weights = {k: np.asarray(v) for k, v in flatten(params).items()}
+    new_mask = {k: np.asarray(v) for k, v in flatten(mask).items()}
+    if cfg.strategy == "global":
+        pruned = _prune_group([weights[n] for n in names], [new_mask[n] for n in names], cfg.rate)
+        new_mask.update(zip(names, pruned))
+    else:
+        rates = layerwise_rates(cfg)
+        for name in names:
+            rate = rates[layer_kind(name, weights[name])]
+            new_mask[name] = _prune_group([weights[name]], [new_mask[name]], rate)[0]
+    return unflatten(mask, new_mask)
+
+
+def counts(mask, names: List[str]) -> Dict[str, Dict[str, int]]:
+    """Remaining and total weights of each prunable tensor."""
+    flat = flatten(mask)
+    return {name: {"remaining": int(np.sum(flat[name])), "total": int(np.size(flat[name]))} for name in names}
+
+
+def density(layer_counts) -> float:
+    return sum(c["remaining"] for c in layer_counts.values()) / sum(c["total"] for c in layer_counts.values())

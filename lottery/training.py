@@ -1,0 +1,207 @@
+"""The compiled training program: data on the device, masks in the state, many steps per dispatch.
+
+The training state is a dict of pytrees ``{params, batch_stats, opt_state, mask}``. One call of
+``Trainer.train`` runs steps ``[start, stop)`` inside a single jitted ``lax.fori_loop``: each step
+gathers its batch from the device-resident training set by index, takes a gradient step, and
+applies the mask. Masking is part of the step, so nothing outside it has to re-apply a mask:
+
+- gradients of pruned weights are zeroed before the optimizer sees them, so optimizer moments of
+  pruned weights stay exactly 0 (Adam's m and v, SGD's momentum trace, weight decay of a zero);
+- the updated weights are selected with ``where(mask, w, 0.0)``, so a pruned weight is exactly
+  0.0 after every step, whatever the optimizer computed.
+
+The learning rate is applied here from an optax schedule indexed by the *global* training step,
+not by the optimizer's own step count: a level that restarts at the rewind step k with a fresh
+optimizer state still continues the schedule from k (Frankle et al. 2020).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from lottery.data import Dataset
+from lottery.errors import LotteryError
+from lottery.step import Step
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def make_optimizer(cfg) -> optax.GradientTransformation:
+    """The update direction of ``cfg.name``, before the learning rate (see the module docstring)."""
+    if cfg.name not in OPTIMIZERS:
+        raise LotteryError(f"optimizer.name={cfg.name!r} is not an optimizer; choose one of: {', '.join(OPTIMIZERS)}")
+    if cfg.lr <= 0:
+        raise LotteryError(f"optimizer.lr={cfg.lr} must be positive")
+    # L2 weight decay added to the gradient, as torch.optim.SGD / Adam (open_lth) do.
+    decay = [optax.add_decayed_weights(cfg.weight_decay)] if cfg.weight_decay else []
+    if cfg.name == "sgd":
+        direction = optax.trace(decay=cfg.momentum, nesterov=cfg.nesterov)
+    else:
+        direction = optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    return optax.chain(*decay, direction)
+
+
+def make_schedule(optimizer_cfg, training_cfg, iterations_per_epoch: int) -> optax.Schedule:
+    """Learning rate at each global step: linear warmup, then x gamma at each milestone."""
+    lr = optimizer_cfg.lr
+    milestones = {
+        Step.parse(m, iterations_per_epoch, "training.milestones").iteration: training_cfg.gamma
+        for m in training_cfg.milestones
+    }
+    decayed = optax.piecewise_constant_schedule(lr, milestones)
+    warmup = Step.parse(training_cfg.warmup, iterations_per_epoch, "training.warmup").iteration
+    if not warmup:
+        return decayed
+    # join_schedules hands the second schedule (step - warmup); milestones are global steps.
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warmup), lambda count: decayed(count + warmup)], [warmup]
+    )
+
+
+def mask_optimizer_state(tx, opt_state, mask):
+    """Zero the optimizer state of pruned weights (a rewound state holds dense moments)."""
+    return optax.tree_map_params(tx, lambda v, m: jnp.where(m, v, 0), opt_state, mask)
+
+
+def apply_mask(tree, mask):
+    return jax.tree.map(lambda v, m: jnp.where(m, v, jnp.zeros_like(v)), tree, mask)
+
+
+class Trainer:
+    """Compiled training and evaluation of one model on one data set."""
+
+    def __init__(self, model: nnx.Module, tx, schedule, data: Dataset, batch_size: int,
+                 eval_batch_size: int, augment: bool):
+        self.graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+        self.init_params = nnx.to_pure_dict(params)
+        self.init_batch_stats = nnx.to_pure_dict(batch_stats)
+        self.tx, self.schedule, self.augment = tx, schedule, augment
+        self.batch_size = batch_size
+        self.iterations_per_epoch = len(data.train_x) // batch_size
+        self.scale = data.scale
+        self.mean = np.asarray(data.mean, np.float32)
+        self.std = np.asarray(data.std, np.float32)
+        self.train_data = jax.device_put((data.train_x, data.train_y))
+        self.eval_data = {
+            "val": _eval_batches(data.val_x, data.val_y, eval_batch_size),
+            "test": _eval_batches(data.test_x, data.test_y, eval_batch_size),
+        }
+        self._train = jax.jit(self._train_impl, donate_argnums=0)
+        self._evaluate = jax.jit(self._evaluate_impl)
+
+    # --- the model as a pure function of its parameters -------------------------------------
+
+    def apply(self, params, batch_stats, x, train: bool):
+        model = nnx.merge(self.graphdef, nnx.State(params), nnx.State(batch_stats))
+        logits = model(x, train=train)
+        return logits, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+
+    def inputs(self, images, key=None):
+        """uint8 images -> normalized floats; with ``key``, pad-4 random crop and flip first."""
+        x = images.astype(jnp.float32) / self.scale
+        if key is not None:
+            x = _crop_and_flip(key, x)
+        return (x - self.mean) / self.std
+
+    def init_state(self, params, batch_stats, mask, opt_state=None):
+        """A training state; the optimizer state is fresh unless one is given."""
+        params = apply_mask(params, mask)
+        if opt_state is None:
+            opt_state = self.tx.init(params)
+        return jax.device_put({"params": params, "batch_stats": batch_stats, "opt_state": opt_state, "mask": mask})
+
+    # --- training ---------------------------------------------------------------------------
+
+    def train(self, state, data_key, augment_key, start: int, stop: int):
+        """Run steps [start, stop); returns the new state and the mean training loss."""
+        return self._train(state, self.train_data, data_key, augment_key, jnp.int32(start), jnp.int32(stop))
+
+    def _train_impl(self, state, train_data, data_key, augment_key, start, stop):
+        images, labels = train_data
+        n, batch = images.shape[0], self.batch_size
+        per_epoch = self.iterations_per_epoch
+
+        def epoch_order(epoch):
+            # The data order depends only on (data_key, epoch): the same for every level.
+            return jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
+
+        def body(step, carry):
+            state, order, loss_sum = carry
+            epoch, position = step // per_epoch, step % per_epoch
+            order = jax.lax.cond(position == 0, lambda: epoch_order(epoch), lambda: order)
+            index = jax.lax.dynamic_slice_in_dim(order, position * batch, batch)
+            key = jax.random.fold_in(augment_key, step) if self.augment else None
+            state, loss = self._step(state, self.inputs(images[index], key), labels[index], step)
+            return state, order, loss_sum + loss
+
+        carry = (state, epoch_order(start // per_epoch), jnp.float32(0))
+        state, _, loss_sum = jax.lax.fori_loop(start, stop, body, carry)
+        return state, loss_sum / (stop - start)
+
+    def _step(self, state, x, y, step):
+        mask = state["mask"]
+
+        def loss_fn(params):
+            logits, batch_stats = self.apply(params, state["batch_stats"], x, train=True)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), batch_stats
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        grads = apply_mask(grads, mask)
+        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        lr = self.schedule(step)
+        params = jax.tree.map(lambda p, u, m: jnp.where(m, p - lr * u, jnp.zeros_like(p)),
+                              state["params"], updates, mask)
+        return {"params": params, "batch_stats": batch_stats, "opt_state": opt_state, "mask": mask}, loss
+
+    # --- evaluation -------------------------------------------------------------------------
+
+    def evaluate(self, state, split: str):
+        """(mean loss, accuracy) on ``split`` ('val' or 'test'); None for an empty split."""
+        batches = self.eval_data[split]
+        if batches is None:
+            return None
+        loss, accuracy = self._evaluate(state["params"], state["batch_stats"], batches)
+        return float(loss), float(accuracy)
+
+    def _evaluate_impl(self, params, batch_stats, batches):
+        def one(batch):
+            images, labels, weights = batch
+            logits, _ = self.apply(params, batch_stats, self.inputs(images), train=False)
+            losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            correct = jnp.argmax(logits, -1) == labels
+            return jnp.sum(losses * weights), jnp.sum(correct * weights)
+
+        losses, corrects = jax.lax.map(one, batches)
+        total = jnp.sum(batches[2])
+        return jnp.sum(losses) / total, jnp.sum(corrects) / total
+
+
+def _eval_batches(images, labels, batch_size: int):
+    """Split into equal batches on the device, padding the last with weight-0 examples."""
+    n = len(images)
+    if n == 0:
+        return None
+    batch_size = min(batch_size, n)
+    batches = -(-n // batch_size)
+    pad = batches * batch_size - n
+    weights = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+    images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+    labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+    shape = lambda a: a.reshape(batches, batch_size, *a.shape[1:])
+    return jax.device_put((shape(images), shape(labels), shape(weights)))
+
+
+def _crop_and_flip(key, x):
+    """CIFAR augmentation: zero-pad 4 pixels, random crop back to size, random horizontal flip."""
+    b, h, w, c = x.shape
+    crop_key, flip_key = jax.random.split(key)
+    offsets = jax.random.randint(crop_key, (b, 2), 0, 9)
+    padded = jnp.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
+    crop = functools.partial(jax.lax.dynamic_slice, slice_sizes=(h, w, c))
+    x = jax.vmap(lambda image, o: crop(image, (o[0], o[1], 0)))(padded, offsets)
+    flip = jax.random.bernoulli(flip_key, 0.5, (b, 1, 1, 1))
+    return jnp.where(flip, x[:, :, ::-1], x)
