@@ -1,0 +1,39 @@
+"""Shared helpers: composing configs the way the command line does, and running the command."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import lottery.config  # noqa: F401  (registers the schema that conf/config.yaml starts from)
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+# A small, fast experiment on the bundled digits: a few hundred steps per level.
+SMALL = ["model.hidden=[64,32]", "training.steps=5ep", "training.eval_every=20it", "levels=2", "progress=false"]
+
+
+def compose_config(overrides=()):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def run_cli(*args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "lottery.run", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture
+def small_config(tmp_path):
+    """Compose the small experiment with extra overrides, writing results under tmp_path."""
+
+    def make(*overrides):
+        return compose_config([*SMALL, f"output_dir={tmp_path / 'runs'}", *overrides])
+
+    return make

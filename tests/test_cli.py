@@ -1,0 +1,85 @@
+"""The command line as a user runs it: the quickstart, re-running it, and bad input."""
+
+import glob
+import json
+import os
+import re
+
+import pytest
+
+from conftest import run_cli
+
+
+def tree_snapshot(root):
+    return sorted((p, os.stat(p).st_mtime_ns, os.path.getsize(p)) for p in glob.glob(f"{root}/**", recursive=True))
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    """`python -m lottery.run` (the README command) with 3 levels, in a fresh directory."""
+    cwd = tmp_path_factory.mktemp("quickstart")
+    result = run_cli("levels=3", "progress=false", cwd=cwd)
+    return cwd, result
+
+
+def test_quickstart_writes_levels_metrics_checkpoints_and_a_table(quickstart):
+    cwd, result = quickstart
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = glob.glob(str(cwd / "runs" / "quickstart-*"))
+    assert os.path.isfile(os.path.join(run_dir, "config.yaml"))
+    densities = []
+    for level in range(4):
+        level_dir = os.path.join(run_dir, "replicate_0", f"level_{level}")
+        for entry in ("ticket", "trained"):
+            assert os.path.isdir(os.path.join(level_dir, entry))
+        with open(os.path.join(level_dir, "metrics.json")) as f:
+            metrics = json.load(f)
+        assert metrics["level"] == level
+        densities.append(metrics["density"])
+        row = next(line for line in result.stdout.splitlines() if line.strip("│ ").startswith(f"{level} "))
+        assert f"{100 * metrics['density']:.2f}" in row
+        assert f"{100 * metrics['final']['test_accuracy']:.2f}" in row
+        assert str(metrics["early_stop"]["step"]) in row
+    assert os.path.isdir(os.path.join(run_dir, "replicate_0", "level_0", "rewind_point"))
+    assert densities[0] == 1.0 and all(a > b for a, b in zip(densities, densities[1:]))
+    assert "test acc" in result.stdout and "early-stop it" in result.stdout
+
+
+def test_rerunning_skips_finished_levels(quickstart):
+    cwd, first = quickstart
+    assert first.returncode == 0, first.stderr
+    before = tree_snapshot(cwd / "runs")
+    again = run_cli("levels=3", "progress=false", cwd=cwd)
+    assert again.returncode == 0, again.stderr
+    assert tree_snapshot(cwd / "runs") == before  # nothing retrained or rewritten
+    assert again.stdout.count("│") == first.stdout.count("│")  # the same table
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["pruning.rate=1.5"], r"pruning\.rate=1\.5 must be in \(0, 1\)"),
+        (["pruning.rat=0.5"], r"Key 'rat' not in 'PruningConfig'"),
+        (["pruning.rate=abc"], r"Value 'abc' of type 'str' could not be converted to Float"),
+        (["+exp=nope"], r"Could not find 'exp/nope'; Available options in 'exp': conv2, conv4, conv6, lenet"),
+        (["model.name=foo"], r"model\.name='foo' is not a model; choose one of: conv2, .*vgg"),
+        (["dataset.name=imagenet"], r"dataset\.name='imagenet' is not a data set; choose one of: cifar10, digits"),
+        (["rewind=30ep"], r"rewind=30ep is at or past the end of training \(training\.steps=30ep\)"),
+        (["rewind=500"], r"rewind='500' is not a point in training"),
+        (["training.steps=0it"], r"training\.steps=0it must be longer than 0 iterations"),
+        (["training.batch_size=5000"], r"training\.batch_size=5000 must be between 1 and the 1257 training examples"),
+        (["pruning.ignore=[head/kernel]"], r"pruning\.ignore pattern 'head/kernel' matches no prunable parameter"),
+        (["dataset=mnist", "dataset.root=empty", "dataset.download=false"],
+         r"mnist: missing train-images-idx3-ubyte\[\.gz\] in .*empty/mnist and dataset\.download=false"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(quickstart, args, message):
+    cwd, first = quickstart
+    assert first.returncode == 0, first.stderr
+    before = tree_snapshot(cwd)
+    result = run_cli(*args, "levels=3", "progress=false", cwd=cwd)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert re.search(message, lines[0]), lines[0]
+    assert tree_snapshot(cwd) == before

@@ -1,0 +1,89 @@
+"""Every experiment composes and passes the checks that need no data; the schema catches typos."""
+
+import pathlib
+
+import jax
+import pytest
+from flax import nnx
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf.errors import OmegaConfBaseException
+
+from conftest import CONF, compose_config
+from lottery import models, pruning, training
+from lottery.config import experiment_hash
+from lottery.step import Step
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "exp").glob("*.yaml"))
+INPUT_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
+
+
+def test_the_published_experiments_are_all_there():
+    assert EXPERIMENTS == ["conv2", "conv4", "conv6", "lenet", "quickstart", "resnet", "vgg"]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_and_is_consistent(name):
+    cfg = compose_config([f"+exp={name}"])
+    assert cfg.name == name
+    header = pathlib.Path(CONF / "exp" / f"{name}.yaml").read_text().splitlines()
+    assert header[0] == "# @package _global_" and any(f"+exp={name}" in line or "lottery.run" in line for line in header)
+    pruning.check(cfg.pruning)
+    models.check(cfg.model)
+    training.make_optimizer(cfg.optimizer)
+    per_epoch = 100
+    end = Step.parse(cfg.training.steps, per_epoch).iteration
+    assert 0 <= Step.parse(cfg.rewind, per_epoch).iteration < end
+    for milestone in cfg.training.milestones:
+        assert 0 < Step.parse(milestone, per_epoch).iteration < end
+    model = nnx.eval_shape(lambda: models.build(cfg.model, INPUT_SHAPES[cfg.dataset.name], 10, jax.random.key(0)))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    assert pruning.prunable(params, cfg.pruning.ignore)  # ignore patterns match real parameters
+
+
+def test_lenet_follows_frankle_and_carbin_exactly():
+    cfg = compose_config(["+exp=lenet"])
+    assert (cfg.model.name, list(cfg.model.hidden), cfg.model.init) == ("lenet", [300, 100], "glorot_normal")
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay) == ("adam", 1.2e-3, 0.0)
+    assert (cfg.training.steps, cfg.training.batch_size, cfg.training.eval_every) == ("50000it", 60, "100it")
+    assert (cfg.pruning.strategy, cfg.pruning.rate, cfg.pruning.output_rate) == ("layerwise", 0.2, 0.1)
+    assert (cfg.rewind, cfg.dataset.name, cfg.dataset.validation) == ("0it", "mnist", 5000)
+
+
+def test_resnet_and_vgg_follow_the_linear_mode_connectivity_recipe():
+    resnet, vgg = compose_config(["+exp=resnet"]), compose_config(["+exp=vgg"])
+    for cfg in (resnet, vgg):
+        assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == ("sgd", 0.1, 0.9, 1e-4)
+        assert (cfg.training.steps, cfg.training.batch_size, list(cfg.training.milestones)) == ("160ep", 128, ["80ep", "120ep"])
+        assert cfg.pruning.strategy == "global" and cfg.dataset.augment
+    assert (resnet.rewind, vgg.rewind) == ("500it", "1000it")
+    assert list(vgg.pruning.ignore) == ["output/kernel"] and vgg.model.depth == 16
+
+
+def test_no_experiment_means_quickstart_with_the_same_hash():
+    default, explicit = compose_config([]), compose_config(["+exp=quickstart"])
+    assert experiment_hash(default) == experiment_hash(explicit) and default.name == "quickstart"
+
+
+def test_hash_ignores_levels_and_locations_but_not_the_experiment():
+    base = experiment_hash(compose_config([]))
+    assert experiment_hash(compose_config(["levels=9", "output_dir=/elsewhere", "progress=false", "replicate=3"])) == base
+    assert experiment_hash(compose_config(["dataset.root=/data"])) == base
+    for change in ("seed=1", "pruning.rate=0.3", "rewind=1ep", "optimizer.lr=0.01", "model.hidden=[10]"):
+        assert experiment_hash(compose_config([change])) != base, change
+
+
+@pytest.mark.parametrize("override, error", [
+    ("pruning.rat=0.5", ConfigCompositionException),
+    ("training.batch_size=big", ConfigCompositionException),
+    ("model=nonexistent", MissingConfigException),
+])
+def test_schema_rejects_unknown_keys_and_wrong_types(override, error):
+    with pytest.raises(error):
+        compose_config([override])
+
+
+def test_schema_errors_carry_the_key():
+    with pytest.raises(ConfigCompositionException) as caught:
+        compose_config(["optimizer.momentun=0.9"])
+    assert isinstance(caught.value.__cause__, OmegaConfBaseException)
+    assert "Key 'momentun' not in 'OptimizerConfig'" in str(caught.value.__cause__)

@@ -1,0 +1,70 @@
+"""A pruned weight is exactly 0.0 after every step, and its optimizer state stays 0, for every optimizer."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from lottery import imp, pruning, training
+
+OPTIMIZERS = {
+    "sgd-momentum-wd": ["optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "optimizer.weight_decay=1e-3"],
+    "sgd-nesterov": ["optimizer=sgd", "optimizer.lr=0.05", "optimizer.nesterov=true"],
+    "adam": ["optimizer=adam", "optimizer.weight_decay=1e-4"],
+    "resnet-bn-sgd": ["model=resnet20", "model.depth=8", "model.width=4", "optimizer=sgd", "optimizer.lr=0.05",
+                      "dataset.augment=true"],
+}
+
+
+def random_mask(params, names, density, seed):
+    rng = np.random.default_rng(seed)
+    flat = {k: np.ones(np.shape(v), bool) for k, v in pruning.flatten(params).items()}
+    for name in names:
+        flat[name] = rng.random(flat[name].shape) < density
+    return pruning.unflatten(params, flat)
+
+
+def bits(x):
+    return np.asarray(x).view(np.uint32)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_pruned_weights_and_their_moments_stay_zero_at_every_step(small_config, name):
+    experiment = imp.prepare(small_config(*OPTIMIZERS[name]))
+    trainer, keys = experiment.trainer, (experiment.data_key, experiment.augment_key)
+    # Dense training first, so that every weight has non-zero optimizer moments ...
+    dense = trainer.init_state(trainer.init_params, trainer.init_batch_stats, pruning.full_mask(trainer.init_params))
+    dense = jax.device_get(trainer.train(dense, *keys, 0, 20)[0])
+    # ... then half the weights pruned, keeping (masked) moments: the rewound-optimizer case.
+    mask = random_mask(dense["params"], experiment.prunable, 0.5, seed=0)
+    opt_state = training.mask_optimizer_state(trainer.tx, dense["opt_state"], mask)
+    state = trainer.init_state(dense["params"], dense["batch_stats"], mask, opt_state)
+    flat_mask = pruning.flatten(mask)
+    for step in range(20, 80):  # one compiled step per call, so every step is checked
+        state, loss = trainer.train(state, *keys, step, step + 1)
+        params = pruning.flatten(jax.device_get(state["params"]))
+        for path in experiment.prunable:
+            assert np.all(bits(params[path][~flat_mask[path]]) == 0), f"{path} not +0.0 after step {step}"
+    assert np.isfinite(float(loss))
+
+    # Optimizer state of pruned weights is exactly 0; of surviving weights it is not.
+    pruned_zero = optax.tree_map_params(
+        trainer.tx, lambda v, m: bool(np.all(np.asarray(v)[~m] == 0)), state["opt_state"], mask,
+        transform_non_params=lambda _: True)
+    assert all(jax.tree.leaves(pruned_zero))
+    moment_leaves = optax.tree_map_params(
+        trainer.tx, lambda v, m: float(np.abs(np.asarray(v)[m]).sum()), state["opt_state"], mask,
+        transform_non_params=lambda _: None)
+    assert sum(jax.tree.leaves(moment_leaves)) > 0
+
+    # Surviving weights did train.
+    start = pruning.flatten(dense["params"])
+    assert any(not np.array_equal(params[p][flat_mask[p]], start[p][flat_mask[p]]) for p in experiment.prunable)
+
+
+def test_schedule_is_indexed_by_global_step_with_warmup_and_milestones(small_config):
+    cfg = small_config("optimizer=sgd", "optimizer.lr=0.1", "training.milestones=[100it,1ep]",
+                       "training.gamma=0.5", "training.warmup=10it")
+    schedule = training.make_schedule(cfg.optimizer, cfg.training, iterations_per_epoch=150)
+    np.testing.assert_allclose([float(schedule(s)) for s in (0, 5, 10, 99, 100, 149, 150, 10_000)],
+                               [0.0, 0.05, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025], rtol=1e-6)
