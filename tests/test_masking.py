@@ -62,6 +62,24 @@ def test_pruned_weights_and_their_moments_stay_zero_at_every_step(small_config, 
     assert any(not np.array_equal(params[p][flat_mask[p]], start[p][flat_mask[p]]) for p in experiment.prunable)
 
 
+@pytest.mark.parametrize("name", ["sgd-momentum-wd", "adam"])
+def test_the_step_itself_zeroes_pruned_weights_even_with_dense_moments(small_config, name):
+    # Nothing outside the compiled step has to remember the mask: even a dense (unmasked) optimizer
+    # state, whose moments would move pruned weights, leaves them exactly 0.0.
+    experiment = imp.prepare(small_config(*OPTIMIZERS[name]))
+    trainer, keys = experiment.trainer, (experiment.data_key, experiment.augment_key)
+    dense = trainer.init_state(trainer.init_params, trainer.init_batch_stats, pruning.full_mask(trainer.init_params))
+    dense = jax.device_get(trainer.train(dense, *keys, 0, 20)[0])
+    mask = random_mask(dense["params"], experiment.prunable, 0.3, seed=1)
+    state = trainer.init_state(dense["params"], dense["batch_stats"], mask, dense["opt_state"])
+    flat_mask = pruning.flatten(mask)
+    for step in range(20, 30):
+        state, _ = trainer.train(state, *keys, step, step + 1)
+        params = pruning.flatten(jax.device_get(state["params"]))
+        for path in experiment.prunable:
+            assert np.all(bits(params[path][~flat_mask[path]]) == 0), f"{path} not +0.0 after step {step}"
+
+
 def test_schedule_is_indexed_by_global_step_with_warmup_and_milestones(small_config):
     cfg = small_config("optimizer=sgd", "optimizer.lr=0.1", "training.milestones=[100it,1ep]",
                        "training.gamma=0.5", "training.warmup=10it")

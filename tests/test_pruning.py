@@ -84,15 +84,25 @@ def test_layerwise_prunes_the_smallest_magnitudes_of_each_layer():
 
 
 def test_ties_break_by_position_deterministically():
-    params = {"output": {"kernel": np.ones((2, 5), np.float32)}, "fc": {"kernel": np.ones((2, 5), np.float32)}}
+    # Large enough that an unstable sort (NumPy's quicksort is insertion sort below 16) would show.
+    params = {"output": {"kernel": np.ones((40, 50), np.float32)}, "fc": {"kernel": np.ones((40, 50), np.float32)}}
     names = pruning.prunable(params)
     cfg = pruning_config(rate=0.2, output_rate=0.3)
     mask = pruning.prune(params, pruning.full_mask(params), cfg, names)
-    # 20% of 10 equal weights: the first 2 by position go; 30% of the output layer: the first 3.
-    assert pruning.flatten(mask)["fc/kernel"].ravel().tolist() == [False] * 2 + [True] * 8
-    assert pruning.flatten(mask)["output/kernel"].ravel().tolist() == [False] * 3 + [True] * 7
+    # 20% of 2,000 equal weights: the first 400 by position go; 30% of the output layer: the first 600.
+    assert pruning.flatten(mask)["fc/kernel"].ravel().tolist() == [False] * 400 + [True] * 1600
+    assert pruning.flatten(mask)["output/kernel"].ravel().tolist() == [False] * 600 + [True] * 1400
     again = pruning.prune(params, pruning.full_mask(params), cfg, names)
     assert all(np.array_equal(a, b) for a, b in zip(pruning.flatten(mask).values(), pruning.flatten(again).values()))
+
+
+def test_many_ties_among_few_values_go_by_magnitude_then_position():
+    w = np.random.default_rng(6).integers(-3, 4, size=(50, 40)).astype(np.float32)  # 7 values, many ties
+    params = {"fc": {"kernel": w}}
+    mask = pruning.prune(params, pruning.full_mask(params), pruning_config(rate=0.37), ["fc/kernel"])
+    flat = np.abs(w).ravel()
+    pruned = set(sorted(range(flat.size), key=lambda i: (flat[i], i))[: round(0.37 * flat.size)])
+    assert set(np.flatnonzero(~mask["fc"]["kernel"].ravel())) == pruned
 
 
 def test_zero_valued_surviving_weights_outrank_pruned_ones():
