@@ -67,6 +67,10 @@ class TrainingConfig:
     milestones: List[str] = dataclasses.field(default_factory=list)  # lr x gamma at each
     gamma: float = 0.1
     warmup: str = "0it"  # linear learning-rate warmup from 0
+    # Where the loop over steps runs: device (a compiled loop of steps per dispatch), host (one
+    # compiled step per dispatch), auto (host for conv models on CPU, where XLA runs convolutions
+    # in loop bodies slowly; device otherwise). Not part of the experiment's hash.
+    loop: str = "auto"
 
 
 @dataclasses.dataclass
@@ -88,7 +92,8 @@ class Config:
 
 # Keys that do not change what is computed, so they stay out of the results directory's hash:
 # asking for more levels continues the same run; where data or results live is not the experiment.
-_NOT_HASHED = ("name", "levels", "replicate", "output_dir", "progress", "dataset.root", "dataset.download")
+_NOT_HASHED = ("name", "levels", "replicate", "output_dir", "progress", "dataset.root", "dataset.download",
+               "training.loop")
 
 
 def register() -> None:

@@ -98,7 +98,8 @@ def prepare(cfg) -> Experiment:
     key = jax.random.fold_in(jax.random.key(cfg.seed), cfg.replicate)
     init_key, data_key, augment_key = jax.random.split(key, 3)
     model = models.build(cfg.model, data.input_shape, data.num_classes, init_key)
-    trainer = training.Trainer(model, tx, schedule, data, batch_size, cfg.training.eval_batch_size, cfg.dataset.augment)
+    trainer = training.Trainer(model, tx, schedule, data, batch_size, cfg.training.eval_batch_size,
+                               cfg.dataset.augment, cfg.training.loop)
     prunable = pruning.prunable(trainer.init_params, cfg.pruning.ignore)
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.name).lstrip(".") or "experiment"
     directory = os.path.join(os.path.expanduser(cfg.output_dir), f"{name}-{experiment_hash(cfg)}")

@@ -1,7 +1,8 @@
 """The compiled training program: data on the device, masks in the state, many steps per dispatch.
 
 The training state is a dict of pytrees ``{params, batch_stats, opt_state, mask}``. One call of
-``Trainer.train`` runs steps ``[start, stop)`` inside a single jitted ``lax.fori_loop``: each step
+``Trainer.train`` runs steps ``[start, stop)`` inside a single jitted ``lax.fori_loop`` (on CPU,
+conv models dispatch one compiled step at a time instead: see ``use_host_loop``): each step
 gathers its batch from the device-resident training set by index, takes a gradient step, and
 applies the mask. Masking is part of the step, so nothing outside it has to re-apply a mask:
 
@@ -75,7 +76,7 @@ class Trainer:
     """Compiled training and evaluation of one model on one data set."""
 
     def __init__(self, model: nnx.Module, tx, schedule, data: Dataset, batch_size: int,
-                 eval_batch_size: int, augment: bool):
+                 eval_batch_size: int, augment: bool, loop: str = "auto"):
         self.graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
         self.init_params = nnx.to_pure_dict(params)
         self.init_batch_stats = nnx.to_pure_dict(batch_stats)
@@ -90,8 +91,12 @@ class Trainer:
             "val": _eval_batches(data.val_x, data.val_y, eval_batch_size),
             "test": _eval_batches(data.test_x, data.test_y, eval_batch_size),
         }
+        self.host_loop = use_host_loop(loop, model)
         self._train = jax.jit(self._train_impl, donate_argnums=0)
+        self._train_step = jax.jit(self._train_step_impl, donate_argnums=0)
+        self._epoch_order = jax.jit(functools.partial(epoch_order, n=len(data.train_x)))
         self._evaluate = jax.jit(self._evaluate_impl)
+        self._evaluate_batch = jax.jit(self._evaluate_batch_impl)
 
     # --- the model as a pure function of its parameters -------------------------------------
 
@@ -118,29 +123,41 @@ class Trainer:
 
     def train(self, state, data_key, augment_key, start: int, stop: int):
         """Run steps [start, stop); returns the new state and the mean training loss."""
-        return self._train(state, self.train_data, data_key, augment_key, jnp.int32(start), jnp.int32(stop))
+        if not self.host_loop:
+            return self._train(state, self.train_data, data_key, augment_key, jnp.int32(start), jnp.int32(stop))
+        loss_sum, order, order_epoch = 0.0, None, None
+        for step in range(start, stop):
+            epoch = step // self.iterations_per_epoch
+            if epoch != order_epoch:
+                order, order_epoch = self._epoch_order(data_key, epoch), epoch
+            state, loss = self._train_step(state, self.train_data, order, augment_key, jnp.int32(step))
+            loss_sum = loss_sum + loss
+        return state, loss_sum / (stop - start)
+
+    def _batch(self, train_data, order, augment_key, step):
+        """The batch of ``step``: its slice of the epoch's order, gathered on the device."""
+        images, labels = train_data
+        position = step % self.iterations_per_epoch
+        index = jax.lax.dynamic_slice_in_dim(order, position * self.batch_size, self.batch_size)
+        key = jax.random.fold_in(augment_key, step) if self.augment else None
+        return self.inputs(images[index], key), labels[index]
 
     def _train_impl(self, state, train_data, data_key, augment_key, start, stop):
-        images, labels = train_data
-        n, batch = images.shape[0], self.batch_size
-        per_epoch = self.iterations_per_epoch
-
-        def epoch_order(epoch):
-            # The data order depends only on (data_key, epoch): the same for every level.
-            return jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
+        n, per_epoch = train_data[0].shape[0], self.iterations_per_epoch
 
         def body(step, carry):
             state, order, loss_sum = carry
-            epoch, position = step // per_epoch, step % per_epoch
-            order = jax.lax.cond(position == 0, lambda: epoch_order(epoch), lambda: order)
-            index = jax.lax.dynamic_slice_in_dim(order, position * batch, batch)
-            key = jax.random.fold_in(augment_key, step) if self.augment else None
-            state, loss = self._step(state, self.inputs(images[index], key), labels[index], step)
+            epoch = step // per_epoch
+            order = jax.lax.cond(step % per_epoch == 0, lambda: epoch_order(data_key, epoch, n), lambda: order)
+            state, loss = self._step(state, *self._batch(train_data, order, augment_key, step), step)
             return state, order, loss_sum + loss
 
-        carry = (state, epoch_order(start // per_epoch), jnp.float32(0))
+        carry = (state, epoch_order(data_key, start // per_epoch, n), jnp.float32(0))
         state, _, loss_sum = jax.lax.fori_loop(start, stop, body, carry)
         return state, loss_sum / (stop - start)
+
+    def _train_step_impl(self, state, train_data, order, augment_key, step):
+        return self._step(state, *self._batch(train_data, order, augment_key, step), step)
 
     def _step(self, state, x, y, step):
         mask = state["mask"]
@@ -164,20 +181,52 @@ class Trainer:
         batches = self.eval_data[split]
         if batches is None:
             return None
-        loss, accuracy = self._evaluate(state["params"], state["batch_stats"], batches)
+        params, batch_stats = state["params"], state["batch_stats"]
+        if self.host_loop:
+            sums = [self._evaluate_batch(params, batch_stats, jax.tree.map(lambda a: a[i], batches))
+                    for i in range(batches[0].shape[0])]
+            loss, correct = (sum(column) for column in zip(*sums))
+            total = float(np.sum(batches[2]))
+            return float(loss) / total, float(correct) / total
+        loss, accuracy = self._evaluate(params, batch_stats, batches)
         return float(loss), float(accuracy)
 
-    def _evaluate_impl(self, params, batch_stats, batches):
-        def one(batch):
-            images, labels, weights = batch
-            logits, _ = self.apply(params, batch_stats, self.inputs(images), train=False)
-            losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-            correct = jnp.argmax(logits, -1) == labels
-            return jnp.sum(losses * weights), jnp.sum(correct * weights)
+    def _evaluate_batch_impl(self, params, batch_stats, batch):
+        """Summed loss and number correct on one batch (padding has weight 0)."""
+        images, labels, weights = batch
+        logits, _ = self.apply(params, batch_stats, self.inputs(images), train=False)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        correct = jnp.argmax(logits, -1) == labels
+        return jnp.sum(losses * weights), jnp.sum(correct * weights)
 
-        losses, corrects = jax.lax.map(one, batches)
+    def _evaluate_impl(self, params, batch_stats, batches):
+        losses, corrects = jax.lax.map(lambda batch: self._evaluate_batch_impl(params, batch_stats, batch), batches)
         total = jnp.sum(batches[2])
         return jnp.sum(losses) / total, jnp.sum(corrects) / total
+
+
+def epoch_order(data_key, epoch, n):
+    """The order of the training examples in ``epoch``: the same for every level of a replicate."""
+    return jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
+
+
+LOOPS = ("auto", "device", "host")
+
+
+def use_host_loop(loop: str, model: nnx.Module) -> bool:
+    """Whether to dispatch one compiled step at a time instead of a compiled loop of steps.
+
+    XLA:CPU runs convolutions inside loop bodies far slower than outside them (the weight
+    gradient ~300x on 2 cores; jax-ml/jax#12868), so on CPU a conv model trains one compiled step
+    per dispatch (``auto``); everything else, and every model on GPU/TPU, runs a whole chunk of
+    steps in one ``fori_loop``. Data order and batches are computed on the device either way.
+    """
+    if loop not in LOOPS:
+        raise LotteryError(f"training.loop={loop!r} is not a loop placement; choose one of: {', '.join(LOOPS)}")
+    if loop != "auto":
+        return loop == "host"
+    has_conv = any(isinstance(module, nnx.Conv) for _, module in nnx.iter_graph(model))
+    return has_conv and jax.default_backend() == "cpu"
 
 
 def _eval_batches(images, labels, batch_size: int):
