@@ -117,7 +117,10 @@ class Trainer:
         params = apply_mask(params, mask)
         if opt_state is None:
             opt_state = self.tx.init(params)
-        return jax.device_put({"params": params, "batch_stats": batch_stats, "opt_state": opt_state, "mask": mask})
+        # Fresh device copies: training donates the state's buffers, and must never write into
+        # host arrays (θk, a loaded ticket) that a zero-copy transfer could have shared.
+        state = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state, "mask": mask}
+        return jax.tree.map(lambda a: jnp.array(a, copy=True), state)
 
     # --- training ---------------------------------------------------------------------------
 
