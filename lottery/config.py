@@ -74,6 +74,15 @@ class TrainingConfig:
 
 
 @dataclasses.dataclass
+class LMCConfig:
+    """Linear mode connectivity (Frankle et al. 2020): at each of `levels`, two copies trained
+    from the level's start with different data orders, evaluated along the line between them."""
+
+    levels: List[int] = dataclasses.field(default_factory=list)
+    points: int = 30  # evenly spaced points on the path, endpoints included
+
+
+@dataclasses.dataclass
 class Config:
     name: str = "quickstart"  # experiment name: first part of the results directory's name
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -83,17 +92,26 @@ class Config:
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     rewind: str = "0it"  # rewind step k: each level restarts from the dense run's weights at k
     rewind_optimizer: bool = False  # restart levels from the optimizer state at k (else fresh)
+    # How a pruned network is retrained (Renda et al. 2020): rewind (weights to θk, schedule from
+    # k), lr_rewind (trained weights, schedule from k), finetune (trained weights, final lr).
+    retrain: str = "rewind"
+    finetune_steps: Optional[str] = None  # length of fine-tuning; None: T - k, rewinding's budget
     levels: int = 3  # pruning levels after the dense level 0
     seed: int = 0
-    replicate: int = 0  # which independent IMP trajectory this is
+    replicates: int = 1  # independent IMP trajectories (own initialization, data order, masks)
+    controls: List[str] = dataclasses.field(default_factory=list)  # random_reinit, random_prune
+    parallel: str = "vmap"  # vmap: a level's members in one compiled program; loop: one by one
+    lmc: LMCConfig = dataclasses.field(default_factory=LMCConfig)
     output_dir: str = "runs"
     progress: bool = True  # progress bar
 
 
 # Keys that do not change what is computed, so they stay out of the results directory's hash:
 # asking for more levels continues the same run; where data or results live is not the experiment.
-_NOT_HASHED = ("name", "levels", "replicate", "output_dir", "progress", "dataset.root", "dataset.download",
-               "training.loop")
+# More replicates, controls or LMC levels add to the same experiment; how members are batched
+# together is not the experiment either.
+_NOT_HASHED = ("name", "levels", "replicates", "controls", "lmc", "parallel", "output_dir", "progress",
+               "dataset.root", "dataset.download", "training.loop")
 
 
 def register() -> None:

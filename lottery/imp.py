@@ -4,39 +4,56 @@ Level 0 trains the dense network from θ0 for T steps and keeps θk, its weights
 Each later level L
   1. prunes: magnitude pruning of level L-1's trained weights, under its mask, gives mask_L;
   2. rewinds: the surviving weights are reset to θk (k = 0 is the original reset to θ0 of
-     Frankle & Carbin 2019; k > 0 is weight rewinding, Frankle et al. 2020);
+     Frankle & Carbin 2019; k > 0 is weight rewinding, Frankle et al. 2020) -- or, with
+     ``retrain``, keeps the trained weights (Renda et al. 2020: ``lr_rewind``, ``finetune``);
   3. trains from step k to T, the learning-rate schedule continuing from k, the data order the
      same as every other level's.
+
+Every replicate is its own IMP trajectory (initialization, data order, masks). At each level the
+tickets of all replicates and their controls (``random_reinit``: the ticket's mask on fresh initial
+weights; ``random_prune``: a random mask with the ticket's counts, from θk) are trained together:
+stacked along a leading axis, by one vmapped compiled program (``parallel=vmap``). At the levels in
+``lmc.levels``, two more copies per replicate train from the level's start with different data
+orders, and the test error along the line between them gives the level's instability (``lmc.py``).
 
 Results go to ``<output_dir>/<name>-<hash>/replicate_<r>/level_<L>/``:
   metrics.json  test accuracy (final and at early stop), densities, the evaluation history
   ticket/       orbax: the mask and the weights training started from (θk ⊙ mask)
   trained/      orbax: the weights and batch statistics after training
-and ``level_0/rewind_point/`` holds θk with its batch statistics and optimizer state. A level's
-directory appears, by one rename, only when the level is complete: re-running the command skips
-finished levels and redoes an interrupted one; asking for more levels continues from the last.
+  rewind_point/ (level 0) orbax: θk with its batch statistics and optimizer state
+  random_reinit/, random_prune/   the controls, laid out the same way
+  lmc/          metrics.json (error along the path, barrier) and path.png
+Each of these directories appears, by one rename, only when it is complete: re-running the command
+skips finished work and redoes interrupted work; asking for more levels, replicates, controls or
+LMC levels adds to the same experiment.
 """
 
 import dataclasses
 import os
 import re
 import shutil
+import sys
 import time
-from typing import List
+from typing import Dict, List, Optional
 
 import jax
 import numpy as np
+from flax import nnx
 from omegaconf import OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from lottery import data as datasets
-from lottery import models, pruning, training
+from lottery import lmc, models, pruning, training
 from lottery.checkpoint import load_tree, read_json, save_tree, write_json
 from lottery.config import experiment_hash
 from lottery.errors import LotteryError
 from lottery.step import Step
+
+CONTROLS = ("random_reinit", "random_prune")
+RETRAIN = ("rewind", "lr_rewind", "finetune")
+PARALLEL = ("vmap", "loop")
 
 
 @dataclasses.dataclass
@@ -46,17 +63,33 @@ class Experiment:
     prunable: List[str]  # paths of the prunable tensors
     end: int  # T, the last step of training
     rewind: int  # k, the rewind step
+    finetune_steps: int
     eval_every: int
-    data_key: jax.Array  # epoch orders
-    augment_key: jax.Array
+    input_shape: tuple
+    num_classes: int
     directory: str  # <output_dir>/<name>-<hash>
 
-    @property
-    def replicate_dir(self) -> str:
-        return os.path.join(self.directory, f"replicate_{self.cfg.replicate}")
+    def keys(self, replicate: int) -> Dict[str, jax.Array]:
+        """The PRNG keys of one replicate: its initialization, data order, augmentation, controls."""
+        key = jax.random.fold_in(jax.random.key(self.cfg.seed), replicate)
+        init, data, augment, controls, copies = jax.random.split(key, 5)
+        return {"init": init, "data": data, "augment": augment, "controls": controls, "lmc": copies}
 
-    def level_dir(self, level: int) -> str:
-        return os.path.join(self.replicate_dir, f"level_{level}")
+    def initial_weights(self, key):
+        model = models.build(self.cfg.model, self.input_shape, self.num_classes, key)
+        return {"params": nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+                "batch_stats": nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))}
+
+    def level_dir(self, replicate: int, level: int) -> str:
+        return os.path.join(self.directory, f"replicate_{replicate}", f"level_{level}")
+
+    def segment(self, level: int):
+        """The steps [start, end) that ``level`` trains."""
+        if level == 0:
+            return 0, self.end
+        if self.cfg.retrain == "finetune":
+            return self.end, self.end + self.finetune_steps
+        return self.rewind, self.end
 
     # Templates that give orbax the structure, shapes and dtypes to restore.
     def like_weights(self):
@@ -69,13 +102,35 @@ class Experiment:
         return {**self.like_weights(), "opt_state": self.trainer.tx.init(self.trainer.init_params)}
 
 
+@dataclasses.dataclass
+class Job:
+    """One network to train at a level: a replicate's ticket, one of its controls, or an LMC copy."""
+
+    replicate: int
+    kind: str  # ticket | random_reinit | random_prune | lmc_a | lmc_b
+    directory: Optional[str]  # where its results go (None: LMC copies, kept in memory)
+    state: dict  # its training state at the start of the level
+    data_key: jax.Array
+    augment_key: jax.Array
+
+
 def prepare(cfg) -> Experiment:
     """Check the whole config, load the data and build the model; writes nothing."""
     pruning.check(cfg.pruning)
     models.check(cfg.model)
     tx = training.make_optimizer(cfg.optimizer)
+    for key, value, choices in (("retrain", cfg.retrain, RETRAIN), ("parallel", cfg.parallel, PARALLEL)):
+        if value not in choices:
+            raise LotteryError(f"{key}={value!r} is not an option; choose one of: {', '.join(choices)}")
+    for control in cfg.controls:
+        if control not in CONTROLS:
+            raise LotteryError(f"controls: {control!r} is not a control; choose from: {', '.join(CONTROLS)}")
     if cfg.levels < 0:
         raise LotteryError(f"levels={cfg.levels} must be 0 or more (pruning levels after the dense level 0)")
+    if cfg.replicates < 1:
+        raise LotteryError(f"replicates={cfg.replicates} must be 1 or more")
+    if any(not 0 <= level <= cfg.levels for level in cfg.lmc.levels) or cfg.lmc.points < 2:
+        raise LotteryError(f"lmc.levels={list(cfg.lmc.levels)} must be levels 0..{cfg.levels} and lmc.points >= 2")
     data = datasets.load(cfg.dataset)
     batch_size = cfg.training.batch_size
     if not 1 <= batch_size <= len(data.train_x):
@@ -89,117 +144,232 @@ def prepare(cfg) -> Experiment:
     rewind = Step.parse(cfg.rewind, per_epoch, "rewind").iteration
     if rewind >= end:
         raise LotteryError(f"rewind={cfg.rewind} is at or past the end of training (training.steps={cfg.training.steps})")
+    finetune_steps = end - rewind
+    if cfg.finetune_steps is not None:
+        finetune_steps = Step.parse(cfg.finetune_steps, per_epoch, "finetune_steps").iteration
+        if finetune_steps <= 0:
+            raise LotteryError(f"finetune_steps={cfg.finetune_steps} must be longer than 0 iterations")
     eval_every = Step.parse(cfg.training.eval_every, per_epoch, "training.eval_every").iteration
     if eval_every <= 0:
         raise LotteryError(f"training.eval_every={cfg.training.eval_every} must be longer than 0 iterations")
     schedule = training.make_schedule(cfg.optimizer, cfg.training, per_epoch)
 
-    # Each replicate has its own initialization, data order and augmentation.
-    key = jax.random.fold_in(jax.random.key(cfg.seed), cfg.replicate)
-    init_key, data_key, augment_key = jax.random.split(key, 3)
-    model = models.build(cfg.model, data.input_shape, data.num_classes, init_key)
+    model = models.build(cfg.model, data.input_shape, data.num_classes, jax.random.key(0))  # a template
     trainer = training.Trainer(model, tx, schedule, data, batch_size, cfg.training.eval_batch_size,
                                cfg.dataset.augment, cfg.training.loop)
     prunable = pruning.prunable(trainer.init_params, cfg.pruning.ignore)
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.name).lstrip(".") or "experiment"
     directory = os.path.join(os.path.expanduser(cfg.output_dir), f"{name}-{experiment_hash(cfg)}")
-    return Experiment(cfg, trainer, prunable, end, rewind, eval_every, data_key, augment_key, directory)
+    return Experiment(cfg, trainer, prunable, end, rewind, finetune_steps, eval_every,
+                      data.input_shape, data.num_classes, directory)
 
 
 def run(cfg, console: Console = None) -> List[dict]:
-    """Run (or continue) levels 0..cfg.levels; returns each level's metrics and prints the table."""
-    console = console or Console()
+    """Run (or continue) levels 0..cfg.levels of every replicate; print and return the results.
+
+    Returns the metrics of every trained network, ordered by level, replicate, kind (ticket first).
+    """
+    # Logs and pipes get a wide table rather than rich's 80-column default.
+    console = console or (Console() if sys.stdout.isatty() else Console(width=160))
     experiment = prepare(cfg)
-    os.makedirs(experiment.replicate_dir, exist_ok=True)
+    os.makedirs(experiment.directory, exist_ok=True)
     config_file = os.path.join(experiment.directory, "config.yaml")
     if not os.path.exists(config_file):
         OmegaConf.save(cfg, config_file, resolve=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not cfg.progress) as progress:
-        results = [run_level(experiment, level, progress) for level in range(cfg.levels + 1)]
+        for level in range(cfg.levels + 1):
+            jobs = [job for r in range(cfg.replicates) for job in level_jobs(experiment, r, level)]
+            train_jobs(experiment, jobs, level, *experiment.segment(level), progress)
+            if level in cfg.lmc.levels:
+                run_lmc(experiment, level, progress)
+    results = collect(experiment)
     console.print(summary_table(results, experiment.directory))
     return results
 
 
-def run_level(experiment: Experiment, level: int, progress: Progress) -> dict:
-    final_dir = experiment.level_dir(level)
-    if os.path.isdir(final_dir):  # finished earlier
-        return read_json(os.path.join(final_dir, "metrics.json"))
-    work_dir = final_dir + ".partial"
-    if os.path.isdir(work_dir):  # an interrupted attempt, never finished: start the level again
-        shutil.rmtree(work_dir)
-    os.makedirs(work_dir)
+# --- what each level trains --------------------------------------------------------------------
+
+
+def level_jobs(experiment: Experiment, replicate: int, level: int) -> List[Job]:
+    """The ticket and controls of ``replicate`` still to train at ``level``."""
+    cfg = experiment.cfg
+    ticket_dir = experiment.level_dir(replicate, level)
+    controls = [c for c in cfg.controls if level > 0 and not os.path.isdir(os.path.join(ticket_dir, c))]
+    ticket_done = os.path.isdir(ticket_dir)
+    if ticket_done and not controls:
+        return []
+    keys = experiment.keys(replicate)
+    job = lambda kind, directory, state: Job(replicate, kind, directory, state, keys["data"], keys["augment"])
+    state = ticket_start(experiment, replicate, level)
+    jobs = [] if ticket_done else [job("ticket", ticket_dir, state)]
+    for control in controls:
+        jobs.append(job(control, os.path.join(ticket_dir, control), control_start(experiment, replicate, level, control, state)))
+    return jobs
+
+
+def ticket_start(experiment: Experiment, replicate: int, level: int) -> dict:
+    """The ticket's training state at the start of ``level``: prune, then rewind (or keep)."""
     cfg, trainer = experiment.cfg, experiment.trainer
-    began = time.time()
-
+    this_level = experiment.level_dir(replicate, level)
+    if os.path.isdir(this_level):  # finished; its controls need its start
+        ticket = load_tree(os.path.join(this_level, "ticket"), experiment.like_ticket())
+        return trainer.init_state(ticket["params"], ticket["batch_stats"], ticket["mask"])
     if level == 0:
-        mask = pruning.full_mask(trainer.init_params)
-        state = trainer.init_state(trainer.init_params, trainer.init_batch_stats, mask)
-        start = 0
-    else:
-        # 1. Prune the previous level's trained weights.
-        previous = experiment.level_dir(level - 1)
-        previous_mask = load_tree(os.path.join(previous, "ticket"), experiment.like_ticket())["mask"]
-        trained = load_tree(os.path.join(previous, "trained"), experiment.like_weights())
-        mask = pruning.prune(trained["params"], previous_mask, cfg.pruning, experiment.prunable)
-        # 2. Rewind the survivors to θk.
-        theta_k = load_tree(os.path.join(experiment.level_dir(0), "rewind_point"), experiment.like_rewind_point())
-        opt_state = None
-        if cfg.rewind_optimizer:
-            opt_state = training.mask_optimizer_state(trainer.tx, theta_k["opt_state"], mask)
-        state = trainer.init_state(theta_k["params"], theta_k["batch_stats"], mask, opt_state)
-        start = experiment.rewind
-    ticket = jax.device_get({"mask": state["mask"], "params": state["params"], "batch_stats": state["batch_stats"]})
-    save_tree(os.path.join(work_dir, "ticket"), ticket)
+        theta_0 = experiment.initial_weights(experiment.keys(replicate)["init"])
+        return trainer.init_state(theta_0["params"], theta_0["batch_stats"], pruning.full_mask(theta_0["params"]))
 
-    # 3. Train from the rewind step to the end.
-    layer_counts = pruning.counts(mask, experiment.prunable)
-    density = pruning.density(layer_counts)
-    task = progress.add_task(f"level {level} ({density:.1%} of weights)", total=experiment.end - start)
-    state, history, rewind_point = train(experiment, state, level, start, lambda n: progress.advance(task, n))
-    if rewind_point is not None:
-        save_tree(os.path.join(work_dir, "rewind_point"), rewind_point)
-    save_tree(os.path.join(work_dir, "trained"), jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]}))
-
-    metrics = summarize(level, start, history, layer_counts, time.time() - began)
-    write_json(os.path.join(work_dir, "metrics.json"), metrics)
-    os.rename(work_dir, final_dir)
-    return metrics
+    # 1. Prune the previous level's trained weights.
+    previous = experiment.level_dir(replicate, level - 1)
+    previous_mask = load_tree(os.path.join(previous, "ticket"), experiment.like_ticket())["mask"]
+    trained = load_tree(os.path.join(previous, "trained"), experiment.like_weights())
+    mask = pruning.prune(trained["params"], previous_mask, cfg.pruning, experiment.prunable)
+    if cfg.retrain != "rewind":  # Renda et al. 2020: keep the trained weights
+        return trainer.init_state(trained["params"], trained["batch_stats"], mask)
+    # 2. Rewind the survivors to θk.
+    theta_k = load_tree(os.path.join(experiment.level_dir(replicate, 0), "rewind_point"), experiment.like_rewind_point())
+    opt_state = None
+    if cfg.rewind_optimizer:
+        opt_state = training.mask_optimizer_state(trainer.tx, theta_k["opt_state"], mask)
+    return trainer.init_state(theta_k["params"], theta_k["batch_stats"], mask, opt_state)
 
 
-def train(experiment: Experiment, state, level: int, start: int, advance):
-    """Train steps [start, T) in compiled chunks that end at each evaluation (and at k on level 0).
+def control_start(experiment: Experiment, replicate: int, level: int, control: str, ticket: dict) -> dict:
+    """A control's start: the ticket's mask on fresh weights, or a random mask on θk."""
+    trainer, mask = experiment.trainer, ticket["mask"]
+    key = jax.random.fold_in(jax.random.fold_in(experiment.keys(replicate)["controls"], level), CONTROLS.index(control))
+    if control == "random_reinit":
+        fresh = experiment.initial_weights(key)
+        return trainer.init_state(fresh["params"], fresh["batch_stats"], mask)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)))
+    random = pruning.random_mask(jax.device_get(mask), experiment.prunable, experiment.cfg.pruning.strategy, rng)
+    theta_k = load_tree(os.path.join(experiment.level_dir(replicate, 0), "rewind_point"), experiment.like_rewind_point())
+    return trainer.init_state(theta_k["params"], theta_k["batch_stats"], random)
 
-    Returns the final state, the evaluation history and, on level 0, the rewind point θk.
-    """
-    trainer, end, every, k = experiment.trainer, experiment.end, experiment.eval_every, experiment.rewind
-    evaluations = set(range((start // every + 1) * every, end + 1, every)) | {end}
-    keep_rewind_point = level == 0
-    stops = sorted(evaluations | ({k} if keep_rewind_point and k > start else set()))
+
+# --- training a level's jobs together -----------------------------------------------------------
+
+
+def train_jobs(experiment: Experiment, jobs: List[Job], level: int, start: int, end: int, progress: Progress) -> None:
+    """Train ``jobs`` over [start, end): all in one vmapped program, or one by one (parallel=loop)."""
+    groups = [jobs] if experiment.cfg.parallel == "vmap" else [[job] for job in jobs]
+    for group in filter(None, groups):
+        began = time.time()
+        states = training.stack([job.state for job in group])
+        density = pruning.density(pruning.counts(group[0].state["mask"], experiment.prunable))
+        kinds = ", ".join(sorted({job.kind for job in group}))
+        task = progress.add_task(f"level {level} ({density:.1%} of weights): {len(group)} x {kinds}", total=end - start)
+        keep_rewind_point = level == 0
+        states, histories, rewind_points = train(experiment, states, group, level, start, end, keep_rewind_point,
+                                                 lambda n: progress.advance(task, n))
+        seconds = time.time() - began
+        for i, job in sorted(enumerate(group), key=lambda item: item[1].kind != "ticket"):  # tickets' dirs first
+            finished = training.unstack(states, i)
+            rewind_point = training.unstack(rewind_points, i) if rewind_points is not None else None
+            save_job(experiment, job, level, start, finished, histories[i], rewind_point, seconds)
+
+
+def train(experiment: Experiment, states, jobs: List[Job], level: int, start: int, end: int,
+          keep_rewind_point: bool, advance, evaluate: bool = True):
+    """Train stacked states over [start, end) in compiled chunks that end at each evaluation (and
+    at k on level 0, to keep θk). Returns the final states, each job's evaluation history and, on
+    request, the stacked states at k. Without ``evaluate``, one chunk and no evaluation."""
+    trainer, every, k = experiment.trainer, experiment.eval_every, experiment.rewind
+    data_keys = jax.numpy.stack([job.data_key for job in jobs])
+    augment_keys = jax.numpy.stack([job.augment_key for job in jobs])
+    evaluations = set(range((start // every + 1) * every, end + 1, every)) | {end} if evaluate else set()
+    stops = sorted(evaluations | {end} | ({k} if keep_rewind_point and k > start else set()))
     snapshot = lambda s: jax.device_get({key: s[key] for key in ("params", "batch_stats", "opt_state")})
-    rewind_point = snapshot(state) if keep_rewind_point and k == start else None
-    history, step = [], start
+    rewind_points = snapshot(states) if keep_rewind_point and k == start else None
+    histories, step = [[] for _ in jobs], start
     for stop in stops:
-        state, train_loss = trainer.train(state, experiment.data_key, experiment.augment_key, step, stop)
+        states, train_loss = trainer.train(states, data_keys, augment_keys, step, stop)
         advance(stop - step)
         step = stop
         if keep_rewind_point and step == k:
-            rewind_point = snapshot(state)
+            rewind_points = snapshot(states)
         if step not in evaluations:
             continue
-        train_loss = float(train_loss)
-        if not np.isfinite(train_loss):
-            raise LotteryError(f"level {level}: training loss is {train_loss} at step {step}; earlier levels are intact")
-        record = {"step": step, "train_loss": train_loss}  # mean training loss since the last record
-        for split in ("val", "test"):
-            result = trainer.evaluate(state, split)
-            if result is not None:
-                record[f"{split}_loss"], record[f"{split}_accuracy"] = result
-        history.append(record)
-    return state, history, rewind_point
+        train_loss = np.asarray(train_loss)
+        for job, loss in zip(jobs, train_loss):
+            if not np.isfinite(loss):
+                raise LotteryError(f"level {level}, replicate {job.replicate}, {job.kind}: training loss is {loss} "
+                                   f"at step {step}; earlier levels are intact")
+        evaluated = {split: trainer.evaluate(states, split) for split in ("val", "test")}
+        for i, history in enumerate(histories):
+            record = {"step": step, "train_loss": float(train_loss[i])}  # mean since the last record
+            for split, result in evaluated.items():
+                if result is not None:
+                    record[f"{split}_loss"], record[f"{split}_accuracy"] = float(result[0][i]), float(result[1][i])
+            history.append(record)
+    return states, histories, rewind_points
 
 
-def summarize(level: int, start: int, history, layer_counts, seconds: float) -> dict:
+def save_job(experiment: Experiment, job: Job, level: int, start: int, finished, history, rewind_point, seconds):
+    """Write a job's results to ``<directory>.partial`` and rename it into place."""
+    work_dir = job.directory + ".partial"
+    if os.path.isdir(work_dir):  # an interrupted attempt, never finished
+        shutil.rmtree(work_dir)
+    os.makedirs(work_dir)
+    start_state = jax.device_get(job.state)
+    save_tree(os.path.join(work_dir, "ticket"), {key: start_state[key] for key in ("mask", "params", "batch_stats")})
+    save_tree(os.path.join(work_dir, "trained"), {key: finished[key] for key in ("params", "batch_stats")})
+    if job.kind == "ticket" and rewind_point is not None:
+        save_tree(os.path.join(work_dir, "rewind_point"), rewind_point)
+    layer_counts = pruning.counts(start_state["mask"], experiment.prunable)
+    metrics = summarize(level, job, start, history, layer_counts, seconds)
+    write_json(os.path.join(work_dir, "metrics.json"), metrics)
+    os.rename(work_dir, job.directory)
+
+
+# --- linear mode connectivity -------------------------------------------------------------------
+
+
+def run_lmc(experiment: Experiment, level: int, progress: Progress) -> None:
+    """Instability analysis at ``level`` for every replicate that has not had it yet."""
+    jobs = []
+    for replicate in range(experiment.cfg.replicates):
+        if os.path.isdir(os.path.join(experiment.level_dir(replicate, level), "lmc")):
+            continue
+        start_state = lmc_start(experiment, replicate, level)
+        keys = experiment.keys(replicate)["lmc"]
+        for copy, kind in enumerate(("lmc_a", "lmc_b")):
+            data_key, augment_key = jax.random.split(jax.random.fold_in(jax.random.fold_in(keys, level), copy))
+            jobs.append(Job(replicate, kind, None, start_state, data_key, augment_key))
+    if not jobs:
+        return
+    start, end = experiment.segment(level)
+    start = experiment.rewind if level == 0 else start  # level 0: the copies start at θk
+    states = training.stack([job.state for job in jobs])
+    task = progress.add_task(f"level {level}: linear mode connectivity, {len(jobs)} copies", total=end - start)
+    states, _, _ = train(experiment, states, jobs, level, start, end, False, lambda n: progress.advance(task, n),
+                         evaluate=False)
+    for i in range(0, len(jobs), 2):
+        copies = [training.unstack(states, j) for j in (i, i + 1)]
+        a, b = ({key: c[key] for key in ("params", "batch_stats")} for c in copies)
+        path = lmc.error_along_path(experiment.trainer, a, b, experiment.cfg.lmc.points)
+        path.update(level=level, replicate=jobs[i].replicate, start_step=start)
+        directory = os.path.join(experiment.level_dir(jobs[i].replicate, level), "lmc")
+        os.makedirs(directory + ".partial", exist_ok=True)
+        write_json(os.path.join(directory + ".partial", "metrics.json"), path)
+        lmc.plot([path], os.path.join(directory + ".partial", "path.png"),
+                 f"level {level}, replicate {jobs[i].replicate}: from step {start}")
+        os.rename(directory + ".partial", directory)
+
+
+def lmc_start(experiment: Experiment, replicate: int, level: int) -> dict:
+    """Where the copies start: θk on level 0, the level's ticket start otherwise."""
+    trainer = experiment.trainer
+    if level == 0:
+        theta_k = load_tree(os.path.join(experiment.level_dir(replicate, 0), "rewind_point"), experiment.like_rewind_point())
+        return trainer.init_state(theta_k["params"], theta_k["batch_stats"], pruning.full_mask(theta_k["params"]))
+    return ticket_start(experiment, replicate, level)
+
+
+# --- results --------------------------------------------------------------------------------------
+
+
+def summarize(level: int, job: Job, start: int, history, layer_counts, seconds: float) -> dict:
     remaining = sum(c["remaining"] for c in layer_counts.values())
     total = sum(c["total"] for c in layer_counts.values())
     early_stop = None
@@ -211,6 +381,8 @@ def summarize(level: int, start: int, history, layer_counts, seconds: float) -> 
     layers = {name: {**c, "density": c["remaining"] / c["total"]} for name, c in layer_counts.items()}
     return {
         "level": level,
+        "replicate": job.replicate,
+        "kind": job.kind,
         "remaining": remaining,
         "total": total,
         "density": remaining / total,
@@ -219,21 +391,57 @@ def summarize(level: int, start: int, history, layer_counts, seconds: float) -> 
         "final": history[-1],
         "early_stop": early_stop,
         "history": history,
-        "wall_time_s": seconds,
+        "wall_time_s": seconds,  # of the compiled program that trained it (shared by its group)
     }
 
 
+def collect(experiment: Experiment) -> List[dict]:
+    """Every finished network's metrics (levels, replicates, kinds in order), with LMC results."""
+    results = []
+    for level in range(experiment.cfg.levels + 1):
+        for replicate in range(experiment.cfg.replicates):
+            level_dir = experiment.level_dir(replicate, level)
+            lmc_file = os.path.join(level_dir, "lmc", "metrics.json")
+            for kind, directory in [("ticket", level_dir)] + [(c, os.path.join(level_dir, c)) for c in CONTROLS]:
+                metrics_file = os.path.join(directory, "metrics.json")
+                if os.path.exists(metrics_file):
+                    metrics = read_json(metrics_file)
+                    if kind == "ticket" and os.path.exists(lmc_file):
+                        metrics["lmc"] = read_json(lmc_file)
+                    results.append(metrics)
+    return results
+
+
 def summary_table(results, directory: str) -> Table:
+    """One row per level and kind; mean ± std over replicates where there are several."""
     table = Table(title=f"IMP results: {directory}")
-    for column in ("level", "% weights remaining", "test acc (final)", "test acc (early stop)", "early-stop it"):
-        table.add_column(column, justify="right")
+    groups: Dict[tuple, List[dict]] = {}
     for r in results:
-        early = r["early_stop"]
-        table.add_row(
-            str(r["level"]),
-            f"{100 * r['density']:.2f}",
-            f"{100 * r['final']['test_accuracy']:.2f}",
-            f"{100 * early['test_accuracy']:.2f}" if early else "-",
-            str(early["step"]) if early else "-",
-        )
+        groups.setdefault((r["level"], r["kind"]), []).append(r)
+    show_lmc = any("lmc" in r for r in results)
+    show_replicates = any(len(group) > 1 for group in groups.values())
+    columns = ["level", "kind", "% weights remaining", "test acc (final)", "test acc (early stop)", "early-stop it"]
+    columns += ["LMC barrier"] * show_lmc + ["replicates"] * show_replicates
+    for column in columns:
+        table.add_column(column, justify="left" if column == "kind" else "right")
+
+    def stat(values, scale=100.0, digits=2):
+        values = [v for v in values if v is not None]
+        if not values:
+            return "-"
+        mean = f"{scale * np.mean(values):.{digits}f}"
+        return mean if len(values) == 1 else f"{mean} ± {scale * np.std(values):.{digits}f}"
+
+    for (level, kind), group in groups.items():
+        early = [g["early_stop"] for g in group]
+        row = [
+            str(level), kind,
+            stat([g["density"] for g in group]),
+            stat([g["final"]["test_accuracy"] for g in group]),
+            stat([e["test_accuracy"] if e else None for e in early]),
+            stat([e["step"] if e else None for e in early], scale=1, digits=0),
+        ]
+        row += [stat([g["lmc"]["barrier"] if "lmc" in g else None for g in group])] * show_lmc
+        row += [str(len(group))] * show_replicates
+        table.add_row(*row)
     return table

@@ -115,3 +115,18 @@ def counts(mask, names: List[str]) -> Dict[str, Dict[str, int]]:
 
 def density(layer_counts) -> float:
     return sum(c["remaining"] for c in layer_counts.values()) / sum(c["total"] for c in layer_counts.values())
+
+
+def random_mask(mask, names: List[str], strategy: str, rng: np.random.Generator):
+    """The random-pruning control of ``mask``: kept positions drawn uniformly at random, with
+    exactly ``mask``'s count in each tensor (layerwise) or overall (global, spread at random)."""
+    flat = {k: np.asarray(v) for k, v in flatten(mask).items()}
+    groups = [[name] for name in names] if strategy == "layerwise" else [names]
+    for group in groups:
+        sizes = [flat[name].size for name in group]
+        keep = int(sum(flat[name].sum() for name in group))
+        kept = np.zeros(sum(sizes), dtype=bool)
+        kept[rng.permutation(kept.size)[:keep]] = True
+        for name, piece in zip(group, np.split(kept, np.cumsum(sizes)[:-1])):
+            flat[name] = piece.reshape(flat[name].shape)
+    return unflatten(mask, flat)

@@ -92,11 +92,14 @@ class Trainer:
             "test": _eval_batches(data.test_x, data.test_y, eval_batch_size),
         }
         self.host_loop = use_host_loop(loop, model)
-        self._train = jax.jit(self._train_impl, donate_argnums=0)
-        self._train_step = jax.jit(self._train_step_impl, donate_argnums=0)
-        self._epoch_order = jax.jit(functools.partial(epoch_order, n=len(data.train_x)))
-        self._evaluate = jax.jit(self._evaluate_impl)
-        self._evaluate_batch = jax.jit(self._evaluate_batch_impl)
+        # Every program runs on a stack of members (replicates, controls, copies) along a leading
+        # axis: the data are shared, each member has its own state, data order and augmentation.
+        members = lambda f, axes: jax.vmap(f, in_axes=axes)
+        self._train = jax.jit(members(self._train_impl, (0, None, 0, 0, None, None)), donate_argnums=0)
+        self._train_step = jax.jit(members(self._train_step_impl, (0, None, 0, 0, None)), donate_argnums=0)
+        self._epoch_order = jax.jit(members(functools.partial(epoch_order, n=len(data.train_x)), (0, None)))
+        self._evaluate = jax.jit(members(self._evaluate_impl, (0, 0, None)))
+        self._evaluate_batch = jax.jit(members(self._evaluate_batch_impl, (0, 0, None)))
 
     # --- the model as a pure function of its parameters -------------------------------------
 
@@ -113,7 +116,7 @@ class Trainer:
         return (x - self.mean) / self.std
 
     def init_state(self, params, batch_stats, mask, opt_state=None):
-        """A training state; the optimizer state is fresh unless one is given."""
+        """One member's training state; the optimizer state is fresh unless one is given."""
         params = apply_mask(params, mask)
         if opt_state is None:
             opt_state = self.tx.init(params)
@@ -125,7 +128,8 @@ class Trainer:
     # --- training ---------------------------------------------------------------------------
 
     def train(self, state, data_key, augment_key, start: int, stop: int):
-        """Run steps [start, stop); returns the new state and the mean training loss."""
+        """Run steps [start, stop) of a stack of members (``stack``): each its own state, data
+        key and augmentation key. Returns the new states and each member's mean training loss."""
         if not self.host_loop:
             return self._train(state, self.train_data, data_key, augment_key, jnp.int32(start), jnp.int32(stop))
         loss_sum, order, order_epoch = 0.0, None, None
@@ -180,7 +184,8 @@ class Trainer:
     # --- evaluation -------------------------------------------------------------------------
 
     def evaluate(self, state, split: str):
-        """(mean loss, accuracy) on ``split`` ('val' or 'test'); None for an empty split."""
+        """Each member's (mean loss, accuracy) on ``split`` ('val' or 'test') as two arrays;
+        None for an empty split."""
         batches = self.eval_data[split]
         if batches is None:
             return None
@@ -188,11 +193,11 @@ class Trainer:
         if self.host_loop:
             sums = [self._evaluate_batch(params, batch_stats, jax.tree.map(lambda a: a[i], batches))
                     for i in range(batches[0].shape[0])]
-            loss, correct = (sum(column) for column in zip(*sums))
+            loss, correct = (np.sum(column, axis=0) for column in zip(*sums))
             total = float(np.sum(batches[2]))
-            return float(loss) / total, float(correct) / total
+            return loss / total, correct / total
         loss, accuracy = self._evaluate(params, batch_stats, batches)
-        return float(loss), float(accuracy)
+        return np.asarray(loss), np.asarray(accuracy)
 
     def _evaluate_batch_impl(self, params, batch_stats, batch):
         """Summed loss and number correct on one batch (padding has weight 0)."""
@@ -206,6 +211,16 @@ class Trainer:
         losses, corrects = jax.lax.map(lambda batch: self._evaluate_batch_impl(params, batch_stats, batch), batches)
         total = jnp.sum(batches[2])
         return jnp.sum(losses) / total, jnp.sum(corrects) / total
+
+
+def stack(trees):
+    """Stack members' pytrees along a new leading axis."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def unstack(tree, i: int):
+    """Member ``i`` of a stack, as host arrays."""
+    return jax.tree.map(lambda leaf: np.asarray(leaf[i]), tree)
 
 
 def epoch_order(data_key, epoch, n):

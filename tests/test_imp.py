@@ -9,6 +9,8 @@ from rich.console import Console
 
 from lottery import imp, pruning
 from lottery.checkpoint import load_tree
+from lottery.training import stack, unstack
+from test_masking import member_keys
 
 QUIET = Console(file=io.StringIO())
 
@@ -21,18 +23,19 @@ def test_each_level_starts_from_theta_k_times_its_mask(small_config):
     cfg = small_config("rewind=40it", "rewind_optimizer=true", "optimizer=sgd", "optimizer.lr=0.05")
     results = imp.run(cfg, console=QUIET)
     experiment = imp.prepare(cfg)
-    level_dir = experiment.level_dir
+    level_dir = lambda level: experiment.level_dir(0, level)
     theta_k = load_tree(os.path.join(level_dir(0), "rewind_point"), experiment.like_rewind_point())
 
     # θk is the dense run's state at step k: replaying the first k steps from θ0 gives it bitwise.
     trainer = experiment.trainer
-    state = trainer.init_state(trainer.init_params, trainer.init_batch_stats, pruning.full_mask(trainer.init_params))
-    replay = jax.device_get(trainer.train(state, experiment.data_key, experiment.augment_key, 0, 40)[0])
+    theta_0 = experiment.initial_weights(experiment.keys(0)["init"])
+    state = trainer.init_state(theta_0["params"], theta_0["batch_stats"], pruning.full_mask(theta_0["params"]))
+    replay = unstack(trainer.train(stack([state]), *member_keys(experiment), 0, 40)[0], 0)
     assert tobytes(replay["params"]) == tobytes(theta_k["params"])
     assert tobytes(replay["opt_state"]) == tobytes(theta_k["opt_state"])
 
     ticket_0 = load_tree(os.path.join(level_dir(0), "ticket"), experiment.like_ticket())
-    assert tobytes(ticket_0["params"]) == tobytes(trainer.init_params)  # level 0 starts from θ0
+    assert tobytes(ticket_0["params"]) == tobytes(theta_0["params"])  # level 0 starts from θ0
     previous_mask = ticket_0["mask"]
     for level in (1, 2):
         ticket = load_tree(os.path.join(level_dir(level), "ticket"), experiment.like_ticket())
@@ -73,21 +76,21 @@ def test_more_levels_continue_skip_finished_ones_and_match_an_uninterrupted_run(
     first = small_config("levels=1")
     imp.run(first, console=QUIET)
     experiment = imp.prepare(first)
-    files = [os.path.join(experiment.level_dir(level), "metrics.json") for level in (0, 1)]
+    files = [os.path.join(experiment.level_dir(0, level), "metrics.json") for level in (0, 1)]
     before = [(os.stat(f).st_mtime_ns, open(f).read()) for f in files]
-    os.makedirs(experiment.level_dir(2) + ".partial")  # an interrupted attempt at level 2
-    open(os.path.join(experiment.level_dir(2) + ".partial", "junk"), "w").close()
+    os.makedirs(experiment.level_dir(0, 2) + ".partial")  # an interrupted attempt at level 2
+    open(os.path.join(experiment.level_dir(0, 2) + ".partial", "junk"), "w").close()
 
     continued = imp.run(small_config("levels=2"), console=QUIET)
     assert [(os.stat(f).st_mtime_ns, open(f).read()) for f in files] == before
-    assert not os.path.exists(experiment.level_dir(2) + ".partial")
+    assert not os.path.exists(experiment.level_dir(0, 2) + ".partial")
     assert [m["level"] for m in continued] == [0, 1, 2]
 
     fresh_cfg = small_config("levels=2", f"output_dir={tmp_path / 'fresh'}")
     fresh = imp.run(fresh_cfg, console=QUIET)
     fresh_experiment = imp.prepare(fresh_cfg)
     assert [m["final"] for m in fresh] == [m["final"] for m in continued]  # deterministic on CPU
-    load = lambda e: load_tree(os.path.join(e.level_dir(2), "trained"), e.like_weights())
+    load = lambda e: load_tree(os.path.join(e.level_dir(0, 2), "trained"), e.like_weights())
     assert tobytes(load(fresh_experiment)) == tobytes(load(experiment))
 
 

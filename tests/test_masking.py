@@ -6,6 +6,7 @@ import optax
 import pytest
 
 from lottery import imp, pruning, training
+from lottery.training import stack, unstack
 
 OPTIMIZERS = {
     "sgd-momentum-wd": ["optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "optimizer.weight_decay=1e-3"],
@@ -14,6 +15,12 @@ OPTIMIZERS = {
     "resnet-bn-sgd": ["model=resnet20", "model.depth=8", "model.width=4", "optimizer=sgd", "optimizer.lr=0.05",
                       "dataset.augment=true"],
 }
+
+
+def member_keys(experiment, replicates=(0,)):
+    """Stacked data and augmentation keys of one member per replicate."""
+    keys = [experiment.keys(r) for r in replicates]
+    return jax.numpy.stack([k["data"] for k in keys]), jax.numpy.stack([k["augment"] for k in keys])
 
 
 def random_mask(params, names, density, seed):
@@ -31,29 +38,30 @@ def bits(x):
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_pruned_weights_and_their_moments_stay_zero_at_every_step(small_config, name):
     experiment = imp.prepare(small_config(*OPTIMIZERS[name]))
-    trainer, keys = experiment.trainer, (experiment.data_key, experiment.augment_key)
+    trainer, keys = experiment.trainer, member_keys(experiment)
     # Dense training first, so that every weight has non-zero optimizer moments ...
     dense = trainer.init_state(trainer.init_params, trainer.init_batch_stats, pruning.full_mask(trainer.init_params))
-    dense = jax.device_get(trainer.train(dense, *keys, 0, 20)[0])
+    dense = unstack(trainer.train(stack([dense]), *keys, 0, 20)[0], 0)
     # ... then half the weights pruned, keeping (masked) moments: the rewound-optimizer case.
     mask = random_mask(dense["params"], experiment.prunable, 0.5, seed=0)
     opt_state = training.mask_optimizer_state(trainer.tx, dense["opt_state"], mask)
-    state = trainer.init_state(dense["params"], dense["batch_stats"], mask, opt_state)
+    state = stack([trainer.init_state(dense["params"], dense["batch_stats"], mask, opt_state)])
     flat_mask = pruning.flatten(mask)
     for step in range(20, 80):  # one compiled step per call, so every step is checked
         state, loss = trainer.train(state, *keys, step, step + 1)
-        params = pruning.flatten(jax.device_get(state["params"]))
+        params = pruning.flatten(unstack(state["params"], 0))
         for path in experiment.prunable:
             assert np.all(bits(params[path][~flat_mask[path]]) == 0), f"{path} not +0.0 after step {step}"
-    assert np.isfinite(float(loss))
+    assert np.isfinite(float(loss[0]))
 
     # Optimizer state of pruned weights is exactly 0; of surviving weights it is not.
+    opt_state = unstack(state["opt_state"], 0)
     pruned_zero = optax.tree_map_params(
-        trainer.tx, lambda v, m: bool(np.all(np.asarray(v)[~m] == 0)), state["opt_state"], mask,
+        trainer.tx, lambda v, m: bool(np.all(np.asarray(v)[~m] == 0)), opt_state, mask,
         transform_non_params=lambda _: True)
     assert all(jax.tree.leaves(pruned_zero))
     moment_leaves = optax.tree_map_params(
-        trainer.tx, lambda v, m: float(np.abs(np.asarray(v)[m]).sum()), state["opt_state"], mask,
+        trainer.tx, lambda v, m: float(np.abs(np.asarray(v)[m]).sum()), opt_state, mask,
         transform_non_params=lambda _: None)
     assert sum(jax.tree.leaves(moment_leaves)) > 0
 
@@ -67,15 +75,15 @@ def test_the_step_itself_zeroes_pruned_weights_even_with_dense_moments(small_con
     # Nothing outside the compiled step has to remember the mask: even a dense (unmasked) optimizer
     # state, whose moments would move pruned weights, leaves them exactly 0.0.
     experiment = imp.prepare(small_config(*OPTIMIZERS[name]))
-    trainer, keys = experiment.trainer, (experiment.data_key, experiment.augment_key)
+    trainer, keys = experiment.trainer, member_keys(experiment)
     dense = trainer.init_state(trainer.init_params, trainer.init_batch_stats, pruning.full_mask(trainer.init_params))
-    dense = jax.device_get(trainer.train(dense, *keys, 0, 20)[0])
+    dense = unstack(trainer.train(stack([dense]), *keys, 0, 20)[0], 0)
     mask = random_mask(dense["params"], experiment.prunable, 0.3, seed=1)
-    state = trainer.init_state(dense["params"], dense["batch_stats"], mask, dense["opt_state"])
+    state = stack([trainer.init_state(dense["params"], dense["batch_stats"], mask, dense["opt_state"])])
     flat_mask = pruning.flatten(mask)
     for step in range(20, 30):
         state, _ = trainer.train(state, *keys, step, step + 1)
-        params = pruning.flatten(jax.device_get(state["params"]))
+        params = pruning.flatten(unstack(state["params"], 0))
         for path in experiment.prunable:
             assert np.all(bits(params[path][~flat_mask[path]]) == 0), f"{path} not +0.0 after step {step}"
 

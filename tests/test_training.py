@@ -6,18 +6,20 @@ import pytest
 
 from lottery import imp, pruning, training
 from lottery.errors import LotteryError
+from lottery.training import stack, unstack
+from test_masking import member_keys
 
 
 def train_with(small_config, loop, *overrides):
     experiment = imp.prepare(small_config(f"training.loop={loop}", *overrides))
     trainer = experiment.trainer
     mask = pruning.full_mask(trainer.init_params)
-    state = trainer.init_state(trainer.init_params, trainer.init_batch_stats, mask)
+    state = stack([trainer.init_state(trainer.init_params, trainer.init_batch_stats, mask)])
     losses = []
     for start, stop in ((0, 15), (15, 50)):  # crosses epoch boundaries (20 iterations per epoch)
-        state, loss = trainer.train(state, experiment.data_key, experiment.augment_key, start, stop)
-        losses.append(float(loss))
-    return trainer, jax.device_get(state), losses
+        state, loss = trainer.train(state, *member_keys(experiment), start, stop)
+        losses.append(float(loss[0]))
+    return trainer, state, losses
 
 
 @pytest.mark.parametrize("model", [[], ["model=resnet20", "model.depth=8", "model.width=4", "dataset.augment=true"]])
@@ -26,7 +28,7 @@ def test_host_and_device_loops_train_the_same(small_config, model):
     host_trainer, host, host_losses = train_with(small_config, "host", *model)
     assert host_trainer.host_loop and not device_trainer.host_loop
     np.testing.assert_allclose(host_losses, device_losses, rtol=1e-4)
-    for a, b in zip(jax.tree.leaves(host["params"]), jax.tree.leaves(device["params"])):
+    for a, b in zip(jax.tree.leaves(unstack(host["params"], 0)), jax.tree.leaves(unstack(device["params"], 0))):
         # Adam turns rounding-level gradient differences into sign-like updates of size ~lr for
         # near-zero gradients; a different data order would move weights by ~lr * steps = 0.06.
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=5e-4)

@@ -1,0 +1,170 @@
+"""Controls, retraining variants, replicates, vmap vs loop, and linear mode connectivity."""
+
+import io
+import os
+
+import jax
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from rich.console import Console
+
+from lottery import imp, lmc, pruning
+from lottery.checkpoint import load_tree
+from lottery.config import PruningConfig
+from lottery.training import stack, unstack
+from test_masking import member_keys
+
+QUIET = Console(file=io.StringIO())
+
+
+def load(experiment, replicate, level, what, kind="ticket"):
+    directory = experiment.level_dir(replicate, level)
+    if kind != "ticket":
+        directory = os.path.join(directory, kind)
+    like = {"ticket": experiment.like_ticket, "trained": experiment.like_weights,
+            "rewind_point": experiment.like_rewind_point}[what]()
+    return load_tree(os.path.join(directory, what), like)
+
+
+def tobytes(tree):
+    return [np.asarray(leaf).tobytes() for leaf in jax.tree.leaves(tree)]
+
+
+def test_controls_have_the_tickets_counts_and_their_own_weights_or_masks(small_config):
+    cfg = small_config("controls=[random_reinit,random_prune]", "rewind=20it")
+    results = imp.run(cfg, console=QUIET)
+    experiment = imp.prepare(cfg)
+    assert [(r["level"], r["kind"]) for r in results] == [
+        (0, "ticket"), (1, "ticket"), (1, "random_reinit"), (1, "random_prune"),
+        (2, "ticket"), (2, "random_reinit"), (2, "random_prune")]
+    theta_k = load(experiment, 0, 0, "rewind_point")
+    theta_0 = load(experiment, 0, 0, "ticket")["params"]
+    for level in (1, 2):
+        ticket = load(experiment, 0, level, "ticket")
+        reinit = load(experiment, 0, level, "ticket", "random_reinit")
+        prune = load(experiment, 0, level, "ticket", "random_prune")
+        ticket_counts = pruning.counts(ticket["mask"], experiment.prunable)
+        # random reinit: the ticket's mask exactly, on weights that are not θk.
+        assert tobytes(reinit["mask"]) == tobytes(ticket["mask"])
+        for name in experiment.prunable:
+            r, t = pruning.flatten(reinit["params"])[name], pruning.flatten(ticket["params"])[name]
+            m = pruning.flatten(ticket["mask"])[name]
+            assert np.all(r[~m] == 0) and not np.array_equal(r[m], t[m])
+            assert not np.array_equal(r[m], pruning.flatten(theta_0)[name][m])  # freshly drawn, not θ0
+        # random prune: exactly the ticket's per-layer counts, another mask, and θk's weights.
+        assert pruning.counts(prune["mask"], experiment.prunable) == ticket_counts
+        assert tobytes(prune["mask"]) != tobytes(ticket["mask"])
+        expected = jax.tree.map(lambda w, m: np.where(m, w, np.float32(0)), theta_k["params"], prune["mask"])
+        assert tobytes(prune["params"]) == tobytes(expected)
+    # Controls train on the same segment as the ticket and are reported beside it.
+    by_kind = {r["kind"]: r for r in results if r["level"] == 2}
+    assert by_kind["random_prune"]["start_step"] == by_kind["ticket"]["start_step"] == 20
+    assert by_kind["random_prune"]["remaining"] == by_kind["ticket"]["remaining"]
+
+
+def test_global_random_prune_keeps_the_overall_count_spread_at_random():
+    rng = np.random.default_rng(0)
+    params = {"a": {"kernel": rng.normal(size=(30, 40))}, "b": {"kernel": rng.normal(size=(40, 50))}}
+    cfg = OmegaConf.structured(PruningConfig(strategy="global", rate=0.6))
+    names = pruning.prunable(params)
+    mask = pruning.prune(params, pruning.full_mask(params), cfg, names)
+    random = pruning.random_mask(mask, names, "global", np.random.default_rng(1))
+    ticket_counts, random_counts = pruning.counts(mask, names), pruning.counts(random, names)
+    assert sum(c["remaining"] for c in random_counts.values()) == sum(c["remaining"] for c in ticket_counts.values())
+    assert random_counts != ticket_counts  # spread over all layers, not per layer
+    layerwise = pruning.random_mask(mask, names, "layerwise", np.random.default_rng(1))
+    assert pruning.counts(layerwise, names) == ticket_counts
+
+
+def test_replicates_are_independent_trajectories(small_config):
+    cfg = small_config("replicates=2", "levels=1")
+    imp.run(cfg, console=QUIET)
+    experiment = imp.prepare(cfg)
+    starts = [load(experiment, r, 0, "ticket") for r in (0, 1)]
+    assert tobytes(starts[0]["params"]) != tobytes(starts[1]["params"])  # own initialization
+    masks = [load(experiment, r, 1, "ticket")["mask"] for r in (0, 1)]
+    assert tobytes(masks[0]) != tobytes(masks[1])  # own masks
+    keys = [experiment.keys(r) for r in (0, 1)]
+    assert not np.array_equal(jax.random.key_data(keys[0]["data"]), jax.random.key_data(keys[1]["data"]))
+
+
+def test_vmap_equals_loop(small_config, tmp_path):
+    overrides = ("replicates=2", "levels=1", "controls=[random_reinit,random_prune]")
+    vmapped = imp.run(small_config(*overrides, "parallel=vmap"), console=QUIET)
+    looped_cfg = small_config(*overrides, "parallel=loop", f"output_dir={tmp_path / 'loop'}")
+    looped = imp.run(looped_cfg, console=QUIET)
+    assert [(r["level"], r["replicate"], r["kind"]) for r in vmapped] == [(r["level"], r["replicate"], r["kind"]) for r in looped]
+    for v, l in zip(vmapped, looped):
+        assert v["remaining"] == l["remaining"]
+        for a, b in zip(v["history"], l["history"]):
+            np.testing.assert_allclose([a["train_loss"], a["test_loss"], a["val_loss"]],
+                                       [b["train_loss"], b["test_loss"], b["val_loss"]], rtol=1e-4)
+            assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 1 / 360 + 1e-9  # at most one test image
+    experiment, looped_experiment = imp.prepare(small_config(*overrides)), imp.prepare(looped_cfg)
+    for r in (0, 1):
+        a, b = load(experiment, r, 1, "trained"), load(looped_experiment, r, 1, "trained")
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_allclose(x, y, rtol=1e-3, atol=5e-4)
+
+
+@pytest.mark.parametrize("retrain", ["lr_rewind", "finetune"])
+def test_lr_rewind_and_finetune_start_from_the_trained_weights(small_config, retrain):
+    cfg = small_config(f"retrain={retrain}", "rewind=40it", "finetune_steps=2ep")
+    results = imp.run(cfg, console=QUIET)
+    experiment = imp.prepare(cfg)
+    for level in (1, 2):
+        ticket = load(experiment, 0, level, "ticket")
+        trained = load(experiment, 0, level - 1, "trained")
+        expected = jax.tree.map(lambda w, m: np.where(m, w, np.float32(0)), trained["params"], ticket["mask"])
+        assert tobytes(ticket["params"]) == tobytes(expected)
+        assert tobytes(ticket["batch_stats"]) == tobytes(trained["batch_stats"])
+    start = {"lr_rewind": 40, "finetune": 100}[retrain]
+    end = {"lr_rewind": 100, "finetune": 140}[retrain]  # finetune: 2 more epochs at the final rate
+    for metrics in results[1:]:
+        assert metrics["start_step"] == start and metrics["history"][-1]["step"] == end
+
+
+def test_adding_controls_later_keeps_the_finished_tickets(small_config):
+    imp.run(small_config("levels=1"), console=QUIET)
+    experiment = imp.prepare(small_config("levels=1"))
+    metrics_file = os.path.join(experiment.level_dir(0, 1), "metrics.json")
+    before = os.stat(metrics_file).st_mtime_ns
+    results = imp.run(small_config("levels=1", "controls=[random_prune]"), console=QUIET)
+    assert os.stat(metrics_file).st_mtime_ns == before
+    assert [r["kind"] for r in results] == ["ticket", "ticket", "random_prune"]
+
+
+def test_lmc_barrier_is_zero_for_copies_with_the_same_data_order(small_config):
+    experiment = imp.prepare(small_config())
+    trainer = experiment.trainer
+    theta_0 = experiment.initial_weights(experiment.keys(0)["init"])
+    start = trainer.init_state(theta_0["params"], theta_0["batch_stats"], pruning.full_mask(theta_0["params"]))
+    keys = member_keys(experiment, replicates=(0, 0))  # the same data order twice
+    copies = trainer.train(stack([start, start]), *keys, 0, 60)[0]
+    a, b = ({k: unstack(copies, i)[k] for k in ("params", "batch_stats")} for i in (0, 1))
+    path = lmc.error_along_path(trainer, a, b, points=7)
+    assert len(path["test_error"]) == 7 and path["alphas"][0] == 0.0 and path["alphas"][-1] == 1.0
+    assert path["barrier"] == pytest.approx(0.0, abs=1e-9)
+    _, accuracy_a = trainer.evaluate(stack([a]), "test")
+    assert path["test_error"][0] == pytest.approx(1 - accuracy_a[0])
+
+
+def test_lmc_endpoints_are_the_copies_and_the_barrier_is_measured(small_config):
+    cfg = small_config("lmc.levels=[0,2]", "lmc.points=5", "rewind=20it", "levels=2")
+    results = imp.run(cfg, console=QUIET)
+    experiment = imp.prepare(cfg)
+    trainer = experiment.trainer
+    for level in (0, 2):
+        path = results[level]["lmc"]
+        assert len(path["test_error"]) == 5 and path["start_step"] == 20
+        assert path["barrier"] == pytest.approx(max(path["test_error"]) - (path["test_error"][0] + path["test_error"][-1]) / 2)
+        assert os.path.isfile(os.path.join(experiment.level_dir(0, level), "lmc", "path.png"))
+    assert "lmc" not in results[1]
+    # Two copies from different data orders end in different places; the path's endpoints are
+    # exactly those copies (α = 0 and 1), evaluated like any network.
+    a = {"params": load(experiment, 0, 2, "trained")["params"], "batch_stats": {}}
+    b = jax.tree.map(lambda x: x * np.float32(0.5), a)
+    path = lmc.error_along_path(trainer, a, b, points=3)
+    _, accuracy = trainer.evaluate(stack([a, b]), "test")
+    assert path["test_error"][0] == pytest.approx(1 - accuracy[0]) and path["test_error"][-1] == pytest.approx(1 - accuracy[1])
