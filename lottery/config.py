@@ -83,6 +83,17 @@ class LMCConfig:
 
 
 @dataclasses.dataclass
+class WandbConfig:
+    """Weights & Biases tracking (lottery/tracking.py)."""
+
+    mode: str = "${oc.env:WANDB_MODE,offline}"  # online | offline | disabled
+    project: str = "lottery"
+    entity: Optional[str] = None
+    tags: List[str] = dataclasses.field(default_factory=list)
+    log_ticket: bool = False  # upload the last level's ticket (mask + starting weights) as an artifact
+
+
+@dataclasses.dataclass
 class Config:
     name: str = "quickstart"  # experiment name: first part of the results directory's name
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -102,6 +113,7 @@ class Config:
     controls: List[str] = dataclasses.field(default_factory=list)  # random_reinit, random_prune
     parallel: str = "vmap"  # vmap: a level's members in one compiled program; loop: one by one
     lmc: LMCConfig = dataclasses.field(default_factory=LMCConfig)
+    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
     output_dir: str = "runs"
     progress: bool = True  # progress bar
 
@@ -110,7 +122,7 @@ class Config:
 # asking for more levels continues the same run; where data or results live is not the experiment.
 # More replicates, controls or LMC levels add to the same experiment; how members are batched
 # together is not the experiment either.
-_NOT_HASHED = ("name", "levels", "replicates", "controls", "lmc", "parallel", "output_dir", "progress",
+_NOT_HASHED = ("name", "levels", "replicates", "controls", "lmc", "parallel", "output_dir", "progress", "wandb",
                "dataset.root", "dataset.download", "training.loop")
 
 

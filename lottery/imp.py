@@ -44,8 +44,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from lottery import analysis, lmc, models, pruning, tracking, training
 from lottery import data as datasets
-from lottery import lmc, models, pruning, training
 from lottery.checkpoint import load_tree, read_json, save_tree, write_json
 from lottery.config import experiment_hash
 from lottery.errors import LotteryError
@@ -68,6 +68,7 @@ class Experiment:
     input_shape: tuple
     num_classes: int
     directory: str  # <output_dir>/<name>-<hash>
+    tracker: tracking.Tracker
 
     def keys(self, replicate: int) -> Dict[str, jax.Array]:
         """The PRNG keys of one replicate: its initialization, data order, augmentation, controls."""
@@ -160,8 +161,9 @@ def prepare(cfg) -> Experiment:
     prunable = pruning.prunable(trainer.init_params, cfg.pruning.ignore)
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.name).lstrip(".") or "experiment"
     directory = os.path.join(os.path.expanduser(cfg.output_dir), f"{name}-{experiment_hash(cfg)}")
+    tracker = tracking.Tracker(cfg, directory)
     return Experiment(cfg, trainer, prunable, end, rewind, finetune_steps, eval_every,
-                      data.input_shape, data.num_classes, directory)
+                      data.input_shape, data.num_classes, directory, tracker)
 
 
 def run(cfg, console: Console = None) -> List[dict]:
@@ -176,16 +178,37 @@ def run(cfg, console: Console = None) -> List[dict]:
     config_file = os.path.join(experiment.directory, "config.yaml")
     if not os.path.exists(config_file):
         OmegaConf.save(cfg, config_file, resolve=True)
+    record_sweep_job(experiment.directory)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, disable=not cfg.progress) as progress:
-        for level in range(cfg.levels + 1):
-            jobs = [job for r in range(cfg.replicates) for job in level_jobs(experiment, r, level)]
-            train_jobs(experiment, jobs, level, *experiment.segment(level), progress)
-            if level in cfg.lmc.levels:
-                run_lmc(experiment, level, progress)
+    try:
+        with Progress(*columns, console=console, disable=not cfg.progress) as progress:
+            for level in range(cfg.levels + 1):
+                jobs = [job for r in range(cfg.replicates) for job in level_jobs(experiment, r, level)]
+                train_jobs(experiment, jobs, level, *experiment.segment(level), progress)
+                if level in cfg.lmc.levels:
+                    run_lmc(experiment, level, progress)
+    except BaseException:
+        experiment.tracker.abort()
+        raise
     results = collect(experiment)
+    experiment.tracker.finish(results)
+    figures = analysis.save_figures(experiment.directory)
     console.print(summary_table(results, experiment.directory))
+    console.print(f"figures: {', '.join(figures)}")
     return results
+
+
+def record_sweep_job(directory: str) -> None:
+    """Under a Hydra multirun, leave a pointer to the experiment in the job's directory, so that
+    ``lottery.report`` and ``load_runs`` find a sweep's experiments from the sweep directory."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        job_dir = HydraConfig.get().runtime.output_dir
+        os.makedirs(job_dir, exist_ok=True)
+        with open(os.path.join(job_dir, analysis.POINTER), "w") as f:
+            f.write(os.path.abspath(directory))
 
 
 # --- what each level trains --------------------------------------------------------------------
@@ -296,12 +319,13 @@ def train(experiment: Experiment, states, jobs: List[Job], level: int, start: in
                 raise LotteryError(f"level {level}, replicate {job.replicate}, {job.kind}: training loss is {loss} "
                                    f"at step {step}; earlier levels are intact")
         evaluated = {split: trainer.evaluate(states, split) for split in ("val", "test")}
-        for i, history in enumerate(histories):
+        for i, (job, history) in enumerate(zip(jobs, histories)):
             record = {"step": step, "train_loss": float(train_loss[i])}  # mean since the last record
             for split, result in evaluated.items():
                 if result is not None:
                     record[f"{split}_loss"], record[f"{split}_accuracy"] = float(result[0][i]), float(result[1][i])
             history.append(record)
+            experiment.tracker.log_evaluation(job.replicate, job.kind, level, record)
     return states, histories, rewind_points
 
 
@@ -320,6 +344,7 @@ def save_job(experiment: Experiment, job: Job, level: int, start: int, finished,
     metrics = summarize(level, job, start, history, layer_counts, seconds)
     write_json(os.path.join(work_dir, "metrics.json"), metrics)
     os.rename(work_dir, job.directory)
+    experiment.tracker.log_level(metrics)
 
 
 # --- linear mode connectivity -------------------------------------------------------------------
@@ -355,6 +380,8 @@ def run_lmc(experiment: Experiment, level: int, progress: Progress) -> None:
         lmc.plot([path], os.path.join(directory + ".partial", "path.png"),
                  f"level {level}, replicate {jobs[i].replicate}: from step {start}")
         os.rename(directory + ".partial", directory)
+        density = pruning.density(pruning.counts(jobs[i].state["mask"], experiment.prunable))
+        experiment.tracker.log_lmc(jobs[i].replicate, level, density, path)
 
 
 def lmc_start(experiment: Experiment, replicate: int, level: int) -> dict:

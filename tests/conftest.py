@@ -10,6 +10,9 @@ from hydra import compose, initialize_config_dir
 
 import lottery.config  # noqa: F401  (registers the schema that conf/config.yaml starts from)
 
+# W&B stays off in tests unless a test asks for offline runs itself (tests/test_tracking.py).
+os.environ.setdefault("WANDB_MODE", "disabled")
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 

@@ -1,0 +1,55 @@
+"""``python -m lottery.report RUNS_DIR``: the results table and figures of finished runs.
+
+RUNS_DIR is any directory with experiments below it: ``runs/``, one experiment's directory, or a
+Hydra sweep directory (``runs/multirun/<date>``). Prints mean ± std over replicates per
+experiment, kind and level, and writes accuracy_vs_sparsity.png (and early_stopping.png) there.
+"""
+
+import argparse
+import sys
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from lottery import analysis
+
+
+def table(summary) -> Table:
+    out = Table(title="lottery results (mean ± std over replicates)")
+    for column in ("experiment", "kind", "level", "% remaining", "test acc", "test acc (early stop)",
+                   "early-stop it", "LMC barrier", "replicates"):
+        out.add_column(column, justify="left" if column in ("experiment", "kind") else "right")
+
+    def cell(row, metric, scale=100.0, digits=2):
+        mean, std = row[metric], row[f"{metric}_std"]
+        if np.isnan(mean):
+            return "-"
+        return f"{scale * mean:.{digits}f}" + (f" ± {scale * std:.{digits}f}" if row["replicates"] > 1 else "")
+
+    for _, row in summary.iterrows():
+        out.add_row(f"{row['experiment']}-{row['hash']}", row["kind"], str(row["level"]), f"{row['percent_remaining']:.2f}",
+                    cell(row, "test_accuracy"), cell(row, "test_accuracy_early_stop"),
+                    cell(row, "early_stop_iteration", 1, 0), cell(row, "lmc_barrier"), str(row["replicates"]))
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lottery.report", description=__doc__.splitlines()[0])
+    parser.add_argument("root", help="directory with lottery experiments below it")
+    parser.add_argument("--output", help="where to write the figures (default: ROOT)")
+    args = parser.parse_args(argv)
+    try:
+        df = analysis.load_runs(args.root)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    console = Console() if sys.stdout.isatty() else Console(width=180)
+    console.print(table(analysis.summarize(df)))
+    for figure in analysis.save_figures(args.root, args.output):
+        console.print(f"wrote {figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
