@@ -1,0 +1,112 @@
+"""The results API, figures and report on a results tree generated here with known values."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from lottery import analysis, report
+
+
+def write_metrics(directory, replicate, level, kind, density, accuracy, early_accuracy, early_step):
+    os.makedirs(directory, exist_ok=True)
+    metrics = {"level": level, "replicate": replicate, "kind": kind, "remaining": int(density * 1000), "total": 1000,
+               "density": density, "start_step": 0, "final": {"step": 100, "test_accuracy": accuracy, "train_loss": 0.1},
+               "early_stop": {"step": early_step, "test_accuracy": early_accuracy, "val_loss": 0.2, "test_loss": 0.2},
+               "layers": {}, "history": [], "wall_time_s": 1.0}
+    with open(os.path.join(directory, "metrics.json"), "w") as f:
+        json.dump(metrics, f)
+
+
+def make_tree(root, name, digest, rewind, rate, barrier=None, replicates=2, levels=3, offset=0.0):
+    """An experiment directory with tickets and random_reinit controls; accuracies known in closed form."""
+    directory = os.path.join(root, f"{name}-{digest}")
+    os.makedirs(directory)
+    OmegaConf.save(OmegaConf.create({"name": name, "seed": 0, "rewind": rewind, "pruning": {"rate": rate}}),
+                   os.path.join(directory, "config.yaml"))
+    for r in range(replicates):
+        for level in range(levels + 1):
+            density = (1 - rate) ** level
+            level_dir = os.path.join(directory, f"replicate_{r}", f"level_{level}")
+            write_metrics(level_dir, r, level, "ticket", density, 0.9 + offset + 0.01 * r, 0.95 - 0.01 * level + 0.02 * r, 100 * level + r)
+            if level:
+                write_metrics(os.path.join(level_dir, "random_reinit"), r, level, "random_reinit", density, 0.8, 0.85, 50)
+            if barrier is not None:
+                os.makedirs(os.path.join(level_dir, "lmc"))
+                with open(os.path.join(level_dir, "lmc", "metrics.json"), "w") as f:
+                    json.dump({"barrier": barrier + 0.01 * r, "test_error": [], "alphas": []}, f)
+    return directory
+
+
+@pytest.fixture
+def tree(tmp_path):
+    make_tree(tmp_path, "quickstart", "aaaa", "0it", 0.2, barrier=0.05)
+    make_tree(tmp_path, "quickstart", "bbbb", "20it", 0.5, barrier=0.01, offset=0.02)
+    return tmp_path
+
+
+def test_load_runs_is_one_tidy_row_per_network_with_the_differing_config(tree):
+    df = analysis.load_runs(str(tree))
+    assert len(df) == 2 * 2 * (4 + 3)  # experiments x replicates x (tickets + controls)
+    assert {"rewind", "pruning.rate"} <= set(df.columns) and "seed" not in df.columns  # only what differs
+    row = df[(df.hash == "bbbb") & (df.kind == "ticket") & (df.level == 2) & (df.replicate == 1)].iloc[0]
+    assert row["percent_remaining"] == pytest.approx(25.0) and row["rewind"] == "20it" and row["pruning.rate"] == 0.5
+    assert row["test_accuracy"] == pytest.approx(0.93) and row["test_accuracy_early_stop"] == pytest.approx(0.95)
+    assert row["early_stop_iteration"] == 201 and row["lmc_barrier"] == pytest.approx(0.02)
+    assert df[df.kind == "random_reinit"]["lmc_barrier"].isna().all()  # LMC belongs to tickets
+
+
+def test_summarize_gives_mean_and_std_over_replicates(tree):
+    summary = analysis.summarize(analysis.load_runs(str(tree)))
+    row = summary[(summary.hash == "aaaa") & (summary.kind == "ticket") & (summary.level == 1)].iloc[0]
+    assert row["test_accuracy_early_stop"] == pytest.approx(np.mean([0.94, 0.96]))
+    assert row["test_accuracy_early_stop_std"] == pytest.approx(np.std([0.94, 0.96]))
+    assert row["replicates"] == 2 and row["percent_remaining"] == pytest.approx(80.0)
+
+
+def test_accuracy_vs_sparsity_plot(tree):
+    df = analysis.load_runs(str(tree))
+    ax = analysis.plot_accuracy_vs_sparsity(df[df.hash == "aaaa"], by="kind")
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels == ["ticket", "random_reinit"]
+    x, y = ax.get_lines()[0].get_data()
+    np.testing.assert_allclose(x, [100, 80, 64, 51.2])
+    np.testing.assert_allclose(y, [100 * (0.95 - 0.01 * level + 0.01) for level in range(4)])
+    assert ax.get_xscale() == "log" and ax.get_xlim()[0] > ax.get_xlim()[1]  # decreasing to the right
+    ax = analysis.plot_accuracy_vs_sparsity(df[df.kind == "ticket"], by="experiment")
+    assert [line.get_label() for line in ax.get_lines()] == [
+        "quickstart-aaaa (pruning.rate=0.2, rewind=0it)", "quickstart-bbbb (pruning.rate=0.5, rewind=20it)"]
+
+
+def test_early_stopping_and_instability_plots(tree):
+    df = analysis.load_runs(str(tree))
+    ax = analysis.plot_early_stopping(df[df.hash == "aaaa"])
+    np.testing.assert_allclose(ax.get_lines()[0].get_data()[1], [0.5, 100.5, 200.5, 300.5])
+    ax = analysis.plot_instability(df, x="rewind")
+    assert len(ax.containers) == 4  # one errorbar series per level
+    assert ax.get_legend_handles_labels()[1][0].startswith("level 0")
+
+
+def test_report_prints_the_table_and_writes_figures(tree, capsys):
+    assert report.main([str(tree)]) == 0
+    out = capsys.readouterr().out
+    assert "quickstart-aaaa" in out and "random_reinit" in out and "95.00 ± 1.00" in out and "90.50 ± 0.50" in out
+    assert os.path.isfile(tree / "accuracy_vs_sparsity.png") and os.path.isfile(tree / "early_stopping.png")
+
+
+def test_report_on_a_directory_without_results_is_an_error(tmp_path, capsys):
+    assert report.main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: no lottery experiments with results below")
+
+
+def test_sweep_pointers_are_followed(tree, tmp_path_factory):
+    sweep = tmp_path_factory.mktemp("sweep")
+    for job, digest in enumerate(("aaaa", "bbbb")):
+        os.makedirs(sweep / str(job))
+        (sweep / str(job) / analysis.POINTER).write_text(str(tree / f"quickstart-{digest}"))
+    df = analysis.load_runs(str(sweep))
+    assert sorted(df.hash.unique()) == ["aaaa", "bbbb"]
+    assert isinstance(df, pd.DataFrame)
