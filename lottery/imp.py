@@ -180,21 +180,25 @@ def run(cfg, console: Console = None) -> List[dict]:
         OmegaConf.save(cfg, config_file, resolve=True)
     record_sweep_job(experiment.directory)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    trained = 0  # networks trained by this invocation
     try:
         with Progress(*columns, console=console, disable=not cfg.progress) as progress:
             for level in range(cfg.levels + 1):
                 jobs = [job for r in range(cfg.replicates) for job in level_jobs(experiment, r, level)]
                 train_jobs(experiment, jobs, level, *experiment.segment(level), progress)
+                trained += len(jobs)
                 if level in cfg.lmc.levels:
-                    run_lmc(experiment, level, progress)
+                    trained += run_lmc(experiment, level, progress)
     except BaseException:
         experiment.tracker.abort()
         raise
     results = collect(experiment)
     experiment.tracker.finish(results)
-    figures = analysis.save_figures(experiment.directory)
+    figure = os.path.join(experiment.directory, "accuracy_vs_sparsity.png")
+    if trained or not os.path.exists(figure):  # a re-run of finished work rewrites nothing
+        analysis.save_figures(experiment.directory)
     console.print(summary_table(results, experiment.directory))
-    console.print(f"figures: {', '.join(figures)}")
+    console.print(f"figures: {os.path.join(experiment.directory, '*.png')}")
     return results
 
 
@@ -350,8 +354,9 @@ def save_job(experiment: Experiment, job: Job, level: int, start: int, finished,
 # --- linear mode connectivity -------------------------------------------------------------------
 
 
-def run_lmc(experiment: Experiment, level: int, progress: Progress) -> None:
-    """Instability analysis at ``level`` for every replicate that has not had it yet."""
+def run_lmc(experiment: Experiment, level: int, progress: Progress) -> int:
+    """Instability analysis at ``level`` for every replicate that has not had it yet; returns the
+    number of copies trained."""
     jobs = []
     for replicate in range(experiment.cfg.replicates):
         if os.path.isdir(os.path.join(experiment.level_dir(replicate, level), "lmc")):
@@ -362,7 +367,7 @@ def run_lmc(experiment: Experiment, level: int, progress: Progress) -> None:
             data_key, augment_key = jax.random.split(jax.random.fold_in(jax.random.fold_in(keys, level), copy))
             jobs.append(Job(replicate, kind, None, start_state, data_key, augment_key))
     if not jobs:
-        return
+        return 0
     start, end = experiment.segment(level)
     start = experiment.rewind if level == 0 else start  # level 0: the copies start at θk
     states = training.stack([job.state for job in jobs])
@@ -382,6 +387,7 @@ def run_lmc(experiment: Experiment, level: int, progress: Progress) -> None:
         os.rename(directory + ".partial", directory)
         density = pruning.density(pruning.counts(jobs[i].state["mask"], experiment.prunable))
         experiment.tracker.log_lmc(jobs[i].replicate, level, density, path)
+    return len(jobs)
 
 
 def lmc_start(experiment: Experiment, replicate: int, level: int) -> dict:
