@@ -1,10 +1,11 @@
 """The compiled training program: data on the device, masks in the state, many steps per dispatch.
 
 The training state is a dict of pytrees ``{params, batch_stats, opt_state, mask}``. One call of
-``Trainer.train`` runs steps ``[start, stop)`` inside a single jitted ``lax.fori_loop`` (on CPU,
-conv models dispatch one compiled step at a time instead: see ``use_host_loop``): each step
-gathers its batch from the device-resident training set by index, takes a gradient step, and
-applies the mask. Masking is part of the step, so nothing outside it has to re-apply a mask:
+``Trainer.train`` runs steps ``[start, stop)`` as one jitted ``lax.fori_loop`` per epoch touched
+(on CPU, conv models dispatch one compiled step at a time instead: see ``use_host_loop``): each
+step gathers its batch from the device-resident training set by index into the epoch's order
+(a seeded permutation computed once per epoch on the device), takes a gradient step, and applies
+the mask. Masking is part of the step, so nothing outside it has to re-apply a mask:
 
 - gradients of pruned weights are zeroed before the optimizer sees them, so optimizer moments of
   pruned weights stay exactly 0 (Adam's m and v, SGD's momentum trace, weight decay of a zero);
@@ -76,11 +77,12 @@ class Trainer:
     """Compiled training and evaluation of one model on one data set."""
 
     def __init__(self, model: nnx.Module, tx, schedule, data: Dataset, batch_size: int,
-                 eval_batch_size: int, augment: bool, loop: str = "auto"):
+                 eval_batch_size: int, augment: bool, loop: str = "auto", masked: bool = True):
         self.graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
         self.init_params = nnx.to_pure_dict(params)
         self.init_batch_stats = nnx.to_pure_dict(batch_stats)
         self.tx, self.schedule, self.augment = tx, schedule, augment
+        self.masked = masked  # False only to measure what masking costs (experiments/bench)
         self.batch_size = batch_size
         self.iterations_per_epoch = len(data.train_x) // batch_size
         self.scale = data.scale
@@ -94,12 +96,13 @@ class Trainer:
         self.host_loop = use_host_loop(loop, model)
         # Every program runs on a stack of members (replicates, controls, copies) along a leading
         # axis: the data are shared, each member has its own state, data order and augmentation.
-        members = lambda f, axes: jax.vmap(f, in_axes=axes)
-        self._train = jax.jit(members(self._train_impl, (0, None, 0, 0, None, None)), donate_argnums=0)
-        self._train_step = jax.jit(members(self._train_step_impl, (0, None, 0, 0, None)), donate_argnums=0)
-        self._epoch_order = jax.jit(members(functools.partial(epoch_order, n=len(data.train_x)), (0, None)))
-        self._evaluate = jax.jit(members(self._evaluate_impl, (0, 0, None)))
-        self._evaluate_batch = jax.jit(members(self._evaluate_batch_impl, (0, 0, None)))
+        # A stack of one runs the unbatched program (vmap over one member costs ~15% on CPU).
+        self._train = _per_member(self._train_impl, (0, None, 0, 0, None, None), donate=True)
+        self._train_step = _per_member(self._train_step_impl, (0, None, 0, 0, None), donate=True)
+        self._epoch_order = _per_member(functools.partial(epoch_order, n=len(data.train_x)), (0, None))
+        self._evaluate = _per_member(self._evaluate_impl, (0, 0, None))
+        self._evaluate_batch = _per_member(self._evaluate_batch_impl, (0, 0, None))
+        self._orders = {}  # the current epoch's data order of each member, computed once per epoch
 
     # --- the model as a pure function of its parameters -------------------------------------
 
@@ -130,16 +133,26 @@ class Trainer:
     def train(self, state, data_key, augment_key, start: int, stop: int):
         """Run steps [start, stop) of a stack of members (``stack``): each its own state, data
         key and augmentation key. Returns the new states and each member's mean training loss."""
-        if not self.host_loop:
-            return self._train(state, self.train_data, data_key, augment_key, jnp.int32(start), jnp.int32(stop))
-        loss_sum, order, order_epoch = 0.0, None, None
-        for step in range(start, stop):
+        loss_sum, step = 0.0, start
+        while step < stop:  # one compiled loop per epoch touched, with that epoch's data order
             epoch = step // self.iterations_per_epoch
-            if epoch != order_epoch:
-                order, order_epoch = self._epoch_order(data_key, epoch), epoch
-            state, loss = self._train_step(state, self.train_data, order, augment_key, jnp.int32(step))
-            loss_sum = loss_sum + loss
+            end = min(stop, (epoch + 1) * self.iterations_per_epoch)
+            order = self._order(data_key, epoch)
+            if self.host_loop:
+                for i in range(step, end):
+                    state, loss = self._train_step(state, self.train_data, order, augment_key, jnp.int32(i))
+                    loss_sum = loss_sum + loss
+            else:
+                state, loss = self._train(state, self.train_data, order, augment_key, jnp.int32(step), jnp.int32(end))
+                loss_sum = loss_sum + loss
+            step = end
         return state, loss_sum / (stop - start)
+
+    def _order(self, data_key, epoch: int):
+        key = (epoch, np.asarray(jax.random.key_data(data_key)).tobytes())
+        if key not in self._orders:
+            self._orders = {key: self._epoch_order(data_key, epoch)}
+        return self._orders[key]
 
     def _batch(self, train_data, order, augment_key, step):
         """The batch of ``step``: its slice of the epoch's order, gathered on the device."""
@@ -149,19 +162,14 @@ class Trainer:
         key = jax.random.fold_in(augment_key, step) if self.augment else None
         return self.inputs(images[index], key), labels[index]
 
-    def _train_impl(self, state, train_data, data_key, augment_key, start, stop):
-        n, per_epoch = train_data[0].shape[0], self.iterations_per_epoch
-
+    def _train_impl(self, state, train_data, order, augment_key, start, stop):
+        """Steps [start, stop) of one epoch in one compiled loop; returns the summed loss."""
         def body(step, carry):
-            state, order, loss_sum = carry
-            epoch = step // per_epoch
-            order = jax.lax.cond(step % per_epoch == 0, lambda: epoch_order(data_key, epoch, n), lambda: order)
+            state, loss_sum = carry
             state, loss = self._step(state, *self._batch(train_data, order, augment_key, step), step)
-            return state, order, loss_sum + loss
+            return state, loss_sum + loss
 
-        carry = (state, epoch_order(data_key, start // per_epoch, n), jnp.float32(0))
-        state, _, loss_sum = jax.lax.fori_loop(start, stop, body, carry)
-        return state, loss_sum / (stop - start)
+        return jax.lax.fori_loop(start, stop, body, (state, jnp.float32(0)))
 
     def _train_step_impl(self, state, train_data, order, augment_key, step):
         return self._step(state, *self._batch(train_data, order, augment_key, step), step)
@@ -174,11 +182,15 @@ class Trainer:
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), batch_stats
 
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        grads = apply_mask(grads, mask)
+        if self.masked:
+            grads = apply_mask(grads, mask)
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         lr = self.schedule(step)
-        params = jax.tree.map(lambda p, u, m: jnp.where(m, p - lr * u, jnp.zeros_like(p)),
-                              state["params"], updates, mask)
+        if self.masked:
+            params = jax.tree.map(lambda p, u, m: jnp.where(m, p - lr * u, jnp.zeros_like(p)),
+                                  state["params"], updates, mask)
+        else:
+            params = jax.tree.map(lambda p, u: p - lr * u, state["params"], updates)
         return {"params": params, "batch_stats": batch_stats, "opt_state": opt_state, "mask": mask}, loss
 
     # --- evaluation -------------------------------------------------------------------------
@@ -211,6 +223,20 @@ class Trainer:
         losses, corrects = jax.lax.map(lambda batch: self._evaluate_batch_impl(params, batch_stats, batch), batches)
         total = jnp.sum(batches[2])
         return jnp.sum(losses) / total, jnp.sum(corrects) / total
+
+
+def _per_member(function, in_axes, donate: bool = False):
+    """``function`` over a stack of members (leading axis of the arguments with axis 0): vmapped
+    for several members, the plain program for one."""
+    donate_argnums = (0,) if donate else ()
+    batched = jax.jit(jax.vmap(function, in_axes=in_axes), donate_argnums=donate_argnums)
+
+    def one(*args):  # drop and restore the member axis inside the program: no extra dispatches
+        squeezed = [jax.tree.map(lambda a: a[0], arg) if axis == 0 else arg for arg, axis in zip(args, in_axes)]
+        return jax.tree.map(lambda a: a[None], function(*squeezed))
+
+    single = jax.jit(one, donate_argnums=donate_argnums)
+    return lambda *args: (batched if jax.tree.leaves(args[0])[0].shape[0] > 1 else single)(*args)
 
 
 def stack(trees):
