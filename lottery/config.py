@@ -116,6 +116,8 @@ class Config:
     wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
     output_dir: str = "runs"
     progress: bool = True  # progress bar
+    # JAX's persistent compilation cache: a repeated run skips XLA compilation ("" turns it off).
+    compilation_cache: str = "${oc.env:LOTTERY_JAX_CACHE,'~/.cache/lottery/jax'}"
 
 
 # Keys that do not change what is computed, so they stay out of the results directory's hash:
@@ -123,6 +125,7 @@ class Config:
 # More replicates, controls or LMC levels add to the same experiment; how members are batched
 # together is not the experiment either.
 _NOT_HASHED = ("name", "levels", "replicates", "controls", "lmc", "parallel", "output_dir", "progress", "wandb",
+               "compilation_cache",
                "dataset.root", "dataset.download", "training.loop")
 
 

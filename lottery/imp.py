@@ -173,6 +173,9 @@ def run(cfg, console: Console = None) -> List[dict]:
     """
     # Logs and pipes get a wide table rather than rich's 80-column default.
     console = console or (Console() if sys.stdout.isatty() else Console(width=160))
+    if cfg.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compilation_cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     experiment = prepare(cfg)
     os.makedirs(experiment.directory, exist_ok=True)
     config_file = os.path.join(experiment.directory, "config.yaml")

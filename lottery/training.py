@@ -235,6 +235,7 @@ def _per_member(function, in_axes, donate: bool = False):
         squeezed = [jax.tree.map(lambda a: a[0], arg) if axis == 0 else arg for arg, axis in zip(args, in_axes)]
         return jax.tree.map(lambda a: a[None], function(*squeezed))
 
+    one.__name__ = getattr(function, "__name__", None) or function.func.__name__  # names in compile logs
     single = jax.jit(one, donate_argnums=donate_argnums)
     return lambda *args: (batched if jax.tree.leaves(args[0])[0].shape[0] > 1 else single)(*args)
 

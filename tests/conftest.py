@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import tempfile
 import subprocess
 import sys
 
@@ -12,6 +13,8 @@ import lottery.config  # noqa: F401  (registers the schema that conf/config.yaml
 
 # W&B stays off in tests unless a test asks for offline runs itself (tests/test_tracking.py).
 os.environ.setdefault("WANDB_MODE", "disabled")
+# The compilation cache of the tests' runs stays out of the user's home.
+os.environ.setdefault("LOTTERY_JAX_CACHE", os.path.join(tempfile.gettempdir(), "lottery-tests-jax-cache"))
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
