@@ -115,6 +115,7 @@ class Config:
     lmc: LMCConfig = dataclasses.field(default_factory=LMCConfig)
     wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
     output_dir: str = "runs"
+    checkpoint_every: str = "10ep"  # checkpoints inside a level (at the end of a compiled chunk)
     progress: bool = True  # progress bar
     # JAX's persistent compilation cache: a repeated run skips XLA compilation ("" turns it off).
     compilation_cache: str = "${oc.env:LOTTERY_JAX_CACHE,'~/.cache/lottery/jax'}"
@@ -125,7 +126,7 @@ class Config:
 # More replicates, controls or LMC levels add to the same experiment; how members are batched
 # together is not the experiment either.
 _NOT_HASHED = ("name", "levels", "replicates", "controls", "lmc", "parallel", "output_dir", "progress", "wandb",
-               "compilation_cache",
+               "compilation_cache", "checkpoint_every",
                "dataset.root", "dataset.download", "training.loop")
 
 

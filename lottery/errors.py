@@ -3,3 +3,7 @@
 
 class LotteryError(Exception):
     """Bad input (config, data, results directory): the message names the key, file or value."""
+
+
+class Preempted(Exception):
+    """SIGTERM arrived: a checkpoint was written and the run stopped; the same command continues."""

@@ -29,10 +29,14 @@ LMC levels adds to the same experiment.
 """
 
 import dataclasses
+import fcntl
+import hashlib
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 from typing import Dict, List, Optional
 
@@ -46,9 +50,9 @@ from rich.table import Table
 
 from lottery import analysis, lmc, models, pruning, tracking, training
 from lottery import data as datasets
-from lottery.checkpoint import load_tree, read_json, save_tree, write_json
+from lottery.checkpoint import LevelCheckpoints, load_tree, read_json, save_tree, write_json
 from lottery.config import experiment_hash
-from lottery.errors import LotteryError
+from lottery.errors import LotteryError, Preempted
 from lottery.step import Step
 
 CONTROLS = ("random_reinit", "random_prune")
@@ -65,6 +69,7 @@ class Experiment:
     rewind: int  # k, the rewind step
     finetune_steps: int
     eval_every: int
+    checkpoint_every: int
     input_shape: tuple
     num_classes: int
     directory: str  # <output_dir>/<name>-<hash>
@@ -153,6 +158,9 @@ def prepare(cfg) -> Experiment:
     eval_every = Step.parse(cfg.training.eval_every, per_epoch, "training.eval_every").iteration
     if eval_every <= 0:
         raise LotteryError(f"training.eval_every={cfg.training.eval_every} must be longer than 0 iterations")
+    checkpoint_every = Step.parse(cfg.checkpoint_every, per_epoch, "checkpoint_every").iteration
+    if checkpoint_every <= 0:
+        raise LotteryError(f"checkpoint_every={cfg.checkpoint_every} must be longer than 0 iterations")
     schedule = training.make_schedule(cfg.optimizer, cfg.training, per_epoch)
 
     model = models.build(cfg.model, data.input_shape, data.num_classes, jax.random.key(0))  # a template
@@ -162,7 +170,7 @@ def prepare(cfg) -> Experiment:
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.name).lstrip(".") or "experiment"
     directory = os.path.join(os.path.expanduser(cfg.output_dir), f"{name}-{experiment_hash(cfg)}")
     tracker = tracking.Tracker(cfg, directory)
-    return Experiment(cfg, trainer, prunable, end, rewind, finetune_steps, eval_every,
+    return Experiment(cfg, trainer, prunable, end, rewind, finetune_steps, eval_every, checkpoint_every,
                       data.input_shape, data.num_classes, directory, tracker)
 
 
@@ -178,6 +186,7 @@ def run(cfg, console: Console = None) -> List[dict]:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     experiment = prepare(cfg)
     os.makedirs(experiment.directory, exist_ok=True)
+    lock = acquire_lock(experiment.directory)
     config_file = os.path.join(experiment.directory, "config.yaml")
     if not os.path.exists(config_file):
         OmegaConf.save(cfg, config_file, resolve=True)
@@ -185,16 +194,20 @@ def run(cfg, console: Console = None) -> List[dict]:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     trained = 0  # networks trained by this invocation
     try:
-        with Progress(*columns, console=console, disable=not cfg.progress) as progress:
+        with PREEMPTION, Progress(*columns, console=console, disable=not cfg.progress) as progress:
             for level in range(cfg.levels + 1):
                 jobs = [job for r in range(cfg.replicates) for job in level_jobs(experiment, r, level)]
                 train_jobs(experiment, jobs, level, *experiment.segment(level), progress)
                 trained += len(jobs)
                 if level in cfg.lmc.levels:
                     trained += run_lmc(experiment, level, progress)
+                if PREEMPTION.requested and level < cfg.levels:
+                    raise Preempted(f"stopped after level {level} (SIGTERM); run the same command to continue")
     except BaseException:
         experiment.tracker.abort()
+        lock.close()
         raise
+    shutil.rmtree(os.path.join(experiment.directory, "checkpoints"), ignore_errors=True)  # all finished
     results = collect(experiment)
     experiment.tracker.finish(results)
     figure = os.path.join(experiment.directory, "accuracy_vs_sparsity.png")
@@ -202,7 +215,50 @@ def run(cfg, console: Console = None) -> List[dict]:
         analysis.save_figures(experiment.directory)
     console.print(summary_table(results, experiment.directory))
     console.print(f"figures: {os.path.join(experiment.directory, '*.png')}")
+    lock.close()
     return results
+
+
+def acquire_lock(directory: str):
+    """An exclusive lock on the experiment directory for this process's lifetime (``flock``: the
+    kernel releases it when the process ends, however it ends, so no lock is ever stale)."""
+    path = os.path.join(directory, "lock")
+    lock = open(path, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise LotteryError(f"{directory} is in use by another process ({holder}); "
+                           "wait for it to finish or stop it, then run the command again") from None
+    lock.truncate(0)
+    lock.write(f"pid {os.getpid()} on {os.uname().nodename}")
+    lock.flush()
+    return lock
+
+
+class Preemption:
+    """SIGTERM, a cluster scheduler's preemption notice, asks the run to write a checkpoint at the
+    end of the current compiled chunk and stop; the same command then continues from there."""
+
+    requested = False
+
+    def __enter__(self):
+        self.requested, self.previous = False, None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._request)
+        return self
+
+    def _request(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+PREEMPTION = Preemption()
 
 
 def record_sweep_job(directory: str) -> None:
@@ -227,6 +283,8 @@ def level_jobs(experiment: Experiment, replicate: int, level: int) -> List[Job]:
     ticket_dir = experiment.level_dir(replicate, level)
     controls = [c for c in cfg.controls if level > 0 and not os.path.isdir(os.path.join(ticket_dir, c))]
     ticket_done = os.path.isdir(ticket_dir)
+    if ticket_done:
+        read_json(os.path.join(ticket_dir, "metrics.json"))  # finished work must be readable before more is built on it
     if ticket_done and not controls:
         return []
     keys = experiment.keys(replicate)
@@ -290,50 +348,100 @@ def train_jobs(experiment: Experiment, jobs: List[Job], level: int, start: int, 
         kinds = ", ".join(sorted({job.kind for job in group}))
         task = progress.add_task(f"level {level} ({density:.1%} of weights): {len(group)} x {kinds}", total=end - start)
         keep_rewind_point = level == 0
+        checkpoints = group_checkpoints(experiment, "train", level, group, start, end)
         states, histories, rewind_points = train(experiment, states, group, level, start, end, keep_rewind_point,
-                                                 lambda n: progress.advance(task, n))
+                                                 lambda n: progress.advance(task, n), checkpoints=checkpoints,
+                                                 say=progress.console.print)
         seconds = time.time() - began
         for i, job in sorted(enumerate(group), key=lambda item: item[1].kind != "ticket"):  # tickets' dirs first
             finished = training.unstack(states, i)
             rewind_point = training.unstack(rewind_points, i) if rewind_points is not None else None
             save_job(experiment, job, level, start, finished, histories[i], rewind_point, seconds)
+        checkpoints.close()
+        shutil.rmtree(checkpoints.directory, ignore_errors=True)
+
+
+def group_checkpoints(experiment: Experiment, what: str, level: int, jobs: List[Job], start: int, end: int):
+    """The checkpoint directory of one group of jobs: named by who is in it, so that a group
+    with other members (controls added, some finished) never resumes from it."""
+    members = ",".join(f"{job.replicate}:{job.kind}" for job in jobs) + f"|{start}-{end}"
+    name = f"{what}-{hashlib.sha256(members.encode()).hexdigest()[:10]}"
+    return LevelCheckpoints(os.path.join(experiment.directory, "checkpoints", f"level_{level}", name))
 
 
 def train(experiment: Experiment, states, jobs: List[Job], level: int, start: int, end: int,
-          keep_rewind_point: bool, advance, evaluate: bool = True):
+          keep_rewind_point: bool, advance, evaluate: bool = True, checkpoints: Optional[LevelCheckpoints] = None,
+          say=print):
     """Train stacked states over [start, end) in compiled chunks that end at each evaluation (and
     at k on level 0, to keep θk). Returns the final states, each job's evaluation history and, on
-    request, the stacked states at k. Without ``evaluate``, one chunk and no evaluation."""
+    request, the stacked states at k. Without ``evaluate``, one chunk and no evaluation.
+
+    With ``checkpoints``, the run resumes from the newest checkpoint of this group, writes one
+    every ``checkpoint_every`` steps (at chunk ends), and on SIGTERM writes one and stops. The data
+    order and augmentation are functions of (key, step) and the running loss sum is saved, so a
+    resumed run is bitwise the run that was not interrupted.
+    """
     trainer, every, k = experiment.trainer, experiment.eval_every, experiment.rewind
     data_keys = jax.numpy.stack([job.data_key for job in jobs])
     augment_keys = jax.numpy.stack([job.augment_key for job in jobs])
     evaluations = set(range((start // every + 1) * every, end + 1, every)) | {end} if evaluate else set()
-    stops = sorted(evaluations | {end} | ({k} if keep_rewind_point and k > start else set()))
+    checkpoint_stops = set(range(start + experiment.checkpoint_every, end, experiment.checkpoint_every))
+    stops = sorted(evaluations | {end} | checkpoint_stops | ({k} if keep_rewind_point and k > start else set()))
     snapshot = lambda s: jax.device_get({key: s[key] for key in ("params", "batch_stats", "opt_state")})
     rewind_points = snapshot(states) if keep_rewind_point and k == start else None
-    histories, step = [[] for _ in jobs], start
-    for stop in stops:
-        states, train_loss = trainer.train(states, data_keys, augment_keys, step, stop)
+    histories, step, loss_sum, record_from = [[] for _ in jobs], start, None, start
+
+    resumed = checkpoints.latest(lambda meta: checkpoint_tree(states, meta["has_rewind_points"])) if checkpoints else None
+    if resumed is not None:
+        step, arrays, meta = resumed
+        states, loss_sum = arrays["states"], arrays["loss_sum"]
+        rewind_points = jax.device_get(arrays["rewind_points"]) if meta["has_rewind_points"] else rewind_points
+        histories, record_from = meta["histories"], meta["record_from"]
+        advance(step - start)
+        say(f"level {level}: resuming {len(jobs)} networks from the checkpoint at step {step}")
+
+    for stop in [s for s in stops if s > step]:
+        states, loss_sum = trainer.train(states, data_keys, augment_keys, step, stop, loss_sum)
         advance(stop - step)
         step = stop
         if keep_rewind_point and step == k:
             rewind_points = snapshot(states)
-        if step not in evaluations:
-            continue
-        train_loss = np.asarray(train_loss)
-        for job, loss in zip(jobs, train_loss):
-            if not np.isfinite(loss):
-                raise LotteryError(f"level {level}, replicate {job.replicate}, {job.kind}: training loss is {loss} "
-                                   f"at step {step}; earlier levels are intact")
-        evaluated = {split: trainer.evaluate(states, split) for split in ("val", "test")}
-        for i, (job, history) in enumerate(zip(jobs, histories)):
-            record = {"step": step, "train_loss": float(train_loss[i])}  # mean since the last record
-            for split, result in evaluated.items():
-                if result is not None:
-                    record[f"{split}_loss"], record[f"{split}_accuracy"] = float(result[0][i]), float(result[1][i])
-            history.append(record)
-            experiment.tracker.log_evaluation(job.replicate, job.kind, level, record)
+        if step in evaluations:
+            train_loss = np.asarray(loss_sum) / (step - record_from)  # mean since the last record
+            loss_sum, record_from = None, step
+            for job, loss in zip(jobs, train_loss):
+                if not np.isfinite(loss):
+                    raise LotteryError(f"level {level}, replicate {job.replicate}, {job.kind}: training loss is {loss} "
+                                       f"at step {step}; earlier levels are intact")
+            evaluated = {split: trainer.evaluate(states, split) for split in ("val", "test")}
+            for i, (job, history) in enumerate(zip(jobs, histories)):
+                record = {"step": step, "train_loss": float(train_loss[i])}
+                for split, result in evaluated.items():
+                    if result is not None:
+                        record[f"{split}_loss"], record[f"{split}_accuracy"] = float(result[0][i]), float(result[1][i])
+                history.append(record)
+                experiment.tracker.log_evaluation(job.replicate, job.kind, level, record)
+        if checkpoints and step < end and (step in checkpoint_stops or PREEMPTION.requested):
+            if loss_sum is None:
+                loss_sum = jax.numpy.zeros(len(jobs), jax.numpy.float32)
+            arrays = {"states": states, "loss_sum": loss_sum}
+            if rewind_points is not None:
+                arrays["rewind_points"] = rewind_points
+            meta = {"histories": histories, "record_from": record_from, "has_rewind_points": rewind_points is not None}
+            checkpoints.save(step, arrays, meta)
+            if PREEMPTION.requested:
+                checkpoints.close()
+                raise Preempted(f"checkpoint written at level {level}, step {step} (SIGTERM); "
+                                "run the same command to continue")
     return states, histories, rewind_points
+
+
+def checkpoint_tree(states, has_rewind_points: bool):
+    """The structure of a group's checkpoint, for restoring it."""
+    tree = {"states": states, "loss_sum": jax.numpy.zeros(jax.tree.leaves(states)[0].shape[0], jax.numpy.float32)}
+    if has_rewind_points:
+        tree["rewind_points"] = {key: states[key] for key in ("params", "batch_stats", "opt_state")}
+    return tree
 
 
 def save_job(experiment: Experiment, job: Job, level: int, start: int, finished, history, rewind_point, seconds):
@@ -375,8 +483,9 @@ def run_lmc(experiment: Experiment, level: int, progress: Progress) -> int:
     start = experiment.rewind if level == 0 else start  # level 0: the copies start at θk
     states = training.stack([job.state for job in jobs])
     task = progress.add_task(f"level {level}: linear mode connectivity, {len(jobs)} copies", total=end - start)
+    checkpoints = group_checkpoints(experiment, "lmc", level, jobs, start, end)
     states, _, _ = train(experiment, states, jobs, level, start, end, False, lambda n: progress.advance(task, n),
-                         evaluate=False)
+                         evaluate=False, checkpoints=checkpoints, say=progress.console.print)
     for i in range(0, len(jobs), 2):
         copies = [training.unstack(states, j) for j in (i, i + 1)]
         a, b = ({key: c[key] for key in ("params", "batch_stats")} for c in copies)
@@ -390,6 +499,8 @@ def run_lmc(experiment: Experiment, level: int, progress: Progress) -> int:
         os.rename(directory + ".partial", directory)
         density = pruning.density(pruning.counts(jobs[i].state["mask"], experiment.prunable))
         experiment.tracker.log_lmc(jobs[i].replicate, level, density, path)
+    checkpoints.close()
+    shutil.rmtree(checkpoints.directory, ignore_errors=True)
     return len(jobs)
 
 

@@ -2,7 +2,8 @@
 
 With no experiment it runs the quickstart (``conf/exp/quickstart.yaml`` equals the defaults).
 Bad input (an unknown key or name, a wrongly typed or out-of-range value, missing data) ends with
-one line ``error: ...`` on stderr and exit code 2.
+one line ``error: ...`` on stderr and exit code 2. SIGTERM writes a checkpoint and ends with one
+line ``preempted: ...`` and exit code 143; the same command continues the run.
 """
 
 import logging
@@ -16,7 +17,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from lottery import config  # noqa: F401  (registers the structured config schema)
-from lottery.errors import LotteryError
+from lottery.errors import LotteryError, Preempted
 
 # JAX probes for a TPU and warns when there is none; that is not news on CPU or GPU machines.
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
@@ -31,6 +32,9 @@ def main(cfg: DictConfig) -> None:
     except LotteryError as error:  # handled here, inside the job, so Hydra adds nothing to it
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except Preempted as preempted:
+        print(f"preempted: {preempted}", file=sys.stderr)
+        sys.exit(143)  # 128 + SIGTERM, as a process ended by the signal reports
 
 
 def one_line(error: Exception) -> str:

@@ -97,8 +97,8 @@ class Trainer:
         # Every program runs on a stack of members (replicates, controls, copies) along a leading
         # axis: the data are shared, each member has its own state, data order and augmentation.
         # A stack of one runs the unbatched program (vmap over one member costs ~15% on CPU).
-        self._train = _per_member(self._train_impl, (0, None, 0, 0, None, None), donate=True)
-        self._train_step = _per_member(self._train_step_impl, (0, None, 0, 0, None), donate=True)
+        self._train = _per_member(self._train_impl, (0, None, 0, 0, None, None, 0), donate=True)
+        self._train_step = _per_member(self._train_step_impl, (0, None, 0, 0, None, 0), donate=True)
         self._epoch_order = _per_member(functools.partial(epoch_order, n=len(data.train_x)), (0, None))
         self._evaluate = _per_member(self._evaluate_impl, (0, 0, None))
         self._evaluate_batch = _per_member(self._evaluate_batch_impl, (0, 0, None))
@@ -130,23 +130,26 @@ class Trainer:
 
     # --- training ---------------------------------------------------------------------------
 
-    def train(self, state, data_key, augment_key, start: int, stop: int):
+    def train(self, state, data_key, augment_key, start: int, stop: int, loss_sum=None):
         """Run steps [start, stop) of a stack of members (``stack``): each its own state, data
-        key and augmentation key. Returns the new states and each member's mean training loss."""
-        loss_sum, step = 0.0, start
+        key and augmentation key. Returns the new states and each member's training loss summed
+        over the steps and added to ``loss_sum``: the running sum is carried through the compiled
+        loop, so splitting a range (at an epoch, a checkpoint, a preemption) changes no bit."""
+        if loss_sum is None:
+            loss_sum = jnp.zeros(jax.tree.leaves(state)[0].shape[0], jnp.float32)
+        step = start
         while step < stop:  # one compiled loop per epoch touched, with that epoch's data order
             epoch = step // self.iterations_per_epoch
             end = min(stop, (epoch + 1) * self.iterations_per_epoch)
             order = self._order(data_key, epoch)
             if self.host_loop:
                 for i in range(step, end):
-                    state, loss = self._train_step(state, self.train_data, order, augment_key, jnp.int32(i))
-                    loss_sum = loss_sum + loss
+                    state, loss_sum = self._train_step(state, self.train_data, order, augment_key, jnp.int32(i), loss_sum)
             else:
-                state, loss = self._train(state, self.train_data, order, augment_key, jnp.int32(step), jnp.int32(end))
-                loss_sum = loss_sum + loss
+                state, loss_sum = self._train(state, self.train_data, order, augment_key, jnp.int32(step),
+                                              jnp.int32(end), loss_sum)
             step = end
-        return state, loss_sum / (stop - start)
+        return state, loss_sum
 
     def _order(self, data_key, epoch: int):
         key = (epoch, np.asarray(jax.random.key_data(data_key)).tobytes())
@@ -162,17 +165,18 @@ class Trainer:
         key = jax.random.fold_in(augment_key, step) if self.augment else None
         return self.inputs(images[index], key), labels[index]
 
-    def _train_impl(self, state, train_data, order, augment_key, start, stop):
-        """Steps [start, stop) of one epoch in one compiled loop; returns the summed loss."""
+    def _train_impl(self, state, train_data, order, augment_key, start, stop, loss_sum):
+        """Steps [start, stop) of one epoch in one compiled loop, adding the losses to loss_sum."""
         def body(step, carry):
             state, loss_sum = carry
             state, loss = self._step(state, *self._batch(train_data, order, augment_key, step), step)
             return state, loss_sum + loss
 
-        return jax.lax.fori_loop(start, stop, body, (state, jnp.float32(0)))
+        return jax.lax.fori_loop(start, stop, body, (state, loss_sum))
 
-    def _train_step_impl(self, state, train_data, order, augment_key, step):
-        return self._step(state, *self._batch(train_data, order, augment_key, step), step)
+    def _train_step_impl(self, state, train_data, order, augment_key, step, loss_sum):
+        state, loss = self._step(state, *self._batch(train_data, order, augment_key, step), step)
+        return state, loss_sum + loss
 
     def _step(self, state, x, y, step):
         mask = state["mask"]

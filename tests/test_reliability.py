@@ -1,0 +1,195 @@
+"""Preemption-safe resume, faults and bad input: nothing lost, nothing silently redone."""
+
+import ast
+import fcntl
+import glob
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, compose_config, run_cli
+from lottery import imp
+from lottery.checkpoint import LevelCheckpoints, load_tree
+from lottery.errors import LotteryError
+
+# Long enough per level (600 steps, 20 checkpoints) for a kill to land inside training; checkpoints
+# between evaluations, so the running loss sum is part of what must be restored.
+RUN = ["levels=2", "replicates=2", "controls=[random_prune]", "training.eval_every=50it", "checkpoint_every=30it",
+       "progress=false"]
+
+
+def start(cwd, *extra):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "lottery.run", *RUN, *extra], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(pattern, process, timeout=300):
+    """Block until a path matching ``pattern`` exists (or the process ends)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if glob.glob(pattern):
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def results(cwd):
+    """Every metrics.json (without wall times) and every saved array, by path."""
+    (directory,) = glob.glob(str(cwd / "runs" / "quickstart-*"))
+    experiment = imp.prepare(compose_config([*RUN, f"output_dir={cwd / 'runs'}"]))
+    out = {}
+    for path in sorted(glob.glob(f"{directory}/replicate_*/**/metrics.json", recursive=True)):
+        metrics = json.load(open(path))
+        metrics.pop("wall_time_s")
+        out[os.path.relpath(path, directory)] = metrics
+    for path in sorted(glob.glob(f"{directory}/replicate_*/**/trained", recursive=True)):
+        out[os.path.relpath(path, directory)] = [np.asarray(a).tobytes() for a in
+                                                 __import__("jax").tree.leaves(load_tree(path, experiment.like_weights()))]
+    for path in sorted(glob.glob(f"{directory}/replicate_*/**/ticket", recursive=True)):
+        out[os.path.relpath(path, directory)] = [np.asarray(a).tobytes() for a in
+                                                 __import__("jax").tree.leaves(load_tree(path, experiment.like_ticket()))]
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    process = start(cwd)
+    assert process.wait() == 0, process.stderr.read()
+    return results(cwd)
+
+
+def test_sigkill_at_any_moment_then_resume_is_bitwise_the_uninterrupted_run(reference, tmp_path):
+    runs = tmp_path / "runs" / "quickstart-*"
+    kill_points = [
+        f"{runs}/checkpoints/level_0/*/*",  # inside level 0, after a checkpoint
+        f"{runs}/replicate_*/level_1.partial",  # while level 1's results are being written
+        f"{runs}/checkpoints/level_2/*/*",  # inside the last level
+    ]
+    for point in kill_points:
+        process = start(tmp_path)
+        reached = wait_for(point, process)
+        process.kill()
+        process.wait()
+        assert reached or process.returncode == 0, f"never reached {point}"
+    final = start(tmp_path)
+    stdout, stderr = final.communicate(timeout=300)
+    assert final.returncode == 0, stderr
+    assert results(tmp_path) == reference
+    assert not glob.glob(f"{runs}/checkpoints")  # removed once everything is finished
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(reference, tmp_path):
+    process = start(tmp_path)
+    assert wait_for(f"{tmp_path}/runs/quickstart-*/checkpoints/level_1/*/*", process)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("preempted: checkpoint written at level 1, step "), stderr
+    assert glob.glob(f"{tmp_path}/runs/quickstart-*/checkpoints/level_1/*/*")
+    resumed = start(tmp_path)
+    stdout, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    assert "level 1: resuming 4 networks from the checkpoint at step" in stdout  # not restarted
+    assert results(tmp_path) == reference
+
+
+def test_a_second_process_on_the_same_experiment_refuses(tmp_path):
+    cfg = compose_config([*RUN, f"output_dir={tmp_path / 'runs'}"])
+    directory = imp.prepare(cfg).directory
+    os.makedirs(directory)
+    with open(os.path.join(directory, "lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write("pid 12345 on elsewhere")
+        lock.flush()
+        result = run_cli(*RUN, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(f"error: {os.path.join('runs', os.path.basename(directory))} is in use by another process (pid 12345 on elsewhere)")
+    assert sorted(os.listdir(directory)) == ["lock"]  # nothing written
+
+
+def test_unreadable_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    checkpoints = LevelCheckpoints(str(tmp_path / "ck"))
+    like = {"w": np.zeros((3, 4), np.float32)}
+    checkpoints.save(10, {"w": np.full((3, 4), 1.0, np.float32)}, {"step": 10})
+    checkpoints.save(20, {"w": np.full((3, 4), 2.0, np.float32)}, {"step": 20})
+    checkpoints.close()
+    for path in pathlib.Path(tmp_path / "ck" / "20").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"\0garbage")  # every file of the newest checkpoint corrupt
+    step, arrays, meta = LevelCheckpoints(str(tmp_path / "ck")).latest(lambda meta: like)
+    assert step == 10 and meta == {"step": 10} and np.all(np.asarray(arrays["w"]) == 1.0)
+    for path in pathlib.Path(tmp_path / "ck" / "10").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"\0garbage")
+    with pytest.raises(LotteryError, match=r"ck: no readable checkpoint \(step 20: .*; step 10: .*delete this directory"):
+        LevelCheckpoints(str(tmp_path / "ck")).latest(lambda meta: like)
+
+
+def test_corrupt_results_are_named_and_never_silently_redone(small_config, tmp_path):
+    cfg = small_config("levels=1")
+    import io
+    from rich.console import Console
+
+    imp.run(cfg, console=Console(file=io.StringIO()))
+    experiment = imp.prepare(cfg)
+    metrics = os.path.join(experiment.level_dir(0, 1), "metrics.json")
+    with open(metrics, "r+") as f:
+        f.truncate(50)
+    with pytest.raises(LotteryError, match=rf"{metrics}: cannot be read as JSON"):
+        imp.run(small_config("levels=2"), console=Console(file=io.StringIO()))
+    assert os.path.getsize(metrics) == 50 and not os.path.exists(experiment.level_dir(0, 2))
+    trained = os.path.join(experiment.level_dir(0, 0), "trained")
+    for path in pathlib.Path(trained).rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"")
+    os.remove(metrics)  # level 1 now unfinished: it needs level 0's trained weights
+    os.rename(experiment.level_dir(0, 1), experiment.level_dir(0, 1) + "_moved")
+    with pytest.raises(LotteryError, match=rf"{trained}: cannot be read as a checkpoint of this experiment"):
+        imp.run(cfg, console=Console(file=io.StringIO()))
+
+
+def test_nan_loss_stops_the_level_with_a_message(tmp_path):
+    result = run_cli("optimizer=sgd", "optimizer.lr=1e12", "levels=1", "progress=false", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: level 0, replicate 0, ticket: training loss is nan at step 20")
+    assert not glob.glob(f"{tmp_path}/runs/quickstart-*/replicate_0/level_0")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("checkpoint_every=0it", r"checkpoint_every=0it must be longer than 0 iterations"),
+    ("training.eval_every=0it", r"training\.eval_every=0it must be longer than 0 iterations"),
+    ("training.steps=-5it", r"training\.steps='-5it' is not a point in training"),
+    ("levels=-1", r"levels=-1 must be 0 or more"),
+    ("replicates=0", r"replicates=0 must be 1 or more"),
+    ("lmc.levels=[11]", r"lmc\.levels=\[11\] must be levels 0\.\.10"),
+    ("controls=[bogus]", r"controls: 'bogus' is not a control; choose from: random_reinit, random_prune"),
+    ("retrain=bogus", r"retrain='bogus' is not an option; choose one of: rewind, lr_rewind, finetune"),
+    ("training.eval_batch_size=0", r"training\.eval_batch_size=0 must be positive"),
+    ("optimizer.lr=-1", r"optimizer\.lr=-1\.0 must be positive"),
+    ("pruning.ignore=[output/kernel,nothing/here]", r"pruning\.ignore pattern 'nothing/here' matches no prunable parameter"),
+])
+def test_bad_configuration_is_named(override, message, tmp_path):
+    with pytest.raises(LotteryError, match=message):
+        imp.prepare(compose_config([override, f"output_dir={tmp_path}"]))
+    assert not os.listdir(tmp_path)
+
+
+def test_no_pickle_anywhere_in_the_package():
+    for path in (REPO / "lottery").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
+            module = getattr(node, "module", None) or ""
+            assert not any(n.split(".")[0] in ("pickle", "cPickle", "dill", "cloudpickle") for n in names + [module]), path
+            if isinstance(node, ast.keyword) and node.arg == "allow_pickle":
+                assert getattr(node.value, "value", None) is False, path
