@@ -11,7 +11,10 @@ from conftest import run_cli
 
 
 def tree_snapshot(root):
-    return sorted((p, os.stat(p).st_mtime_ns, os.path.getsize(p)) for p in glob.glob(f"{root}/**", recursive=True))
+    """Every file and directory with its mtime and size; the lock file (which records the pid of
+    the process holding the experiment) is process bookkeeping, not results."""
+    paths = [p for p in glob.glob(f"{root}/**", recursive=True) if os.path.basename(p) != "lock"]
+    return sorted((p, os.stat(p).st_mtime_ns, os.path.getsize(p)) for p in paths)
 
 
 @pytest.fixture(scope="module")
