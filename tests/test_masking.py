@@ -23,6 +23,14 @@ def member_keys(experiment, replicates=(0,)):
     return jax.numpy.stack([k["data"] for k in keys]), jax.numpy.stack([k["augment"] for k in keys])
 
 
+def dense_warmup(cfg, steps=20):
+    """The experiment and its dense state after a few steps: every weight has non-zero moments."""
+    experiment = imp.prepare(cfg)
+    trainer = experiment.trainer
+    dense = trainer.init_state(trainer.init_params, trainer.init_batch_stats, pruning.full_mask(trainer.init_params))
+    return experiment, unstack(trainer.train(stack([dense]), *member_keys(experiment), 0, steps)[0], 0)
+
+
 def random_mask(params, names, density, seed):
     rng = np.random.default_rng(seed)
     flat = {k: np.ones(np.shape(v), bool) for k, v in pruning.flatten(params).items()}
@@ -37,12 +45,9 @@ def bits(x):
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_pruned_weights_and_their_moments_stay_zero_at_every_step(small_config, name):
-    experiment = imp.prepare(small_config(*OPTIMIZERS[name]))
+    experiment, dense = dense_warmup(small_config(*OPTIMIZERS[name]))
     trainer, keys = experiment.trainer, member_keys(experiment)
-    # Dense training first, so that every weight has non-zero optimizer moments ...
-    dense = trainer.init_state(trainer.init_params, trainer.init_batch_stats, pruning.full_mask(trainer.init_params))
-    dense = unstack(trainer.train(stack([dense]), *keys, 0, 20)[0], 0)
-    # ... then half the weights pruned, keeping (masked) moments: the rewound-optimizer case.
+    # Then half the weights pruned, keeping (masked) moments: the rewound-optimizer case.
     mask = random_mask(dense["params"], experiment.prunable, 0.5, seed=0)
     opt_state = training.mask_optimizer_state(trainer.tx, dense["opt_state"], mask)
     state = stack([trainer.init_state(dense["params"], dense["batch_stats"], mask, opt_state)])
@@ -74,10 +79,8 @@ def test_pruned_weights_and_their_moments_stay_zero_at_every_step(small_config, 
 def test_the_step_itself_zeroes_pruned_weights_even_with_dense_moments(small_config, name):
     # Nothing outside the compiled step has to remember the mask: even a dense (unmasked) optimizer
     # state, whose moments would move pruned weights, leaves them exactly 0.0.
-    experiment = imp.prepare(small_config(*OPTIMIZERS[name]))
+    experiment, dense = dense_warmup(small_config(*OPTIMIZERS[name]))
     trainer, keys = experiment.trainer, member_keys(experiment)
-    dense = trainer.init_state(trainer.init_params, trainer.init_batch_stats, pruning.full_mask(trainer.init_params))
-    dense = unstack(trainer.train(stack([dense]), *keys, 0, 20)[0], 0)
     mask = random_mask(dense["params"], experiment.prunable, 0.3, seed=1)
     state = stack([trainer.init_state(dense["params"], dense["batch_stats"], mask, dense["opt_state"])])
     flat_mask = pruning.flatten(mask)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -52,10 +53,10 @@ def results(cwd):
         out[os.path.relpath(path, directory)] = metrics
     for path in sorted(glob.glob(f"{directory}/replicate_*/**/trained", recursive=True)):
         out[os.path.relpath(path, directory)] = [np.asarray(a).tobytes() for a in
-                                                 __import__("jax").tree.leaves(load_tree(path, experiment.like_weights()))]
+                                                 jax.tree.leaves(load_tree(path, experiment.like_weights()))]
     for path in sorted(glob.glob(f"{directory}/replicate_*/**/ticket", recursive=True)):
         out[os.path.relpath(path, directory)] = [np.asarray(a).tobytes() for a in
-                                                 __import__("jax").tree.leaves(load_tree(path, experiment.like_ticket()))]
+                                                 jax.tree.leaves(load_tree(path, experiment.like_ticket()))]
     return out
 
 
