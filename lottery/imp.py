@@ -144,23 +144,20 @@ def prepare(cfg) -> Experiment:
     if cfg.training.eval_batch_size < 1:
         raise LotteryError(f"training.eval_batch_size={cfg.training.eval_batch_size} must be positive")
     per_epoch = len(data.train_x) // batch_size
-    end = Step.parse(cfg.training.steps, per_epoch, "training.steps").iteration
-    if end <= 0:
-        raise LotteryError(f"training.steps={cfg.training.steps} must be longer than 0 iterations")
+
+    def length(key: str, text: str) -> int:
+        iterations = Step.parse(text, per_epoch, key).iteration
+        if iterations <= 0:
+            raise LotteryError(f"{key}={text} must be longer than 0 iterations")
+        return iterations
+
+    end = length("training.steps", cfg.training.steps)
     rewind = Step.parse(cfg.rewind, per_epoch, "rewind").iteration
     if rewind >= end:
         raise LotteryError(f"rewind={cfg.rewind} is at or past the end of training (training.steps={cfg.training.steps})")
-    finetune_steps = end - rewind
-    if cfg.finetune_steps is not None:
-        finetune_steps = Step.parse(cfg.finetune_steps, per_epoch, "finetune_steps").iteration
-        if finetune_steps <= 0:
-            raise LotteryError(f"finetune_steps={cfg.finetune_steps} must be longer than 0 iterations")
-    eval_every = Step.parse(cfg.training.eval_every, per_epoch, "training.eval_every").iteration
-    if eval_every <= 0:
-        raise LotteryError(f"training.eval_every={cfg.training.eval_every} must be longer than 0 iterations")
-    checkpoint_every = Step.parse(cfg.checkpoint_every, per_epoch, "checkpoint_every").iteration
-    if checkpoint_every <= 0:
-        raise LotteryError(f"checkpoint_every={cfg.checkpoint_every} must be longer than 0 iterations")
+    finetune_steps = end - rewind if cfg.finetune_steps is None else length("finetune_steps", cfg.finetune_steps)
+    eval_every = length("training.eval_every", cfg.training.eval_every)
+    checkpoint_every = length("checkpoint_every", cfg.checkpoint_every)
     schedule = training.make_schedule(cfg.optimizer, cfg.training, per_epoch)
 
     model = models.build(cfg.model, data.input_shape, data.num_classes, jax.random.key(0))  # a template
@@ -187,6 +184,14 @@ def run(cfg, console: Console = None) -> List[dict]:
     experiment = prepare(cfg)
     os.makedirs(experiment.directory, exist_ok=True)
     lock = acquire_lock(experiment.directory)
+    try:
+        return run_locked(experiment, console)
+    finally:
+        lock.close()
+
+
+def run_locked(experiment: Experiment, console: Console) -> List[dict]:
+    cfg = experiment.cfg
     config_file = os.path.join(experiment.directory, "config.yaml")
     if not os.path.exists(config_file):
         OmegaConf.save(cfg, config_file, resolve=True)
@@ -205,7 +210,6 @@ def run(cfg, console: Console = None) -> List[dict]:
                     raise Preempted(f"stopped after level {level} (SIGTERM); run the same command to continue")
     except BaseException:
         experiment.tracker.abort()
-        lock.close()
         raise
     shutil.rmtree(os.path.join(experiment.directory, "checkpoints"), ignore_errors=True)  # all finished
     results = collect(experiment)
@@ -215,7 +219,6 @@ def run(cfg, console: Console = None) -> List[dict]:
         analysis.save_figures(experiment.directory)
     console.print(summary_table(results, experiment.directory))
     console.print(f"figures: {os.path.join(experiment.directory, '*.png')}")
-    lock.close()
     return results
 
 
