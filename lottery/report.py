@@ -2,7 +2,9 @@
 
 RUNS_DIR is any directory with experiments below it: ``runs/``, one experiment's directory, or a
 Hydra sweep directory (``runs/multirun/<date>``). Prints mean ± std over replicates per
-experiment, kind and level, and writes accuracy_vs_sparsity.png (and early_stopping.png) there.
+experiment, kind and level, and writes accuracy_vs_sparsity.png (and early_stopping.png) there;
+``--csv FILE`` also writes one row per trained network (replicate, level, kind, % remaining,
+accuracies, early-stop iteration, LMC barrier).
 """
 
 import argparse
@@ -38,6 +40,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lottery.report", description=__doc__.splitlines()[0])
     parser.add_argument("root", help="directory with lottery experiments below it")
     parser.add_argument("--output", help="where to write the figures (default: ROOT)")
+    parser.add_argument("--csv", help="also write every trained network's row (load_runs) to this CSV file")
     args = parser.parse_args(argv)
     try:
         df = analysis.load_runs(args.root)
@@ -48,6 +51,9 @@ def main(argv=None) -> int:
     console.print(table(analysis.summarize(df)))
     for figure in analysis.save_figures(args.root, args.output):
         console.print(f"wrote {figure}")
+    if args.csv:
+        df.drop(columns=["directory"]).to_csv(args.csv, index=False)
+        console.print(f"wrote {args.csv}")
     return 0
 
 

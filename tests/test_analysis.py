@@ -97,6 +97,15 @@ def test_report_prints_the_table_and_writes_figures(tree, capsys):
     assert os.path.isfile(tree / "accuracy_vs_sparsity.png") and os.path.isfile(tree / "early_stopping.png")
 
 
+def test_report_writes_every_network_to_csv(tree, tmp_path):
+    csv = tmp_path / "levels.csv"
+    assert report.main([str(tree), "--csv", str(csv)]) == 0
+    table = pd.read_csv(csv)
+    assert len(table) == 28 and "directory" not in table.columns
+    row = table[(table.hash == "bbbb") & (table.kind == "ticket") & (table.level == 2) & (table.replicate == 1)].iloc[0]
+    assert row["test_accuracy"] == pytest.approx(0.93) and row["percent_remaining"] == pytest.approx(25.0)
+
+
 def test_report_on_a_directory_without_results_is_an_error(tmp_path, capsys):
     assert report.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: no lottery experiments with results below")
