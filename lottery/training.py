@@ -167,14 +167,11 @@ class Trainer:
 
     def _train_impl(self, state, train_data, order, augment_key, start, stop, loss_sum):
         """Steps [start, stop) of one epoch in one compiled loop, adding the losses to loss_sum."""
-        def body(step, carry):
-            state, loss_sum = carry
-            state, loss = self._step(state, *self._batch(train_data, order, augment_key, step), step)
-            return state, loss_sum + loss
-
+        body = lambda step, carry: self._train_step_impl(carry[0], train_data, order, augment_key, step, carry[1])
         return jax.lax.fori_loop(start, stop, body, (state, loss_sum))
 
     def _train_step_impl(self, state, train_data, order, augment_key, step, loss_sum):
+        """One step: its batch, the masked update, and its loss added to loss_sum."""
         state, loss = self._step(state, *self._batch(train_data, order, augment_key, step), step)
         return state, loss_sum + loss
 
