@@ -97,15 +97,20 @@ class Experiment:
             return self.end, self.end + self.finetune_steps
         return self.rewind, self.end
 
-    # Templates that give orbax the structure, shapes and dtypes to restore.
-    def like_weights(self):
-        return {"params": self.trainer.init_params, "batch_stats": self.trainer.init_batch_stats}
+    def load(self, directory: str, what: str) -> dict:
+        """One saved checkpoint of a network's directory: ``ticket`` (mask and starting weights),
+        ``trained`` (final weights) or ``rewind_point`` (θk with its optimizer state, level 0)."""
+        weights = {"params": self.trainer.init_params, "batch_stats": self.trainer.init_batch_stats}
+        like = {  # the structure, shapes and dtypes orbax restores to
+            "ticket": lambda: {"mask": pruning.full_mask(self.trainer.init_params), **weights},
+            "trained": lambda: weights,
+            "rewind_point": lambda: {**weights, "opt_state": self.trainer.tx.init(self.trainer.init_params)},
+        }[what]()
+        return load_tree(os.path.join(directory, what), like)
 
-    def like_ticket(self):
-        return {"mask": pruning.full_mask(self.trainer.init_params), **self.like_weights()}
-
-    def like_rewind_point(self):
-        return {**self.like_weights(), "opt_state": self.trainer.tx.init(self.trainer.init_params)}
+    def rewind_point(self, replicate: int) -> dict:
+        """θk of ``replicate``: the dense level 0's state at the rewind step."""
+        return self.load(self.level_dir(replicate, 0), "rewind_point")
 
 
 @dataclasses.dataclass
@@ -304,7 +309,7 @@ def ticket_start(experiment: Experiment, replicate: int, level: int) -> dict:
     cfg, trainer = experiment.cfg, experiment.trainer
     this_level = experiment.level_dir(replicate, level)
     if os.path.isdir(this_level):  # finished; its controls need its start
-        ticket = load_tree(os.path.join(this_level, "ticket"), experiment.like_ticket())
+        ticket = experiment.load(this_level, "ticket")
         return trainer.init_state(ticket["params"], ticket["batch_stats"], ticket["mask"])
     if level == 0:
         theta_0 = experiment.initial_weights(experiment.keys(replicate)["init"])
@@ -312,13 +317,13 @@ def ticket_start(experiment: Experiment, replicate: int, level: int) -> dict:
 
     # 1. Prune the previous level's trained weights.
     previous = experiment.level_dir(replicate, level - 1)
-    previous_mask = load_tree(os.path.join(previous, "ticket"), experiment.like_ticket())["mask"]
-    trained = load_tree(os.path.join(previous, "trained"), experiment.like_weights())
+    previous_mask = experiment.load(previous, "ticket")["mask"]
+    trained = experiment.load(previous, "trained")
     mask = pruning.prune(trained["params"], previous_mask, cfg.pruning, experiment.prunable)
     if cfg.retrain != "rewind":  # Renda et al. 2020: keep the trained weights
         return trainer.init_state(trained["params"], trained["batch_stats"], mask)
     # 2. Rewind the survivors to θk.
-    theta_k = load_tree(os.path.join(experiment.level_dir(replicate, 0), "rewind_point"), experiment.like_rewind_point())
+    theta_k = experiment.rewind_point(replicate)
     opt_state = None
     if cfg.rewind_optimizer:
         opt_state = training.mask_optimizer_state(trainer.tx, theta_k["opt_state"], mask)
@@ -334,7 +339,7 @@ def control_start(experiment: Experiment, replicate: int, level: int, control: s
         return trainer.init_state(fresh["params"], fresh["batch_stats"], mask)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)))
     random = pruning.random_mask(jax.device_get(mask), experiment.prunable, experiment.cfg.pruning.strategy, rng)
-    theta_k = load_tree(os.path.join(experiment.level_dir(replicate, 0), "rewind_point"), experiment.like_rewind_point())
+    theta_k = experiment.rewind_point(replicate)
     return trainer.init_state(theta_k["params"], theta_k["batch_stats"], random)
 
 
@@ -511,7 +516,7 @@ def lmc_start(experiment: Experiment, replicate: int, level: int) -> dict:
     """Where the copies start: θk on level 0, the level's ticket start otherwise."""
     trainer = experiment.trainer
     if level == 0:
-        theta_k = load_tree(os.path.join(experiment.level_dir(replicate, 0), "rewind_point"), experiment.like_rewind_point())
+        theta_k = experiment.rewind_point(replicate)
         return trainer.init_state(theta_k["params"], theta_k["batch_stats"], pruning.full_mask(theta_k["params"]))
     return ticket_start(experiment, replicate, level)
 

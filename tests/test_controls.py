@@ -10,7 +10,6 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from lottery import imp, lmc, pruning
-from lottery.checkpoint import load_tree
 from lottery.config import PruningConfig
 from lottery.training import stack, unstack
 from test_masking import member_keys
@@ -20,11 +19,7 @@ QUIET = Console(file=io.StringIO())
 
 def load(experiment, replicate, level, what, kind="ticket"):
     directory = experiment.level_dir(replicate, level)
-    if kind != "ticket":
-        directory = os.path.join(directory, kind)
-    like = {"ticket": experiment.like_ticket, "trained": experiment.like_weights,
-            "rewind_point": experiment.like_rewind_point}[what]()
-    return load_tree(os.path.join(directory, what), like)
+    return experiment.load(directory if kind == "ticket" else os.path.join(directory, kind), what)
 
 
 def tobytes(tree):

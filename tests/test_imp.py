@@ -8,7 +8,6 @@ import numpy as np
 from rich.console import Console
 
 from lottery import imp, pruning
-from lottery.checkpoint import load_tree
 from lottery.training import stack, unstack
 from test_masking import member_keys
 
@@ -24,7 +23,7 @@ def test_each_level_starts_from_theta_k_times_its_mask(small_config):
     results = imp.run(cfg, console=QUIET)
     experiment = imp.prepare(cfg)
     level_dir = lambda level: experiment.level_dir(0, level)
-    theta_k = load_tree(os.path.join(level_dir(0), "rewind_point"), experiment.like_rewind_point())
+    theta_k = experiment.rewind_point(0)
 
     # θk is the dense run's state at step k: replaying the first k steps from θ0 gives it bitwise.
     trainer = experiment.trainer
@@ -34,11 +33,11 @@ def test_each_level_starts_from_theta_k_times_its_mask(small_config):
     assert tobytes(replay["params"]) == tobytes(theta_k["params"])
     assert tobytes(replay["opt_state"]) == tobytes(theta_k["opt_state"])
 
-    ticket_0 = load_tree(os.path.join(level_dir(0), "ticket"), experiment.like_ticket())
+    ticket_0 = experiment.load(level_dir(0), "ticket")
     assert tobytes(ticket_0["params"]) == tobytes(theta_0["params"])  # level 0 starts from θ0
     previous_mask = ticket_0["mask"]
     for level in (1, 2):
-        ticket = load_tree(os.path.join(level_dir(level), "ticket"), experiment.like_ticket())
+        ticket = experiment.load(level_dir(level), "ticket")
         expected = jax.tree.map(lambda w, m: np.where(m, w, np.float32(0)), theta_k["params"], ticket["mask"])
         assert tobytes(ticket["params"]) == tobytes(expected)
         for new, old in zip(jax.tree.leaves(ticket["mask"]), jax.tree.leaves(previous_mask)):
@@ -47,7 +46,7 @@ def test_each_level_starts_from_theta_k_times_its_mask(small_config):
         metrics = results[level]
         assert metrics["remaining"] == sum(c["remaining"] for c in counts.values())
         assert metrics["start_step"] == 40 and metrics["history"][0]["step"] == 60
-        trained = load_tree(os.path.join(level_dir(level), "trained"), experiment.like_weights())
+        trained = experiment.load(level_dir(level), "trained")
         for path, m in pruning.flatten(ticket["mask"]).items():
             assert np.all(pruning.flatten(trained["params"])[path][~m] == 0)
         previous_mask = ticket["mask"]
@@ -90,7 +89,7 @@ def test_more_levels_continue_skip_finished_ones_and_match_an_uninterrupted_run(
     fresh = imp.run(fresh_cfg, console=QUIET)
     fresh_experiment = imp.prepare(fresh_cfg)
     assert [m["final"] for m in fresh] == [m["final"] for m in continued]  # deterministic on CPU
-    load = lambda e: load_tree(os.path.join(e.level_dir(0, 2), "trained"), e.like_weights())
+    load = lambda e: e.load(e.level_dir(0, 2), "trained")
     assert tobytes(load(fresh_experiment)) == tobytes(load(experiment))
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import REPO, compose_config, run_cli
 from lottery import imp
-from lottery.checkpoint import LevelCheckpoints, load_tree
+from lottery.checkpoint import LevelCheckpoints
 from lottery.errors import LotteryError
 
 # Long enough per level (600 steps, 20 checkpoints) for a kill to land inside training; checkpoints
@@ -51,12 +51,10 @@ def results(cwd):
         metrics = json.load(open(path))
         metrics.pop("wall_time_s")
         out[os.path.relpath(path, directory)] = metrics
-    for path in sorted(glob.glob(f"{directory}/replicate_*/**/trained", recursive=True)):
-        out[os.path.relpath(path, directory)] = [np.asarray(a).tobytes() for a in
-                                                 jax.tree.leaves(load_tree(path, experiment.like_weights()))]
-    for path in sorted(glob.glob(f"{directory}/replicate_*/**/ticket", recursive=True)):
-        out[os.path.relpath(path, directory)] = [np.asarray(a).tobytes() for a in
-                                                 jax.tree.leaves(load_tree(path, experiment.like_ticket()))]
+    for what in ("trained", "ticket"):
+        for path in sorted(glob.glob(f"{directory}/replicate_*/**/{what}", recursive=True)):
+            saved = experiment.load(os.path.dirname(path), what)
+            out[os.path.relpath(path, directory)] = [np.asarray(a).tobytes() for a in jax.tree.leaves(saved)]
     return out
 
 
