@@ -101,7 +101,11 @@ def summarize(df: pd.DataFrame, by: Optional[List[str]] = None) -> pd.DataFrame:
         table[metric] = grouped[metric].mean()
         table[f"{metric}_std"] = grouped[metric].std(ddof=0)
     table["replicates"] = grouped["replicate"].nunique()
-    return table.reset_index()
+    table = table.reset_index()
+    if "kind" in by:  # level by level, the ticket before its controls
+        rank = table["kind"].map({kind: i for i, kind in enumerate(KINDS)})
+        table = table.assign(_rank=rank).sort_values([c for c in by if c != "kind"] + ["_rank"]).drop(columns="_rank")
+    return table.reset_index(drop=True)
 
 
 STANDARD_COLUMNS = {"experiment", "hash", "directory", "replicate", "level", "kind", "percent_remaining", "remaining",

@@ -46,9 +46,8 @@ from flax import nnx
 from omegaconf import OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
-from lottery import analysis, lmc, models, pruning, tracking, training
+from lottery import analysis, lmc, models, pruning, report, tracking, training
 from lottery import data as datasets
 from lottery.checkpoint import LevelCheckpoints, load_tree, read_json, save_tree, write_json
 from lottery.config import experiment_hash
@@ -222,7 +221,8 @@ def run_locked(experiment: Experiment, console: Console) -> List[dict]:
     figure = os.path.join(experiment.directory, "accuracy_vs_sparsity.png")
     if trained or not os.path.exists(figure):  # a re-run of finished work rewrites nothing
         analysis.save_figures(experiment.directory)
-    console.print(summary_table(results, experiment.directory))
+    summary = analysis.summarize(analysis.load_runs(experiment.directory))
+    console.print(report.table(summary, title=f"IMP results: {experiment.directory}", experiment_column=False))
     console.print(f"figures: {os.path.join(experiment.directory, '*.png')}")
     return results
 
@@ -565,38 +565,3 @@ def collect(experiment: Experiment) -> List[dict]:
                         metrics["lmc"] = read_json(lmc_file)
                     results.append(metrics)
     return results
-
-
-def summary_table(results, directory: str) -> Table:
-    """One row per level and kind; mean ± std over replicates where there are several."""
-    table = Table(title=f"IMP results: {directory}")
-    groups: Dict[tuple, List[dict]] = {}
-    for r in results:
-        groups.setdefault((r["level"], r["kind"]), []).append(r)
-    show_lmc = any("lmc" in r for r in results)
-    show_replicates = any(len(group) > 1 for group in groups.values())
-    columns = ["level", "kind", "% weights remaining", "test acc (final)", "test acc (early stop)", "early-stop it"]
-    columns += ["LMC barrier"] * show_lmc + ["replicates"] * show_replicates
-    for column in columns:
-        table.add_column(column, justify="left" if column == "kind" else "right")
-
-    def stat(values, scale=100.0, digits=2):
-        values = [v for v in values if v is not None]
-        if not values:
-            return "-"
-        mean = f"{scale * np.mean(values):.{digits}f}"
-        return mean if len(values) == 1 else f"{mean} ± {scale * np.std(values):.{digits}f}"
-
-    for (level, kind), group in groups.items():
-        early = [g["early_stop"] for g in group]
-        row = [
-            str(level), kind,
-            stat([g["density"] for g in group]),
-            stat([g["final"]["test_accuracy"] for g in group]),
-            stat([e["test_accuracy"] if e else None for e in early]),
-            stat([e["step"] if e else None for e in early], scale=1, digits=0),
-        ]
-        row += [stat([g["lmc"]["barrier"] if "lmc" in g else None for g in group])] * show_lmc
-        row += [str(len(group))] * show_replicates
-        table.add_row(*row)
-    return table

@@ -17,10 +17,15 @@ from rich.table import Table
 from lottery import analysis
 
 
-def table(summary) -> Table:
-    out = Table(title="lottery results (mean ± std over replicates)")
-    for column in ("experiment", "kind", "level", "% remaining", "test acc", "test acc (early stop)",
-                   "early-stop it", "LMC barrier", "replicates"):
+def table(summary, title: str = "lottery results (mean ± std over replicates)", experiment_column: bool = True) -> Table:
+    """One row per (experiment,) level and kind of ``analysis.summarize``; the LMC and replicate
+    columns only where they say something."""
+    show_lmc = bool(summary["lmc_barrier"].notna().any())
+    show_replicates = bool((summary["replicates"] > 1).any())
+    columns = ["experiment"] * experiment_column + ["level", "kind", "% weights remaining", "test acc (final)",
+               "test acc (early stop)", "early-stop it"] + ["LMC barrier"] * show_lmc + ["replicates"] * show_replicates
+    out = Table(title=title)
+    for column in columns:
         out.add_column(column, justify="left" if column in ("experiment", "kind") else "right")
 
     def cell(row, metric, scale=100.0, digits=2):
@@ -30,9 +35,11 @@ def table(summary) -> Table:
         return f"{scale * mean:.{digits}f}" + (f" ± {scale * std:.{digits}f}" if row["replicates"] > 1 else "")
 
     for _, row in summary.iterrows():
-        out.add_row(f"{row['experiment']}-{row['hash']}", row["kind"], str(row["level"]), f"{row['percent_remaining']:.2f}",
-                    cell(row, "test_accuracy"), cell(row, "test_accuracy_early_stop"),
-                    cell(row, "early_stop_iteration", 1, 0), cell(row, "lmc_barrier"), str(row["replicates"]))
+        cells = [f"{row['experiment']}-{row['hash']}"] * experiment_column
+        cells += [str(row["level"]), row["kind"], f"{row['percent_remaining']:.2f}", cell(row, "test_accuracy"),
+                  cell(row, "test_accuracy_early_stop"), cell(row, "early_stop_iteration", 1, 0)]
+        cells += [cell(row, "lmc_barrier")] * show_lmc + [str(row["replicates"])] * show_replicates
+        out.add_row(*cells)
     return out
 
 
