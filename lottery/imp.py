@@ -350,17 +350,15 @@ def train_jobs(experiment: Experiment, jobs: List[Job], level: int, start: int, 
     """Train ``jobs`` over [start, end): all in one vmapped program, or one by one (parallel=loop)."""
     groups = [jobs] if experiment.cfg.parallel == "vmap" else [[job] for job in jobs]
     for group in filter(None, groups):
-        began = time.time()
         states = training.stack([job.state for job in group])
         density = pruning.density(pruning.counts(group[0].state["mask"], experiment.prunable))
         kinds = ", ".join(sorted({job.kind for job in group}))
         task = progress.add_task(f"level {level} ({density:.1%} of weights): {len(group)} x {kinds}", total=end - start)
         keep_rewind_point = level == 0
         checkpoints = group_checkpoints(experiment, "train", level, group, start, end)
-        states, histories, rewind_points = train(experiment, states, group, level, start, end, keep_rewind_point,
-                                                 lambda n: progress.advance(task, n), checkpoints=checkpoints,
-                                                 say=progress.console.print)
-        seconds = time.time() - began
+        states, histories, rewind_points, seconds = train(experiment, states, group, level, start, end,
+                                                          keep_rewind_point, lambda n: progress.advance(task, n),
+                                                          checkpoints=checkpoints, say=progress.console.print)
         for i, job in sorted(enumerate(group), key=lambda item: item[1].kind != "ticket"):  # tickets' dirs first
             finished = training.unstack(states, i)
             rewind_point = training.unstack(rewind_points, i) if rewind_points is not None else None
@@ -387,7 +385,8 @@ def train(experiment: Experiment, states, jobs: List[Job], level: int, start: in
     With ``checkpoints``, the run resumes from the newest checkpoint of this group, writes one
     every ``checkpoint_every`` steps (at chunk ends), and on SIGTERM writes one and stops. The data
     order and augmentation are functions of (key, step) and the running loss sum is saved, so a
-    resumed run is bitwise the run that was not interrupted.
+    resumed run is bitwise the run that was not interrupted. The seconds returned last are the
+    training time of [start, end), summed over the processes that took part (checkpoints carry it).
     """
     trainer, every, k = experiment.trainer, experiment.eval_every, experiment.rewind
     data_keys = jax.numpy.stack([job.data_key for job in jobs])
@@ -398,13 +397,14 @@ def train(experiment: Experiment, states, jobs: List[Job], level: int, start: in
     snapshot = lambda s: jax.device_get({key: s[key] for key in ("params", "batch_stats", "opt_state")})
     rewind_points = snapshot(states) if keep_rewind_point and k == start else None
     histories, step, loss_sum, record_from = [[] for _ in jobs], start, None, start
+    began, earlier = time.time(), 0.0
 
     resumed = checkpoints.latest(lambda meta: checkpoint_tree(states, meta["has_rewind_points"])) if checkpoints else None
     if resumed is not None:
         step, arrays, meta = resumed
         states, loss_sum = arrays["states"], arrays["loss_sum"]
         rewind_points = jax.device_get(arrays["rewind_points"]) if meta["has_rewind_points"] else rewind_points
-        histories, record_from = meta["histories"], meta["record_from"]
+        histories, record_from, earlier = meta["histories"], meta["record_from"], meta.get("seconds", 0.0)
         advance(step - start)
         say(f"level {level}: resuming {len(jobs)} networks from the checkpoint at step {step}")
 
@@ -435,13 +435,14 @@ def train(experiment: Experiment, states, jobs: List[Job], level: int, start: in
             arrays = {"states": states, "loss_sum": loss_sum}
             if rewind_points is not None:
                 arrays["rewind_points"] = rewind_points
-            meta = {"histories": histories, "record_from": record_from, "has_rewind_points": rewind_points is not None}
+            meta = {"histories": histories, "record_from": record_from, "has_rewind_points": rewind_points is not None,
+                    "seconds": earlier + time.time() - began}
             checkpoints.save(step, arrays, meta)
             if PREEMPTION.requested:
                 checkpoints.close()
                 raise Preempted(f"checkpoint written at level {level}, step {step} (SIGTERM); "
                                 "run the same command to continue")
-    return states, histories, rewind_points
+    return states, histories, rewind_points, earlier + time.time() - began
 
 
 def checkpoint_tree(states, has_rewind_points: bool):
@@ -492,8 +493,8 @@ def run_lmc(experiment: Experiment, level: int, progress: Progress) -> int:
     states = training.stack([job.state for job in jobs])
     task = progress.add_task(f"level {level}: linear mode connectivity, {len(jobs)} copies", total=end - start)
     checkpoints = group_checkpoints(experiment, "lmc", level, jobs, start, end)
-    states, _, _ = train(experiment, states, jobs, level, start, end, False, lambda n: progress.advance(task, n),
-                         evaluate=False, checkpoints=checkpoints, say=progress.console.print)
+    states, _, _, _ = train(experiment, states, jobs, level, start, end, False, lambda n: progress.advance(task, n),
+                            evaluate=False, checkpoints=checkpoints, say=progress.console.print)
     for i in range(0, len(jobs), 2):
         copies = [training.unstack(states, j) for j in (i, i + 1)]
         a, b = ({key: c[key] for key in ("params", "batch_stats")} for c in copies)
@@ -546,7 +547,7 @@ def summarize(level: int, job: Job, start: int, history, layer_counts, seconds: 
         "final": history[-1],
         "early_stop": early_stop,
         "history": history,
-        "wall_time_s": seconds,  # of the compiled program that trained it (shared by its group)
+        "wall_time_s": seconds,  # training its group together, summed over resumed processes
     }
 
 

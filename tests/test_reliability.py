@@ -192,3 +192,30 @@ def test_no_pickle_anywhere_in_the_package():
             assert not any(n.split(".")[0] in ("pickle", "cPickle", "dill", "cloudpickle") for n in names + [module]), path
             if isinstance(node, ast.keyword) and node.arg == "allow_pickle":
                 assert getattr(node.value, "value", None) is False, path
+
+
+def test_wall_time_of_a_resumed_level_sums_every_process_that_trained_it(small_config, monkeypatch):
+    import io
+    import types
+
+    from rich.console import Console
+
+    from lottery.errors import Preempted
+
+    clock = iter(range(0, 1000, 10))  # each reading of the training clock is 10 s after the one before
+    monkeypatch.setattr(imp, "time", types.SimpleNamespace(time=lambda: float(next(clock))))
+
+    class PreemptedAtOnce(imp.Preemption):
+        def __enter__(self):
+            super().__enter__()
+            self.requested = True  # as if SIGTERM arrived during the first compiled chunk
+            return self
+
+    cfg = small_config("levels=0")
+    monkeypatch.setattr(imp, "PREEMPTION", PreemptedAtOnce())
+    with pytest.raises(Preempted):
+        imp.run(cfg, console=Console(file=io.StringIO()))  # clock 0 -> 10: 10 s saved with the checkpoint
+    monkeypatch.setattr(imp, "PREEMPTION", imp.Preemption())
+    imp.run(cfg, console=Console(file=io.StringIO()))  # clock 20 -> 30: 10 s more
+    with open(os.path.join(imp.prepare(cfg).level_dir(0, 0), "metrics.json")) as f:
+        assert json.load(f)["wall_time_s"] == 20.0
