@@ -52,6 +52,7 @@ from lottery import data as datasets
 from lottery.checkpoint import LevelCheckpoints, load_tree, read_json, save_tree, write_json
 from lottery.config import experiment_hash
 from lottery.errors import LotteryError, Preempted
+from lottery.provenance import provenance
 from lottery.step import Step
 
 CONTROLS = ("random_reinit", "random_prune")
@@ -548,6 +549,7 @@ def summarize(level: int, job: Job, start: int, history, layer_counts, seconds: 
         "early_stop": early_stop,
         "history": history,
         "wall_time_s": seconds,  # training its group together, summed over resumed processes
+        "provenance": provenance(),  # of the process that finished it
     }
 
 

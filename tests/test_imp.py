@@ -101,3 +101,35 @@ def test_results_directory_is_named_by_content_hash(small_config):
     assert a == b and a != c
     assert os.path.basename(a).startswith("quickstart-")
     assert os.path.basename(d).startswith("_.._etc-") and os.path.dirname(d) == os.path.dirname(a)
+
+
+def test_every_result_records_the_commit_versions_and_machine_that_produced_it(small_config, tmp_path, monkeypatch):
+    import subprocess
+
+    import lottery
+    from lottery import provenance
+
+    git = lambda *args: subprocess.run(["git", "-C", str(tmp_path / "src"), "-c", "user.name=t", "-c", "user.email=t@t",
+                                        *args], check=True, capture_output=True, text=True).stdout.strip()
+    (tmp_path / "src" / "lottery").mkdir(parents=True)
+    (tmp_path / "src" / "lottery" / "__init__.py").write_text("")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "x")
+    monkeypatch.setattr(lottery, "__file__", str(tmp_path / "src" / "lottery" / "__init__.py"))
+
+    def recorded():
+        provenance.provenance.cache_clear()
+        results = imp.run(small_config("levels=0", f"output_dir={tmp_path / 'runs' / str(len(seen))}"), console=QUIET)
+        seen.append(results[0]["provenance"])
+        return seen[-1]
+
+    seen = []
+    clean = recorded()
+    assert clean["commit"] == git("rev-parse", "HEAD") and clean["dirty"] is False
+    assert clean["jax"] == jax.__version__ and clean["backend"] == jax.default_backend() and clean["cpus"] == os.cpu_count()
+    (tmp_path / "src" / "lottery" / "__init__.py").write_text("# edited")
+    assert recorded()["dirty"] is True
+    monkeypatch.setattr(lottery, "__file__", str(tmp_path / "elsewhere" / "__init__.py"))  # not a checkout
+    assert recorded()["commit"] is None
+    provenance.provenance.cache_clear()

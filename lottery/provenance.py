@@ -1,0 +1,60 @@
+"""Where a result came from: code version, library versions and machine, stored with every
+trained network so that a number in a table can be traced to what produced it."""
+
+import functools
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+
+import jax
+
+import lottery
+
+LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint")
+
+
+def _git(*args):
+    source = os.path.dirname(os.path.abspath(lottery.__file__))
+    try:
+        out = subprocess.run(["git", "-C", source, *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=None)
+def provenance() -> dict:
+    """The git commit of the lottery source (None when not run from a checkout; ``dirty`` when it
+    had uncommitted changes), versions, the accelerator and the host."""
+    commit = _git("rev-parse", "HEAD")
+    device = jax.devices()[0]
+    return {
+        "lottery": lottery.__version__,
+        "commit": commit,
+        "dirty": bool(_git("status", "--porcelain")) if commit else None,
+        "python": platform.python_version(),
+        **{name: _version(name) for name in LIBRARIES},
+        "backend": jax.default_backend(),
+        "device": f"{len(jax.devices())} x {device.device_kind}",
+        "cpu": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "host": platform.node(),
+        "platform": f"{sys.platform}-{platform.machine()}",
+    }
+
+
+def _version(name):
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return platform.processor() or None
