@@ -48,6 +48,17 @@ def test_lenet_follows_frankle_and_carbin_exactly():
     assert (cfg.pruning.strategy, cfg.pruning.rate, cfg.pruning.output_rate) == ("layerwise", 0.2, 0.1)
     assert (cfg.rewind, cfg.dataset.name, cfg.dataset.validation) == ("0it", "mnist", 5000)
 
+    # The levels land on the paper's sizes (Sec. 2: 51.3%, 21.1%, 7.0%, 3.6%, 1.9%) and end below 2%.
+    model = models.build(cfg.model, INPUT_SHAPES["mnist"], 10, jax.random.key(0))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    names, mask = pruning.prunable(params, cfg.pruning.ignore), pruning.full_mask(params)
+    percent = {}
+    for level in range(1, cfg.levels + 1):
+        mask = pruning.prune(params, mask, cfg.pruning, names)
+        percent[level] = round(100 * pruning.density(pruning.counts(mask, names)), 1)
+    assert {level: percent[level] for level in (3, 7, 12, 15, 18)} == {3: 51.3, 7: 21.1, 12: 7.0, 15: 3.6, 18: 1.9}
+    assert cfg.levels >= 20 and percent[cfg.levels] < 2.0
+
 
 def test_resnet_and_vgg_follow_the_linear_mode_connectivity_recipe():
     resnet, vgg = compose_config(["+exp=resnet"]), compose_config(["+exp=vgg"])
