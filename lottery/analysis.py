@@ -150,6 +150,12 @@ def _sparsity_axis(ax, df):
     ax.grid(alpha=0.3)
 
 
+def _legend(ax, df):
+    replicates = df.groupby(["experiment", "hash"])["replicate"].nunique().max()
+    ax.legend(fontsize="small", title=f"mean ± std over {replicates} replicates" if replicates > 1 else None,
+              title_fontsize="small")
+
+
 def _axes(ax):
     if ax is None:
         import matplotlib.pyplot as plt
@@ -168,7 +174,7 @@ def plot_accuracy_vs_sparsity(df: pd.DataFrame, by: str = "kind", metric: str = 
     _lines(df, metric, by, ax)
     _sparsity_axis(ax, df)
     ax.set_ylabel("test accuracy (%)" + (" at early stop" if metric.endswith("early_stop") else ""))
-    ax.legend(fontsize="small")
+    _legend(ax, df)
     ax.figure.tight_layout()
     return ax
 
@@ -179,7 +185,7 @@ def plot_early_stopping(df: pd.DataFrame, by: str = "kind", ax=None):
     _lines(df, "early_stop_iteration", by, ax, scale=1.0)
     _sparsity_axis(ax, df)
     ax.set_ylabel("early-stop iteration")
-    ax.legend(fontsize="small")
+    _legend(ax, df)
     ax.figure.tight_layout()
     return ax
 
