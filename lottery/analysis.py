@@ -100,6 +100,7 @@ def summarize(df: pd.DataFrame, by: Optional[List[str]] = None) -> pd.DataFrame:
     for metric in METRICS:
         table[metric] = grouped[metric].mean()
         table[f"{metric}_std"] = grouped[metric].std(ddof=0)
+    table["wall_time_s"] = grouped["wall_time_s"].mean()  # training time (vmap: shared by a level's networks)
     table["replicates"] = grouped["replicate"].nunique()
     table = table.reset_index()
     if "kind" in by:  # level by level, the ticket before its controls

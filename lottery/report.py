@@ -23,7 +23,8 @@ def table(summary, title: str = "lottery results (mean ± std over replicates)",
     show_lmc = bool(summary["lmc_barrier"].notna().any())
     show_replicates = bool((summary["replicates"] > 1).any())
     columns = ["experiment"] * experiment_column + ["level", "kind", "% weights remaining", "test acc (final)",
-               "test acc (early stop)", "early-stop it"] + ["LMC barrier"] * show_lmc + ["replicates"] * show_replicates
+               "test acc (early stop)", "early-stop it"] + ["LMC barrier"] * show_lmc + ["train time (s)"] \
+        + ["replicates"] * show_replicates
     out = Table(title=title)
     for column in columns:
         out.add_column(column, justify="left" if column in ("experiment", "kind") else "right")
@@ -38,7 +39,7 @@ def table(summary, title: str = "lottery results (mean ± std over replicates)",
         cells = [f"{row['experiment']}-{row['hash']}"] * experiment_column
         cells += [str(row["level"]), row["kind"], f"{row['percent_remaining']:.2f}", cell(row, "test_accuracy"),
                   cell(row, "test_accuracy_early_stop"), cell(row, "early_stop_iteration", 1, 0)]
-        cells += [cell(row, "lmc_barrier")] * show_lmc + [str(row["replicates"])] * show_replicates
+        cells += [cell(row, "lmc_barrier")] * show_lmc + [f"{row['wall_time_s']:.1f}"] + [str(row["replicates"])] * show_replicates
         out.add_row(*cells)
     return out
 

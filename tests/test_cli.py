@@ -43,9 +43,10 @@ def test_quickstart_writes_levels_metrics_checkpoints_and_a_table(quickstart):
         assert f"{100 * metrics['density']:.2f}" in row
         assert f"{100 * metrics['final']['test_accuracy']:.2f}" in row
         assert str(metrics["early_stop"]["step"]) in row
+        assert f"{metrics['wall_time_s']:.1f}" in row  # training time per level
     assert os.path.isdir(os.path.join(run_dir, "replicate_0", "level_0", "rewind_point"))
     assert densities[0] == 1.0 and all(a > b for a, b in zip(densities, densities[1:]))
-    assert "test acc" in result.stdout and "early-stop it" in result.stdout
+    assert "test acc" in result.stdout and "early-stop it" in result.stdout and "train time (s)" in result.stdout
 
 
 def test_rerunning_skips_finished_levels(quickstart):
