@@ -106,6 +106,7 @@ class Tracker:
             "level/remaining_weights": metrics["remaining"],
             "level/test_accuracy": metrics["final"]["test_accuracy"],
             "level/train_loss": metrics["final"]["train_loss"],
+            "level/wall_time_s": metrics["wall_time_s"],
         }
         if early:
             values.update({"level/test_accuracy_early_stop": early["test_accuracy"],

@@ -37,8 +37,9 @@ def test_offline_run_logs_levels_evaluations_and_tables(small_config):
         # Per level, against % weights remaining.
         levels = [row for row in history if "level/test_accuracy" in row]
         assert [(row["level/index"], row["level/percent_remaining"], row["level/test_accuracy"],
-                 row["level/early_stop_iteration"]) for row in levels] == \
-            [(m["level"], 100 * m["density"], m["final"]["test_accuracy"], m["early_stop"]["step"]) for m in mine]
+                 row["level/early_stop_iteration"], row["level/wall_time_s"]) for row in levels] == \
+            [(m["level"], 100 * m["density"], m["final"]["test_accuracy"], m["early_stop"]["step"], m["wall_time_s"])
+             for m in mine]
         assert all(f"level/density/{layer}" in levels[0] for layer in experiment.prunable)
         # At the end: the table of level results (read back from the run's files) and its line plot.
         (final,) = [row for row in history if "levels/path" in row]
