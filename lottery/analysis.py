@@ -207,25 +207,22 @@ def plot_instability(df: pd.DataFrame, x: str = "rewind", ax=None):
     return ax
 
 
-def save_figures(root: str, output: Optional[str] = None) -> List[str]:
-    """Write accuracy_vs_sparsity.png (and early_stopping.png where there is validation) for the
-    experiments below ``root``; returns the files written."""
+def save_figures(df: pd.DataFrame, output: str) -> List[str]:
+    """Write accuracy_vs_sparsity.png (and early_stopping.png where there is validation) of
+    ``df`` (``load_runs``) to the directory ``output``; returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    df = load_runs(root)
-    output = output or root
     by = "experiment" if df[["experiment", "hash"]].drop_duplicates().shape[0] > 1 else "kind"
-    files = []
-    ax = plot_accuracy_vs_sparsity(df, by=by)
-    files.append(os.path.join(output, "accuracy_vs_sparsity.png"))
-    ax.figure.savefig(files[-1], dpi=120)
-    plt.close(ax.figure)
+    plots = {"accuracy_vs_sparsity.png": plot_accuracy_vs_sparsity}
     if df["early_stop_iteration"].notna().any():
-        ax = plot_early_stopping(df, by=by)
-        files.append(os.path.join(output, "early_stopping.png"))
+        plots["early_stopping.png"] = plot_early_stopping
+    files = []
+    for name, plot in plots.items():
+        ax = plot(df, by=by)
+        files.append(os.path.join(output, name))
         ax.figure.savefig(files[-1], dpi=120)
         plt.close(ax.figure)
     return files

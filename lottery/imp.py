@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import signal
-import sys
 import threading
 import time
 from typing import Dict, List, Optional
@@ -181,8 +180,7 @@ def run(cfg, console: Console = None) -> List[dict]:
 
     Returns the metrics of every trained network, ordered by level, replicate, kind (ticket first).
     """
-    # Logs and pipes get a wide table rather than rich's 80-column default.
-    console = console or (Console() if sys.stdout.isatty() else Console(width=160))
+    console = console or report.console()
     if cfg.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compilation_cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
@@ -218,11 +216,12 @@ def run_locked(experiment: Experiment, console: Console) -> List[dict]:
         raise
     shutil.rmtree(os.path.join(experiment.directory, "checkpoints"), ignore_errors=True)  # all finished
     results = collect(experiment)
-    experiment.tracker.finish(results)
+    df = analysis.load_runs(experiment.directory)
+    experiment.tracker.finish(df)
     figure = os.path.join(experiment.directory, "accuracy_vs_sparsity.png")
     if trained or not os.path.exists(figure):  # a re-run of finished work rewrites nothing
-        analysis.save_figures(experiment.directory)
-    summary = analysis.summarize(analysis.load_runs(experiment.directory))
+        analysis.save_figures(df, experiment.directory)
+    summary = analysis.summarize(df)
     console.print(report.table(summary, title=f"IMP results: {experiment.directory}", experiment_column=False))
     console.print(f"figures: {os.path.join(experiment.directory, '*.png')}")
     return results

@@ -44,6 +44,11 @@ def table(summary, title: str = "lottery results (mean ± std over replicates)",
     return out
 
 
+def console() -> Console:
+    """The terminal's console; logs and pipes get a wide table rather than rich's 80 columns."""
+    return Console() if sys.stdout.isatty() else Console(width=180)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lottery.report", description=__doc__.splitlines()[0])
     parser.add_argument("root", help="directory with lottery experiments below it")
@@ -55,13 +60,13 @@ def main(argv=None) -> int:
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    console = Console() if sys.stdout.isatty() else Console(width=180)
-    console.print(table(analysis.summarize(df)))
-    for figure in analysis.save_figures(args.root, args.output):
-        console.print(f"wrote {figure}")
+    out = console()
+    out.print(table(analysis.summarize(df)))
+    for figure in analysis.save_figures(df, args.output or args.root):
+        out.print(f"wrote {figure}")
     if args.csv:
         df.drop(columns=["directory"]).to_csv(args.csv, index=False)
-        console.print(f"wrote {args.csv}")
+        out.print(f"wrote {args.csv}")
     return 0
 
 

@@ -6,7 +6,8 @@ re-running or continuing an experiment resumes the same W&B runs. Logged:
   - inside each level, at every evaluation: ``level``, ``iteration``, ``train/loss``,
     ``val/loss``, ``val/accuracy``, ``test/loss``, ``test/accuracy``;
   - per level, against ``level/percent_remaining`` (``define_metric``): test accuracy (final and at
-    early stop), early-stop iteration, remaining weights, density of each layer, LMC barrier;
+    early stop), early-stop iteration, remaining weights, density of each layer, training wall
+    time, LMC barrier;
   - at the end: a table of the level results and a line plot of test accuracy vs % remaining, and
     with ``wandb.log_ticket`` the last level's ticket (mask + starting weights) as an artifact.
 
@@ -121,28 +122,27 @@ class Tracker:
         self.run(replicate, "ticket").log({"level/index": level, "level/percent_remaining": 100 * density,
                                            "level/lmc_barrier": path["barrier"]})
 
-    def finish(self, results) -> None:
-        """Tables and plots of every level of the runs this invocation touched; close them all."""
+    def finish(self, df) -> None:
+        """Tables and plots of every level of the runs this invocation touched (``df``: the
+        experiment's ``analysis.load_runs``); close them all."""
         if not self.enabled:
             return
         import wandb
 
-        columns = ["level", "percent_remaining", "test_accuracy", "test_accuracy_early_stop", "early_stop_iteration", "lmc_barrier"]
+        from lottery.analysis import METRICS
+
+        columns = ["level", "percent_remaining", *METRICS]
         for (replicate, kind), run in self.runs.items():
-            rows = []
-            for m in results:
-                if (m["replicate"], m["kind"]) == (replicate, kind):
-                    early = m["early_stop"] or {}
-                    rows.append([m["level"], 100 * m["density"], m["final"]["test_accuracy"], early.get("test_accuracy"),
-                                 early.get("step"), m.get("lmc", {}).get("barrier")])
-            table = wandb.Table(columns=columns, data=rows)
+            mine = df[(df["replicate"] == replicate) & (df["kind"] == kind)].sort_values("level")[columns]
+            table = wandb.Table(columns=columns, data=mine.astype(object).where(mine.notna(), None).values.tolist())
             run.log({"levels": table,
                      "accuracy_vs_sparsity": wandb.plot.line(table, "percent_remaining", "test_accuracy",
                                                              title="test accuracy vs % weights remaining")})
-            if self.cfg.wandb.log_ticket and kind == "ticket" and rows:
-                level = max(row[0] for row in rows)
+            if self.cfg.wandb.log_ticket and kind == "ticket" and len(mine):
+                last = mine.iloc[-1]
+                level = int(last["level"])
                 artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9_.-]", "_", f"ticket-{self.group}-r{replicate}"), type="ticket",
-                                          metadata={"level": level, "percent_remaining": max(rows)[1]})
+                                          metadata={"level": level, "percent_remaining": float(last["percent_remaining"])})
                 artifact.add_dir(os.path.join(self.directory, f"replicate_{replicate}", f"level_{level}", "ticket"))
                 run.log_artifact(artifact)
             run.finish()

@@ -52,6 +52,17 @@ def test_offline_run_logs_levels_evaluations_and_tables(small_config):
     assert barriers == [results[1]["lmc"]["barrier"]]
 
 
+def test_log_ticket_uploads_the_last_levels_ticket_as_an_artifact(small_config):
+    from wandb_records import records
+
+    cfg = small_config("wandb.mode=offline", "levels=2", "wandb.log_ticket=true")
+    results = imp.run(cfg, console=QUIET)
+    (path,) = glob.glob(os.path.join(offline_runs(imp.prepare(cfg).directory)["ticket"], "*.wandb"))
+    (ticket,) = [r.artifact for r in records(path) if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "ticket"]
+    assert json.loads(ticket.metadata) == {"level": 2, "percent_remaining": 100 * results[-1]["density"]}
+    assert "_CHECKPOINT_METADATA" in [entry.path for entry in ticket.manifest.contents]  # the orbax ticket directory
+
+
 def test_disabled_mode_writes_nothing(small_config):
     cfg = small_config("wandb.mode=disabled", "levels=0")
     imp.run(cfg, console=QUIET)
