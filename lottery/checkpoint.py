@@ -20,9 +20,14 @@ def save_tree(path: str, tree) -> None:
     checkpointer.close()
 
 
+def abstract(like):
+    """The structure, shapes and dtypes of a pytree: what orbax restores into."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), like)
+
+
 def load_tree(path: str, like):
     """Read the pytree at ``path`` with the structure, shapes and dtypes of ``like``."""
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), like)
+    target = abstract(like)
     checkpointer = ocp.StandardCheckpointer()
     try:
         return checkpointer.restore(os.path.abspath(path), target)
@@ -71,7 +76,7 @@ class LevelCheckpoints:
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-                target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), like(meta))
+                target = abstract(like(meta))
                 arrays = self.manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(target)))["arrays"]
                 return step, arrays, meta
             except Exception as error:  # truncated or foreign files raise many types

@@ -17,9 +17,12 @@ POINTS_PER_CALL = 8  # interpolated networks evaluated by one batched call (boun
 def interpolate(a, b, alphas):
     """A stack of networks (1 - α) a + α b, one per α, along a leading axis."""
     alphas = np.asarray(alphas, np.float32)
-    return jax.tree.map(
-        lambda x, y: (1 - alphas.reshape(-1, *[1] * np.ndim(x))) * x + alphas.reshape(-1, *[1] * np.ndim(x)) * y, a, b
-    )
+
+    def mix(x, y):
+        alpha = alphas.reshape(-1, *[1] * np.ndim(x))  # broadcast over the leaf's axes
+        return (1 - alpha) * x + alpha * y
+
+    return jax.tree.map(mix, a, b)
 
 
 def error_along_path(trainer, a, b, points: int) -> dict:
