@@ -1,8 +1,6 @@
 """Shared helpers for the benchmarks: composing configs, synthetic data, timing."""
 
-import os
 import pathlib
-import platform
 import time
 
 import jax
@@ -11,6 +9,7 @@ from hydra import compose, initialize_config_dir
 
 import lottery.config  # noqa: F401  (registers the config schema)
 from lottery.data import Dataset
+from lottery.provenance import provenance
 
 CONF = pathlib.Path(__file__).resolve().parents[2] / "conf"
 
@@ -42,5 +41,7 @@ def timed(function, *args, repeats=5):
 
 
 def machine() -> str:
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {jax.default_backend()}"
-            f" ({jax.devices()[0].device_kind}), jax {jax.__version__}")
+    """One line of where a benchmark ran (``lottery.provenance``): CPU, cores, device, jax, commit."""
+    p = provenance()
+    commit = f", commit {p['commit'][:7]}{' (dirty)' if p['dirty'] else ''}" if p["commit"] else ""
+    return f"{p['cpu'] or p['platform']}, {p['cpus']} cores, {p['backend']} ({p['device']}), jax {p['jax']}{commit}"
