@@ -28,8 +28,16 @@ def compose_config(overrides=()):
         return compose(config_name="config", overrides=list(overrides))
 
 
+def child_env(**extra):
+    """The environment of a command the tests start: this one, without the W&B service that an
+    in-process offline run leaves in WANDB_SERVICE (a child attached to it would have its run files
+    written by this process's service, asynchronously)."""
+    env = {key: value for key, value in os.environ.items() if key != "WANDB_SERVICE"}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+
+
 def run_cli(*args, cwd):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = child_env()
     return subprocess.run(
         [sys.executable, "-m", "lottery.run", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from conftest import REPO, compose_config
+from conftest import REPO, child_env, compose_config
 from lottery import imp
 
 DATA_ROOT = os.environ.get("LOTTERY_DATA_DIR", os.path.expanduser("~/.cache/lottery"))
@@ -44,7 +44,7 @@ def test_the_frankle_carbin_reproduce_script_runs_end_to_end(mnist, tmp_path):
     """experiments/frankle_carbin_2019/reproduce.sh, shortened: tickets and random reinit for 3
     replicates, then the CSV and both figures, written where RESULTS says (not over the record)."""
     script = REPO / "experiments" / "frankle_carbin_2019" / "reproduce.sh"
-    env = {**os.environ, "RESULTS": str(tmp_path)}
+    env = child_env(RESULTS=str(tmp_path))
     result = subprocess.run(["bash", str(script), str(tmp_path / "runs"), "training.steps=200it", "levels=2",
                              f"dataset.root={DATA_ROOT}", "dataset.download=false", "progress=false"],
                             cwd=tmp_path, env=env, capture_output=True, text=True)

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, compose_config, run_cli
+from conftest import REPO, child_env, compose_config, run_cli
 from lottery import imp
 from lottery.checkpoint import LevelCheckpoints
 from lottery.errors import LotteryError
@@ -27,7 +27,7 @@ RUN = ["levels=2", "replicates=2", "controls=[random_prune]", "training.eval_eve
 
 
 def start(cwd, *extra):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = child_env()
     return subprocess.Popen([sys.executable, "-m", "lottery.run", *RUN, *extra], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
