@@ -398,6 +398,7 @@ def train(experiment: Experiment, states, jobs: List[Job], level: int, start: in
     rewind_points = snapshot(states) if keep_rewind_point and k == start else None
     histories, step, loss_sum, record_from = [[] for _ in jobs], start, None, start
     began, earlier = time.time(), 0.0
+    elapsed = lambda: earlier + time.time() - began  # this level's training time, over every process
 
     resumed = checkpoints.latest(lambda meta: checkpoint_tree(states, meta["has_rewind_points"])) if checkpoints else None
     if resumed is not None:
@@ -436,13 +437,13 @@ def train(experiment: Experiment, states, jobs: List[Job], level: int, start: in
             if rewind_points is not None:
                 arrays["rewind_points"] = rewind_points
             meta = {"histories": histories, "record_from": record_from, "has_rewind_points": rewind_points is not None,
-                    "seconds": earlier + time.time() - began}
+                    "seconds": elapsed()}
             checkpoints.save(step, arrays, meta)
             if PREEMPTION.requested:
                 checkpoints.close()
                 raise Preempted(f"checkpoint written at level {level}, step {step} (SIGTERM); "
                                 "run the same command to continue")
-    return states, histories, rewind_points, earlier + time.time() - began
+    return states, histories, rewind_points, elapsed()
 
 
 def checkpoint_tree(states, has_rewind_points: bool):
