@@ -5,13 +5,16 @@ parameter has one; only prunable ones (conv and dense ``kernel``s not matched by
 are ever set to ``False``. Pruning runs on the host once per level, in NumPy.
 
 Counts are exact: a group of weights (one tensor for ``layerwise``, all prunable tensors together for
-``global``) with R remaining weights loses ``round(rate * R)`` of them (halves round up). Weights
+``global``) with R remaining weights loses ``round(rate * R)`` of them, halves rounding up, computed
+in exact rational arithmetic with the rate as the decimal the user wrote (0.35, not the binary
+float just below it, whose product with 90 would round to 31 instead of 32). Weights
 are ranked by magnitude; ties go by position (the earlier weight is pruned first), and weights
 already pruned rank below every surviving one, so masks are nested from level to level.
 """
 
 import math
 import re
+from fractions import Fraction
 from typing import Dict, List
 
 import jax
@@ -58,12 +61,18 @@ def layer_kind(name: str, kernel) -> str:
     return "conv" if np.ndim(kernel) == 4 else "fc"
 
 
-def layerwise_rates(cfg) -> Dict[str, float]:
+def decimal(rate) -> Fraction:
+    """A rate as the exact decimal it was written as: a float's shortest round-tripping repr
+    (``0.35`` for the float nearest 0.35), so counts follow the rule for the number the user typed."""
+    return rate if isinstance(rate, Fraction) else Fraction(repr(float(rate)))
+
+
+def layerwise_rates(cfg) -> Dict[str, Fraction]:
     """Per-kind rates of the layerwise strategy: output defaults to half the fc rate (F&C 2019)."""
     return {
-        "fc": cfg.rate,
-        "conv": cfg.rate if cfg.conv_rate is None else cfg.conv_rate,
-        "output": cfg.rate / 2 if cfg.output_rate is None else cfg.output_rate,
+        "fc": decimal(cfg.rate),
+        "conv": decimal(cfg.rate if cfg.conv_rate is None else cfg.conv_rate),
+        "output": decimal(cfg.rate) / 2 if cfg.output_rate is None else decimal(cfg.output_rate),
     }
 
 
@@ -76,8 +85,9 @@ def check(cfg) -> None:
             raise LotteryError(f"pruning.{key}={value} must be in (0, 1): the fraction of remaining weights pruned per level")
 
 
-def number_to_prune(rate: float, remaining: int) -> int:
-    return math.floor(rate * remaining + 0.5)
+def number_to_prune(rate, remaining: int) -> int:
+    """round(rate x remaining), halves up, exactly (see the module docstring)."""
+    return math.floor(decimal(rate) * remaining + Fraction(1, 2))
 
 
 def _prune_group(weights: List[np.ndarray], masks: List[np.ndarray], rate: float) -> List[np.ndarray]:

@@ -24,13 +24,42 @@ def pruning_config(**kwargs):
     return OmegaConf.structured(PruningConfig(**kwargs))
 
 
-def iterate_rounding(total, rate, levels):
-    """Remaining weights after each level: r <- r - round_half_up(rate * r), computed independently."""
+def round_half_up(percent: int, remaining: int) -> int:
+    """round(percent/100 x remaining), halves up, in integers: (2 p R + 100) // 200."""
+    return (2 * percent * remaining + 100) // 200
+
+
+def iterate_rounding(total, percent, levels):
+    """Remaining weights after each level: r <- r - round_half_up(rate * r), computed independently
+    in integer arithmetic (``percent``: the rate in hundredths, possibly fractional as a/b)."""
     remaining = [total]
     for _ in range(levels):
         r = remaining[-1]
-        remaining.append(r - int(np.floor(rate * r + 0.5)))
+        remaining.append(r - round_half_up(percent, r))
     return remaining
+
+
+def test_halves_round_up_for_every_rate_a_user_can_type():
+    # Rates whose binary float lies just below the decimal (0.35 -> 0.34999...) used to round an
+    # exact half down: number_to_prune(0.35, 90) was 31.
+    assert pruning.number_to_prune(0.35, 90) == 32
+    for percent in range(1, 100):
+        rate = float(f"0.{percent:02d}")
+        for remaining in range(0, 401):
+            assert pruning.number_to_prune(rate, remaining) == round_half_up(percent, remaining), (rate, remaining)
+
+
+def test_the_output_layers_default_half_rate_is_exact():
+    # python -m lottery.run levels=2 pruning.rate=0.7: the output layer (100 x 10) loses 35% a level,
+    # 1000 -> 650 -> 650 - round(227.5) = 422 (the float 0.7 / 2 gave 227 and kept 423).
+    params = lenet_like(0)
+    names = pruning.prunable(params)
+    mask = pruning.full_mask(params)
+    kept = []
+    for level in (1, 2):
+        mask = pruning.prune(lenet_like(level), mask, pruning_config(rate=0.7), names)
+        kept.append(pruning.counts(mask, names)["output/kernel"]["remaining"])
+    assert kept == [650, 422]
 
 
 def test_layerwise_counts_follow_the_closed_form_and_masks_nest():
@@ -40,7 +69,7 @@ def test_layerwise_counts_follow_the_closed_form_and_masks_nest():
     assert names == list(LENET_SHAPES)
     mask = pruning.full_mask(params)
     levels = 20
-    expected = {name: iterate_rounding(int(np.prod(shape)), 0.1 if name.startswith("output") else 0.2, levels)
+    expected = {name: iterate_rounding(int(np.prod(shape)), 10 if name.startswith("output") else 20, levels)
                 for name, shape in LENET_SHAPES.items()}
     for level in range(1, levels + 1):
         # Fresh weights every level, as after retraining: nesting must come from the mask alone.
@@ -64,7 +93,7 @@ def test_global_counts_are_exact_and_one_threshold_is_used():
     params = lenet_like(1)
     names = pruning.prunable(params)
     mask = pruning.full_mask(params)
-    expected = iterate_rounding(266_200, 0.2, 8)
+    expected = iterate_rounding(266_200, 20, 8)
     for level in range(1, 9):
         mask = pruning.prune(params, mask, cfg, names)
         flat_mask, flat_params = pruning.flatten(mask), pruning.flatten(params)
