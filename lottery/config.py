@@ -111,7 +111,6 @@ class Config:
     seed: int = 0
     replicates: int = 1  # independent IMP trajectories (own initialization, data order, masks)
     controls: List[str] = dataclasses.field(default_factory=list)  # random_reinit, random_prune
-    parallel: str = "vmap"  # vmap: a level's members in one compiled program; loop: one by one
     lmc: LMCConfig = dataclasses.field(default_factory=LMCConfig)
     wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
     output_dir: str = "runs"
@@ -125,7 +124,7 @@ class Config:
 # asking for more levels continues the same run; where data or results live is not the experiment.
 # More replicates, controls or LMC levels add to the same experiment; how members are batched
 # together is not the experiment either.
-_NOT_HASHED = ("name", "levels", "replicates", "controls", "lmc", "parallel", "output_dir", "progress", "wandb",
+_NOT_HASHED = ("name", "levels", "replicates", "controls", "lmc", "output_dir", "progress", "wandb",
                "compilation_cache", "checkpoint_every",
                "dataset.root", "dataset.download", "training.loop")
 

@@ -11,8 +11,9 @@ Each later level L
 
 Every replicate is its own IMP trajectory (initialization, data order, masks). At each level the
 tickets of all replicates and their controls (``random_reinit``: the ticket's mask on fresh initial
-weights; ``random_prune``: a random mask with the ticket's counts, from θk) are trained together:
-stacked along a leading axis, by one vmapped compiled program (``parallel=vmap``). At the levels in
+weights; ``random_prune``: a random mask with the ticket's counts, from θk) are trained as one group,
+stacked along a leading axis and checkpointed together, each by the same single-network compiled
+program, so that a network's bits never depend on what it was trained beside. At the levels in
 ``lmc.levels``, two more copies per replicate train from the level's start with different data
 orders, and the test error along the line between them gives the level's instability (``lmc.py``).
 
@@ -56,7 +57,6 @@ from lottery.step import Step
 
 CONTROLS = ("random_reinit", "random_prune")
 RETRAIN = ("rewind", "lr_rewind", "finetune")
-PARALLEL = ("vmap", "loop")
 
 
 @dataclasses.dataclass
@@ -129,9 +129,8 @@ def prepare(cfg) -> Experiment:
     pruning.check(cfg.pruning)
     models.check(cfg.model)
     tx = training.make_optimizer(cfg.optimizer)
-    for key, value, choices in (("retrain", cfg.retrain, RETRAIN), ("parallel", cfg.parallel, PARALLEL)):
-        if value not in choices:
-            raise LotteryError(f"{key}={value!r} is not an option; choose one of: {', '.join(choices)}")
+    if cfg.retrain not in RETRAIN:
+        raise LotteryError(f"retrain={cfg.retrain!r} is not an option; choose one of: {', '.join(RETRAIN)}")
     for control in cfg.controls:
         if control not in CONTROLS:
             raise LotteryError(f"controls: {control!r} is not a control; choose from: {', '.join(CONTROLS)}")
@@ -308,12 +307,14 @@ def ticket_start(experiment: Experiment, replicate: int, level: int) -> dict:
     """The ticket's training state at the start of ``level``: prune, then rewind (or keep)."""
     cfg, trainer = experiment.cfg, experiment.trainer
     this_level = experiment.level_dir(replicate, level)
-    if os.path.isdir(this_level):  # finished; its controls need its start
-        ticket = experiment.load(this_level, "ticket")
-        return trainer.init_state(ticket["params"], ticket["batch_stats"], ticket["mask"])
     if level == 0:
         theta_0 = experiment.initial_weights(experiment.keys(replicate)["init"])
         return trainer.init_state(theta_0["params"], theta_0["batch_stats"], pruning.full_mask(theta_0["params"]))
+    if os.path.isdir(this_level):  # finished; its controls and LMC copies need its start
+        ticket = experiment.load(this_level, "ticket")
+        if cfg.retrain != "rewind":
+            return trainer.init_state(ticket["params"], ticket["batch_stats"], ticket["mask"])
+        return rewound(experiment, replicate, ticket["mask"])
 
     # 1. Prune the previous level's trained weights.
     previous = experiment.level_dir(replicate, level - 1)
@@ -323,9 +324,18 @@ def ticket_start(experiment: Experiment, replicate: int, level: int) -> dict:
     if cfg.retrain != "rewind":  # Renda et al. 2020: keep the trained weights
         return trainer.init_state(trained["params"], trained["batch_stats"], mask)
     # 2. Rewind the survivors to θk.
+    return rewound(experiment, replicate, mask)
+
+
+def rewound(experiment: Experiment, replicate: int, mask) -> dict:
+    """A network that starts from θk under ``mask``: θk ⊙ mask, θk's batch statistics, and with
+    ``rewind_optimizer`` θk's optimizer state with the moments of pruned weights zeroed (else a
+    fresh one). The ticket, the random-prune control and the LMC copies all start this way, so
+    they are trained alike."""
+    trainer = experiment.trainer
     theta_k = experiment.rewind_point(replicate)
     opt_state = None
-    if cfg.rewind_optimizer:
+    if experiment.cfg.rewind_optimizer:
         opt_state = training.mask_optimizer_state(trainer.tx, theta_k["opt_state"], mask)
     return trainer.init_state(theta_k["params"], theta_k["batch_stats"], mask, opt_state)
 
@@ -339,32 +349,32 @@ def control_start(experiment: Experiment, replicate: int, level: int, control: s
         return trainer.init_state(fresh["params"], fresh["batch_stats"], mask)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)))
     random = pruning.random_mask(jax.device_get(mask), experiment.prunable, experiment.cfg.pruning.strategy, rng)
-    theta_k = experiment.rewind_point(replicate)
-    return trainer.init_state(theta_k["params"], theta_k["batch_stats"], random)
+    return rewound(experiment, replicate, random)
 
 
 # --- training a level's jobs together -----------------------------------------------------------
 
 
 def train_jobs(experiment: Experiment, jobs: List[Job], level: int, start: int, end: int, progress: Progress) -> None:
-    """Train ``jobs`` over [start, end): all in one vmapped program, or one by one (parallel=loop)."""
-    groups = [jobs] if experiment.cfg.parallel == "vmap" else [[job] for job in jobs]
-    for group in filter(None, groups):
-        states = training.stack([job.state for job in group])
-        density = pruning.density(pruning.counts(group[0].state["mask"], experiment.prunable))
-        kinds = ", ".join(sorted({job.kind for job in group}))
-        task = progress.add_task(f"level {level} ({density:.1%} of weights): {len(group)} x {kinds}", total=end - start)
-        keep_rewind_point = level == 0
-        checkpoints = group_checkpoints(experiment, "train", level, group, start, end)
-        states, histories, rewind_points, seconds = train(experiment, states, group, level, start, end,
-                                                          keep_rewind_point, lambda n: progress.advance(task, n),
-                                                          checkpoints=checkpoints, say=progress.console.print)
-        for i, job in sorted(enumerate(group), key=lambda item: item[1].kind != "ticket"):  # tickets' dirs first
-            finished = training.unstack(states, i)
-            rewind_point = training.unstack(rewind_points, i) if rewind_points is not None else None
-            save_job(experiment, job, level, start, finished, histories[i], rewind_point, seconds)
-        checkpoints.close()
-        shutil.rmtree(checkpoints.directory, ignore_errors=True)
+    """Train ``jobs`` over [start, end) as one group: chunk by chunk, each network by the
+    single-member program (its bits do not depend on the others), checkpointed together."""
+    if not jobs:
+        return
+    states = training.stack([job.state for job in jobs])
+    density = pruning.density(pruning.counts(jobs[0].state["mask"], experiment.prunable))
+    kinds = ", ".join(sorted({job.kind for job in jobs}))
+    task = progress.add_task(f"level {level} ({density:.1%} of weights): {len(jobs)} x {kinds}", total=end - start)
+    keep_rewind_point = level == 0
+    checkpoints = group_checkpoints(experiment, "train", level, jobs, start, end)
+    states, histories, rewind_points, seconds = train(experiment, states, jobs, level, start, end,
+                                                      keep_rewind_point, lambda n: progress.advance(task, n),
+                                                      checkpoints=checkpoints, say=progress.console.print)
+    for i, job in sorted(enumerate(jobs), key=lambda item: item[1].kind != "ticket"):  # tickets' dirs first
+        finished = training.unstack(states, i)
+        rewind_point = training.unstack(rewind_points, i) if rewind_points is not None else None
+        save_job(experiment, job, level, start, finished, histories[i], rewind_point, seconds)
+    checkpoints.close()
+    shutil.rmtree(checkpoints.directory, ignore_errors=True)
 
 
 def group_checkpoints(experiment: Experiment, what: str, level: int, jobs: List[Job], start: int, end: int):
@@ -516,10 +526,8 @@ def run_lmc(experiment: Experiment, level: int, progress: Progress) -> int:
 
 def lmc_start(experiment: Experiment, replicate: int, level: int) -> dict:
     """Where the copies start: θk on level 0, the level's ticket start otherwise."""
-    trainer = experiment.trainer
     if level == 0:
-        theta_k = experiment.rewind_point(replicate)
-        return trainer.init_state(theta_k["params"], theta_k["batch_stats"], pruning.full_mask(theta_k["params"]))
+        return rewound(experiment, replicate, pruning.full_mask(experiment.trainer.init_params))
     return ticket_start(experiment, replicate, level)
 
 

@@ -1,7 +1,8 @@
 """The compiled training program: data on the device, masks in the state, many steps per dispatch.
 
 The training state is a dict of pytrees ``{params, batch_stats, opt_state, mask}``. One call of
-``Trainer.train`` runs steps ``[start, stop)`` as one jitted ``lax.fori_loop`` per epoch touched
+``Trainer.train`` runs steps ``[start, stop)`` of each member of a stack (replicates, controls,
+LMC copies), each by the same single-member program, as one jitted ``lax.fori_loop`` per epoch touched
 (on CPU, conv models dispatch one compiled step at a time instead: see ``use_host_loop``): each
 step gathers its batch from the device-resident training set by index into the epoch's order
 (a seeded permutation computed once per epoch on the device), takes a gradient step, and applies
@@ -96,12 +97,15 @@ class Trainer:
         self.host_loop = use_host_loop(loop, model)
         # Every program runs on a stack of members (replicates, controls, copies) along a leading
         # axis: the data are shared, each member has its own state, data order and augmentation.
-        # A stack of one runs the unbatched program (vmap over one member costs ~15% on CPU).
-        self._train = _per_member(self._train_impl, (0, None, 0, 0, None, None, 0), donate=True)
-        self._train_step = _per_member(self._train_step_impl, (0, None, 0, 0, None, 0), donate=True)
-        self._epoch_order = _per_member(functools.partial(epoch_order, n=len(data.train_x)), (0, None))
-        self._evaluate = _per_member(self._evaluate_impl, (0, 0, None))
-        self._evaluate_batch = _per_member(self._evaluate_batch_impl, (0, 0, None))
+        # Each member runs the single-member program, one after another: a vmapped program would
+        # round differently with the size of the stack (XLA picks reduction and contraction
+        # orders by the batched shapes), so a network's bits would depend on what it was trained
+        # beside. One program per member makes them depend on the network alone.
+        self._train = jax.jit(self._train_impl, donate_argnums=(0,))
+        self._train_step = jax.jit(self._train_step_impl, donate_argnums=(0,))
+        self._epoch_order = jax.jit(functools.partial(epoch_order, n=len(data.train_x)))
+        self._evaluate = jax.jit(self._evaluate_impl)
+        self._evaluate_batch = jax.jit(self._evaluate_batch_impl)
         self._orders = {}  # the current epoch's data order of each member, computed once per epoch
 
     # --- the model as a pure function of its parameters -------------------------------------
@@ -135,26 +139,34 @@ class Trainer:
         key and augmentation key. Returns the new states and each member's training loss summed
         over the steps and added to ``loss_sum``: the running sum is carried through the compiled
         loop, so splitting a range (at an epoch, a checkpoint, a preemption) changes no bit."""
+        members = members_of(state)
         if loss_sum is None:
-            loss_sum = jnp.zeros(jax.tree.leaves(state)[0].shape[0], jnp.float32)
-        step = start
-        while step < stop:  # one compiled loop per epoch touched, with that epoch's data order
-            epoch = step // self.iterations_per_epoch
-            end = min(stop, (epoch + 1) * self.iterations_per_epoch)
-            order = self._order(data_key, epoch)
-            if self.host_loop:
-                for i in range(step, end):
-                    state, loss_sum = self._train_step(state, self.train_data, order, augment_key, jnp.int32(i), loss_sum)
-            else:
-                state, loss_sum = self._train(state, self.train_data, order, augment_key, jnp.int32(step),
-                                              jnp.int32(end), loss_sum)
-            step = end
-        return state, loss_sum
+            loss_sum = jnp.zeros(members, jnp.float32)
+        states, sums = [], []
+        for i in range(members):
+            one, one_sum = member(state, i), loss_sum[i]
+            step = start
+            while step < stop:  # one compiled loop per epoch touched, with that epoch's data order
+                epoch = step // self.iterations_per_epoch
+                end = min(stop, (epoch + 1) * self.iterations_per_epoch)
+                order = self._order(data_key[i], epoch)
+                if self.host_loop:
+                    for j in range(step, end):
+                        one, one_sum = self._train_step(one, self.train_data, order, augment_key[i], jnp.int32(j), one_sum)
+                else:
+                    one, one_sum = self._train(one, self.train_data, order, augment_key[i], jnp.int32(step),
+                                               jnp.int32(end), one_sum)
+                step = end
+            states.append(one)
+            sums.append(one_sum)
+        return stack(states), jnp.stack(sums)
 
     def _order(self, data_key, epoch: int):
         key = (epoch, np.asarray(jax.random.key_data(data_key)).tobytes())
         if key not in self._orders:
-            self._orders = {key: self._epoch_order(data_key, epoch)}
+            if len(self._orders) > 64:  # members of a level share epochs: keep the recent ones
+                self._orders.clear()
+            self._orders[key] = self._epoch_order(data_key, epoch)
         return self._orders[key]
 
     def _batch(self, train_data, order, augment_key, step):
@@ -202,14 +214,18 @@ class Trainer:
         batches = self.eval_data[split]
         if batches is None:
             return None
-        params, batch_stats = state["params"], state["batch_stats"]
-        if self.host_loop:
-            sums = [self._evaluate_batch(params, batch_stats, jax.tree.map(lambda a: a[i], batches))
-                    for i in range(batches[0].shape[0])]
-            loss, correct = (np.sum(column, axis=0) for column in zip(*sums))
-            total = float(np.sum(batches[2]))
-            return loss / total, correct / total
-        loss, accuracy = self._evaluate(params, batch_stats, batches)
+        results = []
+        for i in range(members_of(state)):
+            params, batch_stats = member(state["params"], i), member(state["batch_stats"], i)
+            if self.host_loop:
+                sums = [self._evaluate_batch(params, batch_stats, jax.tree.map(lambda a: a[b], batches))
+                        for b in range(batches[0].shape[0])]
+                loss, correct = (np.sum(column, axis=0) for column in zip(*sums))
+                total = float(np.sum(batches[2]))
+                results.append((loss / total, correct / total))
+            else:
+                results.append(jax.device_get(self._evaluate(params, batch_stats, batches)))
+        loss, accuracy = zip(*results)
         return np.asarray(loss), np.asarray(accuracy)
 
     def _evaluate_batch_impl(self, params, batch_stats, batch):
@@ -226,19 +242,14 @@ class Trainer:
         return jnp.sum(losses) / total, jnp.sum(corrects) / total
 
 
-def _per_member(function, in_axes, donate: bool = False):
-    """``function`` over a stack of members (leading axis of the arguments with axis 0): vmapped
-    for several members, the plain program for one."""
-    donate_argnums = (0,) if donate else ()
-    batched = jax.jit(jax.vmap(function, in_axes=in_axes), donate_argnums=donate_argnums)
+def members_of(stacked) -> int:
+    """The number of members of a stack."""
+    return jax.tree.leaves(stacked)[0].shape[0]
 
-    def one(*args):  # drop and restore the member axis inside the program: no extra dispatches
-        squeezed = [jax.tree.map(lambda a: a[0], arg) if axis == 0 else arg for arg, axis in zip(args, in_axes)]
-        return jax.tree.map(lambda a: a[None], function(*squeezed))
 
-    one.__name__ = getattr(function, "__name__", None) or function.func.__name__  # names in compile logs
-    single = jax.jit(one, donate_argnums=donate_argnums)
-    return lambda *args: (batched if jax.tree.leaves(args[0])[0].shape[0] > 1 else single)(*args)
+def member(stacked, i: int):
+    """Member ``i`` of a stack, on the device."""
+    return jax.tree.map(lambda leaf: leaf[i], stacked)
 
 
 def stack(trees):

@@ -78,7 +78,7 @@ def test_no_experiment_means_quickstart_with_the_same_hash():
 def test_hash_ignores_levels_and_locations_but_not_the_experiment():
     base = experiment_hash(compose_config([]))
     same = ["levels=9", "output_dir=/elsewhere", "progress=false", "replicates=3", "controls=[random_reinit]",
-            "lmc.levels=[0]", "parallel=loop", "training.loop=host"]
+            "lmc.levels=[0]", "training.loop=host"]
     assert experiment_hash(compose_config(same)) == base  # more of the same experiment, or where it runs
     assert experiment_hash(compose_config(["dataset.root=/data"])) == base
     for change in ("seed=1", "pruning.rate=0.3", "rewind=1ep", "optimizer.lr=0.01", "model.hidden=[10]",

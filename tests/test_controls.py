@@ -1,6 +1,7 @@
-"""Controls, retraining variants, replicates, vmap vs loop, and linear mode connectivity."""
+"""Controls, retraining variants, replicates, group independence, and linear mode connectivity."""
 
 import io
+import json
 import os
 
 import jax
@@ -84,23 +85,39 @@ def test_replicates_are_independent_trajectories(small_config):
     assert not np.array_equal(jax.random.key_data(keys[0]["data"]), jax.random.key_data(keys[1]["data"]))
 
 
-def test_vmap_equals_loop(small_config, tmp_path):
-    overrides = ("replicates=2", "levels=1", "controls=[random_reinit,random_prune]")
-    vmapped = imp.run(small_config(*overrides, "parallel=vmap"), console=QUIET)
-    looped_cfg = small_config(*overrides, "parallel=loop", f"output_dir={tmp_path / 'loop'}")
-    looped = imp.run(looped_cfg, console=QUIET)
-    assert [(r["level"], r["replicate"], r["kind"]) for r in vmapped] == [(r["level"], r["replicate"], r["kind"]) for r in looped]
-    for v, l in zip(vmapped, looped):
-        assert v["remaining"] == l["remaining"]
-        for a, b in zip(v["history"], l["history"]):
-            np.testing.assert_allclose([a["train_loss"], a["test_loss"], a["val_loss"]],
-                                       [b["train_loss"], b["test_loss"], b["val_loss"]], rtol=1e-4)
-            assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 1 / 360 + 1e-9  # at most one test image
-    experiment, looped_experiment = imp.prepare(small_config(*overrides)), imp.prepare(looped_cfg)
-    for r in (0, 1):
-        a, b = load(experiment, r, 1, "trained"), load(looped_experiment, r, 1, "trained")
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-            np.testing.assert_allclose(x, y, rtol=1e-3, atol=5e-4)
+def saved(experiment, directory):
+    """A network's results as bytes and values: its metrics (without time and provenance) and arrays."""
+    metrics = json.load(open(os.path.join(directory, "metrics.json")))
+    for key in ("wall_time_s", "provenance"):
+        metrics.pop(key)
+    arrays = {what: tobytes(experiment.load(directory, what)) for what in ("ticket", "trained")}
+    return metrics, arrays
+
+
+def test_a_networks_bits_do_not_depend_on_what_it_was_trained_beside(small_config, tmp_path):
+    # Alone: one replicate, no controls; controls and a second replicate added by later runs.
+    alone = small_config("levels=1", f"output_dir={tmp_path / 'alone'}")
+    imp.run(alone, console=QUIET)
+    imp.run(small_config("levels=1", "controls=[random_reinit,random_prune]", f"output_dir={tmp_path / 'alone'}"), console=QUIET)
+    imp.run(small_config("levels=1", "replicates=2", f"output_dir={tmp_path / 'alone'}"), console=QUIET)
+    # Together: both replicates, both controls and LMC copies in the same groups from the start.
+    together = small_config("levels=1", "replicates=2", "controls=[random_reinit,random_prune]", "lmc.levels=[0,1]",
+                            f"output_dir={tmp_path / 'together'}")
+    imp.run(together, console=QUIET)
+    a, b = imp.prepare(alone), imp.prepare(together)
+    assert os.path.basename(a.directory) == os.path.basename(b.directory)  # one experiment
+    compared = 0
+    for replicate in (0, 1):
+        for level in (0, 1):
+            for kind in ("ticket", "random_reinit", "random_prune"):
+                if level == 0 and kind != "ticket" or replicate == 1 and kind != "ticket":
+                    continue
+                relative = os.path.relpath(a.level_dir(replicate, level), a.directory)
+                if kind != "ticket":
+                    relative = os.path.join(relative, kind)
+                assert saved(a, os.path.join(a.directory, relative)) == saved(b, os.path.join(b.directory, relative)), relative
+                compared += 1
+    assert compared == 6
 
 
 @pytest.mark.parametrize("retrain", ["lr_rewind", "finetune"])
@@ -163,3 +180,34 @@ def test_lmc_endpoints_are_the_copies_and_the_barrier_is_measured(small_config):
     path = lmc.error_along_path(trainer, a, b, points=3)
     _, accuracy = trainer.evaluate(stack([a, b]), "test")
     assert path["test_error"][0] == pytest.approx(1 - accuracy[0]) and path["test_error"][-1] == pytest.approx(1 - accuracy[1])
+
+
+def test_rewind_optimizer_reaches_every_network_that_starts_from_theta_k(small_config):
+    # Momentum SGD: θk's optimizer state (the momentum trace) is not zero, so a fresh one differs.
+    cfg = small_config("optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "rewind=20it",
+                       "rewind_optimizer=true", "levels=1", "controls=[random_reinit,random_prune]", "lmc.levels=[0,1]",
+                       "lmc.points=3")
+    imp.run(cfg, console=QUIET)
+    experiment = imp.prepare(cfg)
+    trainer, theta_k = experiment.trainer, load(experiment, 0, 0, "rewind_point")
+    assert any(np.any(leaf != 0) for leaf in jax.tree.leaves(theta_k["opt_state"]))
+
+    def momentum(opt_state):  # the momentum trace inside optax.chain(add_decayed_weights, trace)
+        (trace,) = [part.trace for part in opt_state if hasattr(part, "trace")]
+        return trace
+
+    def expected(mask):  # θk's trace, zero where pruned
+        return jax.tree.leaves(jax.tree.map(lambda v, m: np.where(m, v, np.float32(0)), momentum(theta_k["opt_state"]), mask))
+
+    def trace(state):
+        return [np.asarray(leaf) for leaf in jax.tree.leaves(momentum(state["opt_state"]))]
+
+    ticket = imp.ticket_start(experiment, 0, 1)
+    prune = imp.control_start(experiment, 0, 1, "random_prune", ticket)
+    assert tobytes(prune["mask"]) != tobytes(ticket["mask"])
+    for state in (ticket, prune, imp.lmc_start(experiment, 0, 1)):
+        assert tobytes(trace(state)) == tobytes(expected(state["mask"]))
+    assert tobytes(trace(imp.lmc_start(experiment, 0, 0))) == tobytes(jax.tree.leaves(momentum(theta_k["opt_state"])))
+    # Random reinitialization has no state at k of its own: it starts fresh (zero momentum).
+    reinit = imp.control_start(experiment, 0, 1, "random_reinit", ticket)
+    assert all(np.all(leaf == 0) for leaf in trace(reinit))
