@@ -120,22 +120,34 @@ class Config:
     compilation_cache: str = "${oc.env:LOTTERY_JAX_CACHE,'~/.cache/lottery/jax'}"
 
 
-# Keys that do not change what is computed, so they stay out of the results directory's hash:
-# asking for more levels continues the same run; where data or results live is not the experiment.
-# More replicates, controls or LMC levels add to the same experiment; how members are batched
-# together is not the experiment either.
+# Keys that do not change what is computed, so they stay out of the experiment's identity and its
+# hash. Each is safe for a finished result: `levels`, `replicates`, `controls` and `lmc.levels` only
+# add networks (a network's bits do not depend on what it is trained beside); `lmc.points` is
+# recorded in each LMC result, which is re-measured from its saved copies when asked for another
+# count; `checkpoint_every` does not change bits (resume is bitwise); `dataset.root` is replaced by
+# the fingerprint of the data read from it; `training.loop` is recorded with the backend in each
+# invocation (a conv model's host and device loops round differently, like two backends) and a
+# change is announced; the rest are names, places and display.
 _NOT_HASHED = ("name", "levels", "replicates", "controls", "lmc", "output_dir", "progress", "wandb",
                "compilation_cache", "checkpoint_every",
                "dataset.root", "dataset.download", "training.loop")
 
 
-def register() -> None:
-    cs = ConfigStore.instance()
-    cs.store(name="config_schema", node=Config)
+def extent(cfg: DictConfig) -> dict:
+    """The keys of ``_NOT_HASHED`` as this invocation set them (recorded, not hashed)."""
+    content = OmegaConf.to_container(cfg, resolve=True)
+    out = {}
+    for dotted in _NOT_HASHED:
+        node = content
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        out[dotted] = node
+    return out
 
 
-def experiment_hash(cfg: DictConfig) -> str:
-    """Content hash of the resolved config, without the keys in ``_NOT_HASHED``."""
+def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
+    """What determines an experiment's results: the resolved config without the keys in
+    ``_NOT_HASHED``, and the fingerprint of the data's content (``lottery.data.fingerprint``)."""
     content = OmegaConf.to_container(cfg, resolve=True)
     for dotted in _NOT_HASHED:
         *parents, leaf = dotted.split(".")
@@ -143,8 +155,19 @@ def experiment_hash(cfg: DictConfig) -> str:
         for parent in parents:
             node = node[parent]
         node.pop(leaf, None)
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    content["dataset"]["fingerprint"] = data_fingerprint
+    return content
+
+
+def experiment_hash(cfg: DictConfig, data_fingerprint: str) -> str:
+    """Content hash of the experiment's ``identity``: the results directory's name."""
+    canonical = json.dumps(identity(cfg, data_fingerprint), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
 
 
 register()

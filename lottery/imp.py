@@ -23,14 +23,17 @@ Results go to ``<output_dir>/<name>-<hash>/replicate_<r>/level_<L>/``:
   trained/      orbax: the weights and batch statistics after training
   rewind_point/ (level 0) orbax: θk with its batch statistics and optimizer state
   random_reinit/, random_prune/   the controls, laid out the same way
-  lmc/          metrics.json (error along the path, barrier) and path.png
+  lmc/          copy_a/, copy_b/ (orbax: the two trained copies), metrics.json (error along the
+                path at lmc.points points, barrier) and path.png
 Each of these directories appears, by one rename, only when it is complete: re-running the command
 skips finished work and redoes interrupted work; asking for more levels, replicates, controls or
-LMC levels adds to the same experiment.
+LMC levels adds to the same experiment. ``config.yaml`` holds the experiment's identity (what the
+hash is of) and ``invocations.jsonl`` what each invocation asked for, ran on and added (record.py).
 """
 
 import dataclasses
 import fcntl
+import glob
 import hashlib
 import os
 import re
@@ -43,11 +46,10 @@ from typing import Dict, List, Optional
 import jax
 import numpy as np
 from flax import nnx
-from omegaconf import OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lottery import analysis, lmc, models, pruning, report, tracking, training
+from lottery import analysis, lmc, models, pruning, record, report, tracking, training
 from lottery import data as datasets
 from lottery.checkpoint import LevelCheckpoints, load_tree, read_json, save_tree, write_json
 from lottery.config import experiment_hash
@@ -73,6 +75,8 @@ class Experiment:
     num_classes: int
     directory: str  # <output_dir>/<name>-<hash>
     tracker: tracking.Tracker
+    data_fingerprint: str  # of the data's content, part of the hash (lottery.data.fingerprint)
+    invocation: Optional[record.Invocation] = None  # this invocation's record, once the directory is locked
 
     def keys(self, replicate: int) -> Dict[str, jax.Array]:
         """The PRNG keys of one replicate: its initialization, data order, augmentation, controls."""
@@ -98,12 +102,15 @@ class Experiment:
 
     def load(self, directory: str, what: str) -> dict:
         """One saved checkpoint of a network's directory: ``ticket`` (mask and starting weights),
-        ``trained`` (final weights) or ``rewind_point`` (θk with its optimizer state, level 0)."""
+        ``trained`` (final weights), ``rewind_point`` (θk with its optimizer state, level 0), or
+        ``copy_a`` / ``copy_b`` (an LMC measurement's two trained copies)."""
         weights = {"params": self.trainer.init_params, "batch_stats": self.trainer.init_batch_stats}
         like = {  # the structure, shapes and dtypes orbax restores to
             "ticket": lambda: {"mask": pruning.full_mask(self.trainer.init_params), **weights},
             "trained": lambda: weights,
             "rewind_point": lambda: {**weights, "opt_state": self.trainer.tx.init(self.trainer.init_params)},
+            "copy_a": lambda: weights,
+            "copy_b": lambda: weights,
         }[what]()
         return load_tree(os.path.join(directory, what), like)
 
@@ -118,7 +125,7 @@ class Job:
 
     replicate: int
     kind: str  # ticket | random_reinit | random_prune | lmc_a | lmc_b
-    directory: Optional[str]  # where its results go (None: LMC copies, kept in memory)
+    directory: str  # where its results go (LMC copies: the level's lmc/)
     state: dict  # its training state at the start of the level
     data_key: jax.Array
     augment_key: jax.Array
@@ -168,10 +175,10 @@ def prepare(cfg) -> Experiment:
                                cfg.dataset.augment, cfg.training.loop)
     prunable = pruning.prunable(trainer.init_params, cfg.pruning.ignore)
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.name).lstrip(".") or "experiment"
-    directory = os.path.join(os.path.expanduser(cfg.output_dir), f"{name}-{experiment_hash(cfg)}")
+    directory = os.path.join(os.path.expanduser(cfg.output_dir), f"{name}-{experiment_hash(cfg, data.fingerprint)}")
     tracker = tracking.Tracker(cfg, directory)
     return Experiment(cfg, trainer, prunable, end, rewind, finetune_steps, eval_every, checkpoint_every,
-                      data.input_shape, data.num_classes, directory, tracker)
+                      data.input_shape, data.num_classes, directory, tracker, data.fingerprint)
 
 
 def run(cfg, console: Console = None) -> List[dict]:
@@ -194,9 +201,14 @@ def run(cfg, console: Console = None) -> List[dict]:
 
 def run_locked(experiment: Experiment, console: Console) -> List[dict]:
     cfg = experiment.cfg
-    config_file = os.path.join(experiment.directory, "config.yaml")
-    if not os.path.exists(config_file):
-        OmegaConf.save(cfg, config_file, resolve=True)
+    record.write_identity(experiment.directory, cfg, experiment.data_fingerprint)
+    invocation = experiment.invocation = record.Invocation(experiment.directory, cfg,
+                                                           record.program(experiment.trainer.host_loop))
+    if invocation.other_programs() and glob.glob(os.path.join(experiment.directory, "replicate_*", "level_*")):
+        others = "; ".join(", ".join(f"{k} {v}" for k, v in p.items()) for p in invocation.other_programs())
+        now = ", ".join(f"{k} {v}" for k, v in invocation.program.items())
+        console.print(f"note: results in {experiment.directory} were also trained by another program ({others}); "
+                      f"this invocation trains with {now}: their bits are not comparable (README: Reproducibility)")
     record_sweep_job(experiment.directory)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     trained = 0  # networks trained by this invocation
@@ -210,9 +222,15 @@ def run_locked(experiment: Experiment, console: Console) -> List[dict]:
                     trained += run_lmc(experiment, level, progress)
                 if PREEMPTION.requested and level < cfg.levels:
                     raise Preempted(f"stopped after level {level} (SIGTERM); run the same command to continue")
-    except BaseException:
+    except Preempted:
         experiment.tracker.abort()
+        invocation.end("preempted")
         raise
+    except BaseException as error:
+        experiment.tracker.abort()
+        invocation.end(f"failed: {type(error).__name__}: {error}".splitlines()[0])
+        raise
+    invocation.end("finished")
     shutil.rmtree(os.path.join(experiment.directory, "checkpoints"), ignore_errors=True)  # all finished
     results = collect(experiment)
     df = analysis.load_runs(experiment.directory)
@@ -477,8 +495,10 @@ def save_job(experiment: Experiment, job: Job, level: int, start: int, finished,
         save_tree(os.path.join(work_dir, "rewind_point"), rewind_point)
     layer_counts = pruning.counts(start_state["mask"], experiment.prunable)
     metrics = summarize(level, job, start, history, layer_counts, seconds)
+    metrics["data_fingerprint"] = experiment.data_fingerprint
     write_json(os.path.join(work_dir, "metrics.json"), metrics)
     os.rename(work_dir, job.directory)
+    experiment.invocation.add(level=level, replicate=job.replicate, kind=job.kind)
     experiment.tracker.log_level(metrics)
 
 
@@ -487,16 +507,19 @@ def save_job(experiment: Experiment, job: Job, level: int, start: int, finished,
 
 def run_lmc(experiment: Experiment, level: int, progress: Progress) -> int:
     """Instability analysis at ``level`` for every replicate that has not had it yet; returns the
-    number of copies trained."""
-    jobs = []
+    number of copies trained. A measurement with another ``lmc.points`` is re-measured from the
+    copies it kept (``lmc/copy_a``, ``lmc/copy_b``); the copies are never retrained."""
+    points, jobs = experiment.cfg.lmc.points, []
     for replicate in range(experiment.cfg.replicates):
-        if os.path.isdir(os.path.join(experiment.level_dir(replicate, level), "lmc")):
+        directory = os.path.join(experiment.level_dir(replicate, level), "lmc")
+        if os.path.isdir(directory):
+            remeasure_lmc(experiment, level, replicate, directory, progress.console.print)
             continue
         start_state = lmc_start(experiment, replicate, level)
         keys = experiment.keys(replicate)["lmc"]
         for copy, kind in enumerate(("lmc_a", "lmc_b")):
             data_key, augment_key = jax.random.split(jax.random.fold_in(jax.random.fold_in(keys, level), copy))
-            jobs.append(Job(replicate, kind, None, start_state, data_key, augment_key))
+            jobs.append(Job(replicate, kind, directory, start_state, data_key, augment_key))
     if not jobs:
         return 0
     start, end = experiment.segment(level)
@@ -509,19 +532,51 @@ def run_lmc(experiment: Experiment, level: int, progress: Progress) -> int:
     for i in range(0, len(jobs), 2):
         copies = [training.unstack(states, j) for j in (i, i + 1)]
         a, b = ({key: c[key] for key in ("params", "batch_stats")} for c in copies)
-        path = lmc.error_along_path(experiment.trainer, a, b, experiment.cfg.lmc.points)
-        path.update(level=level, replicate=jobs[i].replicate, start_step=start)
-        directory = os.path.join(experiment.level_dir(jobs[i].replicate, level), "lmc")
-        os.makedirs(directory + ".partial", exist_ok=True)
-        write_json(os.path.join(directory + ".partial", "metrics.json"), path)
-        lmc.plot([path], os.path.join(directory + ".partial", "path.png"),
-                 f"level {level}, replicate {jobs[i].replicate}: from step {start}")
-        os.rename(directory + ".partial", directory)
+        work_dir = jobs[i].directory + ".partial"
+        shutil.rmtree(work_dir, ignore_errors=True)  # an interrupted attempt
+        os.makedirs(work_dir)
+        save_tree(os.path.join(work_dir, "copy_a"), a)
+        save_tree(os.path.join(work_dir, "copy_b"), b)
+        path = measure_lmc(experiment, level, jobs[i].replicate, start, a, b, work_dir)
+        os.rename(work_dir, jobs[i].directory)
+        experiment.invocation.add(level=level, replicate=jobs[i].replicate, kind="lmc", points=points)
         density = pruning.density(pruning.counts(jobs[i].state["mask"], experiment.prunable))
         experiment.tracker.log_lmc(jobs[i].replicate, level, density, path)
     checkpoints.close()
     shutil.rmtree(checkpoints.directory, ignore_errors=True)
     return len(jobs)
+
+
+def measure_lmc(experiment: Experiment, level: int, replicate: int, start: int, a, b, directory: str) -> dict:
+    """The error along the path between copies ``a`` and ``b`` at ``lmc.points`` points, written
+    with the number of points to ``directory``/metrics.json, and its plot."""
+    path = lmc.error_along_path(experiment.trainer, a, b, experiment.cfg.lmc.points)
+    path.update(level=level, replicate=replicate, start_step=start, points=experiment.cfg.lmc.points)
+    write_json(os.path.join(directory, "metrics.json"), path)
+    lmc.plot([path], os.path.join(directory, "path.png"), f"level {level}, replicate {replicate}: from step {start}")
+    return path
+
+
+def remeasure_lmc(experiment: Experiment, level: int, replicate: int, directory: str, say) -> None:
+    """A finished LMC measurement asked for at another number of points: measure the path again
+    from its saved copies (the copies, trained once, are the result; the path records its points)."""
+    points = experiment.cfg.lmc.points
+    measured = read_json(os.path.join(directory, "metrics.json"))
+    had = measured.get("points", len(measured.get("alphas", [])))
+    if had == points:
+        return
+    if not os.path.isdir(os.path.join(directory, "copy_a")):
+        raise LotteryError(f"{directory} was measured at {had} points and its copies were not kept (an older "
+                           f"version); ask for lmc.points={had}, or delete that directory to train the copies "
+                           f"again and measure {points} points")
+    a, b = (experiment.load(directory, what) for what in ("copy_a", "copy_b"))
+    path = measure_lmc(experiment, level, replicate, measured["start_step"], a, b, directory)
+    experiment.invocation.add(level=level, replicate=replicate, kind="lmc", points=points, remeasured_from=had)
+    say(f"level {level}, replicate {replicate}: LMC path measured again at {points} points from its saved copies "
+        f"(was {had}): barrier {100 * path['barrier']:.2f}% (was {100 * measured['barrier']:.2f}%)")
+    density = pruning.density(pruning.counts(experiment.load(experiment.level_dir(replicate, level), "ticket")["mask"],
+                                             experiment.prunable))
+    experiment.tracker.log_lmc(replicate, level, density, path)
 
 
 def lmc_start(experiment: Experiment, replicate: int, level: int) -> dict:

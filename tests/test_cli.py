@@ -12,8 +12,8 @@ from conftest import run_cli
 
 def tree_snapshot(root):
     """Every file and directory with its mtime and size; the lock file (which records the pid of
-    the process holding the experiment) is process bookkeeping, not results."""
-    paths = [p for p in glob.glob(f"{root}/**", recursive=True) if os.path.basename(p) != "lock"]
+    the process holding the experiment) and the record of invocations are bookkeeping, not results."""
+    paths = [p for p in glob.glob(f"{root}/**", recursive=True) if os.path.basename(p) not in ("lock", "invocations.jsonl")]
     return sorted((p, os.stat(p).st_mtime_ns, os.path.getsize(p)) for p in paths)
 
 
@@ -57,6 +57,9 @@ def test_rerunning_skips_finished_levels(quickstart):
     assert again.returncode == 0, again.stderr
     assert tree_snapshot(cwd / "runs") == before  # nothing retrained or rewritten
     assert again.stdout.count("│") == first.stdout.count("│")  # the same table
+    (record,) = glob.glob(str(cwd / "runs" / "quickstart-*" / "invocations.jsonl"))
+    *_, start, end = [json.loads(line) for line in open(record)]
+    assert start["settings"]["levels"] == 3 and end["status"] == "finished" and end["added"] == []
 
 
 @pytest.mark.parametrize(

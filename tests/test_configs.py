@@ -11,6 +11,8 @@ from omegaconf.errors import OmegaConfBaseException
 from conftest import CONF, compose_config
 from lottery import models, pruning, training
 from lottery.config import experiment_hash
+
+DATA = "sha256:" + "0" * 64  # a data fingerprint
 from lottery.step import Step
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "exp").glob("*.yaml"))
@@ -72,18 +74,19 @@ def test_resnet_and_vgg_follow_the_linear_mode_connectivity_recipe():
 
 def test_no_experiment_means_quickstart_with_the_same_hash():
     default, explicit = compose_config([]), compose_config(["+exp=quickstart"])
-    assert experiment_hash(default) == experiment_hash(explicit) and default.name == "quickstart"
+    assert experiment_hash(default, DATA) == experiment_hash(explicit, DATA) and default.name == "quickstart"
 
 
 def test_hash_ignores_levels_and_locations_but_not_the_experiment():
-    base = experiment_hash(compose_config([]))
+    base = experiment_hash(compose_config([]), DATA)
     same = ["levels=9", "output_dir=/elsewhere", "progress=false", "replicates=3", "controls=[random_reinit]",
             "lmc.levels=[0]", "training.loop=host"]
-    assert experiment_hash(compose_config(same)) == base  # more of the same experiment, or where it runs
-    assert experiment_hash(compose_config(["dataset.root=/data"])) == base
+    assert experiment_hash(compose_config(same), DATA) == base  # more of the same experiment, or where it runs
+    assert experiment_hash(compose_config(["dataset.root=/data"]), DATA) == base
+    assert experiment_hash(compose_config([]), "sha256:other") != base  # other data, another experiment
     for change in ("seed=1", "pruning.rate=0.3", "rewind=1ep", "optimizer.lr=0.01", "model.hidden=[10]",
                    "retrain=lr_rewind", "rewind_optimizer=true"):
-        assert experiment_hash(compose_config([change])) != base, change
+        assert experiment_hash(compose_config([change]), DATA) != base, change
 
 
 @pytest.mark.parametrize("override, error", [

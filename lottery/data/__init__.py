@@ -5,6 +5,7 @@ largest one); normalization and augmentation happen inside the compiled training
 """
 
 import dataclasses
+import hashlib
 import os
 from typing import Callable, Dict, Tuple
 
@@ -25,6 +26,7 @@ class Dataset:
     scale: float  # pixel value that maps to 1.0
     mean: Tuple[float, ...]  # per channel, after dividing by scale
     std: Tuple[float, ...]
+    fingerprint: str = ""  # of the content read (see ``fingerprint``): part of the experiment's identity
     num_classes: int = 10
 
     @property
@@ -61,6 +63,7 @@ def load(cfg) -> Dataset:
     # The last `validation` training examples are held out, the same ones in every run.
     cut = len(train_x) - cfg.validation
     return Dataset(
+        fingerprint=fingerprint(train_x, train_y, test_x, test_y),
         name=cfg.name,
         train_x=train_x[:cut],
         train_y=train_y[:cut],
@@ -70,3 +73,15 @@ def load(cfg) -> Dataset:
         test_y=test_y,
         **stats,
     )
+
+
+def fingerprint(*arrays) -> str:
+    """sha256 of the arrays a data set was read into (dtype, shape and bytes of each): the same
+    for the same images and labels whatever files held them (raw or .gz, another directory), and
+    different for other data (a subset, another copy, a corrupted file that still parses)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return "sha256:" + digest.hexdigest()

@@ -1,0 +1,96 @@
+"""An experiment directory's own record of what it is and how it was filled.
+
+``config.yaml`` is the experiment's identity: the name and every config value that determines its
+results (``config.identity``: the keys that are hashed, and the fingerprint of the data's
+content). It is the same for every invocation that can reach the directory, so it never goes stale.
+
+``invocations.jsonl`` gets one line when an invocation starts (the time, the command line, the
+values of the keys left out of the hash — levels, replicates, controls, lmc, where data live, ... —,
+the code and the program: backend, device, jax version, loop placement) and one when it ends
+(finished, preempted or failed, and the networks and LMC measurements it added). So the record
+says which invocation produced each result and with what.
+"""
+
+import json
+import os
+import sys
+import time
+from typing import List
+
+import jax
+from omegaconf import OmegaConf
+
+from lottery import config
+from lottery.provenance import provenance
+
+CONFIG = "config.yaml"
+INVOCATIONS = "invocations.jsonl"
+
+
+def write_identity(directory: str, cfg, data_fingerprint: str) -> None:
+    """config.yaml, once: the experiment's name and identity."""
+    path = os.path.join(directory, CONFIG)
+    if not os.path.exists(path):
+        content = {"name": cfg.name, **config.identity(cfg, data_fingerprint)}
+        partial = path + ".partial"
+        OmegaConf.save(OmegaConf.create(content), partial)
+        os.replace(partial, path)
+
+
+def program(host_loop: bool) -> dict:
+    """What decides the bits of a result besides the config: the backend, its devices, the jax
+    version and where the loop over steps runs (a conv model's loops round differently)."""
+    device = jax.devices()[0]
+    return {"backend": jax.default_backend(), "device": device.device_kind, "devices": len(jax.devices()),
+            "jax": jax.__version__, "loop": "host" if host_loop else "device"}
+
+
+def read(directory: str) -> List[dict]:
+    """The entries of invocations.jsonl (a line torn by a crash is skipped)."""
+    entries = []
+    try:
+        with open(os.path.join(directory, INVOCATIONS)) as f:
+            for line in f:
+                try:
+                    entries.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    except FileNotFoundError:
+        pass
+    return entries
+
+
+class Invocation:
+    """This invocation's lines in invocations.jsonl; ``added`` lists what it finished."""
+
+    def __init__(self, directory: str, cfg, program_: dict):
+        self.path = os.path.join(directory, INVOCATIONS)
+        self.started = time.time()
+        self.program = program_
+        self.added: List[dict] = []
+        self.earlier = read(directory)
+        self._append({"event": "start", "time": _now(), "argv": sys.argv, "settings": config.extent(cfg),
+                      "program": program_, "code": {k: provenance()[k] for k in ("lottery", "commit", "dirty")}})
+
+    def other_programs(self) -> List[dict]:
+        """The programs of earlier invocations that differ from this one's."""
+        differing = []
+        for entry in self.earlier:
+            if entry.get("event") == "start" and entry.get("program") != self.program and entry["program"] not in differing:
+                differing.append(entry["program"])
+        return differing
+
+    def add(self, **what) -> None:
+        self.added.append(what)
+
+    def end(self, status: str) -> None:
+        self._append({"event": "end", "time": _now(), "status": status, "seconds": round(time.time() - self.started, 3),
+                      "added": self.added})
+
+    def _append(self, entry: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

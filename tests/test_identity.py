@@ -1,0 +1,103 @@
+"""A hash-named experiment means one thing whatever the history of commands that filled it: the
+data's content is part of its identity, config.yaml is that identity, invocations.jsonl records
+what each invocation asked for and added, and keys left out of the hash never change a finished
+result (LMC points are re-measured from the saved copies, with their count recorded)."""
+
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from rich.console import Console
+
+from lottery import config, imp, record
+from lottery import data as datasets
+from lottery.errors import LotteryError
+from test_data import make_idx_dataset
+
+QUIET = Console(file=io.StringIO())
+FASHION = ["dataset=fashion_mnist", "dataset.download=false", "dataset.validation=10", "training.batch_size=10",
+           "training.steps=8it", "training.eval_every=4it", "model.hidden=[16]", "levels=0"]
+
+
+def test_the_fingerprint_is_of_the_content_not_the_files(tmp_path):
+    arrays = make_idx_dataset(tmp_path / "gz" / "fashion_mnist", compress=(True, True, True, True))
+    make_idx_dataset(tmp_path / "raw" / "fashion_mnist", compress=(False, False, False, False))
+    make_idx_dataset(tmp_path / "other" / "fashion_mnist", seed=1)
+    load = lambda root: datasets.load(OmegaConf.create({"name": "fashion_mnist", "root": str(tmp_path / root),
+                                                        "download": False, "validation": 10}))
+    gz, raw, other = load("gz"), load("raw"), load("other")
+    assert gz.fingerprint == raw.fingerprint != other.fingerprint
+    changed = [a.copy() for a in arrays]
+    changed[2][0, 0, 0] ^= 1  # one bit of one test image
+    assert datasets.fingerprint(*changed) != datasets.fingerprint(*arrays)
+    assert datasets.fingerprint(*arrays) == datasets.fingerprint(*[a.copy() for a in arrays])  # a function of content
+
+
+def test_other_data_under_the_same_config_is_another_experiment(small_config, tmp_path):
+    make_idx_dataset(tmp_path / "a" / "fashion_mnist")
+    make_idx_dataset(tmp_path / "b" / "fashion_mnist", seed=1)
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    at = lambda root: small_config(*FASHION, f"dataset.root={tmp_path / root}")
+    a, b, copy = (imp.prepare(at(root)) for root in ("a", "b", "copy"))
+    assert a.directory == copy.directory != b.directory  # where the files live is not the experiment
+    results = imp.run(at("a"), console=QUIET)
+    identity = OmegaConf.to_container(OmegaConf.load(os.path.join(a.directory, "config.yaml")))
+    assert identity["dataset"]["fingerprint"] == a.data_fingerprint == results[0]["data_fingerprint"]
+    assert identity["dataset"]["fingerprint"].startswith("sha256:") and "root" not in identity["dataset"]
+
+
+def test_config_yaml_is_the_identity_and_every_invocation_is_recorded(small_config):
+    first = small_config("levels=0")
+    imp.run(first, console=QUIET)
+    more = small_config("levels=1", "replicates=2", "controls=[random_reinit]", "lmc.levels=[1]", "lmc.points=3")
+    imp.run(more, console=QUIET)
+    experiment = imp.prepare(more)
+    saved = OmegaConf.to_container(OmegaConf.load(os.path.join(experiment.directory, "config.yaml")))
+    assert saved == {"name": "quickstart", **config.identity(more, experiment.data_fingerprint)}
+    assert not {"levels", "replicates", "controls", "lmc"} & set(saved)  # never stale: not part of it
+    entries = record.read(experiment.directory)
+    assert [e["event"] for e in entries] == ["start", "end", "start", "end"]
+    assert entries[0]["settings"]["levels"] == 0 and entries[2]["settings"]["replicates"] == 2
+    assert entries[2]["settings"]["controls"] == ["random_reinit"] and entries[2]["settings"]["lmc"]["points"] == 3
+    assert entries[0]["program"] == record.program(experiment.trainer.host_loop)
+    assert entries[1]["added"] == [{"level": 0, "replicate": 0, "kind": "ticket"}]
+    added = sorted((a["level"], a["replicate"], a["kind"]) for a in entries[3]["added"])
+    assert added == [(0, 1, "ticket"), (1, 0, "lmc"), (1, 0, "random_reinit"), (1, 0, "ticket"),
+                     (1, 1, "lmc"), (1, 1, "random_reinit"), (1, 1, "ticket")]
+    assert all(e["status"] == "finished" for e in entries if e["event"] == "end")
+
+
+def test_another_program_is_announced(small_config):
+    cfg = small_config("levels=0")
+    imp.run(cfg, console=QUIET)
+    experiment = imp.prepare(cfg)
+    with open(os.path.join(experiment.directory, record.INVOCATIONS), "a") as f:
+        f.write(json.dumps({"event": "start", "program": {**record.program(False), "backend": "gpu"}}) + "\n")
+    out = io.StringIO()
+    imp.run(small_config("levels=1"), console=Console(file=out, width=400))
+    assert "note: results in" in out.getvalue() and "backend gpu" in out.getvalue()
+
+
+def test_other_lmc_points_are_measured_again_from_the_saved_copies(small_config):
+    cfg = small_config("levels=1", "lmc.levels=[1]", "lmc.points=3")
+    first = imp.run(cfg, console=QUIET)[1]["lmc"]
+    experiment = imp.prepare(cfg)
+    directory = os.path.join(experiment.level_dir(0, 1), "lmc")
+    copies = {what: os.stat(os.path.join(directory, what)).st_mtime_ns for what in ("copy_a", "copy_b")}
+    out = io.StringIO()
+    second = imp.run(small_config("levels=1", "lmc.levels=[1]", "lmc.points=5"), console=Console(file=out, width=400))[1]["lmc"]
+    assert first["points"] == 3 and second["points"] == 5 and len(second["alphas"]) == 5
+    assert {what: os.stat(os.path.join(directory, what)).st_mtime_ns for what in copies} == copies  # not retrained
+    # The same two copies: the endpoints of both paths are the same networks.
+    assert second["test_error"][0] == first["test_error"][0] and second["test_error"][-1] == first["test_error"][-1]
+    assert "measured again at 5 points from its saved copies (was 3)" in out.getvalue()
+    assert json.load(open(os.path.join(directory, "metrics.json")))["points"] == 5
+    # A measurement from before the copies were kept cannot be re-measured: a clear error.
+    shutil.rmtree(os.path.join(directory, "copy_a"))
+    with pytest.raises(LotteryError, match=r"lmc was measured at 5 points and its copies were not kept.*lmc\.points=5"):
+        imp.run(small_config("levels=1", "lmc.levels=[1]", "lmc.points=7"), console=QUIET)
+    assert np.isclose(json.load(open(os.path.join(directory, "metrics.json")))["barrier"], second["barrier"])
