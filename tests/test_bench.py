@@ -1,0 +1,16 @@
+"""Benchmarks run at their --smoke size, so that the scripts never rot (their numbers are not checked)."""
+
+import subprocess
+import sys
+
+from conftest import REPO, child_env
+
+
+def test_replicates_benchmark_runs_and_shows_why_members_run_alone():
+    result = subprocess.run([sys.executable, "replicates.py", "--smoke"], cwd=REPO / "experiments" / "bench",
+                            env=child_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip().split(" ")[0].isdigit()]
+    assert [row[0] for row in rows] == ["1", "2"]
+    # One program per member: member 0 is bitwise the network trained alone, in every group.
+    assert all(row[-3] == "True" for row in rows), result.stdout
