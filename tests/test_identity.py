@@ -101,3 +101,15 @@ def test_other_lmc_points_are_measured_again_from_the_saved_copies(small_config)
     with pytest.raises(LotteryError, match=r"lmc was measured at 5 points and its copies were not kept.*lmc\.points=5"):
         imp.run(small_config("levels=1", "lmc.levels=[1]", "lmc.points=7"), console=QUIET)
     assert np.isclose(json.load(open(os.path.join(directory, "metrics.json")))["barrier"], second["barrier"])
+
+
+def test_checkpoint_every_does_not_change_a_bit(small_config, tmp_path):
+    from test_controls import saved
+
+    runs = {}
+    for every in ("7it", "10ep"):  # chunks cut every 7 steps (checkpoints written) vs. at evaluations only
+        cfg = small_config("levels=1", f"checkpoint_every={every}", f"output_dir={tmp_path / every}")
+        imp.run(cfg, console=QUIET)
+        experiment = imp.prepare(cfg)
+        runs[every] = [saved(experiment, experiment.level_dir(0, level)) for level in (0, 1)]
+    assert runs["7it"] == runs["10ep"]
