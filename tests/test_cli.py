@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 
 def tree_snapshot(root):
@@ -47,6 +47,14 @@ def test_quickstart_writes_levels_metrics_checkpoints_and_a_table(quickstart):
     assert os.path.isdir(os.path.join(run_dir, "replicate_0", "level_0", "rewind_point"))
     assert densities[0] == 1.0 and all(a > b for a, b in zip(densities, densities[1:]))
     assert "test acc" in result.stdout and "early-stop it" in result.stdout and "train time (s)" in result.stdout
+
+
+def test_the_readmes_example_results_directory_is_the_quickstarts(quickstart):
+    cwd, result = quickstart
+    (run_dir,) = glob.glob(str(cwd / "runs" / "quickstart-*"))
+    readme = (REPO / "README.md").read_text()
+    shown = set(re.findall(r"runs/quickstart-([0-9a-f]{10})", readme))
+    assert shown == {os.path.basename(run_dir).rsplit("-", 1)[1]}, "update the README's example directory"
 
 
 def test_rerunning_skips_finished_levels(quickstart):
