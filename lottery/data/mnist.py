@@ -101,7 +101,7 @@ def _load(directory, dataset, mirrors, gz_md5s, content_md5s, download):
 
 def load_mnist(directory: str, download: bool = True):
     arrays = _load(directory, "mnist", MNIST_MIRRORS, MNIST_GZ_MD5, MNIST_CONTENT_MD5, download)
-    # Normalization constants of open_lth's MNIST data set.
+    # Normalization of open_lth's MNIST data set (datasets/mnist.py: Normalize(mean=[0.1307], std=[0.3081])).
     return (*arrays, dict(scale=255.0, mean=(0.1307,), std=(0.3081,)))
 
 

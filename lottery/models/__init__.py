@@ -19,9 +19,12 @@ _BUILDERS = {
 }
 
 INITIALIZERS = {
-    # Untruncated Gaussian Glorot, as torch.nn.init.xavier_normal_ (Frankle & Carbin 2019).
+    # Untruncated Gaussian Glorot, N(0, 2 / (fan_in + fan_out)), as torch.nn.init.xavier_normal_
+    # (Frankle & Carbin 2019). Conv fans count the receptive field: 9 x channels for a 3x3 kernel.
     "glorot_normal": nnx.initializers.variance_scaling(1.0, "fan_avg", "normal"),
-    # torch.nn.init.kaiming_normal_ defaults: fan_in, ReLU gain (open_lth).
+    # torch.nn.init.kaiming_normal_ defaults (a=0, mode fan_in, gain sqrt(2)): N(0, 2 / fan_in),
+    # untruncated, as open_lth's models/initializers.py kaiming_normal. Kernels only: biases are
+    # initialized by each model (open_lth's keep torch's default, Frankle & Carbin's are 0).
     "kaiming_normal": nnx.initializers.variance_scaling(2.0, "fan_in", "normal"),
 }
 

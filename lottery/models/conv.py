@@ -1,13 +1,33 @@
 """Conv-2, Conv-4 and Conv-6 of Frankle & Carbin 2019 (VGG-like nets for CIFAR-10, Fig. 2).
 
-3x3 convolutions with 'same' padding and ReLU, 2x2 max-pooling ('M'), then fc 256, 256 and the
-output layer.
+What the paper states (Fig. 2 and its caption): convolutions 64, 64, pool (Conv-2); then 128, 128,
+pool (Conv-4); then 256, 256, pool (Conv-6); fully connected 256, 256, 10; convolutions are 3x3;
+Gaussian Glorot initialization; 4.3M / 2.4M / 1.7M weights. Frankle & Carbin's own code for these
+nets is not public (open_lth has none of them), so the rest is assumed here:
+
+- padding 1 on each side (stride 1: the same as 'same'). Inferred from the weight counts: padded,
+  Conv-2 and Conv-4 have 4,300,992 and 2,425,024 weights (the paper's 4.3M and 2.4M); unpadded
+  they would have 3.3M and 1.1M. (Conv-6 padded has 2,261,184, not the paper's 1.7M, and unpadded
+  is impossible: the map vanishes before the third pool.)
+- 'pool' is a 2x2 max-pool of stride 2, as in VGG;
+- every layer has a bias, initialized to 0 (TensorFlow's default, which Frankle's TF
+  re-implementation of the LeNet experiments keeps: google-research/lottery-ticket-hypothesis,
+  ``foundations/model_base.py``, ``tf.zeros_initializer``); Zhou et al. 2019, who re-implemented
+  Conv-2/4/6 to reproduce the paper (uber-research/deconstructing-lottery-tickets,
+  ``network_builders.py``), have the same layers: 'same' 3x3 convs with zero-initialized biases,
+  2x2 max-pools of stride 2, Glorot normal kernels;
+- Gaussian Glorot as an untruncated normal of variance 2 / (fan_in + fan_out), fans counting the
+  3x3 receptive field (``models.INITIALIZERS['glorot_normal']``);
+- ReLU after every conv and hidden fc layer; the feature map is flattened in (H, W, C) order
+  (Keras's; torch's would be (C, H, W): with i.i.d. weights only a fixed permutation of fc rows).
 """
 
 import math
 
 import jax
 from flax import nnx
+
+from lottery.models.layers import PAD_3X3
 
 PLANS = {
     "conv2": [64, 64, "M"],
@@ -25,7 +45,7 @@ class ConvNet(nnx.Module):
             if entry == "M":
                 height, width = height // 2, width // 2
             else:
-                convs.append(nnx.Conv(channels, entry, (3, 3), padding="SAME", kernel_init=init, rngs=rngs))
+                convs.append(nnx.Conv(channels, entry, (3, 3), padding=PAD_3X3, kernel_init=init, rngs=rngs))
                 channels = entry
         self.plan = tuple(plan)
         self.convs = nnx.List(convs)

@@ -1,4 +1,19 @@
-"""LeNet-300-100 and other fully connected nets (Frankle & Carbin 2019, Sec. 2)."""
+"""LeNet-300-100 and other fully connected nets (Frankle & Carbin 2019, Sec. 2).
+
+As the paper gives it (Fig. 2): fc 300, 100, 10 with ReLU, Gaussian Glorot initialization
+(``model.init=glorot_normal``: an untruncated normal of variance 2 / (fan_in + fan_out)). Biases are
+initialized to 0: the paper says nothing about them; Frankle's TF re-implementation
+(google-research/lottery-ticket-hypothesis, ``foundations/model_base.py`` ``dense_layer``) uses
+``tf.zeros_initializer``. Known differences from the sources, kept on purpose:
+
+- that re-implementation draws the kernels with ``tf.contrib.layers.xavier_initializer(uniform=False)``
+  (``foundations/model_fc.py``), a normal of standard deviation sqrt(1.3 x 2 / (fan_in + fan_out))
+  truncated at 2 of them (variance 1.006 x the Glorot one; no weight beyond 2.28 Glorot standard
+  deviations). The paper's words, "Gaussian Glorot", are what is implemented here.
+- open_lth's ``mnist_lenet_300_100`` is the same layer list but defaults to ``kaiming_normal``
+  kernels and keeps torch's default biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the experiments that
+  use this model cite Frankle & Carbin, so they follow the paper instead.
+"""
 
 import math
 

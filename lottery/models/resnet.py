@@ -1,34 +1,44 @@
 """CIFAR ResNet of depth 6n+2 and width W (He et al. 2016, Sec. 4.2), as open_lth's cifar_resnet.
 
-Three stages of n basic blocks with W, 2W, 4W channels; the first block of stages 2 and 3 halves the
-resolution and projects the shortcut with a 1x1 convolution + batch norm. Convolutions have no
-bias. ResNet-20 at W=16 has 272,474 parameters.
+Read against open_lth's ``models/cifar_resnet.py`` (commit 2ce732f), layer by layer:
+
+- a 3x3 convolution W channels (stride 1, padding 1, no bias), batch norm, ReLU;
+- three stages of n basic blocks with W, 2W, 4W channels. A block is conv 3x3 (padding 1, no bias,
+  stride 2 in the first block of stages 2 and 3) - BN - ReLU - conv 3x3 (stride 1, padding 1, no
+  bias) - BN, plus the shortcut, then ReLU. Where the block downsamples (or changes the width) the
+  shortcut is a 1x1 convolution of stride 2 without padding or bias (it reads the even positions
+  (2i, 2j)) and a BN; otherwise the identity;
+- global average pooling and a fully connected output layer 4W -> classes, with bias.
+
+Padding is written out as (1, 1) on each side (``layers.PAD_3X3``): Flax's "SAME" pads (0, 1) at
+stride 2 and would shift the stride-2 convolutions' sampling grid by one pixel against torch's.
+Initialization (open_lth's defaults for cifar_resnet_*: ``model_init='kaiming_normal'``,
+``batchnorm_init='uniform'``): conv and output kernels from ``model.init`` (kaiming_normal: N(0,
+2/fan_in), torch's ``kaiming_normal_`` defaults); the output bias keeps torch's default
+U(-1/sqrt(64), 1/sqrt(64)) at W=16; BN weight U[0, 1), bias 0 (``layers.BatchNorm``, which also has
+torch's momentum, eps and running-variance update). ResNet-20 at W=16 has 272,474 parameters.
 """
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-BN_MOMENTUM = 0.9  # torch's momentum=0.1 in Flax's convention
-BN_SCALE_INIT = nnx.initializers.uniform(1.0)  # open_lth: BatchNorm weight ~ U[0, 1)
-
-
-def batch_norm(channels, rngs):
-    return nnx.BatchNorm(channels, momentum=BN_MOMENTUM, epsilon=1e-5, scale_init=BN_SCALE_INIT, rngs=rngs)
+from lottery.models.layers import PAD_3X3, BatchNorm, torch_bias_init
 
 
 class Block(nnx.Module):
     def __init__(self, channels_in: int, channels_out: int, downsample: bool, init, rngs: nnx.Rngs):
         stride = (2, 2) if downsample else (1, 1)
-        conv = lambda a, b, k, s: nnx.Conv(a, b, k, strides=s, padding="SAME" if k == (3, 3) else "VALID",
-                                           use_bias=False, kernel_init=init, rngs=rngs)
-        self.conv1 = conv(channels_in, channels_out, (3, 3), stride)
-        self.bn1 = batch_norm(channels_out, rngs)
-        self.conv2 = conv(channels_out, channels_out, (3, 3), (1, 1))
-        self.bn2 = batch_norm(channels_out, rngs)
+        conv3x3 = lambda a, b, s: nnx.Conv(a, b, (3, 3), strides=s, padding=PAD_3X3, use_bias=False,
+                                           kernel_init=init, rngs=rngs)
+        self.conv1 = conv3x3(channels_in, channels_out, stride)
+        self.bn1 = BatchNorm(channels_out, rngs)
+        self.conv2 = conv3x3(channels_out, channels_out, (1, 1))
+        self.bn2 = BatchNorm(channels_out, rngs)
         if downsample or channels_in != channels_out:
-            self.shortcut_conv = conv(channels_in, channels_out, (1, 1), stride)
-            self.shortcut_bn = batch_norm(channels_out, rngs)
+            self.shortcut_conv = nnx.Conv(channels_in, channels_out, (1, 1), strides=stride, padding="VALID",
+                                          use_bias=False, kernel_init=init, rngs=rngs)
+            self.shortcut_bn = BatchNorm(channels_out, rngs)
         else:
             self.shortcut_conv = None
 
@@ -43,8 +53,8 @@ class Block(nnx.Module):
 class ResNet(nnx.Module):
     def __init__(self, depth: int, width: int, channels_in: int, num_classes: int, init, rngs: nnx.Rngs):
         n = (depth - 2) // 6
-        self.conv = nnx.Conv(channels_in, width, (3, 3), padding="SAME", use_bias=False, kernel_init=init, rngs=rngs)
-        self.bn = batch_norm(width, rngs)
+        self.conv = nnx.Conv(channels_in, width, (3, 3), padding=PAD_3X3, use_bias=False, kernel_init=init, rngs=rngs)
+        self.bn = BatchNorm(width, rngs)
         blocks, channels = [], width
         for stage in range(3):
             for i in range(n):
@@ -52,7 +62,8 @@ class ResNet(nnx.Module):
                 blocks.append(Block(channels, out, downsample=stage > 0 and i == 0, init=init, rngs=rngs))
                 channels = out
         self.blocks = nnx.List(blocks)
-        self.output = nnx.Linear(channels, num_classes, kernel_init=init, rngs=rngs)
+        self.output = nnx.Linear(channels, num_classes, kernel_init=init, bias_init=torch_bias_init(channels),
+                                 rngs=rngs)
 
     def __call__(self, x, train: bool = False):
         x = jax.nn.relu(self.bn(self.conv(x), use_running_average=not train))

@@ -1,14 +1,23 @@
 """CIFAR VGG-11/13/16/19 with batch norm (Simonyan & Zisserman 2015), as open_lth's cifar_vgg.
 
-3x3 convolutions (with bias) + batch norm + ReLU, 2x2 max-pooling ('M'), global average pooling and
-one fc layer 512 -> classes.
+Read against open_lth's ``models/cifar_vgg.py`` (commit 2ce732f): each number of the plan is a 3x3
+convolution (stride 1, padding 1, with bias) - BN - ReLU; each 'M' a 2x2 max-pool of stride 2; then
+``nn.AvgPool2d(2)`` and one fully connected layer 512 -> classes, with bias. On a 32x32 input the
+four pools leave a 2x2 map, which that average pool reduces to 1x1: the global mean used here is the
+same on CIFAR-10 (on other input sizes open_lth's fixed ``nn.Linear(512, ...)`` would not fit).
+
+Initialization (open_lth's defaults for cifar_vgg_*: ``model_init='kaiming_normal'``,
+``batchnorm_init='uniform'``): conv and output kernels from ``model.init``; conv and output biases
+keep torch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (fan_in = 9 x input channels for a conv,
+512 for the output), because open_lth's initializers set only the weights; BN weight U[0, 1), bias
+0, with torch's momentum, eps and running-variance update (``layers.BatchNorm``).
 """
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lottery.models.resnet import batch_norm
+from lottery.models.layers import PAD_3X3, BatchNorm, torch_bias_init
 
 PLANS = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
@@ -23,13 +32,15 @@ class VGG(nnx.Module):
         convs, norms, channels = [], [], channels_in
         for entry in plan:
             if entry != "M":
-                convs.append(nnx.Conv(channels, entry, (3, 3), padding="SAME", kernel_init=init, rngs=rngs))
-                norms.append(batch_norm(entry, rngs))
+                convs.append(nnx.Conv(channels, entry, (3, 3), padding=PAD_3X3, kernel_init=init,
+                                      bias_init=torch_bias_init(9 * channels), rngs=rngs))
+                norms.append(BatchNorm(entry, rngs))
                 channels = entry
         self.plan = tuple(plan)
         self.convs = nnx.List(convs)
         self.norms = nnx.List(norms)
-        self.output = nnx.Linear(channels, num_classes, kernel_init=init, rngs=rngs)
+        self.output = nnx.Linear(channels, num_classes, kernel_init=init, bias_init=torch_bias_init(channels),
+                                 rngs=rngs)
 
     def __call__(self, x, train: bool = False):
         layers = iter(zip(self.convs, self.norms))
