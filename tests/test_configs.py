@@ -6,9 +6,11 @@ import jax
 import pytest
 from flax import nnx
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from conftest import CONF, compose_config
+from lottery import data as datasets
 from lottery import models, pruning, training
 from lottery.config import experiment_hash
 
@@ -70,6 +72,21 @@ def test_resnet_and_vgg_follow_the_linear_mode_connectivity_recipe():
         assert cfg.pruning.strategy == "global" and cfg.dataset.augment
     assert (resnet.rewind, vgg.rewind) == ("500it", "1000it")
     assert list(vgg.pruning.ignore) == ["output/kernel"] and vgg.model.depth == 16
+
+
+@pytest.mark.parametrize("group, key, names", [
+    ("model", "model.name", models.names()),
+    ("dataset", "dataset.name", datasets.names()),
+    ("optimizer", "optimizer.name", sorted(training.OPTIMIZERS)),
+    ("pruning", "pruning.strategy", sorted(pruning.STRATEGIES)),
+])
+def test_config_groups_and_names_are_one_vocabulary(group, key, names):
+    # `model=resnet` selects conf/model/resnet.yaml, whose model.name is resnet: every option of a
+    # group is named as the code names it, and every name the code takes has its option.
+    options = sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+    assert options == names
+    for option in options:
+        assert OmegaConf.select(compose_config([f"{group}={option}"]), key) == option
 
 
 def test_no_experiment_means_quickstart_with_the_same_hash():

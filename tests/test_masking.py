@@ -12,7 +12,7 @@ OPTIMIZERS = {
     "sgd-momentum-wd": ["optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "optimizer.weight_decay=1e-3"],
     "sgd-nesterov": ["optimizer=sgd", "optimizer.lr=0.05", "optimizer.nesterov=true"],
     "adam": ["optimizer=adam", "optimizer.weight_decay=1e-4"],
-    "resnet-bn-sgd": ["model=resnet20", "model.depth=8", "model.width=4", "optimizer=sgd", "optimizer.lr=0.05",
+    "resnet-bn-sgd": ["model=resnet", "model.depth=8", "model.width=4", "optimizer=sgd", "optimizer.lr=0.05",
                       "dataset.augment=true"],
 }
 
