@@ -436,6 +436,8 @@ def train(experiment: Experiment, states, jobs: List[Job], level: int, start: in
         histories, record_from, earlier = meta["histories"], meta["record_from"], meta.get("seconds", 0.0)
         advance(step - start)
         say(f"level {level}: resuming {len(jobs)} networks from the checkpoint at step {step}")
+        for job, history in zip(jobs, histories):  # W&B may have lost them with the killed process
+            experiment.tracker.log_history(job.replicate, job.kind, level, history)
 
     for stop in [s for s in stops if s > step]:
         states, loss_sum = trainer.train(states, data_keys, augment_keys, step, stop, loss_sum)

@@ -14,13 +14,31 @@ re-running or continuing an experiment resumes the same W&B runs. Logged:
 The mode comes from ``wandb.mode`` (default: ``$WANDB_MODE``, else ``offline``). Offline runs land
 in ``<experiment dir>/wandb/`` and upload with ``wandb sync``. Online mode without an API key, or
 with no network, falls back to offline with a warning: a run never blocks or prompts.
+
+Resuming after kill -9. The results on disk and the level checkpoints are complete, but W&B loses
+whatever the killed process had not flushed, and every process writes its own offline directory.
+So every history row has an identity -- ``("eval", level, iteration)``, ``("level", level)``,
+``("lmc", level)``, ``("summary", n)`` -- and is logged at an explicit W&B step that a ledger of the
+run fixes (``<experiment>/wandb/<run id>.steps.jsonl``, a key's line appended before its row is
+logged): whichever process logs a row, it lands on the same step. A process that opens a run
+restates the run's record from what is on disk (finished levels' histories and level rows, LMC
+barriers) in step order; ``train()`` restates the histories of a level it resumes from a checkpoint,
+and the rest of the level is logged live, at the steps the killed process gave it. Online, W&B's
+history up to ``run.step`` at resume is on the server and is not sent again; offline, the new
+directory holds the run's whole record (less what ``wandb sync`` uploaded from a finished one), and
+the older offline directories of that run are moved to ``wandb/superseded/`` (never deleted), so
+``wandb sync wandb/offline-run-*`` uploads one complete record per run. The end-of-run table and
+plot are a new ``summary`` row of each invocation that touched the run: W&B shows the latest, and
+an offline directory holds one.
 """
 
+import glob
+import json
 import os
 import re
 import sys
 import warnings
-from typing import Dict
+from typing import Dict, List, Tuple
 
 from omegaconf import OmegaConf
 
@@ -32,6 +50,122 @@ def _has_api_key() -> bool:
         return True
     netrc = os.path.expanduser("~/.netrc")
     return os.path.exists(netrc) and "api.wandb.ai" in open(netrc).read()
+
+
+class Ledger:
+    """The W&B steps of one run's rows: one JSON line per row key, appended before the row is
+    logged, so that a row has one step whichever process logs it (a key's last line wins; step
+    null forgets it). Also ``opened``/``finished`` lines: a run whose last line is not ``finished``
+    may hold a record that a killed process left incomplete; ``finished`` names the offline
+    directory that holds the run's record below step ``next``."""
+
+    def __init__(self, path: str):
+        self.path, self.steps, self.complete = path, {}, False
+        self.high = -1  # the highest step ever given: never given twice
+        self.finished: List[Tuple[str, int]] = []  # (offline directory, next step)
+        self.existed = os.path.exists(path)
+        if not self.existed:
+            return
+        with open(path, "rb+") as f:
+            data = f.read()
+            whole = data[: data.rfind(b"\n") + 1]
+            if len(whole) < len(data):  # a line torn by a kill: never logged, drop it
+                f.truncate(len(whole))
+        for line in whole.decode().splitlines():
+            entry = json.loads(line)
+            if "key" in entry:
+                key, step = tuple(entry["key"]), entry["step"]
+                if step is None:
+                    self.steps.pop(key, None)
+                else:
+                    self.steps[key], self.high = step, max(self.high, step)
+            if "finished" in entry and entry.get("directory"):
+                self.finished.append((entry["directory"], entry["next"]))
+            self.complete = "finished" in entry
+
+    @property
+    def next(self) -> int:
+        return self.high + 1
+
+    def _append(self, entry: dict) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with open(self.path, "a") as f:  # flushed at close: it survives a kill -9 of this process
+            f.write(json.dumps(entry) + "\n")
+
+    def add(self, key: tuple, step: int) -> int:
+        self._append({"key": list(key), "step": step})
+        self.steps[key], self.high = step, max(self.high, step)
+        return step
+
+    def forget(self, key: tuple) -> None:
+        self._append({"key": list(key), "step": None})
+        del self.steps[key]
+
+    def mark(self, event: str, **details) -> None:
+        self._append({event: True, **details})
+        self.complete = event == "finished"
+
+
+class Record:
+    """What this process logs to one W&B run: each row once, at its ledger step.
+
+    Rows below ``floor`` are on the W&B server already: online, it is ``run.step`` when the run was
+    opened (W&B uploads rows in step order); offline, 0 (a new directory), or where a finished
+    directory that ``wandb sync`` uploaded ends (``synced``). A row whose step this process has
+    passed, or that has no step yet, gets the next free one."""
+
+    def __init__(self, run, ledger: Ledger, synced: int = 0):
+        self.run, self.ledger = run, ledger
+        self.floor = max(run.step, synced)
+        self.last = -1  # the last step logged by this process
+        self.held = set()  # keys of the rows this record holds: logged by this process, or on the server
+
+    def log(self, key: tuple, values: dict) -> None:
+        if key in self.held:
+            return
+        self.held.add(key)
+        step = self.ledger.steps.get(key)
+        if step is not None and step < self.floor:
+            return  # on the W&B server already
+        if step is None or step <= self.last:  # W&B drops a row below its current step
+            step = self.ledger.add(key, max(self.ledger.next, self.floor))
+        self.run.log(values, step=step, commit=True)
+        self.last = step
+
+
+# --- the rows: one function per kind, used live and when restating from disk ---------------------
+
+
+def evaluation_row(level: int, record: dict) -> Tuple[tuple, dict]:
+    values = {"level": level, "iteration": record["step"], "train/loss": record["train_loss"]}
+    for split in ("val", "test"):
+        for metric in ("loss", "accuracy"):
+            if f"{split}_{metric}" in record:
+                values[f"{split}/{metric}"] = record[f"{split}_{metric}"]
+    return ("eval", level, record["step"]), values
+
+
+def level_row(metrics: dict) -> Tuple[tuple, dict]:
+    early = metrics["early_stop"] or {}
+    values = {
+        "level/index": metrics["level"],
+        "level/percent_remaining": 100 * metrics["density"],
+        "level/remaining_weights": metrics["remaining"],
+        "level/test_accuracy": metrics["final"]["test_accuracy"],
+        "level/train_loss": metrics["final"]["train_loss"],
+        "level/wall_time_s": metrics["wall_time_s"],
+    }
+    if early:
+        values.update({"level/test_accuracy_early_stop": early["test_accuracy"],
+                       "level/early_stop_iteration": early["step"]})
+    for layer, counts in metrics["layers"].items():
+        values[f"level/density/{layer}"] = counts["density"]
+    return ("level", metrics["level"]), values
+
+
+def lmc_row(level: int, density: float, path: dict) -> Tuple[tuple, dict]:
+    return ("lmc", level), {"level/index": level, "level/percent_remaining": 100 * density,
+                            "level/lmc_barrier": path["barrier"]}
 
 
 class Tracker:
@@ -46,28 +180,95 @@ class Tracker:
             print("warning: wandb.mode=online but no W&B API key is set; logging offline instead", file=sys.stderr)
             self.mode = "offline"
         self.group = os.path.basename(directory)
-        self.runs: Dict[tuple, object] = {}
+        self.runs: Dict[tuple, Record] = {}
 
     @property
     def enabled(self) -> bool:
         return self.mode != "disabled"
 
-    def run(self, replicate: int, kind: str):
-        """The W&B run of one replicate's ticket or control, started on first use."""
+    def record(self, replicate: int, kind: str) -> Record:
+        """The W&B run of one replicate's ticket or control, opened on first use."""
         key = (replicate, kind)
         if key not in self.runs:
-            self.runs[key] = self._init(replicate, kind)
+            self.runs[key] = self._open(replicate, kind)
         return self.runs[key]
+
+    def run_id(self, replicate: int, kind: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_-]", "_", f"{self.group}-r{replicate}-{kind}")
+
+    def ledger(self, replicate: int, kind: str) -> Ledger:
+        return Ledger(os.path.join(self.directory, "wandb", f"{self.run_id(replicate, kind)}.steps.jsonl"))
+
+    def _open(self, replicate: int, kind: str) -> Record:
+        """Start (or resume) the run and restate its record from the results on disk."""
+        ledger = self.ledger(replicate, kind)
+        ledger.mark("opened")  # before anything is superseded: a kill from here on leaves it incomplete
+        synced = self._synced(ledger)
+        self._supersede(self.run_id(replicate, kind))
+        record = Record(self._init(replicate, kind), ledger, synced)
+        rows = self.rows_on_disk(replicate, kind)
+        known = sorted((row for row in rows if row[0] in ledger.steps), key=lambda row: ledger.steps[row[0]])
+        # Rows on disk without a step: results written by a process killed before it logged them, or
+        # while W&B was disabled. (A run without a ledger that W&B has online was logged, rows and
+        # all, by this code before it kept ledgers.)
+        new = [row for row in rows if row[0] not in ledger.steps] if ledger.existed or record.floor == 0 else []
+        for key, values in known + new:
+            record.log(key, values)
+        return record
+
+    def _synced(self, ledger: Ledger) -> int:
+        """The step below which ``wandb sync`` uploaded the run: the end of the newest finished
+        offline directory that carries W&B's ``.wandb.synced`` marker (0 if none)."""
+        wandb_dir = os.path.join(self.directory, "wandb")
+        for name, end in reversed(ledger.finished):
+            for where in (name, os.path.join("superseded", glob.escape(name) + "*")):
+                if glob.glob(os.path.join(wandb_dir, where, "*.wandb.synced")):
+                    return end
+        return 0
+
+    def _supersede(self, run_id: str) -> None:
+        """Move the earlier offline directories of a run aside (never deleted): the record this
+        process starts restates them, so each run has one current directory to sync."""
+        wandb_dir = os.path.join(self.directory, "wandb")
+        for path in sorted(glob.glob(os.path.join(wandb_dir, "offline-run-*"))):
+            name = os.path.basename(path)
+            if not re.fullmatch(r"offline-run-\d{8}_\d{6}-" + re.escape(run_id), name):
+                continue
+            os.makedirs(os.path.join(wandb_dir, "superseded"), exist_ok=True)
+            target, n = os.path.join(wandb_dir, "superseded", name), 1
+            while os.path.exists(target):  # the same name twice: two processes in one second
+                target, n = os.path.join(wandb_dir, "superseded", f"{name}.{n}"), n + 1
+            os.rename(path, target)
+
+    def rows_on_disk(self, replicate: int, kind: str) -> List[Tuple[tuple, dict]]:
+        """The rows of a run that its finished results hold (directories appear only when complete)."""
+        from lottery.checkpoint import read_json
+
+        base = os.path.join(self.directory, f"replicate_{replicate}")
+        names = os.listdir(base) if os.path.isdir(base) else []
+        levels = sorted(int(name[len("level_"):]) for name in names if re.fullmatch(r"level_\d+", name))
+        rows = []
+        for level in levels:
+            level_dir = os.path.join(base, f"level_{level}")
+            directory = level_dir if kind == "ticket" else os.path.join(level_dir, kind)
+            if not os.path.isdir(directory):
+                continue
+            metrics = read_json(os.path.join(directory, "metrics.json"))
+            rows += [evaluation_row(level, record) for record in metrics["history"]]
+            rows.append(level_row(metrics))
+            if kind == "ticket" and os.path.isdir(os.path.join(level_dir, "lmc")):
+                path = read_json(os.path.join(level_dir, "lmc", "metrics.json"))
+                rows.append(lmc_row(level, metrics["density"], path))
+        return rows
 
     def _init(self, replicate: int, kind: str):
         import wandb
 
         config = OmegaConf.to_container(self.cfg, resolve=True)
         config.update(replicate=replicate, kind=kind, experiment=self.group)
-        run_id = re.sub(r"[^A-Za-z0-9_-]", "_", f"{self.group}-r{replicate}-{kind}")
         arguments = dict(
             project=self.cfg.wandb.project, entity=self.cfg.wandb.entity, group=self.group, job_type=kind,
-            name=f"{self.group}/r{replicate}/{kind}", id=run_id, resume="allow", dir=self.directory,
+            name=f"{self.group}/r{replicate}/{kind}", id=self.run_id(replicate, kind), resume="allow", dir=self.directory,
             config=config, tags=list(self.cfg.wandb.tags), reinit="create_new",
             settings=wandb.Settings(silent=True, init_timeout=60),
         )
@@ -88,68 +289,65 @@ class Tracker:
         return run
 
     def log_evaluation(self, replicate: int, kind: str, level: int, record: dict) -> None:
-        if not self.enabled:
-            return
-        values = {"level": level, "iteration": record["step"], "train/loss": record["train_loss"]}
-        for split in ("val", "test"):
-            for metric in ("loss", "accuracy"):
-                if f"{split}_{metric}" in record:
-                    values[f"{split}/{metric}"] = record[f"{split}_{metric}"]
-        self.run(replicate, kind).log(values)
+        if self.enabled:
+            self.record(replicate, kind).log(*evaluation_row(level, record))
+
+    def log_history(self, replicate: int, kind: str, level: int, history: List[dict]) -> None:
+        """The evaluations of a level resumed from a checkpoint: the killed process may have lost
+        them, and they keep their steps."""
+        for record in history:
+            self.log_evaluation(replicate, kind, level, record)
 
     def log_level(self, metrics: dict) -> None:
-        if not self.enabled:
-            return
-        early = metrics["early_stop"] or {}
-        values = {
-            "level/index": metrics["level"],
-            "level/percent_remaining": 100 * metrics["density"],
-            "level/remaining_weights": metrics["remaining"],
-            "level/test_accuracy": metrics["final"]["test_accuracy"],
-            "level/train_loss": metrics["final"]["train_loss"],
-            "level/wall_time_s": metrics["wall_time_s"],
-        }
-        if early:
-            values.update({"level/test_accuracy_early_stop": early["test_accuracy"],
-                           "level/early_stop_iteration": early["step"]})
-        for layer, counts in metrics["layers"].items():
-            values[f"level/density/{layer}"] = counts["density"]
-        self.run(metrics["replicate"], metrics["kind"]).log(values)
+        if self.enabled:
+            self.record(metrics["replicate"], metrics["kind"]).log(*level_row(metrics))
 
     def log_lmc(self, replicate: int, level: int, density: float, path: dict) -> None:
-        if not self.enabled:
-            return
-        self.run(replicate, "ticket").log({"level/index": level, "level/percent_remaining": 100 * density,
-                                           "level/lmc_barrier": path["barrier"]})
+        if self.enabled:
+            self.record(replicate, "ticket").log(*lmc_row(level, density, path))
 
     def finish(self, df) -> None:
-        """Tables and plots of every level of the runs this invocation touched (``df``: the
-        experiment's ``analysis.load_runs``); close them all."""
+        """Tables and plots of every level of the runs this invocation touched, and of those a
+        killed process left incomplete (``df``: the experiment's ``analysis.load_runs``); close them all."""
         if not self.enabled:
             return
         import wandb
 
         from lottery.analysis import METRICS
 
+        pairs = {(int(r), k) for r, k in zip(df["replicate"], df["kind"])} if len(df) else set()
+        for replicate, kind in sorted(pairs):
+            ledger = self.ledger(replicate, kind)
+            if (replicate, kind) not in self.runs and ledger.existed and not ledger.complete:
+                self.record(replicate, kind)
         columns = ["level", "percent_remaining", *METRICS]
-        for (replicate, kind), run in self.runs.items():
+        for (replicate, kind), record in self.runs.items():
             mine = df[(df["replicate"] == replicate) & (df["kind"] == kind)].sort_values("level")[columns]
             table = wandb.Table(columns=columns, data=mine.astype(object).where(mine.notna(), None).values.tolist())
-            run.log({"levels": table,
-                     "accuracy_vs_sparsity": wandb.plot.line(table, "percent_remaining", "test_accuracy",
-                                                             title="test accuracy vs % weights remaining")})
+            summaries = sum(key[0] == "summary" for key in record.ledger.steps)
+            record.log(("summary", summaries),
+                       {"levels": table,
+                        "accuracy_vs_sparsity": wandb.plot.line(table, "percent_remaining", "test_accuracy",
+                                                                title="test accuracy vs % weights remaining")})
             if self.cfg.wandb.log_ticket and kind == "ticket" and len(mine):
                 last = mine.iloc[-1]
                 level = int(last["level"])
                 artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9_.-]", "_", f"ticket-{self.group}-r{replicate}"), type="ticket",
                                           metadata={"level": level, "percent_remaining": float(last["percent_remaining"])})
                 artifact.add_dir(os.path.join(self.directory, f"replicate_{replicate}", f"level_{level}", "ticket"))
-                run.log_artifact(artifact)
-            run.finish()
+                record.run.log_artifact(artifact)
+            # Ledger rows this record does not hold (a level left unfinished, earlier summaries) lose
+            # their steps, so the record holds every row below its end; back, they get new ones.
+            for key, step in list(record.ledger.steps.items()):
+                if key not in record.held and step >= record.floor:
+                    record.ledger.forget(key)
+            directory = os.path.basename(record.run.sync_dir) if record.run.offline else None
+            record.run.finish()
+            record.ledger.mark("finished", directory=directory, next=record.ledger.next)  # after finish(): written
         self.runs.clear()
 
     def abort(self) -> None:
         """Close the runs after an error, marking them failed."""
-        for run in self.runs.values():
-            run.finish(exit_code=1)
+        for record in self.runs.values():
+            record.run.finish(exit_code=1)
         self.runs.clear()
