@@ -3,20 +3,24 @@
 import json
 import logging
 import os
+import sys
 
 import jax
 import orbax.checkpoint as ocp
 
-from lottery.errors import LotteryError
+from lottery.errors import LotteryError, at
 
-logging.getLogger("absl").setLevel(logging.WARNING)
+# orbax reports through absl's logger what it then raises (a truncated file: "Failed to json parse
+# ..."), and we turn what it raises into one line naming the directory: its own reports are noise.
+logging.getLogger("absl").setLevel(logging.CRITICAL)
 
 
 def save_tree(path: str, tree) -> None:
     """Write a pytree of arrays to the new directory ``path`` and wait until it is on disk."""
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.abspath(path), tree)
-    checkpointer.wait_until_finished()
+    with at(path):
+        checkpointer.save(os.path.abspath(path), tree)
+        checkpointer.wait_until_finished()
     checkpointer.close()
 
 
@@ -30,26 +34,43 @@ def load_tree(path: str, like):
     target = abstract(like)
     checkpointer = ocp.StandardCheckpointer()
     try:
-        return checkpointer.restore(os.path.abspath(path), target)
+        tree = checkpointer.restore(os.path.abspath(path), target)
     except Exception as error:  # orbax raises many types for missing, truncated or foreign files
-        raise LotteryError(f"{path}: cannot be read as a checkpoint of this experiment ({type(error).__name__}: {error})") from None
-    finally:
-        checkpointer.close()
+        # Not closed: reads still in flight would call back into a closed event loop and print
+        # tracebacks around the one line that matters; the failing process ends soon anyway.
+        raise LotteryError(f"{path}: cannot be read as a checkpoint of this experiment ({type(error).__name__}: "
+                           f"{str(error).splitlines()[0]}); it is corrupt: delete the directory that holds it to "
+                           "train that network again") from None
+    checkpointer.close()
+    return tree
 
 
 def write_json(path: str, content) -> None:
     partial = path + ".partial"
-    with open(partial, "w") as f:
+    with at(partial), open(partial, "w") as f:
         json.dump(content, f, indent=1)
     os.replace(partial, path)
 
 
-def read_json(path: str):
+def read_json(path: str, keys=()):
+    """The JSON at ``path``; with ``keys``, an object that must have them (a result file that parses
+    but holds something else -- ``1``, ``{}``, a truncated object -- is named, never skipped)."""
     try:
         with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as error:
-        raise LotteryError(f"{path}: cannot be read as JSON ({error})") from None
+            content = json.load(f)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise LotteryError(f"{path}: cannot be read as JSON ({error}); it is corrupt: delete the directory "
+                           "that holds it to train that network again") from None
+    missing = [key for key in keys if not isinstance(content, dict) or key not in content]
+    if missing:
+        found = type(content).__name__ if not isinstance(content, dict) else f"an object without {', '.join(missing)}"
+        raise LotteryError(f"{path}: holds {found}, not a lottery result; it is corrupt: delete the directory "
+                           "that holds it to train that network again")
+    return content
+
+
+NETWORK_KEYS = ("level", "replicate", "kind", "density", "remaining", "layers", "final", "history", "start_step")
+LMC_KEYS = ("alphas", "test_error", "barrier", "start_step")
 
 
 class LevelCheckpoints:
@@ -64,7 +85,8 @@ class LevelCheckpoints:
     def save(self, step: int, arrays, meta: dict) -> None:
         """Save host copies (the training state's buffers are donated to the next step)."""
         arrays = jax.device_get(arrays)
-        self.manager.save(step, args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)))
+        with at(self.directory):  # also where an earlier asynchronous save's failure surfaces
+            self.manager.save(step, args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)))
 
     def latest(self, like):
         """(step, arrays, meta) of the newest readable checkpoint, or None if there is none.
@@ -78,15 +100,17 @@ class LevelCheckpoints:
                 meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
                 target = abstract(like(meta))
                 arrays = self.manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(target)))["arrays"]
+                for error in errors:  # said only when an older one was read: otherwise the error below says it all
+                    print(f"warning: {self.directory}: checkpoint at {error}; resuming from step {step}", file=sys.stderr)
                 return step, arrays, meta
             except Exception as error:  # truncated or foreign files raise many types
                 errors.append(f"step {step}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
-                logging.getLogger("lottery").warning("%s: checkpoint at step %d unreadable, trying an older one", self.directory, step)
         if errors:
             raise LotteryError(f"{self.directory}: no readable checkpoint ({'; '.join(errors)}); "
                                "delete this directory to train the level again from its start")
         return None
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        with at(self.directory):
+            self.manager.wait_until_finished()
         self.manager.close()

@@ -39,6 +39,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
 from typing import Dict, List, Optional
@@ -51,9 +52,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lottery import analysis, lmc, models, pruning, record, report, tracking, training
 from lottery import data as datasets
-from lottery.checkpoint import LevelCheckpoints, load_tree, read_json, save_tree, write_json
+from lottery.checkpoint import LMC_KEYS, NETWORK_KEYS, LevelCheckpoints, load_tree, read_json, save_tree, write_json
 from lottery.config import experiment_hash
-from lottery.errors import LotteryError, Preempted
+from lottery.errors import LotteryError, Preempted, at
 from lottery.provenance import provenance
 from lottery.step import Step
 
@@ -131,11 +132,15 @@ class Job:
     augment_key: jax.Array
 
 
-def prepare(cfg) -> Experiment:
-    """Check the whole config, load the data and build the model; writes nothing."""
+MAX_NAME = 100  # characters of `name`: it names the results directory and the W&B runs
+
+
+def check(cfg) -> None:
+    """Every check of the config that needs no data: cheap enough to run on each job of a sweep
+    before the first one starts."""
     pruning.check(cfg.pruning)
     models.check(cfg.model)
-    tx = training.make_optimizer(cfg.optimizer)
+    training.make_optimizer(cfg.optimizer)
     if cfg.retrain not in RETRAIN:
         raise LotteryError(f"retrain={cfg.retrain!r} is not an option; choose one of: {', '.join(RETRAIN)}")
     for control in cfg.controls:
@@ -147,6 +152,17 @@ def prepare(cfg) -> Experiment:
         raise LotteryError(f"replicates={cfg.replicates} must be 1 or more")
     if any(not 0 <= level <= cfg.levels for level in cfg.lmc.levels) or cfg.lmc.points < 2:
         raise LotteryError(f"lmc.levels={list(cfg.lmc.levels)} must be levels 0..{cfg.levels} and lmc.points >= 2")
+    if not 0 <= cfg.seed < 2**32:  # jax.random.key keeps 32 bits: seed 2**32 would silently be seed 0
+        raise LotteryError(f"seed={cfg.seed} must be between 0 and {2**32 - 1}")
+    if not 0 < len(cfg.name) <= MAX_NAME:
+        raise LotteryError(f"name is {len(cfg.name)} characters long; use 1 to {MAX_NAME} (it names the results "
+                           "directory and the W&B runs)")
+
+
+def prepare(cfg) -> Experiment:
+    """Check the whole config, load the data and build the model; writes nothing."""
+    check(cfg)
+    tx = training.make_optimizer(cfg.optimizer)
     data = datasets.load(cfg.dataset)
     batch_size = cfg.training.batch_size
     if not 1 <= batch_size <= len(data.train_x):
@@ -170,6 +186,7 @@ def prepare(cfg) -> Experiment:
     checkpoint_every = length("checkpoint_every", cfg.checkpoint_every)
     schedule = training.make_schedule(cfg.optimizer, cfg.training, per_epoch)
 
+    models.check_input(cfg.model, data.input_shape, cfg.dataset.name)
     model = models.build(cfg.model, data.input_shape, data.num_classes, jax.random.key(0))  # a template
     trainer = training.Trainer(model, tx, schedule, data, batch_size, cfg.training.eval_batch_size,
                                cfg.dataset.augment, cfg.training.loop)
@@ -221,7 +238,7 @@ def run_locked(experiment: Experiment, console: Console) -> List[dict]:
                 if level in cfg.lmc.levels:
                     trained += run_lmc(experiment, level, progress)
                 if PREEMPTION.requested and level < cfg.levels:
-                    raise Preempted(f"stopped after level {level} (SIGTERM); run the same command to continue")
+                    raise PREEMPTION.stop(f"stopped after level {level}")
     except Preempted:
         experiment.tracker.abort()
         invocation.end("preempted")
@@ -248,7 +265,8 @@ def acquire_lock(directory: str):
     """An exclusive lock on the experiment directory for this process's lifetime (``flock``: the
     kernel releases it when the process ends, however it ends, so no lock is ever stale)."""
     path = os.path.join(directory, "lock")
-    lock = open(path, "a+")
+    with at(path):
+        lock = open(path, "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -257,30 +275,46 @@ def acquire_lock(directory: str):
         lock.close()
         raise LotteryError(f"{directory} is in use by another process ({holder}); "
                            "wait for it to finish or stop it, then run the command again") from None
-    lock.truncate(0)
-    lock.write(f"pid {os.getpid()} on {os.uname().nodename}")
-    lock.flush()
+    with at(path):
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        lock.flush()
     return lock
 
 
 class Preemption:
-    """SIGTERM, a cluster scheduler's preemption notice, asks the run to write a checkpoint at the
-    end of the current compiled chunk and stop; the same command then continues from there."""
+    """SIGTERM (a cluster scheduler's preemption notice) or Ctrl-C (SIGINT) asks the run to write a
+    checkpoint at the end of the current compiled chunk and stop; the same command then continues
+    from there. A second Ctrl-C stops at once (KeyboardInterrupt): finished results and the last
+    checkpoint are intact either way."""
 
-    requested = False
+    requested = None  # the name of the signal that asked, once one did
 
     def __enter__(self):
-        self.requested, self.previous = False, None
+        self.requested, self.previous = None, {}
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._request)
+            for number in (signal.SIGTERM, signal.SIGINT):
+                self.previous[number] = signal.signal(number, self._request)
         return self
 
     def _request(self, signum, frame):
-        self.requested = True
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            if self.requested == "SIGINT":  # the second Ctrl-C
+                raise KeyboardInterrupt
+            print("\nCtrl-C: stopping at the end of the current chunk with a checkpoint (Ctrl-C again to stop at once)",
+                  file=sys.stderr, flush=True)
+        self.requested = name
+
+    def stop(self, message: str) -> Preempted:
+        """The exception that ends the run after a requested stop."""
+        number = signal.Signals[self.requested]
+        return Preempted(f"{message} ({'Ctrl-C' if number == signal.SIGINT else self.requested}); "
+                         "run the same command to continue", self.requested, 128 + number)
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for number, previous in self.previous.items():
+            signal.signal(number, previous)
 
 
 PREEMPTION = Preemption()
@@ -309,7 +343,7 @@ def level_jobs(experiment: Experiment, replicate: int, level: int) -> List[Job]:
     controls = [c for c in cfg.controls if level > 0 and not os.path.isdir(os.path.join(ticket_dir, c))]
     ticket_done = os.path.isdir(ticket_dir)
     if ticket_done:
-        read_json(os.path.join(ticket_dir, "metrics.json"))  # finished work must be readable before more is built on it
+        read_json(os.path.join(ticket_dir, "metrics.json"), NETWORK_KEYS)  # finished work must be readable before more is built on it
     if ticket_done and not controls:
         return []
     keys = experiment.keys(replicate)
@@ -441,6 +475,7 @@ def train(experiment: Experiment, states, jobs: List[Job], level: int, start: in
 
     for stop in [s for s in stops if s > step]:
         states, loss_sum = trainer.train(states, data_keys, augment_keys, step, stop, loss_sum)
+        jax.block_until_ready(loss_sum)  # dispatch is asynchronous: count steps when they are done
         advance(stop - step)
         step = stop
         if keep_rewind_point and step == k:
@@ -471,8 +506,7 @@ def train(experiment: Experiment, states, jobs: List[Job], level: int, start: in
             checkpoints.save(step, arrays, meta)
             if PREEMPTION.requested:
                 checkpoints.close()
-                raise Preempted(f"checkpoint written at level {level}, step {step} (SIGTERM); "
-                                "run the same command to continue")
+                raise PREEMPTION.stop(f"checkpoint written at level {level}, step {step}")
     return states, histories, rewind_points, elapsed()
 
 
@@ -502,6 +536,22 @@ def save_job(experiment: Experiment, job: Job, level: int, start: int, finished,
     os.rename(work_dir, job.directory)
     experiment.invocation.add(level=level, replicate=job.replicate, kind=job.kind)
     experiment.tracker.log_level(metrics)
+    warn_at_chance(experiment, metrics)
+
+
+def warn_at_chance(experiment: Experiment, metrics: dict) -> None:
+    """A network that ends at chance accuracy learned nothing, without a NaN to stop it (Adam with
+    lr=1e6 sits at ~10%): say so. Chance: 1/classes, plus three standard errors of the test set."""
+    accuracy = metrics["final"].get("test_accuracy")
+    tested = float(np.sum(experiment.trainer.eval_data["test"][2])) if experiment.trainer.eval_data["test"] else 0
+    if accuracy is None or not tested:
+        return
+    chance = 1 / experiment.num_classes
+    if accuracy <= chance + 3 * (chance * (1 - chance) / tested) ** 0.5:
+        print(f"warning: level {metrics['level']}, replicate {metrics['replicate']}, {metrics['kind']}: test accuracy "
+              f"{accuracy:.1%} is at chance ({chance:.0%} for {experiment.num_classes} classes): the network learned "
+              f"nothing; a learning rate too large for it (optimizer.lr={experiment.cfg.optimizer.lr}) is the usual "
+              "cause, or pruning emptied a layer", file=sys.stderr)
 
 
 # --- linear mode connectivity -------------------------------------------------------------------
@@ -563,7 +613,7 @@ def remeasure_lmc(experiment: Experiment, level: int, replicate: int, directory:
     """A finished LMC measurement asked for at another number of points: measure the path again
     from its saved copies (the copies, trained once, are the result; the path records its points)."""
     points = experiment.cfg.lmc.points
-    measured = read_json(os.path.join(directory, "metrics.json"))
+    measured = read_json(os.path.join(directory, "metrics.json"), LMC_KEYS)
     had = measured.get("points", len(measured.get("alphas", [])))
     if had == points:
         return
@@ -628,8 +678,8 @@ def collect(experiment: Experiment) -> List[dict]:
             for kind, directory in [("ticket", level_dir)] + [(c, os.path.join(level_dir, c)) for c in CONTROLS]:
                 metrics_file = os.path.join(directory, "metrics.json")
                 if os.path.exists(metrics_file):
-                    metrics = read_json(metrics_file)
+                    metrics = read_json(metrics_file, NETWORK_KEYS)
                     if kind == "ticket" and os.path.exists(lmc_file):
-                        metrics["lmc"] = read_json(lmc_file)
+                        metrics["lmc"] = read_json(lmc_file, LMC_KEYS)
                     results.append(metrics)
     return results

@@ -21,6 +21,7 @@ import jax
 from omegaconf import OmegaConf
 
 from lottery import config
+from lottery.errors import LotteryError, at
 from lottery.provenance import provenance
 
 CONFIG = "config.yaml"
@@ -30,11 +31,21 @@ INVOCATIONS = "invocations.jsonl"
 def write_identity(directory: str, cfg, data_fingerprint: str) -> None:
     """config.yaml, once: the experiment's name and identity."""
     path = os.path.join(directory, CONFIG)
+    content = {"name": cfg.name, **config.identity(cfg, data_fingerprint)}
     if not os.path.exists(path):
-        content = {"name": cfg.name, **config.identity(cfg, data_fingerprint)}
         partial = path + ".partial"
-        OmegaConf.save(OmegaConf.create(content), partial)
+        with at(partial):
+            OmegaConf.save(OmegaConf.create(content), partial)
         os.replace(partial, path)
+        return
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as error:  # YAML syntax errors of several types, unreadable files
+        raise LotteryError(f"{path}: cannot be read ({type(error).__name__}: {str(error).splitlines()[0]}); it is the "
+                           "experiment's identity and is written again if you delete it") from None
+    if {**saved, "name": cfg.name} != content:
+        raise LotteryError(f"{path}: is not the identity of this experiment (its values differ from the config "
+                           "that hashes to this directory); it was edited or damaged: delete it and it is written again")
 
 
 def program(host_loop: bool) -> dict:
@@ -88,7 +99,7 @@ class Invocation:
                       "added": self.added})
 
     def _append(self, entry: dict) -> None:
-        with open(self.path, "a") as f:
+        with at(self.path), open(self.path, "a") as f:
             f.write(json.dumps(entry) + "\n")
 
 

@@ -1,40 +1,89 @@
 """Command line: ``python -m lottery.run [+exp=NAME] [key=value ...]`` (Hydra; ``-m`` for sweeps).
 
 With no experiment it runs the quickstart (``conf/exp/quickstart.yaml`` equals the defaults).
-Bad input (an unknown key or name, a wrongly typed or out-of-range value, missing data) ends with
-one line ``error: ...`` on stderr and exit code 2. SIGTERM writes a checkpoint and ends with one
-line ``preempted: ...`` and exit code 143; the same command continues the run.
+Bad input (an unknown key or name, a wrongly typed or out-of-range value, missing or corrupt data,
+a results directory that cannot be written) ends with one line ``error: ...`` on stderr and exit
+code 2. SIGTERM writes a checkpoint and ends with one line ``preempted: ...`` and exit code 143;
+Ctrl-C does the same with ``interrupted: ...`` and 130 (twice: at once). The same command
+continues the run. In a sweep (``-m``) every job's config is checked before the first starts, a
+job that fails does not stop the others, and the sweep ends with a line naming the failed jobs.
 """
 
+import asyncio
+import dataclasses
 import logging
 import os
 import re
 import sys
+from typing import List
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from lottery import config  # noqa: F401  (registers the structured config schema)
-from lottery.errors import LotteryError, Preempted
+from lottery.errors import LotteryError, Preempted, describe
+
+CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
 # JAX probes for a TPU and warns when there is none; that is not news on CPU or GPU machines.
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
+
+
+@dataclasses.dataclass
+class Sweep:
+    """The jobs of a Hydra multirun that failed, for the summary at its end."""
+
+    started: int = 0
+    failed: List[str] = dataclasses.field(default_factory=list)
+
+
+SWEEP = Sweep()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from lottery import imp  # imported here so that `--help` and config errors stay fast
 
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    SWEEP.started += 1
     try:
         imp.run(cfg)
+        return
     except LotteryError as error:  # handled here, inside the job, so Hydra adds nothing to it
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except Preempted as preempted:
-        print(f"preempted: {preempted}", file=sys.stderr)
-        sys.exit(143)  # 128 + SIGTERM, as a process ended by the signal reports
+        message = f"error: {error}"
+    except Preempted as preempted:  # a signal stops a sweep too: the same command continues it
+        word = "interrupted" if preempted.signal == "SIGINT" else "preempted"
+        finish(f"{word}: {preempted}", preempted.code)
+    except KeyboardInterrupt:
+        finish("interrupted: stopped at once (Ctrl-C twice); finished results and the last checkpoint are intact: "
+               "run the same command to continue", 130)
+    except Exception as error:
+        line = describe(error)
+        if line is None:
+            raise
+        message = f"error: {line}"
+    if not in_sweep:
+        finish(message, 2)
+    job = HydraConfig.get().job
+    label = f"job {job.num} ({job.override_dirname or 'no overrides'})"
+    print(f"{message} [{label}]", file=sys.stderr)
+    SWEEP.failed.append(f"{label}: {message[len('error: '):]}")  # the sweep goes on; cli() sums up
+
+
+def finish(line: str, code: int) -> None:
+    """End the process with ``line`` on stderr and exit ``code``, and nothing after it: libraries
+    that shut down after a failure (orbax's event loop, threads of an aborted write) would otherwise
+    print their own tracebacks below the one line that matters."""
+    print(line, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    sys.stderr = open(os.devnull, "w")
+    sys.exit(code)
 
 
 def one_line(error: Exception) -> str:
@@ -56,14 +105,72 @@ def one_line(error: Exception) -> str:
     return message
 
 
+def check_overrides(arguments: List[str]) -> None:
+    """Overrides Hydra would take but that say nothing (``=5``: a value without a key)."""
+    for argument in arguments:
+        if not argument.startswith("-") and "=" in argument and not argument.split("=", 1)[0].lstrip("+~"):
+            raise LotteryError(f"override {argument!r} has no key; write key=value, e.g. pruning.rate=0.5")
+
+
+def check_sweep(arguments: List[str]) -> None:
+    """Compose every job of a basic multirun and check its config before the first job starts,
+    so that a typo in one value does not surface hours into a sweep."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from lottery import imp
+
+    overrides = [a for a in arguments if not a.startswith("-")]
+    if any(a.split("=", 1)[0].lstrip("+~").startswith("hydra") for a in overrides):
+        return  # another sweeper or launcher: its jobs are checked as they start
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    problems = []
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        for number, job in enumerate(jobs):
+            try:
+                imp.check(compose(config_name="config", overrides=list(job)))
+            except (LotteryError, HydraException, OmegaConfBaseException) as error:
+                message = str(error) if isinstance(error, LotteryError) else one_line(error)
+                problems.append(f"job {number} ({','.join(job) or 'no overrides'}): {message}")
+    if problems:
+        raise LotteryError(f"{len(problems)} of {len(jobs)} sweep jobs have a bad config, nothing was started: "
+                           + "; ".join(problems))
+
+
+def tolerate_closed_event_loops() -> None:
+    """When a checkpoint write or read fails (a full disk, a truncated file), tensorstore's reads and
+    writes still in flight call back into the event loop orbax already closed, and each prints
+    ``RuntimeError: Event loop is closed`` around the one line that reports the failure. A closed
+    loop can run no callback: in this process (the command line, not the library), drop them."""
+    original = asyncio.BaseEventLoop.call_soon_threadsafe
+
+    def call_soon_threadsafe(self, *args, **kwargs):
+        return None if self.is_closed() else original(self, *args, **kwargs)
+
+    asyncio.BaseEventLoop.call_soon_threadsafe = call_soon_threadsafe
+
+
 def cli() -> None:
     # Let Hydra raise instead of printing its own multi-line report, so every error is one line.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    tolerate_closed_event_loops()
+    arguments = sys.argv[1:]
     try:
+        check_overrides(arguments)
+        if "-m" in arguments or "--multirun" in arguments:
+            check_sweep(arguments)
         main()
+    except LotteryError as error:
+        finish(f"error: {error}", 2)
     except (HydraException, OmegaConfBaseException) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        sys.exit(2)
+        finish(f"error: {one_line(error)}", 2)
+    except KeyboardInterrupt:  # before any level started (loading data, compiling)
+        finish("interrupted: stopped before training began; nothing was lost", 130)
+    if SWEEP.failed:  # a sweep whose every job ran, some of them ending in an error line
+        finish(f"error: {len(SWEEP.failed)} of {SWEEP.started} sweep jobs failed (the others finished): "
+               + "; ".join(SWEEP.failed), 2)
 
 
 if __name__ == "__main__":

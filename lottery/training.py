@@ -19,6 +19,7 @@ optimizer state still continues the schedule from k (Frankle et al. 2020).
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +38,16 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
     """The update direction of ``cfg.name``, before the learning rate (see the module docstring)."""
     if cfg.name not in OPTIMIZERS:
         raise LotteryError(f"optimizer.name={cfg.name!r} is not an optimizer; choose one of: {', '.join(OPTIMIZERS)}")
-    if cfg.lr <= 0:
-        raise LotteryError(f"optimizer.lr={cfg.lr} must be positive")
+    if not math.isfinite(cfg.lr) or cfg.lr <= 0:
+        raise LotteryError(f"optimizer.lr={cfg.lr} must be a positive number")
+    for key, low, high in (("momentum", 0, 1), ("b1", 0, 1), ("b2", 0, 1)):
+        value = getattr(cfg, key)
+        if not low <= value < high:  # also false for nan
+            raise LotteryError(f"optimizer.{key}={value} must be in [{low}, {high})")
+    for key in ("weight_decay", "eps"):
+        value = getattr(cfg, key)
+        if not math.isfinite(value) or value < 0:
+            raise LotteryError(f"optimizer.{key}={value} must be a finite number >= 0")
     # L2 weight decay added to the gradient, as torch.optim.SGD / Adam (open_lth) do.
     decay = [optax.add_decayed_weights(cfg.weight_decay)] if cfg.weight_decay else []
     if cfg.name == "sgd":
@@ -51,6 +60,8 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
 def make_schedule(optimizer_cfg, training_cfg, iterations_per_epoch: int) -> optax.Schedule:
     """Learning rate at each global step: linear warmup, then x gamma at each milestone."""
     lr = optimizer_cfg.lr
+    if not math.isfinite(training_cfg.gamma) or training_cfg.gamma <= 0:
+        raise LotteryError(f"training.gamma={training_cfg.gamma} must be a positive number")
     milestones = {
         Step.parse(m, iterations_per_epoch, "training.milestones").iteration: training_cfg.gamma
         for m in training_cfg.milestones

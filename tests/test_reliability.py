@@ -116,7 +116,7 @@ def test_a_second_process_on_the_same_experiment_refuses(tmp_path):
     assert sorted(os.listdir(directory)) == ["lock"]  # nothing written
 
 
-def test_unreadable_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+def test_unreadable_checkpoint_falls_back_to_the_previous_one(tmp_path, capfd):
     checkpoints = LevelCheckpoints(str(tmp_path / "ck"))
     like = {"w": np.zeros((3, 4), np.float32)}
     checkpoints.save(10, {"w": np.full((3, 4), 1.0, np.float32)}, {"step": 10})
@@ -125,8 +125,13 @@ def test_unreadable_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
     for path in pathlib.Path(tmp_path / "ck" / "20").rglob("*"):
         if path.is_file():
             path.write_bytes(b"\0garbage")  # every file of the newest checkpoint corrupt
+    capfd.readouterr()
     step, arrays, meta = LevelCheckpoints(str(tmp_path / "ck")).latest(lambda meta: like)
     assert step == 10 and meta == {"step": 10} and np.all(np.asarray(arrays["w"]) == 1.0)
+    out, err = capfd.readouterr()  # one warning, on stderr, and none of orbax's own reports
+    assert [line for line in err.splitlines() if line] == [line for line in err.splitlines() if line.startswith(
+        f"warning: {tmp_path / 'ck'}: checkpoint at step 20: ")] and len(err.splitlines()) == 1
+    assert err.rstrip().endswith("resuming from step 10") and "Failed to json parse" not in out + err
     for path in pathlib.Path(tmp_path / "ck" / "10").rglob("*"):
         if path.is_file():
             path.write_bytes(b"\0garbage")
@@ -174,7 +179,16 @@ def test_nan_loss_stops_the_level_with_a_message(tmp_path):
     ("controls=[bogus]", r"controls: 'bogus' is not a control; choose from: random_reinit, random_prune"),
     ("retrain=bogus", r"retrain='bogus' is not an option; choose one of: rewind, lr_rewind, finetune"),
     ("training.eval_batch_size=0", r"training\.eval_batch_size=0 must be positive"),
-    ("optimizer.lr=-1", r"optimizer\.lr=-1\.0 must be positive"),
+    ("optimizer.lr=-1", r"optimizer\.lr=-1\.0 must be a positive number"),
+    ("optimizer.lr=nan", r"optimizer\.lr=nan must be a positive number"),
+    ("optimizer.lr=inf", r"optimizer\.lr=inf must be a positive number"),
+    ("optimizer.momentum=1.5", r"optimizer\.momentum=1\.5 must be in \[0, 1\)"),
+    ("training.gamma=nan", r"training\.gamma=nan must be a positive number"),
+    ("seed=4294967296", r"seed=4294967296 must be between 0 and 4294967295"),
+    ("seed=-1", r"seed=-1 must be between 0 and 4294967295"),
+    ("name=" + "x" * 300, r"name is 300 characters long; use 1 to 100"),
+    ("model=vgg", r"model vgg \(depth 16\) halves its input 4 times .* at least 16x16 pixels; dataset digits has 8x8: "
+                  r"the input is too small for this model"),
     ("pruning.ignore=[output/kernel,nothing/here]", r"pruning\.ignore pattern 'nothing/here' matches no prunable parameter"),
 ])
 def test_bad_configuration_is_named(override, message, tmp_path):
@@ -208,7 +222,7 @@ def test_wall_time_of_a_resumed_level_sums_every_process_that_trained_it(small_c
     class PreemptedAtOnce(imp.Preemption):
         def __enter__(self):
             super().__enter__()
-            self.requested = True  # as if SIGTERM arrived during the first compiled chunk
+            self.requested = "SIGTERM"  # as if SIGTERM arrived during the first compiled chunk
             return self
 
     cfg = small_config("levels=0")

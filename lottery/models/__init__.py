@@ -47,6 +47,23 @@ def check(cfg) -> None:
         raise LotteryError("model.hidden and model.width must be positive")
 
 
+def check_input(cfg, input_shape, dataset: str) -> None:
+    """Raise a one-line LotteryError when ``dataset``'s images cannot go through the model: conv
+    models need images, and each 2x2 max-pooling halves them (VGG-16 on 8x8 digits would pool
+    them away and train on nothing)."""
+    if cfg.name == "lenet":
+        return
+    if len(input_shape) != 3:
+        raise LotteryError(f"model {cfg.name} needs images (height, width, channels); dataset {dataset} has inputs of shape {tuple(input_shape)}")
+    plan = conv.PLANS.get(cfg.name) or (vgg.PLANS[cfg.depth] if cfg.name == "vgg" else [])
+    pools = plan.count("M")
+    height, width = input_shape[:2]
+    if min(height, width) < 2**pools:
+        raise LotteryError(f"model {cfg.name}{f' (depth {cfg.depth})' if cfg.name == 'vgg' else ''} halves its input "
+                           f"{pools} times (2x2 max-pooling) and needs images of at least {2**pools}x{2**pools} pixels; "
+                           f"dataset {dataset} has {height}x{width}: the input is too small for this model")
+
+
 def build(cfg, input_shape, num_classes: int, key) -> nnx.Module:
     """Build the model of `cfg` with its initial weights drawn from the PRNG `key`."""
     check(cfg)

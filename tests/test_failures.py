@@ -1,0 +1,240 @@
+"""Every failure is one clear line: the file system, result files, checkpoints, Ctrl-C, sweeps.
+
+Each case runs the command as a user does and checks that stderr holds the one line that matters
+(`error: <path or key>: ...`, exit code 2; `interrupted: ...`, 130), with nothing after or around it,
+and that nothing finished is lost.
+"""
+
+import errno
+import glob
+import io
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from rich.console import Console
+
+from conftest import child_env, run_cli
+from lottery import imp
+from lottery.errors import LotteryError, describe
+
+QUIET = Console(file=io.StringIO())
+FAST = ["levels=1", "training.steps=2ep", "training.eval_every=20it", "progress=false"]
+
+
+def lines(text):
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def experiment_dir(cwd):
+    (directory,) = glob.glob(str(cwd / "runs" / "quickstart-*"))
+    return pathlib.Path(directory)
+
+
+# --- the file system ------------------------------------------------------------------------------
+
+
+def test_output_dir_that_is_a_file(tmp_path):
+    (tmp_path / "runs").write_text("not a directory")
+    result = run_cli(*FAST, cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = lines(result.stderr)
+    assert line.startswith(f"error: {os.path.join('runs', 'quickstart-')}")
+    assert line.endswith(": Not a directory; a part of this path is a file, not a directory; choose another output_dir=... "
+                         "(or move the file)")
+
+
+@pytest.mark.parametrize("number, advice", [
+    (errno.ENOSPC, "finished results are intact: free some space (or choose another output_dir) and run the same command"),
+    (errno.EROFS, "choose a writable place with output_dir=..."),
+    (errno.EACCES, "make it writable"),
+    (errno.ENAMETOOLONG, "choose a shorter name=..."),
+])
+def test_operating_system_errors_become_one_line_with_the_path_and_what_to_do(number, advice):
+    direct = OSError(number, os.strerror(number), "/results/x")
+    assert describe(direct) == f"/results/x: {os.strerror(number)}; " + describe(direct).split("; ", 1)[1]
+    assert advice in describe(direct)
+    try:  # behind another exception, as orbax raises them
+        try:
+            raise direct
+        except OSError as error:
+            raise ValueError("save failed") from error
+    except ValueError as wrapped:
+        assert describe(wrapped) == describe(direct)
+    # Quoted in a message only: Python's form and tensorstore's (behind orbax).
+    assert describe(RuntimeError(f"failed: [Errno {number}] {os.strerror(number)}: '/results/x'")) == describe(direct)
+    tensorstore = ValueError(f'RESOURCE_EXHAUSTED: Error writing "a/0" in OCDBT database at local file "/results/x/": '
+                             f"Failed to write 10 bytes to file 11: {os.strerror(number)} [os_error_code='{number}']")
+    assert describe(tensorstore) == describe(direct)
+    assert describe(ValueError("nothing of the operating system")) is None
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 400 KiB tmpfs: a real full disk (needs the permission to mount, as root in CI has)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_disk_full_says_where_and_that_the_same_command_continues(small_disk, tmp_path):
+    command = ["levels=3", f"output_dir={small_disk}", "checkpoint_every=20it", "progress=false"]
+    full = run_cli(*command, cwd=tmp_path)
+    assert full.returncode == 2, full.stderr
+    (line,) = lines(full.stderr)  # nothing but the line: no orbax or asyncio tracebacks
+    assert line.startswith(f"error: {small_disk}/quickstart-") and ": No space left on device; finished results are " \
+        "intact: free some space (or choose another output_dir) and run the same command to continue" in line
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    again = run_cli(*command, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert len(glob.glob(f"{small_disk}/quickstart-*/replicate_0/level_*/metrics.json")) == 4
+
+
+# --- result files -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content, found", [("1", "holds int"), ("{}", "holds an object without level"),
+                                            ('{"level": 1}', "holds an object without replicate")])
+def test_result_files_that_parse_but_are_not_results_are_named(small_config, content, found):
+    imp.run(small_config("levels=1"), console=QUIET)
+    metrics = os.path.join(imp.prepare(small_config()).level_dir(0, 1), "metrics.json")
+    pathlib.Path(metrics).write_text(content)
+    with pytest.raises(LotteryError, match=rf"{metrics}: {found}.*not a lottery result; it is corrupt: delete the directory"):
+        imp.run(small_config("levels=1"), console=QUIET)  # nothing trained: finished work re-read only
+    with pytest.raises(LotteryError, match=rf"{metrics}: {found}"):
+        imp.run(small_config("levels=2"), console=QUIET)
+    assert not os.path.exists(imp.prepare(small_config()).level_dir(0, 2))  # nothing built on it
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda text: text.replace("name:", "name: [", 1), "cannot be read"),
+    (lambda text: text.replace("seed: 0", "seed: 7"), "is not the identity of this experiment"),
+])
+def test_a_damaged_config_yaml_stops_the_run_before_any_work(small_config, damage, message):
+    imp.run(small_config("levels=0"), console=QUIET)
+    directory = imp.prepare(small_config()).directory
+    config = pathlib.Path(directory, "config.yaml")
+    config.write_text(damage(config.read_text()))
+    with pytest.raises(LotteryError, match=rf"{config}: {message}"):
+        imp.run(small_config("levels=1"), console=QUIET)
+    assert not os.path.exists(imp.prepare(small_config()).level_dir(0, 1))
+
+
+def test_a_corrupt_finished_checkpoint_is_one_line(tmp_path):
+    assert run_cli(*FAST, cwd=tmp_path).returncode == 0
+    trained = experiment_dir(tmp_path) / "replicate_0" / "level_1" / "trained"
+    for path in trained.rglob("*"):
+        if path.is_file() and path.stat().st_size > 200:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    result = run_cli(*FAST[1:], "levels=2", cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = lines(result.stderr)  # not followed by "RuntimeError: Event loop is closed"
+    assert line.startswith(f"error: {trained.relative_to(tmp_path)}: cannot be read as a checkpoint of this experiment")
+
+
+def start(cwd, *args):
+    return subprocess.Popen([sys.executable, "-m", "lottery.run", *args], cwd=cwd, env=child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+LONG = ["levels=0", "training.steps=400ep", "checkpoint_every=40it", "progress=false"]
+
+
+def checkpointed(cwd, stop=signal.SIGTERM):
+    """Start a long level and stop it with ``stop`` once a checkpoint exists; its directory."""
+    process = start(cwd, *LONG)
+    deadline = time.time() + 300
+    while time.time() < deadline and not glob.glob(f"{cwd}/runs/quickstart-*/checkpoints/level_0/*/[0-9]*"):
+        time.sleep(0.05)
+    process.send_signal(stop)
+    stdout, stderr = process.communicate(timeout=300)
+    (directory,) = glob.glob(f"{cwd}/runs/quickstart-*/checkpoints/level_0/*")
+    return process.returncode, stdout, stderr, pathlib.Path(directory)
+
+
+def truncate(checkpoint):
+    for path in checkpoint.rglob("*"):
+        if path.is_file():
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_unreadable_in_level_checkpoints_are_one_line(tmp_path):
+    code, _, _, directory = checkpointed(tmp_path)
+    assert code == 143
+    for step in (p for p in directory.iterdir() if p.name.isdigit()):
+        truncate(step)
+    failed = run_cli(*LONG, cwd=tmp_path)
+    assert failed.returncode == 2
+    (line,) = lines(failed.stderr)  # not buried in orbax's reports
+    assert line.startswith(f"error: {directory.relative_to(tmp_path)}: no readable checkpoint (step ")
+    assert "Failed to json parse" not in failed.stdout and "unreadable" not in failed.stdout
+
+
+def test_ctrl_c_writes_a_checkpoint_and_a_second_one_stops_at_once(tmp_path):
+    code, stdout, stderr, directory = checkpointed(tmp_path, signal.SIGINT)
+    assert code == 130, stderr
+    assert lines(stderr)[-1].startswith("interrupted: checkpoint written at level 0, step ") and \
+        lines(stderr)[-1].endswith("(Ctrl-C); run the same command to continue")
+    assert "Traceback" not in stderr and any(p.name.isdigit() for p in directory.iterdir())
+    record = [json.loads(line) for line in open(experiment_dir(tmp_path) / "invocations.jsonl")]
+    assert record[-1]["event"] == "end" and record[-1]["status"] == "preempted"
+    # Twice: at once, one line, nothing lost.
+    process = start(tmp_path, *LONG)
+    deadline = time.time() + 300
+    while time.time() < deadline and "resuming" not in (process.stdout.readline() or "resuming"):
+        pass
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130 and "Traceback" not in stderr
+    assert lines(stderr)[-1].startswith("interrupted: ")
+    assert any(p.name.isdigit() for p in directory.iterdir())  # the checkpoint is still there
+
+
+# --- sweeps -------------------------------------------------------------------------------------------
+
+
+def test_a_sweep_with_a_bad_config_starts_nothing_and_names_every_bad_job(tmp_path):
+    result = run_cli("-m", "pruning.rate=1.5,0.5,2.0", *FAST, cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = lines(result.stderr)
+    assert line.startswith("error: 2 of 3 sweep jobs have a bad config, nothing was started: job 0 (pruning.rate=1.5")
+    assert "job 2 (pruning.rate=2.0" in line and "job 1" not in line
+    assert not glob.glob(f"{tmp_path}/runs/quickstart-*")
+
+
+def test_a_failed_sweep_job_does_not_cancel_the_others(tmp_path):
+    result = run_cli("-m", "dataset=mnist,digits", "dataset.download=false", f"dataset.root={tmp_path / 'nothing'}",
+                     *FAST, cwd=tmp_path)
+    assert result.returncode == 2
+    first, summary = lines(result.stderr)
+    assert first.startswith("error: mnist: missing train-images-idx3-ubyte[.gz]") and "[job 0 (" in first
+    assert first.endswith(")]") and "dataset=mnist," in first.split("[job 0 (")[1]
+    assert summary.startswith("error: 1 of 2 sweep jobs failed (the others finished): job 0 (")
+    assert len(glob.glob(f"{tmp_path}/runs/quickstart-*/replicate_0/level_1/metrics.json")) == 1  # digits ran
+
+
+# --- smaller ---------------------------------------------------------------------------------------------
+
+
+def test_an_override_without_a_key(tmp_path):
+    result = run_cli("=5", cwd=tmp_path)
+    assert result.returncode == 2
+    assert lines(result.stderr) == ["error: override '=5' has no key; write key=value, e.g. pruning.rate=0.5"]
+
+
+def test_a_network_at_chance_is_reported(small_config, capfd):
+    imp.run(small_config("levels=0", "optimizer.lr=1e6"), console=QUIET)
+    err = capfd.readouterr().err
+    assert "warning: level 0, replicate 0, ticket: test accuracy" in err and "is at chance (10% for 10 classes)" in err
+    imp.run(small_config("levels=0"), console=QUIET)
+    assert "at chance" not in capfd.readouterr().err
