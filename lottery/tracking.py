@@ -32,6 +32,7 @@ plot are a new ``summary`` row of each invocation that touched the run: W&B show
 an offline directory holds one.
 """
 
+import contextlib
 import glob
 import json
 import os
@@ -261,7 +262,31 @@ class Tracker:
                 rows.append(lmc_row(level, metrics["density"], path))
         return rows
 
+    @contextlib.contextmanager
+    def _own_directories(self):
+        """W&B stages every logged table as an artifact file in ~/.local/share/wandb (and caches
+        artifacts in ~/.cache/wandb), read-only and never removed offline: dozens a day. Unless the
+        user chose those places (WANDB_DATA_DIR, WANDB_CACHE_DIR), they go into the experiment's own
+        wandb/ directory, next to the runs that need them for `wandb sync`."""
+        own = {"WANDB_DATA_DIR": os.path.join(self.directory, "wandb", "data"),
+               "WANDB_CACHE_DIR": os.path.join(self.directory, "wandb", "cache")}
+        chosen = {key: os.environ.get(key) for key in own}
+        for key, value in own.items():
+            os.environ[key] = chosen[key] or value
+        try:
+            yield
+        finally:
+            for key, value in chosen.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
     def _init(self, replicate: int, kind: str):
+        with self._own_directories():
+            return self._start(replicate, kind)
+
+    def _start(self, replicate: int, kind: str):
         import wandb
 
         config = OmegaConf.to_container(self.cfg, resolve=True)
@@ -311,6 +336,10 @@ class Tracker:
         killed process left incomplete (``df``: the experiment's ``analysis.load_runs``); close them all."""
         if not self.enabled:
             return
+        with self._own_directories():
+            self._finish(df)
+
+    def _finish(self, df) -> None:
         import wandb
 
         from lottery.analysis import METRICS

@@ -87,3 +87,20 @@ def test_mode_defaults_to_the_environment_then_offline(small_config, monkeypatch
 def test_unknown_mode_is_named(small_config, tmp_path):
     with pytest.raises(Exception, match=r"wandb\.mode='cloud' is not a mode; choose one of: online, offline, disabled"):
         tracking.Tracker(small_config("wandb.mode=cloud"), str(tmp_path))
+
+
+def test_w_and_b_staging_files_stay_in_the_experiment(small_config, monkeypatch, tmp_path):
+    # Tables are staged as artifact files; W&B would leave them, read-only, in the user's data dir.
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data_home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache_home"))
+    for key in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    cfg = small_config("wandb.mode=offline", "levels=1")
+    imp.run(cfg, console=QUIET)
+    directory = imp.prepare(cfg).directory
+    staged = glob.glob(os.path.join(directory, "wandb", "data", "**", "*"), recursive=True)
+    assert any(os.path.isfile(path) for path in staged)  # the tables' staging files, with the experiment
+    home = [p for root in ("data_home", "cache_home") for p in glob.glob(str(tmp_path / root / "**" / "*"), recursive=True)
+            if os.path.isfile(p) and "artifacts" in p]
+    assert home == []
+    assert "WANDB_DATA_DIR" not in os.environ  # the process's environment is left as it was
