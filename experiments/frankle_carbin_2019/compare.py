@@ -83,8 +83,8 @@ def findings(stats: pd.DataFrame) -> str:
 
 
 def wall_times(df: pd.DataFrame) -> str:
-    """Each level's training wall time (parallel=vmap: all replicates and kinds of a level are one
-    program, so every row of a level carries the same time)."""
+    """Each level's training wall time (all replicates and kinds of a level are trained as one
+    group, so every row of a level carries the group's time)."""
     per = df.groupby("level").agg(percent=("percent_remaining", "max"), networks=("kind", "size"),
                                   seconds=("wall_time_s", "first"))
     rows = ["| level | networks trained together | wall time (s) |", "|---|---|---|"]
