@@ -5,6 +5,8 @@ import gzip
 import hashlib
 import http.server
 import os
+import pathlib
+import shutil
 import threading
 
 import numpy as np
@@ -188,3 +190,127 @@ def test_idx_download_uses_the_mirrors_and_verifies(local_server, tmp_path, monk
     data = datasets.load(cfg)
     np.testing.assert_array_equal(data.test_x[..., 0], arrays[2])
     assert sorted(os.listdir(tmp_path / "root" / "fashion_mnist")) == sorted(f"{n}.gz" for n in mnist.FILES)
+
+
+# --- corrupt files and failing downloads: one line naming the file (issue 12) ---------------------
+
+SHARED_MNIST = pathlib.Path(os.environ.get("LOTTERY_DATA_DIR", "/nonexistent")) / "mnist"
+
+
+def mnist_copy(tmp_path):
+    if not (SHARED_MNIST / "t10k-labels-idx1-ubyte.gz").exists():
+        assert os.environ.get("LOTTERY_REQUIRE_MNIST") != "1", f"real MNIST missing in {SHARED_MNIST}"
+        pytest.skip("real MNIST not found under $LOTTERY_DATA_DIR")
+    target = tmp_path / "mnist"
+    shutil.copytree(SHARED_MNIST, target)
+    return target
+
+
+@pytest.mark.parametrize("damage", ["flip a byte of the stream", "flip the header", "truncate"])
+def test_corrupt_mnist_gz_is_named(tmp_path, damage):
+    directory = mnist_copy(tmp_path)
+    path = directory / "t10k-labels-idx1-ubyte.gz"
+    content = bytearray(path.read_bytes())
+    if damage == "flip a byte of the stream":
+        content[20] ^= 0xFF
+    elif damage == "flip the header":
+        content[0] ^= 0xFF
+    else:
+        content = content[: len(content) // 2]
+    path.write_bytes(bytes(content))
+    with pytest.raises(LotteryError) as raised:
+        datasets.load(dataset_config("mnist", tmp_path))
+    message = str(raised.value)
+    assert message.startswith(f"{path}: ") and ("not a readable gzip file" in message or "checksum mismatch" in message)
+    assert "delete it" in message
+
+
+def test_fashion_mnist_gz_with_a_zlib_error_is_named(tmp_path):
+    make_idx_dataset(tmp_path / "fashion_mnist", compress=(True,) * 4)
+    path = tmp_path / "fashion_mnist" / "train-labels-idx1-ubyte.gz"
+    content = bytearray(path.read_bytes())
+    for i in range(12, len(content) - 8):  # the deflate stream, not the gzip header or trailer
+        content[i] ^= 0x55
+    path.write_bytes(bytes(content))
+    with pytest.raises(LotteryError, match=rf"{path}: not a readable gzip file \((error|BadGzipFile|EOFError)"):
+        datasets.load(dataset_config("fashion_mnist", tmp_path))
+
+
+def test_a_directory_where_a_data_file_should_be_is_named(tmp_path):
+    make_idx_dataset(tmp_path / "fashion_mnist", compress=(False,) * 4)
+    path = tmp_path / "fashion_mnist" / "t10k-images-idx3-ubyte"
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(LotteryError, match=rf"{path}: not readable \(IsADirectoryError"):
+        datasets.load(dataset_config("fashion_mnist", tmp_path))
+
+
+def test_a_corrupt_cifar_archive_is_named(tmp_path):
+    directory = tmp_path / "cifar10"
+    directory.mkdir()
+    archive = directory / "cifar-10-binary.tar.gz"
+    archive.write_bytes(gzip.compress(b"not a tar archive" * 100)[:200])
+    with pytest.raises(LotteryError, match=rf"{archive}: cannot be unpacked .*delete it to download it again"):
+        datasets.load(OmegaConf.structured(DatasetConfig(name="cifar10", root=str(tmp_path))))  # downloads: the archive is there
+
+
+@pytest.fixture
+def dripping_server():
+    """A server on loopback that sends headers, then one byte every 0.3 s, for at most 20 s."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    stop = threading.Event()
+
+    def serve():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                continue
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+            for _ in range(60):
+                if stop.wait(0.3):
+                    break
+                try:
+                    connection.sendall(b"x")
+                except OSError:
+                    break
+            connection.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=5)
+    listener.close()
+
+
+def test_a_dripping_server_meets_the_deadline_and_leaves_nothing(dripping_server, tmp_path):
+    import time
+
+    began = time.monotonic()
+    with pytest.raises(LotteryError, match=r"could not download .*/slow\.gz: not finished after 2 s \(\d+ bytes of 1000000\)"):
+        download.fetch(f"{dripping_server}/slow.gz", str(tmp_path / "data" / "slow.gz"), deadline_s=2)
+    assert time.monotonic() - began < 10
+    assert os.listdir(tmp_path / "data") == []  # no tmpXXXX.part left behind
+
+
+def test_no_network_names_every_mirror_and_leaves_no_empty_directory(tmp_path, monkeypatch):
+    import socket
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: connection refused, as without a network
+    mirrors = (f"http://127.0.0.1:{port}/a/", f"http://127.0.0.1:{port}/b/")
+    monkeypatch.setattr(mnist, "FASHION_MIRRORS", mirrors)
+    with pytest.raises(LotteryError) as raised:
+        datasets.load(OmegaConf.structured(DatasetConfig(name="fashion_mnist", root=str(tmp_path / "root"))))
+    message = str(raised.value)
+    assert all(f"could not download {mirror}train-images-idx3-ubyte.gz: " in message for mirror in mirrors)
+    assert "refused" in message and f"in {tmp_path / 'root' / 'fashion_mnist'}" in message
+    assert not (tmp_path / "root" / "fashion_mnist").exists()

@@ -5,12 +5,14 @@ blue. Files ``data_batch_1.bin`` ... ``data_batch_5.bin`` and ``test_batch.bin``
 the data directory or its ``cifar-10-batches-bin/`` subdirectory (as the official archive unpacks).
 """
 
+import gzip
 import os
 import tarfile
+import zlib
 
 import numpy as np
 
-from lottery.data.download import fetch
+from lottery.data.download import created_directory, fetch
 from lottery.errors import LotteryError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
@@ -56,13 +58,19 @@ def _find(directory: str, name: str):
 
 def _download(directory: str) -> None:
     archive = os.path.join(directory, "cifar-10-binary.tar.gz")
-    if not os.path.exists(archive):
-        fetch(URL, archive, md5=ARCHIVE_MD5)
-    with tarfile.open(archive) as tar:
-        # Only the expected regular files, at their expected paths: nothing else is unpacked.
-        wanted = {f"{SUBDIR}/{name}" for name in TRAIN_FILES + TEST_FILES}
-        members = [m for m in tar.getmembers() if m.name in wanted and m.isfile()]
-        tar.extractall(directory, members=members, filter="data")
+    with created_directory(directory):
+        if not os.path.exists(archive):
+            fetch(URL, archive, md5=ARCHIVE_MD5)
+    try:
+        with tarfile.open(archive) as tar:
+            # Only the expected regular files, at their expected paths: nothing else is unpacked.
+            wanted = {f"{SUBDIR}/{name}" for name in TRAIN_FILES + TEST_FILES}
+            members = [m for m in tar.getmembers() if m.name in wanted and m.isfile()]
+            tar.extractall(directory, members=members, filter="data")
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+        reason = "; ".join(line.strip("- ") for line in str(error).splitlines())
+        raise LotteryError(f"{archive}: cannot be unpacked ({type(error).__name__}: {reason}); the archive is corrupt or "
+                           "truncated: delete it to download it again") from None
 
 
 def load(directory: str, download: bool = True):

@@ -7,11 +7,13 @@ checked when they are downloaded.
 """
 
 import gzip
+import hashlib
 import os
+import zlib
 
 import numpy as np
 
-from lottery.data.download import fetch, file_digest
+from lottery.data.download import created_directory, fetch
 from lottery.errors import LotteryError
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -41,14 +43,21 @@ FASHION_GZ_MD5 = (
 _IDX_DTYPES = {0x08: np.uint8}
 
 
-def read_idx(path: str) -> np.ndarray:
-    """Read an IDX file (``.gz`` or raw) into an array of its declared shape."""
-    opener = gzip.open if path.endswith(".gz") else open
+def read_content(path: str) -> bytes:
+    """The bytes of a data file, decompressed if it is ``.gz``; a truncated or corrupt file (a
+    flipped byte in the deflate stream or the header, a cut stream) is named, with what to do."""
+    compressed = path.endswith(".gz")
     try:
-        with opener(path, "rb") as f:
-            content = f.read()
-    except (OSError, EOFError) as error:
-        raise LotteryError(f"{path}: cannot be read as {'gzip' if opener is gzip.open else 'IDX'} ({error})") from None
+        with (gzip.open if compressed else open)(path, "rb") as f:
+            return f.read()
+    except (OSError, EOFError, zlib.error) as error:
+        what = "a readable gzip file" if compressed else "readable"
+        raise LotteryError(f"{path}: not {what} ({type(error).__name__}: {error}); the file is corrupt or truncated: "
+                           "delete it (it is downloaded again unless dataset.download=false) or replace it") from None
+
+
+def parse_idx(content: bytes, path: str) -> np.ndarray:
+    """An IDX file's content as an array of its declared shape."""
     if len(content) < 4 or content[0] != 0 or content[1] != 0 or content[2] not in _IDX_DTYPES:
         raise LotteryError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
     ndim = content[3]
@@ -57,6 +66,11 @@ def read_idx(path: str) -> np.ndarray:
     if len(content) != header + int(np.prod(shape)):
         raise LotteryError(f"{path}: IDX header declares shape {shape} but the file holds {len(content) - header} bytes")
     return np.frombuffer(content, np.uint8, offset=header).reshape(shape)
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Read an IDX file (``.gz`` or raw) into an array of its declared shape."""
+    return parse_idx(read_content(path), path)
 
 
 def _locate(directory, name, mirrors, gz_md5, download, dataset):
@@ -70,25 +84,28 @@ def _locate(directory, name, mirrors, gz_md5, download, dataset):
         raise LotteryError(f"{dataset}: missing {name}[.gz] in {directory} and dataset.download=false; {where}")
     path = os.path.join(directory, name + ".gz")
     errors = []
-    for mirror in mirrors:
-        try:
-            fetch(mirror + name + ".gz", path, md5=gz_md5)
-            return path
-        except LotteryError as error:
-            errors.append(str(error))
-    raise LotteryError(f"{dataset}: missing {name}[.gz] and download failed ({errors[-1]}); {where}")
+    with created_directory(directory):
+        for mirror in mirrors:
+            try:
+                fetch(mirror + name + ".gz", path, md5=gz_md5)
+                return path
+            except LotteryError as error:
+                errors.append(str(error))
+        raise LotteryError(f"{dataset}: missing {name}[.gz] and download failed from every mirror "
+                           f"({'; '.join(errors)}); {where}")
 
 
 def _load(directory, dataset, mirrors, gz_md5s, content_md5s, download):
     arrays = []
     for i, name in enumerate(FILES):
         path = _locate(directory, name, mirrors, gz_md5s[i], download, dataset)
-        if content_md5s is not None and file_digest(path, decompress=path.endswith(".gz")) != content_md5s[i]:
+        content = read_content(path)  # read once: checked, then parsed
+        if content_md5s is not None and hashlib.md5(content).hexdigest() != content_md5s[i]:
             raise LotteryError(
                 f"{path}: checksum mismatch (md5 of the decompressed content should be {content_md5s[i]}); "
                 "the file is corrupt or not the official one: delete it to download it again"
             )
-        arrays.append(read_idx(path))
+        arrays.append(parse_idx(content, path))
     train_x, train_y, test_x, test_y = arrays
     for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "t10k")):
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
