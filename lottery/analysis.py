@@ -12,13 +12,16 @@ by their dotted keys (``pruning.rate``, ``rewind``).
 """
 
 import glob
-import json
 import os
 from typing import List, Optional
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 from omegaconf import OmegaConf
+
+from lottery.checkpoint import NETWORK_KEYS, read_json
+from lottery.errors import LotteryError
 
 KINDS = ("ticket", "random_reinit", "random_prune")
 POINTER = "lottery_experiment.txt"  # written into each Hydra multirun job directory
@@ -51,16 +54,17 @@ def _flatten(tree, prefix=""):
 
 def _rows(directory: str, config: dict):
     for metrics_file in sorted(glob.glob(os.path.join(directory, "replicate_*", "level_*", "**", "metrics.json"), recursive=True)):
-        with open(metrics_file) as f:
-            m = json.load(f)
-        if "kind" not in m or m.get("kind") not in KINDS:
+        if os.sep + "lmc" + os.sep in metrics_file[len(directory):]:
             continue  # LMC results are read with their ticket
+        m = read_json(metrics_file, NETWORK_KEYS)
+        if m["kind"] not in KINDS:
+            raise LotteryError(f"{metrics_file}: kind {m['kind']!r} is not one of {', '.join(KINDS)}; it is corrupt")
         lmc_file = os.path.join(os.path.dirname(metrics_file), "lmc", "metrics.json")
         barrier = np.nan
         if m["kind"] == "ticket" and os.path.exists(lmc_file):
-            with open(lmc_file) as f:
-                barrier = json.load(f)["barrier"]
+            barrier = read_json(lmc_file, ("barrier",))["barrier"]
         early = m.get("early_stop") or {}
+        group = m.get("group_size")  # networks trained together, one after another (absent before it was recorded)
         yield {
             "experiment": config["name"], "hash": os.path.basename(directory).rsplit("-", 1)[-1], "directory": directory,
             "replicate": m["replicate"], "level": m["level"], "kind": m["kind"],
@@ -69,18 +73,42 @@ def _rows(directory: str, config: dict):
             "test_accuracy_early_stop": early.get("test_accuracy", np.nan),
             "early_stop_iteration": early.get("step", np.nan),
             "lmc_barrier": barrier, "start_step": m["start_step"], "wall_time_s": m.get("wall_time_s", np.nan),
+            "train_time_s": m["wall_time_s"] / group if group and "wall_time_s" in m else np.nan,
         }
 
 
+def _identity_keys(flat: dict) -> dict:
+    """The config values that are part of an experiment's identity (an older config.yaml also held
+    levels, replicates, where data lived, ...: those are not what an experiment is)."""
+    from lottery.config import _NOT_HASHED
+
+    return {key: value for key, value in flat.items()
+            if not any(key == dropped or key.startswith(dropped + ".") for dropped in _NOT_HASHED if dropped != "name")}
+
+
+def _read_config(directory: str) -> dict:
+    path = os.path.join(directory, "config.yaml")
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as error:  # YAML syntax errors of several types, unreadable files
+        raise LotteryError(f"{path}: cannot be read ({type(error).__name__}: {str(error).splitlines()[0]}); "
+                           "it is the experiment's identity") from None
+    if not isinstance(config, dict) or "name" not in config:
+        raise LotteryError(f"{path}: holds no experiment config (no name); it is corrupt")
+    return config
+
+
 def load_runs(root: str) -> pd.DataFrame:
-    """One tidy DataFrame of every trained network of every experiment below ``root``."""
+    """One tidy DataFrame of every trained network of every experiment below ``root``. A result
+    file that cannot be read, or parses to something that is not a result, raises a LotteryError
+    naming it (never skipped)."""
     frames, configs = [], []
     for directory in experiment_dirs(root):
-        config = OmegaConf.to_container(OmegaConf.load(os.path.join(directory, "config.yaml")))
+        config = _read_config(directory)
         rows = list(_rows(directory, config))
         if rows:
             frames.append(pd.DataFrame(rows))
-            configs.append(_flatten(config))
+            configs.append(_identity_keys(_flatten(config)))
     if not frames:
         raise FileNotFoundError(f"no lottery experiments with results below {root}")
     keys = sorted({k for c in configs for k in c})
@@ -100,7 +128,9 @@ def summarize(df: pd.DataFrame, by: Optional[List[str]] = None) -> pd.DataFrame:
     for metric in METRICS:
         table[metric] = grouped[metric].mean()
         table[f"{metric}_std"] = grouped[metric].std(ddof=0)
-    table["wall_time_s"] = grouped["wall_time_s"].mean()  # training time (vmap: shared by a level's networks)
+        table[f"{metric}_n"] = grouped[metric].count()  # replicates that have it (LMC: only where measured)
+    table["wall_time_s"] = grouped["wall_time_s"].mean()  # of the group each network was trained in
+    table["train_time_s"] = grouped["train_time_s"].mean()  # per network: its group's time / its size
     table["replicates"] = grouped["replicate"].nunique()
     table = table.reset_index()
     if "kind" in by:  # level by level, the ticket before its controls
@@ -110,16 +140,18 @@ def summarize(df: pd.DataFrame, by: Optional[List[str]] = None) -> pd.DataFrame:
 
 
 STANDARD_COLUMNS = {"experiment", "hash", "directory", "replicate", "level", "kind", "percent_remaining", "remaining",
-                    "start_step", "wall_time_s", *METRICS}
+                    "start_step", "wall_time_s", "train_time_s", *METRICS}
 
 
 def _label(row, by: str, df: pd.DataFrame) -> str:
-    """A line's legend: the kind, or the experiment with its differing config values."""
+    """A line's legend: the kind, or what sets the experiment apart: the identity values that differ
+    between the experiments drawn (``pruning.rate=0.5, rewind=100it``), else its name and hash."""
     if by != "experiment":
         return str(row[by])
     config = [c for c in df.columns if c not in STANDARD_COLUMNS]
-    extra = ", ".join(f"{c}={row[c]}" for c in config)
-    return f"{row['experiment']}-{row['hash']}" + (f" ({extra})" if extra else "")
+    shown = lambda value: str(value)[:19] if str(value).startswith("sha256:") else value  # data fingerprints
+    extra = ", ".join(f"{c}={shown(row[c])}" for c in config)
+    return extra or f"{row['experiment']}-{row['hash']}"
 
 
 def _lines(df, y, by, ax, scale=100.0):
@@ -139,11 +171,24 @@ def _lines(df, y, by, ax, scale=100.0):
         ax.fill_between(stats["x"], stats["mean"] * scale - std, stats["mean"] * scale + std, color=line.get_color(), alpha=0.2)
 
 
+def _sparsity_ticks(high: float, low: float) -> List[float]:
+    """Ticks for % remaining in [low, high]: 100, 50, 20, 10, 5, ... (evenly spaced on the log axis),
+    thinned to powers of ten, then every other one, so that at most 7 labels share the axis."""
+    candidates = [m * 10.0**e for e in range(2, -10, -1) for m in (5, 2, 1)]
+    ticks = [t for t in candidates if low / 1.15 <= t <= min(high * 1.15, 100)]
+    if len(ticks) > 7:
+        ticks = [t for t in ticks if np.isclose(np.log10(t), round(np.log10(t)))]
+    while len(ticks) > 7:
+        ticks = ticks[::2]
+    return ticks if len(ticks) >= 2 else [high, low] if high != low else [high]
+
+
 def _sparsity_axis(ax, df):
+    """Log-scale % remaining, decreasing to the right, with ticks that never run into each other."""
+    high, low = df["percent_remaining"].max(), df["percent_remaining"].min()
     ax.set_xscale("log")
-    ax.set_xlim(df["percent_remaining"].max() * 1.15, df["percent_remaining"].min() / 1.15)  # decreasing to the right
-    ticks = sorted(df["percent_remaining"].unique(), reverse=True)
-    ticks = ticks[:: max(1, len(ticks) // 8)]
+    ax.set_xlim(high * 1.15, low / 1.15)
+    ticks = _sparsity_ticks(high, low)
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:.3g}" for t in ticks])
     ax.minorticks_off()
@@ -152,16 +197,24 @@ def _sparsity_axis(ax, df):
 
 
 def _legend(ax, df):
+    """Inside the axes for a few short entries; beside them (outside) for more or longer ones, so
+    that it never covers the lines."""
     replicates = df.groupby(["experiment", "hash"])["replicate"].nunique().max()
-    ax.legend(fontsize="small", title=f"mean ± std over {replicates} replicates" if replicates > 1 else None,
-              title_fontsize="small")
+    handles, labels = ax.get_legend_handles_labels()
+    title = f"mean ± std over {replicates} replicates" if replicates > 1 else None
+    if len(labels) <= 3 and max(map(len, labels), default=0) <= 30:
+        ax.legend(fontsize="small", title=title, title_fontsize="small")
+    else:
+        ax.figure.set_size_inches(9, 4)  # the axes keep their width beside the legend
+        ax.legend(fontsize="small", title=title, title_fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1),
+                  borderaxespad=0)
 
 
 def _axes(ax):
     if ax is None:
         import matplotlib.pyplot as plt
 
-        _, ax = plt.subplots(figsize=(6, 4))
+        _, ax = plt.subplots(figsize=(6, 4), layout="constrained")  # room for a legend beside the axes
     return ax
 
 
@@ -176,7 +229,6 @@ def plot_accuracy_vs_sparsity(df: pd.DataFrame, by: str = "kind", metric: str = 
     _sparsity_axis(ax, df)
     ax.set_ylabel("test accuracy (%)" + (" at early stop" if metric.endswith("early_stop") else ""))
     _legend(ax, df)
-    ax.figure.tight_layout()
     return ax
 
 
@@ -186,8 +238,8 @@ def plot_early_stopping(df: pd.DataFrame, by: str = "kind", ax=None):
     _lines(df, "early_stop_iteration", by, ax, scale=1.0)
     _sparsity_axis(ax, df)
     ax.set_ylabel("early-stop iteration")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
     _legend(ax, df)
-    ax.figure.tight_layout()
     return ax
 
 
@@ -203,7 +255,6 @@ def plot_instability(df: pd.DataFrame, x: str = "rewind", ax=None):
     ax.set_xlabel(x)
     ax.set_ylabel("error barrier (%)")
     ax.legend(fontsize="small")
-    ax.figure.tight_layout()
     return ax
 
 
@@ -223,6 +274,6 @@ def save_figures(df: pd.DataFrame, output: str) -> List[str]:
     for name, plot in plots.items():
         ax = plot(df, by=by)
         files.append(os.path.join(output, name))
-        ax.figure.savefig(files[-1], dpi=120)
+        ax.figure.savefig(files[-1], dpi=120, bbox_inches="tight")
         plt.close(ax.figure)
     return files

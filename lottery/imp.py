@@ -424,7 +424,7 @@ def train_jobs(experiment: Experiment, jobs: List[Job], level: int, start: int, 
     for i, job in sorted(enumerate(jobs), key=lambda item: item[1].kind != "ticket"):  # tickets' dirs first
         finished = training.unstack(states, i)
         rewind_point = training.unstack(rewind_points, i) if rewind_points is not None else None
-        save_job(experiment, job, level, start, finished, histories[i], rewind_point, seconds)
+        save_job(experiment, job, level, start, finished, histories[i], rewind_point, seconds, len(jobs))
     checkpoints.close()
     shutil.rmtree(checkpoints.directory, ignore_errors=True)
 
@@ -518,7 +518,8 @@ def checkpoint_tree(states, has_rewind_points: bool):
     return tree
 
 
-def save_job(experiment: Experiment, job: Job, level: int, start: int, finished, history, rewind_point, seconds):
+def save_job(experiment: Experiment, job: Job, level: int, start: int, finished, history, rewind_point, seconds,
+             group_size: int):
     """Write a job's results to ``<directory>.partial`` and rename it into place."""
     work_dir = job.directory + ".partial"
     if os.path.isdir(work_dir):  # an interrupted attempt, never finished
@@ -532,6 +533,7 @@ def save_job(experiment: Experiment, job: Job, level: int, start: int, finished,
     layer_counts = pruning.counts(start_state["mask"], experiment.prunable)
     metrics = summarize(level, job, start, history, layer_counts, seconds)
     metrics["data_fingerprint"] = experiment.data_fingerprint
+    metrics["group_size"] = group_size  # networks trained one after another in wall_time_s
     write_json(os.path.join(work_dir, "metrics.json"), metrics)
     os.rename(work_dir, job.directory)
     experiment.invocation.add(level=level, replicate=job.replicate, kind=job.kind)

@@ -78,7 +78,7 @@ def finish(line: str, code: int) -> None:
     """End the process with ``line`` on stderr and exit ``code``, and nothing after it: libraries
     that shut down after a failure (orbax's event loop, threads of an aborted write) would otherwise
     print their own tracebacks below the one line that matters."""
-    print(line, file=sys.stderr, flush=True)
+    print(" ".join(line.split("\n")), file=sys.stderr, flush=True)  # one line, whatever a library's message held
     sys.stdout.flush()
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)

@@ -77,8 +77,7 @@ def test_accuracy_vs_sparsity_plot(tree):
     np.testing.assert_allclose(y, [100 * (0.95 - 0.01 * level + 0.01) for level in range(4)])
     assert ax.get_xscale() == "log" and ax.get_xlim()[0] > ax.get_xlim()[1]  # decreasing to the right
     ax = analysis.plot_accuracy_vs_sparsity(df[df.kind == "ticket"], by="experiment")
-    assert [line.get_label() for line in ax.get_lines()] == [
-        "quickstart-aaaa (pruning.rate=0.2, rewind=0it)", "quickstart-bbbb (pruning.rate=0.5, rewind=20it)"]
+    assert [line.get_label() for line in ax.get_lines()] == ["pruning.rate=0.2, rewind=0it", "pruning.rate=0.5, rewind=20it"]
 
 
 def test_early_stopping_and_instability_plots(tree):
@@ -119,3 +118,111 @@ def test_sweep_pointers_are_followed(tree, tmp_path_factory):
     df = analysis.load_runs(str(sweep))
     assert sorted(df.hash.unique()) == ["aaaa", "bbbb"]
     assert isinstance(df, pd.DataFrame)
+
+
+# --- figures users look at, and the report's failures (issue 12) --------------------------------------
+
+
+def test_legends_name_only_what_changes_the_experiment(tmp_path):
+    # Older config.yaml files held the whole config: keys outside the identity must not reach legends.
+    for i, digest in enumerate(("aaaa", "bbbb")):
+        directory = make_tree(tmp_path, "quickstart", digest, "0it", 0.2 + 0.3 * i)
+        OmegaConf.save(OmegaConf.create({"name": "quickstart", "seed": 0, "rewind": "0it", "pruning": {"rate": 0.2 + 0.3 * i},
+                                         "progress": bool(i), "levels": 3 + i, "dataset": {"root": f"/data/{i}"},
+                                         "lmc": {"points": 10 + i}, "wandb": {"mode": "offline"}}),
+                       os.path.join(directory, "config.yaml"))
+    df = analysis.load_runs(str(tmp_path))
+    assert [c for c in df.columns if c not in analysis.STANDARD_COLUMNS] == ["pruning.rate"]
+    ax = analysis.plot_accuracy_vs_sparsity(df, by="experiment")
+    assert [line.get_label() for line in ax.get_lines()] == ["pruning.rate=0.2", "pruning.rate=0.5"]
+
+
+@pytest.mark.parametrize("experiments", [1, 3, 10])
+def test_figures_are_readable_for_one_to_ten_experiments(tmp_path, experiments):
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rates = [0.1 + 0.08 * i for i in range(experiments)]
+    for i, rate in enumerate(rates):
+        make_tree(tmp_path, "lenet", f"{i:04d}", f"{100 * i}it", round(rate, 2), levels=12)
+    df = analysis.load_runs(str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Tight layout not applied" and the like fail the test
+        files = analysis.save_figures(df, str(tmp_path))
+        ax = analysis.plot_accuracy_vs_sparsity(df, by="experiment" if experiments > 1 else "kind")
+    figure = ax.figure
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    labels = [t for t in ax.get_xticklabels() if t.get_text()]
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    assert len(labels) >= 2 and all(not a.overlaps(b) for a, b in zip(boxes, boxes[1:]))  # no "6443"
+    assert len(labels) <= 7 and all(f"{float(t.get_text()):.0e}"[0] in "125" for t in labels)  # 100, 50, 20, 10, ...
+    legend = ax.get_legend().get_window_extent(renderer)
+    lines = [line for line in ax.get_lines()]
+    assert len(lines) == max(experiments, 2)
+    if experiments > 3:  # many entries: beside the axes, never over the lines
+        assert not legend.overlaps(ax.get_window_extent(renderer))
+    assert all(os.path.getsize(f) > 0 for f in files)
+
+
+def test_early_stopping_axis_has_whole_iterations(tree):
+    df = analysis.load_runs(str(tree))
+    ax = analysis.plot_early_stopping(df[(df.hash == "aaaa") & (df.kind == "ticket") & (df.level <= 1)])
+    ticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_a_metric_only_some_replicates_have_is_counted_over_those(tmp_path, capsys):
+    directory = make_tree(tmp_path, "quickstart", "aaaa", "0it", 0.2, replicates=2, levels=1)
+    lmc = os.path.join(directory, "replicate_0", "level_1", "lmc")
+    os.makedirs(lmc)
+    with open(os.path.join(lmc, "metrics.json"), "w") as f:
+        json.dump({"barrier": 0.03, "test_error": [], "alphas": []}, f)
+    summary = analysis.summarize(analysis.load_runs(str(tmp_path)))
+    row = summary[(summary.kind == "ticket") & (summary.level == 1)].iloc[0]
+    assert row["replicates"] == 2 and row["lmc_barrier_n"] == 1 and row["lmc_barrier"] == pytest.approx(0.03)
+    assert report.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "3.00 (n=1)" in out and "3.00 ± 0.00" not in out
+
+
+def test_train_time_is_per_network(tmp_path):
+    directory = make_tree(tmp_path, "quickstart", "aaaa", "0it", 0.2, replicates=2, levels=0)
+    for r, (seconds, group) in enumerate(((12.0, 4), (3.0, 1))):  # one trained in a group of 4, one alone
+        path = os.path.join(directory, f"replicate_{r}", "level_0", "metrics.json")
+        metrics = json.load(open(path))
+        metrics.update(wall_time_s=seconds, group_size=group)
+        json.dump(metrics, open(path, "w"))
+    summary = analysis.summarize(analysis.load_runs(str(tmp_path)))
+    assert summary.iloc[0]["train_time_s"] == pytest.approx(3.0)  # 12 s / 4 and 3 s / 1
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"level": 0, "repl', "cannot be read as JSON"),
+    ("1", "holds int, not a lottery result"),
+    ("{}", "holds an object without level"),
+])
+def test_report_names_a_broken_result_file(tree, capsys, content, message):
+    path = tree / "quickstart-aaaa" / "replicate_1" / "level_2" / "metrics.json"
+    path.write_text(content)
+    assert report.main([str(tree)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: {message}") and len(err.strip().splitlines()) == 1
+
+
+def test_report_names_a_broken_config_yaml(tree, capsys):
+    path = tree / "quickstart-aaaa" / "config.yaml"
+    path.write_text("name: [unclosed")
+    assert report.main([str(tree)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {path}: cannot be read")
+
+
+def test_report_says_to_use_output_when_it_cannot_write_figures(tree, capsys, tmp_path):
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    assert report.main([str(tree), "--output", str(blocked / "figures")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"error: {blocked / 'figures'}: cannot write figures there") and "--output DIR" in captured.err
+    assert captured.out == ""  # nothing printed before the error

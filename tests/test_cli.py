@@ -46,7 +46,7 @@ def test_quickstart_writes_levels_metrics_checkpoints_and_a_table(quickstart):
         assert f"{metrics['wall_time_s']:.1f}" in row  # training time per level
     assert os.path.isdir(os.path.join(run_dir, "replicate_0", "level_0", "rewind_point"))
     assert densities[0] == 1.0 and all(a > b for a, b in zip(densities, densities[1:]))
-    assert "test acc" in result.stdout and "early-stop it" in result.stdout and "train time (s)" in result.stdout
+    assert "test acc" in result.stdout and "early-stop it" in result.stdout and "train time / network (s)" in result.stdout
 
 
 def test_the_readmes_example_results_directory_is_the_quickstarts(quickstart):

@@ -86,9 +86,10 @@ def test_replicates_are_independent_trajectories(small_config):
 
 
 def saved(experiment, directory):
-    """A network's results as bytes and values: its metrics (without time and provenance) and arrays."""
+    """A network's results as bytes and values: its metrics (without time, provenance and the size
+    of the group it was trained in) and arrays."""
     metrics = json.load(open(os.path.join(directory, "metrics.json")))
-    for key in ("wall_time_s", "provenance"):
+    for key in ("wall_time_s", "provenance", "group_size"):
         metrics.pop(key)
     arrays = {what: tobytes(experiment.load(directory, what)) for what in ("ticket", "trained")}
     return metrics, arrays
