@@ -42,6 +42,21 @@ def wait_for(pattern, process, timeout=300):
     return False
 
 
+def kill_at_each_then_finish(start_process, points) -> str:
+    """Start the run and SIGKILL it once each of ``points`` (glob patterns) exists, then run it to
+    the end with the same command; the last run's stdout."""
+    for point in points:
+        process = start_process()
+        reached = wait_for(point, process)
+        process.kill()
+        process.wait()
+        assert reached or process.returncode == 0, f"never reached {point}"
+    final = start_process()
+    stdout, stderr = final.communicate(timeout=300)
+    assert final.returncode == 0, stderr
+    return stdout
+
+
 def results(cwd):
     """Every metrics.json (without wall times) and every saved array, by path."""
     (directory,) = glob.glob(str(cwd / "runs" / "quickstart-*"))
@@ -73,15 +88,7 @@ def test_sigkill_at_any_moment_then_resume_is_bitwise_the_uninterrupted_run(refe
         f"{runs}/replicate_*/level_1.partial",  # while level 1's results are being written
         f"{runs}/checkpoints/level_2/*/*",  # inside the last level
     ]
-    for point in kill_points:
-        process = start(tmp_path)
-        reached = wait_for(point, process)
-        process.kill()
-        process.wait()
-        assert reached or process.returncode == 0, f"never reached {point}"
-    final = start(tmp_path)
-    stdout, stderr = final.communicate(timeout=300)
-    assert final.returncode == 0, stderr
+    kill_at_each_then_finish(lambda: start(tmp_path), kill_points)
     assert results(tmp_path) == reference
     assert not glob.glob(f"{runs}/checkpoints")  # removed once everything is finished
 

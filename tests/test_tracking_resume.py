@@ -12,7 +12,7 @@ from rich.console import Console
 
 from conftest import child_env
 from lottery import imp, tracking
-from test_reliability import wait_for
+from test_reliability import kill_at_each_then_finish
 from wandb_records import read_run
 
 QUIET = Console(file=io.StringIO())
@@ -46,15 +46,7 @@ def test_sigkill_at_several_points_then_resume_keeps_every_row_once(tmp_path):
         f"{runs}/replicate_*/level_1.partial",  # while level 1's results are being written
         f"{runs}/checkpoints/level_2/train-*/120",  # inside the last level
     ]
-    for point in kill_points:
-        process = start(tmp_path)
-        reached = wait_for(point, process)
-        process.kill()
-        process.wait()
-        assert reached or process.returncode == 0, f"never reached {point}"
-    final = start(tmp_path)
-    stdout, stderr = final.communicate(timeout=300)
-    assert final.returncode == 0, stderr
+    stdout = kill_at_each_then_finish(lambda: start(tmp_path), kill_points)
     assert "level 2: resuming 4 networks from the checkpoint at step" in stdout  # its rows restated from there
 
     (directory,) = glob.glob(str(runs))
