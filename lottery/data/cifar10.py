@@ -5,17 +5,18 @@ blue. Files ``data_batch_1.bin`` ... ``data_batch_5.bin`` and ``test_batch.bin``
 the data directory or its ``cifar-10-batches-bin/`` subdirectory (as the official archive unpacks).
 """
 
-import gzip
 import os
+import shutil
 import tarfile
-import zlib
+import tempfile
 
 import numpy as np
 
-from lottery.data.download import created_directory, fetch
+from lottery.data.download import GZIP_ERRORS, DownloadError, failures, fetch, file_digest, read_file, reason, unreadable
 from lottery.errors import LotteryError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+ARCHIVE = "cifar-10-binary.tar.gz"
 ARCHIVE_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 TEST_FILES = ("test_batch.bin",)
@@ -35,13 +36,13 @@ STATS = dict(scale=255.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 def read_batch(path: str):
     """Read one binary batch file into (images (N, 32, 32, 3) uint8, labels (N,) int32)."""
-    size = os.path.getsize(path)
-    if size != RECORD * RECORDS_PER_FILE:
+    content = read_file(path)
+    if len(content) != RECORD * RECORDS_PER_FILE:
         raise LotteryError(
-            f"{path}: {size} bytes, expected {RECORD * RECORDS_PER_FILE} "
+            f"{path}: {len(content)} bytes, expected {RECORD * RECORDS_PER_FILE} "
             f"({RECORDS_PER_FILE} records of {RECORD} bytes); is it the CIFAR-10 binary version?"
         )
-    records = np.fromfile(path, np.uint8).reshape(RECORDS_PER_FILE, RECORD)
+    records = np.frombuffer(content, np.uint8).reshape(RECORDS_PER_FILE, RECORD)
     labels = records[:, 0].astype(np.int32)
     if labels.max() > 9:
         raise LotteryError(f"{path}: label {labels.max()} found, CIFAR-10 labels are 0-9")
@@ -57,20 +58,42 @@ def _find(directory: str, name: str):
 
 
 def _download(directory: str) -> None:
-    archive = os.path.join(directory, "cifar-10-binary.tar.gz")
-    with created_directory(directory):
-        if not os.path.exists(archive):
-            fetch(URL, archive, md5=ARCHIVE_MD5)
+    """Fetch the official archive (unless it is there) and unpack the batch files from it."""
+    archive = os.path.join(directory, ARCHIVE)
+    if not os.path.exists(archive):
+        fetch(URL, archive, md5=ARCHIVE_MD5)
+    elif file_digest(archive) != ARCHIVE_MD5:  # one found here; gzip's own CRC is never read by tarfile
+        raise LotteryError(
+            f"{archive}: checksum mismatch (md5 should be {ARCHIVE_MD5}); the archive is corrupt or not "
+            "the official one: delete it to download it again"
+        )
+    wanted = {f"{SUBDIR}/{name}" for name in TRAIN_FILES + TEST_FILES}
+    # Unpacked into a scratch directory first, so that an archive that ends early leaves no
+    # partial batch file of the right name behind.
     try:
-        with tarfile.open(archive) as tar:
+        scratch = tempfile.mkdtemp(dir=directory, prefix=".unpacking-")
+    except OSError as error:
+        raise LotteryError(f"cannot unpack {archive}: cannot write in {directory} ({reason(error)})") from None
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
             # Only the expected regular files, at their expected paths: nothing else is unpacked.
-            wanted = {f"{SUBDIR}/{name}" for name in TRAIN_FILES + TEST_FILES}
             members = [m for m in tar.getmembers() if m.name in wanted and m.isfile()]
-            tar.extractall(directory, members=members, filter="data")
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
-        reason = "; ".join(line.strip("- ") for line in str(error).splitlines())
-        raise LotteryError(f"{archive}: cannot be unpacked ({type(error).__name__}: {reason}); the archive is corrupt or "
-                           "truncated: delete it to download it again") from None
+            tar.extractall(scratch, members=members, filter="data")
+        missing = sorted(wanted - {m.name for m in members})
+        if missing:
+            raise LotteryError(
+                f"{archive}: holds no {', '.join(missing)}; is it the CIFAR-10 binary version? "
+                "delete it to download it again"
+            )
+        os.makedirs(os.path.join(directory, SUBDIR), exist_ok=True)
+        for member in members:
+            os.replace(os.path.join(scratch, member.name), os.path.join(directory, member.name))
+    except (tarfile.TarError, *GZIP_ERRORS) as error:  # what tarfile raises for a corrupt or truncated archive
+        raise unreadable(archive, error, "tar.gz archive") from None
+    except OSError as error:  # reading the archive, or writing the files (a full disk, permissions)
+        raise LotteryError(f"cannot unpack {archive} into {directory} ({reason(error)})") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def load(directory: str, download: bool = True):
@@ -81,8 +104,8 @@ def load(directory: str, download: bool = True):
             raise LotteryError(f"cifar10: missing binary batch files and dataset.download=false; {where}")
         try:
             _download(directory)
-        except LotteryError as error:
-            raise LotteryError(f"cifar10: missing binary batch files and download failed ({error}); {where}") from None
+        except DownloadError as error:
+            raise LotteryError(f"cifar10: missing binary batch files in {directory}; {failures([error])}; {where}") from None
     train = [read_batch(_find(directory, name)) for name in TRAIN_FILES]
     test_x, test_y = read_batch(_find(directory, TEST_FILES[0]))
     train_x = np.concatenate([x for x, _ in train])

@@ -1,78 +1,195 @@
-"""Fetching missing data files from their official sources, with a progress bar and checksums."""
+"""Reading data files, and fetching missing ones from their official sources.
 
-import contextlib
+Every failure is a ``LotteryError`` on one line that names the file or the URL and says what to do:
+a corrupt, truncated or unreadable file, a server that cannot be reached, a download that fails,
+stalls (``TIMEOUT``) or takes too long (``DEADLINE``). A partial download is removed however
+``fetch`` ends; one that a killed process left goes at the next download of that file.
+"""
+
+import glob
 import gzip
 import hashlib
 import os
-import shutil
 import tempfile
+import threading
 import time
+import urllib.error
 import urllib.request
+import zlib
 
+import rich
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from lottery.errors import LotteryError
 
+TIMEOUT = 30.0  # seconds a connection, or a read of the response, may wait for the server
+DEADLINE = 3600.0  # seconds a whole download may take (CIFAR-10's 170 MB at 50 kB/s: 57 min)
+
+# What reading a corrupt or truncated gzip stream raises: BadGzipFile (an OSError) for a bad header,
+# CRC or length, zlib.error inside the deflate stream, EOFError where the stream stops early.
+GZIP_ERRORS = (gzip.BadGzipFile, zlib.error, EOFError)
+
+
+class DownloadError(LotteryError):
+    """A download that failed; ``offline`` when no connection to the server could be made at all."""
+
+    def __init__(self, url: str, reason: str, offline: bool = False):
+        super().__init__(f"could not download {url}: {reason}")
+        self.url, self.reason, self.offline = url, reason, offline
+
+
+def reason(error: BaseException) -> str:
+    """An exception as a short phrase on one line (an OSError's text without the path it names)."""
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError) and isinstance(error.reason, BaseException):
+        error = error.reason
+    text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return " ".join(text.split()) or type(error).__name__
+
+
+def unreadable(path: str, error: BaseException, kind: str = "gzip file") -> LotteryError:
+    """The error for a data file that cannot be read: which file, what is wrong, what to do."""
+    if isinstance(error, GZIP_ERRORS) or not isinstance(error, OSError):
+        what = f"not a readable {kind} ({reason(error)}); it is corrupt or truncated"
+        todo = "delete it to download it again, or replace it with a good copy"
+    elif isinstance(error, IsADirectoryError):
+        what, todo = "cannot be read (it is a directory)", "remove it, or put the file there"
+    elif isinstance(error, PermissionError):
+        what, todo = "cannot be read (permission denied)", "make it readable (chmod u+r), or replace it"
+    else:
+        what, todo = f"cannot be read ({reason(error)})", "replace it with a good copy, or delete it to download it again"
+    return LotteryError(f"{path}: {what}: {todo}")
+
+
+def read_file(path: str, decompress: bool = False) -> bytes:
+    """A file's bytes, or its gzip-decompressed content."""
+    try:
+        with (gzip.open if decompress else open)(path, "rb") as f:
+            return f.read()
+    except (OSError, *GZIP_ERRORS) as error:
+        raise unreadable(path, error) from None
+
 
 def file_digest(path: str, decompress: bool = False, algorithm: str = "md5") -> str:
     """Digest of a file's bytes, or of its gzip-decompressed content."""
-    opener = gzip.open if decompress else open
     digest = hashlib.new(algorithm)
-    with opener(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with (gzip.open if decompress else open)(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except (OSError, *GZIP_ERRORS) as error:
+        raise unreadable(path, error) from None
     return digest.hexdigest()
 
 
-# The longest a download may take in all (the official CIFAR-10 archive is 163 MB), and the longest
-# one read may wait for bytes: a server that drips a byte every few seconds must not hold a run forever.
-DEADLINE_S = 3600.0
-READ_TIMEOUT_S = 30.0
+def failures(errors) -> str:
+    """The URLs tried, each with its error, as one clause; says so when none could be reached."""
+    tried = "; ".join(f"{error.url}: {error.reason}" for error in errors)
+    if errors and all(error.offline for error in errors):
+        return f"no connection to {'any mirror' if len(errors) > 1 else 'the server'} (is this machine offline?): {tried}"
+    return f"download failed ({tried})"
 
 
-def fetch(url: str, destination: str, md5: str = None, deadline_s: float = None) -> None:
+def fetch(url: str, destination: str, md5: str = None, deadline: float = None, timeout: float = None) -> None:
     """Download ``url`` to ``destination`` (atomically), checking the md5 of the downloaded bytes.
-    The partial file is removed however the download ends (an error, the deadline, Ctrl-C)."""
-    deadline_s = DEADLINE_S if deadline_s is None else deadline_s
-    os.makedirs(os.path.dirname(destination), exist_ok=True)
-    fd, partial = tempfile.mkstemp(dir=os.path.dirname(destination), suffix=".part")
-    began = time.monotonic()
+
+    The transfer runs in a worker thread so that the ``deadline`` (default ``DEADLINE``) holds
+    whatever the server does: a read waits at most ``timeout`` (default ``TIMEOUT``), but a server
+    that sends a byte now and then, or a stalled name lookup, would never trip that. The partial
+    file is removed however this ends (KeyboardInterrupt included), as are the directories this
+    call created if they are left empty, and partial files that killed processes left behind.
+    """
+    deadline = DEADLINE if deadline is None else deadline
+    timeout = TIMEOUT if timeout is None else timeout
+    directory = os.path.dirname(os.path.abspath(destination))
+    created, partial, cancel = [], None, threading.Event()
     try:
-        timeout = min(READ_TIMEOUT_S, deadline_s)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            columns = (TextColumn(os.path.basename(destination)), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-            received = 0
-            with Progress(*columns, transient=True) as progress:
-                task = progress.add_task("download", total=total)
-                # read1: whatever has arrived, so that a slow server cannot keep one read waiting.
-                for block in iter(lambda: response.read1(1 << 16), b""):
-                    out.write(block)
-                    received += len(block)
-                    progress.advance(task, len(block))
-                    if time.monotonic() - began > deadline_s:
-                        raise LotteryError(f"could not download {url}: not finished after {deadline_s:g} s ({received} bytes"
-                                           f"{f' of {total}' if total else ''}); the server is too slow")
+        try:
+            created = _make_directories(directory)
+            _remove_stale_parts(destination, deadline + timeout)
+            fd, partial = tempfile.mkstemp(dir=directory, prefix=os.path.basename(destination) + ".", suffix=".part")
+        except OSError as error:
+            raise DownloadError(url, f"cannot write in {directory} ({reason(error)})") from None
+        transfer = _Transfer(url, os.fdopen(fd, "wb"), timeout, cancel)
+        columns = (TextColumn(os.path.basename(destination)), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+        console = rich.get_console()
+        shown = console.is_interactive or console.is_jupyter  # where it can be redrawn: no blank lines in logs
+        with Progress(*columns, console=console, transient=True, disable=not shown) as progress:
+            transfer.progress, transfer.task = progress, progress.add_task("download", total=None)
+            worker = threading.Thread(target=transfer.run, name=f"download {url}", daemon=True)
+            worker.start()
+            worker.join(deadline)
+        if worker.is_alive():
+            of = f" of {transfer.total:,}" if transfer.total else ""
+            raise DownloadError(url, f"not finished after {deadline:g} s ({transfer.received:,}{of} bytes received)")
+        if transfer.error is not None:
+            error = transfer.error
+            offline = isinstance(error, urllib.error.URLError) and isinstance(error.reason, OSError)
+            if isinstance(error.reason if offline else error, TimeoutError):
+                raise DownloadError(url, f"no response for {timeout:g} s", offline) from None
+            raise DownloadError(url, reason(error), offline) from None
+        if transfer.total is not None and transfer.received != transfer.total:
+            raise DownloadError(url, f"the connection closed after {transfer.received:,} of {transfer.total:,} bytes")
         if md5 is not None and file_digest(partial) != md5:
-            raise LotteryError(f"{url}: downloaded file has the wrong md5 (expected {md5})")
-        shutil.move(partial, destination)
-    except LotteryError:
-        raise
-    except Exception as error:  # network errors of every kind end in the same message
-        raise LotteryError(f"could not download {url}: {getattr(error, 'reason', None) or error}") from None
+            raise DownloadError(url, f"the downloaded file has the wrong md5 (expected {md5})")
+        try:
+            os.replace(partial, destination)
+        except OSError as error:
+            raise DownloadError(url, f"cannot write {destination} ({reason(error)})") from None
+        created = []  # they hold the file now
     finally:
-        if os.path.exists(partial):
+        cancel.set()  # a worker still waiting on the server stops at its next read
+        if partial is not None and os.path.exists(partial):
             os.remove(partial)
+        for path in reversed(created):  # deepest first; one that is not empty ends it
+            try:
+                os.rmdir(path)
+            except OSError:
+                break
 
 
-@contextlib.contextmanager
-def created_directory(directory: str):
-    """Remove ``directory`` again if it did not exist before and a failed download left it empty
-    (a user should not find an empty ``<root>/mnist/`` that looks like data)."""
-    existed = os.path.isdir(directory)
-    try:
-        yield
-    except BaseException:
-        if not existed and os.path.isdir(directory) and not os.listdir(directory):
-            os.rmdir(directory)
-        raise
+class _Transfer:
+    """The worker's side of ``fetch``: response bytes into ``out``; errors are kept, not raised."""
+
+    def __init__(self, url, out, timeout, cancel):
+        self.url, self.out, self.timeout, self.cancel = url, out, timeout, cancel
+        self.total, self.received, self.error = None, 0, None
+        self.progress = self.task = None
+
+    def run(self):
+        try:
+            with self.out, urllib.request.urlopen(self.url, timeout=self.timeout) as response:
+                self.total = int(response.headers.get("Content-Length") or 0) or None
+                self.progress.update(self.task, total=self.total)
+                # read1: at most one read on the socket, so the loop sees `cancel` between reads.
+                while not self.cancel.is_set() and (block := response.read1(1 << 16)):
+                    self.out.write(block)
+                    self.received += len(block)
+                    self.progress.advance(self.task, len(block))
+        except BaseException as error:  # fetch reports it, in the caller's thread
+            self.error = error
+
+
+def _make_directories(directory: str):
+    """``os.makedirs``, returning the directories it created, outermost first."""
+    missing, path = [], os.path.abspath(directory)
+    while not os.path.isdir(path) and path != os.path.dirname(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    return missing[::-1]
+
+
+def _remove_stale_parts(destination: str, age: float) -> None:
+    """Remove partial downloads of ``destination`` (and unnamed ones, ``tmp*.part``, as earlier
+    versions wrote) untouched for longer than any live download lasts: a process killed mid-download
+    (SIGKILL, or SIGTERM before training) left them."""
+    directory, name = os.path.dirname(destination), os.path.basename(destination)
+    for pattern in (glob.escape(name) + ".*.part", "tmp*.part"):
+        for path in glob.glob(os.path.join(glob.escape(directory), pattern)):
+            try:
+                if time.time() - os.path.getmtime(path) > age:
+                    os.remove(path)
+            except OSError:
+                pass

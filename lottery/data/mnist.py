@@ -6,14 +6,13 @@ against the official md5s on every load; Fashion-MNIST's official md5s are of th
 checked when they are downloaded.
 """
 
-import gzip
 import hashlib
+import math
 import os
-import zlib
 
 import numpy as np
 
-from lottery.data.download import created_directory, fetch
+from lottery.data.download import DownloadError, failures, fetch, read_file
 from lottery.errors import LotteryError
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -41,36 +40,29 @@ FASHION_GZ_MD5 = (
 )
 
 _IDX_DTYPES = {0x08: np.uint8}
-
-
-def read_content(path: str) -> bytes:
-    """The bytes of a data file, decompressed if it is ``.gz``; a truncated or corrupt file (a
-    flipped byte in the deflate stream or the header, a cut stream) is named, with what to do."""
-    compressed = path.endswith(".gz")
-    try:
-        with (gzip.open if compressed else open)(path, "rb") as f:
-            return f.read()
-    except (OSError, EOFError, zlib.error) as error:
-        what = "a readable gzip file" if compressed else "readable"
-        raise LotteryError(f"{path}: not {what} ({type(error).__name__}: {error}); the file is corrupt or truncated: "
-                           "delete it (it is downloaded again unless dataset.download=false) or replace it") from None
-
-
-def parse_idx(content: bytes, path: str) -> np.ndarray:
-    """An IDX file's content as an array of its declared shape."""
-    if len(content) < 4 or content[0] != 0 or content[1] != 0 or content[2] not in _IDX_DTYPES:
-        raise LotteryError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
-    ndim = content[3]
-    header = 4 + 4 * ndim
-    shape = tuple(int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    if len(content) != header + int(np.prod(shape)):
-        raise LotteryError(f"{path}: IDX header declares shape {shape} but the file holds {len(content) - header} bytes")
-    return np.frombuffer(content, np.uint8, offset=header).reshape(shape)
+NUM_CLASSES = 10
 
 
 def read_idx(path: str) -> np.ndarray:
     """Read an IDX file (``.gz`` or raw) into an array of its declared shape."""
-    return parse_idx(read_content(path), path)
+    return parse_idx(path, read_file(path, decompress=path.endswith(".gz")))
+
+
+def parse_idx(path: str, content: bytes) -> np.ndarray:
+    """The array an IDX file's ``content`` declares; ``path`` names the file in errors."""
+    if content[:2] == b"\x1f\x8b":
+        raise LotteryError(f"{path}: gzip-compressed content in a file without .gz: name it {os.path.basename(path)}.gz")
+    if len(content) < 4 or content[0] != 0 or content[1] != 0 or content[2] not in _IDX_DTYPES:
+        empty = " (the file is empty)" if not content else ""
+        raise LotteryError(f"{path}: not an IDX file of unsigned bytes (bad magic number){empty}")
+    ndim = content[3]
+    header = 4 + 4 * ndim
+    if len(content) < header:
+        raise LotteryError(f"{path}: IDX header of {ndim} dimensions cut short: {len(content)} of {header} bytes")
+    shape = tuple(int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if len(content) != header + math.prod(shape):
+        raise LotteryError(f"{path}: IDX header declares shape {shape} but the file holds {len(content) - header} bytes")
+    return np.frombuffer(content, np.uint8, offset=header).reshape(shape)
 
 
 def _locate(directory, name, mirrors, gz_md5, download, dataset):
@@ -84,28 +76,30 @@ def _locate(directory, name, mirrors, gz_md5, download, dataset):
         raise LotteryError(f"{dataset}: missing {name}[.gz] in {directory} and dataset.download=false; {where}")
     path = os.path.join(directory, name + ".gz")
     errors = []
-    with created_directory(directory):
-        for mirror in mirrors:
-            try:
-                fetch(mirror + name + ".gz", path, md5=gz_md5)
-                return path
-            except LotteryError as error:
-                errors.append(str(error))
-        raise LotteryError(f"{dataset}: missing {name}[.gz] and download failed from every mirror "
-                           f"({'; '.join(errors)}); {where}")
+    for mirror in mirrors:
+        try:
+            fetch(mirror + name + ".gz", path, md5=gz_md5)
+            return path
+        except DownloadError as error:
+            errors.append(error)
+    raise LotteryError(f"{dataset}: missing {name}[.gz] in {directory}; {failures(errors)}; {where}")
 
 
 def _load(directory, dataset, mirrors, gz_md5s, content_md5s, download):
     arrays = []
     for i, name in enumerate(FILES):
         path = _locate(directory, name, mirrors, gz_md5s[i], download, dataset)
-        content = read_content(path)  # read once: checked, then parsed
+        # Read once; the format is checked before the checksum, whose message can only say "corrupt".
+        content = read_file(path, decompress=path.endswith(".gz"))
+        array = parse_idx(path, content)
         if content_md5s is not None and hashlib.md5(content).hexdigest() != content_md5s[i]:
             raise LotteryError(
                 f"{path}: checksum mismatch (md5 of the decompressed content should be {content_md5s[i]}); "
                 "the file is corrupt or not the official one: delete it to download it again"
             )
-        arrays.append(parse_idx(content, path))
+        if name.endswith("labels-idx1-ubyte") and array.size and array.max() >= NUM_CLASSES:
+            raise LotteryError(f"{path}: label {array.max()} found, labels are 0-{NUM_CLASSES - 1}")
+        arrays.append(array)
     train_x, train_y, test_x, test_y = arrays
     for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "t10k")):
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
@@ -113,6 +107,13 @@ def _load(directory, dataset, mirrors, gz_md5s, content_md5s, download):
                 f"{directory}: {split} images {images.shape} and labels {labels.shape} do not match "
                 "(expected (N, rows, cols) images and N labels)"
             )
+        if len(images) == 0:
+            raise LotteryError(f"{directory}: the {split} files hold no examples")
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise LotteryError(
+            f"{directory}: train images are {train_x.shape[1]}x{train_x.shape[2]} but t10k images "
+            f"{test_x.shape[1]}x{test_x.shape[2]}; both splits must come from the same data set"
+        )
     return train_x[..., None], train_y.astype(np.int32), test_x[..., None], test_y.astype(np.int32)
 
 
