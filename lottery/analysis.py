@@ -54,8 +54,11 @@ def _flatten(tree, prefix=""):
 
 def _rows(directory: str, config: dict):
     for metrics_file in sorted(glob.glob(os.path.join(directory, "replicate_*", "level_*", "**", "metrics.json"), recursive=True)):
-        if os.sep + "lmc" + os.sep in metrics_file[len(directory):]:
+        relative = metrics_file[len(directory):]
+        if os.sep + "lmc" + os.sep in relative:
             continue  # LMC results are read with their ticket
+        if ".partial" in relative:
+            continue  # an interrupted attempt, never finished (it is redone by the next run)
         m = read_json(metrics_file, NETWORK_KEYS)
         if m["kind"] not in KINDS:
             raise LotteryError(f"{metrics_file}: kind {m['kind']!r} is not one of {', '.join(KINDS)}; it is corrupt")
@@ -157,7 +160,10 @@ def _label(row, by: str, df: pd.DataFrame) -> str:
 def _lines(df, y, by, ax, scale=100.0):
     """One line per group: mean over replicates at each level, shaded ± std (population std, as
     in ``summarize``)."""
-    keys = ["experiment", "hash"] if by == "experiment" else [by]
+    # By experiment, each experiment's kinds still get their own lines: a ticket is never averaged
+    # with its controls.
+    kinds = df["kind"].nunique() > 1
+    keys = ["experiment", "hash"] + ["kind"] * kinds if by == "experiment" else [by]
     order = {kind: i for i, kind in enumerate(KINDS)}
     groups = sorted(df.groupby(keys, sort=True), key=lambda item: order.get(item[0][0], -1) if by == "kind" else 0)
     for _, group in groups:
@@ -166,7 +172,7 @@ def _lines(df, y, by, ax, scale=100.0):
         if stats.empty:
             continue
         std = stats["std"].fillna(0) * scale
-        label = _label(group.iloc[0], by, df)
+        label = _label(group.iloc[0], by, df) + (f", {group.iloc[0]['kind']}" if by == "experiment" and kinds else "")
         line, = ax.plot(stats["x"], stats["mean"] * scale, marker="o", markersize=3, label=label)
         ax.fill_between(stats["x"], stats["mean"] * scale - std, stats["mean"] * scale + std, color=line.get_color(), alpha=0.2)
 

@@ -133,7 +133,7 @@ def test_legends_name_only_what_changes_the_experiment(tmp_path):
                        os.path.join(directory, "config.yaml"))
     df = analysis.load_runs(str(tmp_path))
     assert [c for c in df.columns if c not in analysis.STANDARD_COLUMNS] == ["pruning.rate"]
-    ax = analysis.plot_accuracy_vs_sparsity(df, by="experiment")
+    ax = analysis.plot_accuracy_vs_sparsity(df[df.kind == "ticket"], by="experiment")
     assert [line.get_label() for line in ax.get_lines()] == ["pruning.rate=0.2", "pruning.rate=0.5"]
 
 
@@ -161,7 +161,7 @@ def test_figures_are_readable_for_one_to_ten_experiments(tmp_path, experiments):
     assert len(labels) <= 7 and all(f"{float(t.get_text()):.0e}"[0] in "125" for t in labels)  # 100, 50, 20, 10, ...
     legend = ax.get_legend().get_window_extent(renderer)
     lines = [line for line in ax.get_lines()]
-    assert len(lines) == max(experiments, 2)
+    assert len(lines) == 2 * experiments  # a ticket and a control line per experiment
     if experiments > 3:  # many entries: beside the axes, never over the lines
         assert not legend.overlaps(ax.get_window_extent(renderer))
     assert all(os.path.getsize(f) > 0 for f in files)
@@ -226,3 +226,20 @@ def test_report_says_to_use_output_when_it_cannot_write_figures(tree, capsys, tm
     captured = capsys.readouterr()
     assert captured.err.startswith(f"error: {blocked / 'figures'}: cannot write figures there") and "--output DIR" in captured.err
     assert captured.out == ""  # nothing printed before the error
+
+
+def test_interrupted_attempts_are_not_results(tree):
+    before = len(analysis.load_runs(str(tree)))
+    partial = tree / "quickstart-aaaa" / "replicate_0" / "level_4.partial"
+    write_metrics(str(partial), 0, 4, "ticket", 0.3, 0.5, 0.5, 10)
+    assert len(analysis.load_runs(str(tree))) == before
+
+
+def test_by_experiment_each_kind_keeps_its_own_line(tree):
+    df = analysis.load_runs(str(tree))
+    ax = analysis.plot_accuracy_vs_sparsity(df, by="experiment")
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels == ["pruning.rate=0.2, rewind=0it, ticket", "pruning.rate=0.2, rewind=0it, random_reinit",
+                      "pruning.rate=0.5, rewind=20it, ticket", "pruning.rate=0.5, rewind=20it, random_reinit"] or \
+        sorted(labels) == sorted(["pruning.rate=0.2, rewind=0it, ticket", "pruning.rate=0.2, rewind=0it, random_reinit",
+                                  "pruning.rate=0.5, rewind=20it, ticket", "pruning.rate=0.5, rewind=20it, random_reinit"])
