@@ -165,7 +165,13 @@ def _lines(df, y, by, ax, scale=100.0):
     kinds = df["kind"].nunique() > 1
     keys = ["experiment", "hash"] + ["kind"] * kinds if by == "experiment" else [by]
     order = {kind: i for i, kind in enumerate(KINDS)}
-    groups = sorted(df.groupby(keys, sort=True), key=lambda item: order.get(item[0][0], -1) if by == "kind" else 0)
+    if by == "experiment":  # the ticket first, then its controls, experiment by experiment
+        rank = lambda item: (item[0][0], item[0][1], order.get(item[0][2], -1) if kinds else 0)
+    else:
+        rank = lambda item: order.get(item[0][0], -1) if by == "kind" else 0
+    groups = sorted(df.groupby(keys, sort=True), key=rank)
+    experiments = {key: i for i, key in enumerate(sorted({(g["experiment"].iloc[0], g["hash"].iloc[0]) for _, g in groups}))}
+    styles = ("-", "--", ":")  # by experiment: one colour per experiment, one line style per kind
     for _, group in groups:
         stats = group.groupby("level").agg(x=("percent_remaining", "mean"), mean=(y, "mean"),
                                            std=(y, lambda v: v.std(ddof=0))).dropna(subset=["mean"])
@@ -173,7 +179,12 @@ def _lines(df, y, by, ax, scale=100.0):
             continue
         std = stats["std"].fillna(0) * scale
         label = _label(group.iloc[0], by, df) + (f", {group.iloc[0]['kind']}" if by == "experiment" and kinds else "")
-        line, = ax.plot(stats["x"], stats["mean"] * scale, marker="o", markersize=3, label=label)
+        style = {}
+        if by == "experiment":
+            first = group.iloc[0]
+            style = dict(color=f"C{experiments[(first['experiment'], first['hash'])] % 10}",
+                         linestyle=styles[order.get(first["kind"], 0) % len(styles)])
+        line, = ax.plot(stats["x"], stats["mean"] * scale, marker="o", markersize=3, label=label, **style)
         ax.fill_between(stats["x"], stats["mean"] * scale - std, stats["mean"] * scale + std, color=line.get_color(), alpha=0.2)
 
 

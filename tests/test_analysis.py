@@ -238,8 +238,10 @@ def test_interrupted_attempts_are_not_results(tree):
 def test_by_experiment_each_kind_keeps_its_own_line(tree):
     df = analysis.load_runs(str(tree))
     ax = analysis.plot_accuracy_vs_sparsity(df, by="experiment")
-    labels = [line.get_label() for line in ax.get_lines()]
-    assert labels == ["pruning.rate=0.2, rewind=0it, ticket", "pruning.rate=0.2, rewind=0it, random_reinit",
-                      "pruning.rate=0.5, rewind=20it, ticket", "pruning.rate=0.5, rewind=20it, random_reinit"] or \
-        sorted(labels) == sorted(["pruning.rate=0.2, rewind=0it, ticket", "pruning.rate=0.2, rewind=0it, random_reinit",
-                                  "pruning.rate=0.5, rewind=20it, ticket", "pruning.rate=0.5, rewind=20it, random_reinit"])
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == [
+        "pruning.rate=0.2, rewind=0it, ticket", "pruning.rate=0.2, rewind=0it, random_reinit",
+        "pruning.rate=0.5, rewind=20it, ticket", "pruning.rate=0.5, rewind=20it, random_reinit"]
+    # One colour per experiment, one line style per kind.
+    assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color() == lines[3].get_color()
+    assert lines[0].get_linestyle() == lines[2].get_linestyle() != lines[1].get_linestyle()
