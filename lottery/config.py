@@ -83,6 +83,27 @@ class LMCConfig:
 
 
 @dataclasses.dataclass
+class MeshConfig:
+    """How a level's networks and their batches are laid over the devices (lottery/distributed.py):
+    a mesh of `members` x `data` devices. 0 is "the rest": both 0 (auto) uses every device, along
+    members when a level has at least as many networks as devices, else along the batch."""
+
+    members: int = 0  # devices that train different networks, with no communication
+    data: int = 0  # devices that split one network's batch, gradients averaged by XLA
+
+
+@dataclasses.dataclass
+class DistributedConfig:
+    """Several processes (hosts) in one run, through jax.distributed. Unset: detected under SLURM
+    (a job step with more than one task) and from JAX's JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES
+    / JAX_PROCESS_ID; otherwise one process."""
+
+    coordinator: Optional[str] = None  # host:port of process 0
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
+
+
+@dataclasses.dataclass
 class WandbConfig:
     """Weights & Biases tracking (lottery/tracking.py)."""
 
@@ -113,6 +134,8 @@ class Config:
     controls: List[str] = dataclasses.field(default_factory=list)  # random_reinit, random_prune
     lmc: LMCConfig = dataclasses.field(default_factory=LMCConfig)
     wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
     output_dir: str = "runs"
     checkpoint_every: str = "10ep"  # checkpoints inside a level (at the end of a compiled chunk)
     progress: bool = True  # progress bar
@@ -127,10 +150,11 @@ class Config:
 # count; `checkpoint_every` does not change bits (resume is bitwise); `dataset.root` is replaced by
 # the fingerprint of the data read from it; `training.loop` is recorded with the backend in each
 # invocation (a conv model's host and device loops round differently, like two backends) and a
-# change is announced; the rest are names, places and display.
+# change is announced; so are `mesh` and `distributed` (member-parallel is bitwise one device,
+# data-parallel sums gradients in another order); the rest are names, places and display.
 _NOT_HASHED = ("name", "levels", "replicates", "controls", "lmc", "output_dir", "progress", "wandb",
                "compilation_cache", "checkpoint_every",
-               "dataset.root", "dataset.download", "training.loop")
+               "dataset.root", "dataset.download", "training.loop", "mesh", "distributed")
 
 
 def extent(cfg: DictConfig) -> dict:

@@ -50,7 +50,7 @@ from flax import nnx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lottery import analysis, lmc, models, pruning, record, report, tracking, training
+from lottery import analysis, distributed, lmc, models, pruning, record, report, tracking, training
 from lottery import data as datasets
 from lottery.checkpoint import LMC_KEYS, NETWORK_KEYS, LevelCheckpoints, load_tree, read_json, save_tree, write_json
 from lottery.config import experiment_hash
@@ -188,8 +188,9 @@ def prepare(cfg) -> Experiment:
 
     models.check_input(cfg.model, data.input_shape, cfg.dataset.name)
     model = models.build(cfg.model, data.input_shape, data.num_classes, jax.random.key(0))  # a template
+    distributed.check(cfg.mesh, jax.device_count())
     trainer = training.Trainer(model, tx, schedule, data, batch_size, cfg.training.eval_batch_size,
-                               cfg.dataset.augment, cfg.training.loop)
+                               cfg.dataset.augment, cfg.training.loop, mesh=cfg.mesh)
     prunable = pruning.prunable(trainer.init_params, cfg.pruning.ignore)
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.name).lstrip(".") or "experiment"
     directory = os.path.join(os.path.expanduser(cfg.output_dir), f"{name}-{experiment_hash(cfg, data.fingerprint)}")
@@ -204,6 +205,7 @@ def run(cfg, console: Console = None) -> List[dict]:
     Returns the metrics of every trained network, ordered by level, replicate, kind (ticket first).
     """
     console = console or report.console()
+    distributed.initialize(cfg.distributed)  # before JAX's first computation
     if cfg.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compilation_cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)

@@ -89,7 +89,7 @@ class Trainer:
     """Compiled training and evaluation of one model on one data set."""
 
     def __init__(self, model: nnx.Module, tx, schedule, data: Dataset, batch_size: int,
-                 eval_batch_size: int, augment: bool, loop: str = "auto", masked: bool = True):
+                 eval_batch_size: int, augment: bool, loop: str = "auto", masked: bool = True, mesh=None):
         self.graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
         self.init_params = nnx.to_pure_dict(params)
         self.init_batch_stats = nnx.to_pure_dict(batch_stats)
@@ -100,11 +100,15 @@ class Trainer:
         self.scale = data.scale
         self.mean = np.asarray(data.mean, np.float32)
         self.std = np.asarray(data.std, np.float32)
-        self.train_data = jax.device_put((data.train_x, data.train_y))
-        self.eval_data = {
+        self.train_host = (data.train_x, data.train_y)
+        self.eval_host = {
             "val": _eval_batches(data.val_x, data.val_y, eval_batch_size),
             "test": _eval_batches(data.test_x, data.test_y, eval_batch_size),
         }
+        self.train_data = jax.device_put(self.train_host)
+        self.eval_data = {split: None if b is None else jax.device_put(b) for split, b in self.eval_host.items()}
+        self.mesh = mesh  # the `mesh` config: how stacks are laid over several devices (distributed.py)
+        self._layouts = {}
         self.host_loop = use_host_loop(loop, model)
         # Every program runs on a stack of members (replicates, controls, copies) along a leading
         # axis: the data are shared, each member has its own state, data order and augmentation.
@@ -143,6 +147,20 @@ class Trainer:
         state = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state, "mask": mask}
         return jax.tree.map(lambda a: jnp.array(a, copy=True), state)
 
+    def layout(self, networks: int):
+        """The ``distributed.Layout`` that trains a stack of ``networks`` over several devices, or
+        None where there is one device (or the mesh is 1 x 1): then each network in turn, here."""
+        from lottery import distributed
+
+        if self.mesh is None or jax.device_count() == 1:
+            return None
+        members, data = distributed.shape(self.mesh, networks, jax.device_count())
+        if members * data == 1:
+            return None
+        if (members, data) not in self._layouts:
+            self._layouts[members, data] = distributed.Layout(self, members, data)
+        return self._layouts[members, data]
+
     # --- training ---------------------------------------------------------------------------
 
     def train(self, state, data_key, augment_key, start: int, stop: int, loss_sum=None):
@@ -153,6 +171,9 @@ class Trainer:
         members = members_of(state)
         if loss_sum is None:
             loss_sum = jnp.zeros(members, jnp.float32)
+        layout = self.layout(members)
+        if layout is not None:
+            return layout.train(state, data_key, augment_key, start, stop, loss_sum)
         states, sums = [], []
         for i in range(members):
             one, one_sum = member(state, i), loss_sum[i]
@@ -180,22 +201,24 @@ class Trainer:
             self._orders[key] = self._epoch_order(data_key, epoch)
         return self._orders[key]
 
-    def _batch(self, train_data, order, augment_key, step):
-        """The batch of ``step``: its slice of the epoch's order, gathered on the device."""
+    def _batch(self, train_data, order, augment_key, step, data_axis=None):
+        """The batch of ``step``: its slice of the epoch's order, gathered on the device (with
+        ``data_axis``, split over that mesh axis: data-parallel, see distributed.py)."""
         images, labels = train_data
         position = step % self.iterations_per_epoch
         index = jax.lax.dynamic_slice_in_dim(order, position * self.batch_size, self.batch_size)
         key = jax.random.fold_in(augment_key, step) if self.augment else None
-        return self.inputs(images[index], key), labels[index]
+        return _split(self.inputs(images[index], key), data_axis), _split(labels[index], data_axis)
 
-    def _train_impl(self, state, train_data, order, augment_key, start, stop, loss_sum):
+    def _train_impl(self, state, train_data, order, augment_key, start, stop, loss_sum, data_axis=None):
         """Steps [start, stop) of one epoch in one compiled loop, adding the losses to loss_sum."""
-        body = lambda step, carry: self._train_step_impl(carry[0], train_data, order, augment_key, step, carry[1])
+        body = lambda step, carry: self._train_step_impl(carry[0], train_data, order, augment_key, step, carry[1],
+                                                         data_axis)
         return jax.lax.fori_loop(start, stop, body, (state, loss_sum))
 
-    def _train_step_impl(self, state, train_data, order, augment_key, step, loss_sum):
+    def _train_step_impl(self, state, train_data, order, augment_key, step, loss_sum, data_axis=None):
         """One step: its batch, the masked update, and its loss added to loss_sum."""
-        state, loss = self._step(state, *self._batch(train_data, order, augment_key, step), step)
+        state, loss = self._step(state, *self._batch(train_data, order, augment_key, step, data_axis), step)
         return state, loss_sum + loss
 
     def _step(self, state, x, y, step):
@@ -225,6 +248,9 @@ class Trainer:
         batches = self.eval_data[split]
         if batches is None:
             return None
+        layout = self.layout(members_of(state["params"]))
+        if layout is not None:
+            return layout.evaluate(state, split)
         results = []
         for i in range(members_of(state)):
             params, batch_stats = member(state["params"], i), member(state["batch_stats"], i)
@@ -239,18 +265,26 @@ class Trainer:
         loss, accuracy = zip(*results)
         return np.asarray(loss), np.asarray(accuracy)
 
-    def _evaluate_batch_impl(self, params, batch_stats, batch):
+    def _evaluate_batch_impl(self, params, batch_stats, batch, data_axis=None):
         """Summed loss and number correct on one batch (padding has weight 0)."""
-        images, labels, weights = batch
+        images, labels, weights = (_split(a, data_axis) for a in batch)
         logits, _ = self.apply(params, batch_stats, self.inputs(images), train=False)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         correct = jnp.argmax(logits, -1) == labels
         return jnp.sum(losses * weights), jnp.sum(correct * weights)
 
-    def _evaluate_impl(self, params, batch_stats, batches):
-        losses, corrects = jax.lax.map(lambda batch: self._evaluate_batch_impl(params, batch_stats, batch), batches)
+    def _evaluate_impl(self, params, batch_stats, batches, data_axis=None):
+        losses, corrects = jax.lax.map(lambda batch: self._evaluate_batch_impl(params, batch_stats, batch, data_axis),
+                                       batches)
         total = jnp.sum(batches[2])
         return jnp.sum(losses) / total, jnp.sum(corrects) / total
+
+
+def _split(batch, data_axis):
+    """``batch`` laid along its first axis over the mesh axis ``data_axis`` (None: as it is)."""
+    if data_axis is None:
+        return batch
+    return jax.lax.with_sharding_constraint(batch, jax.sharding.PartitionSpec(data_axis))
 
 
 def members_of(stacked) -> int:
@@ -309,7 +343,7 @@ def _eval_batches(images, labels, batch_size: int):
     images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
     labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
     shape = lambda a: a.reshape(batches, batch_size, *a.shape[1:])
-    return jax.device_put((shape(images), shape(labels), shape(weights)))
+    return shape(images), shape(labels), shape(weights)
 
 
 def _crop_and_flip(key, x):

@@ -1,0 +1,275 @@
+"""Distribution over devices and hosts, with JAX's own machinery (``jax.sharding``, ``shard_map``,
+``jax.distributed``): nothing here communicates by itself.
+
+A level trains a stack of networks (replicates x controls x LMC copies). On one device each is
+trained in turn by the one-network program (``training.Trainer``). With several devices, a
+``Layout`` lays them over a 2-D mesh ``members x data``:
+
+- along ``members``, each device trains its own networks, one at a time, by the very same
+  one-network program (``shard_map`` over the members axis): no collective operation, and a
+  network's bits are those of the one-device run. The stack is padded to a multiple of the axis
+  with copies of its first network, which are dropped (never written anywhere);
+- along ``data``, one network's batch is split over the devices (a sharding constraint on the
+  batch inside the program); XLA partitions the step and inserts the all-reduce of gradients and
+  of batch-norm statistics, which are still over the whole batch. Sums in another order: results
+  equal the one-device run's to float rounding, not bitwise;
+- both at once on a 2-D mesh.
+
+The data are replicated on every device of the mesh. Between compiled chunks (at evaluations and
+checkpoints) the states are host arrays, identical in every process.
+
+Several processes (hosts) join with ``jax.distributed.initialize`` (``initialize``): the mesh then
+spans every process's devices, and every process runs the same program on its part. Process 0
+alone writes results, takes the experiment's lock and logs to W&B (``primary``); every process
+takes part in orbax's saves and restores (orbax writes from process 0: ``MultiprocessingOptions``);
+``barrier`` orders process 0's writes before everyone's reads; ``agree`` shares a value (a
+preemption request) so that every process stops at the same chunk end.
+"""
+
+import math
+import os
+from typing import Dict, Optional, Tuple
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lottery.errors import LotteryError
+
+AXES = ("members", "data")
+
+
+# --- processes ------------------------------------------------------------------------------------
+
+
+def plan(cfg, environ=os.environ) -> Optional[Dict]:
+    """How this process joins a multi-process run: ``None`` for a single process, else a dict
+    with ``source`` (config, slurm, env), ``num_processes``, ``process_id`` and, when known,
+    ``coordinator``. Config keys win; then a SLURM job step with several tasks (JAX reads the
+    coordinator from SLURM's node list); then JAX's own environment variables."""
+    explicit = {k: cfg.get(k) for k in ("coordinator", "num_processes", "process_id")}
+    if any(v is not None for v in explicit.values()):
+        missing = [k for k, v in explicit.items() if v is None]
+        if missing:
+            raise LotteryError(f"distributed.{missing[0]} is not set: a multi-process run needs distributed.coordinator "
+                               "(host:port of process 0), distributed.num_processes and distributed.process_id")
+        if not 0 <= explicit["process_id"] < explicit["num_processes"]:
+            raise LotteryError(f"distributed.process_id={explicit['process_id']} must be in [0, "
+                               f"distributed.num_processes={explicit['num_processes']})")
+        return {"source": "config", **explicit} if explicit["num_processes"] > 1 else None
+    slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+    if all(k in environ for k in slurm) and int(environ["SLURM_NTASKS"]) > 1:
+        return {"source": "slurm", "num_processes": int(environ["SLURM_NTASKS"]),
+                "process_id": int(environ["SLURM_PROCID"]), "coordinator": None}
+    if "JAX_COORDINATOR_ADDRESS" in environ and int(environ.get("JAX_NUM_PROCESSES", "1")) > 1:
+        return {"source": "env", "num_processes": int(environ["JAX_NUM_PROCESSES"]),
+                "process_id": int(environ.get("JAX_PROCESS_ID", "0")), "coordinator": environ["JAX_COORDINATOR_ADDRESS"]}
+    return None
+
+
+_JOINED = None  # the plan this process joined with, once it did
+
+
+def initialize(cfg) -> Optional[Dict]:
+    """Join the multi-process run this process is part of, if any (once per process: a Hydra sweep
+    runs several experiments in one process). Must come before JAX's first computation."""
+    global _JOINED
+    joining = plan(cfg)
+    if joining is None or _JOINED is not None:
+        if _JOINED is not None and joining is not None and (joining["num_processes"], joining["process_id"]) != (
+                _JOINED["num_processes"], _JOINED["process_id"]):
+            raise LotteryError("distributed: this process already joined a run of "
+                               f"{_JOINED['num_processes']} processes as {_JOINED['process_id']}; one run per process")
+        return _JOINED
+    if joining["source"] == "slurm":
+        jax.distributed.initialize()  # JAX's SLURM detection: coordinator on the first node of the step
+    else:
+        jax.distributed.initialize(joining["coordinator"], joining["num_processes"], joining["process_id"])
+    _JOINED = joining
+    return joining
+
+
+def processes() -> int:
+    return jax.process_count()
+
+
+def primary() -> bool:
+    """Whether this process writes results (process 0, or the only one)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Every process waits here until all have arrived (no-op for one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def agree(value: int) -> np.ndarray:
+    """Every process's ``value``, in process order (one allgather; no-op for one process)."""
+    if jax.process_count() == 1:
+        return np.asarray([value])
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(np.int32(value))).reshape(-1)
+
+
+# --- devices ----------------------------------------------------------------------------------------
+
+
+def shape(cfg, networks: int, devices: int) -> Tuple[int, int]:
+    """The mesh (members, data) for a stack of ``networks`` on ``devices`` devices (``mesh.*``)."""
+    members, data = cfg.members, cfg.data
+    for key, value in (("members", members), ("data", data)):
+        if value < 0:
+            raise LotteryError(f"mesh.{key}={value} must be a number of devices, or 0 for the rest")
+    if members == 0 and data == 0:
+        return (devices, 1) if networks >= devices else (1, devices)
+    if members == 0 or data == 0:
+        given, key = (data, "data") if members == 0 else (members, "members")
+        if devices % given:
+            raise LotteryError(f"mesh.{key}={given} does not divide the {devices} devices; give both mesh.members "
+                               "and mesh.data to use fewer devices")
+        return (devices // given, data) if members == 0 else (members, devices // given)
+    if members * data > devices:
+        raise LotteryError(f"mesh.members={members} x mesh.data={data} is more than the {devices} devices")
+    return members, data
+
+
+def check(cfg, devices: int) -> None:
+    """The mesh config's errors, before anything is written."""
+    shape(cfg, devices, devices)
+
+
+def to_global(tree, mesh, spec):
+    """Host arrays (the same in every process) as arrays laid over ``mesh`` by ``spec``."""
+    sharding = NamedSharding(mesh, spec)
+    return jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, sharding, lambda index: a[index]), tree)
+
+
+def to_host(tree):
+    """Arrays over a mesh as whole host arrays, in every process."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+class Layout:
+    """A ``members x data`` mesh and the trainer's programs compiled over it."""
+
+    def __init__(self, trainer, members: int, data: int):
+        self.trainer, self.members, self.data = trainer, members, data
+        devices = jax.devices()[: members * data]
+        self.mesh = jax.make_mesh((members, data), AXES, devices=devices,
+                                  axis_types=(AxisType.Auto, AxisType.Auto))  # Explicit breaks gathers (jax#36562)
+        axis = "data" if data > 1 else None
+        block, every = P("members"), P()
+        key = jax.random.wrap_key_data  # a PRNG key travels as its raw uint32 data
+        self._train = self._program(
+            lambda state, data, order, k, *rest: trainer._train_impl(state, data, order, key(k), *rest, data_axis=axis),
+            (block, every, block, block, every, every, block), (block, block))
+        self._train_step = self._program(
+            lambda state, data, order, k, *rest: trainer._train_step_impl(state, data, order, key(k), *rest,
+                                                                          data_axis=axis),
+            (block, every, block, block, every, block), (block, block))
+        self._evaluate = self._program(lambda *a: trainer._evaluate_impl(*a, data_axis=axis),
+                                       (block, block, every), (block, block))
+        self._evaluate_batch = self._program(lambda *a: trainer._evaluate_batch_impl(*a, data_axis=axis),
+                                             (block, block, every), (block, block))
+        self._replicated = {}
+
+    def _program(self, one_network, in_specs, out_specs):
+        """``one_network`` run by each device on its member of the stack (blocks of one)."""
+        def per_device(*args):
+            args = [jax.tree.map(lambda a: a[0], arg) if spec == P("members") else arg
+                    for arg, spec in zip(args, in_specs)]
+            return jax.tree.map(lambda a: a[None], one_network(*args))
+
+        return jax.jit(jax.shard_map(per_device, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs,
+                                     axis_names={"members"}))
+
+    def replicated(self, name: str, host):
+        """A host pytree (the data) replicated on every device of the mesh, made once."""
+        if name not in self._replicated:
+            self._replicated[name] = to_global(host, self.mesh, P())
+        return self._replicated[name]
+
+    def rounds(self, networks: int):
+        """The stack's indices in rounds of one network per members-device, the last padded."""
+        padded = math.ceil(networks / self.members) * self.members
+        index = list(range(networks)) + [0] * (padded - networks)
+        return [index[i:i + self.members] for i in range(0, padded, self.members)]
+
+    def train(self, state, data_key, augment_key, start: int, stop: int, loss_sum):
+        trainer = self.trainer
+        host, sums = jax.device_get(state), np.asarray(loss_sum)
+        augment = np.asarray(jax.random.key_data(augment_key))
+        data = self.replicated("train", trainer.train_host)
+        members = lambda tree, ids: to_global(jax.tree.map(lambda a: a[np.asarray(ids)], tree), self.mesh, P("members"))
+        scalar = lambda v: to_global(np.int32(v), self.mesh, P())
+        out_states, out_sums = [], []
+        for ids in self.rounds(len(sums)):
+            block, block_sum, keys = members(host, ids), members(sums, ids), members(augment, ids)
+            step = start
+            while step < stop:  # one compiled loop per epoch touched, as on one device
+                epoch = step // trainer.iterations_per_epoch
+                end = min(stop, (epoch + 1) * trainer.iterations_per_epoch)
+                orders = members(np.stack([np.asarray(trainer._order(data_key[i], epoch)) for i in ids]), range(len(ids)))
+                if trainer.host_loop:
+                    for j in range(step, end):
+                        block, block_sum = self._train_step(block, data, orders, keys, scalar(j), block_sum)
+                else:
+                    block, block_sum = self._train(block, data, orders, keys, scalar(step), scalar(end), block_sum)
+                step = end
+            out_states.append(to_host(block))
+            out_sums.append(to_host(block_sum))
+        return _joined(out_states, len(sums)), _joined(out_sums, len(sums))
+
+    def evaluate(self, state, split: str):
+        trainer = self.trainer
+        host = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
+        batches = self.replicated(split, trainer.eval_host[split])
+        networks = len(jax.tree.leaves(host)[0])
+        out = []
+        for ids in self.rounds(networks):
+            block = to_global(jax.tree.map(lambda a: a[np.asarray(ids)], host), self.mesh, P("members"))
+            if trainer.host_loop:
+                count = trainer.eval_host[split][0].shape[0]
+                one = lambda b: jax.tree.map(lambda a: a[b], trainer.eval_host[split])
+                sums = [to_host(self._evaluate_batch(block["params"], block["batch_stats"],
+                                                     to_global(one(b), self.mesh, P()))) for b in range(count)]
+                loss, correct = (np.sum(column, axis=0) for column in zip(*sums))
+                total = float(np.sum(trainer.eval_host[split][2]))
+                out.append((loss / total, correct / total))
+            else:
+                out.append(to_host(self._evaluate(block["params"], block["batch_stats"], batches)))
+        loss, accuracy = (np.concatenate(column)[:networks] for column in zip(*out))
+        return loss, accuracy
+
+    def compiled_text(self) -> str:
+        """The optimized HLO of the training program on this mesh (for tests: collectives)."""
+        trainer = self.trainer
+        one = {k: v for k, v in trainer.init_state(trainer.init_params, trainer.init_batch_stats,
+                                                   jax.tree.map(lambda a: np.ones(a.shape, bool), trainer.init_params)).items()}
+        stacked = jax.tree.map(lambda a: np.stack([np.asarray(a)] * self.members), one)
+        args = (to_global(stacked, self.mesh, P("members")), self.replicated("train", trainer.train_host),
+                to_global(np.zeros((self.members, len(trainer.train_host[1])), np.int32), self.mesh, P("members")),
+                to_global(np.zeros((self.members, 2), np.uint32), self.mesh, P("members")),
+                to_global(np.int32(0), self.mesh, P()), to_global(np.int32(1), self.mesh, P()),
+                to_global(np.zeros(self.members, np.float32), self.mesh, P("members")))
+        program = self._train_step if trainer.host_loop else self._train
+        if trainer.host_loop:
+            args = args[:5] + args[6:]
+        return program.lower(*args).compile().as_text()
+
+
+def _joined(blocks, networks: int):
+    """Rounds of host blocks back into one stack of ``networks`` (padding dropped), on the device."""
+    return jax.tree.map(lambda *parts: jax.numpy.asarray(np.concatenate(parts)[:networks]), *blocks)
+
+
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
