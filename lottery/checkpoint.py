@@ -15,9 +15,13 @@ from lottery.errors import LotteryError, at
 logging.getLogger("absl").setLevel(logging.CRITICAL)
 
 
+# Every process calls each save and restore (orbax synchronizes them); process 0 writes.
+MULTIPROCESS = ocp.options.MultiprocessingOptions(primary_host=0)
+
+
 def save_tree(path: str, tree) -> None:
-    """Write a pytree of arrays to the new directory ``path`` and wait until it is on disk."""
-    checkpointer = ocp.StandardCheckpointer()
+    """Write a pytree of host arrays to the new directory ``path`` and wait until it is on disk."""
+    checkpointer = ocp.StandardCheckpointer(multiprocessing_options=MULTIPROCESS)
     with at(path):
         checkpointer.save(os.path.abspath(path), tree)
         checkpointer.wait_until_finished()
@@ -32,7 +36,7 @@ def abstract(like):
 def load_tree(path: str, like):
     """Read the pytree at ``path`` with the structure, shapes and dtypes of ``like``."""
     target = abstract(like)
-    checkpointer = ocp.StandardCheckpointer()
+    checkpointer = ocp.StandardCheckpointer(multiprocessing_options=MULTIPROCESS)
     try:
         tree = checkpointer.restore(os.path.abspath(path), target)
     except Exception as error:  # orbax raises many types for missing, truncated or foreign files
@@ -46,6 +50,9 @@ def load_tree(path: str, like):
 
 
 def write_json(path: str, content) -> None:
+    """Write ``path`` whole or not at all; in a multi-process run, only process 0 writes."""
+    if jax.process_index() != 0:
+        return
     partial = path + ".partial"
     with at(partial), open(partial, "w") as f:
         json.dump(content, f, indent=1)
@@ -79,7 +86,8 @@ class LevelCheckpoints:
 
     def __init__(self, directory: str):
         self.directory = directory
-        options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=True)
+        options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=True,
+                                               multiprocessing_options=MULTIPROCESS)
         self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
     def save(self, step: int, arrays, meta: dict) -> None:

@@ -194,7 +194,7 @@ def prepare(cfg) -> Experiment:
     prunable = pruning.prunable(trainer.init_params, cfg.pruning.ignore)
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.name).lstrip(".") or "experiment"
     directory = os.path.join(os.path.expanduser(cfg.output_dir), f"{name}-{experiment_hash(cfg, data.fingerprint)}")
-    tracker = tracking.Tracker(cfg, directory)
+    tracker = tracking.Tracker(cfg, directory, enabled=distributed.primary())  # process 0 logs for all
     return Experiment(cfg, trainer, prunable, end, rewind, finetune_steps, eval_every, checkpoint_every,
                       data.input_shape, data.num_classes, directory, tracker, data.fingerprint)
 
@@ -210,19 +210,30 @@ def run(cfg, console: Console = None) -> List[dict]:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compilation_cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     experiment = prepare(cfg)
-    os.makedirs(experiment.directory, exist_ok=True)
-    lock = acquire_lock(experiment.directory)
+    if not distributed.primary():  # process 0 reports for all
+        console = Console(quiet=True)
+    lock = None
+    try:
+        if distributed.primary():
+            with at(experiment.directory):
+                os.makedirs(experiment.directory, exist_ok=True)
+            lock = acquire_lock(experiment.directory)
+            record.write_identity(experiment.directory, cfg, experiment.data_fingerprint)
+    finally:  # the other processes learn whether process 0 could start
+        if not all(distributed.agree(1 if distributed.primary() and lock is None else 0) == 0):
+            raise LotteryError(f"{experiment.directory}: process 0 could not start this experiment (its error line says why)")
     try:
         return run_locked(experiment, console)
     finally:
-        lock.close()
+        if lock is not None:
+            lock.close()
 
 
 def run_locked(experiment: Experiment, console: Console) -> List[dict]:
     cfg = experiment.cfg
-    record.write_identity(experiment.directory, cfg, experiment.data_fingerprint)
     invocation = experiment.invocation = record.Invocation(experiment.directory, cfg,
-                                                           record.program(experiment.trainer.host_loop))
+                                                           record.program(experiment.trainer.host_loop, cfg.mesh),
+                                                           write=distributed.primary())
     if invocation.other_programs() and glob.glob(os.path.join(experiment.directory, "replicate_*", "level_*")):
         others = "; ".join(", ".join(f"{k} {v}" for k, v in p.items()) for p in invocation.other_programs())
         now = ", ".join(f"{k} {v}" for k, v in invocation.program.items())
@@ -232,14 +243,16 @@ def run_locked(experiment: Experiment, console: Console) -> List[dict]:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     trained = 0  # networks trained by this invocation
     try:
-        with PREEMPTION, Progress(*columns, console=console, disable=not cfg.progress) as progress:
+        with PREEMPTION, Progress(*columns, console=console, disable=not cfg.progress or console.quiet) as progress:
             for level in range(cfg.levels + 1):
+                distributed.barrier(f"level {level}")  # what process 0 finished is on disk for everyone
                 jobs = [job for r in range(cfg.replicates) for job in level_jobs(experiment, r, level)]
                 train_jobs(experiment, jobs, level, *experiment.segment(level), progress)
                 trained += len(jobs)
                 if level in cfg.lmc.levels:
+                    distributed.barrier(f"lmc {level}")
                     trained += run_lmc(experiment, level, progress)
-                if PREEMPTION.requested and level < cfg.levels:
+                if PREEMPTION.agreed() and level < cfg.levels:
                     raise PREEMPTION.stop(f"stopped after level {level}")
     except Preempted:
         experiment.tracker.abort()
@@ -250,8 +263,11 @@ def run_locked(experiment: Experiment, console: Console) -> List[dict]:
         invocation.end(f"failed: {type(error).__name__}: {error}".splitlines()[0])
         raise
     invocation.end("finished")
-    shutil.rmtree(os.path.join(experiment.directory, "checkpoints"), ignore_errors=True)  # all finished
+    distributed.barrier("finished")
     results = collect(experiment)
+    if not distributed.primary():
+        return results
+    shutil.rmtree(os.path.join(experiment.directory, "checkpoints"), ignore_errors=True)  # all finished
     df = analysis.load_runs(experiment.directory)
     experiment.tracker.finish(df)
     figure = os.path.join(experiment.directory, "accuracy_vs_sparsity.png")
@@ -285,19 +301,31 @@ def acquire_lock(directory: str):
 
 
 class Preemption:
-    """SIGTERM (a cluster scheduler's preemption notice) or Ctrl-C (SIGINT) asks the run to write a
-    checkpoint at the end of the current compiled chunk and stop; the same command then continues
-    from there. A second Ctrl-C stops at once (KeyboardInterrupt): finished results and the last
-    checkpoint are intact either way."""
+    """SIGTERM (a cluster scheduler's preemption notice), SIGUSR2 (SLURM's and submitit's warning
+    before a time limit) or Ctrl-C (SIGINT) asks the run to write a checkpoint at the end of the
+    current compiled chunk and stop; the same command then continues from there. A second Ctrl-C
+    stops at once (KeyboardInterrupt): finished results and the last checkpoint are intact either way.
 
+    In a multi-process run the processes agree at every chunk end (``agreed``): a signal to any one
+    of them stops all of them at the same step, with the same checkpoint. This is the one mechanism:
+    these Python handlers replace the preemption notifier ``jax.distributed`` installs for SIGTERM."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
     requested = None  # the name of the signal that asked, once one did
 
     def __enter__(self):
         self.requested, self.previous = None, {}
         if threading.current_thread() is threading.main_thread():
-            for number in (signal.SIGTERM, signal.SIGINT):
+            for number in self.SIGNALS:
                 self.previous[number] = signal.signal(number, self._request)
         return self
+
+    def agreed(self):
+        """The signal that asked any process to stop (every process calls this at the same points)."""
+        asked = distributed.agree(signal.Signals[self.requested].value if self.requested else 0)
+        if self.requested is None and any(asked):
+            self.requested = signal.Signals(int(next(a for a in asked if a))).name
+        return self.requested
 
     def _request(self, signum, frame):
         name = signal.Signals(signum).name
@@ -328,7 +356,7 @@ def record_sweep_job(directory: str) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and distributed.primary():
         job_dir = HydraConfig.get().runtime.output_dir
         os.makedirs(job_dir, exist_ok=True)
         with open(os.path.join(job_dir, analysis.POINTER), "w") as f:
@@ -428,7 +456,8 @@ def train_jobs(experiment: Experiment, jobs: List[Job], level: int, start: int, 
         rewind_point = training.unstack(rewind_points, i) if rewind_points is not None else None
         save_job(experiment, job, level, start, finished, histories[i], rewind_point, seconds, len(jobs))
     checkpoints.close()
-    shutil.rmtree(checkpoints.directory, ignore_errors=True)
+    if distributed.primary():
+        shutil.rmtree(checkpoints.directory, ignore_errors=True)
 
 
 def group_checkpoints(experiment: Experiment, what: str, level: int, jobs: List[Job], start: int, end: int):
@@ -497,7 +526,8 @@ def train(experiment: Experiment, states, jobs: List[Job], level: int, start: in
                         record[f"{split}_loss"], record[f"{split}_accuracy"] = float(result[0][i]), float(result[1][i])
                 history.append(record)
                 experiment.tracker.log_evaluation(job.replicate, job.kind, level, record)
-        if checkpoints and step < end and (step in checkpoint_stops or PREEMPTION.requested):
+        stopping = PREEMPTION.agreed() if checkpoints and step < end else None  # by every process, at every chunk end
+        if checkpoints and step < end and (step in checkpoint_stops or stopping):
             if loss_sum is None:
                 loss_sum = jax.numpy.zeros(len(jobs), jax.numpy.float32)
             arrays = {"states": states, "loss_sum": loss_sum}
@@ -506,7 +536,7 @@ def train(experiment: Experiment, states, jobs: List[Job], level: int, start: in
             meta = {"histories": histories, "record_from": record_from, "has_rewind_points": rewind_points is not None,
                     "seconds": elapsed()}
             checkpoints.save(step, arrays, meta)
-            if PREEMPTION.requested:
+            if stopping:
                 checkpoints.close()
                 raise PREEMPTION.stop(f"checkpoint written at level {level}, step {step}")
     return states, histories, rewind_points, elapsed()
@@ -523,10 +553,7 @@ def checkpoint_tree(states, has_rewind_points: bool):
 def save_job(experiment: Experiment, job: Job, level: int, start: int, finished, history, rewind_point, seconds,
              group_size: int):
     """Write a job's results to ``<directory>.partial`` and rename it into place."""
-    work_dir = job.directory + ".partial"
-    if os.path.isdir(work_dir):  # an interrupted attempt, never finished
-        shutil.rmtree(work_dir)
-    os.makedirs(work_dir)
+    work_dir = fresh(job.directory + ".partial")
     start_state = jax.device_get(job.state)
     save_tree(os.path.join(work_dir, "ticket"), {key: start_state[key] for key in ("mask", "params", "batch_stats")})
     save_tree(os.path.join(work_dir, "trained"), {key: finished[key] for key in ("params", "batch_stats")})
@@ -537,10 +564,23 @@ def save_job(experiment: Experiment, job: Job, level: int, start: int, finished,
     metrics["data_fingerprint"] = experiment.data_fingerprint
     metrics["group_size"] = group_size  # networks trained one after another in wall_time_s
     write_json(os.path.join(work_dir, "metrics.json"), metrics)
-    os.rename(work_dir, job.directory)
-    experiment.invocation.add(level=level, replicate=job.replicate, kind=job.kind)
-    experiment.tracker.log_level(metrics)
-    warn_at_chance(experiment, metrics)
+    if distributed.primary():
+        os.rename(work_dir, job.directory)
+        experiment.invocation.add(level=level, replicate=job.replicate, kind=job.kind)
+        experiment.tracker.log_level(metrics)
+        warn_at_chance(experiment, metrics)
+
+
+def fresh(work_dir: str) -> str:
+    """An empty ``work_dir`` (an interrupted attempt's is removed), made by process 0 before any
+    process writes into it."""
+    if distributed.primary():
+        if os.path.isdir(work_dir):  # an interrupted attempt, never finished
+            shutil.rmtree(work_dir)
+        with at(work_dir):
+            os.makedirs(work_dir)
+    distributed.barrier(f"fresh {work_dir}")
+    return work_dir
 
 
 def warn_at_chance(experiment: Experiment, metrics: dict) -> None:
@@ -588,18 +628,18 @@ def run_lmc(experiment: Experiment, level: int, progress: Progress) -> int:
     for i in range(0, len(jobs), 2):
         copies = [training.unstack(states, j) for j in (i, i + 1)]
         a, b = ({key: c[key] for key in ("params", "batch_stats")} for c in copies)
-        work_dir = jobs[i].directory + ".partial"
-        shutil.rmtree(work_dir, ignore_errors=True)  # an interrupted attempt
-        os.makedirs(work_dir)
+        work_dir = fresh(jobs[i].directory + ".partial")
         save_tree(os.path.join(work_dir, "copy_a"), a)
         save_tree(os.path.join(work_dir, "copy_b"), b)
         path = measure_lmc(experiment, level, jobs[i].replicate, start, a, b, work_dir)
-        os.rename(work_dir, jobs[i].directory)
-        experiment.invocation.add(level=level, replicate=jobs[i].replicate, kind="lmc", points=points)
-        density = pruning.density(pruning.counts(jobs[i].state["mask"], experiment.prunable))
-        experiment.tracker.log_lmc(jobs[i].replicate, level, density, path)
+        if distributed.primary():
+            os.rename(work_dir, jobs[i].directory)
+            experiment.invocation.add(level=level, replicate=jobs[i].replicate, kind="lmc", points=points)
+            density = pruning.density(pruning.counts(jobs[i].state["mask"], experiment.prunable))
+            experiment.tracker.log_lmc(jobs[i].replicate, level, density, path)
     checkpoints.close()
-    shutil.rmtree(checkpoints.directory, ignore_errors=True)
+    if distributed.primary():
+        shutil.rmtree(checkpoints.directory, ignore_errors=True)
     return len(jobs)
 
 
@@ -609,7 +649,8 @@ def measure_lmc(experiment: Experiment, level: int, replicate: int, start: int, 
     path = lmc.error_along_path(experiment.trainer, a, b, experiment.cfg.lmc.points)
     path.update(level=level, replicate=replicate, start_step=start, points=experiment.cfg.lmc.points)
     write_json(os.path.join(directory, "metrics.json"), path)
-    lmc.plot([path], os.path.join(directory, "path.png"), f"level {level}, replicate {replicate}: from step {start}")
+    if distributed.primary():
+        lmc.plot([path], os.path.join(directory, "path.png"), f"level {level}, replicate {replicate}: from step {start}")
     return path
 
 

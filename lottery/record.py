@@ -48,12 +48,18 @@ def write_identity(directory: str, cfg, data_fingerprint: str) -> None:
                            "that hashes to this directory); it was edited or damaged: delete it and it is written again")
 
 
-def program(host_loop: bool) -> dict:
+def program(host_loop: bool, mesh=None) -> dict:
     """What decides the bits of a result besides the config: the backend, its devices, the jax
-    version and where the loop over steps runs (a conv model's loops round differently)."""
+    version, where the loop over steps runs (a conv model's loops round differently) and the mesh
+    asked for (data-parallel sums gradients in another order; 0 is auto)."""
     device = jax.devices()[0]
-    return {"backend": jax.default_backend(), "device": device.device_kind, "devices": len(jax.devices()),
-            "jax": jax.__version__, "loop": "host" if host_loop else "device"}
+    out = {"backend": jax.default_backend(), "device": device.device_kind, "devices": len(jax.devices()),
+           "jax": jax.__version__, "loop": "host" if host_loop else "device"}
+    if len(jax.devices()) > 1 and mesh is not None:
+        out["mesh"] = f"{mesh.members}x{mesh.data}"
+    if jax.process_count() > 1:
+        out["processes"] = jax.process_count()
+    return out
 
 
 def read(directory: str) -> List[dict]:
@@ -74,8 +80,9 @@ def read(directory: str) -> List[dict]:
 class Invocation:
     """This invocation's lines in invocations.jsonl; ``added`` lists what it finished."""
 
-    def __init__(self, directory: str, cfg, program_: dict):
+    def __init__(self, directory: str, cfg, program_: dict, write: bool = True):
         self.path = os.path.join(directory, INVOCATIONS)
+        self.write = write  # False in the processes other than 0 of a multi-process run
         self.started = time.time()
         self.program = program_
         self.added: List[dict] = []
@@ -99,6 +106,8 @@ class Invocation:
                       "added": self.added})
 
     def _append(self, entry: dict) -> None:
+        if not self.write:
+            return
         with at(self.path), open(self.path, "a") as f:
             f.write(json.dumps(entry) + "\n")
 

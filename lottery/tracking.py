@@ -170,9 +170,9 @@ def lmc_row(level: int, density: float, path: dict) -> Tuple[tuple, dict]:
 
 
 class Tracker:
-    def __init__(self, cfg, directory: str):
+    def __init__(self, cfg, directory: str, enabled: bool = True):
         self.cfg, self.directory = cfg, directory
-        self.mode = cfg.wandb.mode
+        self.mode = cfg.wandb.mode if enabled else "disabled"
         if self.mode not in MODES:
             from lottery.errors import LotteryError
 

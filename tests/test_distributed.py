@@ -1,0 +1,189 @@
+"""Several devices and several processes, on the CPU: virtual devices (``JAX_NUM_CPU_DEVICES``, fixed
+per process, so each layout runs in a subprocess) and processes joined by ``jax.distributed`` on
+127.0.0.1. The reference is the one-device run of the same experiment, in this process."""
+
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from rich.console import Console
+
+from conftest import REPO, child_env, compose_config
+from lottery import distributed, imp
+
+# 3 replicates (level 0: 3 networks on 4 devices, padded), a control (level 1: 6 networks, two rounds)
+# and LMC copies (4 more); checkpoints between evaluations, so resuming restores the running loss sum.
+# SGD: Adam divides by sqrt(v) + 1e-8, which turns the float rounding of data-parallel sums into
+# visible differences of weights whose gradients are ~0 (the comparison of layouts would say little).
+RUN = ["model.hidden=[64,32]", "optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "levels=1", "replicates=3", "controls=[random_reinit]", "lmc.levels=[1]",
+       "lmc.points=3", "training.steps=4ep", "training.eval_every=25it", "checkpoint_every=20it", "progress=false"]
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def results(root):
+    """Every metrics.json (without wall times and provenance) and every saved array, by path."""
+    (directory,) = glob.glob(os.path.join(root, "quickstart-*"))
+    out = {}
+    for path in sorted(glob.glob(f"{directory}/replicate_*/**/metrics.json", recursive=True)):
+        metrics = json.load(open(path))
+        for key in ("wall_time_s", "provenance", "group_size"):
+            metrics.pop(key, None)
+        out[os.path.relpath(path, directory)] = metrics
+    experiment = imp.prepare(compose_config([*RUN, f"output_dir={root}"]))
+    for what in ("trained", "ticket", "copy_a", "copy_b"):
+        for path in sorted(glob.glob(f"{directory}/replicate_*/**/{what}", recursive=True)):
+            saved = experiment.load(os.path.dirname(path), what)
+            out[os.path.relpath(path, directory)] = [np.asarray(a) for a in jax.tree.leaves(saved)]
+    return out
+
+
+def bitwise(a, b) -> bool:
+    return a.keys() == b.keys() and all(
+        (all(np.array_equal(x, y) for x, y in zip(a[k], b[k])) if isinstance(a[k], list) else a[k] == b[k]) for k in a)
+
+
+def close(a, b, atol=1e-4) -> None:
+    """Equal up to float rounding: arrays within ``atol``, accuracies within 1%."""
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], list):
+            for x, y in zip(a[key], b[key]):
+                np.testing.assert_allclose(x, y, atol=atol, err_msg=key)
+        elif "final" in a[key]:
+            assert abs(a[key]["final"]["test_accuracy"] - b[key]["final"]["test_accuracy"]) <= 0.01, key
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("one-device")
+    assert jax.device_count() == 1
+    imp.run(compose_config([*RUN, f"output_dir={root}"]), Console(quiet=True))
+    return results(str(root))
+
+
+LAYOUTS = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from rich.console import Console
+from conftest import compose_config
+from lottery import distributed, imp
+run, root = {run!r}, {root!r}
+for name, mesh in [("members", ["mesh=members"]), ("data", ["mesh=data"]), ("grid", ["mesh.members=2", "mesh.data=2"]),
+                   ("data_again", ["mesh=data", "levels=0", "lmc.levels=[]"])]:  # level 0 again, for run to run
+    imp.run(compose_config([*run, *mesh, "output_dir=" + root + "/" + name]), Console(quiet=True))
+trainer = imp.prepare(compose_config([*run, "output_dir=" + root + "/members"])).trainer
+found = lambda text: [c for c in distributed.COLLECTIVES if c in text]
+print(json.dumps({{"members": found(trainer.layout(4).compiled_text()), "data": found(trainer.layout(1).compiled_text()),
+                  "shapes": [list(trainer.layout(n).mesh.devices.shape) for n in (1, 3, 4, 6)]}}))
+"""
+
+
+def test_member_data_and_2d_meshes_on_4_devices_match_one_device(reference, tmp_path):
+    code = LAYOUTS.format(tests=TESTS, run=RUN, root=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=child_env(JAX_NUM_CPU_DEVICES="4"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    # auto: members along the mesh from as many networks as devices, else the batch
+    assert report["shapes"] == [[1, 4], [1, 4], [4, 1], [4, 1]]
+    assert report["members"] == []  # member-parallel: no communication at all
+    assert "all-reduce" in report["data"]  # data-parallel: XLA averages the gradients
+    members = results(str(tmp_path / "members"))
+    assert bitwise(members, reference)  # each device runs the one-network program: bitwise one device
+    for layout in ("data", "grid"):
+        close(results(str(tmp_path / layout)), reference)
+    again, data = results(str(tmp_path / "data_again")), results(str(tmp_path / "data"))
+    assert again and bitwise(again, {key: data[key] for key in again})  # run to run
+
+
+def test_kill_9_and_resume_under_a_mesh_is_bitwise_the_uninterrupted_run(reference, tmp_path):
+    from test_reliability import kill_at_each_then_finish
+
+    def start():
+        return subprocess.Popen([sys.executable, "-m", "lottery.run", *RUN, "mesh=members", "output_dir=runs"],
+                                cwd=tmp_path, env=child_env(JAX_NUM_CPU_DEVICES="4"), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    runs = tmp_path / "runs" / "quickstart-*"
+    kill_at_each_then_finish(start, [f"{runs}/checkpoints/level_1/*/*"])
+    assert bitwise(results(str(tmp_path / "runs")), reference)
+
+
+def free_port(low=1024, high=65535) -> int:
+    for port in range(low, high):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port")
+
+
+def launch(cwd, environments, *extra):
+    """One process per environment, each with 2 virtual devices, running the same command (without
+    the LMC copies, to keep it short: 4 processes share the test machine's cores)."""
+    return [subprocess.Popen([sys.executable, "-m", "lottery.run", *RUN, "mesh=members", "output_dir=runs",
+                              "lmc.levels=[]", *extra],
+                             cwd=cwd, env=child_env(JAX_NUM_CPU_DEVICES="2", **env), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for env in environments]
+
+
+def slurm(port: int, tasks: int):
+    """A faked SLURM job step of ``tasks`` tasks on this host; JAX derives its coordinator port from
+    the job id (ephemeral range 61440..65535), so the id is chosen to land on ``port``."""
+    return [{"SLURM_JOB_ID": str(port - 61440 + 4096), "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NTASKS": str(tasks),
+             "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i), "SLURM_STEP_NUM_NODES": "1"} for i in range(tasks)]
+
+
+def test_a_faked_slurm_step_is_detected():
+    assert distributed.plan(compose_config().distributed, {}) is None
+    env = slurm(61450, 2)[1]
+    assert distributed.plan(compose_config().distributed, env) == {
+        "source": "slurm", "num_processes": 2, "process_id": 1, "coordinator": None}
+    assert distributed.plan(compose_config().distributed, {**env, "SLURM_NTASKS": "1"}) is None  # one task: no join
+    explicit = compose_config(["distributed.coordinator=10.0.0.1:1234", "distributed.num_processes=4",
+                               "distributed.process_id=3"]).distributed
+    assert distributed.plan(explicit, env)["source"] == "config"  # config keys win
+
+
+def test_two_processes_sigterm_to_one_stops_both_and_the_resumed_run_is_bitwise(reference, tmp_path):
+    port = free_port()
+    processes = [process for i in range(2) for process in launch(
+        tmp_path, [{}], f"distributed.coordinator=127.0.0.1:{port}", "distributed.num_processes=2",
+        f"distributed.process_id={i}")]
+    deadline = time.time() + 300
+    while not glob.glob(f"{tmp_path}/runs/quickstart-*/checkpoints/level_1/*/*") and time.time() < deadline:
+        assert all(p.poll() is None for p in processes), [p.communicate()[1] for p in processes]
+        time.sleep(0.01)
+    processes[1].send_signal(signal.SIGTERM)  # to process 1 only
+    outputs = [p.communicate(timeout=300) for p in processes]
+    for p, (_, stderr) in zip(processes, outputs):
+        assert p.returncode == 143, stderr
+        assert "preempted: checkpoint written at level 1, step" in stderr
+    steps = {stderr.split("step ")[1].split()[0] for _, stderr in outputs}
+    assert len(steps) == 1  # the same checkpoint
+
+    # The same command, now as a faked SLURM job step of 2 tasks (JAX finds the coordinator itself).
+    resumed = launch(tmp_path, slurm(free_port(61440), 2))
+    outputs = [p.communicate(timeout=300) for p in resumed]
+    assert [p.returncode for p in resumed] == [0, 0], [stderr for _, stderr in outputs]
+    assert "level 1: resuming" in outputs[0][0]
+    found = results(str(tmp_path / "runs"))
+    assert found and bitwise(found, {key: reference[key] for key in found})  # 2 processes x 2 devices: bitwise one device
+
+    # Process 0 alone wrote: one start and one end line per invocation, its pid in the lock.
+    (directory,) = glob.glob(f"{tmp_path}/runs/quickstart-*")
+    entries = [json.loads(line) for line in open(os.path.join(directory, "invocations.jsonl"))]
+    assert [e["event"] for e in entries] == ["start", "end", "start", "end"]
+    assert [e["status"] for e in entries if e["event"] == "end"] == ["preempted", "finished"]
+    assert all(e["program"]["processes"] == 2 for e in entries if e["event"] == "start")
+    assert open(os.path.join(directory, "lock")).read() == f"pid {resumed[0].pid} on {os.uname().nodename}"
