@@ -18,6 +18,7 @@ from rich.console import Console
 
 from conftest import REPO, child_env, compose_config
 from lottery import distributed, imp
+from lottery.errors import LotteryError
 
 # 3 replicates (level 0: 3 networks on 4 devices, padded), a control (level 1: 6 networks, two rounds)
 # and LMC copies (4 more); checkpoints between evaluations, so resuming restores the running loss sum.
@@ -75,6 +76,7 @@ sys.path.insert(0, {tests!r})
 from rich.console import Console
 from conftest import compose_config
 from lottery import distributed, imp
+from lottery.errors import LotteryError
 run, root = {run!r}, {root!r}
 for name, mesh in [("members", ["mesh=members"]), ("data", ["mesh=data"]), ("grid", ["mesh.members=2", "mesh.data=2"]),
                    ("data_again", ["mesh=data", "levels=0", "lmc.levels=[]"])]:  # level 0 again, for run to run
@@ -153,6 +155,8 @@ def test_a_faked_slurm_step_is_detected():
     explicit = compose_config(["distributed.coordinator=10.0.0.1:1234", "distributed.num_processes=4",
                                "distributed.process_id=3"]).distributed
     assert distributed.plan(explicit, env)["source"] == "config"  # config keys win
+    with pytest.raises(LotteryError, match=r"distributed\.coordinator is not set"):
+        distributed.plan(compose_config(["distributed.num_processes=2"]).distributed, {})
 
 
 def test_two_processes_sigterm_to_one_stops_both_and_the_resumed_run_is_bitwise(reference, tmp_path):

@@ -197,10 +197,13 @@ def test_nan_loss_stops_the_level_with_a_message(tmp_path):
     ("model=vgg", r"model vgg \(depth 16\) halves its input 4 times .* at least 16x16 pixels; dataset digits has 8x8: "
                   r"the input is too small for this model"),
     ("pruning.ignore=[output/kernel,nothing/here]", r"pruning\.ignore pattern 'nothing/here' matches no prunable parameter"),
+    ("mesh.members=3", r"mesh\.members=3 does not divide the 1 devices"),
+    ("mesh.data=-1", r"mesh\.data=-1 must be a number of devices, or 0 for the rest"),
+    ("mesh.members=2 mesh.data=2", r"mesh\.members=2 x mesh\.data=2 is more than the 1 devices"),
 ])
 def test_bad_configuration_is_named(override, message, tmp_path):
     with pytest.raises(LotteryError, match=message):
-        imp.prepare(compose_config([override, f"output_dir={tmp_path}"]))
+        imp.prepare(compose_config([*override.split(), f"output_dir={tmp_path}"]))
     assert not os.listdir(tmp_path)
 
 
