@@ -242,6 +242,7 @@ def run_locked(experiment: Experiment, console: Console) -> List[dict]:
     except Preempted:
         experiment.tracker.abort()
         invocation.end("preempted")
+        PREEMPTION.pass_on()  # under submitit: requeue the job and exit (SystemExit)
         raise
     except BaseException as error:
         experiment.tracker.abort()
@@ -283,17 +284,18 @@ def acquire_lock(directory: str):
 
 
 class Preemption:
-    """SIGTERM (a cluster scheduler's preemption notice) or Ctrl-C (SIGINT) asks the run to write a
-    checkpoint at the end of the current compiled chunk and stop; the same command then continues
-    from there. A second Ctrl-C stops at once (KeyboardInterrupt): finished results and the last
-    checkpoint are intact either way."""
+    """SIGTERM (a cluster scheduler's preemption notice), SIGUSR2 (submitit's notice that the time
+    limit is near) or Ctrl-C (SIGINT) asks the run to write a checkpoint at the end of the current
+    compiled chunk and stop; the same command then continues from there. A second Ctrl-C stops at
+    once (KeyboardInterrupt): finished results and the last checkpoint are intact either way."""
 
     requested = None  # the name of the signal that asked, once one did
+    received = ()  # the numbers of the signals that asked, in order
 
     def __enter__(self):
-        self.requested, self.previous = None, {}
+        self.requested, self.previous, self.received = None, {}, []
         if threading.current_thread() is threading.main_thread():
-            for number in (signal.SIGTERM, signal.SIGINT):
+            for number in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
                 self.previous[number] = signal.signal(number, self._request)
         return self
 
@@ -305,6 +307,19 @@ class Preemption:
             print("\nCtrl-C: stopping at the end of the current chunk with a checkpoint (Ctrl-C again to stop at once)",
                   file=sys.stderr, flush=True)
         self.requested = name
+        if signum not in self.received:
+            self.received.append(signum)
+
+    def pass_on(self) -> None:
+        """Once the checkpoint is written, hand each signal that stopped the run (but Ctrl-C) to the
+        Python handler this run displaced. In a submitit job (hydra/launcher=slurm or local) SIGUSR2's
+        is submitit's, and it is what requeues the job (``scontrol requeue``; locally, exit code 144)
+        and exits: without this call the job would end with our exit code and never come back.
+        Outside submitit there is no such handler and nothing happens."""
+        for number in self.received:
+            handler = self.previous.get(number)
+            if number != signal.SIGINT and callable(handler):
+                handler(number, None)
 
     def stop(self, message: str) -> Preempted:
         """The exception that ends the run after a requested stop."""

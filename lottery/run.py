@@ -3,7 +3,8 @@
 With no experiment it runs the quickstart (``conf/exp/quickstart.yaml`` equals the defaults).
 Bad input (an unknown key or name, a wrongly typed or out-of-range value, missing or corrupt data,
 a results directory that cannot be written) ends with one line ``error: ...`` on stderr and exit
-code 2. SIGTERM writes a checkpoint and ends with one line ``preempted: ...`` and exit code 143;
+code 2. SIGTERM writes a checkpoint and ends with one line ``preempted: ...`` and exit code 143
+(SIGUSR2, submitit's time-limit notice: the same, 140, or in a submitit job a requeue);
 Ctrl-C does the same with ``interrupted: ...`` and 130 (twice: at once). The same command
 continues the run. In a sweep (``-m``) every job's config is checked before the first starts, a
 job that fails does not stop the others, and the sweep ends with a line naming the failed jobs.
