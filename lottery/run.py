@@ -122,9 +122,11 @@ def check_sweep(arguments: List[str]) -> None:
 
     from lottery import imp
 
-    overrides = [a for a in arguments if not a.startswith("-")]
+    # Where the jobs run (hydra/launcher=slurm, hydra.launcher.nodes=2) is not what they are.
+    launcher = re.compile(r"hydra[./]launcher\b")
+    overrides = [a for a in arguments if not a.startswith("-") and not launcher.match(a.lstrip("+~"))]
     if any(a.split("=", 1)[0].lstrip("+~").startswith("hydra") for a in overrides):
-        return  # another sweeper or launcher: its jobs are checked as they start
+        return  # another sweeper or other Hydra settings: its jobs are checked as they start
     parsed = OverridesParser.create().parse_overrides(overrides)
     jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
     problems = []

@@ -73,6 +73,14 @@ def test_a_slurm_sweep_submits_one_array_job_with_the_resources_and_the_time_lim
     assert command.startswith("srun --unbuffered ") and command.endswith(f"-m submitit.core._submit {submitit_dir}/%j")
 
 
+def test_a_launcher_sweep_checks_every_jobs_config_before_submitting(tmp_path):
+    result = run_cli("-m", "hydra/launcher=slurm", "hydra.launcher.nodes=2", "pruning.rate=0.2,1.5", *TINY,
+                     f"output_dir={tmp_path / 'runs'}", cwd=tmp_path, env=fake_slurm(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: 1 of 2 sweep jobs have a bad config, nothing was started: "), result.stderr
+    assert not (tmp_path / "script.sh").exists() and not (tmp_path / "runs").exists()
+
+
 def test_the_signals_that_stopped_a_run_go_on_to_the_handlers_it_displaced():
     """submitit's SIGUSR2 handler (requeue) must still run, after the checkpoint; Ctrl-C's does not."""
     called, preemption = [], imp.Preemption()
