@@ -13,8 +13,8 @@ class LotteryError(Exception):
 
 
 class Preempted(Exception):
-    """SIGTERM or Ctrl-C arrived: a checkpoint was written and the run stopped; the same command
-    continues. ``signal`` is the signal's name, ``code`` the exit code (128 + its number)."""
+    """SIGTERM, SIGUSR2 or Ctrl-C arrived: a checkpoint was written and the run stopped; the same
+    command continues. ``signal`` is the signal's name, ``code`` the exit code (128 + its number)."""
 
     def __init__(self, message: str, signal: str = "SIGTERM", code: int = 143):
         super().__init__(message)

@@ -257,6 +257,7 @@ def run_locked(experiment: Experiment, console: Console) -> List[dict]:
     except Preempted:
         experiment.tracker.abort()
         invocation.end("preempted")
+        PREEMPTION.pass_on()  # under submitit: requeue the job and exit (SystemExit)
         raise
     except BaseException as error:
         experiment.tracker.abort()
@@ -312,9 +313,10 @@ class Preemption:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
     requested = None  # the name of the signal that asked, once one did
+    received = ()  # the numbers of the signals that asked, in order
 
     def __enter__(self):
-        self.requested, self.previous = None, {}
+        self.requested, self.previous, self.received = None, {}, []
         if threading.current_thread() is threading.main_thread():
             for number in self.SIGNALS:
                 self.previous[number] = signal.signal(number, self._request)
@@ -324,7 +326,9 @@ class Preemption:
         """The signal that asked any process to stop (every process calls this at the same points)."""
         asked = distributed.agree(signal.Signals[self.requested].value if self.requested else 0)
         if self.requested is None and any(asked):
-            self.requested = signal.Signals(int(next(a for a in asked if a))).name
+            number = int(next(a for a in asked if a))
+            self.requested = signal.Signals(number).name
+            self.received.append(number)  # as if it came here too: process 0 passes it on (pass_on)
         return self.requested
 
     def _request(self, signum, frame):
@@ -335,6 +339,19 @@ class Preemption:
             print("\nCtrl-C: stopping at the end of the current chunk with a checkpoint (Ctrl-C again to stop at once)",
                   file=sys.stderr, flush=True)
         self.requested = name
+        if signum not in self.received:
+            self.received.append(signum)
+
+    def pass_on(self) -> None:
+        """Once the checkpoint is written, hand each signal that stopped the run (but Ctrl-C) to the
+        Python handler this run displaced. In a submitit job (hydra/launcher=slurm or local) SIGUSR2's
+        is submitit's, and it is what requeues the job (``scontrol requeue``; locally, exit code 144)
+        and exits: without this call the job would end with our exit code and never come back.
+        Outside submitit there is no such handler and nothing happens."""
+        for number in self.received:
+            handler = self.previous.get(number)
+            if number != signal.SIGINT and callable(handler):
+                handler(number, None)
 
     def stop(self, message: str) -> Preempted:
         """The exception that ends the run after a requested stop."""

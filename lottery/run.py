@@ -3,7 +3,8 @@
 With no experiment it runs the quickstart (``conf/exp/quickstart.yaml`` equals the defaults).
 Bad input (an unknown key or name, a wrongly typed or out-of-range value, missing or corrupt data,
 a results directory that cannot be written) ends with one line ``error: ...`` on stderr and exit
-code 2. SIGTERM writes a checkpoint and ends with one line ``preempted: ...`` and exit code 143;
+code 2. SIGTERM writes a checkpoint and ends with one line ``preempted: ...`` and exit code 143
+(SIGUSR2, submitit's time-limit notice: the same, 140, or in a submitit job a requeue);
 Ctrl-C does the same with ``interrupted: ...`` and 130 (twice: at once). The same command
 continues the run. In a sweep (``-m``) every job's config is checked before the first starts, a
 job that fails does not stop the others, and the sweep ends with a line naming the failed jobs.
@@ -121,9 +122,11 @@ def check_sweep(arguments: List[str]) -> None:
 
     from lottery import imp
 
-    overrides = [a for a in arguments if not a.startswith("-")]
+    # Where the jobs run (hydra/launcher=slurm, hydra.launcher.nodes=2) is not what they are.
+    launcher = re.compile(r"hydra[./]launcher\b")
+    overrides = [a for a in arguments if not a.startswith("-") and not launcher.match(a.lstrip("+~"))]
     if any(a.split("=", 1)[0].lstrip("+~").startswith("hydra") for a in overrides):
-        return  # another sweeper or launcher: its jobs are checked as they start
+        return  # another sweeper or other Hydra settings: its jobs are checked as they start
     parsed = OverridesParser.create().parse_overrides(overrides)
     jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
     problems = []
