@@ -212,16 +212,22 @@ def run(cfg, console: Console = None) -> List[dict]:
     experiment = prepare(cfg)
     if not distributed.primary():  # process 0 reports for all
         console = Console(quiet=True)
-    lock = None
-    try:
-        if distributed.primary():
+    lock, error = None, None
+    if distributed.primary():
+        try:
             with at(experiment.directory):
                 os.makedirs(experiment.directory, exist_ok=True)
             lock = acquire_lock(experiment.directory)
             record.write_identity(experiment.directory, cfg, experiment.data_fingerprint)
-    finally:  # the other processes learn whether process 0 could start
-        if not all(distributed.agree(1 if distributed.primary() and lock is None else 0) == 0):
-            raise LotteryError(f"{experiment.directory}: process 0 could not start this experiment (its error line says why)")
+        except BaseException as e:  # raised below, once the other processes know
+            error = e
+    started = distributed.agree(0 if error is None else 1)  # every process learns whether process 0 could start
+    if error is not None:
+        if lock is not None:
+            lock.close()
+        raise error
+    if any(started):
+        raise LotteryError(f"{experiment.directory}: process 0 could not start this experiment (its error line says why)")
     try:
         return run_locked(experiment, console)
     finally:

@@ -1,0 +1,96 @@
+"""A level's stack over several devices: one device vs member-parallel vs data-parallel meshes.
+
+Trains a stack of N LeNet-300-100 networks (batch 60, Adam, MNIST-shaped synthetic data, 20%
+density) for a number of steps with the trainer's programs, once per layout, each layout in its own
+process (JAX fixes the device count per process: ``JAX_NUM_CPU_DEVICES`` on CPU; on a GPU host the
+mesh takes the first devices). Prints the median and range of several timings per layout and
+the speed-up over one device, side by side, and whether the member-parallel stack came out bitwise
+the one-device stack (it must). On a CPU the virtual devices share the host's cores, so the
+speed-up is bounded by what one network leaves idle; on a multi-GPU host each device is its own.
+
+    python experiments/bench/mesh.py [--networks 8] [--steps 500] [--repeats 3] [--smoke]
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+LAYOUTS = [  # (name, devices, mesh.members, mesh.data)
+    ("one device", 1, 1, 1),
+    ("members x2", 2, 2, 1),
+    ("members x4", 4, 4, 1),
+    ("data x2", 2, 1, 2),
+    ("data x4", 4, 1, 4),
+]
+
+
+def measure(args):
+    """In a child process: time one layout, print a JSON line."""
+    import jax
+    import numpy as np
+
+    from common import compose_config
+    from lottery import training
+    from masked_step import make_trainer, random_mask
+
+    trainer = make_trainer("lenet", masked=True)
+    trainer.mesh = compose_config([f"mesh.members={args.members}", f"mesh.data={args.data}"]).mesh
+    members = [trainer.init_state(trainer.init_params, trainer.init_batch_stats, random_mask(trainer, 0.2, seed=i))
+               for i in range(args.networks)]
+    keys = jax.random.split(jax.random.key(0), 2 * args.networks).reshape(2, args.networks)
+    times, state = [], None
+    for attempt in range(args.repeats + 1):  # the first compiles
+        state = training.stack(members)
+        begin = time.perf_counter()
+        state, loss = trainer.train(state, keys[0], keys[1], 0, args.steps)
+        jax.block_until_ready((state, loss))
+        if attempt:
+            times.append(time.perf_counter() - begin)
+    digest = hashlib.sha256(b"".join(np.asarray(a).tobytes() for a in jax.tree.leaves(state["params"]))).hexdigest()
+    print(json.dumps({"times": times, "digest": digest, "devices": jax.device_count()}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--networks", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="a few steps, 2 networks: checks the script runs")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--members", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.smoke:
+        args.networks, args.steps, args.repeats = 2, 5, 1
+    if args.child:
+        return measure(args)
+
+    from common import machine
+
+    print(f"machine: {machine()}")
+    print(f"lenet, {args.networks} networks x {args.steps} steps, {args.repeats} timings each (median [min-max] s)")
+    print(f"{'layout':>12s} {'seconds':>22s} {'speed-up':>9s} {'bitwise one device':>19s}")
+    base = None
+    layouts = LAYOUTS[:2] + LAYOUTS[3:4] if args.smoke else LAYOUTS
+    for name, devices, members, data in layouts:
+        env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices)}  # CPU; a GPU host uses the first `devices` GPUs
+        done = subprocess.run([sys.executable, __file__, "--child", f"--networks={args.networks}",
+                               f"--steps={args.steps}", f"--repeats={args.repeats}", f"--members={members}",
+                               f"--data={data}"], env=env, capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__)))
+        if done.returncode:
+            sys.exit(f"{name}: {done.stderr.strip().splitlines()[-1]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        times = sorted(result["times"])
+        median = times[len(times) // 2]
+        base = base or (median, result["digest"])
+        same = result["digest"] == base[1]
+        print(f"{name:>12s} {median:9.2f} [{times[0]:.2f}-{times[-1]:.2f}] {base[0] / median:8.2f}x {str(same):>19s}")
+
+
+if __name__ == "__main__":
+    main()
