@@ -395,8 +395,10 @@ def level_jobs(experiment: Experiment, replicate: int, level: int) -> List[Job]:
     ticket_dir = experiment.level_dir(replicate, level)
     controls = [c for c in cfg.controls if level > 0 and not os.path.isdir(os.path.join(ticket_dir, c))]
     ticket_done = os.path.isdir(ticket_dir)
-    if ticket_done:
-        read_json(os.path.join(ticket_dir, "metrics.json"), NETWORK_KEYS)  # finished work must be readable before more is built on it
+    finished = [ticket_dir] if ticket_done else []
+    finished += [os.path.join(ticket_dir, c) for c in cfg.controls if level > 0 and c not in controls]
+    for directory in finished:  # finished work must be readable before more is built on it or reported
+        read_json(os.path.join(directory, "metrics.json"), NETWORK_KEYS)
     if ticket_done and not controls:
         return []
     keys = experiment.keys(replicate)

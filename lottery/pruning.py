@@ -83,6 +83,12 @@ def check(cfg) -> None:
         value = getattr(cfg, key)
         if value is not None and not 0 < value < 1:
             raise LotteryError(f"pruning.{key}={value} must be in (0, 1): the fraction of remaining weights pruned per level")
+    for pattern in cfg.ignore:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise LotteryError(f"pruning.ignore pattern {pattern!r} is not a regular expression ({error}); "
+                               "write e.g. output/kernel or conv_.*/kernel") from None
 
 
 def number_to_prune(rate, remaining: int) -> int:

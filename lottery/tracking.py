@@ -165,8 +165,11 @@ def level_row(metrics: dict) -> Tuple[tuple, dict]:
 
 
 def lmc_row(level: int, density: float, path: dict) -> Tuple[tuple, dict]:
-    return ("lmc", level), {"level/index": level, "level/percent_remaining": 100 * density,
-                            "level/lmc_barrier": path["barrier"]}
+    """Keyed by the number of points too: a path measured again at another count (imp.remeasure_lmc)
+    is a new row, which W&B gets, not one its ledger has seen."""
+    points = path.get("points", len(path.get("alphas", [])))
+    return ("lmc", level, points), {"level/index": level, "level/percent_remaining": 100 * density,
+                            "level/lmc_barrier": path["barrier"], "level/lmc_points": points}
 
 
 class Tracker:
@@ -243,7 +246,7 @@ class Tracker:
 
     def rows_on_disk(self, replicate: int, kind: str) -> List[Tuple[tuple, dict]]:
         """The rows of a run that its finished results hold (directories appear only when complete)."""
-        from lottery.checkpoint import read_json
+        from lottery.checkpoint import LMC_KEYS, NETWORK_KEYS, read_json
 
         base = os.path.join(self.directory, f"replicate_{replicate}")
         names = os.listdir(base) if os.path.isdir(base) else []
@@ -254,11 +257,11 @@ class Tracker:
             directory = level_dir if kind == "ticket" else os.path.join(level_dir, kind)
             if not os.path.isdir(directory):
                 continue
-            metrics = read_json(os.path.join(directory, "metrics.json"))
+            metrics = read_json(os.path.join(directory, "metrics.json"), NETWORK_KEYS)
             rows += [evaluation_row(level, record) for record in metrics["history"]]
             rows.append(level_row(metrics))
             if kind == "ticket" and os.path.isdir(os.path.join(level_dir, "lmc")):
-                path = read_json(os.path.join(level_dir, "lmc", "metrics.json"))
+                path = read_json(os.path.join(level_dir, "lmc", "metrics.json"), LMC_KEYS)
                 rows.append(lmc_row(level, metrics["density"], path))
         return rows
 

@@ -169,6 +169,21 @@ def test_corrupt_results_are_named_and_never_silently_redone(small_config, tmp_p
         imp.run(cfg, console=Console(file=io.StringIO()))
 
 
+def test_a_corrupt_finished_control_is_named_before_anything_is_added(small_config, tmp_path):
+    """A control's metrics.json that parses but is not a result: named, whatever reads it next."""
+    import io
+    from rich.console import Console
+
+    cfg = small_config("levels=1", "controls=[random_reinit]")
+    imp.run(cfg, console=Console(file=io.StringIO()))
+    metrics = os.path.join(imp.prepare(cfg).level_dir(0, 1), "random_reinit", "metrics.json")
+    with open(metrics, "w") as f:
+        json.dump({"level": 1}, f)
+    with pytest.raises(LotteryError, match=rf"{metrics}: holds an object without replicate, kind"):
+        imp.run(small_config("levels=1", "controls=[random_reinit,random_prune]"), console=Console(file=io.StringIO()))
+    assert not os.path.exists(os.path.join(imp.prepare(cfg).level_dir(0, 1), "random_prune"))
+
+
 def test_nan_loss_stops_the_level_with_a_message(tmp_path):
     result = run_cli("optimizer=sgd", "optimizer.lr=1e12", "levels=1", "progress=false", cwd=tmp_path)
     assert result.returncode == 2
@@ -197,6 +212,7 @@ def test_nan_loss_stops_the_level_with_a_message(tmp_path):
     ("model=vgg", r"model vgg \(depth 16\) halves its input 4 times .* at least 16x16 pixels; dataset digits has 8x8: "
                   r"the input is too small for this model"),
     ("pruning.ignore=[output/kernel,nothing/here]", r"pruning\.ignore pattern 'nothing/here' matches no prunable parameter"),
+    ("pruning.ignore=['conv(']", r"pruning\.ignore pattern 'conv\(' is not a regular expression \(missing \)"),
     ("mesh.members=3", r"mesh\.members=3 does not divide the 1 devices"),
     ("mesh.data=-1", r"mesh\.data=-1 must be a number of devices, or 0 for the rest"),
     ("mesh.members=2 mesh.data=2", r"mesh\.members=2 x mesh\.data=2 is more than the 1 devices"),

@@ -4,6 +4,7 @@ import glob
 import io
 import json
 import os
+import tempfile
 import subprocess
 import sys
 
@@ -33,7 +34,7 @@ def row_key(row):
     if "train/loss" in row:
         return "eval", row["level"], row["iteration"]
     if "level/lmc_barrier" in row:
-        return "lmc", row["level/index"]
+        return "lmc", row["level/index"], row["level/lmc_points"]
     if "level/test_accuracy" in row:
         return "level", row["level/index"]
     return ("summary",) if "levels/path" in row else None
@@ -199,3 +200,15 @@ def test_a_run_continued_after_wandb_sync_logs_only_what_the_server_lacks(small_
         [(1, r["step"]) for r in results[1]["history"]]
     assert [row["level/index"] for row in after if "level/test_accuracy" in row] == [1]
     assert min(row["_step"] for row in after) > max(row["_step"] for row in before)
+
+
+def test_an_lmc_path_measured_again_at_another_count_reaches_w_and_b():
+    """``lmc.points`` changed on a finished LMC level re-measures the path from its copies: the new
+    barrier is a new row (the ledger has the old one), the same count again is not."""
+    ledger = tracking.Ledger(os.path.join(tempfile.mkdtemp(), "run.steps.jsonl"))
+    fake = FakeRun(0)
+    record = tracking.Record(fake, ledger)
+    path = lambda points, barrier: {"points": points, "alphas": [0.0] * points, "barrier": barrier}
+    for points, barrier in ((3, 0.1), (5, 0.2), (5, 0.2)):
+        record.log(*tracking.lmc_row(1, 0.5, path(points, barrier)))
+    assert [row["level/lmc_barrier"] for _, row in fake.rows] == [0.1, 0.2]
