@@ -35,6 +35,7 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lottery import pruning
 from lottery.errors import LotteryError
 
 AXES = ("members", "data")
@@ -192,8 +193,9 @@ class Layout:
         return jax.jit(jax.shard_map(per_device, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs,
                                      axis_names={"members"}))
 
-    def replicated(self, name: str, host):
-        """A host pytree (the data) replicated on every device of the mesh, made once."""
+    def replicated(self, name, host):
+        """A host pytree (the data, an evaluation batch) replicated on every device of the mesh,
+        made once per ``name``."""
         if name not in self._replicated:
             self._replicated[name] = to_global(host, self.mesh, P())
         return self._replicated[name]
@@ -218,7 +220,8 @@ class Layout:
             while step < stop:  # one compiled loop per epoch touched, as on one device
                 epoch = step // trainer.iterations_per_epoch
                 end = min(stop, (epoch + 1) * trainer.iterations_per_epoch)
-                orders = members(np.stack([np.asarray(trainer._order(data_key[i], epoch)) for i in ids]), range(len(ids)))
+                orders = to_global(np.stack([np.asarray(trainer._order(data_key[i], epoch)) for i in ids]), self.mesh,
+                                   P("members"))
                 if trainer.host_loop:
                     for j in range(step, end):
                         block, block_sum = self._train_step(block, data, orders, keys, scalar(j), block_sum)
@@ -232,20 +235,19 @@ class Layout:
     def evaluate(self, state, split: str):
         trainer = self.trainer
         host = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
-        batches = self.replicated(split, trainer.eval_host[split])
         networks = len(jax.tree.leaves(host)[0])
         out = []
         for ids in self.rounds(networks):
             block = to_global(jax.tree.map(lambda a: a[np.asarray(ids)], host), self.mesh, P("members"))
             if trainer.host_loop:
                 count = trainer.eval_host[split][0].shape[0]
-                one = lambda b: jax.tree.map(lambda a: a[b], trainer.eval_host[split])
-                sums = [to_host(self._evaluate_batch(block["params"], block["batch_stats"],
-                                                     to_global(one(b), self.mesh, P()))) for b in range(count)]
+                one = lambda b: self.replicated((split, b), jax.tree.map(lambda a: a[b], trainer.eval_host[split]))
+                sums = [to_host(self._evaluate_batch(block["params"], block["batch_stats"], one(b))) for b in range(count)]
                 loss, correct = (np.sum(column, axis=0) for column in zip(*sums))
                 total = float(np.sum(trainer.eval_host[split][2]))
                 out.append((loss / total, correct / total))
             else:
+                batches = self.replicated(split, trainer.eval_host[split])
                 out.append(to_host(self._evaluate(block["params"], block["batch_stats"], batches)))
         loss, accuracy = (np.concatenate(column)[:networks] for column in zip(*out))
         return loss, accuracy
@@ -253,8 +255,7 @@ class Layout:
     def compiled_text(self) -> str:
         """The optimized HLO of the training program on this mesh (for tests: collectives)."""
         trainer = self.trainer
-        one = {k: v for k, v in trainer.init_state(trainer.init_params, trainer.init_batch_stats,
-                                                   jax.tree.map(lambda a: np.ones(a.shape, bool), trainer.init_params)).items()}
+        one = trainer.init_state(trainer.init_params, trainer.init_batch_stats, pruning.full_mask(trainer.init_params))
         stacked = jax.tree.map(lambda a: np.stack([np.asarray(a)] * self.members), one)
         args = (to_global(stacked, self.mesh, P("members")), self.replicated("train", trainer.train_host),
                 to_global(np.zeros((self.members, len(trainer.train_host[1])), np.int32), self.mesh, P("members")),
