@@ -34,14 +34,10 @@ hash is of) and ``invocations.jsonl`` what each invocation asked for, ran on and
 import dataclasses
 import fcntl
 import glob
-import hashlib
 import os
 import re
 import shutil
-import signal
 import sys
-import threading
-import time
 from typing import Dict, List, Optional
 
 import jax
@@ -50,9 +46,10 @@ from flax import nnx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lottery import analysis, distributed, lmc, models, pruning, record, report, tracking, training
+from lottery import analysis, distributed, driver, lmc, models, pruning, record, report, tracking, training
+from lottery.driver import Job, group_checkpoints, train
 from lottery import data as datasets
-from lottery.checkpoint import LMC_KEYS, NETWORK_KEYS, LevelCheckpoints, load_tree, read_json, save_tree, write_json
+from lottery.checkpoint import LMC_KEYS, NETWORK_KEYS, load_tree, read_json, save_tree, write_json
 from lottery.config import experiment_hash
 from lottery.errors import LotteryError, Preempted, at
 from lottery.provenance import provenance
@@ -119,17 +116,6 @@ class Experiment:
         """θk of ``replicate``: the dense level 0's state at the rewind step."""
         return self.load(self.level_dir(replicate, 0), "rewind_point")
 
-
-@dataclasses.dataclass
-class Job:
-    """One network to train at a level: a replicate's ticket, one of its controls, or an LMC copy."""
-
-    replicate: int
-    kind: str  # ticket | random_reinit | random_prune | lmc_a | lmc_b
-    directory: str  # where its results go (LMC copies: the level's lmc/)
-    state: dict  # its training state at the start of the level
-    data_key: jax.Array
-    augment_key: jax.Array
 
 
 MAX_NAME = 100  # characters of `name`: it names the results directory and the W&B runs
@@ -249,7 +235,7 @@ def run_locked(experiment: Experiment, console: Console) -> List[dict]:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     trained = 0  # networks trained by this invocation
     try:
-        with PREEMPTION, Progress(*columns, console=console, disable=not cfg.progress or console.quiet) as progress:
+        with driver.PREEMPTION, Progress(*columns, console=console, disable=not cfg.progress or console.quiet) as progress:
             for level in range(cfg.levels + 1):
                 distributed.barrier(f"level {level}")  # what process 0 finished is on disk for everyone
                 jobs = [job for r in range(cfg.replicates) for job in level_jobs(experiment, r, level)]
@@ -258,12 +244,12 @@ def run_locked(experiment: Experiment, console: Console) -> List[dict]:
                 if level in cfg.lmc.levels:
                     distributed.barrier(f"lmc {level}")
                     trained += run_lmc(experiment, level, progress)
-                if PREEMPTION.agreed() and level < cfg.levels:
-                    raise PREEMPTION.stop(f"stopped after level {level}")
+                if driver.PREEMPTION.agreed() and level < cfg.levels:
+                    raise driver.PREEMPTION.stop(f"stopped after level {level}")
     except Preempted:
         experiment.tracker.abort()
         invocation.end("preempted")
-        PREEMPTION.pass_on()  # under submitit: requeue the job and exit (SystemExit)
+        driver.PREEMPTION.pass_on()  # under submitit: requeue the job and exit (SystemExit)
         raise
     except BaseException as error:
         experiment.tracker.abort()
@@ -306,71 +292,6 @@ def acquire_lock(directory: str):
         lock.flush()
     return lock
 
-
-class Preemption:
-    """SIGTERM (a cluster scheduler's preemption notice), SIGUSR2 (SLURM's and submitit's warning
-    before a time limit) or Ctrl-C (SIGINT) asks the run to write a checkpoint at the end of the
-    current compiled chunk and stop; the same command then continues from there. A second Ctrl-C
-    stops at once (KeyboardInterrupt): finished results and the last checkpoint are intact either way.
-
-    In a multi-process run the processes agree at every chunk end (``agreed``): a signal to any one
-    of them stops all of them at the same step, with the same checkpoint. This is the one mechanism:
-    these Python handlers replace the preemption notifier ``jax.distributed`` installs for SIGTERM."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
-    requested = None  # the name of the signal that asked, once one did
-    received = ()  # the numbers of the signals that asked, in order
-
-    def __enter__(self):
-        self.requested, self.previous, self.received = None, {}, []
-        if threading.current_thread() is threading.main_thread():
-            for number in self.SIGNALS:
-                self.previous[number] = signal.signal(number, self._request)
-        return self
-
-    def agreed(self):
-        """The signal that asked any process to stop (every process calls this at the same points)."""
-        asked = distributed.agree(signal.Signals[self.requested].value if self.requested else 0)
-        if self.requested is None and any(asked):
-            number = int(next(a for a in asked if a))
-            self.requested = signal.Signals(number).name
-            self.received.append(number)  # as if it came here too: process 0 passes it on (pass_on)
-        return self.requested
-
-    def _request(self, signum, frame):
-        name = signal.Signals(signum).name
-        if signum == signal.SIGINT:
-            if self.requested == "SIGINT":  # the second Ctrl-C
-                raise KeyboardInterrupt
-            print("\nCtrl-C: stopping at the end of the current chunk with a checkpoint (Ctrl-C again to stop at once)",
-                  file=sys.stderr, flush=True)
-        self.requested = name
-        if signum not in self.received:
-            self.received.append(signum)
-
-    def pass_on(self) -> None:
-        """Once the checkpoint is written, hand each signal that stopped the run (but Ctrl-C) to the
-        Python handler this run displaced. In a submitit job (hydra/launcher=slurm or local) SIGUSR2's
-        is submitit's, and it is what requeues the job (``scontrol requeue``; locally, exit code 144)
-        and exits: without this call the job would end with our exit code and never come back.
-        Outside submitit there is no such handler and nothing happens."""
-        for number in self.received:
-            handler = self.previous.get(number)
-            if number != signal.SIGINT and callable(handler):
-                handler(number, None)
-
-    def stop(self, message: str) -> Preempted:
-        """The exception that ends the run after a requested stop."""
-        number = signal.Signals[self.requested]
-        return Preempted(f"{message} ({'Ctrl-C' if number == signal.SIGINT else self.requested}); "
-                         "run the same command to continue", self.requested, 128 + number)
-
-    def __exit__(self, *exc):
-        for number, previous in self.previous.items():
-            signal.signal(number, previous)
-
-
-PREEMPTION = Preemption()
 
 
 def record_sweep_job(directory: str) -> None:
@@ -471,11 +392,11 @@ def train_jobs(experiment: Experiment, jobs: List[Job], level: int, start: int, 
     density = pruning.density(pruning.counts(jobs[0].state["mask"], experiment.prunable))
     kinds = ", ".join(sorted({job.kind for job in jobs}))
     task = progress.add_task(f"level {level} ({density:.1%} of weights): {len(jobs)} x {kinds}", total=end - start)
-    keep_rewind_point = level == 0
-    checkpoints = group_checkpoints(experiment, "train", level, jobs, start, end)
-    states, histories, rewind_points, seconds = train(experiment, states, jobs, level, start, end,
-                                                      keep_rewind_point, lambda n: progress.advance(task, n),
-                                                      checkpoints=checkpoints, say=progress.console.print)
+    keep = [experiment.rewind] if level == 0 else []
+    checkpoints = group_checkpoints(experiment.directory, "train", level, jobs, start, end)
+    states, histories, kept, seconds = train(experiment, states, jobs, level, start, end, lambda n: progress.advance(task, n),
+                                             keep, checkpoints=checkpoints, say=progress.console.print)
+    rewind_points = kept.get(experiment.rewind) if level == 0 else None
     for i, job in sorted(enumerate(jobs), key=lambda item: item[1].kind != "ticket"):  # tickets' dirs first
         finished = training.unstack(states, i)
         rewind_point = training.unstack(rewind_points, i) if rewind_points is not None else None
@@ -484,95 +405,6 @@ def train_jobs(experiment: Experiment, jobs: List[Job], level: int, start: int, 
     if distributed.primary():
         shutil.rmtree(checkpoints.directory, ignore_errors=True)
 
-
-def group_checkpoints(experiment: Experiment, what: str, level: int, jobs: List[Job], start: int, end: int):
-    """The checkpoint directory of one group of jobs: named by who is in it, so that a group
-    with other members (controls added, some finished) never resumes from it."""
-    members = ",".join(f"{job.replicate}:{job.kind}" for job in jobs) + f"|{start}-{end}"
-    name = f"{what}-{hashlib.sha256(members.encode()).hexdigest()[:10]}"
-    return LevelCheckpoints(os.path.join(experiment.directory, "checkpoints", f"level_{level}", name))
-
-
-def train(experiment: Experiment, states, jobs: List[Job], level: int, start: int, end: int,
-          keep_rewind_point: bool, advance, evaluate: bool = True, checkpoints: Optional[LevelCheckpoints] = None,
-          say=print):
-    """Train stacked states over [start, end) in compiled chunks that end at each evaluation (and
-    at k on level 0, to keep θk). Returns the final states, each job's evaluation history and, on
-    request, the stacked states at k. Without ``evaluate``, one chunk and no evaluation.
-
-    With ``checkpoints``, the run resumes from the newest checkpoint of this group, writes one
-    every ``checkpoint_every`` steps (at chunk ends), and on SIGTERM writes one and stops. The data
-    order and augmentation are functions of (key, step) and the running loss sum is saved, so a
-    resumed run is bitwise the run that was not interrupted. The seconds returned last are the
-    training time of [start, end), summed over the processes that took part (checkpoints carry it).
-    """
-    trainer, every, k = experiment.trainer, experiment.eval_every, experiment.rewind
-    data_keys = jax.numpy.stack([job.data_key for job in jobs])
-    augment_keys = jax.numpy.stack([job.augment_key for job in jobs])
-    evaluations = set(range((start // every + 1) * every, end + 1, every)) | {end} if evaluate else set()
-    checkpoint_stops = set(range(start + experiment.checkpoint_every, end, experiment.checkpoint_every))
-    stops = sorted(evaluations | {end} | checkpoint_stops | ({k} if keep_rewind_point and k > start else set()))
-    snapshot = lambda s: jax.device_get({key: s[key] for key in ("params", "batch_stats", "opt_state")})
-    rewind_points = snapshot(states) if keep_rewind_point and k == start else None
-    histories, step, loss_sum, record_from = [[] for _ in jobs], start, None, start
-    began, earlier = time.time(), 0.0
-    elapsed = lambda: earlier + time.time() - began  # this level's training time, over every process
-
-    resumed = checkpoints.latest(lambda meta: checkpoint_tree(states, meta["has_rewind_points"])) if checkpoints else None
-    if resumed is not None:
-        step, arrays, meta = resumed
-        states, loss_sum = arrays["states"], arrays["loss_sum"]
-        rewind_points = jax.device_get(arrays["rewind_points"]) if meta["has_rewind_points"] else rewind_points
-        histories, record_from, earlier = meta["histories"], meta["record_from"], meta.get("seconds", 0.0)
-        advance(step - start)
-        say(f"level {level}: resuming {len(jobs)} networks from the checkpoint at step {step}")
-        for job, history in zip(jobs, histories):  # W&B may have lost them with the killed process
-            experiment.tracker.log_history(job.replicate, job.kind, level, history)
-
-    for stop in [s for s in stops if s > step]:
-        states, loss_sum = trainer.train(states, data_keys, augment_keys, step, stop, loss_sum)
-        jax.block_until_ready(loss_sum)  # dispatch is asynchronous: count steps when they are done
-        advance(stop - step)
-        step = stop
-        if keep_rewind_point and step == k:
-            rewind_points = snapshot(states)
-        if step in evaluations:
-            train_loss = np.asarray(loss_sum) / (step - record_from)  # mean since the last record
-            loss_sum, record_from = None, step
-            for job, loss in zip(jobs, train_loss):
-                if not np.isfinite(loss):
-                    raise LotteryError(f"level {level}, replicate {job.replicate}, {job.kind}: training loss is {loss} "
-                                       f"at step {step}; earlier levels are intact")
-            evaluated = {split: trainer.evaluate(states, split) for split in ("val", "test")}
-            for i, (job, history) in enumerate(zip(jobs, histories)):
-                record = {"step": step, "train_loss": float(train_loss[i])}
-                for split, result in evaluated.items():
-                    if result is not None:
-                        record[f"{split}_loss"], record[f"{split}_accuracy"] = float(result[0][i]), float(result[1][i])
-                history.append(record)
-                experiment.tracker.log_evaluation(job.replicate, job.kind, level, record)
-        stopping = PREEMPTION.agreed() if checkpoints and step < end else None  # by every process, at every chunk end
-        if checkpoints and step < end and (step in checkpoint_stops or stopping):
-            if loss_sum is None:
-                loss_sum = jax.numpy.zeros(len(jobs), jax.numpy.float32)
-            arrays = {"states": states, "loss_sum": loss_sum}
-            if rewind_points is not None:
-                arrays["rewind_points"] = rewind_points
-            meta = {"histories": histories, "record_from": record_from, "has_rewind_points": rewind_points is not None,
-                    "seconds": elapsed()}
-            checkpoints.save(step, arrays, meta)
-            if stopping:
-                checkpoints.close()
-                raise PREEMPTION.stop(f"checkpoint written at level {level}, step {step}")
-    return states, histories, rewind_points, elapsed()
-
-
-def checkpoint_tree(states, has_rewind_points: bool):
-    """The structure of a group's checkpoint, for restoring it."""
-    tree = {"states": states, "loss_sum": jax.numpy.zeros(jax.tree.leaves(states)[0].shape[0], jax.numpy.float32)}
-    if has_rewind_points:
-        tree["rewind_points"] = {key: states[key] for key in ("params", "batch_stats", "opt_state")}
-    return tree
 
 
 def save_job(experiment: Experiment, job: Job, level: int, start: int, finished, history, rewind_point, seconds,
@@ -647,8 +479,8 @@ def run_lmc(experiment: Experiment, level: int, progress: Progress) -> int:
     start = experiment.rewind if level == 0 else start  # level 0: the copies start at θk
     states = training.stack([job.state for job in jobs])
     task = progress.add_task(f"level {level}: linear mode connectivity, {len(jobs)} copies", total=end - start)
-    checkpoints = group_checkpoints(experiment, "lmc", level, jobs, start, end)
-    states, _, _, _ = train(experiment, states, jobs, level, start, end, False, lambda n: progress.advance(task, n),
+    checkpoints = group_checkpoints(experiment.directory, "lmc", level, jobs, start, end)
+    states, _, _, _ = train(experiment, states, jobs, level, start, end, lambda n: progress.advance(task, n),
                             evaluate=False, checkpoints=checkpoints, say=progress.console.print)
     for i in range(0, len(jobs), 2):
         copies = [training.unstack(states, j) for j in (i, i + 1)]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, child_env, compose_config, run_cli
-from lottery import imp
+from lottery import driver, imp
 from lottery.checkpoint import LevelCheckpoints
 from lottery.errors import LotteryError
 
@@ -243,19 +243,19 @@ def test_wall_time_of_a_resumed_level_sums_every_process_that_trained_it(small_c
     from lottery.errors import Preempted
 
     clock = iter(range(0, 1000, 10))  # each reading of the training clock is 10 s after the one before
-    monkeypatch.setattr(imp, "time", types.SimpleNamespace(time=lambda: float(next(clock))))
+    monkeypatch.setattr(driver, "time", types.SimpleNamespace(time=lambda: float(next(clock))))
 
-    class PreemptedAtOnce(imp.Preemption):
+    class PreemptedAtOnce(driver.Preemption):
         def __enter__(self):
             super().__enter__()
             self.requested = "SIGTERM"  # as if SIGTERM arrived during the first compiled chunk
             return self
 
     cfg = small_config("levels=0")
-    monkeypatch.setattr(imp, "PREEMPTION", PreemptedAtOnce())
+    monkeypatch.setattr(driver, "PREEMPTION", PreemptedAtOnce())
     with pytest.raises(Preempted):
         imp.run(cfg, console=Console(file=io.StringIO()))  # clock 0 -> 10: 10 s saved with the checkpoint
-    monkeypatch.setattr(imp, "PREEMPTION", imp.Preemption())
+    monkeypatch.setattr(driver, "PREEMPTION", driver.Preemption())
     imp.run(cfg, console=Console(file=io.StringIO()))  # clock 20 -> 30: 10 s more
     with open(os.path.join(imp.prepare(cfg).level_dir(0, 0), "metrics.json")) as f:
         assert json.load(f)["wall_time_s"] == 20.0

@@ -1,0 +1,196 @@
+"""The checkpointed training driver: a group of networks trained together over a range of steps.
+
+A level's networks (a replicate's ticket, its controls, LMC copies; the dense network of the shared
+level 0) are stacked along a leading axis and trained by one single-network compiled program each
+(``training.Trainer``), in chunks that end at evaluations, kept steps and checkpoints. A signal
+(``Preemption``) stops the group at the end of a chunk with a checkpoint; the same command resumes
+it bitwise.
+"""
+
+import dataclasses
+import hashlib
+import os
+import signal
+import sys
+import threading
+import time
+from typing import List, Optional, Sequence
+
+import jax
+import numpy as np
+
+from lottery import distributed
+from lottery.checkpoint import LevelCheckpoints
+from lottery.errors import LotteryError, Preempted
+
+
+@dataclasses.dataclass
+class Job:
+    """One network to train at a level: a replicate's ticket, one of its controls, or an LMC copy."""
+
+    replicate: int
+    kind: str  # ticket | random_reinit | random_prune | lmc_a | lmc_b
+    directory: str  # where its results go (LMC copies: the level's lmc/)
+    state: dict  # its training state at the start of the level
+    data_key: jax.Array
+    augment_key: jax.Array
+
+
+class Preemption:
+    """SIGTERM (a cluster scheduler's preemption notice), SIGUSR2 (SLURM's and submitit's warning
+    before a time limit) or Ctrl-C (SIGINT) asks the run to write a checkpoint at the end of the
+    current compiled chunk and stop; the same command then continues from there. A second Ctrl-C
+    stops at once (KeyboardInterrupt): finished results and the last checkpoint are intact either way.
+
+    In a multi-process run the processes agree at every chunk end (``agreed``): a signal to any one
+    of them stops all of them at the same step, with the same checkpoint. This is the one mechanism:
+    these Python handlers replace the preemption notifier ``jax.distributed`` installs for SIGTERM."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+    requested = None  # the name of the signal that asked, once one did
+    received = ()  # the numbers of the signals that asked, in order
+
+    def __enter__(self):
+        self.requested, self.previous, self.received = None, {}, []
+        if threading.current_thread() is threading.main_thread():
+            for number in self.SIGNALS:
+                self.previous[number] = signal.signal(number, self._request)
+        return self
+
+    def agreed(self):
+        """The signal that asked any process to stop (every process calls this at the same points)."""
+        asked = distributed.agree(signal.Signals[self.requested].value if self.requested else 0)
+        if self.requested is None and any(asked):
+            number = int(next(a for a in asked if a))
+            self.requested = signal.Signals(number).name
+            self.received.append(number)  # as if it came here too: process 0 passes it on (pass_on)
+        return self.requested
+
+    def _request(self, signum, frame):
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            if self.requested == "SIGINT":  # the second Ctrl-C
+                raise KeyboardInterrupt
+            print("\nCtrl-C: stopping at the end of the current chunk with a checkpoint (Ctrl-C again to stop at once)",
+                  file=sys.stderr, flush=True)
+        self.requested = name
+        if signum not in self.received:
+            self.received.append(signum)
+
+    def pass_on(self) -> None:
+        """Once the checkpoint is written, hand each signal that stopped the run (but Ctrl-C) to the
+        Python handler this run displaced. In a submitit job (hydra/launcher=slurm or local) SIGUSR2's
+        is submitit's, and it is what requeues the job (``scontrol requeue``; locally, exit code 144)
+        and exits: without this call the job would end with our exit code and never come back.
+        Outside submitit there is no such handler and nothing happens."""
+        for number in self.received:
+            handler = self.previous.get(number)
+            if number != signal.SIGINT and callable(handler):
+                handler(number, None)
+
+    def stop(self, message: str) -> Preempted:
+        """The exception that ends the run after a requested stop."""
+        number = signal.Signals[self.requested]
+        return Preempted(f"{message} ({'Ctrl-C' if number == signal.SIGINT else self.requested}); "
+                         "run the same command to continue", self.requested, 128 + number)
+
+    def __exit__(self, *exc):
+        for number, previous in self.previous.items():
+            signal.signal(number, previous)
+
+
+PREEMPTION = Preemption()
+
+
+def group_checkpoints(root: str, what: str, level: int, jobs: List[Job], start: int, end: int) -> LevelCheckpoints:
+    """The checkpoint directory of one group of jobs, below ``root`` (an experiment's directory, or
+    the dense store's): named by who is in it, so that a group with other members (controls added,
+    some finished) never resumes from it."""
+    members = ",".join(f"{job.replicate}:{job.kind}" for job in jobs) + f"|{start}-{end}"
+    name = f"{what}-{hashlib.sha256(members.encode()).hexdigest()[:10]}"
+    return LevelCheckpoints(os.path.join(root, "checkpoints", f"level_{level}", name))
+
+
+def train(experiment, states, jobs: List[Job], level: int, start: int, end: int, advance, keep: Sequence[int] = (),
+          evaluate: bool = True, checkpoints: Optional[LevelCheckpoints] = None, say=print):
+    """Train stacked states over [start, end) in compiled chunks that end at each evaluation and
+    at each step of ``keep`` (level 0 keeps θk there). Returns the final states, each job's
+    evaluation history, the stacked states (params, batch_stats, opt_state) at each step of
+    ``keep`` in [start, end) (``{step: states}``) and the training time. Without ``evaluate``, no
+    evaluation and chunks only at ``keep`` and checkpoints.
+
+    With ``checkpoints``, the run resumes from the newest checkpoint of this group, writes one
+    every ``checkpoint_every`` steps (at chunk ends), and on SIGTERM writes one and stops. The data
+    order and augmentation are functions of (key, step), the running loss sum is saved, and
+    splitting a range into chunks changes no bit, so a resumed run is bitwise the run that was not
+    interrupted. The seconds returned last are the training time of [start, end), summed over the
+    processes that took part (checkpoints carry it).
+    """
+    trainer, every = experiment.trainer, experiment.eval_every
+    keep = sorted({s for s in keep if start <= s < end})
+    data_keys = jax.numpy.stack([job.data_key for job in jobs])
+    augment_keys = jax.numpy.stack([job.augment_key for job in jobs])
+    evaluations = set(range((start // every + 1) * every, end + 1, every)) | {end} if evaluate else set()
+    checkpoint_stops = set(range(start + experiment.checkpoint_every, end, experiment.checkpoint_every))
+    stops = sorted(evaluations | {end} | checkpoint_stops | {s for s in keep if s > start})
+    snapshot = lambda s: jax.device_get({key: s[key] for key in ("params", "batch_stats", "opt_state")})
+    kept = {start: snapshot(states)} if start in keep else {}
+    histories, step, loss_sum, record_from = [[] for _ in jobs], start, None, start
+    began, earlier = time.time(), 0.0
+    elapsed = lambda: earlier + time.time() - began  # this level's training time, over every process
+
+    resumed = checkpoints.latest(lambda meta: checkpoint_tree(states, meta.get("kept", []))) if checkpoints else None
+    if resumed is not None:
+        step, arrays, meta = resumed
+        states, loss_sum = arrays["states"], arrays["loss_sum"]
+        kept = {int(s): jax.device_get(arrays["kept"][str(s)]) for s in meta.get("kept", [])}
+        histories, record_from, earlier = meta["histories"], meta["record_from"], meta.get("seconds", 0.0)
+        advance(step - start)
+        say(f"level {level}: resuming {len(jobs)} networks from the checkpoint at step {step}")
+        for job, history in zip(jobs, histories):  # W&B may have lost them with the killed process
+            experiment.tracker.log_history(job.replicate, job.kind, level, history)
+
+    for stop in [s for s in stops if s > step]:
+        states, loss_sum = trainer.train(states, data_keys, augment_keys, step, stop, loss_sum)
+        jax.block_until_ready(loss_sum)  # dispatch is asynchronous: count steps when they are done
+        advance(stop - step)
+        step = stop
+        if step in keep:
+            kept[step] = snapshot(states)
+        if step in evaluations:
+            train_loss = np.asarray(loss_sum) / (step - record_from)  # mean since the last record
+            loss_sum, record_from = None, step
+            for job, loss in zip(jobs, train_loss):
+                if not np.isfinite(loss):
+                    raise LotteryError(f"level {level}, replicate {job.replicate}, {job.kind}: training loss is {loss} "
+                                       f"at step {step}; earlier levels are intact")
+            evaluated = {split: trainer.evaluate(states, split) for split in ("val", "test")}
+            for i, (job, history) in enumerate(zip(jobs, histories)):
+                record = {"step": step, "train_loss": float(train_loss[i])}
+                for split, result in evaluated.items():
+                    if result is not None:
+                        record[f"{split}_loss"], record[f"{split}_accuracy"] = float(result[0][i]), float(result[1][i])
+                history.append(record)
+                experiment.tracker.log_evaluation(job.replicate, job.kind, level, record)
+        stopping = PREEMPTION.agreed() if checkpoints and step < end else None  # by every process, at every chunk end
+        if checkpoints and step < end and (step in checkpoint_stops or stopping):
+            if loss_sum is None:
+                loss_sum = jax.numpy.zeros(len(jobs), jax.numpy.float32)
+            arrays = {"states": states, "loss_sum": loss_sum}
+            if kept:
+                arrays["kept"] = {str(s): snapshot for s, snapshot in kept.items()}
+            meta = {"histories": histories, "record_from": record_from, "kept": sorted(kept),
+                    "seconds": elapsed()}
+            checkpoints.save(step, arrays, meta)
+            if stopping:
+                checkpoints.close()
+                raise PREEMPTION.stop(f"checkpoint written at level {level}, step {step}")
+    return states, histories, kept, elapsed()
+
+
+def checkpoint_tree(states, kept: Sequence[int]):
+    """The structure of a group's checkpoint (with the states kept at the steps ``kept``), for restoring it."""
+    tree = {"states": states, "loss_sum": jax.numpy.zeros(jax.tree.leaves(states)[0].shape[0], jax.numpy.float32)}
+    if kept:
+        tree["kept"] = {str(s): {key: states[key] for key in ("params", "batch_stats", "opt_state")} for s in kept}
+    return tree
