@@ -157,6 +157,12 @@ _NOT_HASHED = ("name", "levels", "replicates", "controls", "lmc", "output_dir", 
                "dataset.root", "dataset.download", "training.loop", "mesh", "distributed")
 
 
+# What determines the dense level 0 (lottery/dense.py): how the network is built, the data, the
+# optimizer, training and the seed (with the replicate, its PRNG keys). Not how it is pruned,
+# rewound or retrained afterwards, so every experiment that differs only there shares one dense run.
+DENSE = ("model", "dataset", "optimizer", "training", "seed")
+
+
 def extent(cfg: DictConfig) -> dict:
     """The keys of ``_NOT_HASHED`` as this invocation set them (recorded, not hashed)."""
     content = OmegaConf.to_container(cfg, resolve=True)
@@ -183,10 +189,21 @@ def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
     return content
 
 
+def dense_identity(cfg: DictConfig, data_fingerprint: str) -> dict:
+    """What determines the dense level 0: the keys of ``DENSE`` of the experiment's identity."""
+    content = identity(cfg, data_fingerprint)
+    return {key: content[key] for key in DENSE}
+
+
+def digest(content: dict) -> str:
+    """Content hash of an identity: the last part of a results directory's name."""
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
 def experiment_hash(cfg: DictConfig, data_fingerprint: str) -> str:
     """Content hash of the experiment's ``identity``: the results directory's name."""
-    canonical = json.dumps(identity(cfg, data_fingerprint), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+    return digest(identity(cfg, data_fingerprint))
 
 
 def register() -> None:

@@ -32,7 +32,6 @@ hash is of) and ``invocations.jsonl`` what each invocation asked for, ran on and
 """
 
 import dataclasses
-import fcntl
 import glob
 import os
 import re
@@ -46,13 +45,12 @@ from flax import nnx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lottery import analysis, distributed, driver, lmc, models, pruning, record, report, tracking, training
+from lottery import analysis, dense, distributed, driver, layout, lmc, models, pruning, record, report, tracking, training
 from lottery.driver import Job, group_checkpoints, train
 from lottery import data as datasets
 from lottery.checkpoint import LMC_KEYS, NETWORK_KEYS, load_tree, read_json, save_tree, write_json
 from lottery.config import experiment_hash
 from lottery.errors import LotteryError, Preempted, at
-from lottery.provenance import provenance
 from lottery.step import Step
 
 CONTROLS = ("random_reinit", "random_prune")
@@ -87,6 +85,11 @@ class Experiment:
         return {"params": nnx.to_pure_dict(nnx.state(model, nnx.Param)),
                 "batch_stats": nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))}
 
+    def dense_start(self, replicate: int) -> dict:
+        """The training state level 0 starts from: θ0 of ``replicate``, dense."""
+        theta_0 = self.initial_weights(self.keys(replicate)["init"])
+        return self.trainer.init_state(theta_0["params"], theta_0["batch_stats"], pruning.full_mask(theta_0["params"]))
+
     def level_dir(self, replicate: int, level: int) -> str:
         return os.path.join(self.directory, f"replicate_{replicate}", f"level_{level}")
 
@@ -98,19 +101,22 @@ class Experiment:
             return self.end, self.end + self.finetune_steps
         return self.rewind, self.end
 
-    def load(self, directory: str, what: str) -> dict:
-        """One saved checkpoint of a network's directory: ``ticket`` (mask and starting weights),
-        ``trained`` (final weights), ``rewind_point`` (θk with its optimizer state, level 0), or
-        ``copy_a`` / ``copy_b`` (an LMC measurement's two trained copies)."""
+    def like(self, what: str) -> dict:
+        """The structure, shapes and dtypes orbax restores a saved ``what`` to: ``ticket`` (mask and
+        starting weights), ``trained`` (final weights), ``rewind_point`` (θk with its optimizer
+        state), or ``copy_a`` / ``copy_b`` (an LMC measurement's two trained copies)."""
         weights = {"params": self.trainer.init_params, "batch_stats": self.trainer.init_batch_stats}
-        like = {  # the structure, shapes and dtypes orbax restores to
+        return {
             "ticket": lambda: {"mask": pruning.full_mask(self.trainer.init_params), **weights},
             "trained": lambda: weights,
             "rewind_point": lambda: {**weights, "opt_state": self.trainer.tx.init(self.trainer.init_params)},
             "copy_a": lambda: weights,
             "copy_b": lambda: weights,
         }[what]()
-        return load_tree(os.path.join(directory, what), like)
+
+    def load(self, directory: str, what: str) -> dict:
+        """One saved checkpoint of a network's directory: ``<directory>/<what>`` (``like``)."""
+        return load_tree(os.path.join(directory, what), self.like(what))
 
     def rewind_point(self, replicate: int) -> dict:
         """θk of ``replicate``: the dense level 0's state at the rewind step."""
@@ -203,7 +209,7 @@ def run(cfg, console: Console = None) -> List[dict]:
         try:
             with at(experiment.directory):
                 os.makedirs(experiment.directory, exist_ok=True)
-            lock = acquire_lock(experiment.directory)
+            lock = layout.acquire_lock(experiment.directory)
             record.write_identity(experiment.directory, cfg, experiment.data_fingerprint)
         except BaseException as e:  # raised below, once the other processes know
             error = e
@@ -238,9 +244,12 @@ def run_locked(experiment: Experiment, console: Console) -> List[dict]:
         with driver.PREEMPTION, Progress(*columns, console=console, disable=not cfg.progress or console.quiet) as progress:
             for level in range(cfg.levels + 1):
                 distributed.barrier(f"level {level}")  # what process 0 finished is on disk for everyone
-                jobs = [job for r in range(cfg.replicates) for job in level_jobs(experiment, r, level)]
-                train_jobs(experiment, jobs, level, *experiment.segment(level), progress)
-                trained += len(jobs)
+                if level == 0:
+                    trained += dense_level(experiment, progress)
+                else:
+                    jobs = [job for r in range(cfg.replicates) for job in level_jobs(experiment, r, level)]
+                    train_jobs(experiment, jobs, level, *experiment.segment(level), progress)
+                    trained += len(jobs)
                 if level in cfg.lmc.levels:
                     distributed.barrier(f"lmc {level}")
                     trained += run_lmc(experiment, level, progress)
@@ -272,28 +281,6 @@ def run_locked(experiment: Experiment, console: Console) -> List[dict]:
     return results
 
 
-def acquire_lock(directory: str):
-    """An exclusive lock on the experiment directory for this process's lifetime (``flock``: the
-    kernel releases it when the process ends, however it ends, so no lock is ever stale)."""
-    path = os.path.join(directory, "lock")
-    with at(path):
-        lock = open(path, "a+")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip() or "unknown"
-        lock.close()
-        raise LotteryError(f"{directory} is in use by another process ({holder}); "
-                           "wait for it to finish or stop it, then run the command again") from None
-    with at(path):
-        lock.truncate(0)
-        lock.write(f"pid {os.getpid()} on {os.uname().nodename}")
-        lock.flush()
-    return lock
-
-
-
 def record_sweep_job(directory: str) -> None:
     """Under a Hydra multirun, leave a pointer to the experiment in the job's directory, so that
     ``lottery.report`` and ``load_runs`` find a sweep's experiments from the sweep directory."""
@@ -308,6 +295,26 @@ def record_sweep_job(directory: str) -> None:
 
 
 # --- what each level trains --------------------------------------------------------------------
+
+
+def dense_level(experiment: Experiment, progress: Progress) -> int:
+    """Level 0: each replicate's dense network, from the dense runs shared by every experiment that
+    differs from this one only in how it prunes, rewinds and retrains (``lottery/dense.py``: trained
+    there once, with θk for every k asked for). Returns the networks this experiment gained."""
+    missing = []
+    for r in range(experiment.cfg.replicates):
+        directory = experiment.level_dir(r, 0)
+        if os.path.isdir(directory):  # finished work must be readable before more is built on it
+            read_json(os.path.join(directory, "metrics.json"), NETWORK_KEYS)
+        else:
+            missing.append(r)
+    for metrics in dense.provide(experiment, missing, progress):
+        if distributed.primary():
+            experiment.invocation.add(level=0, replicate=metrics["replicate"], kind="ticket", dense=metrics["dense"])
+            experiment.tracker.log_history(metrics["replicate"], "ticket", 0, metrics["history"])
+            experiment.tracker.log_level(metrics)
+            warn_at_chance(experiment, metrics)
+    return len(missing)
 
 
 def level_jobs(experiment: Experiment, replicate: int, level: int) -> List[Job]:
@@ -335,9 +342,6 @@ def ticket_start(experiment: Experiment, replicate: int, level: int) -> dict:
     """The ticket's training state at the start of ``level``: prune, then rewind (or keep)."""
     cfg, trainer = experiment.cfg, experiment.trainer
     this_level = experiment.level_dir(replicate, level)
-    if level == 0:
-        theta_0 = experiment.initial_weights(experiment.keys(replicate)["init"])
-        return trainer.init_state(theta_0["params"], theta_0["batch_stats"], pruning.full_mask(theta_0["params"]))
     if os.path.isdir(this_level):  # finished; its controls and LMC copies need its start
         ticket = experiment.load(this_level, "ticket")
         if cfg.retrain != "rewind":
@@ -392,32 +396,25 @@ def train_jobs(experiment: Experiment, jobs: List[Job], level: int, start: int, 
     density = pruning.density(pruning.counts(jobs[0].state["mask"], experiment.prunable))
     kinds = ", ".join(sorted({job.kind for job in jobs}))
     task = progress.add_task(f"level {level} ({density:.1%} of weights): {len(jobs)} x {kinds}", total=end - start)
-    keep = [experiment.rewind] if level == 0 else []
     checkpoints = group_checkpoints(experiment.directory, "train", level, jobs, start, end)
-    states, histories, kept, seconds = train(experiment, states, jobs, level, start, end, lambda n: progress.advance(task, n),
-                                             keep, checkpoints=checkpoints, say=progress.console.print)
-    rewind_points = kept.get(experiment.rewind) if level == 0 else None
+    states, histories, _, seconds = train(experiment, states, jobs, level, start, end, lambda n: progress.advance(task, n),
+                                          checkpoints=checkpoints, say=progress.console.print)
     for i, job in sorted(enumerate(jobs), key=lambda item: item[1].kind != "ticket"):  # tickets' dirs first
-        finished = training.unstack(states, i)
-        rewind_point = training.unstack(rewind_points, i) if rewind_points is not None else None
-        save_job(experiment, job, level, start, finished, histories[i], rewind_point, seconds, len(jobs))
+        save_job(experiment, job, level, start, training.unstack(states, i), histories[i], seconds, len(jobs))
     checkpoints.close()
     if distributed.primary():
         shutil.rmtree(checkpoints.directory, ignore_errors=True)
 
 
 
-def save_job(experiment: Experiment, job: Job, level: int, start: int, finished, history, rewind_point, seconds,
-             group_size: int):
+def save_job(experiment: Experiment, job: Job, level: int, start: int, finished, history, seconds, group_size: int):
     """Write a job's results to ``<directory>.partial`` and rename it into place."""
-    work_dir = fresh(job.directory + ".partial")
+    work_dir = layout.fresh(job.directory + ".partial")
     start_state = jax.device_get(job.state)
     save_tree(os.path.join(work_dir, "ticket"), {key: start_state[key] for key in ("mask", "params", "batch_stats")})
     save_tree(os.path.join(work_dir, "trained"), {key: finished[key] for key in ("params", "batch_stats")})
-    if job.kind == "ticket" and rewind_point is not None:
-        save_tree(os.path.join(work_dir, "rewind_point"), rewind_point)
     layer_counts = pruning.counts(start_state["mask"], experiment.prunable)
-    metrics = summarize(level, job, start, history, layer_counts, seconds)
+    metrics = layout.summarize(level, job.replicate, job.kind, start, history, layer_counts, seconds)
     metrics["data_fingerprint"] = experiment.data_fingerprint
     metrics["group_size"] = group_size  # networks trained one after another in wall_time_s
     write_json(os.path.join(work_dir, "metrics.json"), metrics)
@@ -426,18 +423,6 @@ def save_job(experiment: Experiment, job: Job, level: int, start: int, finished,
         experiment.invocation.add(level=level, replicate=job.replicate, kind=job.kind)
         experiment.tracker.log_level(metrics)
         warn_at_chance(experiment, metrics)
-
-
-def fresh(work_dir: str) -> str:
-    """An empty ``work_dir`` (an interrupted attempt's is removed), made by process 0 before any
-    process writes into it."""
-    if distributed.primary():
-        if os.path.isdir(work_dir):  # an interrupted attempt, never finished
-            shutil.rmtree(work_dir)
-        with at(work_dir):
-            os.makedirs(work_dir)
-    distributed.barrier(f"fresh {work_dir}")
-    return work_dir
 
 
 def warn_at_chance(experiment: Experiment, metrics: dict) -> None:
@@ -485,7 +470,7 @@ def run_lmc(experiment: Experiment, level: int, progress: Progress) -> int:
     for i in range(0, len(jobs), 2):
         copies = [training.unstack(states, j) for j in (i, i + 1)]
         a, b = ({key: c[key] for key in ("params", "batch_stats")} for c in copies)
-        work_dir = fresh(jobs[i].directory + ".partial")
+        work_dir = layout.fresh(jobs[i].directory + ".partial")
         save_tree(os.path.join(work_dir, "copy_a"), a)
         save_tree(os.path.join(work_dir, "copy_b"), b)
         path = measure_lmc(experiment, level, jobs[i].replicate, start, a, b, work_dir)
@@ -541,33 +526,6 @@ def lmc_start(experiment: Experiment, replicate: int, level: int) -> dict:
 
 
 # --- results --------------------------------------------------------------------------------------
-
-
-def summarize(level: int, job: Job, start: int, history, layer_counts, seconds: float) -> dict:
-    remaining = sum(c["remaining"] for c in layer_counts.values())
-    total = sum(c["total"] for c in layer_counts.values())
-    early_stop = None
-    if history and "val_loss" in history[0]:
-        # Early-stopping iteration: minimum validation loss, found after the fact (F&C 2019).
-        best = min(history, key=lambda r: r["val_loss"])
-        early_stop = {"step": best["step"], "val_loss": best["val_loss"],
-                      "test_loss": best["test_loss"], "test_accuracy": best["test_accuracy"]}
-    layers = {name: {**c, "density": c["remaining"] / c["total"]} for name, c in layer_counts.items()}
-    return {
-        "level": level,
-        "replicate": job.replicate,
-        "kind": job.kind,
-        "remaining": remaining,
-        "total": total,
-        "density": remaining / total,
-        "layers": layers,
-        "start_step": start,
-        "final": history[-1],
-        "early_stop": early_stop,
-        "history": history,
-        "wall_time_s": seconds,  # training its group together, summed over resumed processes
-        "provenance": provenance(),  # of the process that finished it
-    }
 
 
 def collect(experiment: Experiment) -> List[dict]:

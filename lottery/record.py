@@ -30,8 +30,13 @@ INVOCATIONS = "invocations.jsonl"
 
 def write_identity(directory: str, cfg, data_fingerprint: str) -> None:
     """config.yaml, once: the experiment's name and identity."""
-    path = os.path.join(directory, CONFIG)
-    content = {"name": cfg.name, **config.identity(cfg, data_fingerprint)}
+    write_once(os.path.join(directory, CONFIG), {"name": cfg.name, **config.identity(cfg, data_fingerprint)},
+               "experiment", same=lambda saved, content: {**saved, "name": cfg.name} == content)
+
+
+def write_once(path: str, content: dict, what: str, same=lambda saved, content: saved == content) -> None:
+    """The identity file of a hash-named directory (``what``: experiment, dense run), written the
+    first time and checked every later time: it must still hold ``content``."""
     if not os.path.exists(path):
         partial = path + ".partial"
         with at(partial):
@@ -42,9 +47,9 @@ def write_identity(directory: str, cfg, data_fingerprint: str) -> None:
         saved = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as error:  # YAML syntax errors of several types, unreadable files
         raise LotteryError(f"{path}: cannot be read ({type(error).__name__}: {str(error).splitlines()[0]}); it is the "
-                           "experiment's identity and is written again if you delete it") from None
-    if {**saved, "name": cfg.name} != content:
-        raise LotteryError(f"{path}: is not the identity of this experiment (its values differ from the config "
+                           f"{what}'s identity and is written again if you delete it") from None
+    if not isinstance(saved, dict) or not same(saved, content):
+        raise LotteryError(f"{path}: is not the identity of this {what} (its values differ from the config "
                            "that hashes to this directory); it was edited or damaged: delete it and it is written again")
 
 

@@ -137,7 +137,7 @@ def test_a_job_signalled_before_its_time_limit_is_requeued_and_resumes_from_its_
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.time() + 120
-        while not glob.glob(str(tmp_path / "runs" / "quickstart-*" / "checkpoints" / "level_0" / "*" / "*")):
+        while not glob.glob(str(tmp_path / "runs" / "dense" / "*" / "checkpoints" / "level_0" / "*" / "*")):  # level 0: shared
             assert process.poll() is None and time.time() < deadline, "training never reached its first checkpoint"
             time.sleep(0.01)
         # What submitit's local controller does signal_delay_s before timeout_min (to every task of

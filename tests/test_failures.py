@@ -90,7 +90,7 @@ def test_disk_full_says_where_and_that_the_same_command_continues(small_disk, tm
     full = run_cli(*command, cwd=tmp_path)
     assert full.returncode == 2, full.stderr
     (line,) = lines(full.stderr)  # nothing but the line: no orbax or asyncio tracebacks
-    assert line.startswith(f"error: {small_disk}/quickstart-") and ": No space left on device; finished results are " \
+    assert line.startswith(f"error: {small_disk}/dense/lenet-digits-") and ": No space left on device; finished results are " \
         "intact: free some space (or choose another output_dir) and run the same command to continue" in line
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     again = run_cli(*command, cwd=tmp_path)
@@ -152,11 +152,12 @@ def checkpointed(cwd, stop=signal.SIGTERM):
     """Start a long level and stop it with ``stop`` once a checkpoint exists; its directory."""
     process = start(cwd, *LONG)
     deadline = time.time() + 300
-    while time.time() < deadline and not glob.glob(f"{cwd}/runs/quickstart-*/checkpoints/level_0/*/[0-9]*"):
+    while not glob.glob(f"{cwd}/runs/dense/*/checkpoints/level_0/*/[0-9]*"):  # level 0 trains in the shared store
+        assert time.time() < deadline and process.poll() is None, "no checkpoint was written"
         time.sleep(0.05)
     process.send_signal(stop)
     stdout, stderr = process.communicate(timeout=300)
-    (directory,) = glob.glob(f"{cwd}/runs/quickstart-*/checkpoints/level_0/*")
+    (directory,) = glob.glob(f"{cwd}/runs/dense/*/checkpoints/level_0/*")
     return process.returncode, stdout, stderr, pathlib.Path(directory)
 
 

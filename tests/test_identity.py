@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from lottery import config, imp, record
+from lottery import dense as dense_store
 from lottery import data as datasets
 from lottery.errors import LotteryError
 from test_data import make_idx_dataset
@@ -64,7 +65,8 @@ def test_config_yaml_is_the_identity_and_every_invocation_is_recorded(small_conf
     assert entries[0]["settings"]["levels"] == 0 and entries[2]["settings"]["replicates"] == 2
     assert entries[2]["settings"]["controls"] == ["random_reinit"] and entries[2]["settings"]["lmc"]["points"] == 3
     assert entries[0]["program"] == record.program(experiment.trainer.host_loop)
-    assert entries[1]["added"] == [{"level": 0, "replicate": 0, "kind": "ticket"}]
+    dense = os.path.relpath(dense_store.Dense(experiment).directory, os.path.dirname(experiment.directory))
+    assert entries[1]["added"] == [{"level": 0, "replicate": 0, "kind": "ticket", "dense": dense}]  # from the shared level 0
     added = sorted((a["level"], a["replicate"], a["kind"]) for a in entries[3]["added"])
     assert added == [(0, 1, "ticket"), (1, 0, "lmc"), (1, 0, "random_reinit"), (1, 0, "ticket"),
                      (1, 1, "lmc"), (1, 1, "random_reinit"), (1, 1, "ticket")]

@@ -84,7 +84,7 @@ def reference(tmp_path_factory):
 def test_sigkill_at_any_moment_then_resume_is_bitwise_the_uninterrupted_run(reference, tmp_path):
     runs = tmp_path / "runs" / "quickstart-*"
     kill_points = [
-        f"{runs}/checkpoints/level_0/*/*",  # inside level 0, after a checkpoint
+        f"{tmp_path}/runs/dense/*/checkpoints/level_0/*/*",  # inside level 0 (shared), after a checkpoint
         f"{runs}/replicate_*/level_1.partial",  # while level 1's results are being written
         f"{runs}/checkpoints/level_2/*/*",  # inside the last level
     ]

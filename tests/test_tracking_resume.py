@@ -43,7 +43,7 @@ def row_key(row):
 def test_sigkill_at_several_points_then_resume_keeps_every_row_once(tmp_path):
     runs = tmp_path / "runs" / "quickstart-*"
     kill_points = [  # checkpoints at step 120 hold two evaluations each network's W&B run may have lost
-        f"{runs}/checkpoints/level_0/train-*/120",  # inside level 0, after a checkpoint
+        f"{tmp_path}/runs/dense/*/checkpoints/level_0/train-*/120",  # inside level 0 (shared), after a checkpoint
         f"{runs}/replicate_*/level_1.partial",  # while level 1's results are being written
         f"{runs}/checkpoints/level_2/train-*/120",  # inside the last level
     ]

@@ -1,0 +1,224 @@
+"""The dense level 0, trained once and shared by every experiment it is the same for.
+
+Level 0 -- the dense network trained from θ0 for T steps -- depends on the model, the data, the
+optimizer, training and the seed (``config.DENSE``), not on how it is pruned, rewound or retrained
+afterwards. A sweep over ``rewind``, ``pruning.*``, ``retrain`` or ``controls`` would otherwise
+train the same dense network in every job. So it is a result of its own, named by the hash of
+those keys (as open_lth's separate pretraining run):
+
+  <output_dir>/dense/<model>-<dataset>-<hash>/
+    dense.yaml          what it is: the keys of config.DENSE, with the data's fingerprint
+    invocations.jsonl   the invocations that trained something here, and what
+    lock                held while an experiment trains or adds to it: another waits, then reuses it
+    replicate_<r>/      metrics.json, ticket/ (θ0 and the full mask), trained/ (after T steps)
+      rewind_points/<k>/  θk with its batch statistics and optimizer state, for every k any
+                          experiment asked for
+    checkpoints/        of a training in progress (any experiment that needs it resumes it)
+
+An experiment's ``replicate_<r>/level_0/`` is made from it -- ticket/, trained/, metrics.json and
+rewind_point/ (= rewind_points/<k>/ of its own k), hard-linked where the file system allows it,
+else copied -- so experiment directories stay self-contained and read as before, and a dense
+directory may be deleted once its experiments exist. A rewind step no experiment asked for before
+is computed by training the prefix from the nearest kept step below it (θ0 at worst): the data
+order is a function of (key, step) and splitting training into chunks changes no bit, so it is
+the θk the full run would have kept (tested bitwise).
+"""
+
+import os
+import shutil
+from typing import List
+
+import jax
+
+from lottery import distributed, driver, layout, pruning, record, training
+from lottery.checkpoint import NETWORK_KEYS, load_tree, read_json, save_tree, write_json
+from lottery.config import dense_identity, digest
+from lottery.driver import Job, group_checkpoints, train
+from lottery.errors import LotteryError, at
+
+STORE = "dense"  # below output_dir
+IDENTITY = "dense.yaml"
+
+
+class Dense:
+    """The dense runs of one experiment's (model, data, optimizer, training, seed)."""
+
+    def __init__(self, experiment):
+        self.experiment = experiment
+        cfg = experiment.cfg
+        self.identity = dense_identity(cfg, experiment.data_fingerprint)
+        name = f"{cfg.model.name}-{cfg.dataset.name}-{digest(self.identity)}"
+        self.directory = os.path.join(os.path.dirname(experiment.directory), STORE, name)
+
+    def replicate_dir(self, replicate: int) -> str:
+        return os.path.join(self.directory, f"replicate_{replicate}")
+
+    def rewind_dir(self, replicate: int, step: int) -> str:
+        return os.path.join(self.replicate_dir(replicate), "rewind_points", str(step))
+
+    def kept_steps(self, replicate: int) -> List[int]:
+        """The steps whose states this replicate keeps (finished directories only)."""
+        directory = os.path.join(self.replicate_dir(replicate), "rewind_points")
+        return sorted(int(name) for name in os.listdir(directory) if name.isdigit()) if os.path.isdir(directory) else []
+
+
+def provide(experiment, replicates: List[int], progress) -> List[dict]:
+    """Level 0 of ``replicates`` in the experiment's directory, from the shared dense runs: trains
+    the replicates the store lacks and the rewind point k where it lacks it (under the store's
+    lock; another process working on it is waited for), then links them in. Returns the metrics
+    of each replicate's level 0, now in the experiment."""
+    if not replicates:
+        return []
+    dense, k = Dense(experiment), experiment.rewind
+    lock = lock_store(dense, progress.console.print)
+    try:
+        untrained = [r for r in replicates if not os.path.isdir(dense.replicate_dir(r))]
+        for r in set(replicates) - set(untrained):  # finished work must be readable before it is used
+            read_json(os.path.join(dense.replicate_dir(r), "metrics.json"), NETWORK_KEYS)
+        if untrained or any(k not in dense.kept_steps(r) for r in replicates):
+            invocation = record.Invocation(dense.directory, experiment.cfg, experiment.invocation.program,
+                                           write=distributed.primary())
+            try:
+                train_dense(dense, untrained, invocation, progress)
+                keep_rewind_point(dense, [r for r in replicates if k not in dense.kept_steps(r)], invocation, progress)
+            except BaseException as error:
+                status = "preempted" if driver.PREEMPTION.requested else f"failed: {type(error).__name__}: {error}"
+                invocation.end(status.splitlines()[0])
+                raise
+            invocation.end("finished")
+    finally:
+        if lock is not None:
+            lock.close()
+    return [link_level_0(dense, r) for r in replicates]
+
+
+def lock_store(dense: Dense, say):
+    """Process 0 makes the store's directory, takes its lock (waiting while another process holds
+    it, until a signal asks this run to stop) and checks its identity; every process learns whether
+    it could."""
+    lock, error = None, None
+
+    def stop_if_asked():
+        if driver.PREEMPTION.requested:
+            raise driver.PREEMPTION.stop(f"stopped while waiting for {dense.directory}")
+
+    if distributed.primary():
+        try:
+            with at(dense.directory):
+                os.makedirs(dense.directory, exist_ok=True)
+            lock = layout.acquire_lock(dense.directory, wait=lambda line: say(f"level 0: {line}"), stop=stop_if_asked)
+            record.write_once(os.path.join(dense.directory, IDENTITY), dense.identity, "dense run")
+        except BaseException as e:  # raised below, once the other processes know
+            error = e
+    failed = distributed.agree(0 if error is None else 1)
+    if error is not None:
+        if lock is not None:
+            lock.close()
+        raise error
+    if any(failed):
+        raise LotteryError(f"{dense.directory}: process 0 could not open the shared dense level 0 (its error line says why)")
+    return lock
+
+
+def train_dense(dense: Dense, replicates: List[int], invocation, progress) -> None:
+    """Train the dense networks of ``replicates`` from θ0 for T steps, as one group, keeping the
+    experiment's θk; each appears as ``replicate_<r>/`` when complete."""
+    if not replicates:
+        return
+    experiment = dense.experiment
+    k, end = experiment.rewind, experiment.end
+    jobs = []
+    for r in replicates:
+        keys = experiment.keys(r)
+        jobs.append(Job(r, "ticket", dense.replicate_dir(r), experiment.dense_start(r), keys["data"], keys["augment"]))
+    states = training.stack([job.state for job in jobs])
+    task = progress.add_task(f"level 0 (dense, shared: {os.path.basename(dense.directory)}): {len(jobs)} x ticket", total=end)
+    checkpoints = group_checkpoints(dense.directory, "train", 0, jobs, 0, end)
+    states, histories, kept, seconds = train(experiment, states, jobs, 0, 0, end, lambda n: progress.advance(task, n),
+                                             keep=[k], checkpoints=checkpoints, say=progress.console.print)
+    for i, job in enumerate(jobs):
+        work_dir = layout.fresh(job.directory + ".partial")
+        start = jax.device_get(job.state)
+        save_tree(os.path.join(work_dir, "ticket"), {key: start[key] for key in ("mask", "params", "batch_stats")})
+        finished = training.unstack(states, i)
+        save_tree(os.path.join(work_dir, "trained"), {key: finished[key] for key in ("params", "batch_stats")})
+        if distributed.primary():
+            os.makedirs(os.path.join(work_dir, "rewind_points"))
+        for step, snapshots in kept.items():
+            save_tree(os.path.join(work_dir, "rewind_points", str(step)), training.unstack(snapshots, i))
+        metrics = layout.summarize(0, job.replicate, "ticket", 0, histories[i],
+                                   pruning.counts(start["mask"], experiment.prunable), seconds)
+        metrics.update(data_fingerprint=experiment.data_fingerprint, group_size=len(jobs))
+        write_json(os.path.join(work_dir, "metrics.json"), metrics)
+        if distributed.primary():
+            os.rename(work_dir, job.directory)
+        invocation.add(replicate=job.replicate, trained=end, kept=sorted(kept))
+    remove_checkpoints(checkpoints)
+
+
+def keep_rewind_point(dense: Dense, replicates: List[int], invocation, progress) -> None:
+    """θk of ``replicates`` whose dense run did not keep it: train the prefix from the nearest
+    kept step below k (θ0 at worst), grouped by that step."""
+    experiment = dense.experiment
+    trainer, k = experiment.trainer, experiment.rewind
+    starts = {}
+    for r in replicates:
+        below = [s for s in dense.kept_steps(r) if s < k]
+        starts.setdefault(below[-1] if below else 0, []).append(r)
+    for start, group in sorted(starts.items()):
+        jobs = []
+        for r in group:
+            keys = experiment.keys(r)
+            ticket = load_tree(os.path.join(dense.replicate_dir(r), "ticket"), experiment.like("ticket"))
+            opt_state = None
+            if start in dense.kept_steps(r):
+                point = load_tree(dense.rewind_dir(r, start), experiment.like("rewind_point"))
+                ticket.update(params=point["params"], batch_stats=point["batch_stats"])
+                opt_state = point["opt_state"]
+            state = trainer.init_state(ticket["params"], ticket["batch_stats"], ticket["mask"], opt_state)
+            jobs.append(Job(r, "ticket", dense.rewind_dir(r, k), state, keys["data"], keys["augment"]))
+        states = training.stack([job.state for job in jobs])
+        task = progress.add_task(f"level 0 (dense): rewind point {k} from step {start}, {len(jobs)} networks",
+                                 total=k - start)
+        checkpoints = group_checkpoints(dense.directory, f"rewind_point_{k}", 0, jobs, start, k)
+        states, _, _, _ = train(experiment, states, jobs, 0, start, k, lambda n: progress.advance(task, n),
+                                evaluate=False, checkpoints=checkpoints, say=progress.console.print)
+        for i, job in enumerate(jobs):
+            partial = job.directory + ".partial"
+            if distributed.primary() and os.path.isdir(partial):  # an interrupted attempt
+                shutil.rmtree(partial)
+            distributed.barrier(f"rewind point {partial}")
+            finished = training.unstack(states, i)
+            save_tree(partial, {key: finished[key] for key in ("params", "batch_stats", "opt_state")})
+            if distributed.primary():
+                os.rename(partial, job.directory)
+            invocation.add(replicate=job.replicate, rewind_point=k, from_step=start)
+        remove_checkpoints(checkpoints)
+
+
+def remove_checkpoints(checkpoints) -> None:
+    """A finished group's checkpoints, and the directories above them that are left empty."""
+    checkpoints.close()
+    if distributed.primary():
+        shutil.rmtree(checkpoints.directory, ignore_errors=True)
+        try:
+            os.removedirs(os.path.dirname(checkpoints.directory))  # up to the first that is not empty
+        except OSError:
+            pass
+
+
+def link_level_0(dense: Dense, replicate: int) -> dict:
+    """The experiment's ``replicate_<r>/level_0/`` from the dense run, by one rename; its metrics."""
+    experiment = dense.experiment
+    source, destination = dense.replicate_dir(replicate), experiment.level_dir(replicate, 0)
+    metrics = read_json(os.path.join(source, "metrics.json"), NETWORK_KEYS)
+    metrics["dense"] = os.path.relpath(dense.directory, os.path.dirname(experiment.directory))
+    work_dir = layout.fresh(destination + ".partial")
+    if distributed.primary():
+        for what in ("ticket", "trained"):
+            layout.link_tree(os.path.join(source, what), os.path.join(work_dir, what))
+        layout.link_tree(dense.rewind_dir(replicate, experiment.rewind), os.path.join(work_dir, "rewind_point"))
+        write_json(os.path.join(work_dir, "metrics.json"), metrics)
+        os.rename(work_dir, destination)
+    distributed.barrier(f"level 0 {destination}")
+    return metrics

@@ -1,0 +1,126 @@
+"""The dense level 0, trained once and shared by the experiments of a sweep (lottery/dense.py)."""
+
+import glob
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+from rich.console import Console
+
+from conftest import child_env, compose_config
+from lottery import dense, imp, layout
+from lottery.checkpoint import load_tree
+from lottery.errors import LotteryError
+
+# Tiny runs: 60 steps, evaluations every 20; the rewind point at 20 (the sweep) and 40 (later).
+TINY = ["model.hidden=[32,16]", "training.steps=60it", "training.eval_every=20it", "levels=1", "replicates=2",
+        "progress=false"]
+
+
+def invocations(directory):
+    with open(os.path.join(directory, "invocations.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def leaves(experiment, directory, what, path=None):
+    """The arrays of ``<directory>/<what>`` (or of ``path``, saved as a ``what``)."""
+    tree = load_tree(path, experiment.like(what)) if path else experiment.load(directory, what)
+    return [np.asarray(a) for a in jax.tree.leaves(tree)]
+
+
+def assert_bitwise(a, b):
+    assert len(a) == len(b) and all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_a_sweep_trains_level_0_once_and_a_new_rewind_step_trains_only_its_prefix(tmp_path):
+    runs = tmp_path / "runs"
+    cfg = compose_config([*TINY, "rewind=20it", f"output_dir={runs}"])
+    store = dense.Dense(imp.prepare(cfg)).directory
+    os.makedirs(store)
+    # Another process holds the dense run: the sweep's first job waits for it, then trains it.
+    holder = layout.acquire_lock(store)
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "lottery.run", "-m", "pruning.rate=0.2,0.5,0.7", *TINY, "rewind=20it", f"output_dir={runs}"],
+        cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in sweep.stdout:
+        lines.append(line)
+        if "waiting for" in line:
+            break
+    assert "another process is working on it" in lines[-1] and store in lines[-1].replace("\n", ""), "".join(lines)
+    time.sleep(1)
+    assert sweep.poll() is None and not os.path.isdir(os.path.join(store, "replicate_0"))  # still waiting
+    holder.close()
+    output, _ = sweep.communicate(timeout=600)
+    assert sweep.returncode == 0, "".join(lines) + output
+
+    # One dense training of both replicates, in the first job; the other two jobs only linked it.
+    trained = [a for entry in invocations(store) if entry["event"] == "end" for a in entry["added"]]
+    assert trained == [{"replicate": 0, "trained": 60, "kept": [20]}, {"replicate": 1, "trained": 60, "kept": [20]}]
+    experiments = sorted(glob.glob(str(runs / "quickstart-*")))
+    assert len(experiments) == 3 and glob.glob(str(runs / "dense" / "*")) == [store]
+    experiment = imp.prepare(cfg)
+    shared = {what: [leaves(experiment, os.path.join(store, f"replicate_{r}"), what) for r in (0, 1)]
+              for what in ("ticket", "trained")}
+    for directory in experiments:
+        added = [a for entry in invocations(directory) if entry["event"] == "end" for a in entry["added"]]
+        assert [a for a in added if a["level"] == 0] == [
+            {"level": 0, "replicate": r, "kind": "ticket", "dense": os.path.relpath(store, runs)} for r in (0, 1)]
+        for r in (0, 1):
+            level_0 = os.path.join(directory, f"replicate_{r}", "level_0")
+            for what in ("ticket", "trained"):
+                assert_bitwise(leaves(experiment, level_0, what), shared[what][r])
+            assert_bitwise(leaves(experiment, level_0, "rewind_point"),
+                           leaves(experiment, None, "rewind_point", os.path.join(store, f"replicate_{r}", "rewind_points", "20")))
+            with open(os.path.join(level_0, "metrics.json")) as f:
+                assert json.load(f)["dense"] == os.path.relpath(store, runs)
+        # The files are the store's (hard links), not copies of its bytes.
+        (some_file,) = [f for f in glob.glob(os.path.join(directory, "replicate_0", "level_0", "trained", "**"),
+                                             recursive=True) if f.endswith("manifest.ocdbt")][:1]
+        assert os.path.samefile(some_file, some_file.replace(os.path.join(directory, "replicate_0", "level_0"),
+                                                             os.path.join(store, "replicate_0")))
+
+    # A later experiment with a new rewind step reuses the dense run: only the prefix 20 -> 40 is trained.
+    later = compose_config([*TINY, "rewind=40it", "pruning.rate=0.5", f"output_dir={runs}"])
+    imp.run(later, console=Console(file=io.StringIO()))
+    last = invocations(store)[-1]
+    assert last["added"] == [{"replicate": r, "rewind_point": 40, "from_step": 20} for r in (0, 1)]
+    # ... and its level 0 and level 1 are bitwise what it trains alone, with a store of its own.
+    alone = compose_config([*TINY, "rewind=40it", "pruning.rate=0.5", f"output_dir={tmp_path / 'alone'}"])
+    imp.run(alone, console=Console(file=io.StringIO()))
+    together, apart = imp.prepare(later), imp.prepare(alone)
+    assert together.directory != apart.directory and os.path.basename(together.directory) == os.path.basename(apart.directory)
+    for r in (0, 1):
+        for level, whats in ((0, ("ticket", "trained", "rewind_point")), (1, ("ticket", "trained"))):
+            for what in whats:
+                assert_bitwise(leaves(together, together.level_dir(r, level), what),
+                               leaves(apart, apart.level_dir(r, level), what))
+
+
+def test_the_store_lock_waits_for_its_holder_and_gives_up_when_asked(tmp_path):
+    holder = layout.acquire_lock(str(tmp_path))
+    said, got = [], []
+    waiter = threading.Thread(target=lambda: got.append(layout.acquire_lock(str(tmp_path), wait=said.append)))
+    waiter.start()
+    time.sleep(1.2)
+    assert waiter.is_alive() and len(said) == 1 and f"pid {os.getpid()}" in said[0]  # said once, still waiting
+    holder.close()
+    waiter.join(timeout=10)
+    assert not waiter.is_alive() and got
+    with open(tmp_path / "lock") as f:
+        assert f.read() == f"pid {os.getpid()} on {os.uname().nodename}"
+
+    def stop():
+        raise LotteryError("asked to stop")
+
+    with pytest.raises(LotteryError, match="asked to stop"):  # a signal while waiting: the run stops
+        layout.acquire_lock(str(tmp_path), wait=said.append, stop=stop)
+    got[0].close()
+    layout.acquire_lock(str(tmp_path)).close()  # the one that gave up holds nothing
