@@ -1,4 +1,5 @@
-"""Weights & Biases tracking: one W&B run per (experiment, replicate, kind).
+"""Weights & Biases tracking: one W&B run per (experiment, replicate, kind), or under a W&B sweep
+agent one run per trial (below).
 
 ``group`` is the experiment's directory name (``<name>-<hash>``), ``job_type`` what was trained
 (``ticket``, ``random_reinit``, ``random_prune``), and the run id is derived from both, so
@@ -29,7 +30,31 @@ directory holds the run's whole record (less what ``wandb sync`` uploaded from a
 the older offline directories of that run are moved to ``wandb/superseded/`` (never deleted), so
 ``wandb sync wandb/offline-run-*`` uploads one complete record per run. The end-of-run table and
 plot are a new ``summary`` row of each invocation that touched the run: W&B shows the latest, and
-an offline directory holds one.
+an offline directory holds one. ``finish(df, summary)`` writes ``summary``'s keys (the objective a
+search optimizes) to the W&B summary of every run it finishes; a re-run of finished work opens no
+run, so it writes none.
+
+Sweep agents. ``wandb agent`` starts each trial with ``WANDB_SWEEP_ID`` and ``WANDB_RUN_ID`` set and
+waits for that one run, which W&B would give every ``wandb.init`` of the process. So under an agent
+the whole invocation logs ONE run, id ``$WANDB_RUN_ID`` (group: the experiment; job type
+``trial``), holding every replicate's and kind's series under the prefix ``replicate_<r>/<kind>/``:
+  - evaluations: ``replicate_0/ticket/iteration``, ``replicate_0/ticket/test/accuracy``, ...,
+    against ``replicate_0/ticket/iteration``;
+  - per level: ``replicate_0/ticket/level/test_accuracy``, ``.../level/density/<layer>``,
+    ``.../level/lmc_barrier``, ..., against ``replicate_0/ticket/level/percent_remaining``;
+  - at the end, one ``summary`` row: ``replicate_0/ticket/levels`` (table) and
+    ``replicate_0/ticket/accuracy_vs_sparsity`` (plot) for every network of the experiment;
+  - ``finish(df, summary)``'s keys, unprefixed, in the run's summary: ``metric.name`` of the sweep
+    file (``objective``) is what the sweep optimizes.
+Its ledger is ``<experiment>/wandb/$WANDB_RUN_ID.steps.jsonl``, its rows keyed as above with
+``(replicate, kind)`` in front, so a trial killed and run again with the same ``WANDB_RUN_ID``
+continues the same run as a plain experiment does. The run is opened at the end even when nothing
+was trained (a configuration proposed twice, or a finished experiment): it restates the
+experiment's whole record from disk and carries the trial's objective. The sweep sees the trial
+online only: offline (the default without ``$WANDB_MODE``) a warning says so, and the sample sweep
+file, ``experiments/wandb_sweep.yaml``, passes ``wandb.mode=online``. ``WANDB_SWEEP_ID`` without
+``WANDB_RUN_ID`` is an error (W&B would give every run a random id and the ledgers could not resume
+them).
 """
 
 import contextlib
@@ -39,11 +64,34 @@ import os
 import re
 import sys
 import warnings
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
 MODES = ("online", "offline", "disabled")
+
+
+def agent_run_id() -> Optional[str]:
+    """The run a W&B sweep agent started this process for (``$WANDB_RUN_ID``), or None outside one."""
+    if not os.environ.get("WANDB_SWEEP_ID"):
+        return None
+    if not os.environ.get("WANDB_RUN_ID"):
+        from lottery.errors import LotteryError
+
+        raise LotteryError("WANDB_SWEEP_ID is set but WANDB_RUN_ID is not: `wandb agent` sets both; outside an agent, "
+                           "unset WANDB_SWEEP_ID (W&B would give every run of the experiment a random id)")
+    return os.environ["WANDB_RUN_ID"]
+
+
+def prefix(replicate: int, kind: str) -> str:
+    """What a network's W&B keys start with in a sweep trial's one run."""
+    return f"replicate_{replicate}/{kind}/"
+
+
+def prefixed(replicate: int, kind: str, row: Tuple[tuple, dict]) -> Tuple[tuple, dict]:
+    """A network's row in a sweep trial's one run: keyed and named by its replicate and kind."""
+    key, values = row
+    return (replicate, kind, *key), {prefix(replicate, kind) + name: value for name, value in values.items()}
 
 
 def _has_api_key() -> bool:
@@ -172,6 +220,15 @@ def lmc_row(level: int, density: float, path: dict) -> Tuple[tuple, dict]:
                             "level/lmc_barrier": path["barrier"], "level/lmc_points": points}
 
 
+def define_metrics(run, prefix: str) -> None:
+    """Evaluations against the iteration inside their level; level rows against % weights remaining."""
+    run.define_metric(f"{prefix}iteration")
+    for split in ("train", "val", "test"):
+        run.define_metric(f"{prefix}{split}/*", step_metric=f"{prefix}iteration")
+    run.define_metric(f"{prefix}level/percent_remaining")
+    run.define_metric(f"{prefix}level/*", step_metric=f"{prefix}level/percent_remaining")
+
+
 class Tracker:
     def __init__(self, cfg, directory: str, enabled: bool = True):
         self.cfg, self.directory = cfg, directory
@@ -184,21 +241,36 @@ class Tracker:
             print("warning: wandb.mode=online but no W&B API key is set; logging offline instead", file=sys.stderr)
             self.mode = "offline"
         self.group = os.path.basename(directory)
+        self.agent = agent_run_id() if self.enabled else None  # the trial's one run, under `wandb agent`
+        if self.agent and self.mode == "offline":
+            print(f"warning: a W&B sweep agent started this trial (run {self.agent}) but wandb.mode=offline: the sweep "
+                  f"sees its objective only once `wandb sync` uploads it", file=sys.stderr)
         self.runs: Dict[tuple, Record] = {}
+        self.defined = set()  # (replicate, kind) whose metrics the open agent run has defined
 
     @property
     def enabled(self) -> bool:
         return self.mode != "disabled"
 
     def record(self, replicate: int, kind: str) -> Record:
-        """The W&B run of one replicate's ticket or control, opened on first use."""
-        key = (replicate, kind)
+        """The W&B run of one replicate's ticket or control (under an agent: the trial's run), opened
+        on first use."""
+        key = ("trial",) if self.agent else (replicate, kind)
         if key not in self.runs:
             self.runs[key] = self._open(replicate, kind)
         return self.runs[key]
 
     def run_id(self, replicate: int, kind: str) -> str:
+        if self.agent:
+            return self.agent
         return re.sub(r"[^A-Za-z0-9_-]", "_", f"{self.group}-r{replicate}-{kind}")
+
+    def _log(self, replicate: int, kind: str, row: Tuple[tuple, dict]) -> None:
+        record = self.record(replicate, kind)
+        if self.agent:
+            self._define(record.run, replicate, kind)
+            row = prefixed(replicate, kind, row)
+        record.log(*row)
 
     def ledger(self, replicate: int, kind: str) -> Ledger:
         return Ledger(os.path.join(self.directory, "wandb", f"{self.run_id(replicate, kind)}.steps.jsonl"))
@@ -210,7 +282,14 @@ class Tracker:
         synced = self._synced(ledger)
         self._supersede(self.run_id(replicate, kind))
         record = Record(self._init(replicate, kind), ledger, synced)
-        rows = self.rows_on_disk(replicate, kind)
+        if self.agent:  # the trial's run holds every network of the experiment
+            self.defined.clear()
+            rows = []
+            for replicate, kind in self.networks_on_disk():
+                self._define(record.run, replicate, kind)
+                rows += [prefixed(replicate, kind, row) for row in self.rows_on_disk(replicate, kind)]
+        else:
+            rows = self.rows_on_disk(replicate, kind)
         known = sorted((row for row in rows if row[0] in ledger.steps), key=lambda row: ledger.steps[row[0]])
         # Rows on disk without a step: results written by a process killed before it logged them, or
         # while W&B was disabled. (A run without a ledger that W&B has online was logged, rows and
@@ -243,6 +322,20 @@ class Tracker:
             while os.path.exists(target):  # the same name twice: two processes in one second
                 target, n = os.path.join(wandb_dir, "superseded", f"{name}.{n}"), n + 1
             os.rename(path, target)
+
+    def networks_on_disk(self) -> List[Tuple[int, str]]:
+        """(replicate, kind) of every network with a finished level."""
+        from lottery.analysis import KINDS
+
+        pattern = os.path.join(self.directory, "replicate_*", "level_*")
+        found = set()
+        for level_dir in glob.glob(pattern):
+            replicate = re.fullmatch(r"replicate_(\d+)", os.path.basename(os.path.dirname(level_dir)))
+            if replicate and re.fullmatch(r"level_\d+", os.path.basename(level_dir)):
+                for kind in KINDS:
+                    if os.path.isdir(level_dir if kind == "ticket" else os.path.join(level_dir, kind)):
+                        found.add((int(replicate.group(1)), kind))
+        return sorted(found, key=lambda network: (network[0], KINDS.index(network[1])))
 
     def rows_on_disk(self, replicate: int, kind: str) -> List[Tuple[tuple, dict]]:
         """The rows of a run that its finished results hold (directories appear only when complete)."""
@@ -293,10 +386,16 @@ class Tracker:
         import wandb
 
         config = OmegaConf.to_container(self.cfg, resolve=True)
-        config.update(replicate=replicate, kind=kind, experiment=self.group)
+        if self.agent:  # W&B adds the sweep's parameters (``pruning.rate``, ...) to this config itself
+            config.update(experiment=self.group)
+            names = dict(job_type="trial", name=self.group)
+        else:
+            config.update(replicate=replicate, kind=kind, experiment=self.group)
+            names = dict(job_type=kind, name=f"{self.group}/r{replicate}/{kind}")
+        # Under an agent W&B ignores project, entity and id in favour of the sweep's (the same id).
         arguments = dict(
-            project=self.cfg.wandb.project, entity=self.cfg.wandb.entity, group=self.group, job_type=kind,
-            name=f"{self.group}/r{replicate}/{kind}", id=self.run_id(replicate, kind), resume="allow", dir=self.directory,
+            project=self.cfg.wandb.project, entity=self.cfg.wandb.entity, group=self.group, **names,
+            id=self.run_id(replicate, kind), resume="allow", dir=self.directory,
             config=config, tags=list(self.cfg.wandb.tags), reinit="create_new",
             settings=wandb.Settings(silent=True, init_timeout=60),
         )
@@ -308,17 +407,19 @@ class Tracker:
             warnings.warn(f"W&B online init failed ({error}); logging offline instead")
             self.mode = "offline"
             run = wandb.init(mode="offline", **arguments)
-        run.define_metric("iteration")
-        run.define_metric("train/*", step_metric="iteration")
-        run.define_metric("val/*", step_metric="iteration")
-        run.define_metric("test/*", step_metric="iteration")
-        run.define_metric("level/percent_remaining")
-        run.define_metric("level/*", step_metric="level/percent_remaining")
+        if not self.agent:
+            define_metrics(run, "")
         return run
+
+    def _define(self, run, replicate: int, kind: str) -> None:
+        """The step axes of a network's series in the trial's run, before its first row."""
+        if (replicate, kind) not in self.defined:
+            self.defined.add((replicate, kind))
+            define_metrics(run, prefix(replicate, kind))
 
     def log_evaluation(self, replicate: int, kind: str, level: int, record: dict) -> None:
         if self.enabled:
-            self.record(replicate, kind).log(*evaluation_row(level, record))
+            self._log(replicate, kind, evaluation_row(level, record))
 
     def log_history(self, replicate: int, kind: str, level: int, history: List[dict]) -> None:
         """The evaluations of a level resumed from a checkpoint: the killed process may have lost
@@ -328,55 +429,80 @@ class Tracker:
 
     def log_level(self, metrics: dict) -> None:
         if self.enabled:
-            self.record(metrics["replicate"], metrics["kind"]).log(*level_row(metrics))
+            self._log(metrics["replicate"], metrics["kind"], level_row(metrics))
 
     def log_lmc(self, replicate: int, level: int, density: float, path: dict) -> None:
         if self.enabled:
-            self.record(replicate, "ticket").log(*lmc_row(level, density, path))
+            self._log(replicate, "ticket", lmc_row(level, density, path))
 
-    def finish(self, df) -> None:
+    def finish(self, df, summary: Optional[dict] = None) -> None:
         """Tables and plots of every level of the runs this invocation touched, and of those a
-        killed process left incomplete (``df``: the experiment's ``analysis.load_runs``); close them all."""
+        killed process left incomplete (``df``: the experiment's ``analysis.load_runs``); close them all.
+        ``summary`` (e.g. ``{"objective": 0.97}``) goes into the W&B summary of every run closed here:
+        under an agent, the trial's one run, opened here if nothing opened it."""
         if not self.enabled:
             return
         with self._own_directories():
-            self._finish(df)
+            self._finish(df, summary or {})
 
-    def _finish(self, df) -> None:
+    def _finish(self, df, summary: dict) -> None:
+        from lottery.analysis import KINDS
+
+        networks = {(int(r), k) for r, k in zip(df["replicate"], df["kind"])} if len(df) else set()
+        networks = sorted(networks, key=lambda network: (network[0], KINDS.index(network[1])))
+        if self.agent:
+            record = self.record(0, "ticket")  # the trial's run, whichever network names it
+            row = {}
+            for replicate, kind in networks:
+                self._define(record.run, replicate, kind)
+                tables = self._tables(df, replicate, kind, record)
+                row.update({prefix(replicate, kind) + name: value for name, value in tables.items()})
+            self._close(record, row, summary)
+            self.runs.clear()
+            return
+        for replicate, kind in networks:
+            ledger = self.ledger(replicate, kind)
+            if (replicate, kind) not in self.runs and ledger.existed and not ledger.complete:
+                self.record(replicate, kind)
+        for (replicate, kind), record in self.runs.items():
+            self._close(record, self._tables(df, replicate, kind, record), summary)
+        self.runs.clear()
+
+    def _tables(self, df, replicate: int, kind: str, record: Record) -> dict:
+        """A network's table of level results and its plot of accuracy vs sparsity (and, with
+        ``wandb.log_ticket``, its last ticket as an artifact of the run)."""
         import wandb
 
         from lottery.analysis import METRICS
 
-        pairs = {(int(r), k) for r, k in zip(df["replicate"], df["kind"])} if len(df) else set()
-        for replicate, kind in sorted(pairs):
-            ledger = self.ledger(replicate, kind)
-            if (replicate, kind) not in self.runs and ledger.existed and not ledger.complete:
-                self.record(replicate, kind)
         columns = ["level", "percent_remaining", *METRICS]
-        for (replicate, kind), record in self.runs.items():
-            mine = df[(df["replicate"] == replicate) & (df["kind"] == kind)].sort_values("level")[columns]
-            table = wandb.Table(columns=columns, data=mine.astype(object).where(mine.notna(), None).values.tolist())
-            summaries = sum(key[0] == "summary" for key in record.ledger.steps)
-            record.log(("summary", summaries),
-                       {"levels": table,
-                        "accuracy_vs_sparsity": wandb.plot.line(table, "percent_remaining", "test_accuracy",
-                                                                title="test accuracy vs % weights remaining")})
-            if self.cfg.wandb.log_ticket and kind == "ticket" and len(mine):
-                last = mine.iloc[-1]
-                level = int(last["level"])
-                artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9_.-]", "_", f"ticket-{self.group}-r{replicate}"), type="ticket",
-                                          metadata={"level": level, "percent_remaining": float(last["percent_remaining"])})
-                artifact.add_dir(os.path.join(self.directory, f"replicate_{replicate}", f"level_{level}", "ticket"))
-                record.run.log_artifact(artifact)
-            # Ledger rows this record does not hold (a level left unfinished, earlier summaries) lose
-            # their steps, so the record holds every row below its end; back, they get new ones.
-            for key, step in list(record.ledger.steps.items()):
-                if key not in record.held and step >= record.floor:
-                    record.ledger.forget(key)
-            directory = os.path.basename(record.run.sync_dir) if record.run.offline else None
-            record.run.finish()
-            record.ledger.mark("finished", directory=directory, next=record.ledger.next)  # after finish(): written
-        self.runs.clear()
+        mine = df[(df["replicate"] == replicate) & (df["kind"] == kind)].sort_values("level")[columns]
+        table = wandb.Table(columns=columns, data=mine.astype(object).where(mine.notna(), None).values.tolist())
+        if self.cfg.wandb.log_ticket and kind == "ticket" and len(mine):
+            last = mine.iloc[-1]
+            level = int(last["level"])
+            artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9_.-]", "_", f"ticket-{self.group}-r{replicate}"), type="ticket",
+                                      metadata={"level": level, "percent_remaining": float(last["percent_remaining"])})
+            artifact.add_dir(os.path.join(self.directory, f"replicate_{replicate}", f"level_{level}", "ticket"))
+            record.run.log_artifact(artifact)
+        title = "test accuracy vs % weights remaining" + (f" (replicate {replicate}, {kind})" if self.agent else "")
+        return {"levels": table,
+                "accuracy_vs_sparsity": wandb.plot.line(table, "percent_remaining", "test_accuracy", title=title)}
+
+    def _close(self, record: Record, row: dict, summary: dict) -> None:
+        """The end-of-run row, the summary, and the run closed; its ledger marked finished."""
+        if row:
+            record.log(("summary", sum(key[0] == "summary" for key in record.ledger.steps)), row)
+        # Ledger rows this record does not hold (a level left unfinished, earlier summaries) lose
+        # their steps, so the record holds every row below its end; back, they get new ones.
+        for key, step in list(record.ledger.steps.items()):
+            if key not in record.held and step >= record.floor:
+                record.ledger.forget(key)
+        for key, value in summary.items():
+            record.run.summary[key] = value
+        directory = os.path.basename(record.run.sync_dir) if record.run.offline else None
+        record.run.finish()
+        record.ledger.mark("finished", directory=directory, next=record.ledger.next)  # after finish(): written
 
     def abort(self) -> None:
         """Close the runs after an error, marking them failed."""

@@ -1,4 +1,4 @@
-"""W&B: an offline run is written and read back (no network); modes and fallbacks."""
+"""W&B: an offline run is written and read back (no network); modes and fallbacks; sweep agents."""
 
 import glob
 import io
@@ -104,3 +104,127 @@ def test_w_and_b_staging_files_stay_in_the_experiment(small_config, monkeypatch,
             if os.path.isfile(p) and "artifacts" in p]
     assert home == []
     assert "WANDB_DATA_DIR" not in os.environ  # the process's environment is left as it was
+
+
+@pytest.fixture
+def sweep_agent(monkeypatch, tmp_path):
+    """The environment `wandb agent` gives a trial (wandb/wandb_agent.py): the sweep, the run it
+    waits for, its own directory and the trial's parameters file. W&B reads its environment when it
+    is first set up in a process, so it is set up again here, as in a process the agent started,
+    and again after the test, so that no later test runs inside the sweep."""
+    import wandb
+    from wandb.sdk.lib import config_util
+
+    parameters = str(tmp_path / "agent" / "wandb" / "sweep-sweep123" / "config-trial7.yaml")
+    config_util.save_config_file_from_dict(parameters, {"pruning.rate": {"value": 0.2}})
+    for key, value in {"WANDB_SWEEP_ID": "sweep123", "WANDB_RUN_ID": "trial7", "WANDB_DIR": str(tmp_path / "agent"),
+                       "WANDB_SWEEP_PARAM_PATH": parameters}.items():
+        monkeypatch.setenv(key, value)
+    wandb.teardown()
+    yield "trial7"
+    wandb.teardown()
+
+
+def test_under_a_sweep_agent_a_trial_logs_one_run_with_the_agents_id_and_its_summary(small_config, sweep_agent, tmp_path):
+    import wandb
+
+    from lottery import analysis
+    from wandb_records import read_summary
+
+    cfg = small_config("wandb.mode=offline", "levels=1", "replicates=2")
+    results = imp.run(cfg, console=QUIET)
+    directory = imp.prepare(cfg).directory
+    (first,) = glob.glob(os.path.join(directory, "wandb", "offline-run-*"))
+    # The end of a trial run again with the same WANDB_RUN_ID (nothing left to train), whose caller
+    # passes the objective: the same run, restated from disk in a new directory, with the summary.
+    tracking.Tracker(cfg, directory).finish(analysis.load_runs(directory), summary={"objective": 0.97, "objective/spec": "x"})
+    wandb.teardown()  # W&B's service writes the offline file after finish() returns; teardown waits for it
+    (run_dir,) = glob.glob(os.path.join(directory, "wandb", "offline-run-*"))  # one run, not one per network
+    assert run_dir.endswith(f"-{sweep_agent}") and run_dir != first
+    assert os.listdir(os.path.join(directory, "wandb", "superseded")) == [os.path.basename(first)]
+    assert not glob.glob(str(tmp_path / "agent" / "**" / "offline-run-*"), recursive=True)  # not in the agent's directory
+
+    run, config, history = read_run(run_dir)
+    assert (run.run_id, run.sweep_id, run.run_group, run.job_type) == ("trial7", "sweep123", os.path.basename(directory), "trial")
+    assert config["pruning.rate"] == 0.2 and config["pruning"]["rate"] == 0.2 and "replicate" not in config
+    steps = [row["_step"] for row in history]
+    assert steps == sorted(set(steps))
+    ledger = tracking.Ledger(os.path.join(directory, "wandb", f"{sweep_agent}.steps.jsonl"))
+    assert ledger.complete and sorted(ledger.steps.values()) == steps  # every row at its ledger step
+    for replicate in range(2):
+        p = f"replicate_{replicate}/ticket/"
+        mine = [m for m in results if m["replicate"] == replicate]
+        assert [(row[p + "level"], row[p + "iteration"], row[p + "test/accuracy"]) for row in history if p + "train/loss" in row] == \
+            [(m["level"], r["step"], r["test_accuracy"]) for m in mine for r in m["history"]]
+        assert [(row[p + "level/index"], row[p + "level/test_accuracy"]) for row in history if p + "level/test_accuracy" in row] == \
+            [(m["level"], m["final"]["test_accuracy"]) for m in mine]
+    (final,) = [row for row in history if "replicate_0/ticket/levels/path" in row]
+    assert final["replicate_1/ticket/levels/nrows"] == 2
+    summary = read_summary(run_dir)
+    assert summary["objective"] == 0.97 and summary["objective/spec"] == "x"  # what the sweep optimizes
+    assert "objective" not in read_summary(os.path.join(directory, "wandb", "superseded", os.path.basename(first)))
+
+
+class SummaryRun:
+    """A W&B run that keeps its summary (no W&B)."""
+
+    def __init__(self):
+        self.step, self.offline, self.summary = 0, False, {}
+
+    def define_metric(self, *args, **kwargs):
+        pass
+
+    def log(self, values, step, commit):
+        pass
+
+    def finish(self, exit_code=0):
+        pass
+
+
+def test_outside_an_agent_the_summary_goes_to_every_run_the_invocation_finished(small_config, monkeypatch, tmp_path):
+    import pandas as pd
+
+    from lottery.analysis import METRICS
+
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    runs = {}
+    monkeypatch.setattr("wandb.init", lambda **arguments: runs.setdefault(arguments["id"], SummaryRun()))
+    tracker = tracking.Tracker(small_config("wandb.mode=online"), str(tmp_path / "quickstart-abc"))
+    for kind in ("ticket", "random_reinit"):
+        tracker.record(0, kind)
+    df = pd.DataFrame([{"replicate": 0, "kind": kind, "level": 1, "percent_remaining": 80.0, **{m: 0.5 for m in METRICS}}
+                       for kind in ("ticket", "random_reinit")])
+    tracker.finish(df, summary={"objective": 0.97})
+    assert {run_id: run.summary for run_id, run in runs.items()} == \
+        {"quickstart-abc-r0-ticket": {"objective": 0.97}, "quickstart-abc-r0-random_reinit": {"objective": 0.97}}
+
+
+def test_a_sweep_id_without_a_run_id_is_named(small_config, monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sweep123")
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    with pytest.raises(Exception, match="WANDB_SWEEP_ID is set but WANDB_RUN_ID is not"):
+        tracking.Tracker(small_config("wandb.mode=offline"), str(tmp_path))
+
+
+def test_the_sample_sweep_file_runs_lottery_run_with_overrides_that_compose():
+    """experiments/wandb_sweep.yaml's command, with its macros filled in as the agent does
+    (wandb/wandb_agent.py: a macro argument becomes its list of words), is a valid command line."""
+    import yaml
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    from conftest import REPO, compose_config
+
+    sweep = yaml.safe_load((REPO / "experiments" / "wandb_sweep.yaml").read_text())
+    assert sweep["metric"] == {"name": "objective", "goal": "maximize"} and sweep["program"] == "lottery/run.py"
+    sample = {name: {"value": p["value"] if "value" in p else p["values"][-1] if "values" in p else p["max"]}
+              for name, p in sweep["parameters"].items()}
+    macros = {**create_sweep_command_args({"args": sample}), "env": ["/usr/bin/env"]}
+    command = [word for c in sweep["command"] for word in (macros[c[2:-1]] if c.startswith("${") else [c])]
+    assert command[:4] == ["/usr/bin/env", "python", "-m", "lottery.run"]
+    assert "rewind=2000it" in command and "optimizer.lr=0.003" in command and "objective.remaining=3.6" in command
+    overrides = command[4:]
+    if "objective" not in compose_config():  # the objective's keys compose once the config has them
+        overrides = [o for o in overrides if not o.startswith("objective.")]
+    cfg = compose_config(overrides)
+    assert (cfg.name, cfg.rewind, cfg.pruning.rate, cfg.optimizer.lr, cfg.levels, cfg.wandb.mode) == \
+        ("lenet", "2000it", 0.5, 0.003, 15, "online")

@@ -55,3 +55,14 @@ def read_run(run_dir):
         elif kind == "history":
             history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
     return run, config, history
+
+
+def read_summary(run_dir):
+    """The run's summary as its offline file leaves it: every summary update, the last one winning."""
+    (path,) = glob.glob(os.path.join(run_dir, "*.wandb"))
+    summary = {}
+    for record in records(path):
+        if record.WhichOneof("record_type") == "summary":
+            for item in record.summary.update:
+                summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return summary
