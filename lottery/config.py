@@ -9,6 +9,7 @@ Values that need the data set to check (points in training, batch size) are chec
 import dataclasses
 import hashlib
 import json
+import math
 from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -115,6 +116,20 @@ class WandbConfig:
 
 
 @dataclasses.dataclass
+class ObjectiveConfig:
+    """A value computed from an experiment's finished results at the end of each run, printed,
+    written to ``objectives.json`` and returned to Hydra sweepers (lottery/objective.py)."""
+
+    # none | accuracy (test accuracy at a level) | auc (mean test accuracy over log10(1/density)
+    # from the dense network to a level) | lmc_barrier (LMC error barrier at a level in lmc.levels)
+    name: str = "none"
+    at: str = "early_stop"  # accuracy at the early-stopping iteration, or final
+    level: Optional[int] = None  # this level; None (and no `remaining`): the last level
+    remaining: Optional[float] = None  # % of weights remaining: the level closest to it (auc: up to it)
+    kind: str = "ticket"  # ticket, or a control in `controls` (random_reinit, random_prune)
+
+
+@dataclasses.dataclass
 class Config:
     name: str = "quickstart"  # experiment name: first part of the results directory's name
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -133,6 +148,7 @@ class Config:
     replicates: int = 1  # independent IMP trajectories (own initialization, data order, masks)
     controls: List[str] = dataclasses.field(default_factory=list)  # random_reinit, random_prune
     lmc: LMCConfig = dataclasses.field(default_factory=LMCConfig)
+    objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
     wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
@@ -151,8 +167,10 @@ class Config:
 # the fingerprint of the data read from it; `training.loop` is recorded with the backend in each
 # invocation (a conv model's host and device loops round differently, like two backends) and a
 # change is announced; so are `mesh` and `distributed` (member-parallel is bitwise one device,
-# data-parallel sums gradients in another order); the rest are names, places and display.
-_NOT_HASHED = ("name", "levels", "replicates", "controls", "lmc", "output_dir", "progress", "wandb",
+# data-parallel sums gradients in another order); `objective` is read from the finished results,
+# after training, and changes none of them (a search asks the same experiment for several); the
+# rest are names, places and display.
+_NOT_HASHED = ("name", "levels", "replicates", "controls", "lmc", "objective", "output_dir", "progress", "wandb",
                "compilation_cache", "checkpoint_every",
                "dataset.root", "dataset.download", "training.loop", "mesh", "distributed")
 
@@ -206,9 +224,19 @@ def experiment_hash(cfg: DictConfig, data_fingerprint: str) -> str:
     return digest(identity(cfg, data_fingerprint))
 
 
+def levels_to_reach(remaining: float, rate: float) -> int:
+    """The fewest pruning levels after which (1 - rate)^levels <= remaining / 100: config
+    ``levels: ${lottery.levels_to_reach:${objective.remaining},${pruning.rate}}`` trains as many
+    levels as a search's target needs at each pruning rate (conf/hparams_search/)."""
+    if remaining is None or not 0 < remaining <= 100 or not 0 < rate < 1:
+        raise ValueError(f"lottery.levels_to_reach: needs 0 < remaining <= 100 and 0 < rate < 1, got {remaining}, {rate}")
+    return max(0, math.ceil(math.log(remaining / 100) / math.log(1 - rate) - 1e-9))
+
+
 def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
+    OmegaConf.register_new_resolver("lottery.levels_to_reach", levels_to_reach, replace=True)
 
 
 register()

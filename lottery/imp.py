@@ -28,7 +28,8 @@ Results go to ``<output_dir>/<name>-<hash>/replicate_<r>/level_<L>/``:
 Each of these directories appears, by one rename, only when it is complete: re-running the command
 skips finished work and redoes interrupted work; asking for more levels, replicates, controls or
 LMC levels adds to the same experiment. ``config.yaml`` holds the experiment's identity (what the
-hash is of) and ``invocations.jsonl`` what each invocation asked for, ran on and added (record.py).
+hash is of) and ``invocations.jsonl`` what each invocation asked for, ran on and added (record.py);
+``objectives.json`` the values config ``objective`` asked of the finished results (objective.py).
 """
 
 import dataclasses
@@ -45,7 +46,7 @@ from flax import nnx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lottery import analysis, dense, distributed, driver, layout, lmc, models, pruning, record, report, tracking, training
+from lottery import analysis, dense, distributed, driver, layout, lmc, models, objective, pruning, record, report, tracking, training
 from lottery.driver import Job, group_checkpoints, train
 from lottery import data as datasets
 from lottery.checkpoint import LMC_KEYS, NETWORK_KEYS, load_tree, read_json, save_tree, write_json
@@ -149,6 +150,7 @@ def check(cfg) -> None:
     if not 0 < len(cfg.name) <= MAX_NAME:
         raise LotteryError(f"name is {len(cfg.name)} characters long; use 1 to {MAX_NAME} (it names the results "
                            "directory and the W&B runs)")
+    objective.check(cfg)
 
 
 def prepare(cfg) -> Experiment:
@@ -191,11 +193,15 @@ def prepare(cfg) -> Experiment:
                       data.input_shape, data.num_classes, directory, tracker, data.fingerprint)
 
 
-def run(cfg, console: Console = None) -> List[dict]:
-    """Run (or continue) levels 0..cfg.levels of every replicate; print and return the results.
+class Results(list):
+    """The metrics of every trained network, ordered by level, replicate, kind (ticket first), and
+    the value of the objective config ``objective`` names (None: none, or not process 0)."""
 
-    Returns the metrics of every trained network, ordered by level, replicate, kind (ticket first).
-    """
+    objective: Optional[float] = None
+
+
+def run(cfg, console: Console = None) -> Results:
+    """Run (or continue) levels 0..cfg.levels of every replicate; print and return the results."""
     console = console or report.console()
     distributed.initialize(cfg.distributed)  # before JAX's first computation
     if cfg.compilation_cache:
@@ -227,7 +233,7 @@ def run(cfg, console: Console = None) -> List[dict]:
             lock.close()
 
 
-def run_locked(experiment: Experiment, console: Console) -> List[dict]:
+def run_locked(experiment: Experiment, console: Console) -> Results:
     cfg = experiment.cfg
     invocation = experiment.invocation = record.Invocation(experiment.directory, cfg,
                                                            record.program(experiment.trainer.host_loop, cfg.mesh),
@@ -266,18 +272,21 @@ def run_locked(experiment: Experiment, console: Console) -> List[dict]:
         raise
     invocation.end("finished")
     distributed.barrier("finished")
-    results = collect(experiment)
+    results = Results(collect(experiment))
     if not distributed.primary():
         return results
     shutil.rmtree(os.path.join(experiment.directory, "checkpoints"), ignore_errors=True)  # all finished
     df = analysis.load_runs(experiment.directory)
-    experiment.tracker.finish(df)
+    measured = objective.measure(cfg, df)  # config `objective`'s value (objective.py), or why the results lack it
+    found = isinstance(measured, objective.Objective)  # the W&B summary: what a W&B sweep optimizes
+    experiment.tracker.finish(df, summary={"objective": measured.value, "objective/spec": measured.key} if found else None)
     figure = os.path.join(experiment.directory, "accuracy_vs_sparsity.png")
     if trained or not os.path.exists(figure):  # a re-run of finished work rewrites nothing
         analysis.save_figures(df, experiment.directory)
     summary = analysis.summarize(df)
     console.print(report.table(summary, title=f"IMP results: {experiment.directory}", experiment_column=False))
     console.print(f"figures: {os.path.join(experiment.directory, '*.png')}")
+    results.objective = objective.report(measured, experiment.directory, console)  # prints, writes; raises if missing
     return results
 
 

@@ -8,6 +8,8 @@ code 2. SIGTERM writes a checkpoint and ends with one line ``preempted: ...`` an
 Ctrl-C does the same with ``interrupted: ...`` and 130 (twice: at once). The same command
 continues the run. In a sweep (``-m``) every job's config is checked before the first starts, a
 job that fails does not stop the others, and the sweep ends with a line naming the failed jobs.
+A run returns the value config ``objective`` names (lottery/objective.py) to Hydra's sweeper: an
+Optuna search (``-m hparams_search=NAME``, lottery/search.py) optimizes it.
 """
 
 import asyncio
@@ -16,7 +18,7 @@ import logging
 import os
 import re
 import sys
-from typing import List
+from typing import List, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -32,6 +34,8 @@ CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # JAX probes for a TPU and warns when there is none; that is not news on CPU or GPU machines.
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
+# Alembic (under Optuna's sqlite storage) announces each of its plugins at INFO, which Hydra shows.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @dataclasses.dataclass
@@ -46,14 +50,15 @@ SWEEP = Sweep()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> Optional[float]:
+    """One experiment; returns its objective's value (None: objective.name=none, or a failed job,
+    which the Optuna sweeper then counts as a failed trial: lottery/search.py)."""
     from lottery import imp  # imported here so that `--help` and config errors stay fast
 
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     SWEEP.started += 1
     try:
-        imp.run(cfg)
-        return
+        return imp.run(cfg).objective
     except LotteryError as error:  # handled here, inside the job, so Hydra adds nothing to it
         message = f"error: {error}"
     except Preempted as preempted:  # a signal stops a sweep too: the same command continues it
@@ -73,6 +78,7 @@ def main(cfg: DictConfig) -> None:
     label = f"job {job.num} ({job.override_dirname or 'no overrides'})"
     print(f"{message} [{label}]", file=sys.stderr)
     SWEEP.failed.append(f"{label}: {message[len('error: '):]}")  # the sweep goes on; cli() sums up
+    return None
 
 
 def finish(line: str, code: int) -> None:
@@ -113,9 +119,26 @@ def check_overrides(arguments: List[str]) -> None:
             raise LotteryError(f"override {argument!r} has no key; write key=value, e.g. pruning.rate=0.5")
 
 
+# Arguments that choose Hydra's Optuna sweeper: a search preset, or the sweeper itself.
+SEARCH = re.compile(r"[+~]*(hparams_search=|hydra/sweeper=optuna\b)")
+
+
+def check_search(arguments: List[str]) -> None:
+    """A search needs the Optuna sweeper plugin, an extra: say so in one line, not a Hydra trace."""
+    wanted = [a for a in arguments if SEARCH.match(a) and not a.endswith("=null")]
+    if not wanted:
+        return
+    try:
+        import hydra_plugins.hydra_optuna_sweeper  # noqa: F401
+    except ImportError:
+        raise LotteryError(f"{wanted[0]} needs Hydra's Optuna sweeper (hydra-optuna-sweeper), which is not "
+                           "installed: pip install -e '.[search]'") from None
+
+
 def check_sweep(arguments: List[str]) -> None:
     """Compose every job of a basic multirun and check its config before the first job starts,
-    so that a typo in one value does not surface hours into a sweep."""
+    so that a typo in one value does not surface hours into a sweep. Another sweeper's jobs
+    (an Optuna search) are not known in advance: each is checked as it starts."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -125,7 +148,7 @@ def check_sweep(arguments: List[str]) -> None:
     # Where the jobs run (hydra/launcher=slurm, hydra.launcher.nodes=2) is not what they are.
     launcher = re.compile(r"hydra[./]launcher\b")
     overrides = [a for a in arguments if not a.startswith("-") and not launcher.match(a.lstrip("+~"))]
-    if any(a.split("=", 1)[0].lstrip("+~").startswith("hydra") for a in overrides):
+    if any(a.split("=", 1)[0].lstrip("+~").startswith(("hydra", "hparams_search")) for a in overrides):
         return  # another sweeper or other Hydra settings: its jobs are checked as they start
     parsed = OverridesParser.create().parse_overrides(overrides)
     jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
@@ -162,6 +185,7 @@ def cli() -> None:
     arguments = sys.argv[1:]
     try:
         check_overrides(arguments)
+        check_search(arguments)
         if "-m" in arguments or "--multirun" in arguments:
             check_sweep(arguments)
         main()
@@ -171,6 +195,14 @@ def cli() -> None:
         finish(f"error: {one_line(error)}", 2)
     except KeyboardInterrupt:  # before any level started (loading data, compiling)
         finish("interrupted: stopped before training began; nothing was lost", 130)
+    except ValueError as error:  # the Optuna sweeper's report of the best trial of a study that has none
+        from lottery import search
+
+        if not search.no_completed_trial(error):
+            raise
+        if not SWEEP.failed:  # else the line below names the failed jobs
+            finish("error: the Optuna study has no completed trial: every trial failed (their error lines say why); "
+                   "raise hydra.sweeper.n_trials to run more", 2)
     if SWEEP.failed:  # a sweep whose every job ran, some of them ending in an error line
         finish(f"error: {len(SWEEP.failed)} of {SWEEP.started} sweep jobs failed (the others finished): "
                + "; ".join(SWEEP.failed), 2)

@@ -1,0 +1,148 @@
+"""Hyperparameter search: Hydra's Optuna sweeper with a study that resumes (``pip install -e '.[search]'``).
+
+    python -m lottery.run -m hparams_search=lenet_rewind_rate      # conf/hparams_search/
+
+A preset picks the Optuna sweeper, the search space (``hydra.sweeper.params``), the objective
+(config ``objective``, lottery/objective.py, which ``lottery.run`` returns to the sweeper) and a
+study stored in sqlite under ``output_dir``. Each trial is an ordinary experiment, in its own
+hash-named directory: a configuration proposed again reads its finished results instead of
+training, and ``lottery.report <sweep dir>`` reads a search like any sweep.
+
+``OptunaStudy``, a Hydra callback (conf/config.yaml), prepares the study before the sweeper opens it:
+- creates the directory of an sqlite storage (SQLAlchemy creates the file, not its directory);
+- takes a lock on the study for the sweep (one sweeper per study at a time);
+- makes ``hydra.sweeper.n_trials`` the study's total, where the plugin would add that many trials
+  on each command: the trials the study has finished are subtracted, so the same command after an
+  interruption runs the trials left, and once more runs none (raise n_trials to add trials);
+- trials an interruption left running are marked failed (``interrupted``) and their parameters
+  queued first, so their experiments continue from their checkpoints;
+- adds the number of trials the study holds to the sampler's seed: a seeded sampler would
+  otherwise propose the first command's parameters again;
+- warns when the study's earlier trials ran with other fixed overrides (another study is then due).
+
+A trial whose run ends in an ``error:`` line returns None: the plugin counts a value that is not
+float-castable as a failed trial and goes on (a NaN would make its failure handling raise, with
+optuna 2.10). Process 0's value is the one returned.
+"""
+
+import fcntl
+import os
+import sys
+import traceback
+import warnings
+from typing import Any, List
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, read_write
+
+from lottery.errors import LotteryError, at
+
+SQLITE = "sqlite:///"
+INTERRUPTED = "interrupted"  # user attribute of a trial a previous command left running
+
+
+def is_optuna(config: DictConfig) -> bool:
+    return str(config.hydra.sweeper.get("_target_", "")).endswith("OptunaSweeper")
+
+
+class OptunaStudy(Callback):
+    """Before an Optuna sweep: the storage's directory, a lock, n_trials as the study's total,
+    interrupted trials queued again, and the sampler's seed moved past the trials already drawn."""
+
+    def __init__(self) -> None:
+        self.lock = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self.prepare(config)
+        except LotteryError as error:  # Hydra turns a callback's exceptions into warnings and goes on
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    def prepare(self, config: DictConfig) -> None:
+        if not is_optuna(config) or not config.hydra.sweeper.get("storage") or not config.hydra.sweeper.get("study_name"):
+            return  # not an Optuna sweep, or one whose study lives in memory: nothing to resume
+        sweeper = config.hydra.sweeper
+        storage, name = str(sweeper.storage), str(sweeper.study_name)
+        if storage.startswith(SQLITE):
+            database = storage[len(SQLITE):]
+            with at(os.path.dirname(database) or "."):
+                os.makedirs(os.path.dirname(database) or ".", exist_ok=True)
+            self.lock = lock(database + ".lock")
+        import optuna
+        from optuna.trial import TrialState
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweeper says what it opens
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:  # a new study: the sweeper creates it
+            return
+        trials = study.get_trials(deepcopy=False)
+        if not storage.startswith(SQLITE):  # no lock: a running trial may be another sweeper's
+            interrupted = []
+        else:
+            interrupted = [t for t in trials if t.state == TrialState.RUNNING]
+        for trial in interrupted:  # queued again first: its experiment continues from its checkpoint
+            study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
+            study.tell(trial.number, state=TrialState.FAIL)
+            if trial.params:
+                with warnings.catch_warnings():  # "experimental" in optuna 2.10, and what this needs
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.enqueue_trial(trial.params)
+        finished = [t for t in trials if t.state.is_finished() and not t.user_attrs.get(INTERRUPTED)]
+        left = max(0, sweeper.n_trials - len(finished))
+        if not left:  # no job creates the sweep directory, where the sweeper writes the best trial
+            os.makedirs(str(config.hydra.sweep.dir), exist_ok=True)
+        with read_write(sweeper):
+            sweeper.n_trials = left
+            if sweeper.sampler.get("seed") is not None:
+                sweeper.sampler.seed = sweeper.sampler.seed + len(trials)
+        print(f"optuna study {name} ({storage}): {len(finished)} of {len(finished) + left} trials finished"
+              + (f", {len(interrupted)} interrupted (run again first)" if interrupted else "")
+              + (f"; running {left} more" if left else "; nothing to run (raise hydra.sweeper.n_trials to add trials)"),
+              flush=True)
+        earlier = {k: v for t in finished[-1:] for k, v in t.user_attrs.items() if k != INTERRUPTED}
+        fixed = fixed_overrides(config)
+        if finished and earlier != fixed:
+            differ = sorted(k for k in set(earlier) | set(fixed) if earlier.get(k) != fixed.get(k))
+            print(f"warning: optuna study {name}: its earlier trials ran with other fixed values ("
+                  + ", ".join(f"{k}: {earlier.get(k, '-')} -> {fixed.get(k, '-')}" for k in differ)
+                  + "); the sampler compares them with these as if alike; name another study for another "
+                  "search: hydra.sweeper.study_name=...", file=sys.stderr, flush=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+
+def no_completed_trial(error: BaseException) -> bool:
+    """Whether ``error`` is optuna's answer to asking a study without a completed trial for its best
+    one, which the sweeper does at the end of every sweep (messages differ by storage)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return any(frame.name in ("best_trial", "best_trials") and f"{os.sep}optuna{os.sep}" in frame.filename
+               for frame in frames)
+
+
+def fixed_overrides(config: DictConfig) -> dict:
+    """The values every trial gets, as the plugin records them in each trial's user attributes:
+    overrides of ``hydra.sweeper.params`` and of the command line that are not sweeps."""
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+    params = config.hydra.sweeper.get("params") or {}
+    arguments: List[str] = [f"{k}={v}" for k, v in params.items()]
+    arguments += list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+    return create_params_from_overrides(arguments)[1]
+
+
+def lock(path: str):
+    """An exclusive lock on a study's storage for this process's lifetime (``flock``: never stale)."""
+    with at(path):
+        handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise LotteryError(f"{path[:-len('.lock')]}: this Optuna storage is in use by another sweep; wait for it "
+                           "to finish or stop it, then run the command again") from None
+    return handle
