@@ -151,7 +151,7 @@ def test_a_run_prints_writes_and_returns_the_value_of_its_tree(small_config):
     out = io.StringIO()
     cfg = small_config("levels=1", "replicates=2", "training.steps=2ep", "objective.name=accuracy", "objective.remaining=80")
     results = imp.run(cfg, console=Console(file=out, width=200))
-    (directory,) = [os.path.join(cfg.output_dir, d) for d in os.listdir(cfg.output_dir)]
+    directory = imp.prepare(cfg).directory
     expected = objective.compute(cfg.objective, analysis.load_runs(directory))
     assert results.objective == expected.value and len(expected.replicates) == 2
     assert expected.levels == [1] and expected.key == "accuracy(at=early_stop,kind=ticket,remaining=80.0)"

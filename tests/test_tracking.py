@@ -8,7 +8,7 @@ import os
 import pytest
 from rich.console import Console
 
-from lottery import imp, tracking
+from lottery import imp, objective, tracking
 from wandb_records import read_run
 
 QUIET = Console(file=io.StringIO())
@@ -128,16 +128,15 @@ def sweep_agent(monkeypatch, tmp_path):
 def test_under_a_sweep_agent_a_trial_logs_one_run_with_the_agents_id_and_its_summary(small_config, sweep_agent, tmp_path):
     import wandb
 
-    from lottery import analysis
     from wandb_records import read_summary
 
-    cfg = small_config("wandb.mode=offline", "levels=1", "replicates=2")
+    cfg = small_config("wandb.mode=offline", "levels=1", "replicates=2", "objective.name=accuracy", "objective.level=1")
     results = imp.run(cfg, console=QUIET)
     directory = imp.prepare(cfg).directory
     (first,) = glob.glob(os.path.join(directory, "wandb", "offline-run-*"))
-    # The end of a trial run again with the same WANDB_RUN_ID (nothing left to train), whose caller
-    # passes the objective: the same run, restated from disk in a new directory, with the summary.
-    tracking.Tracker(cfg, directory).finish(analysis.load_runs(directory), summary={"objective": 0.97, "objective/spec": "x"})
+    # The trial run again with the same WANDB_RUN_ID (a configuration proposed twice: nothing left
+    # to train): the same run, restated from disk in a new directory, with the objective's summary.
+    again = imp.run(cfg, console=QUIET)
     wandb.teardown()  # W&B's service writes the offline file after finish() returns; teardown waits for it
     (run_dir,) = glob.glob(os.path.join(directory, "wandb", "offline-run-*"))  # one run, not one per network
     assert run_dir.endswith(f"-{sweep_agent}") and run_dir != first
@@ -160,9 +159,12 @@ def test_under_a_sweep_agent_a_trial_logs_one_run_with_the_agents_id_and_its_sum
             [(m["level"], m["final"]["test_accuracy"]) for m in mine]
     (final,) = [row for row in history if "replicate_0/ticket/levels/path" in row]
     assert final["replicate_1/ticket/levels/nrows"] == 2
-    summary = read_summary(run_dir)
-    assert summary["objective"] == 0.97 and summary["objective/spec"] == "x"  # what the sweep optimizes
-    assert "objective" not in read_summary(os.path.join(directory, "wandb", "superseded", os.path.basename(first)))
+    written = json.loads(open(os.path.join(directory, objective.FILE)).read())  # what the run wrote and printed
+    (key,) = written
+    for trial in (run_dir, os.path.join(directory, "wandb", "superseded", os.path.basename(first))):
+        summary = read_summary(trial)  # what the sweep optimizes, in each invocation's record of the run
+        assert summary["objective"] == results.objective == again.objective == written[key]["value"]
+        assert summary["objective/spec"] == key
 
 
 class SummaryRun:
