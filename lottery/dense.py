@@ -154,6 +154,7 @@ def train_dense(dense: Dense, replicates: List[int], invocation, progress) -> No
             os.rename(work_dir, job.directory)
         invocation.add(replicate=job.replicate, trained=end, kept=sorted(kept))
     remove_checkpoints(checkpoints)
+    distributed.barrier(f"dense {dense.directory}")  # every process sees the new directories before it looks
 
 
 def keep_rewind_point(dense: Dense, replicates: List[int], invocation, progress) -> None:
@@ -194,6 +195,7 @@ def keep_rewind_point(dense: Dense, replicates: List[int], invocation, progress)
                 os.rename(partial, job.directory)
             invocation.add(replicate=job.replicate, rewind_point=k, from_step=start)
         remove_checkpoints(checkpoints)
+    distributed.barrier(f"rewind points {dense.directory}")
 
 
 def remove_checkpoints(checkpoints) -> None:

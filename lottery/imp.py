@@ -1,6 +1,7 @@
 """Iterative magnitude pruning (IMP) with weight rewinding: one experiment, top to bottom.
 
-Level 0 trains the dense network from θ0 for T steps and keeps θk, its weights at the rewind step k.
+Level 0 trains the dense network from θ0 for T steps and keeps θk, its weights at the rewind step k
+(once for every experiment that differs only in how it prunes, rewinds and retrains: dense.py).
 Each later level L
   1. prunes: magnitude pruning of level L-1's trained weights, under its mask, gives mask_L;
   2. rewinds: the surviving weights are reset to θk (k = 0 is the original reset to θ0 of
@@ -21,7 +22,8 @@ Results go to ``<output_dir>/<name>-<hash>/replicate_<r>/level_<L>/``:
   metrics.json  test accuracy (final and at early stop), densities, the evaluation history
   ticket/       orbax: the mask and the weights training started from (θk ⊙ mask)
   trained/      orbax: the weights and batch statistics after training
-  rewind_point/ (level 0) orbax: θk with its batch statistics and optimizer state
+  rewind_point/ (level 0) orbax: θk with its batch statistics and optimizer state (level 0 is linked
+                from the shared dense run, ``<output_dir>/dense/``: dense.py)
   random_reinit/, random_prune/   the controls, laid out the same way
   lmc/          copy_a/, copy_b/ (orbax: the two trained copies), metrics.json (error along the
                 path at lmc.points points, barrier) and path.png
