@@ -227,7 +227,9 @@ def experiment_hash(cfg: DictConfig, data_fingerprint: str) -> str:
 def levels_to_reach(remaining: float, rate: float) -> int:
     """The fewest pruning levels after which (1 - rate)^levels <= remaining / 100: config
     ``levels: ${lottery.levels_to_reach:${objective.remaining},${pruning.rate}}`` trains as many
-    levels as a search's target needs at each pruning rate (conf/hparams_search/)."""
+    levels as a search's target needs at each pruning rate (conf/hparams_search/). It counts the fc
+    rate alone: where conv layers or the output layer are pruned more slowly (conv_rate, output_rate)
+    the overall density falls more slowly, and a preset should ask for a level or two more."""
     if remaining is None or not 0 < remaining <= 100 or not 0 < rate < 1:
         raise ValueError(f"lottery.levels_to_reach: needs 0 < remaining <= 100 and 0 < rate < 1, got {remaining}, {rate}")
     return max(0, math.ceil(math.log(remaining / 100) / math.log(1 - rate) - 1e-9))

@@ -69,27 +69,56 @@ def provide(experiment, replicates: List[int], progress) -> List[dict]:
     of each replicate's level 0, now in the experiment."""
     if not replicates:
         return []
-    dense, k = Dense(experiment), experiment.rewind
-    lock = lock_store(dense, progress.console.print)
-    try:
-        untrained = [r for r in replicates if not os.path.isdir(dense.replicate_dir(r))]
-        for r in set(replicates) - set(untrained):  # finished work must be readable before it is used
-            read_json(os.path.join(dense.replicate_dir(r), "metrics.json"), NETWORK_KEYS)
-        if untrained or any(k not in dense.kept_steps(r) for r in replicates):
-            invocation = record.Invocation(dense.directory, experiment.cfg, experiment.invocation.program,
-                                           write=distributed.primary())
-            try:
-                train_dense(dense, untrained, invocation, progress)
-                keep_rewind_point(dense, [r for r in replicates if k not in dense.kept_steps(r)], invocation, progress)
-            except BaseException as error:
-                status = "preempted" if driver.PREEMPTION.requested else f"failed: {type(error).__name__}: {error}"
-                invocation.end(status.splitlines()[0])
-                raise
-            invocation.end("finished")
-    finally:
-        if lock is not None:
-            lock.close()
+    dense, k, lock = Dense(experiment), experiment.rewind, None
+    say = progress.console.print
+    # Directories appear whole (one rename): what is there needs no lock, only what is missing does.
+    complete = all(os.path.isdir(dense.replicate_dir(r)) and k in dense.kept_steps(r) for r in replicates)
+    if not all(distributed.agree(int(complete))):  # every process takes the same path
+        lock = lock_store(dense, say)
+        try:
+            untrained = [r for r in replicates if not os.path.isdir(dense.replicate_dir(r))]
+            verify(dense, [r for r in replicates if r not in untrained])
+            if untrained or any(k not in dense.kept_steps(r) for r in replicates):
+                invocation = record.Invocation(dense.directory, experiment.cfg, experiment.invocation.program,
+                                               write=distributed.primary())
+                announce_other_programs(dense, invocation, say)
+                try:
+                    train_dense(dense, untrained, invocation, progress)
+                    keep_rewind_point(dense, [r for r in replicates if k not in dense.kept_steps(r)], invocation, progress)
+                except BaseException as error:
+                    status = "preempted" if driver.PREEMPTION.requested else f"failed: {type(error).__name__}: {error}"
+                    invocation.end(status.splitlines()[0])
+                    raise
+                invocation.end("finished")
+        finally:
+            if lock is not None:
+                lock.close()
+    verify(dense, replicates)
     return [link_level_0(dense, r) for r in replicates]
+
+
+def verify(dense: Dense, replicates: List[int]) -> None:
+    """Every file of the dense runs an experiment is about to link must be readable: a damaged one
+    is named in the store (where deleting the replicate's directory trains it again), not only
+    later through a link in the experiment."""
+    experiment = dense.experiment
+    for r in replicates:
+        read_json(os.path.join(dense.replicate_dir(r), "metrics.json"), NETWORK_KEYS)
+        for what in ("ticket", "trained"):
+            load_tree(os.path.join(dense.replicate_dir(r), what), experiment.like(what))
+        if experiment.rewind in dense.kept_steps(r):
+            load_tree(dense.rewind_dir(r, experiment.rewind), experiment.like("rewind_point"))
+
+
+def announce_other_programs(dense: Dense, invocation, say) -> None:
+    """As for an experiment (imp.run_locked): dense runs trained by another backend, loop placement
+    or mesh round differently, and a rewind point computed now continues them with this one."""
+    others = invocation.other_programs()
+    if others and any(os.path.isdir(dense.replicate_dir(r)) for r in range(dense.experiment.cfg.replicates)):
+        described = "; ".join(", ".join(f"{key} {value}" for key, value in p.items()) for p in others)
+        now = ", ".join(f"{key} {value}" for key, value in invocation.program.items())
+        say(f"note: the dense runs in {dense.directory} were also trained by another program ({described}); "
+            f"this invocation trains with {now}: their bits are not comparable (README: Reproducibility)")
 
 
 def lock_store(dense: Dense, say):
@@ -214,6 +243,10 @@ def link_level_0(dense: Dense, replicate: int) -> dict:
     experiment = dense.experiment
     source, destination = dense.replicate_dir(replicate), experiment.level_dir(replicate, 0)
     metrics = read_json(os.path.join(source, "metrics.json"), NETWORK_KEYS)
+    # Counted by this experiment's rule (pruning.ignore decides what is prunable, not the dense run).
+    full = pruning.full_mask(experiment.trainer.init_params)
+    counted = layout.summarize(0, replicate, "ticket", 0, metrics["history"], pruning.counts(full, experiment.prunable), 0.0)
+    metrics.update({key: counted[key] for key in ("remaining", "total", "density", "layers")})
     metrics["dense"] = os.path.relpath(dense.directory, os.path.dirname(experiment.directory))
     work_dir = layout.fresh(destination + ".partial")
     if distributed.primary():

@@ -268,6 +268,10 @@ def run_locked(experiment: Experiment, console: Console) -> Results:
         invocation.end("preempted")
         driver.PREEMPTION.pass_on()  # under submitit: requeue the job and exit (SystemExit)
         raise
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, nothing failed
+        experiment.tracker.abort()
+        invocation.end("interrupted")
+        raise
     except BaseException as error:
         experiment.tracker.abort()
         invocation.end(f"failed: {type(error).__name__}: {error}".splitlines()[0])
@@ -280,8 +284,12 @@ def run_locked(experiment: Experiment, console: Console) -> Results:
     shutil.rmtree(os.path.join(experiment.directory, "checkpoints"), ignore_errors=True)  # all finished
     df = analysis.load_runs(experiment.directory)
     measured = objective.measure(cfg, df)  # config `objective`'s value (objective.py), or why the results lack it
-    found = isinstance(measured, objective.Objective)  # the W&B summary: what a W&B sweep optimizes
-    experiment.tracker.finish(df, summary={"objective": measured.value, "objective/spec": measured.key} if found else None)
+    outcome = None  # the W&B summary: what a W&B sweep optimizes, or why it is missing
+    if isinstance(measured, objective.Objective):
+        outcome = {"objective": measured.value, "objective/spec": measured.key}
+    elif measured is not None:
+        outcome = {"objective/error": str(measured)}
+    experiment.tracker.finish(df, summary=outcome)
     figure = os.path.join(experiment.directory, "accuracy_vs_sparsity.png")
     if trained or not os.path.exists(figure):  # a re-run of finished work rewrites nothing
         analysis.save_figures(df, experiment.directory)

@@ -74,9 +74,11 @@ def read(directory: str) -> List[dict]:
         with open(os.path.join(directory, INVOCATIONS)) as f:
             for line in f:
                 try:
-                    entries.append(json.loads(line))
+                    entry = json.loads(line)
                 except json.JSONDecodeError:
                     continue
+                if isinstance(entry, dict):  # a line that is not ours (edited, damaged) is not a record
+                    entries.append(entry)
     except FileNotFoundError:
         pass
     return entries
@@ -96,11 +98,19 @@ class Invocation:
                       "program": program_, "code": {k: provenance()[k] for k in ("lottery", "commit", "dirty")}})
 
     def other_programs(self) -> List[dict]:
-        """The programs of earlier invocations that differ from this one's."""
-        differing = []
-        for entry in self.earlier:
-            if entry.get("event") == "start" and entry.get("program") != self.program and entry["program"] not in differing:
-                differing.append(entry["program"])
+        """The programs of earlier invocations that differ from this one's and trained something
+        here (or may have: killed before their end line)."""
+        differing, program = [], None
+        for entry in self.earlier + [{"event": "start"}]:  # the sentinel closes the last invocation
+            if entry.get("event") == "end" and program is not None:
+                if entry.get("added") and program not in differing:
+                    differing.append(program)
+                program = None
+            elif entry.get("event") == "start":
+                if program is not None and program not in differing:  # no end line: it may have added
+                    differing.append(program)
+                found = entry.get("program")
+                program = found if isinstance(found, dict) and found and found != self.program else None
         return differing
 
     def add(self, **what) -> None:

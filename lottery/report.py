@@ -83,7 +83,16 @@ def main(argv=None) -> int:
     for figure in analysis.save_figures(df, output):
         out.print(f"wrote {figure}")
     if args.csv:
-        df.drop(columns=["directory"]).to_csv(args.csv, index=False)
+        partial = args.csv + ".partial"
+        try:
+            df.drop(columns=["directory"]).to_csv(partial, index=False)
+            os.replace(partial, args.csv)  # whole or not at all: an older CSV there is kept if this fails
+        except OSError as error:
+            if os.path.exists(partial):
+                os.remove(partial)
+            print(f"error: {args.csv}: cannot write the CSV there ({error.strerror or error}); the figures are written; "
+                  "choose another --csv FILE", file=sys.stderr)
+            return 2
         out.print(f"wrote {args.csv}")
     return 0
 

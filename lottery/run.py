@@ -13,11 +13,12 @@ Optuna search (``-m hparams_search=NAME``, lottery/search.py) optimizes it.
 """
 
 import asyncio
-import dataclasses
+import functools
 import logging
 import os
 import re
 import sys
+import traceback
 from typing import List, Optional
 
 import hydra
@@ -28,6 +29,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from lottery import config  # noqa: F401  (registers the structured config schema)
+from lottery import sweeps
 from lottery.errors import LotteryError, Preempted, describe
 
 CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
@@ -38,47 +40,50 @@ logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-@dataclasses.dataclass
-class Sweep:
-    """The jobs of a Hydra multirun that failed, for the summary at its end."""
-
-    started: int = 0
-    failed: List[str] = dataclasses.field(default_factory=list)
-
-
-SWEEP = Sweep()
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> Optional[float]:
     """One experiment; returns its objective's value (None: objective.name=none, or a failed job,
-    which the Optuna sweeper then counts as a failed trial: lottery/search.py)."""
+    which the Optuna sweeper then counts as a failed trial: lottery/search.py). In a sweep, the job
+    leaves its status in its job directory (lottery/sweeps.py) and an error does not end the sweep."""
     from lottery import imp  # imported here so that `--help` and config errors stay fast
 
-    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
-    SWEEP.started += 1
+    status = None
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        job = HydraConfig.get().job
+        label = f"job {job.num} ({job.override_dirname or 'no overrides'})"
+        status = functools.partial(sweeps.write, HydraConfig.get().runtime.output_dir, label=label)
+        status("running")
     try:
-        return imp.run(cfg).objective
+        value = imp.run(cfg).objective
+        if status:
+            status("finished")
+        return value
     except LotteryError as error:  # handled here, inside the job, so Hydra adds nothing to it
         message = f"error: {error}"
     except Preempted as preempted:  # a signal stops a sweep too: the same command continues it
         word = "interrupted" if preempted.signal == "SIGINT" else "preempted"
+        if status:
+            status(word)
         finish(f"{word}: {preempted}", preempted.code)
-    except KeyboardInterrupt:
-        finish("interrupted: stopped at once (Ctrl-C twice); finished results and the last checkpoint are intact: "
+    except KeyboardInterrupt:  # a second Ctrl-C in training, or one before or after it (loading data, figures)
+        if status:
+            status("interrupted")
+        from lottery import driver
+
+        how = "Ctrl-C twice" if driver.PREEMPTION.requested == "SIGINT" else "Ctrl-C outside training"
+        finish(f"interrupted: stopped at once ({how}); finished results and the last checkpoint are intact: "
                "run the same command to continue", 130)
     except Exception as error:
         line = describe(error)
         if line is None:
+            if status:
+                status("failed", error=f"{type(error).__name__}: {error}".splitlines()[0])
             raise
         message = f"error: {line}"
-    if not in_sweep:
+    if not status:
         finish(message, 2)
-    job = HydraConfig.get().job
-    label = f"job {job.num} ({job.override_dirname or 'no overrides'})"
     print(f"{message} [{label}]", file=sys.stderr)
-    SWEEP.failed.append(f"{label}: {message[len('error: '):]}")  # the sweep goes on; cli() sums up
-    return None
+    status("failed", error=message[len("error: "):])  # the sweep goes on; cli() sums up
 
 
 def finish(line: str, code: int) -> None:
@@ -150,8 +155,13 @@ def check_sweep(arguments: List[str]) -> None:
     overrides = [a for a in arguments if not a.startswith("-") and not launcher.match(a.lstrip("+~"))]
     if any(a.split("=", 1)[0].lstrip("+~").startswith(("hydra", "hparams_search")) for a in overrides):
         return  # another sweeper or other Hydra settings: its jobs are checked as they start
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in arguments):
+        return  # --cfg, --config-name, --config-dir, ...: Hydra composes otherwise; jobs are checked as they start
     parsed = OverridesParser.create().parse_overrides(overrides)
-    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    try:
+        jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    except Exception:  # sweeps expanded against the config (glob(...)): each job is checked as it starts
+        return
     problems = []
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         for number, job in enumerate(jobs):
@@ -195,17 +205,21 @@ def cli() -> None:
         finish(f"error: {one_line(error)}", 2)
     except KeyboardInterrupt:  # before any level started (loading data, compiling)
         finish("interrupted: stopped before training began; nothing was lost", 130)
-    except ValueError as error:  # the Optuna sweeper's report of the best trial of a study that has none
-        from lottery import search
+    except ValueError as error:  # Hydra's refusal of its flags, or the Optuna sweeper's report of the best trial
+        from lottery import search  # of a study that has none
 
+        if traceback.extract_tb(error.__traceback__)[-1].name == "_run_hydra":  # e.g. -m with --cfg
+            finish(f"error: {error}", 2)
         if not search.no_completed_trial(error):
             raise
-        if not SWEEP.failed:  # else the line below names the failed jobs
+        if not sweeps.summary()[1]:  # else the line below names the failed jobs
             finish("error: the Optuna study has no completed trial: every trial failed (their error lines say why); "
                    "raise hydra.sweeper.n_trials to run more", 2)
-    if SWEEP.failed:  # a sweep whose every job ran, some of them ending in an error line
-        finish(f"error: {len(SWEEP.failed)} of {SWEEP.started} sweep jobs failed (the others finished): "
-               + "; ".join(SWEEP.failed), 2)
+    jobs, failed = sweeps.summary()  # from every job's status file, whichever process ran it
+    if failed:
+        finish(f"error: {len(failed)} of {jobs} sweep jobs did not finish (the others did): " + "; ".join(failed), 2)
+    if sweeps.SweepJobs.directory and not jobs and not sweeps.SweepJobs.searched:
+        finish("error: the sweep has no job: its overrides expand to no value (an empty choice or glob)", 2)
 
 
 if __name__ == "__main__":

@@ -58,14 +58,24 @@ class OptunaStudy(Callback):
         except LotteryError as error:  # Hydra turns a callback's exceptions into warnings and goes on
             print(f"error: {error}", file=sys.stderr, flush=True)
             sys.exit(2)
+        except Exception as error:  # a damaged or foreign database: optuna's and SQLAlchemy's many types
+            storage = config.hydra.sweeper.get("storage")
+            print(f"error: {storage}: cannot be opened as an Optuna study ({type(error).__name__}: "
+                  f"{str(error).splitlines()[0] if str(error) else ''}); move it aside to start the study afresh",
+                  file=sys.stderr, flush=True)
+            sys.exit(2)
 
     def prepare(self, config: DictConfig) -> None:
         if not is_optuna(config) or not config.hydra.sweeper.get("storage") or not config.hydra.sweeper.get("study_name"):
             return  # not an Optuna sweep, or one whose study lives in memory: nothing to resume
         sweeper = config.hydra.sweeper
         storage, name = str(sweeper.storage), str(sweeper.study_name)
-        if storage.startswith(SQLITE):
-            database = storage[len(SQLITE):]
+        if storage.startswith(SQLITE) and storage != SQLITE + ":memory:":
+            # Absolute, ~ expanded, as output_dir is for experiments: the same study from any directory.
+            database = os.path.abspath(os.path.expanduser(storage[len(SQLITE):]))
+            storage = SQLITE + database
+            with read_write(sweeper):
+                sweeper.storage = storage
             with at(os.path.dirname(database) or "."):
                 os.makedirs(os.path.dirname(database) or ".", exist_ok=True)
             self.lock = lock(database + ".lock")

@@ -105,6 +105,13 @@ def test_report_writes_every_network_to_csv(tree, tmp_path):
     assert row["test_accuracy"] == pytest.approx(0.93) and row["percent_remaining"] == pytest.approx(25.0)
 
 
+def test_report_csv_into_a_missing_directory_is_one_line_and_keeps_nothing_half_written(tree, tmp_path, capsys):
+    assert report.main([str(tree), "--csv", str(tmp_path / "missing" / "levels.csv")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {tmp_path / 'missing' / 'levels.csv'}: cannot write the CSV there (") and "(None)" not in line
+    assert not (tmp_path / "missing").exists()
+
+
 def test_report_on_a_directory_without_results_is_an_error(tmp_path, capsys):
     assert report.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: no lottery experiments with results below")

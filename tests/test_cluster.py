@@ -102,10 +102,14 @@ def experiments(runs):
     return [open(p).read() for p in pointers]
 
 
-def test_a_local_sweep_runs_each_job_to_the_end(tmp_path):
-    result = run_cli("-m", "hydra/launcher=local", "levels=1", "pruning.rate=0.2,0.5", *TINY,
-                     f"output_dir={tmp_path / 'runs'}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+def test_a_local_sweep_runs_each_job_to_the_end_and_names_the_jobs_that_failed_in_theirs(tmp_path):
+    # A batch larger than the training set passes the pre-check (it needs the data) and fails in its job process.
+    result = run_cli("-m", "hydra/launcher=local", "levels=1", "pruning.rate=0.2,0.5", "training.batch_size=60,5000",
+                     *TINY, f"output_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    summary = result.stderr.strip().splitlines()[-1]
+    assert summary.startswith("error: 2 of 4 sweep jobs did not finish (the others did): job 1 (")
+    assert summary.count("training.batch_size=5000 must be between 1 and the") == 2 and "job 3 (" in summary
     densities = []
     for directory in experiments(tmp_path / "runs"):
         with open(os.path.join(directory, "replicate_0", "level_1", "metrics.json")) as f:

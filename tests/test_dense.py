@@ -87,13 +87,15 @@ def test_a_sweep_trains_level_0_once_and_a_new_rewind_step_trains_only_its_prefi
         assert os.path.samefile(some_file, some_file.replace(os.path.join(directory, "replicate_0", "level_0"),
                                                              os.path.join(store, "replicate_0")))
 
-    # A later experiment with a new rewind step reuses the dense run: only the prefix 20 -> 40 is trained.
-    later = compose_config([*TINY, "rewind=40it", "pruning.rate=0.5", f"output_dir={runs}"])
+    # A later experiment with a new rewind step (and another rule of what is prunable) reuses the
+    # dense run: only the prefix 20 -> 40 is trained.
+    other = ["rewind=40it", "pruning.rate=0.5", "pruning.ignore=[output/kernel]"]
+    later = compose_config([*TINY, *other, f"output_dir={runs}"])
     imp.run(later, console=Console(file=io.StringIO()))
     last = invocations(store)[-1]
     assert last["added"] == [{"replicate": r, "rewind_point": 40, "from_step": 20} for r in (0, 1)]
     # ... and its level 0 and level 1 are bitwise what it trains alone, with a store of its own.
-    alone = compose_config([*TINY, "rewind=40it", "pruning.rate=0.5", f"output_dir={tmp_path / 'alone'}"])
+    alone = compose_config([*TINY, *other, f"output_dir={tmp_path / 'alone'}"])
     imp.run(alone, console=Console(file=io.StringIO()))
     together, apart = imp.prepare(later), imp.prepare(alone)
     assert together.directory != apart.directory and os.path.basename(together.directory) == os.path.basename(apart.directory)
@@ -102,6 +104,21 @@ def test_a_sweep_trains_level_0_once_and_a_new_rewind_step_trains_only_its_prefi
             for what in whats:
                 assert_bitwise(leaves(together, together.level_dir(r, level), what),
                                leaves(apart, apart.level_dir(r, level), what))
+        # Level 0 is counted by the experiment's own rule: the output layer is not prunable here.
+        counted = [json.load(open(os.path.join(e.level_dir(r, 0), "metrics.json"))) for e in (together, apart)]
+        assert [(m["remaining"], m["total"], sorted(m["layers"])) for m in counted] == \
+            [(counted[1]["total"], counted[1]["total"], ["hidden/0/kernel", "hidden/1/kernel"])] * 2
+        with open(os.path.join(store, f"replicate_{r}", "metrics.json")) as f:
+            assert "output/kernel" in json.load(f)["layers"]
+
+    # A file damaged in place through an experiment's link is damaged in the store: the next experiment
+    # that needs it is told where, in the store, before it links the damage again.
+    (damaged,) = [f for f in glob.glob(os.path.join(together.level_dir(1, 0), "trained", "**", "*.ocdbt"), recursive=True)][:1]
+    with open(damaged, "wb"):
+        pass
+    third = compose_config([*TINY, "rewind=40it", "pruning.rate=0.7", f"output_dir={runs}"])
+    with pytest.raises(LotteryError, match=f"^{os.path.join(store, 'replicate_1', 'trained')}: cannot be read"):
+        imp.run(third, console=Console(file=io.StringIO()))
 
 
 def test_the_store_lock_waits_for_its_holder_and_gives_up_when_asked(tmp_path):

@@ -197,7 +197,9 @@ def test_ctrl_c_writes_a_checkpoint_and_a_second_one_stops_at_once(tmp_path):
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 130 and "Traceback" not in stderr
-    assert lines(stderr)[-1].startswith("interrupted: ")
+    assert lines(stderr)[-1].startswith("interrupted: stopped at once (Ctrl-C twice)")
+    record = [json.loads(line) for line in open(experiment_dir(tmp_path) / "invocations.jsonl")]
+    assert record[-1] == {**record[-1], "event": "end", "status": "interrupted"}  # stopped, not failed
     assert any(p.name.isdigit() for p in directory.iterdir())  # the checkpoint is still there
 
 
@@ -220,7 +222,7 @@ def test_a_failed_sweep_job_does_not_cancel_the_others(tmp_path):
     first, summary = lines(result.stderr)
     assert first.startswith("error: mnist: missing train-images-idx3-ubyte[.gz]") and "[job 0 (" in first
     assert first.endswith(")]") and "dataset=mnist," in first.split("[job 0 (")[1]
-    assert summary.startswith("error: 1 of 2 sweep jobs failed (the others finished): job 0 (")
+    assert summary.startswith("error: 1 of 2 sweep jobs did not finish (the others did): job 0 (")
     assert len(glob.glob(f"{tmp_path}/runs/quickstart-*/replicate_0/level_1/metrics.json")) == 1  # digits ran
 
 
@@ -239,3 +241,29 @@ def test_a_network_at_chance_is_reported(small_config, capfd):
     assert "warning: level 0, replicate 0, ticket: test accuracy" in err and "is at chance (10% for 10 classes)" in err
     imp.run(small_config("levels=0"), console=QUIET)
     assert "at chance" not in capfd.readouterr().err
+
+
+def test_a_sweeps_summary_names_the_jobs_that_failed_or_never_finished(tmp_path, monkeypatch):
+    from lottery import sweeps
+
+    monkeypatch.setattr(sweeps.SweepJobs, "directory", str(tmp_path))
+    sweeps.write(str(tmp_path / "0"), "finished", label="job 0 (a=1)")
+    sweeps.write(str(tmp_path / "1"), "failed", label="job 1 (a=2)", error="mnist: missing train-images")
+    sweeps.write(str(tmp_path / "10"), "running", label="job 10 (a=3)")  # killed: it never wrote its end
+    sweeps.write(str(tmp_path / "2"), "preempted", label="job 2 (a=4)")
+    assert sweeps.summary() == (4, ["job 1 (a=2): mnist: missing train-images", "job 2 (a=4): preempted",
+                                    f"job 10 (a=3): ended without a word (killed? out of memory? its log: {tmp_path / '10'})"])
+
+
+def test_a_sweep_with_hydra_flags_is_checked_job_by_job_and_bad_flags_are_one_line(tmp_path):
+    # --config-name (a flag and its value) is not an override: the pre-check is skipped, the job checks itself.
+    result = run_cli("-m", "--config-name", "config", "pruning.rate=1.5", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert lines(result.stderr)[-1].startswith("error: 1 of 1 sweep jobs did not finish (the others did): job 0 "
+                                               "(pruning.rate=1.5): pruning.rate=1.5 must be")
+    result = run_cli("-m", "--cfg", "job", cwd=tmp_path)  # Hydra refuses the pair: one line, not its traceback
+    assert result.returncode == 2 and lines(result.stderr) == [
+        "error: Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified"]
+    result = run_cli("-m", "model=glob(nothing*)", cwd=tmp_path)  # a sweep of no job is not a success
+    assert result.returncode == 2 and lines(result.stderr)[-1] == \
+        "error: the sweep has no job: its overrides expand to no value (an empty choice or glob)"

@@ -78,10 +78,15 @@ def test_another_program_is_announced(small_config):
     imp.run(cfg, console=QUIET)
     experiment = imp.prepare(cfg)
     with open(os.path.join(experiment.directory, record.INVOCATIONS), "a") as f:
+        # One that added nothing (it failed at once), lines that are not records, a start without its program ...
+        f.write(json.dumps({"event": "start", "program": {**record.program(False), "backend": "tpu"}}) + "\n")
+        f.write(json.dumps({"event": "end", "status": "failed", "added": []}) + "\n")
+        f.write("[1, 2]\n" + json.dumps({"event": "start"}) + "\n" + json.dumps({"event": "end", "added": []}) + "\n")
+        # ... and one killed before its end line: it may have trained what is here.
         f.write(json.dumps({"event": "start", "program": {**record.program(False), "backend": "gpu"}}) + "\n")
     out = io.StringIO()
     imp.run(small_config("levels=1"), console=Console(file=out, width=400))
-    assert "note: results in" in out.getvalue() and "backend gpu" in out.getvalue()
+    assert "note: results in" in out.getvalue() and "backend gpu" in out.getvalue() and "tpu" not in out.getvalue()
 
 
 def test_other_lmc_points_are_measured_again_from_the_saved_copies(small_config):

@@ -105,7 +105,7 @@ def test_an_optuna_search_resumes_its_study_and_sees_each_trials_objective(tmp_p
     assert "optuna study quickstart (sqlite:///" in second.stdout
     assert "3 of 6 trials finished, 1 interrupted (run again first); running 3 more" in second.stdout
     assert second.returncode == 2  # a sweep with a failed job says so at its end, after the others ran
-    assert second.stderr.strip().splitlines()[-1].startswith("error: 1 of 3 sweep jobs failed (the others finished): "
+    assert second.stderr.strip().splitlines()[-1].startswith("error: 1 of 3 sweep jobs did not finish (the others did): "
                                                              "job 0 (") and "Traceback" not in second.stderr
     after = trials(tmp_path)
     assert [t.number for t in after] == [0, 1, 2, 3, 4, 5, 6]
