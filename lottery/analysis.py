@@ -200,6 +200,15 @@ def _sparsity_ticks(high: float, low: float) -> List[float]:
     return ticks if len(ticks) >= 2 else [high, low] if high != low else [high]
 
 
+def _tick_labels(ticks: List[float]) -> List[str]:
+    """The shortest labels (3 significant digits or more) that tell every tick apart."""
+    for digits in range(3, 10):
+        labels = [f"{t:.{digits}g}" for t in ticks]
+        if len(set(labels)) == len(labels):
+            return labels
+    return labels
+
+
 def _sparsity_axis(ax, df):
     """Log-scale % remaining, decreasing to the right, with ticks that never run into each other."""
     high, low = df["percent_remaining"].max(), df["percent_remaining"].min()
@@ -207,7 +216,7 @@ def _sparsity_axis(ax, df):
     ax.set_xlim(high * 1.15, low / 1.15)
     ticks = _sparsity_ticks(high, low)
     ax.set_xticks(ticks)
-    ax.set_xticklabels([f"{t:.3g}" for t in ticks])
+    ax.set_xticklabels(_tick_labels(ticks))
     ax.minorticks_off()
     ax.set_xlabel("% weights remaining")
     ax.grid(alpha=0.3)
@@ -222,7 +231,8 @@ def _legend(ax, df):
     if len(labels) <= 3 and max(map(len, labels), default=0) <= 30:
         ax.legend(fontsize="small", title=title, title_fontsize="small")
     else:
-        ax.figure.set_size_inches(9, 4)  # the axes keep their width beside the legend
+        if getattr(ax.figure, "_lottery_owned", False):  # a figure of ours: the axes keep their width
+            ax.figure.set_size_inches(9, 4)  # beside the legend (a caller's figure keeps its size)
         ax.legend(fontsize="small", title=title, title_fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1),
                   borderaxespad=0)
 
@@ -231,7 +241,8 @@ def _axes(ax):
     if ax is None:
         import matplotlib.pyplot as plt
 
-        _, ax = plt.subplots(figsize=(6, 4), layout="constrained")  # room for a legend beside the axes
+        figure, ax = plt.subplots(figsize=(6, 4), layout="constrained")  # room for a legend beside the axes
+        figure._lottery_owned = True  # made here: _legend may widen it
     return ax
 
 

@@ -252,3 +252,19 @@ def test_by_experiment_each_kind_keeps_its_own_line(tree):
     # One colour per experiment, one line style per kind.
     assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color() == lines[3].get_color()
     assert lines[0].get_linestyle() == lines[2].get_linestyle() != lines[1].get_linestyle()
+
+
+def test_a_callers_figure_keeps_its_size_and_close_ticks_keep_distinct_labels(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for i in range(5):  # enough entries for the legend to go beside the axes
+        make_tree(tmp_path, "lenet", f"{i:04d}", f"{100 * i}it", round(0.1 + 0.08 * i, 2), levels=3)
+    df = analysis.load_runs(str(tmp_path))
+    figure, ax = plt.subplots(figsize=(4, 3))
+    analysis.plot_accuracy_vs_sparsity(df, by="experiment", ax=ax)
+    assert tuple(figure.get_size_inches()) == (4, 3)  # the caller's layout is the caller's
+    assert analysis._tick_labels([100.0, 99.96]) == ["100", "99.96"]  # not "100", "100"
+    assert analysis._tick_labels([50.0, 20.0, 10.0]) == ["50", "20", "10"]
