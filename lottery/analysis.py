@@ -83,10 +83,10 @@ def _rows(directory: str, config: dict):
 def _identity_keys(flat: dict) -> dict:
     """The config values that are part of an experiment's identity (an older config.yaml also held
     levels, replicates, where data lived, ...: those are not what an experiment is)."""
-    from lottery.config import _NOT_HASHED
+    from lottery.config import _NOT_HASHED, legacy
 
-    return {key: value for key, value in flat.items()
-            if not any(key == dropped or key.startswith(dropped + ".") for dropped in _NOT_HASHED if dropped != "name")}
+    return {key: value for key, value in flat.items() if not legacy(key)  # keys an older version had (parallel)
+            and not any(key == dropped or key.startswith(dropped + ".") for dropped in _NOT_HASHED if dropped != "name")}
 
 
 def _read_config(directory: str) -> dict:

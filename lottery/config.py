@@ -235,6 +235,26 @@ def levels_to_reach(remaining: float, rate: float) -> int:
     return max(0, math.ceil(math.log(remaining / 100) / math.log(1 - rate) - 1e-9))
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are values)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def legacy(dotted: str) -> bool:
+    """Whether a key of a saved identity no longer exists (an older version's, e.g. ``parallel``):
+    it said nothing about what this version computes."""
+    if dotted in ("name", "dataset.fingerprint"):
+        return False
+    schema = flatten(OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
+    return not any(dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + ".") for key in schema)
+
+
 def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)

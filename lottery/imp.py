@@ -213,6 +213,11 @@ def run(cfg, console: Console = None) -> Results:
     if not distributed.primary():  # process 0 reports for all
         console = Console(quiet=True)
     lock, error = None, None
+    if distributed.primary() and not os.path.isdir(experiment.directory):
+        for older in record.older_versions(experiment.directory, cfg, experiment.data_fingerprint):
+            console.print(f"note: {older} holds this experiment as an older version of lottery hashed it (with keys "
+                          "since removed); its results stay there, and this one starts afresh in "
+                          f"{experiment.directory}")
     if distributed.primary():
         try:
             with at(experiment.directory):

@@ -11,6 +11,7 @@ the code and the program: backend, device, jax version, loop placement) and one 
 says which invocation produced each result and with what.
 """
 
+import glob
 import json
 import os
 import sys
@@ -51,6 +52,28 @@ def write_once(path: str, content: dict, what: str, same=lambda saved, content: 
     if not isinstance(saved, dict) or not same(saved, content):
         raise LotteryError(f"{path}: is not the identity of this {what} (its values differ from the config "
                            "that hashes to this directory); it was edited or damaged: delete it and it is written again")
+
+
+def older_versions(directory: str, cfg, data_fingerprint: str) -> List[str]:
+    """Experiment directories beside ``directory`` (same name) whose identity is this one's but for
+    keys an older version hashed and this one no longer has (``config.legacy``): the same
+    experiment under another hash."""
+    found = []
+    current = config.flatten(config.identity(cfg, data_fingerprint))
+    prefix = os.path.basename(directory).rsplit("-", 1)[0]
+    for candidate in sorted(glob.glob(os.path.join(os.path.dirname(directory), f"{glob.escape(prefix)}-*", CONFIG))):
+        try:
+            saved = OmegaConf.to_container(OmegaConf.load(candidate))
+        except Exception:  # unreadable: not for a note to judge
+            continue
+        if not isinstance(saved, dict):
+            continue
+        saved = {k: v for k, v in config.flatten(saved).items() if k != "name" and not any(
+            k == dropped or k.startswith(dropped + ".") for dropped in config._NOT_HASHED)}  # older files held these
+        old = {k for k in saved if config.legacy(k)}
+        if old and {k: v for k, v in saved.items() if k not in old} == current:
+            found.append(os.path.dirname(candidate))
+    return found
 
 
 def program(host_loop: bool, mesh=None) -> dict:

@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from lottery import config, imp, record
+from lottery import analysis, config, imp, record
 from lottery import dense as dense_store
 from lottery import data as datasets
 from lottery.errors import LotteryError
@@ -120,3 +120,23 @@ def test_checkpoint_every_does_not_change_a_bit(small_config, tmp_path):
         experiment = imp.prepare(cfg)
         runs[every] = [saved(experiment, experiment.level_dir(0, level)) for level in (0, 1)]
     assert runs["7it"] == runs["10ep"]
+
+
+def test_an_experiment_an_older_version_hashed_with_a_removed_key_is_named_not_silently_redone(small_config):
+    import pandas as pd
+
+    cfg = small_config("levels=0")
+    experiment = imp.prepare(cfg)
+    older = os.path.join(os.path.dirname(experiment.directory), "quickstart-0123456789")
+    os.makedirs(os.path.join(older, "replicate_0"))
+    identity = {"name": "quickstart", **config.identity(cfg, experiment.data_fingerprint), "parallel": "vmap",
+                "levels": 3}  # `parallel` was hashed once; old files also held levels
+    OmegaConf.save(OmegaConf.create(identity), os.path.join(older, "config.yaml"))
+    out = io.StringIO()
+    imp.run(cfg, console=Console(file=out, width=400))
+    assert f"note: {older} holds this experiment as an older version of lottery hashed it" in out.getvalue()
+    assert record.older_versions(experiment.directory, small_config("levels=0", "seed=1"), experiment.data_fingerprint) == []
+    # The results API does not show the removed key as something that tells experiments apart.
+    shutil.copytree(experiment.level_dir(0, 0), os.path.join(older, "replicate_0", "level_0"))
+    df = analysis.load_runs(os.path.dirname(experiment.directory))
+    assert len(df) == 2 and "parallel" not in df.columns and isinstance(df, pd.DataFrame)
