@@ -1,4 +1,4 @@
-"""Magnitude pruning: masks shaped like the parameters, with exact counts.
+"""Pruning: masks shaped like the parameters, with exact counts, from one score per weight.
 
 A mask is a pytree of booleans with the structure of the parameter dict (``True`` = kept). Every
 parameter has one; only prunable ones (conv and dense ``kernel``s not matched by an ignore pattern)
@@ -7,9 +7,10 @@ are ever set to ``False``. Pruning runs on the host once per level, in NumPy.
 Counts are exact: a group of weights (one tensor for ``layerwise``, all prunable tensors together for
 ``global``) with R remaining weights loses ``round(rate * R)`` of them, halves rounding up, computed
 in exact rational arithmetic with the rate as the decimal the user wrote (0.35, not the binary
-float just below it, whose product with 90 would round to 31 instead of 32). Weights
-are ranked by magnitude; ties go by position (the earlier weight is pruned first), and weights
-already pruned rank below every surviving one, so masks are nested from level to level.
+float just below it, whose product with 90 would round to 31 instead of 32). Weights are ranked
+by a criterion's scores (lottery/criteria.py; magnitude for IMP); ties go by position (the earlier
+weight is pruned first), and weights already pruned rank below every surviving one, so masks are
+nested from level to level.
 """
 
 import math
@@ -96,30 +97,41 @@ def number_to_prune(rate, remaining: int) -> int:
     return math.floor(decimal(rate) * remaining + Fraction(1, 2))
 
 
-def _prune_group(weights: List[np.ndarray], masks: List[np.ndarray], rate: float) -> List[np.ndarray]:
-    """New masks for tensors that share one ranking: the smallest surviving magnitudes go."""
-    scores = np.concatenate([np.where(m, np.abs(w), -1.0).ravel() for w, m in zip(weights, masks)])
+def _prune_group(scores: List[np.ndarray], masks: List[np.ndarray], rate: float) -> List[np.ndarray]:
+    """New masks for tensors that share one ranking: the lowest-scored surviving weights go."""
+    ranked = np.concatenate([np.where(m, s, -np.inf).ravel() for s, m in zip(scores, masks)])
     remaining = int(sum(m.sum() for m in masks))
     keep = remaining - number_to_prune(rate, remaining)
-    order = np.argsort(scores, kind="stable")  # ascending; equal scores keep their position order
-    kept = np.zeros(scores.size, dtype=bool)
-    kept[order[scores.size - keep :]] = True
+    order = np.argsort(ranked, kind="stable")  # ascending; equal scores keep their position order
+    kept = np.zeros(ranked.size, dtype=bool)
+    kept[order[ranked.size - keep :]] = True
     pieces = np.split(kept, np.cumsum([m.size for m in masks])[:-1])
     return [piece.reshape(m.shape) for piece, m in zip(pieces, masks)]
 
 
 def prune(params, mask, cfg, names: List[str]):
-    """The next level's mask: prune ``params`` (trained weights) under ``mask`` per ``cfg``."""
-    weights = {k: np.asarray(v) for k, v in flatten(params).items()}
+    """The next level's mask by magnitude (IMP): prune ``params`` (trained weights) under ``mask``."""
+    from lottery import criteria
+
+    return prune_by_scores(criteria.score("magnitude", criteria.Context(params, mask, names)), mask, cfg, names)
+
+
+def prune_by_scores(scores: Dict[str, np.ndarray], mask, cfg, names: List[str]):
+    """The next level's mask: of each group's surviving weights (one tensor for ``layerwise``, all
+    of ``names`` for ``global``), the lowest-scored go, by the counting rule above; ties by position."""
     new_mask = {k: np.asarray(v) for k, v in flatten(mask).items()}
+    shapes = {n: new_mask[n].shape for n in names}
+    for name in names:
+        if np.shape(scores[name]) != shapes[name]:
+            raise ValueError(f"scores of {name} have shape {np.shape(scores[name])}, not {shapes[name]}")
     if cfg.strategy == "global":
-        pruned = _prune_group([weights[n] for n in names], [new_mask[n] for n in names], cfg.rate)
+        pruned = _prune_group([np.asarray(scores[n]) for n in names], [new_mask[n] for n in names], cfg.rate)
         new_mask.update(zip(names, pruned))
     else:
         rates = layerwise_rates(cfg)
         for name in names:
-            rate = rates[layer_kind(name, weights[name])]
-            new_mask[name] = _prune_group([weights[name]], [new_mask[name]], rate)[0]
+            rate = rates[layer_kind(name, new_mask[name])]
+            new_mask[name] = _prune_group([np.asarray(scores[name])], [new_mask[name]], rate)[0]
     return unflatten(mask, new_mask)
 
 
