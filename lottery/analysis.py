@@ -21,9 +21,10 @@ from matplotlib.ticker import MaxNLocator
 from omegaconf import OmegaConf
 
 from lottery.checkpoint import NETWORK_KEYS, read_json
+from lottery.config import CONTROLS
 from lottery.errors import LotteryError
 
-KINDS = ("ticket", "random_reinit", "random_prune")
+KINDS = ("ticket", *CONTROLS)
 POINTER = "lottery_experiment.txt"  # written into each Hydra multirun job directory
 METRICS = ("test_accuracy", "test_accuracy_early_stop", "early_stop_iteration", "lmc_barrier")
 

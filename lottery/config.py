@@ -126,7 +126,12 @@ class ObjectiveConfig:
     at: str = "early_stop"  # accuracy at the early-stopping iteration, or final
     level: Optional[int] = None  # this level; None (and no `remaining`): the last level
     remaining: Optional[float] = None  # % of weights remaining: the level closest to it (auc: up to it)
-    kind: str = "ticket"  # ticket, or a control in `controls` (random_reinit, random_prune)
+    kind: str = "ticket"  # ticket, or a control in `controls` (CONTROLS)
+
+
+# The controls a ticket can be trained beside (lottery/controls.py); the order gives each its PRNG
+# stream: new ones go at the end.
+CONTROLS = ("random_reinit", "random_prune", "shuffle_layer", "invert", "sign_preserving_reinit")
 
 
 @dataclasses.dataclass
@@ -146,7 +151,7 @@ class Config:
     levels: int = 3  # pruning levels after the dense level 0
     seed: int = 0
     replicates: int = 1  # independent IMP trajectories (own initialization, data order, masks)
-    controls: List[str] = dataclasses.field(default_factory=list)  # random_reinit, random_prune
+    controls: List[str] = dataclasses.field(default_factory=list)  # of CONTROLS (lottery/controls.py)
     lmc: LMCConfig = dataclasses.field(default_factory=LMCConfig)
     objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
     wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)

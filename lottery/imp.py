@@ -12,7 +12,8 @@ Each later level L
 
 Every replicate is its own IMP trajectory (initialization, data order, masks). At each level the
 tickets of all replicates and their controls (``random_reinit``: the ticket's mask on fresh initial
-weights; ``random_prune``: a random mask with the ticket's counts, from θk) are trained as one group,
+weights; ``random_prune``: a random mask with the ticket's counts, from θk; the ablations of
+controls.py) are trained as one group,
 stacked along a leading axis and checkpointed together, each by the same single-network compiled
 program, so that a network's bits never depend on what it was trained beside. At the levels in
 ``lmc.levels``, two more copies per replicate train from the level's start with different data
@@ -48,15 +49,14 @@ from flax import nnx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lottery import analysis, dense, distributed, driver, layout, lmc, models, objective, pruning, record, report, tracking, training
+from lottery import analysis, controls, dense, distributed, driver, layout, lmc, models, objective, pruning, record, report, tracking, training
 from lottery.driver import Job, group_checkpoints, train
 from lottery import data as datasets
 from lottery.checkpoint import LMC_KEYS, NETWORK_KEYS, load_tree, read_json, save_tree, write_json
-from lottery.config import experiment_hash
+from lottery.config import CONTROLS, experiment_hash
 from lottery.errors import LotteryError, Preempted, at
 from lottery.step import Step
 
-CONTROLS = ("random_reinit", "random_prune")
 RETRAIN = ("rewind", "lr_rewind", "finetune")
 
 
@@ -345,20 +345,22 @@ def level_jobs(experiment: Experiment, replicate: int, level: int) -> List[Job]:
     """The ticket and controls of ``replicate`` still to train at ``level``."""
     cfg = experiment.cfg
     ticket_dir = experiment.level_dir(replicate, level)
-    controls = [c for c in cfg.controls if level > 0 and not os.path.isdir(os.path.join(ticket_dir, c))]
+    to_train = [c for c in cfg.controls if level > 0 and not os.path.isdir(os.path.join(ticket_dir, c))]
     ticket_done = os.path.isdir(ticket_dir)
     finished = [ticket_dir] if ticket_done else []
-    finished += [os.path.join(ticket_dir, c) for c in cfg.controls if level > 0 and c not in controls]
+    finished += [os.path.join(ticket_dir, c) for c in cfg.controls if level > 0 and c not in to_train]
     for directory in finished:  # finished work must be readable before more is built on it or reported
         read_json(os.path.join(directory, "metrics.json"), NETWORK_KEYS)
-    if ticket_done and not controls:
+    if ticket_done and not to_train:
         return []
     keys = experiment.keys(replicate)
     job = lambda kind, directory, state: Job(replicate, kind, directory, state, keys["data"], keys["augment"])
     state = ticket_start(experiment, replicate, level)
     jobs = [] if ticket_done else [job("ticket", ticket_dir, state)]
-    for control in controls:
-        jobs.append(job(control, os.path.join(ticket_dir, control), control_start(experiment, replicate, level, control, state)))
+    from_theta_k = lambda mask: rewound(experiment, replicate, mask)
+    for control in to_train:  # lottery/controls.py
+        jobs.append(job(control, os.path.join(ticket_dir, control),
+                        controls.start(experiment, replicate, level, control, state, from_theta_k)))
     return jobs
 
 
@@ -394,18 +396,6 @@ def rewound(experiment: Experiment, replicate: int, mask) -> dict:
     if experiment.cfg.rewind_optimizer:
         opt_state = training.mask_optimizer_state(trainer.tx, theta_k["opt_state"], mask)
     return trainer.init_state(theta_k["params"], theta_k["batch_stats"], mask, opt_state)
-
-
-def control_start(experiment: Experiment, replicate: int, level: int, control: str, ticket: dict) -> dict:
-    """A control's start: the ticket's mask on fresh weights, or a random mask on θk."""
-    trainer, mask = experiment.trainer, ticket["mask"]
-    key = jax.random.fold_in(jax.random.fold_in(experiment.keys(replicate)["controls"], level), CONTROLS.index(control))
-    if control == "random_reinit":
-        fresh = experiment.initial_weights(key)
-        return trainer.init_state(fresh["params"], fresh["batch_stats"], mask)
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)))
-    random = pruning.random_mask(jax.device_get(mask), experiment.prunable, experiment.cfg.pruning.strategy, rng)
-    return rewound(experiment, replicate, random)
 
 
 # --- training a level's jobs together -----------------------------------------------------------

@@ -29,11 +29,12 @@ import numpy as np
 import pandas as pd
 
 from lottery.checkpoint import read_json, write_json
+from lottery.config import CONTROLS
 from lottery.errors import LotteryError
 
 NAMES = ("none", "accuracy", "auc", "lmc_barrier")
 AT = ("early_stop", "final")
-KINDS = ("ticket", "random_reinit", "random_prune")
+KINDS = ("ticket", *CONTROLS)
 FILE = "objectives.json"
 COLUMN = {"early_stop": "test_accuracy_early_stop", "final": "test_accuracy"}
 

@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from lottery import imp, lmc, pruning
+from lottery import controls, imp, lmc, pruning
 from lottery.config import PruningConfig
 from lottery.training import stack, unstack
 from test_masking import member_keys
@@ -204,11 +204,46 @@ def test_rewind_optimizer_reaches_every_network_that_starts_from_theta_k(small_c
         return [np.asarray(leaf) for leaf in jax.tree.leaves(momentum(state["opt_state"]))]
 
     ticket = imp.ticket_start(experiment, 0, 1)
-    prune = imp.control_start(experiment, 0, 1, "random_prune", ticket)
+    prune = controls.start(experiment, 0, 1, "random_prune", ticket, lambda mask: imp.rewound(experiment, 0, mask))
     assert tobytes(prune["mask"]) != tobytes(ticket["mask"])
     for state in (ticket, prune, imp.lmc_start(experiment, 0, 1)):
         assert tobytes(trace(state)) == tobytes(expected(state["mask"]))
     assert tobytes(trace(imp.lmc_start(experiment, 0, 0))) == tobytes(jax.tree.leaves(momentum(theta_k["opt_state"])))
     # Random reinitialization has no state at k of its own: it starts fresh (zero momentum).
-    reinit = imp.control_start(experiment, 0, 1, "random_reinit", ticket)
+    reinit = controls.start(experiment, 0, 1, "random_reinit", ticket, lambda mask: imp.rewound(experiment, 0, mask))
     assert all(np.all(leaf == 0) for leaf in trace(reinit))
+
+
+def test_the_ablation_controls_keep_the_tickets_counts_and_change_only_what_they_ablate(small_config):
+    cfg = small_config("levels=1", "controls=[shuffle_layer,invert,sign_preserving_reinit]", "pruning=global",
+                       "rewind=20it")
+    imp.run(cfg, console=QUIET)
+    experiment = imp.prepare(cfg)
+    ticket = load(experiment, 0, 1, "ticket")
+    theta_k = load(experiment, 0, 0, "rewind_point")
+    counts = pruning.counts(ticket["mask"], experiment.prunable)
+    start = {kind: load(experiment, 0, 1, "ticket", kind) for kind in ("shuffle_layer", "invert", "sign_preserving_reinit")}
+    for kind, state in start.items():  # every ablation has the ticket's per-layer counts, even under global pruning
+        assert pruning.counts(state["mask"], experiment.prunable) == counts, kind
+    # invert: exactly the complement ranking -- in each layer, of the previous level's trained
+    # magnitudes, the lowest (as many as the ticket kept there) survive; the ticket kept the highest overall.
+    trained = pruning.flatten(load(experiment, 0, 0, "trained")["params"])
+    for name in experiment.prunable:
+        values = np.abs(trained[name]).ravel()
+        kept = pruning.flatten(start["invert"]["mask"])[name].ravel()
+        assert kept.sum() == counts[name]["remaining"] and values[kept].max() < values[~kept].min()
+    values = np.concatenate([np.abs(trained[n]).ravel() for n in experiment.prunable])
+    ticket_kept = np.concatenate([pruning.flatten(ticket["mask"])[n].ravel() for n in experiment.prunable])
+    assert values[ticket_kept].min() > values[~ticket_kept].max()
+    # shuffle_layer and invert start from θk under their masks, as the ticket does.
+    for kind in ("shuffle_layer", "invert"):
+        expected = jax.tree.map(lambda w, m: np.where(m, w, np.float32(0)), theta_k["params"], start[kind]["mask"])
+        assert tobytes(start[kind]["params"]) == tobytes(expected)
+        assert tobytes(start[kind]["mask"]) != tobytes(ticket["mask"])
+    # sign-preserving reinit: the ticket's mask and signs, other magnitudes.
+    signed = start["sign_preserving_reinit"]
+    assert tobytes(signed["mask"]) == tobytes(ticket["mask"])
+    for name in experiment.prunable:
+        s, t = pruning.flatten(signed["params"])[name], pruning.flatten(ticket["params"])[name]
+        m = pruning.flatten(ticket["mask"])[name]
+        assert np.array_equal(np.sign(s[m]), np.sign(t[m])) and not np.allclose(np.abs(s[m]), np.abs(t[m]))
