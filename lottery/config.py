@@ -57,6 +57,15 @@ class PruningConfig:
     # Parameter paths (regular expressions, full match, e.g. "output/kernel") never pruned.
     # Biases and normalization parameters are never pruned in any case.
     ignore: List[str] = dataclasses.field(default_factory=list)
+    # The scores that rank weights (lottery/criteria.py): magnitude (IMP), random, and the criteria
+    # of pruning at initialization registered there.
+    criterion: str = "magnitude"
+    # Which weights are scored: trained (IMP: each level prunes the previous level's trained weights)
+    # or start (pruning before training: each level's mask is computed from the weights training
+    # starts from -- θ0, or θk with rewind=k -- straight to the level's counts, then trained once).
+    prune_at: str = "trained"
+    rounds: int = 1  # prune_at=start: prune in this many rounds, density shrinking exponentially (SynFlow: 100)
+    examples: int = 100  # data-dependent criteria: training examples scored (the first of the data order)
 
 
 @dataclasses.dataclass
@@ -198,15 +207,24 @@ def extent(cfg: DictConfig) -> dict:
     return out
 
 
+# Keys added after experiments existed, at the value that computes what those experiments computed:
+# left out of the identity at that value, so that adding them changed no experiment's hash.
+_HASHED_UNLESS = {"pruning.criterion": "magnitude", "pruning.prune_at": "trained", "pruning.rounds": 1,
+                  "pruning.examples": 100}
+
+
 def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
     """What determines an experiment's results: the resolved config without the keys in
-    ``_NOT_HASHED``, and the fingerprint of the data's content (``lottery.data.fingerprint``)."""
+    ``_NOT_HASHED`` (and those of ``_HASHED_UNLESS`` at their value), and the fingerprint of the
+    data's content (``lottery.data.fingerprint``)."""
     content = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in _NOT_HASHED:
+    for dotted in _NOT_HASHED + tuple(_HASHED_UNLESS):
         *parents, leaf = dotted.split(".")
         node = content
         for parent in parents:
             node = node[parent]
+        if dotted in _HASHED_UNLESS and node.get(leaf) != _HASHED_UNLESS[dotted]:
+            continue
         node.pop(leaf, None)
     content["dataset"]["fingerprint"] = data_fingerprint
     return content

@@ -55,17 +55,23 @@ def start(experiment, replicate: int, level: int, control: str, ticket: dict, re
 
 def inverted(experiment, replicate: int, level: int, ticket_mask):
     """The ticket's pruning step at ``level`` with the ranking reversed: in each prunable tensor, of
-    the weights the previous level kept, the lowest-scored survive, as many as the ticket kept there
-    (its per-layer counts, under global pruning too: the ablation changes which weights, not how
-    many per layer). Ties go by position, as in pruning."""
-    previous = experiment.level_dir(replicate, level - 1)
-    previous_mask = pruning.flatten(experiment.load(previous, "ticket")["mask"])
-    trained = experiment.load(previous, "trained")
-    scores = criteria.score("magnitude", criteria.Context(trained["params"], previous_mask, experiment.prunable))
-    flat = {name: np.asarray(m) for name, m in pruning.flatten(ticket_mask).items()}
+    the weights the ranking started from (IMP: those the previous level kept, scored on its trained
+    weights; pruning before training: all, scored on θk in one shot), the lowest-scored survive, as
+    many as the ticket kept there (its per-layer counts, under global pruning too: the ablation
+    changes which weights, not how many per layer). Ties go by position, as in pruning."""
+    cfg = experiment.cfg.pruning
+    if cfg.prune_at == "start":
+        params = experiment.rewind_point(replicate)["params"]
+        survivors = pruning.full_mask(params)
+    else:
+        previous = experiment.level_dir(replicate, level - 1)
+        survivors = experiment.load(previous, "ticket")["mask"]
+        params = experiment.load(previous, "trained")["params"]
+    context = criteria.Context(params, survivors, experiment.prunable, experiment.scoring_rng(replicate, level))
+    scores = criteria.score(cfg.criterion, context)
+    survivors, flat = pruning.flatten(survivors), {name: np.asarray(m) for name, m in pruning.flatten(ticket_mask).items()}
     for name in experiment.prunable:
-        survivors = np.asarray(previous_mask[name]).ravel()
-        ranked = np.where(survivors, -np.asarray(scores[name]).ravel(), -np.inf)
+        ranked = np.where(np.asarray(survivors[name]).ravel(), -np.asarray(scores[name]).ravel(), -np.inf)
         keep = int(flat[name].sum())
         kept = np.zeros(ranked.size, dtype=bool)
         kept[np.argsort(ranked, kind="stable")[ranked.size - keep:]] = True

@@ -40,6 +40,27 @@ def criterion(name: str):
     return register
 
 
+PRUNE_AT = ("trained", "start")
+
+
+def check(cfg) -> None:
+    """The criterion keys of the config (``pruning.*``), before anything runs."""
+    p = cfg.pruning
+    if p.criterion not in CRITERIA:
+        raise LotteryError(f"pruning.criterion={p.criterion!r} is not a criterion; choose one of: {', '.join(sorted(CRITERIA))}")
+    if p.prune_at not in PRUNE_AT:
+        raise LotteryError(f"pruning.prune_at={p.prune_at!r} is not an option; choose one of: {', '.join(PRUNE_AT)} "
+                           "(trained: IMP; start: pruning before training)")
+    if p.rounds < 1 or p.examples < 1:
+        raise LotteryError(f"pruning.rounds={p.rounds} and pruning.examples={p.examples} must be 1 or more")
+    if p.prune_at == "start" and cfg.retrain != "rewind":
+        raise LotteryError(f"pruning.prune_at=start trains each level from its start weights: retrain={cfg.retrain} "
+                           "(which keeps trained weights) does not apply; use retrain=rewind")
+    if p.rounds > 1 and p.prune_at != "start":
+        raise LotteryError(f"pruning.rounds={p.rounds} applies to pruning before training (pruning.prune_at=start); "
+                           "IMP's rounds are its levels")
+
+
 def score(name: str, context: Context) -> Scores:
     if name not in CRITERIA:
         raise LotteryError(f"pruning criterion {name!r} is not one; choose one of: {', '.join(sorted(CRITERIA))}")

@@ -49,7 +49,7 @@ from flax import nnx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lottery import analysis, controls, dense, distributed, driver, layout, lmc, models, objective, pruning, record, report, tracking, training
+from lottery import analysis, controls, criteria, dense, distributed, driver, layout, lmc, models, objective, pruning, record, report, tracking, training
 from lottery.driver import Job, group_checkpoints, train
 from lottery import data as datasets
 from lottery.checkpoint import LMC_KEYS, NETWORK_KEYS, load_tree, read_json, save_tree, write_json
@@ -82,6 +82,11 @@ class Experiment:
         key = jax.random.fold_in(jax.random.key(self.cfg.seed), replicate)
         init, data, augment, controls, copies = jax.random.split(key, 5)
         return {"init": init, "data": data, "augment": augment, "controls": controls, "lmc": copies}
+
+    def scoring_rng(self, replicate: int, level: int) -> np.random.Generator:
+        """The generator of criteria that draw (random), one stream per replicate and level."""
+        key = jax.random.fold_in(self.keys(replicate)["init"], 2**20 + level)  # `init` itself is never folded
+        return np.random.default_rng(np.asarray(jax.random.key_data(key)))
 
     def initial_weights(self, key):
         model = models.build(self.cfg.model, self.input_shape, self.num_classes, key)
@@ -136,6 +141,7 @@ def check(cfg) -> None:
     pruning.check(cfg.pruning)
     models.check(cfg.model)
     training.make_optimizer(cfg.optimizer)
+    criteria.check(cfg)
     if cfg.retrain not in RETRAIN:
         raise LotteryError(f"retrain={cfg.retrain!r} is not an option; choose one of: {', '.join(RETRAIN)}")
     for control in cfg.controls:
@@ -374,15 +380,37 @@ def ticket_start(experiment: Experiment, replicate: int, level: int) -> dict:
             return trainer.init_state(ticket["params"], ticket["batch_stats"], ticket["mask"])
         return rewound(experiment, replicate, ticket["mask"])
 
-    # 1. Prune the previous level's trained weights.
+    if cfg.pruning.prune_at == "start":  # pruning before training: from θk, straight to this level's counts
+        return rewound(experiment, replicate, pruned_at_start(experiment, replicate, level))
+
+    # 1. Prune the previous level's trained weights (IMP: by magnitude; any criterion of criteria.py).
     previous = experiment.level_dir(replicate, level - 1)
     previous_mask = experiment.load(previous, "ticket")["mask"]
     trained = experiment.load(previous, "trained")
-    mask = pruning.prune(trained["params"], previous_mask, cfg.pruning, experiment.prunable)
+    context = criteria.Context(trained["params"], previous_mask, experiment.prunable, experiment.scoring_rng(replicate, level))
+    scores = criteria.score(cfg.pruning.criterion, context)
+    mask = pruning.prune_by_scores(scores, previous_mask, cfg.pruning, experiment.prunable)
     if cfg.retrain != "rewind":  # Renda et al. 2020: keep the trained weights
         return trainer.init_state(trained["params"], trained["batch_stats"], mask)
     # 2. Rewind the survivors to θk.
     return rewound(experiment, replicate, mask)
+
+
+def pruned_at_start(experiment: Experiment, replicate: int, level: int):
+    """Pruning before training (``pruning.prune_at=start``): the mask of ``level`` scored on the
+    weights training starts from (θk; θ0 with rewind=0), in ``pruning.rounds`` rounds whose counts
+    shrink exponentially from dense to exactly IMP's counts at this level (one round: one shot;
+    SynFlow's schedule with more), each round re-scoring under the mask so far."""
+    cfg = experiment.cfg.pruning
+    theta_k = experiment.rewind_point(replicate)
+    mask = pruning.full_mask(theta_k["params"])
+    dense, final = (pruning.level_counts(mask, cfg, experiment.prunable, n) for n in (0, level))
+    rng = experiment.scoring_rng(replicate, level)
+    for r in range(1, cfg.rounds + 1):
+        keep = [f if r == cfg.rounds else max(f, round(d * (f / d) ** (r / cfg.rounds))) for d, f in zip(dense, final)]
+        scores = criteria.score(cfg.criterion, criteria.Context(theta_k["params"], mask, experiment.prunable, rng))
+        mask = pruning.keep_top(scores, mask, cfg, experiment.prunable, keep)
+    return mask
 
 
 def rewound(experiment: Experiment, replicate: int, mask) -> dict:

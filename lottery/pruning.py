@@ -135,6 +135,42 @@ def prune_by_scores(scores: Dict[str, np.ndarray], mask, cfg, names: List[str]):
     return unflatten(mask, new_mask)
 
 
+def groups(cfg, names: List[str]) -> List[List[str]]:
+    """The tensors that share one ranking: each alone (layerwise), or all together (global)."""
+    return [[name] for name in names] if cfg.strategy == "layerwise" else [list(names)]
+
+
+def level_counts(mask, cfg, names: List[str], levels: int) -> List[int]:
+    """The weights each group (``groups``) keeps after ``levels`` more IMP levels from ``mask``: the
+    counting rule applied level by level to the counts alone (what pruning straight to a level's
+    density must keep, to match IMP's counts exactly)."""
+    flat, rates = flatten(mask), layerwise_rates(cfg)
+    out = []
+    for group in groups(cfg, names):
+        remaining = int(sum(np.sum(flat[name]) for name in group))
+        rate = cfg.rate if cfg.strategy == "global" else rates[layer_kind(group[0], flat[group[0]])]
+        for _ in range(levels):
+            remaining -= number_to_prune(rate, remaining)
+        out.append(remaining)
+    return out
+
+
+def keep_top(scores: Dict[str, np.ndarray], mask, cfg, names: List[str], keep: List[int]):
+    """``mask`` with exactly ``keep[i]`` weights of group i (``groups``) kept: its highest-scored
+    survivors, ties by position (the earlier weight goes first)."""
+    new_mask = {k: np.asarray(v) for k, v in flatten(mask).items()}
+    for group, count in zip(groups(cfg, names), keep):
+        masks = [new_mask[n] for n in group]
+        ranked = np.concatenate([np.where(m, np.asarray(scores[n]), -np.inf).ravel() for n, m in zip(group, masks)])
+        if count > int(sum(m.sum() for m in masks)):
+            raise ValueError(f"cannot keep {count} weights of {group}: only {sum(m.sum() for m in masks)} remain")
+        kept = np.zeros(ranked.size, dtype=bool)
+        kept[np.argsort(ranked, kind="stable")[ranked.size - count:]] = True
+        for name, piece, m in zip(group, np.split(kept, np.cumsum([m.size for m in masks])[:-1]), masks):
+            new_mask[name] = piece.reshape(m.shape)
+    return unflatten(mask, new_mask)
+
+
 def counts(mask, names: List[str]) -> Dict[str, Dict[str, int]]:
     """Remaining and total weights of each prunable tensor."""
     flat = flatten(mask)

@@ -1,5 +1,7 @@
 """Pruning criteria behind one registry (lottery/criteria.py): scores in, exact masks out."""
 
+import os
+
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
@@ -59,3 +61,52 @@ def test_already_pruned_weights_rank_below_any_score_even_negative_ones():
     scores = {n: -np.ones(np.shape(pruning.flatten(params)[n])) for n in names}  # all equal, negative
     new = pruning.flatten(pruning.prune_by_scores(scores, mask, cfg(rate=0.2), names))
     assert not (new["hidden/0/kernel"] & ~flat["hidden/0/kernel"]).any() and new["hidden/0/kernel"].sum() == 80
+
+
+def test_pruning_at_start_reaches_each_levels_imp_counts_from_theta_0_in_one_run(small_config):
+    import io
+
+    from rich.console import Console
+
+    from lottery import imp
+
+    cfg = small_config("levels=2", "pruning.prune_at=start", "controls=[invert]")
+    results = imp.run(cfg, console=Console(file=io.StringIO()))
+    experiment = imp.prepare(cfg)
+    theta_0 = pruning.flatten(experiment.load(experiment.level_dir(0, 0), "ticket")["params"])
+    full = pruning.full_mask(experiment.trainer.init_params)
+    for level in (1, 2):
+        ticket = experiment.load(experiment.level_dir(0, level), "ticket")
+        mask = pruning.flatten(ticket["mask"])
+        expected = pruning.level_counts(full, cfg.pruning, experiment.prunable, level)  # IMP's counts at this level
+        assert [int(mask[n].sum()) for n in experiment.prunable] == expected
+        for name in experiment.prunable:  # magnitude at initialization: the largest |θ0| of each layer, one shot
+            values = np.abs(theta_0[name]).ravel()
+            assert values[mask[name].ravel()].min() > values[~mask[name].ravel()].max()
+        inverted = pruning.flatten(experiment.load(os.path.join(experiment.level_dir(0, level), "invert"), "ticket")["mask"])
+        for name in experiment.prunable:  # the control: the smallest |θ0|, the same counts
+            values = np.abs(theta_0[name]).ravel()
+            assert inverted[name].sum() == mask[name].sum()
+            assert values[inverted[name].ravel()].max() < values[~inverted[name].ravel()].min()
+    assert [r["start_step"] for r in results if r["kind"] == "ticket"] == [0, 0, 0]  # each level trained once from θ0
+    # Magnitude does not depend on the mask: three rounds give the one-shot masks.
+    rounds = small_config("levels=2", "pruning.prune_at=start", "pruning.rounds=3")
+    experiment3 = imp.prepare(rounds)
+    experiment3.directory = experiment.directory  # the same θ0 (its own level 0 would link the same dense run)
+    for level in (1, 2):
+        one, three = (pruning.flatten(imp.pruned_at_start(e, 0, level)) for e in (experiment, experiment3))
+        assert all(np.array_equal(one[n], three[n]) for n in experiment.prunable)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["pruning.criterion=snap"], "pruning.criterion='snap' is not a criterion; choose one of: "),
+    (["pruning.prune_at=init"], "pruning.prune_at='init' is not an option; choose one of: trained, start"),
+    (["pruning.prune_at=start", "retrain=finetune"], "pruning.prune_at=start trains each level from its start weights"),
+    (["pruning.rounds=3"], "pruning.rounds=3 applies to pruning before training"),
+])
+def test_criterion_keys_are_checked_before_anything_runs(overrides, message):
+    from conftest import compose_config
+    from lottery import imp
+
+    with pytest.raises(LotteryError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        imp.check(compose_config(overrides))
