@@ -61,14 +61,13 @@ def inverted(experiment, replicate: int, level: int, ticket_mask):
     changes which weights, not how many per layer). Ties go by position, as in pruning."""
     cfg = experiment.cfg.pruning
     if cfg.prune_at == "start":
-        params = experiment.rewind_point(replicate)["params"]
-        survivors = pruning.full_mask(params)
+        weights = experiment.rewind_point(replicate)
+        survivors = pruning.full_mask(weights["params"])
     else:
         previous = experiment.level_dir(replicate, level - 1)
         survivors = experiment.load(previous, "ticket")["mask"]
-        params = experiment.load(previous, "trained")["params"]
-    context = criteria.Context(params, survivors, experiment.prunable, experiment.scoring_rng(replicate, level))
-    scores = criteria.score(cfg.criterion, context)
+        weights = experiment.load(previous, "trained")
+    scores = criteria.score(cfg.criterion, experiment.scoring_context(replicate, level, weights, survivors))
     survivors, flat = pruning.flatten(survivors), {name: np.asarray(m) for name, m in pruning.flatten(ticket_mask).items()}
     for name in experiment.prunable:
         ranked = np.where(np.asarray(survivors[name]).ravel(), -np.asarray(scores[name]).ravel(), -np.inf)

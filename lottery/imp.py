@@ -88,6 +88,17 @@ class Experiment:
         key = jax.random.fold_in(self.keys(replicate)["init"], 2**20 + level)  # `init` itself is never folded
         return np.random.default_rng(np.asarray(jax.random.key_data(key)))
 
+    def scoring_context(self, replicate: int, level: int, weights: dict, mask) -> criteria.Context:
+        """What a criterion scores at ``level``: ``weights`` (params and batch statistics) under
+        ``mask``, the model (batch norm with its running statistics), the first ``pruning.examples``
+        training examples (data-dependent criteria) and a generator (random)."""
+        x, y = self.trainer.train_host
+        n = self.cfg.pruning.examples
+        return criteria.Context(weights["params"], mask, self.prunable, self.scoring_rng(replicate, level),
+                                apply=criteria.model_apply(self.trainer, weights["batch_stats"]),
+                                batch=(np.asarray(self.trainer.inputs(x[:n])), np.asarray(y[:n])),
+                                input_shape=tuple(self.input_shape))
+
     def initial_weights(self, key):
         model = models.build(self.cfg.model, self.input_shape, self.num_classes, key)
         return {"params": nnx.to_pure_dict(nnx.state(model, nnx.Param)),
@@ -387,8 +398,7 @@ def ticket_start(experiment: Experiment, replicate: int, level: int) -> dict:
     previous = experiment.level_dir(replicate, level - 1)
     previous_mask = experiment.load(previous, "ticket")["mask"]
     trained = experiment.load(previous, "trained")
-    context = criteria.Context(trained["params"], previous_mask, experiment.prunable, experiment.scoring_rng(replicate, level))
-    scores = criteria.score(cfg.pruning.criterion, context)
+    scores = criteria.score(cfg.pruning.criterion, experiment.scoring_context(replicate, level, trained, previous_mask))
     mask = pruning.prune_by_scores(scores, previous_mask, cfg.pruning, experiment.prunable)
     if cfg.retrain != "rewind":  # Renda et al. 2020: keep the trained weights
         return trainer.init_state(trained["params"], trained["batch_stats"], mask)
@@ -403,14 +413,11 @@ def pruned_at_start(experiment: Experiment, replicate: int, level: int):
     SynFlow's schedule with more), each round re-scoring under the mask so far."""
     cfg = experiment.cfg.pruning
     theta_k = experiment.rewind_point(replicate)
-    mask = pruning.full_mask(theta_k["params"])
-    dense, final = (pruning.level_counts(mask, cfg, experiment.prunable, n) for n in (0, level))
-    rng = experiment.scoring_rng(replicate, level)
-    for r in range(1, cfg.rounds + 1):
-        keep = [f if r == cfg.rounds else max(f, round(d * (f / d) ** (r / cfg.rounds))) for d, f in zip(dense, final)]
-        scores = criteria.score(cfg.criterion, criteria.Context(theta_k["params"], mask, experiment.prunable, rng))
-        mask = pruning.keep_top(scores, mask, cfg, experiment.prunable, keep)
-    return mask
+    full = pruning.full_mask(theta_k["params"])
+    keep = pruning.level_counts(full, cfg, experiment.prunable, level)
+    context = experiment.scoring_context(replicate, level, theta_k, full)
+    return criteria.iterate_to_counts(cfg.criterion, context, pruning.groups(experiment.prunable, cfg.strategy), keep,
+                                      cfg.rounds)
 
 
 def rewound(experiment: Experiment, replicate: int, mask) -> dict:

@@ -49,7 +49,7 @@ def test_random_scores_give_exact_nested_counts_and_an_unknown_criterion_is_name
             assert not (a[name] & ~b[name]).any()  # nested
             rate = 0.25 if name == "output/kernel" else 0.5
             assert a[name].sum() == b[name].sum() - pruning.number_to_prune(rate, int(b[name].sum()))
-    with pytest.raises(LotteryError, match="pruning criterion 'snap' is not one; choose one of: magnitude, random"):
+    with pytest.raises(LotteryError, match="pruning criterion .snap. is not one; choose one of: grasp, magnitude, random, snip, synflow"):
         criteria.score("snap", criteria.Context(params, mask, names))
 
 
