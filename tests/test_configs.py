@@ -22,7 +22,8 @@ INPUT_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion_mnist": (28,
 
 
 def test_the_published_experiments_are_all_there():
-    assert EXPERIMENTS == ["conv2", "conv4", "conv6", "lenet", "quickstart", "resnet", "vgg"]
+    assert EXPERIMENTS == ["conv2", "conv4", "conv6", "lenet", "lenet_at_init", "quickstart", "resnet", "resnet_at_init", "vgg",
+                           "vgg_at_init"]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -121,3 +122,13 @@ def test_schema_errors_carry_the_key():
         compose_config(["optimizer.momentun=0.9"])
     assert isinstance(caught.value.__cause__, OmegaConfBaseException)
     assert "Key 'momentun' not in 'OptimizerConfig'" in str(caught.value.__cause__)
+
+
+@pytest.mark.parametrize("base", ["lenet", "resnet", "vgg"])
+def test_pruning_at_initialization_experiments_train_as_their_base(base):
+    at_init, imp_run = compose_config([f"+exp={base}_at_init"]), compose_config([f"+exp={base}"])
+    for key in ("model", "dataset", "optimizer", "training", "seed", "levels"):
+        assert at_init[key] == imp_run[key], key  # the same network, data and training as IMP's
+    assert (at_init.pruning.prune_at, at_init.pruning.strategy, at_init.pruning.rate, at_init.rewind) == \
+        ("start", "global", imp_run.pruning.rate, "0it")
+    assert set(at_init.controls) == {"shuffle_layer", "random_reinit", "invert"}
