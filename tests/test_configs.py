@@ -132,3 +132,31 @@ def test_pruning_at_initialization_experiments_train_as_their_base(base):
     assert (at_init.pruning.prune_at, at_init.pruning.strategy, at_init.pruning.rate, at_init.rewind) == \
         ("start", "global", imp_run.pruning.rate, "0it")
     assert set(at_init.controls) == {"shuffle_layer", "random_reinit", "invert"}
+
+
+def test_the_frankle_2021_script_runs_six_experiments_whose_configs_pass_the_checks(tmp_path):
+    """experiments/frankle_2021/reproduce.sh, with a `python` that only records its arguments: every
+    run it starts composes and passes the checks (training it is the recorded result's 40 minutes)."""
+    import os
+    import subprocess
+
+    from lottery import imp
+
+    shim = tmp_path / "bin" / "python"
+    shim.parent.mkdir()
+    shim.write_text('#!/bin/sh\nprintf "%s\\n" "$*" >> "$CALLS"\n')
+    shim.chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
+           "RESULTS": str(tmp_path)}
+    script = CONF.parent / "experiments" / "frankle_2021" / "reproduce.sh"
+    subprocess.run(["bash", str(script), str(tmp_path / "runs"), "training.steps=200it"], env=env, check=True)
+    calls = [line.split() for line in (tmp_path / "calls").read_text().splitlines()]
+    assert [c[:2] for c in calls] == [["-m", "lottery.run"]] * 6 + [["-m", "lottery.report"]]
+    configs = [compose_config(c[2:]) for c in calls[:6]]
+    for cfg in configs:
+        imp.check(cfg)
+        assert (cfg.replicates, cfg.training.steps, cfg.pruning.strategy) == (3, "200it", "global")
+    assert [(c.pruning.prune_at, c.pruning.criterion, c.pruning.rounds) for c in configs] == [
+        ("trained", "magnitude", 1), ("start", "magnitude", 1), ("start", "random", 1), ("start", "snip", 1),
+        ("start", "grasp", 1), ("start", "synflow", 100)]
+    assert calls[-1][2:] == [str(tmp_path / "runs"), "--csv", str(tmp_path / "levels.csv"), "--output", str(tmp_path)]
