@@ -68,11 +68,6 @@ def inverted(experiment, replicate: int, level: int, ticket_mask):
         survivors = experiment.load(previous, "ticket")["mask"]
         weights = experiment.load(previous, "trained")
     scores = criteria.score(cfg.criterion, experiment.scoring_context(replicate, level, weights, survivors))
-    survivors, flat = pruning.flatten(survivors), {name: np.asarray(m) for name, m in pruning.flatten(ticket_mask).items()}
-    for name in experiment.prunable:
-        ranked = np.where(np.asarray(survivors[name]).ravel(), -np.asarray(scores[name]).ravel(), -np.inf)
-        keep = int(flat[name].sum())
-        kept = np.zeros(ranked.size, dtype=bool)
-        kept[np.argsort(ranked, kind="stable")[ranked.size - keep:]] = True
-        flat[name] = kept.reshape(flat[name].shape)
-    return pruning.unflatten(ticket_mask, flat)
+    per_layer = [[name] for name in experiment.prunable]
+    keep = [int(c["remaining"]) for c in pruning.counts(ticket_mask, experiment.prunable).values()]
+    return pruning.prune_to_counts({name: -np.asarray(s) for name, s in scores.items()}, survivors, per_layer, keep)

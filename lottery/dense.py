@@ -34,7 +34,6 @@ from lottery import distributed, driver, layout, pruning, record, training
 from lottery.checkpoint import NETWORK_KEYS, load_tree, read_json, save_tree, write_json
 from lottery.config import dense_identity, digest
 from lottery.driver import Job, group_checkpoints, train
-from lottery.errors import LotteryError, at
 
 STORE = "dense"  # below output_dir
 IDENTITY = "dense.yaml"
@@ -125,28 +124,14 @@ def lock_store(dense: Dense, say):
     """Process 0 makes the store's directory, takes its lock (waiting while another process holds
     it, until a signal asks this run to stop) and checks its identity; every process learns whether
     it could."""
-    lock, error = None, None
 
     def stop_if_asked():
         if driver.PREEMPTION.requested:
             raise driver.PREEMPTION.stop(f"stopped while waiting for {dense.directory}")
 
-    if distributed.primary():
-        try:
-            with at(dense.directory):
-                os.makedirs(dense.directory, exist_ok=True)
-            lock = layout.acquire_lock(dense.directory, wait=lambda line: say(f"level 0: {line}"), stop=stop_if_asked)
-            record.write_once(os.path.join(dense.directory, IDENTITY), dense.identity, "dense run")
-        except BaseException as e:  # raised below, once the other processes know
-            error = e
-    failed = distributed.agree(0 if error is None else 1)
-    if error is not None:
-        if lock is not None:
-            lock.close()
-        raise error
-    if any(failed):
-        raise LotteryError(f"{dense.directory}: process 0 could not open the shared dense level 0 (its error line says why)")
-    return lock
+    identify = lambda: record.write_once(os.path.join(dense.directory, IDENTITY), dense.identity, "dense run")
+    return layout.open_locked(dense.directory, identify, "the shared dense level 0",
+                              wait=lambda line: say(f"level 0: {line}"), stop=stop_if_asked)
 
 
 def train_dense(dense: Dense, replicates: List[int], invocation, progress) -> None:
@@ -245,8 +230,7 @@ def link_level_0(dense: Dense, replicate: int) -> dict:
     metrics = read_json(os.path.join(source, "metrics.json"), NETWORK_KEYS)
     # Counted by this experiment's rule (pruning.ignore decides what is prunable, not the dense run).
     full = pruning.full_mask(experiment.trainer.init_params)
-    counted = layout.summarize(0, replicate, "ticket", 0, metrics["history"], pruning.counts(full, experiment.prunable), 0.0)
-    metrics.update({key: counted[key] for key in ("remaining", "total", "density", "layers")})
+    metrics.update(layout.count_fields(pruning.counts(full, experiment.prunable)))
     metrics["dense"] = os.path.relpath(dense.directory, os.path.dirname(experiment.directory))
     work_dir = layout.fresh(destination + ".partial")
     if distributed.primary():

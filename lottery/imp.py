@@ -54,7 +54,7 @@ from lottery.driver import Job, group_checkpoints, train
 from lottery import data as datasets
 from lottery.checkpoint import LMC_KEYS, NETWORK_KEYS, load_tree, read_json, save_tree, write_json
 from lottery.config import CONTROLS, experiment_hash
-from lottery.errors import LotteryError, Preempted, at
+from lottery.errors import LotteryError, Preempted
 from lottery.step import Step
 
 RETRAIN = ("rewind", "lr_rewind", "finetune")
@@ -229,27 +229,13 @@ def run(cfg, console: Console = None) -> Results:
     experiment = prepare(cfg)
     if not distributed.primary():  # process 0 reports for all
         console = Console(quiet=True)
-    lock, error = None, None
     if distributed.primary() and not os.path.isdir(experiment.directory):
         for older in record.older_versions(experiment.directory, cfg, experiment.data_fingerprint):
             console.print(f"note: {older} holds this experiment as an older version of lottery hashed it (with keys "
                           "since removed); its results stay there, and this one starts afresh in "
                           f"{experiment.directory}")
-    if distributed.primary():
-        try:
-            with at(experiment.directory):
-                os.makedirs(experiment.directory, exist_ok=True)
-            lock = layout.acquire_lock(experiment.directory)
-            record.write_identity(experiment.directory, cfg, experiment.data_fingerprint)
-        except BaseException as e:  # raised below, once the other processes know
-            error = e
-    started = distributed.agree(0 if error is None else 1)  # every process learns whether process 0 could start
-    if error is not None:
-        if lock is not None:
-            lock.close()
-        raise error
-    if any(started):
-        raise LotteryError(f"{experiment.directory}: process 0 could not start this experiment (its error line says why)")
+    identify = lambda: record.write_identity(experiment.directory, cfg, experiment.data_fingerprint)
+    lock = layout.open_locked(experiment.directory, identify, "this experiment")
     try:
         return run_locked(experiment, console)
     finally:

@@ -55,6 +55,29 @@ def acquire_lock(directory: str, wait: Optional[Callable[[str], None]] = None, s
     return lock
 
 
+def open_locked(directory: str, identify: Callable[[], None], what: str, wait=None, stop: Callable[[], None] = lambda: None):
+    """Process 0 makes ``directory``, takes its lock (``acquire_lock``) and writes or checks its
+    identity (``identify``); every process learns whether it could. Process 0 raises its own error
+    (after closing the lock), the others one line. Returns the lock (None off process 0)."""
+    lock, error = None, None
+    if distributed.primary():
+        try:
+            with at(directory):
+                os.makedirs(directory, exist_ok=True)
+            lock = acquire_lock(directory, wait, stop)
+            identify()
+        except BaseException as e:  # raised below, once the other processes know
+            error = e
+    failed = distributed.agree(0 if error is None else 1)
+    if error is not None:
+        if lock is not None:
+            lock.close()
+        raise error
+    if any(failed):
+        raise LotteryError(f"{directory}: process 0 could not open {what} (its error line says why)")
+    return lock
+
+
 def fresh(work_dir: str) -> str:
     """An empty ``work_dir`` (an interrupted attempt's is removed), made by process 0 before any
     process writes into it."""
@@ -87,22 +110,16 @@ def link_tree(source: str, destination: str) -> None:
 def summarize(level: int, replicate: int, kind: str, start: int, history, layer_counts, seconds: float) -> dict:
     """A trained network's metrics.json: its counts and densities, its evaluations, the early stop
     (minimum validation loss, found after the fact, as Frankle & Carbin 2019), its training time."""
-    remaining = sum(c["remaining"] for c in layer_counts.values())
-    total = sum(c["total"] for c in layer_counts.values())
     early_stop = None
     if history and "val_loss" in history[0]:
         best = min(history, key=lambda r: r["val_loss"])
         early_stop = {"step": best["step"], "val_loss": best["val_loss"],
                       "test_loss": best["test_loss"], "test_accuracy": best["test_accuracy"]}
-    layers = {name: {**c, "density": c["remaining"] / c["total"]} for name, c in layer_counts.items()}
     return {
         "level": level,
         "replicate": replicate,
         "kind": kind,
-        "remaining": remaining,
-        "total": total,
-        "density": remaining / total,
-        "layers": layers,
+        **count_fields(layer_counts),
         "start_step": start,
         "final": history[-1],
         "early_stop": early_stop,
@@ -110,3 +127,11 @@ def summarize(level: int, replicate: int, kind: str, start: int, history, layer_
         "wall_time_s": seconds,  # training its group together, summed over resumed processes
         "provenance": provenance(),  # of the process that finished it
     }
+
+
+def count_fields(layer_counts) -> dict:
+    """metrics.json's counts: remaining, total and density overall, and each layer's with its density."""
+    remaining = sum(c["remaining"] for c in layer_counts.values())
+    total = sum(c["total"] for c in layer_counts.values())
+    layers = {name: {**c, "density": c["remaining"] / c["total"]} for name, c in layer_counts.items()}
+    return {"remaining": remaining, "total": total, "density": remaining / total, "layers": layers}

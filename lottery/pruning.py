@@ -99,12 +99,6 @@ def number_to_prune(rate, remaining: int) -> int:
     return math.floor(decimal(rate) * remaining + Fraction(1, 2))
 
 
-def _prune_group(scores: List[np.ndarray], masks: List[np.ndarray], rate: float) -> List[np.ndarray]:
-    """New masks for tensors that share one ranking: the lowest-scored surviving weights go."""
-    remaining = int(sum(m.sum() for m in masks))
-    return _keep_group(scores, masks, remaining - number_to_prune(rate, remaining))
-
-
 def _keep_group(scores: List[np.ndarray], masks: List[np.ndarray], keep: int) -> List[np.ndarray]:
     """New masks for tensors that share one ranking: the ``keep`` highest-scored surviving weights."""
     alive = np.flatnonzero(np.concatenate([m.ravel() for m in masks]))  # already-pruned weights never return
@@ -143,20 +137,7 @@ def prune(params, mask, cfg, names: List[str]):
 def prune_by_scores(scores: Dict[str, np.ndarray], mask, cfg, names: List[str]):
     """The next level's mask: of each group's surviving weights (one tensor for ``layerwise``, all
     of ``names`` for ``global``), the lowest-scored go, by the counting rule above; ties by position."""
-    new_mask = {k: np.asarray(v) for k, v in flatten(mask).items()}
-    shapes = {n: new_mask[n].shape for n in names}
-    for name in names:
-        if np.shape(scores[name]) != shapes[name]:
-            raise ValueError(f"scores of {name} have shape {np.shape(scores[name])}, not {shapes[name]}")
-    if cfg.strategy == "global":
-        pruned = _prune_group([np.asarray(scores[n]) for n in names], [new_mask[n] for n in names], cfg.rate)
-        new_mask.update(zip(names, pruned))
-    else:
-        rates = layerwise_rates(cfg)
-        for name in names:
-            rate = rates[layer_kind(name, new_mask[name])]
-            new_mask[name] = _prune_group([np.asarray(scores[name])], [new_mask[name]], rate)[0]
-    return unflatten(mask, new_mask)
+    return prune_to_counts(scores, mask, groups(names, cfg.strategy), level_counts(mask, cfg, names, 1))
 
 
 def groups(names: List[str], strategy: str) -> List[List[str]]:
