@@ -118,8 +118,8 @@ def test_a_local_sweep_runs_each_job_to_the_end_and_names_the_jobs_that_failed_i
     assert densities == [0.5]
 
 
-# Level 0 only, 400 steps with a checkpoint every 20: long enough for the signal to land in training.
-LONG = ["levels=0", "training.steps=400it", "training.eval_every=50it", "checkpoint_every=20it", "progress=false",
+# Level 0 only, 200 steps with a checkpoint every 20: long enough for the signal to land in training.
+LONG = ["levels=0", "training.steps=200it", "training.eval_every=50it", "checkpoint_every=20it", "progress=false",
         "wandb.mode=disabled"]
 
 

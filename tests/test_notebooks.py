@@ -16,7 +16,7 @@ from wandb_records import read_run
 def sweep(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("sweep")
     result = run_cli("-m", "levels=1", "rewind=0it,20it", "replicates=2", "controls=[random_reinit]", "lmc.levels=[1]",
-                     "lmc.points=3", "training.steps=10ep", "progress=false", "wandb.mode=offline", cwd=cwd)
+                     "lmc.points=3", "training.steps=3ep", "progress=false", "wandb.mode=offline", cwd=cwd)
     assert result.returncode == 0, result.stderr
     (sweep_dir,) = glob.glob(str(cwd / "runs" / "multirun" / "*"))
     return cwd, sweep_dir

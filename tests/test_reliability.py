@@ -20,10 +20,10 @@ from lottery import driver, imp
 from lottery.checkpoint import LevelCheckpoints
 from lottery.errors import LotteryError
 
-# Long enough per level (600 steps, 20 checkpoints) for a kill to land inside training; checkpoints
-# between evaluations, so the running loss sum is part of what must be restored.
+# Long enough per level (300 steps, 10 checkpoints) for a kill to land inside training; checkpoints
+# between evaluations, so the running loss sum is part of what must be restored. LMC at level 1.
 RUN = ["levels=2", "replicates=2", "controls=[random_prune]", "training.eval_every=50it", "checkpoint_every=30it",
-       "progress=false"]
+       "lmc.levels=[1]", "lmc.points=3", "training.steps=300it", "progress=false"]
 
 
 def start(cwd, *extra):
@@ -64,49 +64,56 @@ def results(cwd):
     out = {}
     for path in sorted(glob.glob(f"{directory}/replicate_*/**/metrics.json", recursive=True)):
         metrics = json.load(open(path))
-        metrics.pop("wall_time_s")
+        metrics.pop("wall_time_s", None)  # (LMC measurements have none)
         out[os.path.relpath(path, directory)] = metrics
-    for what in ("trained", "ticket"):
+    for what in ("trained", "ticket", "copy_a", "copy_b"):
         for path in sorted(glob.glob(f"{directory}/replicate_*/**/{what}", recursive=True)):
             saved = experiment.load(os.path.dirname(path), what)
             out[os.path.relpath(path, directory)] = [np.asarray(a).tobytes() for a in jax.tree.leaves(saved)]
     return out
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("uninterrupted")
-    process = start(cwd)
+def test_kill_9_and_sigterm_at_any_moment_then_resume_is_bitwise_the_uninterrupted_run(tmp_path):
+    """One experiment stopped at every kind of moment, W&B offline: each resume continues where the
+    last left off; the end is bitwise the uninterrupted run, and every W&B row is logged once
+    (``test_tracking_resume.assert_every_row_once``)."""
+    reference = tmp_path / "uninterrupted"
+    reference.mkdir()
+    process = start(reference)
     assert process.wait() == 0, process.stderr.read()
-    return results(cwd)
 
-
-def test_sigkill_at_any_moment_then_resume_is_bitwise_the_uninterrupted_run(reference, tmp_path):
-    runs = tmp_path / "runs" / "quickstart-*"
-    kill_points = [
-        f"{tmp_path}/runs/dense/*/checkpoints/level_0/*/*",  # inside level 0 (shared), after a checkpoint
-        f"{runs}/replicate_*/level_1.partial",  # while level 1's results are being written
-        f"{runs}/checkpoints/level_2/*/*",  # inside the last level
-    ]
-    kill_at_each_then_finish(lambda: start(tmp_path), kill_points)
-    assert results(tmp_path) == reference
-    assert not glob.glob(f"{runs}/checkpoints")  # removed once everything is finished
-
-
-def test_sigterm_writes_a_checkpoint_and_exits_cleanly(reference, tmp_path):
-    process = start(tmp_path)
-    assert wait_for(f"{tmp_path}/runs/quickstart-*/checkpoints/level_1/*/*", process)
+    cwd = tmp_path / "stopped"
+    cwd.mkdir()
+    runs = cwd / "runs" / "quickstart-*"
+    stopped = lambda: start(cwd, "wandb.mode=offline")
+    # kill -9 inside level 0 (the shared dense store), after a checkpoint
+    process = stopped()
+    assert wait_for(f"{cwd}/runs/dense/*/checkpoints/level_0/*/*", process)
+    process.kill()
+    process.wait()
+    # SIGTERM inside level 1: a checkpoint, one line, exit 143
+    process = stopped()
+    assert wait_for(f"{runs}/checkpoints/level_1/*/*", process)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 143, stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("preempted: checkpoint written at level 1, step "), stderr
-    assert glob.glob(f"{tmp_path}/runs/quickstart-*/checkpoints/level_1/*/*")
-    resumed = start(tmp_path)
-    stdout, stderr = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, stderr
-    assert "level 1: resuming 4 networks from the checkpoint at step" in stdout  # not restarted
-    assert results(tmp_path) == reference
+    assert glob.glob(f"{runs}/checkpoints/level_1/*/*")
+    # resumed (not restarted), then kill -9 while level 1's results are being written; then inside
+    # the last level, at a checkpoint (step 120) holding two evaluations W&B may have lost
+    process = stopped()
+    assert wait_for(f"{runs}/replicate_*/level_1.partial", process)
+    process.kill()
+    stdout, _ = process.communicate()
+    assert "level 1: resuming 4 networks from the checkpoint at step" in stdout
+    stdout = kill_at_each_then_finish(stopped, [f"{runs}/checkpoints/level_2/train-*/120"])
+    assert "level 2: resuming 4 networks from the checkpoint at step" in stdout
+
+    assert results(cwd) == results(reference)
+    assert not glob.glob(f"{runs}/checkpoints")  # removed once everything is finished
+    from test_tracking_resume import assert_every_row_once
+    assert_every_row_once(glob.glob(str(runs))[0])
 
 
 def test_a_second_process_on_the_same_experiment_refuses(tmp_path):
