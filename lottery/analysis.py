@@ -289,7 +289,9 @@ def plot_instability(df: pd.DataFrame, x: str = "rewind", ax=None):
 
 def save_figures(df: pd.DataFrame, output: str) -> List[str]:
     """Write accuracy_vs_sparsity.png (and early_stopping.png where there is validation) of
-    ``df`` (``load_runs``) to the directory ``output``; returns the files written."""
+    ``df`` (``load_runs``) and each experiment's layer_density.png (its tickets' % of each layer
+    remaining; ``layer_density_<name>-<hash>.png`` where there are several) to the directory
+    ``output``; returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -303,6 +305,17 @@ def save_figures(df: pd.DataFrame, output: str) -> List[str]:
     for name, plot in plots.items():
         ax = plot(df, by=by)
         files.append(os.path.join(output, name))
+        ax.figure.savefig(files[-1], dpi=120, bbox_inches="tight")
+        plt.close(ax.figure)
+    from lottery import tickets
+
+    densities = tickets.layer_densities(df)
+    experiments = densities[densities.kind == "ticket"][["experiment", "hash"]].drop_duplicates().values.tolist()
+    for name, digest in experiments:  # the per-layer density figure, one per experiment
+        ax = tickets.plot_layer_densities(densities[(densities.experiment == name) & (densities.hash == digest)])
+        ax.set_title(f"{name}-{digest}: weights remaining per layer (tickets)")
+        files.append(os.path.join(output, "layer_density.png" if len(experiments) == 1 else
+                                  f"layer_density_{name}-{digest}.png"))
         ax.figure.savefig(files[-1], dpi=120, bbox_inches="tight")
         plt.close(ax.figure)
     return files

@@ -49,7 +49,7 @@ from flax import nnx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lottery import analysis, controls, criteria, dense, distributed, driver, layout, lmc, models, objective, pruning, record, report, tracking, training
+from lottery import analysis, controls, criteria, dense, distributed, driver, layout, lmc, models, objective, pruning, record, report, tickets, tracking, training
 from lottery.driver import Job, group_checkpoints, train
 from lottery import data as datasets
 from lottery.checkpoint import LMC_KEYS, NETWORK_KEYS, load_tree, read_json, save_tree, write_json
@@ -297,7 +297,10 @@ def run_locked(experiment: Experiment, console: Console) -> Results:
         outcome = {"objective": measured.value, "objective/spec": measured.key}
     elif measured is not None:
         outcome = {"objective/error": str(measured)}
-    experiment.tracker.finish(df, summary=outcome)
+    similarity = None  # how alike the masks are, for W&B (lottery/tickets.py; report shows it too)
+    if experiment.tracker.enabled and cfg.levels > 0:
+        similarity = tickets.similarity_table(experiment.directory, ("replicates", "kinds"), kinds=None, layers=False)
+    experiment.tracker.finish(df, summary=outcome, similarity=similarity)
     figure = os.path.join(experiment.directory, "accuracy_vs_sparsity.png")
     if trained or not os.path.exists(figure):  # a re-run of finished work rewrites nothing
         analysis.save_figures(df, experiment.directory)
@@ -458,6 +461,18 @@ def save_job(experiment: Experiment, job: Job, level: int, start: int, finished,
         experiment.invocation.add(level=level, replicate=job.replicate, kind=job.kind)
         experiment.tracker.log_level(metrics)
         warn_at_chance(experiment, metrics)
+        warn_collapse(experiment, metrics, start_state["mask"])
+
+
+def warn_collapse(experiment: Experiment, metrics: dict, mask) -> None:
+    """Pruning that empties a layer, or cuts half its units off from every input, leaves a network
+    that cannot learn past it (layer collapse, Tanaka et al. 2020): say so (lottery/tickets.py)."""
+    found = tickets.collapse(pruning.flatten(mask), experiment.prunable)
+    if found:
+        print(f"warning: level {metrics['level']}, replicate {metrics['replicate']}, {metrics['kind']}: layer collapse: "
+              f"{tickets.describe_collapse(found)}; global ranking and single-shot data-free criteria do this at high "
+              "sparsity (pruning.strategy=layerwise, or pruning.rounds>1 for pruning at start, keep every layer)",
+              file=sys.stderr)
 
 
 def warn_at_chance(experiment: Experiment, metrics: dict) -> None:

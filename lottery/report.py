@@ -2,9 +2,11 @@
 
 RUNS_DIR is any directory with experiments below it: ``runs/``, one experiment's directory, or a
 Hydra sweep directory (``runs/multirun/<date>``). Prints mean ± std over replicates per
-experiment, kind and level, and writes accuracy_vs_sparsity.png (and early_stopping.png) there;
-``--csv FILE`` also writes one row per trained network (replicate, level, kind, % remaining,
-accuracies, early-stop iteration, LMC barrier).
+experiment, kind and level, how alike the tickets' masks are (across replicates, against their
+controls, across experiments; lottery/tickets.py) and the layers pruning emptied, and writes
+accuracy_vs_sparsity.png (and early_stopping.png) and layer_density.png there; ``--csv FILE``
+also writes one row per trained network (replicate, level, kind, % remaining, accuracies,
+early-stop iteration, LMC barrier), ``--similarity-csv FILE`` one row per pair of tickets and layer.
 """
 
 import argparse
@@ -16,8 +18,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from lottery import analysis
+from lottery import analysis, tickets
 from lottery.errors import LotteryError
+
+REPORTED = ("replicates", "kinds", "experiments")  # the comparisons the report shows (levels: the API)
 
 
 def table(summary, title: str = "lottery results (mean ± std over replicates)", experiment_column: bool = True) -> Table:
@@ -49,6 +53,23 @@ def table(summary, title: str = "lottery results (mean ± std over replicates)",
     return out
 
 
+def similarity(summary) -> Table:
+    """One row per comparison, experiment, level and pair of kinds of
+    ``tickets.summarize_similarity``: the masks' overlap and the start weights' sign agreement,
+    each beside what chance gives."""
+    out = Table(title="ticket masks: overlap (Jaccard) and sign agreement, mean over pairs, against chance")
+    for column in ("experiment", "comparison", "level", "kinds", "% weights remaining", "Jaccard", "chance",
+                   "above chance", "sign agreement", "chance", "pairs"):
+        out.add_column(column, justify="left" if column in ("experiment", "comparison", "kinds") else "right")
+    for _, row in summary.iterrows():
+        kinds = row["kind_a"] if row["kind_a"] == row["kind_b"] else f"{row['kind_a']} vs {row['kind_b']}"
+        out.add_row(f"{row['experiment_a']}-{row['hash_a']}", row["comparison"], str(row["level_a"]), kinds,
+                    f"{100 * row['density_a']:.2f}", *(f"{row[m]:.3f}" for m in (
+                        "jaccard", "jaccard_chance", "jaccard_above_chance", "sign_agreement", "sign_chance")),
+                    str(row["pairs"]))
+    return out
+
+
 def console() -> Console:
     """The terminal's console; logs and pipes get a wide table rather than rich's 80 columns."""
     return Console() if sys.stdout.isatty() else Console(width=180)
@@ -70,6 +91,8 @@ def main(argv=None) -> int:
     parser.add_argument("root", help="directory with lottery experiments below it")
     parser.add_argument("--output", help="where to write the figures (default: ROOT)")
     parser.add_argument("--csv", help="also write every trained network's row (load_runs) to this CSV file")
+    parser.add_argument("--similarity-csv", help="also write every compared pair of tickets, per layer, to this CSV file")
+    parser.add_argument("--no-masks", action="store_true", help="leave out what needs the masks (similarity, collapse)")
     args = parser.parse_args(argv)
     output = args.output or args.root
     try:
@@ -80,20 +103,37 @@ def main(argv=None) -> int:
         return 2
     out = console()
     out.print(table(analysis.summarize(df)))
+    pairs = None
+    if not args.no_masks:
+        try:
+            pairs = tickets.similarity_table(args.root, REPORTED if not args.similarity_csv else tickets.COMPARISONS)
+            collapsed = tickets.collapsed(args.root)
+        except LotteryError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        shown = pairs[pairs.comparison.isin(REPORTED)]
+        if len(shown):
+            out.print(similarity(tickets.summarize_similarity(shown)))
+        for _, row in collapsed.iterrows():
+            out.print(f"warning: {row['experiment']}-{row['hash']}, level {row['level']}, replicate {row['replicate']}, "
+                      f"{row['kind']}: layer collapse: {tickets.describe_collapse([row])}")
     for figure in analysis.save_figures(df, output):
         out.print(f"wrote {figure}")
-    if args.csv:
-        partial = args.csv + ".partial"
+    for path, frame, option in ((args.csv, df.drop(columns=["directory"]), "--csv"),
+                                (args.similarity_csv, pairs, "--similarity-csv")):
+        if not path or frame is None:
+            continue
+        partial = path + ".partial"
         try:
-            df.drop(columns=["directory"]).to_csv(partial, index=False)
-            os.replace(partial, args.csv)  # whole or not at all: an older CSV there is kept if this fails
+            frame.to_csv(partial, index=False)
+            os.replace(partial, path)  # whole or not at all: an older CSV there is kept if this fails
         except OSError as error:
             if os.path.exists(partial):
                 os.remove(partial)
-            print(f"error: {args.csv}: cannot write the CSV there ({error.strerror or error}); the figures are written; "
-                  "choose another --csv FILE", file=sys.stderr)
+            print(f"error: {path}: cannot write the CSV there ({error.strerror or error}); the figures are written; "
+                  f"choose another {option} FILE", file=sys.stderr)
             return 2
-        out.print(f"wrote {args.csv}")
+        out.print(f"wrote {path}")
     return 0
 
 

@@ -229,6 +229,9 @@ def define_metrics(run, prefix: str) -> None:
     run.define_metric(f"{prefix}level/*", step_metric=f"{prefix}level/percent_remaining")
 
 
+SIMILARITY = ("jaccard", "jaccard_chance", "jaccard_above_chance", "sign_agreement", "sign_chance")  # tickets.py
+
+
 class Tracker:
     def __init__(self, cfg, directory: str, enabled: bool = True):
         self.cfg, self.directory = cfg, directory
@@ -435,13 +438,16 @@ class Tracker:
         if self.enabled:
             self._log(replicate, "ticket", lmc_row(level, density, path))
 
-    def finish(self, df, summary: Optional[dict] = None) -> None:
+    def finish(self, df, summary: Optional[dict] = None, similarity=None) -> None:
         """Tables and plots of every level of the runs this invocation touched, and of those a
         killed process left incomplete (``df``: the experiment's ``analysis.load_runs``); close them all.
         ``summary`` (e.g. ``{"objective": 0.97}``) goes into the W&B summary of every run closed here:
-        under an agent, the trial's one run, opened here if nothing opened it."""
+        under an agent, the trial's one run, opened here if nothing opened it. ``similarity``
+        (``tickets.similarity_table``, whole-network rows) gives each network's run the table of
+        how alike its masks are to the other replicates' and to its ticket's controls."""
         if not self.enabled:
             return
+        self.similarity = similarity
         with self._own_directories():
             self._finish(df, summary or {})
 
@@ -486,8 +492,21 @@ class Tracker:
             artifact.add_dir(os.path.join(self.directory, f"replicate_{replicate}", f"level_{level}", "ticket"))
             record.run.log_artifact(artifact)
         title = "test accuracy vs % weights remaining" + (f" (replicate {replicate}, {kind})" if self.agent else "")
-        return {"levels": table,
-                "accuracy_vs_sparsity": wandb.plot.line(table, "percent_remaining", "test_accuracy", title=title)}
+        tables = {"levels": table,
+                  "accuracy_vs_sparsity": wandb.plot.line(table, "percent_remaining", "test_accuracy", title=title)}
+        similar = getattr(self, "similarity", None)
+        if similar is not None and len(similar):
+            rows = []
+            for _, pair in similar.iterrows():
+                for me, other in (("a", "b"), ("b", "a")):
+                    if (pair[f"replicate_{me}"], pair[f"kind_{me}"]) == (replicate, kind):
+                        rows.append([pair["comparison"], int(pair[f"level_{me}"]),
+                                     f"replicate {pair[f'replicate_{other}']} {pair[f'kind_{other}']}",
+                                     100 * float(pair[f"density_{me}"]), *(float(pair[m]) for m in SIMILARITY)])
+            if rows:
+                tables["mask_similarity"] = wandb.Table(
+                    columns=["comparison", "level", "with", "percent_remaining", *SIMILARITY], data=rows)
+        return tables
 
     def _close(self, record: Record, row: dict, summary: dict) -> None:
         """The end-of-run row, the summary, and the run closed; its ledger marked finished."""

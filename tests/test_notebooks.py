@@ -1,7 +1,9 @@
 """A 2-job Hydra multirun in a subprocess, and the notebooks executed against its results."""
 
 import glob
+import json
 import os
+import re
 
 import nbformat
 import pytest
@@ -35,6 +37,14 @@ def test_multirun_jobs_get_their_own_directories_and_wandb_runs(sweep):
             run_ids.add(run.run_id)
             assert run.run_group == os.path.basename(directory)
             assert any("levels/path" in row for row in history)  # each job finished its own runs
+            # how alike its mask is to the other replicate's and to its ticket's control's (or ticket's)
+            (summary,) = [row for row in history if "levels/path" in row]
+            with open(os.path.join(run_dir, "files", summary["mask_similarity/path"])) as f:
+                similarity = json.load(f)
+            replicate, kind = re.search(r"-r(\d+)-(ticket|random_reinit)$", run_dir).groups()
+            replicate, other = int(replicate), "random_reinit" if kind == "ticket" else "ticket"
+            assert [row[:3] for row in similarity["data"]] == [["replicates", 1, f"replicate {1 - replicate} {kind}"],
+                                                                ["kinds", 1, f"replicate {replicate} {other}"]]
     assert len(run_ids) == 8
     pointers = sorted(glob.glob(os.path.join(sweep_dir, "*", analysis.POINTER)))
     assert [os.path.basename(os.path.dirname(p)) for p in pointers] == ["0", "1"]
@@ -53,6 +63,8 @@ def test_notebook_executes_against_fresh_results(sweep, name, monkeypatch):
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    # The figures were drawn: analysis (per experiment, early stopping, comparison); sweep (one line per
+    # The figures were drawn: analysis (per experiment, early stopping, comparison, layer densities); sweep (one line per
     # job, instability vs rewind; the heat map needs two swept keys).
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == {"analysis": 3, "sweep_analysis": 2}[name]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == {"analysis": 4, "sweep_analysis": 2}[name]
+    if name == "analysis":  # the mask similarity table, against chance
+        assert any("jaccard_above_chance" in o.get("data", {}).get("text/html", "") for o in outputs)

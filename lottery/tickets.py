@@ -1,0 +1,296 @@
+"""What a ticket is: how alike two tickets' masks are, against chance; where each layer's weights go
+as pruning proceeds; and when pruning empties a layer (layer collapse).
+
+    sim = similarity_table("runs")              # every pair of tickets worth comparing, per layer
+    sim[sim.layer == "all"]                     # one row per pair: the whole network
+    densities = layer_densities(load_runs("runs"))
+    plot_layer_densities(densities)             # the per-layer density figure of IMP papers
+    collapsed(densities)                        # layers pruning emptied or nearly emptied
+
+Similarity of two masks of the same shapes, per prunable layer and over all of them:
+  jaccard               |A ∩ B| / |A ∪ B| of the kept weights
+  jaccard_chance        its expectation for two masks drawn uniformly at random with the same
+                        counts per layer (the intersection is hypergeometric: exact, not simulated)
+  jaccard_above_chance  (jaccard - chance) / (1 - chance): 0 at chance, 1 for the same mask
+  sign_agreement        of the weights both keep, the fraction whose start weights (ticket/: θk ⊙
+                        mask, the weights training started from) have the same sign
+  sign_chance           the agreement of independent signs with those positive fractions
+Pairs (``comparison``): ``replicates`` (the same experiment, level and kind, two replicates: do
+different seeds find the same ticket?), ``levels`` (one replicate's tickets at two levels), ``kinds``
+(a ticket and each of its controls), ``experiments`` (the same replicate, level and kind in two
+experiments: two rewind points, criteria, optimizers). Level 0 (dense) is never compared.
+"""
+
+import functools
+import glob
+import itertools
+import os
+import re
+from typing import Dict, Iterable, List, Optional
+
+import numpy as np
+import pandas as pd
+from scipy.special import gammaln
+
+from lottery import analysis
+from lottery.checkpoint import NETWORK_KEYS, read_json
+from lottery.config import CONTROLS
+
+COMPARISONS = ("replicates", "levels", "kinds", "experiments")
+ALL = "all"  # the layer name of the whole-network rows
+NEARLY_EMPTY = 0.5  # a layer whose output units lost every incoming weight, in at least this fraction
+
+
+# --- similarity of two masks ----------------------------------------------------------------------
+
+
+def _hypergeometric(size: int, kept_a: int, kept_b: int):
+    """(values, probabilities) of |A ∩ B| for two uniformly random subsets of ``kept_a`` and
+    ``kept_b`` of ``size`` elements, over the values holding all but ~1e-30 of the probability."""
+    low, high = max(0, kept_a + kept_b - size), min(kept_a, kept_b)
+    mean = kept_a * kept_b / size if size else 0.0
+    var = kept_a * kept_b * (size - kept_a) * (size - kept_b) / (size**2 * (size - 1)) if size > 1 else 0.0
+    spread = int(np.ceil(12 * np.sqrt(var))) + 2
+    values = np.arange(max(low, int(mean) - spread), min(high, int(mean) + spread) + 1)
+    choose = lambda n, k: gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1)  # log C(n, k)
+    log_p = choose(kept_a, values) + choose(size - kept_a, kept_b - values) - choose(size, kept_b)
+    return values, np.exp(log_p)
+
+
+@functools.lru_cache(maxsize=4096)
+def chance_jaccard(layers: tuple) -> float:
+    """E[|A ∩ B| / |A ∪ B|] over masks drawn uniformly at random with ``kept_a`` and ``kept_b`` of
+    each layer's ``size`` weights, layers independent (``layers``: (size, kept_a, kept_b) each): the
+    distribution of the total intersection is the convolution of each layer's hypergeometric."""
+    values, probability, union = np.array([0]), np.array([1.0]), 0
+    for size, kept_a, kept_b in layers:
+        v, p = _hypergeometric(size, kept_a, kept_b)
+        probability = np.convolve(probability, p)
+        values = np.arange(values[0] + v[0], values[0] + v[0] + len(probability))
+        union += kept_a + kept_b
+    if union == 0:
+        return float("nan")
+    return float(np.sum(probability * values / (union - values)) / np.sum(probability))
+
+
+def compare(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray], start_a: Dict[str, np.ndarray],
+            start_b: Dict[str, np.ndarray], layers: List[str]) -> List[dict]:
+    """One row per layer of ``layers`` and one for all of them (``layer`` = "all"): the similarity
+    of masks ``a`` and ``b`` (module docstring), with start weights ``start_a``, ``start_b``."""
+    rows, totals = [], []
+    for name in layers:
+        if a[name].shape != b[name].shape:
+            raise ValueError(f"{name}: shapes {a[name].shape} and {b[name].shape} differ")
+        both = a[name] & b[name]
+        size, kept_a, kept_b, kept_both = a[name].size, int(a[name].sum()), int(b[name].sum()), int(both.sum())
+        positive_a = int((start_a[name][both] > 0).sum())
+        positive_b = int((start_b[name][both] > 0).sum())
+        agree = int((np.sign(start_a[name][both]) == np.sign(start_b[name][both])).sum())
+        totals.append((size, kept_a, kept_b, kept_both, positive_a, positive_b, agree))
+        rows.append(_row(name, ((size, kept_a, kept_b),), *totals[-1]))
+    summed = [sum(column) for column in zip(*totals)]
+    rows.append(_row(ALL, tuple(t[:3] for t in totals), *summed))
+    return rows
+
+
+def _row(layer, counts, size, kept_a, kept_b, kept_both, positive_a, positive_b, agree) -> dict:
+    union = kept_a + kept_b - kept_both
+    jaccard = kept_both / union if union else float("nan")
+    chance = chance_jaccard(counts)
+    p_a, p_b = (positive / kept_both if kept_both else float("nan") for positive in (positive_a, positive_b))
+    return {"layer": layer, "size": size, "kept_a": kept_a, "kept_b": kept_b, "kept_both": kept_both,
+            "density_a": kept_a / size, "density_b": kept_b / size, "jaccard": jaccard, "jaccard_chance": chance,
+            "jaccard_above_chance": (jaccard - chance) / (1 - chance) if chance < 1 else float("nan"),
+            "sign_agreement": agree / kept_both if kept_both else float("nan"),
+            "sign_chance": p_a * p_b + (1 - p_a) * (1 - p_b)}
+
+
+# --- tickets of a results tree --------------------------------------------------------------------
+
+
+def read_ticket(directory: str) -> dict:
+    """A finished network's mask and the signs of its start weights (``ticket/``; int8, all that
+    sign agreement needs), by prunable layer (named as in metrics.json: ``hidden/0/kernel``), and
+    its metrics.json."""
+    from lottery.export import restore  # reads orbax trees by their own metadata: no model to build
+
+    metrics = read_json(os.path.join(directory, "metrics.json"), NETWORK_KEYS)
+    ticket = restore(os.path.join(directory, "ticket"), ("mask", "params", "batch_stats"))
+    layers = list(metrics["layers"])
+    mask = {name: ticket["mask"][name.replace("/", ".")].astype(bool) for name in layers}
+    start = {name: np.sign(ticket["params"][name.replace("/", ".")]).astype(np.int8) for name in layers}
+    return {"mask": mask, "start": start, "metrics": metrics, "layers": layers}
+
+
+def networks(root: str) -> pd.DataFrame:
+    """Every finished network below ``root`` (levels >= 1) that kept its ``ticket/``: experiment,
+    hash, replicate, level, kind and its directory."""
+    rows = []
+    for experiment_dir in analysis.experiment_dirs(root):
+        name = os.path.basename(experiment_dir).rsplit("-", 1)
+        for level_dir in sorted(glob.glob(os.path.join(experiment_dir, "replicate_*", "level_*"))):
+            match = re.fullmatch(r"replicate_(\d+)" + re.escape(os.sep) + r"level_(\d+)",
+                                 os.path.relpath(level_dir, experiment_dir))
+            if not match or int(match.group(2)) == 0:
+                continue
+            for kind in ("ticket", *CONTROLS):
+                directory = level_dir if kind == "ticket" else os.path.join(level_dir, kind)
+                if os.path.isfile(os.path.join(directory, "metrics.json")) and os.path.isdir(os.path.join(directory, "ticket")):
+                    rows.append({"experiment": name[0], "hash": name[-1], "replicate": int(match.group(1)),
+                                 "level": int(match.group(2)), "kind": kind, "directory": directory})
+    return pd.DataFrame(rows, columns=["experiment", "hash", "replicate", "level", "kind", "directory"])
+
+
+def pairs(found: pd.DataFrame, comparisons: Iterable[str] = COMPARISONS, kinds: Optional[Iterable[str]] = ("ticket",)):
+    """(comparison, row a, row b) for every pair of ``networks`` rows each comparison asks for;
+    ``kinds`` limits replicates, levels and experiments to those kinds (None: every kind)."""
+    for comparison in comparisons:
+        if comparison not in COMPARISONS:
+            raise ValueError(f"comparison {comparison!r}: choose from {', '.join(COMPARISONS)}")
+    rows = [row for _, row in found.iterrows()]
+    of_kind = [row for row in rows if kinds is None or row.kind in kinds]
+    key = lambda *fields: lambda row: tuple(row[f] for f in fields)
+    same = {
+        "replicates": (of_kind, key("experiment", "hash", "level", "kind")),
+        "levels": (of_kind, key("experiment", "hash", "replicate", "kind")),
+        "experiments": (of_kind, key("replicate", "level", "kind")),
+    }
+    for comparison in comparisons:
+        if comparison == "kinds":
+            groups = itertools.groupby(sorted(rows, key=key("experiment", "hash", "replicate", "level")),
+                                       key("experiment", "hash", "replicate", "level"))
+            for _, group in groups:
+                group = list(group)
+                for ticket in (r for r in group if r.kind == "ticket"):
+                    for control in (r for r in group if r.kind != "ticket"):
+                        yield comparison, ticket, control
+            continue
+        members, grouping = same[comparison]
+        for _, group in itertools.groupby(sorted(members, key=grouping), grouping):
+            for a, b in itertools.combinations(sorted(group, key=key("experiment", "hash", "replicate", "level")), 2):
+                if comparison == "experiments" and (a.experiment, a.hash) == (b.experiment, b.hash):
+                    continue
+                yield comparison, a, b
+
+
+def similarity_table(root: str, comparisons: Iterable[str] = COMPARISONS, kinds: Optional[Iterable[str]] = ("ticket",),
+                     layers: bool = True) -> pd.DataFrame:
+    """The similarity (module docstring) of every pair of tickets below ``root`` that
+    ``comparisons`` ask for, one tidy row per pair and layer (``layers=False``: the "all" rows
+    only). Pairs of experiments whose masks differ in shape are left out."""
+    out, read = [], functools.lru_cache(maxsize=16)(read_ticket)  # pairs come grouped: a few at a time
+    for comparison, a, b in pairs(networks(root), comparisons, kinds):
+        ta, tb = read(a.directory), read(b.directory)
+        if ta["layers"] != tb["layers"] or any(ta["mask"][n].shape != tb["mask"][n].shape for n in ta["layers"]):
+            continue
+        described = {"comparison": comparison}
+        for side, row in (("a", a), ("b", b)):
+            described.update({f"{field}_{side}": row[field] for field in ("experiment", "hash", "replicate", "level", "kind")})
+        for measured in compare(ta["mask"], tb["mask"], ta["start"], tb["start"], ta["layers"]):
+            if layers or measured["layer"] == ALL:
+                out.append({**described, **measured})
+    columns = ["comparison"] + [f"{f}_{s}" for s in "ab" for f in ("experiment", "hash", "replicate", "level", "kind")] \
+        + list(compare({"x": np.ones(1, bool)}, {"x": np.ones(1, bool)}, {"x": np.ones(1)}, {"x": np.ones(1)}, ["x"])[0])
+    return pd.DataFrame(out, columns=columns)
+
+
+def summarize_similarity(table: pd.DataFrame) -> pd.DataFrame:
+    """The whole-network rows, mean over pairs per comparison, experiment, level and kinds."""
+    rows = table[table.layer == ALL]
+    by = ["comparison", "experiment_a", "hash_a", "level_a", "level_b", "kind_a", "kind_b"]
+    measures = ["density_a", "jaccard", "jaccard_chance", "jaccard_above_chance", "sign_agreement", "sign_chance"]
+    grouped = rows.groupby(by, sort=True)[measures]
+    summary = grouped.mean()
+    summary["pairs"] = grouped.size()
+    return summary.reset_index()
+
+
+# --- layers across levels -------------------------------------------------------------------------
+
+
+def layer_densities(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per network of ``analysis.load_runs`` and prunable layer: kept and total weights,
+    the layer's density and its share of the weights the network keeps, read from metrics.json."""
+    rows = []
+    for _, network in df.iterrows():
+        layers = read_json(os.path.join(_network_dir(network), "metrics.json"), NETWORK_KEYS)["layers"]
+        kept = sum(c["remaining"] for c in layers.values())
+        for name, c in layers.items():
+            rows.append({"experiment": network["experiment"], "hash": network["hash"], "replicate": network["replicate"],
+                         "level": network["level"], "kind": network["kind"],
+                         "percent_remaining": network["percent_remaining"], "layer": name, "kept": c["remaining"],
+                         "total": c["total"], "density": c["remaining"] / c["total"],
+                         "share": c["remaining"] / kept if kept else float("nan")})
+    return pd.DataFrame(rows, columns=["experiment", "hash", "replicate", "level", "kind", "percent_remaining", "layer",
+                                       "kept", "total", "density", "share"])
+
+
+def _network_dir(network) -> str:
+    level_dir = os.path.join(network["directory"], f"replicate_{network['replicate']}", f"level_{network['level']}")
+    return level_dir if network["kind"] == "ticket" else os.path.join(level_dir, network["kind"])
+
+
+def dead_units(mask: np.ndarray) -> int:
+    """Output units of a kernel (its last axis: Dense (in, out), Conv HWIO) left with no incoming
+    weight: they output their bias alone, whatever the input."""
+    return int(np.sum(~mask.reshape(-1, mask.shape[-1]).any(axis=0)))
+
+
+def collapse(mask: Dict[str, np.ndarray], layers: List[str], nearly: float = NEARLY_EMPTY) -> List[dict]:
+    """The layers of ``mask`` that pruning emptied (no weight kept: the network is cut in two and
+    learns nothing past it, Tanaka et al. 2020's layer collapse) or nearly emptied (at least
+    ``nearly`` of their output units have lost every incoming weight)."""
+    found = []
+    for name in layers:
+        m = np.asarray(mask[name], bool)
+        dead, units = dead_units(m), m.shape[-1]
+        if not m.any() or dead >= nearly * units:
+            found.append({"layer": name, "kept": int(m.sum()), "total": int(m.size), "dead_units": dead, "units": units,
+                          "empty": not m.any()})
+    return found
+
+
+def describe_collapse(found: List[dict]) -> str:
+    """One sentence for the layers ``collapse`` found."""
+    parts = [f"{c['layer']} keeps {c['kept']:,} of {c['total']:,} weights" + ("" if c["empty"] else
+             f" ({c['dead_units']} of its {c['units']} units have no input left)") for c in found]
+    return "; ".join(parts)
+
+
+def collapsed(root: str, nearly: float = NEARLY_EMPTY) -> pd.DataFrame:
+    """Every finished network below ``root`` with a collapsed or nearly collapsed layer
+    (``collapse``), one row per such layer."""
+    rows = []
+    for _, network in networks(root).iterrows():
+        ticket = read_ticket(network.directory)
+        for found in collapse(ticket["mask"], ticket["layers"], nearly):
+            rows.append({**{k: network[k] for k in ("experiment", "hash", "replicate", "level", "kind")},
+                         "percent_remaining": 100 * ticket["metrics"]["density"], **found})
+    return pd.DataFrame(rows, columns=["experiment", "hash", "replicate", "level", "kind", "percent_remaining", "layer",
+                                       "kept", "total", "dead_units", "units", "empty"])
+
+
+def plot_layer_densities(densities: pd.DataFrame, ax=None, kind: str = "ticket"):
+    """% of each layer's weights remaining against the network's % remaining (log scales, density
+    falling to the right, as accuracy-vs-sparsity plots), mean over replicates; one experiment."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    rows = densities[densities.kind == kind]
+    if rows[["experiment", "hash"]].drop_duplicates().shape[0] > 1:
+        raise ValueError("plot_layer_densities: densities of several experiments; select one")
+    for layer, group in rows.groupby("layer", sort=False):
+        mean = group.groupby("level")[["percent_remaining", "density"]].mean()
+        ax.plot(mean["percent_remaining"], 100 * mean["density"], marker="o", label=layer)
+    analysis._sparsity_axis(ax, rows)
+    ax.set_xlabel("% of all weights remaining")
+    ax.set_yscale("log")
+    low = 100 * rows["density"][rows["density"] > 0].min() if (rows["density"] > 0).any() else 1.0
+    ticks = [t for t in analysis._sparsity_ticks(100.0, low)]
+    ax.set_yticks(ticks)
+    ax.set_yticklabels(analysis._tick_labels(ticks))
+    ax.yaxis.set_minor_locator(plt.NullLocator())
+    ax.set_ylabel("% of the layer's weights remaining")
+    ax.legend(title="layer", fontsize="small")
+    return ax
