@@ -114,6 +114,16 @@ class DistributedConfig:
 
 
 @dataclasses.dataclass
+class TransferConfig:
+    """Ticket transfer (lottery/transfer.py): each pruned level starts from another experiment's
+    ticket at that level (its mask and start weights) and trains with this experiment's data,
+    optimizer and training."""
+
+    source: Optional[str] = None  # the source experiment's directory, or the overrides that run it
+    weights: str = "ticket"  # ticket: the source ticket's start weights (θk ⊙ mask) | init: the source's θ0 ⊙ mask
+
+
+@dataclasses.dataclass
 class WandbConfig:
     """Weights & Biases tracking (lottery/tracking.py)."""
 
@@ -162,6 +172,7 @@ class Config:
     replicates: int = 1  # independent IMP trajectories (own initialization, data order, masks)
     controls: List[str] = dataclasses.field(default_factory=list)  # of CONTROLS (lottery/controls.py)
     lmc: LMCConfig = dataclasses.field(default_factory=LMCConfig)
+    transfer: TransferConfig = dataclasses.field(default_factory=TransferConfig)
     objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
     wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
@@ -227,6 +238,11 @@ def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
             continue
         node.pop(leaf, None)
     content["dataset"]["fingerprint"] = data_fingerprint
+    transfer = content.pop("transfer", None)  # absent unless set: every earlier hash unchanged
+    if transfer is not None and transfer.get("source") is not None:
+        from lottery.transfer import identity as source_identity
+
+        content["transfer"] = {**transfer, "source": source_identity(transfer["source"])}  # by its hash, not its path
     return content
 
 

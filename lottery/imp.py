@@ -49,7 +49,7 @@ from flax import nnx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lottery import analysis, controls, criteria, dense, distributed, driver, layout, lmc, models, objective, pruning, record, report, tickets, tracking, training
+from lottery import analysis, controls, criteria, dense, distributed, driver, layout, lmc, models, objective, pruning, record, report, tickets, tracking, training, transfer
 from lottery.driver import Job, group_checkpoints, train
 from lottery import data as datasets
 from lottery.checkpoint import LMC_KEYS, NETWORK_KEYS, load_tree, read_json, save_tree, write_json
@@ -76,6 +76,7 @@ class Experiment:
     tracker: tracking.Tracker
     data_fingerprint: str  # of the data's content, part of the hash (lottery.data.fingerprint)
     invocation: Optional[record.Invocation] = None  # this invocation's record, once the directory is locked
+    transfer_source: Optional[str] = None  # the experiment whose tickets the levels start from (transfer.py)
 
     def keys(self, replicate: int) -> Dict[str, jax.Array]:
         """The PRNG keys of one replicate: its initialization, data order, augmentation, controls."""
@@ -153,6 +154,7 @@ def check(cfg) -> None:
     models.check(cfg.model)
     training.make_optimizer(cfg.optimizer)
     criteria.check(cfg)
+    transfer.check(cfg)
     if cfg.retrain not in RETRAIN:
         raise LotteryError(f"retrain={cfg.retrain!r} is not an option; choose one of: {', '.join(RETRAIN)}")
     for control in cfg.controls:
@@ -205,11 +207,26 @@ def prepare(cfg) -> Experiment:
     trainer = training.Trainer(model, tx, schedule, data, batch_size, cfg.training.eval_batch_size,
                                cfg.dataset.augment, cfg.training.loop, mesh=cfg.mesh)
     prunable = pruning.prunable(trainer.init_params, cfg.pruning.ignore)
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.name).lstrip(".") or "experiment"
-    directory = os.path.join(os.path.expanduser(cfg.output_dir), f"{name}-{experiment_hash(cfg, data.fingerprint)}")
+    source = None
+    if cfg.transfer.source is not None:
+        if rewind != 0:
+            raise LotteryError(f"rewind={cfg.rewind}: a transfer experiment trains its tickets from step 0 (their start "
+                               "weights are the source's); use rewind=0it")
+        source = cfg.transfer.source = transfer.source_directory(cfg)  # recorded and hashed as resolved
+    directory = experiment_directory(cfg, data.fingerprint)
     tracker = tracking.Tracker(cfg, directory, enabled=distributed.primary())  # process 0 logs for all
-    return Experiment(cfg, trainer, prunable, end, rewind, finetune_steps, eval_every, checkpoint_every,
-                      data.input_shape, data.num_classes, directory, tracker, data.fingerprint)
+    experiment = Experiment(cfg, trainer, prunable, end, rewind, finetune_steps, eval_every, checkpoint_every,
+                            data.input_shape, data.num_classes, directory, tracker, data.fingerprint,
+                            transfer_source=source)
+    if source is not None:
+        transfer.check_source(experiment)
+    return experiment
+
+
+def experiment_directory(cfg, data_fingerprint: str) -> str:
+    """``<output_dir>/<name>-<hash>``: where an experiment keeps its results."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.name).lstrip(".") or "experiment"
+    return os.path.join(os.path.expanduser(cfg.output_dir), f"{name}-{experiment_hash(cfg, data_fingerprint)}")
 
 
 class Results(list):
@@ -364,6 +381,8 @@ def level_jobs(experiment: Experiment, replicate: int, level: int) -> List[Job]:
     state = ticket_start(experiment, replicate, level)
     jobs = [] if ticket_done else [job("ticket", ticket_dir, state)]
     from_theta_k = lambda mask: rewound(experiment, replicate, mask)
+    if experiment.transfer_source is not None:  # the random masks go on the transferred start weights
+        from_theta_k = lambda mask: transfer.start(experiment, replicate, level, mask)
     for control in to_train:  # lottery/controls.py
         jobs.append(job(control, os.path.join(ticket_dir, control),
                         controls.start(experiment, replicate, level, control, state, from_theta_k)))
@@ -373,6 +392,8 @@ def level_jobs(experiment: Experiment, replicate: int, level: int) -> List[Job]:
 def ticket_start(experiment: Experiment, replicate: int, level: int) -> dict:
     """The ticket's training state at the start of ``level``: prune, then rewind (or keep)."""
     cfg, trainer = experiment.cfg, experiment.trainer
+    if experiment.transfer_source is not None:  # another experiment's ticket at this level (transfer.py)
+        return transfer.start(experiment, replicate, level)
     this_level = experiment.level_dir(replicate, level)
     if os.path.isdir(this_level):  # finished; its controls and LMC copies need its start
         ticket = experiment.load(this_level, "ticket")
@@ -455,6 +476,9 @@ def save_job(experiment: Experiment, job: Job, level: int, start: int, finished,
     metrics = layout.summarize(level, job.replicate, job.kind, start, history, layer_counts, seconds)
     metrics["data_fingerprint"] = experiment.data_fingerprint
     metrics["group_size"] = group_size  # networks trained one after another in wall_time_s
+    origin = transfer.recorded(experiment, job.replicate, level)
+    if origin is not None:
+        metrics["transfer"] = origin
     write_json(os.path.join(work_dir, "metrics.json"), metrics)
     if distributed.primary():
         os.rename(work_dir, job.directory)

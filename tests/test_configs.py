@@ -22,8 +22,21 @@ INPUT_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion_mnist": (28,
 
 
 def test_the_published_experiments_are_all_there():
-    assert EXPERIMENTS == ["conv2", "conv4", "conv6", "lenet", "lenet_at_init", "quickstart", "resnet", "resnet_at_init", "vgg",
-                           "vgg_at_init"]
+    assert EXPERIMENTS == ["conv2", "conv4", "conv6", "lenet", "lenet_at_init", "lenet_transfer", "quickstart", "resnet",
+                           "resnet_at_init", "vgg", "vgg_at_init"]
+
+
+def test_the_transfer_experiment_trains_lenets_tickets_with_another_optimizer_and_length():
+    from lottery import imp, transfer
+
+    cfg = compose_config(["+exp=lenet_transfer"])
+    imp.check(cfg)
+    source = transfer._compose([f"output_dir={cfg.output_dir}", *transfer.shlex.split(cfg.transfer.source)])
+    assert source.name == "lenet" and source.optimizer.name == "adam" and source.training.steps == "5000it"
+    assert cfg.optimizer.name == "sgd" and cfg.training.steps == "10000it" and cfg.transfer.weights == "ticket"
+    for key in ("model", "dataset", "seed", "rewind"):  # the same network on the same data, from θ0
+        assert cfg[key] == source[key], key
+    assert set(cfg.controls) == {"random_prune", "random_reinit"} and cfg.levels <= 8
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
