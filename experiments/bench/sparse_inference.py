@@ -15,8 +15,10 @@ connected model (LeNet-300-100, the quickstart MLP), the trained weights run as
 
 Each is timed at batch 1 (latency: median and range of per-forward ms over repeats) and at a large
 batch (throughput: examples/s), after a warm-up call that compiles, every call blocked on
-(``block_until_ready``). Speed-ups are measured side by side in this one run: BCOO and BCSR against
-JAX dense, SciPy CSR against NumPy dense. Also: the bytes of each ticket's weight matrices as dense
+(``block_until_ready``), in rounds that time the five paths one after another (so that load from
+elsewhere on a shared machine falls on all of them). Speed-ups are measured side by side in this
+one run, as the median over rounds of the ratio within a round: BCOO and BCSR against JAX dense,
+SciPy CSR against NumPy dense. Also: the bytes of each ticket's weight matrices as dense
 float32, BCOO (data + indices) and CSR (data + indices + indptr), and the test accuracy of every
 path on the whole test set. The script fails (exit 1) where a sparse path's accuracy differs from
 the dense network's, or where the dense network's differs from the accuracy lottery recorded for
@@ -189,21 +191,32 @@ def inputs(path: str, x: np.ndarray):
 
 # --- measuring --------------------------------------------------------------------------------
 
-def timed(run, x, xt, repeats: int, min_time: float):
-    """Seconds per call (median, min, max over ``repeats``), each repeat the mean of enough calls
-    to last ``min_time``, every call blocked on; after a warm-up call (compilation)."""
-    jax.block_until_ready(run(x, xt))
-    calls, start = 0, time.perf_counter()
-    while calls == 0 or time.perf_counter() - start < min_time:
-        jax.block_until_ready(run(x, xt))
-        calls += 1
-    times = []
+def timed(paths, x, repeats: int, min_time: float):
+    """path -> seconds per forward in each of ``repeats`` rounds. Every path is warmed up
+    (compiled) and given enough calls to last ``min_time``; then each round times every path once,
+    one after another, every call blocked on. Interleaving the paths puts a burst of load from
+    elsewhere on the machine into one round of all of them rather than into one path's timings."""
+    batches, calls = {}, {}
+    for path, (run, _) in paths.items():
+        batches[path] = inputs(path, x)
+        jax.block_until_ready(run(*batches[path]))
+        calls[path], start = 0, time.perf_counter()
+        while calls[path] == 0 or time.perf_counter() - start < min_time:
+            jax.block_until_ready(run(*batches[path]))
+            calls[path] += 1
+    times = {path: [] for path in paths}
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            jax.block_until_ready(run(x, xt))
-        times.append((time.perf_counter() - start) / calls)
-    return float(np.median(times)), min(times), max(times)
+        for path, (run, _) in paths.items():
+            start = time.perf_counter()
+            for _ in range(calls[path]):
+                jax.block_until_ready(run(*batches[path]))
+            times[path].append((time.perf_counter() - start) / calls[path])
+    return {path: np.asarray(t) for path, t in times.items()}
+
+
+def speedup(times, path):
+    """Median over rounds of the dense baseline's time over the sparse path's, in the same round."""
+    return float(np.median(times[BASELINE[path]] / times[path]))
 
 
 def logits_on(run, path, images, batch: int):
@@ -286,9 +299,7 @@ def main():
         failed |= not same
         checks.append((level, metrics["density"], recorded, correct, differ, flips, same))
         for size in (1, batch):
-            x = images[:size]
-            timings[level, size] = {path: timed(run, *inputs(path, x), args.repeats, args.min_time)
-                                    for path, (run, _) in paths.items()}
+            timings[level, size] = timed(paths, images[:size], args.repeats, args.min_time)
 
     report(args, levels, densities, batch, n_test, checks, timings, memory)
     if failed:
@@ -298,7 +309,7 @@ def main():
 
 def speed(seconds, size):
     """A timing cell: ms per forward at batch 1, thousands of examples/s at a larger batch."""
-    median, low, high = seconds
+    median, low, high = np.median(seconds), np.min(seconds), np.max(seconds)
     if size == 1:
         return f"{1e3 * median:.3f} [{1e3 * low:.3f}-{1e3 * high:.3f}]"
     return f"{size / median / 1e3:.4g} [{size / high / 1e3:.3g}-{size / low / 1e3:.3g}]"
@@ -315,14 +326,14 @@ def report(args, levels, densities, batch, n_test, checks, timings, memory):
     for size in (1, batch):
         unit = "ms per forward" if size == 1 else "thousand examples/s"
         print(f"\nbatch {size}: {unit}, median [min-max] of {args.repeats} repeats; "
-              "x = speed-up over its dense baseline in this run")
+              "x = speed-up over its dense baseline, median of the rounds' ratios")
         print(f"{'density':>8s} " + " ".join(f"{p:>24s}" + (f" {'x':>6s}" if p in BASELINE else "") for p in PATHS))
         for (level, _, _), density in zip(levels, densities):
             cells = []
             for path in PATHS:
                 cells.append(f"{speed(timings[level, size][path], size):>24s}")
                 if path in BASELINE:
-                    cells.append(f"{timings[level, size][BASELINE[path]][0] / timings[level, size][path][0]:5.2f}x")
+                    cells.append(f"{speedup(timings[level, size], path):5.2f}x")
             print(f"{100 * density:7.2f}% " + " ".join(cells))
 
     layers = levels[0][2]
@@ -340,7 +351,7 @@ def report(args, levels, densities, batch, n_test, checks, timings, memory):
     print("\nwhere sparse wins (median speed-up > 1 at that density and at every lower one measured):")
     for size in (1, batch):
         for path, base in BASELINE.items():
-            speedups = [timings[level, size][base][0] / timings[level, size][path][0] for level, _, _ in levels]
+            speedups = [speedup(timings[level, size], path) for level, _, _ in levels]
             print(f"  batch {size:5d}, {path} vs {base}: {wins_from(densities, speedups)}")
     for path in ("BCOO", "SciPy CSR"):
         smaller = [memory[level]["JAX dense"] / memory[level][path] for level, _, _ in levels]
