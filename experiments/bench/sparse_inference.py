@@ -9,20 +9,23 @@ connected model (LeNet-300-100, the quickstart MLP), the trained weights run as
                left of features-major activations h (the layout cuSPARSE's SpMM takes; on a GPU
                both lower to cuSPARSE, on a CPU BCOO is a gather + scatter-add and BCSR has its
                own kernel);
-  NumPy dense  the same layer arithmetic in NumPy (BLAS) on the host, activations features-major;
+  NumPy dense  the same layer arithmetic in NumPy (BLAS) on the host, activations features-major,
+               BLAS on one thread (``--blas-threads``) as SciPy's sparse kernels run;
   SciPy CSR    W^T as scipy.sparse CSR @ h, bias and ReLU in NumPy, beside NumPy dense so that
-               comparison is like for like (SciPy runs on one core, BLAS on all of them).
+               comparison is like for like.
 
 Each is timed at batch 1 (latency: median and range of per-forward ms over repeats) and at a large
 batch (throughput: examples/s), after a warm-up call that compiles, every call blocked on
 (``block_until_ready``), in rounds that time the five paths one after another (so that load from
-elsewhere on a shared machine falls on all of them). Speed-ups are measured side by side in this
-one run, as the median over rounds of the ratio within a round: BCOO and BCSR against JAX dense,
-SciPy CSR against NumPy dense. Also: the bytes of each ticket's weight matrices as dense
-float32, BCOO (data + indices) and CSR (data + indices + indptr), and the test accuracy of every
-path on the whole test set. The script fails (exit 1) where a sparse path's accuracy differs from
-the dense network's, or where the dense network's differs from the accuracy lottery recorded for
-the level (``final.test_accuracy`` in its metrics.json): the benchmark measures the real network.
+elsewhere on a shared machine falls on all of them), with a pause before each (XLA's worker
+threads spin for a while after a long call, and slowed the BLAS call after it by up to 40%).
+Speed-ups are measured side by side in this one run, as the median over rounds of the ratio within
+a round: BCOO and BCSR against JAX dense, SciPy CSR against NumPy dense. Also: the bytes of each
+ticket's weight matrices as dense float32, BCOO (data + indices) and CSR (data + indices + indptr),
+and the test accuracy of every path on the whole test set. The script fails (exit 1) where a
+sparse path's accuracy differs from the dense network's, or where the dense network's differs from
+the accuracy lottery recorded for the level (``final.test_accuracy`` in its metrics.json): the
+benchmark measures the real network.
 
 The tickets come from ``--results <experiment dir>`` (an existing results tree: replicate 0, every
 level, trained weights; ``--data-root`` must hold its data set) or, by default, from a short IMP
@@ -31,7 +34,7 @@ per level for ``--levels`` levels (F&C's 10% for the output layer), into ``--out
 temporary directory, removed at the end). Conv models are out of scope (see README.md).
 
     python experiments/bench/sparse_inference.py [--levels 9] [--steps 2000it] [--batch 1024]
-        [--repeats 9] [--data-root ../shared/data] [--output DIR] [--results DIR] [--smoke]
+        [--repeats 9] [--blas-threads 1] [--data-root ../shared/data] [--output DIR] [--results DIR] [--smoke]
 """
 
 import argparse
@@ -51,6 +54,7 @@ import scipy.sparse
 from jax.experimental import sparse
 from omegaconf import OmegaConf
 from rich.console import Console
+from threadpoolctl import threadpool_limits
 
 from common import compose_config, machine
 from lottery import data as datasets
@@ -207,6 +211,7 @@ def timed(paths, x, repeats: int, min_time: float):
     times = {path: [] for path in paths}
     for _ in range(repeats):
         for path, (run, _) in paths.items():
+            time.sleep(min_time)  # the previous path's threads go idle
             start = time.perf_counter()
             for _ in range(calls[path]):
                 jax.block_until_ready(run(*batches[path]))
@@ -247,6 +252,9 @@ def main():
     parser.add_argument("--batch", type=int, default=1024, help="the large batch (throughput)")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--min-time", type=float, default=0.05, help="seconds each repeat lasts at least")
+    parser.add_argument("--blas-threads", type=int, default=1,
+                        help="NumPy dense's BLAS threads (1: as SciPy's sparse products; on a busy 2-core machine "
+                             "a 2-thread BLAS waits on its slower thread and ran up to 17x slower)")
     parser.add_argument("--smoke", action="store_true", help="quickstart-size tickets (digits), few repeats")
     args = parser.parse_args()
     if args.smoke:
@@ -278,13 +286,14 @@ def main():
     cfg = experiment.cfg
     print(f"machine: {machine()}")
     print(f"numpy {np.__version__}, scipy {scipy.__version__}; JAX paths on {jax.default_backend()}, "
-          "NumPy/SciPy on the host CPU")
+          f"NumPy/SciPy on the host CPU, BLAS on {args.blas_threads} thread(s)")
     where = experiment.directory + (" (trained here, in a temporary directory since removed)" if not args.results
                                     and not args.output else "")
     print(f"tickets: {where}, replicate 0, levels {levels[0][0]}-{levels[-1][0]}: "
           f"{cfg.model.name} {list(cfg.model.hidden)} on {cfg.dataset.name}, trained {cfg.training.steps} per level, "
           f"pruning.rate {cfg.pruning.rate}")
 
+    threadpool_limits(args.blas_threads, user_api="blas")  # after training: NumPy dense and SciPy CSR only
     timings = {}  # (level, batch) -> path -> (median, min, max) seconds per forward
     memory, checks, failed = {}, [], False
     for level, metrics, layers in levels:
