@@ -18,7 +18,7 @@ Each is timed at batch 1 (latency: median and range of per-forward ms over repea
 batch (throughput: examples/s), after a warm-up call that compiles, every call blocked on
 (``block_until_ready``), in rounds that time the five paths one after another (so that load from
 elsewhere on a shared machine falls on all of them), with a pause before each (XLA's worker
-threads spin for a while after a long call, and slowed the BLAS call after it by up to 40%).
+threads spin for a while after a long call, and slowed the BLAS call after it by a third or more).
 Speed-ups are measured side by side in this one run, as the median over rounds of the ratio within
 a round: BCOO and BCSR against JAX dense, SciPy CSR against NumPy dense. Also: the bytes of each
 ticket's weight matrices as dense float32, BCOO (data + indices) and CSR (data + indices + indptr),
@@ -321,7 +321,9 @@ def speed(seconds, size):
     median, low, high = np.median(seconds), np.min(seconds), np.max(seconds)
     if size == 1:
         return f"{1e3 * median:.3f} [{1e3 * low:.3f}-{1e3 * high:.3f}]"
-    return f"{size / median / 1e3:.4g} [{size / high / 1e3:.3g}-{size / low / 1e3:.3g}]"
+    rate = lambda seconds, digits: f"{size / seconds / 1e3:.{digits}g}" if size / seconds < 10 ** (digits + 2) \
+        else f"{size / seconds / 1e3:.0f}"  # no 1.08e+03
+    return f"{rate(median, 4)} [{rate(high, 3)}-{rate(low, 3)}]"
 
 
 def report(args, levels, densities, batch, n_test, checks, timings, memory):
