@@ -313,9 +313,10 @@ def save_figures(df: pd.DataFrame, output: str) -> List[str]:
     experiments = densities[densities.kind == "ticket"][["experiment", "hash"]].drop_duplicates().values.tolist()
     for name, digest in experiments:  # the per-layer density figure, one per experiment
         ax = tickets.plot_layer_densities(densities[(densities.experiment == name) & (densities.hash == digest)])
-        ax.set_title(f"{name}-{digest}: weights remaining per layer (tickets)")
+        (directory,) = df[(df.experiment == name) & (df.hash == digest)]["directory"].unique()[:1]
+        ax.set_title(f"{os.path.basename(directory)}: weights remaining per layer (tickets)")
         files.append(os.path.join(output, "layer_density.png" if len(experiments) == 1 else
-                                  f"layer_density_{name}-{digest}.png"))
+                                  f"layer_density_{os.path.basename(directory)}.png"))
         ax.figure.savefig(files[-1], dpi=120, bbox_inches="tight")
         plt.close(ax.figure)
     return files

@@ -6,6 +6,7 @@ import os
 import sys
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from lottery.errors import LotteryError, at
@@ -74,6 +75,43 @@ def read_json(path: str, keys=()):
         raise LotteryError(f"{path}: holds {found}, not a lottery result; it is corrupt: delete the directory "
                            "that holds it to train that network again")
     return content
+
+
+def read_flat(directory: str, keys, exact: bool = True, separator: str = ".") -> dict:
+    """The orbax tree at ``directory`` as flat NumPy arrays per key of ``keys`` (``{"params":
+    {"hidden.0.kernel": a}}``), read by the checkpoint's own metadata: no model has to be built, any
+    shapes are read. It must hold exactly ``keys`` (``exact=False``: at least them; the rest, an
+    optimizer state of any structure, is not flattened)."""
+    what = f"the orbax checkpoint {os.path.basename(directory)}/ of a finished level, with {', '.join(keys)}"
+    if not os.path.isdir(directory):
+        raise LotteryError(f"{directory}: missing; expected {what}")
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        tree = checkpointer.restore(os.path.abspath(directory))
+    except Exception as error:  # orbax raises many types for missing, truncated or foreign files
+        raise LotteryError(f"{directory}: cannot be read as an orbax checkpoint ({type(error).__name__}: "
+                           f"{str(error).splitlines()[0] if str(error) else ''}); expected {what}; it is corrupt") from None
+    checkpointer.close()
+    if not isinstance(tree, dict) or (set(tree) != set(keys) if exact else not set(keys) <= set(tree)):
+        found = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
+        raise LotteryError(f"{directory}: holds {found}; expected {what}")
+    return {key: flat_arrays(tree[key], directory, separator) for key in keys}
+
+
+def flat_arrays(tree, directory: str, separator: str = ".", prefix: str = "") -> dict:
+    """``{"hidden": {"0": {"kernel": a}}}`` -> ``{"hidden.0.kernel": a}``, C-contiguous NumPy
+    (safetensors 0.8 writes a non-contiguous array's memory as it lies, not in index order)."""
+    flat = {}
+    for key, value in (tree or {}).items():
+        if separator in str(key):  # a key holding the separator would make two names one
+            raise LotteryError(f"{directory}: the key {key!r} of {prefix or 'the tree'} holds a {separator!r}, which "
+                               "separates the parts of a path in the names; this tree cannot be read by name")
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_arrays(value, directory, separator, name + separator))
+        else:
+            flat[name] = np.ascontiguousarray(np.asarray(value))
+    return flat
 
 
 NETWORK_KEYS = ("level", "replicate", "kind", "density", "remaining", "layers", "final", "history", "start_step")

@@ -58,13 +58,12 @@ import sys
 from typing import Dict
 
 import numpy as np
-import orbax.checkpoint as ocp
 import safetensors
 import safetensors.numpy
 from omegaconf import OmegaConf
 
 import lottery
-from lottery.checkpoint import NETWORK_KEYS, read_json
+from lottery.checkpoint import NETWORK_KEYS, read_flat, read_json
 from lottery.config import CONTROLS
 from lottery.errors import LotteryError
 from lottery.provenance import provenance
@@ -96,41 +95,6 @@ def locate(level_dir: str):
     return os.path.dirname(os.path.dirname(level_path)), int(replicate.group(1)), int(level.group(1)), kind
 
 
-def restore(directory: str, keys) -> dict:
-    """The orbax checkpoint at ``directory`` as NumPy arrays, with the structure it was saved with
-    (read from its own metadata: no model has to be built); it must hold exactly ``keys``."""
-    what = f"the orbax checkpoint {os.path.basename(directory)}/ of a finished level, with {', '.join(keys)}"
-    if not os.path.isdir(directory):
-        raise LotteryError(f"{directory}: missing; expected {what}")
-    checkpointer = ocp.StandardCheckpointer()
-    try:
-        tree = checkpointer.restore(os.path.abspath(directory))
-    except Exception as error:  # orbax raises many types for missing, truncated or foreign files
-        raise LotteryError(f"{directory}: cannot be read as an orbax checkpoint ({type(error).__name__}: "
-                           f"{str(error).splitlines()[0] if str(error) else ''}); expected {what}; it is corrupt") from None
-    checkpointer.close()
-    if not isinstance(tree, dict) or set(tree) != set(keys):
-        found = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
-        raise LotteryError(f"{directory}: holds {found}; expected {what}")
-    return {key: flatten(tree[key], directory) for key in keys}
-
-
-def flatten(tree, directory: str, prefix: str = "") -> Dict[str, np.ndarray]:
-    """``{"hidden": {"0": {"kernel": a}}}`` -> ``{"hidden.0.kernel": a}``, C-contiguous (safetensors
-    0.8 writes a non-contiguous NumPy array's memory as it lies, not in index order)."""
-    flat = {}
-    for key, value in (tree or {}).items():
-        if "." in str(key):  # the separator: a key holding one would make two names one
-            raise LotteryError(f"{directory}: the key {key!r} of {prefix or 'the tree'} holds a '.', which "
-                               "the exported names use between the parts of a path; this tree cannot be exported")
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, directory, name + "."))
-        else:
-            flat[name] = np.ascontiguousarray(np.asarray(value))
-    return flat
-
-
 def load(level_dir: str) -> dict:
     """Everything exported from ``level_dir``, checked: its mask, start and trained weights,
     metrics.json, the experiment's config.yaml and where it all is."""
@@ -153,8 +117,8 @@ def load(level_dir: str) -> dict:
     if not isinstance(config, dict) or "name" not in config:
         raise LotteryError(f"{config_file}: holds no experiment config (no name); it is corrupt")
 
-    ticket = restore(os.path.join(level_dir, "ticket"), ("mask", "params", "batch_stats"))
-    trained = restore(os.path.join(level_dir, "trained"), ("params", "batch_stats"))
+    ticket = read_flat(os.path.join(level_dir, "ticket"), ("mask", "params", "batch_stats"))
+    trained = read_flat(os.path.join(level_dir, "trained"), ("params", "batch_stats"))
     mask = ticket.pop("mask")
     check(level_dir, mask, ticket, trained, metrics)
     return {"mask": mask, "start": ticket, "trained": trained, "metrics": metrics, "config": config,

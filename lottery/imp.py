@@ -46,6 +46,7 @@ from typing import Dict, List, Optional
 import jax
 import numpy as np
 from flax import nnx
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -212,7 +213,9 @@ def prepare(cfg) -> Experiment:
         if rewind != 0:
             raise LotteryError(f"rewind={cfg.rewind}: a transfer experiment trains its tickets from step 0 (their start "
                                "weights are the source's); use rewind=0it")
-        source = cfg.transfer.source = transfer.source_directory(cfg)  # recorded and hashed as resolved
+        source = transfer.source_directory(cfg, data.fingerprint)
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg))  # a copy: the caller's config stays as given
+        cfg.transfer.source = source  # hashed by its config.yaml, recorded as resolved
     directory = experiment_directory(cfg, data.fingerprint)
     tracker = tracking.Tracker(cfg, directory, enabled=distributed.primary())  # process 0 logs for all
     experiment = Experiment(cfg, trainer, prunable, end, rewind, finetune_steps, eval_every, checkpoint_every,
@@ -244,6 +247,7 @@ def run(cfg, console: Console = None) -> Results:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compilation_cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     experiment = prepare(cfg)
+    cfg = experiment.cfg  # as prepared (a transfer's source resolved)
     if not distributed.primary():  # process 0 reports for all
         console = Console(quiet=True)
     if distributed.primary() and not os.path.isdir(experiment.directory):
@@ -315,7 +319,7 @@ def run_locked(experiment: Experiment, console: Console) -> Results:
     elif measured is not None:
         outcome = {"objective/error": str(measured)}
     similarity = None  # how alike the masks are, for W&B (lottery/tickets.py; report shows it too)
-    if experiment.tracker.enabled and cfg.levels > 0:
+    if experiment.tracker.enabled and cfg.levels > 0 and trained:  # a re-run of finished work: no new runs
         similarity = tickets.similarity_table(experiment.directory, ("replicates", "kinds"), kinds=None, layers=False)
     experiment.tracker.finish(df, summary=outcome, similarity=similarity)
     figure = os.path.join(experiment.directory, "accuracy_vs_sparsity.png")
@@ -493,10 +497,12 @@ def warn_collapse(experiment: Experiment, metrics: dict, mask) -> None:
     that cannot learn past it (layer collapse, Tanaka et al. 2020): say so (lottery/tickets.py)."""
     found = tickets.collapse(pruning.flatten(mask), experiment.prunable)
     if found:
+        cfg = experiment.cfg.pruning
+        cause = ("global ranking does this at high sparsity (pruning.strategy=layerwise keeps every layer" +
+                 (", as pruning.rounds>1 does for data-free criteria at start)" if cfg.prune_at == "start" else ")")
+                 if cfg.strategy == "global" else "the layer's pruning rate empties it before the others")
         print(f"warning: level {metrics['level']}, replicate {metrics['replicate']}, {metrics['kind']}: layer collapse: "
-              f"{tickets.describe_collapse(found)}; global ranking and single-shot data-free criteria do this at high "
-              "sparsity (pruning.strategy=layerwise, or pruning.rounds>1 for pruning at start, keep every layer)",
-              file=sys.stderr)
+              f"{tickets.describe_collapse(found)}; {cause}", file=sys.stderr)
 
 
 def warn_at_chance(experiment: Experiment, metrics: dict) -> None:

@@ -117,7 +117,10 @@ class Invocation:
         self.program = program_
         self.added: List[dict] = []
         self.earlier = read(directory)
-        self._append({"event": "start", "time": _now(), "argv": sys.argv, "settings": config.extent(cfg),
+        settings = config.extent(cfg)
+        if cfg.get("transfer") is not None and cfg.transfer.source is not None:
+            settings["transfer.source"] = cfg.transfer.source  # the resolved directory (hashed by its identity)
+        self._append({"event": "start", "time": _now(), "argv": sys.argv, "settings": settings,
                       "program": program_, "code": {k: provenance()[k] for k in ("lottery", "commit", "dirty")}})
 
     def other_programs(self) -> List[dict]:

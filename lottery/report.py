@@ -22,6 +22,7 @@ from lottery import analysis, tickets
 from lottery.errors import LotteryError
 
 REPORTED = ("replicates", "kinds", "experiments")  # the comparisons the report shows (levels: the API)
+SAME_START = ("random_prune", "shuffle_layer", "invert", "sign_preserving_reinit")  # controls on the ticket's weights
 
 
 def table(summary, title: str = "lottery results (mean ± std over replicates)", experiment_column: bool = True) -> Table:
@@ -63,9 +64,15 @@ def similarity(summary) -> Table:
         out.add_column(column, justify="left" if column in ("experiment", "comparison", "kinds") else "right")
     for _, row in summary.iterrows():
         kinds = row["kind_a"] if row["kind_a"] == row["kind_b"] else f"{row['kind_a']} vs {row['kind_b']}"
-        out.add_row(f"{row['experiment_a']}-{row['hash_a']}", row["comparison"], str(row["level_a"]), kinds,
-                    f"{100 * row['density_a']:.2f}", *(f"{row[m]:.3f}" for m in (
-                        "jaccard", "jaccard_chance", "jaccard_above_chance", "sign_agreement", "sign_chance")),
+        experiment = f"{row['experiment_a']}-{row['hash_a']}"
+        if (row["experiment_b"], row["hash_b"]) != (row["experiment_a"], row["hash_a"]):
+            experiment += f" vs {row['experiment_b']}-{row['hash_b']}"
+        level = str(row["level_a"]) if row["level_a"] == row["level_b"] else f"{row['level_a']} vs {row['level_b']}"
+        # the same start weights by construction: sign agreement says nothing
+        same_start = row["comparison"] == "levels" or (row["comparison"] == "kinds" and row["kind_b"] in SAME_START)
+        signs = ("same start", "") if same_start else (f"{row['sign_agreement']:.3f}", f"{row['sign_chance']:.3f}")
+        out.add_row(experiment, row["comparison"], level, kinds, f"{100 * row['density_a']:.2f}",
+                    *(f"{row[m]:.3f}" for m in ("jaccard", "jaccard_chance", "jaccard_above_chance")), *signs,
                     str(row["pairs"]))
     return out
 

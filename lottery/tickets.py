@@ -15,6 +15,8 @@ Similarity of two masks of the same shapes, per prunable layer and over all of t
   sign_agreement        of the weights both keep, the fraction whose start weights (ticket/: θk ⊙
                         mask, the weights training started from) have the same sign
   sign_chance           the agreement of independent signs with those positive fractions
+                        (sign agreement is 1 by construction where both start from the same
+                        weights: two levels of one replicate, a ticket and a control from its θk)
 Pairs (``comparison``): ``replicates`` (the same experiment, level and kind, two replicates: do
 different seeds find the same ticket?), ``levels`` (one replicate's tickets at two levels), ``kinds``
 (a ticket and each of its controls), ``experiments`` (the same replicate, level and kind in two
@@ -30,10 +32,11 @@ from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 import pandas as pd
+from scipy.signal import fftconvolve
 from scipy.special import gammaln
 
 from lottery import analysis
-from lottery.checkpoint import NETWORK_KEYS, read_json
+from lottery.checkpoint import NETWORK_KEYS, read_flat, read_json
 from lottery.config import CONTROLS
 
 COMPARISONS = ("replicates", "levels", "kinds", "experiments")
@@ -46,7 +49,8 @@ NEARLY_EMPTY = 0.5  # a layer whose output units lost every incoming weight, in 
 
 def _hypergeometric(size: int, kept_a: int, kept_b: int):
     """(values, probabilities) of |A ∩ B| for two uniformly random subsets of ``kept_a`` and
-    ``kept_b`` of ``size`` elements, over the values holding all but ~1e-30 of the probability."""
+    ``kept_b`` of ``size`` elements, over mean ± 12 standard deviations (all but < 1e-13 of the
+    probability, renormalized where used)."""
     low, high = max(0, kept_a + kept_b - size), min(kept_a, kept_b)
     mean = kept_a * kept_b / size if size else 0.0
     var = kept_a * kept_b * (size - kept_a) * (size - kept_b) / (size**2 * (size - 1)) if size > 1 else 0.0
@@ -65,7 +69,7 @@ def chance_jaccard(layers: tuple) -> float:
     values, probability, union = np.array([0]), np.array([1.0]), 0
     for size, kept_a, kept_b in layers:
         v, p = _hypergeometric(size, kept_a, kept_b)
-        probability = np.convolve(probability, p)
+        probability = np.clip(fftconvolve(probability, p), 0, None) if len(p) > 64 else np.convolve(probability, p)
         values = np.arange(values[0] + v[0], values[0] + v[0] + len(probability))
         union += kept_a + kept_b
     if union == 0:
@@ -74,9 +78,10 @@ def chance_jaccard(layers: tuple) -> float:
 
 
 def compare(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray], start_a: Dict[str, np.ndarray],
-            start_b: Dict[str, np.ndarray], layers: List[str]) -> List[dict]:
-    """One row per layer of ``layers`` and one for all of them (``layer`` = "all"): the similarity
-    of masks ``a`` and ``b`` (module docstring), with start weights ``start_a``, ``start_b``."""
+            start_b: Dict[str, np.ndarray], layers: List[str], per_layer: bool = True) -> List[dict]:
+    """One row per layer of ``layers`` (``per_layer``) and one for all of them (``layer`` = "all"):
+    the similarity of masks ``a`` and ``b`` (module docstring), with start weights ``start_a``,
+    ``start_b``. The "all" row's sign chance pools the positive fractions over layers."""
     rows, totals = [], []
     for name in layers:
         if a[name].shape != b[name].shape:
@@ -87,7 +92,8 @@ def compare(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray], start_a: Dict[st
         positive_b = int((start_b[name][both] > 0).sum())
         agree = int((np.sign(start_a[name][both]) == np.sign(start_b[name][both])).sum())
         totals.append((size, kept_a, kept_b, kept_both, positive_a, positive_b, agree))
-        rows.append(_row(name, ((size, kept_a, kept_b),), *totals[-1]))
+        if per_layer:
+            rows.append(_row(name, ((size, kept_a, kept_b),), *totals[-1]))
     summed = [sum(column) for column in zip(*totals)]
     rows.append(_row(ALL, tuple(t[:3] for t in totals), *summed))
     return rows
@@ -112,13 +118,11 @@ def read_ticket(directory: str) -> dict:
     """A finished network's mask and the signs of its start weights (``ticket/``; int8, all that
     sign agreement needs), by prunable layer (named as in metrics.json: ``hidden/0/kernel``), and
     its metrics.json."""
-    from lottery.export import restore  # reads orbax trees by their own metadata: no model to build
-
     metrics = read_json(os.path.join(directory, "metrics.json"), NETWORK_KEYS)
-    ticket = restore(os.path.join(directory, "ticket"), ("mask", "params", "batch_stats"))
+    ticket = read_flat(os.path.join(directory, "ticket"), ("mask", "params", "batch_stats"), separator="/")
     layers = list(metrics["layers"])
-    mask = {name: ticket["mask"][name.replace("/", ".")].astype(bool) for name in layers}
-    start = {name: np.sign(ticket["params"][name.replace("/", ".")]).astype(np.int8) for name in layers}
+    mask = {name: ticket["mask"][name].astype(bool) for name in layers}
+    start = {name: np.sign(ticket["params"][name]).astype(np.int8) for name in layers}
     return {"mask": mask, "start": start, "metrics": metrics, "layers": layers}
 
 
@@ -127,7 +131,7 @@ def networks(root: str) -> pd.DataFrame:
     hash, replicate, level, kind and its directory."""
     rows = []
     for experiment_dir in analysis.experiment_dirs(root):
-        name = os.path.basename(experiment_dir).rsplit("-", 1)
+        name = (analysis._read_config(experiment_dir)["name"], os.path.basename(experiment_dir).rsplit("-", 1)[-1])
         for level_dir in sorted(glob.glob(os.path.join(experiment_dir, "replicate_*", "level_*"))):
             match = re.fullmatch(r"replicate_(\d+)" + re.escape(os.sep) + r"level_(\d+)",
                                  os.path.relpath(level_dir, experiment_dir))
@@ -136,7 +140,7 @@ def networks(root: str) -> pd.DataFrame:
             for kind in ("ticket", *CONTROLS):
                 directory = level_dir if kind == "ticket" else os.path.join(level_dir, kind)
                 if os.path.isfile(os.path.join(directory, "metrics.json")) and os.path.isdir(os.path.join(directory, "ticket")):
-                    rows.append({"experiment": name[0], "hash": name[-1], "replicate": int(match.group(1)),
+                    rows.append({"experiment": name[0], "hash": name[1], "replicate": int(match.group(1)),
                                  "level": int(match.group(2)), "kind": kind, "directory": directory})
     return pd.DataFrame(rows, columns=["experiment", "hash", "replicate", "level", "kind", "directory"])
 
@@ -178,26 +182,28 @@ def similarity_table(root: str, comparisons: Iterable[str] = COMPARISONS, kinds:
     """The similarity (module docstring) of every pair of tickets below ``root`` that
     ``comparisons`` ask for, one tidy row per pair and layer (``layers=False``: the "all" rows
     only). Pairs of experiments whose masks differ in shape are left out."""
-    out, read = [], functools.lru_cache(maxsize=16)(read_ticket)  # pairs come grouped: a few at a time
-    for comparison, a, b in pairs(networks(root), comparisons, kinds):
+    found = networks(root)
+    # Pairs come grouped: the largest group (one replicate's levels) held at once, each ticket read once.
+    biggest = int(found.groupby(["experiment", "hash", "replicate", "kind"]).size().max()) if len(found) else 0
+    out, read = [], functools.lru_cache(maxsize=max(16, biggest + 1))(read_ticket)
+    for comparison, a, b in pairs(found, comparisons, kinds):
         ta, tb = read(a.directory), read(b.directory)
         if ta["layers"] != tb["layers"] or any(ta["mask"][n].shape != tb["mask"][n].shape for n in ta["layers"]):
             continue
         described = {"comparison": comparison}
         for side, row in (("a", a), ("b", b)):
             described.update({f"{field}_{side}": row[field] for field in ("experiment", "hash", "replicate", "level", "kind")})
-        for measured in compare(ta["mask"], tb["mask"], ta["start"], tb["start"], ta["layers"]):
-            if layers or measured["layer"] == ALL:
-                out.append({**described, **measured})
+        for measured in compare(ta["mask"], tb["mask"], ta["start"], tb["start"], ta["layers"], per_layer=layers):
+            out.append({**described, **measured})
     columns = ["comparison"] + [f"{f}_{s}" for s in "ab" for f in ("experiment", "hash", "replicate", "level", "kind")] \
         + list(compare({"x": np.ones(1, bool)}, {"x": np.ones(1, bool)}, {"x": np.ones(1)}, {"x": np.ones(1)}, ["x"])[0])
     return pd.DataFrame(out, columns=columns)
 
 
 def summarize_similarity(table: pd.DataFrame) -> pd.DataFrame:
-    """The whole-network rows, mean over pairs per comparison, experiment, level and kinds."""
+    """The whole-network rows, mean over pairs per comparison, pair of experiments, levels and kinds."""
     rows = table[table.layer == ALL]
-    by = ["comparison", "experiment_a", "hash_a", "level_a", "level_b", "kind_a", "kind_b"]
+    by = ["comparison", "experiment_a", "hash_a", "experiment_b", "hash_b", "level_a", "level_b", "kind_a", "kind_b"]
     measures = ["density_a", "jaccard", "jaccard_chance", "jaccard_above_chance", "sign_agreement", "sign_chance"]
     grouped = rows.groupby(by, sort=True)[measures]
     summary = grouped.mean()

@@ -447,11 +447,10 @@ class Tracker:
         how alike its masks are to the other replicates' and to its ticket's controls."""
         if not self.enabled:
             return
-        self.similarity = similarity
         with self._own_directories():
-            self._finish(df, summary or {})
+            self._finish(df, summary or {}, similarity)
 
-    def _finish(self, df, summary: dict) -> None:
+    def _finish(self, df, summary: dict, similarity=None) -> None:
         from lottery.analysis import KINDS
 
         networks = {(int(r), k) for r, k in zip(df["replicate"], df["kind"])} if len(df) else set()
@@ -461,7 +460,7 @@ class Tracker:
             row = {}
             for replicate, kind in networks:
                 self._define(record.run, replicate, kind)
-                tables = self._tables(df, replicate, kind, record)
+                tables = self._tables(df, replicate, kind, record, similarity)
                 row.update({prefix(replicate, kind) + name: value for name, value in tables.items()})
             self._close(record, row, summary)
             self.runs.clear()
@@ -471,10 +470,10 @@ class Tracker:
             if (replicate, kind) not in self.runs and ledger.existed and not ledger.complete:
                 self.record(replicate, kind)
         for (replicate, kind), record in self.runs.items():
-            self._close(record, self._tables(df, replicate, kind, record), summary)
+            self._close(record, self._tables(df, replicate, kind, record, similarity), summary)
         self.runs.clear()
 
-    def _tables(self, df, replicate: int, kind: str, record: Record) -> dict:
+    def _tables(self, df, replicate: int, kind: str, record: Record, similar=None) -> dict:
         """A network's table of level results and its plot of accuracy vs sparsity (and, with
         ``wandb.log_ticket``, its last ticket as an artifact of the run)."""
         import wandb
@@ -494,7 +493,6 @@ class Tracker:
         title = "test accuracy vs % weights remaining" + (f" (replicate {replicate}, {kind})" if self.agent else "")
         tables = {"levels": table,
                   "accuracy_vs_sparsity": wandb.plot.line(table, "percent_remaining", "test_accuracy", title=title)}
-        similar = getattr(self, "similarity", None)
         if similar is not None and len(similar):
             rows = []
             for _, pair in similar.iterrows():

@@ -18,13 +18,17 @@ one): the source must have finished levels 1..levels for every replicate this ex
 The source is part of the hash by its own hash (the digest of its config.yaml), not by its path.
 """
 
+import glob
+import json
 import os
 import shlex
+import sys
 from typing import Optional
 
 from omegaconf import OmegaConf
 
 from lottery import pruning
+from lottery.checkpoint import read_flat
 from lottery.config import digest
 from lottery.errors import LotteryError
 
@@ -57,27 +61,36 @@ def _compose(overrides):
         return compose(config_name="config", overrides=overrides)
 
 
-def source_directory(cfg) -> str:
-    """The source experiment's directory: ``transfer.source`` itself, or where the experiment its
-    overrides compose keeps its results."""
+def source_directory(cfg, data_fingerprint: str) -> str:
+    """The source experiment's directory: ``transfer.source`` itself (a directory), or where the
+    experiment its overrides compose keeps its results (under this experiment's output_dir unless
+    they name one; ``data_fingerprint``: this experiment's data, the source's when the same)."""
     source = cfg.transfer.source
-    if "=" not in source:
+    if os.path.isdir(os.path.expanduser(source)) or "=" not in source:
         return os.path.abspath(os.path.expanduser(source))
+    from omegaconf import open_dict
+
     from lottery import data as datasets
     from lottery.imp import experiment_directory
 
+    overrides = shlex.split(source)
     try:
-        source_cfg = _compose([f"output_dir={cfg.output_dir}", *shlex.split(source)])
+        source_cfg = _compose(overrides)
     except Exception as error:  # Hydra's many exception types for a bad override
-        raise LotteryError(f"transfer.source={source!r}: cannot be composed as an experiment's overrides "
+        raise LotteryError(f"transfer.source={source!r}: neither a directory nor an experiment's overrides "
                            f"({type(error).__name__}: {str(error).splitlines()[0]})") from None
+    if not any(o.lstrip("+~").split("=", 1)[0] == "output_dir" for o in overrides):
+        with open_dict(source_cfg):  # set, not composed: a path may hold what overrides cannot (= ,)
+            source_cfg.output_dir = cfg.output_dir
     if source_cfg.transfer.source is not None:
         raise LotteryError(f"transfer.source={source!r}: is itself a transfer; name the experiment that found the tickets")
-    return experiment_directory(source_cfg, datasets.load(source_cfg.dataset).fingerprint)
+    same = OmegaConf.to_container(source_cfg.dataset) == OmegaConf.to_container(cfg.dataset)
+    fingerprint = data_fingerprint if same else datasets.load(source_cfg.dataset).fingerprint
+    return experiment_directory(source_cfg, fingerprint)
 
 
-def identity(source: str) -> str:
-    """The source's hash: the digest of its identity (config.yaml without its name)."""
+def read_identity(source: str) -> dict:
+    """The source's config.yaml: its name and identity."""
     path = os.path.join(source, "config.yaml")
     try:
         saved = OmegaConf.to_container(OmegaConf.load(path))
@@ -89,7 +102,12 @@ def identity(source: str) -> str:
                            "transfer source's identity") from None
     if not isinstance(saved, dict):
         raise LotteryError(f"{path}: holds no experiment config; it is corrupt")
-    return digest({k: v for k, v in saved.items() if k != "name"})
+    return saved
+
+
+def identity(source: str) -> str:
+    """The source's hash: the digest of its identity (config.yaml without its name)."""
+    return digest({k: v for k, v in read_identity(source).items() if k != "name"})
 
 
 def level_dir(source: str, replicate: int, level: int) -> str:
@@ -99,9 +117,13 @@ def level_dir(source: str, replicate: int, level: int) -> str:
 def check_source(experiment) -> None:
     """Before anything is written: the source has every ticket this experiment starts from, and
     they have this experiment's parameter shapes."""
-    from lottery.export import restore  # by the checkpoint's own metadata: any shapes, named
-
     cfg, source = experiment.cfg, experiment.transfer_source
+    saved = read_identity(source)
+    if saved.get("retrain", "rewind") != "rewind" or saved.get("transfer"):
+        what = f"retrain={saved['retrain']}" if saved.get("retrain", "rewind") != "rewind" else "itself a transfer"
+        raise LotteryError(f"transfer.source: {source} is {what}: its tickets do not start from its θk (or θ0) under "
+                           "their masks, so neither they nor their controls would be what they are called; transfer "
+                           "from an experiment that rewinds (retrain=rewind)")
     for replicate in range(cfg.replicates):
         for level in range(cfg.levels + 1):  # level 0: θ0 and θk, the controls' start weights
             directory = level_dir(source, replicate, level)
@@ -109,11 +131,20 @@ def check_source(experiment) -> None:
                 raise LotteryError(f"transfer.source: {directory} is not a finished level; the source must have levels "
                                    f"0..{cfg.levels} of replicates 0..{cfg.replicates - 1} (run it with at least "
                                    f"levels={cfg.levels} replicates={cfg.replicates})")
+    for metrics_file in sorted(glob.glob(os.path.join(experiment.directory, "replicate_*", "level_*", "metrics.json"))):
+        try:
+            origin = json.load(open(metrics_file)).get("transfer")
+        except (OSError, ValueError):
+            continue  # a damaged result is named where it is read
+        if origin and os.path.realpath(origin["source"]) != os.path.realpath(source):
+            print(f"note: {metrics_file} was transferred from {origin['source']}; this invocation's source is {source} "
+                  "(the same experiment by its hash, another copy of it)", file=sys.stderr)
+            break
     if cfg.levels < 1:
         return
-    found = restore(os.path.join(level_dir(source, 0, 1), "ticket"), ("mask", "params", "batch_stats"))
+    found = read_flat(os.path.join(level_dir(source, 0, 1), "ticket"), ("mask", "params", "batch_stats"), separator="/")
     for group, like in (("params", experiment.trainer.init_params), ("batch_stats", experiment.trainer.init_batch_stats)):
-        mine = {name.replace("/", "."): tuple(a.shape) for name, a in pruning.flatten(like).items()}
+        mine = {name: tuple(a.shape) for name, a in pruning.flatten(like).items()}
         theirs = {name: tuple(a.shape) for name, a in found[group].items()}
         for name in sorted(set(mine) | set(theirs)):
             if mine.get(name) != theirs.get(name):
@@ -141,24 +172,10 @@ def start(experiment, replicate: int, level: int, mask=None) -> dict:
 
 def rewind_point(experiment, replicate: int) -> dict:
     """The source's θk and batch statistics (its optimizer state, another optimizer's, is left)."""
-    import orbax.checkpoint as ocp
-
-    from lottery.export import flatten
-
     directory = os.path.join(level_dir(experiment.transfer_source, replicate, 0), "rewind_point")
-    try:
-        checkpointer = ocp.StandardCheckpointer()
-        found = checkpointer.restore(os.path.abspath(directory))
-        checkpointer.close()
-        found = {group: flatten(found[group], directory) for group in ("params", "batch_stats")}
-    except LotteryError:
-        raise
-    except Exception as error:  # orbax raises many types for missing, truncated or foreign files
-        raise LotteryError(f"{directory}: cannot be read as the source's rewind point ({type(error).__name__}: "
-                           f"{str(error).splitlines()[0] if str(error) else ''}); it is corrupt") from None
+    found = read_flat(directory, ("params", "batch_stats"), exact=False, separator="/")
     mine = {"params": experiment.trainer.init_params, "batch_stats": experiment.trainer.init_batch_stats}
-    return {group: pruning.unflatten(like, {name: found[group][name.replace("/", ".")]
-                                            for name in pruning.flatten(like)}) for group, like in mine.items()}
+    return {group: pruning.unflatten(like, found[group]) for group, like in mine.items()}
 
 
 def recorded(experiment, replicate: int, level: int) -> Optional[dict]:

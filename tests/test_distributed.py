@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from conftest import REPO, child_env, compose_config
+from conftest import child_env, compose_config
 from lottery import distributed, imp
 from lottery.errors import LotteryError
 
@@ -104,19 +104,6 @@ def test_member_data_and_2d_meshes_on_4_devices_match_one_device(reference, tmp_
         close(results(str(tmp_path / layout)), reference)
     again, data = results(str(tmp_path / "data_again")), results(str(tmp_path / "data"))
     assert again and bitwise(again, {key: data[key] for key in again})  # run to run
-
-
-def test_kill_9_and_resume_under_a_mesh_is_bitwise_the_uninterrupted_run(reference, tmp_path):
-    from test_reliability import kill_at_each_then_finish
-
-    def start():
-        return subprocess.Popen([sys.executable, "-m", "lottery.run", *RUN, "mesh=members", "output_dir=runs"],
-                                cwd=tmp_path, env=child_env(JAX_NUM_CPU_DEVICES="4"), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-
-    runs = tmp_path / "runs" / "quickstart-*"
-    kill_at_each_then_finish(start, [f"{runs}/checkpoints/level_1/*/*"])
-    assert bitwise(results(str(tmp_path / "runs")), reference)
 
 
 def free_port(low=1024, high=65535) -> int:

@@ -86,7 +86,7 @@ def small_disk(tmp_path):
 
 
 def test_disk_full_says_where_and_that_the_same_command_continues(small_disk, tmp_path):
-    command = ["levels=1", f"output_dir={small_disk}", "checkpoint_every=20it", "progress=false"]
+    command = ["levels=1", f"output_dir={small_disk}", "training.steps=100it", "checkpoint_every=20it", "progress=false"]
     full = run_cli(*command, cwd=tmp_path)
     assert full.returncode == 2, full.stderr
     (line,) = lines(full.stderr)  # nothing but the line: no orbax or asyncio tracebacks

@@ -12,6 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 from scipy import stats
 
+from conftest import compose_config
 from lottery import analysis, imp, report, tickets
 from lottery.checkpoint import save_tree
 
@@ -101,7 +102,7 @@ def tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("tickets")
     rng = np.random.default_rng(1)
     arrays = {}
-    for digest in ("aaaa", "bbbb"):
+    for digest in ("aaaa", "bbbb", "cccc"):
         directory = root / f"lenet-{digest}"
         os.makedirs(directory)
         OmegaConf.save(OmegaConf.create({"name": "lenet", "rewind": digest}), directory / "config.yaml")
@@ -121,9 +122,9 @@ def test_every_pair_of_a_results_tree_is_compared_and_level_0_never(tree):
     whole = table[table.layer == "all"]
     assert set(table.layer) == {"all", *LAYERS} and len(table) == 3 * len(whole)
     count = whole.groupby("comparison").size().to_dict()
-    # replicates: 2 experiments x 2 levels; levels: 2 x 2 replicates x 1 pair; kinds: 2 x 2 x 2 levels
-    # (ticket vs random_prune); experiments: 2 replicates x 2 levels, tickets alone by default.
-    assert count == {"replicates": 4, "levels": 4, "kinds": 8, "experiments": 4}
+    # replicates: 3 experiments x 2 levels; levels: 3 x 2 replicates x 1 pair; kinds: 3 x 2 x 2 levels
+    # (ticket vs random_prune); experiments: 3 pairs x 2 replicates x 2 levels, tickets alone by default.
+    assert count == {"replicates": 6, "levels": 6, "kinds": 12, "experiments": 12}
     assert (whole.level_a > 0).all() and (whole.level_b > 0).all()
     assert set(whole[whole.comparison != "kinds"].kind_b) == {"ticket"}
     row = whole[(whole.comparison == "experiments") & (whole.replicate_a == 1) & (whole.level_a == 2)].iloc[0]
@@ -134,9 +135,10 @@ def test_every_pair_of_a_results_tree_is_compared_and_level_0_never(tree):
         assert row[key] == (pytest.approx(value, nan_ok=True) if isinstance(value, float) else value), key
     # Every kind in every comparison, when asked; a chosen comparison alone.
     everything = tickets.similarity_table(str(root), kinds=None, layers=False)
-    assert len(everything[everything.comparison == "replicates"]) == 2 * 2 * 2  # ... x (ticket, random_prune)
+    assert len(everything[everything.comparison == "replicates"]) == 3 * 2 * 2  # ... x (ticket, random_prune)
+    assert set(everything.layer) == {"all"}
     only = tickets.similarity_table(str(root), ["kinds"], layers=False)
-    assert set(only.comparison) == {"kinds"} and len(only) == 8
+    assert set(only.comparison) == {"kinds"} and len(only) == 12
     with pytest.raises(ValueError, match="comparison 'seeds'"):
         tickets.similarity_table(str(root), ["seeds"])
 
@@ -146,9 +148,13 @@ def test_summary_and_report_show_the_similarity(tree, capsys, tmp_path):
     summary = tickets.summarize_similarity(tickets.similarity_table(str(root)))
     levels = summary[(summary.comparison == "replicates") & (summary.hash_a == "aaaa")]
     assert list(levels.level_a) == [1, 2] and list(levels.pairs) == [1, 1]
+    # Two experiments compared with a third: a row for each pair of experiments, never pooled.
+    across = summary[(summary.comparison == "experiments") & (summary.hash_a == "aaaa") & (summary.level_a == 1)]
+    assert list(across.hash_b) == ["bbbb", "cccc"] and list(across.pairs) == [2, 2]
     assert report.main([str(root), "--output", str(tmp_path), "--similarity-csv", str(tmp_path / "pairs.csv")]) == 0
     out = capsys.readouterr().out
     assert "ticket masks: overlap (Jaccard) and sign agreement" in out and "ticket vs random_prune" in out
+    assert "lenet-aaaa vs lenet-cccc" in out and "same start" in out  # ticket vs random_prune: both from θk
     pairs = pd.read_csv(tmp_path / "pairs.csv")
     assert set(pairs.comparison) == set(tickets.COMPARISONS)  # the CSV holds all of them, levels too
     assert os.path.isfile(tmp_path / "layer_density_lenet-aaaa.png")
@@ -178,7 +184,7 @@ def test_per_layer_densities_from_the_results(tree):
     assert (row.kept, row.total) == (mask["hidden/0/kernel"].sum(), 12)
     assert row.density == pytest.approx(mask["hidden/0/kernel"].mean())
     assert row.share == pytest.approx(mask["hidden/0/kernel"].sum() / sum(m.sum() for m in mask.values()))
-    assert len(densities) == 2 * 2 * (3 + 2) * len(LAYERS)  # experiments x replicates x networks x layers
+    assert len(densities) == 3 * 2 * (3 + 2) * len(LAYERS)  # experiments x replicates x networks x layers
     ax = tickets.plot_layer_densities(densities[densities.hash == "aaaa"])
     assert [line.get_label() for line in ax.get_lines()] == list(LAYERS)
     with pytest.raises(ValueError, match="several experiments"):
@@ -200,11 +206,13 @@ def test_layer_collapse_empty_and_nearly_empty(capsys):
     assert set(c["layer"] for c in tickets.collapse(mask, layers, nearly=0.75)) == {"a", "b"}
     # Training says so once per network, naming the layers, on stderr.
     nested = {"hidden": {"0": {"kernel": mask["a"]}}, "output": {"kernel": np.ones((3, 2), bool)}}
-    experiment = types.SimpleNamespace(prunable=["hidden/0/kernel", "output/kernel"])
+    experiment = types.SimpleNamespace(prunable=["hidden/0/kernel", "output/kernel"],
+                                       cfg=compose_config(["pruning=global"]))
     imp.warn_collapse(experiment, {"level": 7, "replicate": 1, "kind": "ticket"}, nested)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: level 7, replicate 1, ticket: layer collapse: "
                                                "hidden/0/kernel keeps 0 of 12 weights")
+    assert err[0].endswith("global ranking does this at high sparsity (pruning.strategy=layerwise keeps every layer)")
     imp.warn_collapse(experiment, {"level": 7, "replicate": 1, "kind": "ticket"},
                       {"hidden": {"0": {"kernel": np.ones((4, 3), bool)}}, "output": {"kernel": np.ones((3, 2), bool)}})
     assert capsys.readouterr().err == ""

@@ -43,9 +43,14 @@ def bitwise(a, b):
 
 def test_a_transferred_ticket_starts_from_the_sources_mask_and_weights(source):
     root, found = source
+    # The tickets first; the controls added by a second invocation to the finished levels (their
+    # start read back through the transfer), as any experiment adds controls.
+    imp.run(compose_config([*TARGET, "controls=[]", f"output_dir={root}", f"transfer.source={found.directory}"]),
+            console=QUIET)
     cfg = compose_config([*TARGET, f"output_dir={root}", f"transfer.source={found.directory}"])
     results = imp.run(cfg, console=QUIET)
     target = imp.prepare(cfg)
+    assert cfg.transfer.source == found.directory  # the caller's config is left as given
     assert target.directory != found.directory
     for replicate in range(2):
         theta_k = found.rewind_point(replicate)
@@ -86,17 +91,28 @@ def test_init_weights_the_hash_and_the_command_line(source):
     plain = imp.prepare(compose_config(common)).directory
     by_overrides = compose_config([*common, f"transfer.source='{' '.join(SOURCE)}'", "transfer.weights=init"])
     assert imp.prepare(by_overrides).directory == target.directory  # the same source, named by its overrides
-    moved = root / "elsewhere"
+    moved = root / "lr=0.1,elsewhere"  # a directory whose name looks like overrides is a directory
     os.symlink(found.directory, moved)
-    assert imp.prepare(compose_config([*common, f"transfer.source={moved}", "transfer.weights=init"])).directory \
+    assert imp.prepare(compose_config([*common, f"transfer.source='{moved}'", "transfer.weights=init"])).directory \
         == target.directory
     assert len({plain, target.directory, imp.prepare(compose_config(
         [*common, f"transfer.source={found.directory}"])).directory}) == 3
     assert "transfer" not in config.identity(compose_config(), "x")  # unset: every earlier hash unchanged
 
 
+def test_a_source_that_does_not_rewind_is_refused(tmp_path):
+    """A source that retrains from trained weights (finetune) has tickets that do not start from
+    θk under their masks: neither they nor random masks on θk would be what they are called."""
+    cfg = compose_config([*SOURCE, "levels=1", "replicates=1", "retrain=finetune", f"output_dir={tmp_path}"])
+    imp.run(cfg, console=QUIET)
+    finetuned = imp.prepare(cfg).directory
+    with pytest.raises(LotteryError, match=r"is retrain=finetune: its tickets do not start from its θk"):
+        imp.prepare(compose_config([*TARGET, "levels=1", "replicates=1", f"output_dir={tmp_path}",
+                                    f"transfer.source={finetuned}"]))
+
+
 @pytest.mark.parametrize("overrides, message", [
-    (["model.hidden=[32,32]"], r"ticket has params hidden\.0\.bias of shape \(64,\), this experiment's model has "
+    (["model.hidden=[32,32]"], r"ticket has params hidden/0/bias of shape \(64,\), this experiment's model has "
                                r"\(32,\); a ticket transfers to the same model"),
     (["levels=3"], r"replicate_0/level_3 is not a finished level; the source must have levels 0\.\.3"),
     (["replicates=3"], r"replicate_2/level_0 is not a finished level"),
