@@ -149,7 +149,7 @@ def test_a_faked_slurm_step_is_detected():
 def test_two_processes_sigterm_to_one_stops_both_and_the_resumed_run_is_bitwise(reference, tmp_path):
     port = free_port()
     processes = [process for i in range(2) for process in launch(
-        tmp_path, [{}], f"distributed.coordinator=127.0.0.1:{port}", "distributed.num_processes=2",
+        tmp_path, [{}], "replicates=2", f"distributed.coordinator=127.0.0.1:{port}", "distributed.num_processes=2",
         f"distributed.process_id={i}")]
     deadline = time.time() + 300
     while not glob.glob(f"{tmp_path}/runs/quickstart-*/checkpoints/level_1/*/*") and time.time() < deadline:
@@ -164,7 +164,7 @@ def test_two_processes_sigterm_to_one_stops_both_and_the_resumed_run_is_bitwise(
     assert len(steps) == 1  # the same checkpoint
 
     # The same command, now as a faked SLURM job step of 2 tasks (JAX finds the coordinator itself).
-    resumed = launch(tmp_path, slurm(free_port(61440), 2))
+    resumed = launch(tmp_path, slurm(free_port(61440), 2), "replicates=2")
     outputs = [p.communicate(timeout=300) for p in resumed]
     assert [p.returncode for p in resumed] == [0, 0], [stderr for _, stderr in outputs]
     assert "level 1: resuming" in outputs[0][0]

@@ -45,7 +45,7 @@ def test_the_frankle_carbin_reproduce_script_runs_end_to_end(mnist, tmp_path):
     replicates, then the CSV and both figures, written where RESULTS says (not over the record)."""
     script = REPO / "experiments" / "frankle_carbin_2019" / "reproduce.sh"
     env = child_env(RESULTS=str(tmp_path))
-    result = subprocess.run(["bash", str(script), str(tmp_path / "runs"), "training.steps=200it", "levels=2",
+    result = subprocess.run(["bash", str(script), str(tmp_path / "runs"), "training.steps=100it", "levels=2",
                              f"dataset.root={DATA_ROOT}", "dataset.download=false", "progress=false"],
                             cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -53,6 +53,6 @@ def test_the_frankle_carbin_reproduce_script_runs_end_to_end(mnist, tmp_path):
     assert sorted(df.groupby("kind").size().items()) == [("random_reinit", 6), ("ticket", 9)]
     assert sorted(df["replicate"].unique()) == [0, 1, 2]
     assert sorted(df["remaining"].unique(), reverse=True) == [266_200, 188_160 + 24_000 + 900, 150_528 + 19_200 + 810]
-    assert df["early_stop_iteration"].isin([100, 200]).all() and (df["wall_time_s"] > 0).all()
+    assert (df["early_stop_iteration"] == 100).all() and (df["wall_time_s"] > 0).all()
     for figure in ("accuracy_vs_sparsity.png", "early_stopping.png"):
         assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,6 +14,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from rich.console import Console
 
 from conftest import REPO, child_env, compose_config, run_cli
 from lottery import driver, imp
@@ -22,7 +23,7 @@ from lottery.errors import LotteryError
 
 # Long enough per level (300 steps, 10 checkpoints) for a kill to land inside training; checkpoints
 # between evaluations, so the running loss sum is part of what must be restored. LMC at level 1.
-RUN = ["levels=2", "replicates=2", "controls=[random_prune]", "training.eval_every=50it", "checkpoint_every=30it",
+RUN = ["levels=2", "replicates=1", "controls=[random_prune]", "training.eval_every=50it", "checkpoint_every=30it",
        "lmc.levels=[1]", "lmc.points=3", "training.steps=300it", "progress=false"]
 
 
@@ -77,10 +78,8 @@ def test_kill_9_and_sigterm_at_any_moment_then_resume_is_bitwise_the_uninterrupt
     """One experiment stopped at every kind of moment, W&B offline: each resume continues where the
     last left off; the end is bitwise the uninterrupted run, and every W&B row is logged once
     (``test_tracking_resume.assert_every_row_once``)."""
-    reference = tmp_path / "uninterrupted"
-    reference.mkdir()
-    process = start(reference)
-    assert process.wait() == 0, process.stderr.read()
+    reference = tmp_path / "uninterrupted"  # in this process: the same program as the command's
+    imp.run(compose_config([*RUN, f"output_dir={reference / 'runs'}"]), console=Console(quiet=True))
 
     cwd = tmp_path / "stopped"
     cwd.mkdir()
@@ -106,9 +105,9 @@ def test_kill_9_and_sigterm_at_any_moment_then_resume_is_bitwise_the_uninterrupt
     assert wait_for(f"{runs}/replicate_*/level_1.partial", process)
     process.kill()
     stdout, _ = process.communicate()
-    assert "level 1: resuming 4 networks from the checkpoint at step" in stdout
+    assert "level 1: resuming 2 networks from the checkpoint at step" in stdout
     stdout = kill_at_each_then_finish(stopped, [f"{runs}/checkpoints/level_2/train-*/120"])
-    assert "level 2: resuming 4 networks from the checkpoint at step" in stdout
+    assert "level 2: resuming 2 networks from the checkpoint at step" in stdout
 
     assert results(cwd) == results(reference)
     assert not glob.glob(f"{runs}/checkpoints")  # removed once everything is finished

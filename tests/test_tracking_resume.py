@@ -27,13 +27,13 @@ def row_key(row):
     return ("summary",) if "levels/path" in row else None
 
 
-def assert_every_row_once(directory):
-    """The W&B records of an experiment of tests/test_reliability.py's RUN (levels 0-2, two
-    replicates, the ticket and random_prune, LMC at level 1), offline, after kill -9 and resumes:
+def assert_every_row_once(directory, replicates=1):
+    """The W&B records of an experiment of tests/test_reliability.py's RUN (levels 0-2, one
+    replicate, the ticket and random_prune, LMC at level 1), offline, after kill -9 and resumes:
     one record per network to sync (older ones set aside), every evaluation, level and LMC row
     once, in order, at the step the ledger gave it, equal to the results on disk."""
     group = os.path.basename(directory)
-    for replicate in range(2):
+    for replicate in range(replicates):
         for kind in KINDS:
             run_id = f"{group}-r{replicate}-{kind}"
             (current,) = glob.glob(f"{directory}/wandb/offline-run-*-{run_id}")  # one record to sync per run
