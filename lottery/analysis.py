@@ -18,7 +18,6 @@ from typing import List, Optional
 import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
-from omegaconf import OmegaConf
 
 from lottery.checkpoint import NETWORK_KEYS, read_json
 from lottery.config import CONTROLS
@@ -91,15 +90,9 @@ def _identity_keys(flat: dict) -> dict:
 
 
 def _read_config(directory: str) -> dict:
-    path = os.path.join(directory, "config.yaml")
-    try:
-        config = OmegaConf.to_container(OmegaConf.load(path))
-    except Exception as error:  # YAML syntax errors of several types, unreadable files
-        raise LotteryError(f"{path}: cannot be read ({type(error).__name__}: {str(error).splitlines()[0]}); "
-                           "it is the experiment's identity") from None
-    if not isinstance(config, dict) or "name" not in config:
-        raise LotteryError(f"{path}: holds no experiment config (no name); it is corrupt")
-    return config
+    from lottery.record import read_identity
+
+    return read_identity(directory)
 
 
 def load_runs(root: str) -> pd.DataFrame:

@@ -60,13 +60,13 @@ from typing import Dict
 import numpy as np
 import safetensors
 import safetensors.numpy
-from omegaconf import OmegaConf
 
 import lottery
 from lottery.checkpoint import NETWORK_KEYS, read_flat, read_json
 from lottery.config import CONTROLS
 from lottery.errors import LotteryError
 from lottery.provenance import provenance
+from lottery.record import read_identity
 
 FORMAT = "lottery.export/1"
 WEIGHTS = ("both", "start", "trained")
@@ -105,17 +105,9 @@ def load(level_dir: str) -> dict:
         raise LotteryError(f"{os.path.join(level_dir, 'metrics.json')}: is of level {said[0]}, replicate {said[1]}, "
                            f"{said[2]}, not of level {level}, replicate {replicate}, {kind} where it lies; "
                            "it was moved or copied there: export the directory it came from")
-    config_file = os.path.join(experiment_dir, "config.yaml")
-    if not os.path.isfile(config_file):
-        raise LotteryError(f"{config_file}: missing; the experiment directory above a level ({experiment_dir}) "
-                           "holds its identity there: export a level inside its experiment directory")
-    try:
-        config = OmegaConf.to_container(OmegaConf.load(config_file))
-    except Exception as error:  # YAML syntax errors of several types, unreadable files
-        raise LotteryError(f"{config_file}: cannot be read ({type(error).__name__}: {str(error).splitlines()[0]}); "
-                           "it is the experiment's identity") from None
-    if not isinstance(config, dict) or "name" not in config:
-        raise LotteryError(f"{config_file}: holds no experiment config (no name); it is corrupt")
+    config = read_identity(experiment_dir, missing=f"{os.path.join(experiment_dir, 'config.yaml')}: missing; the experiment "
+                           f"directory above a level ({experiment_dir}) holds its identity there: export a level inside "
+                           "its experiment directory")
 
     ticket = read_flat(os.path.join(level_dir, "ticket"), ("mask", "params", "batch_stats"))
     trained = read_flat(os.path.join(level_dir, "trained"), ("params", "batch_stats"))

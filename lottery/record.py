@@ -35,6 +35,21 @@ def write_identity(directory: str, cfg, data_fingerprint: str) -> None:
                "experiment", same=lambda saved, content: {**saved, "name": cfg.name} == content)
 
 
+def read_identity(directory: str, missing: str = None) -> dict:
+    """An experiment's config.yaml: its name and identity (``missing``: what to say if there is none)."""
+    path = os.path.join(directory, CONFIG)
+    if not os.path.isfile(path):
+        raise LotteryError(missing or f"{path}: missing; it is the experiment's identity")
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as error:  # YAML syntax errors of several types, unreadable files
+        raise LotteryError(f"{path}: cannot be read ({type(error).__name__}: {str(error).splitlines()[0]}); "
+                           "it is the experiment's identity") from None
+    if not isinstance(saved, dict) or "name" not in saved:
+        raise LotteryError(f"{path}: holds no experiment config (no name); it is corrupt")
+    return saved
+
+
 def write_once(path: str, content: dict, what: str, same=lambda saved, content: saved == content) -> None:
     """The identity file of a hash-named directory (``what``: experiment, dense run), written the
     first time and checked every later time: it must still hold ``content``."""

@@ -91,18 +91,10 @@ def source_directory(cfg, data_fingerprint: str) -> str:
 
 def read_identity(source: str) -> dict:
     """The source's config.yaml: its name and identity."""
-    path = os.path.join(source, "config.yaml")
-    try:
-        saved = OmegaConf.to_container(OmegaConf.load(path))
-    except FileNotFoundError:
-        raise LotteryError(f"transfer.source: {source} holds no experiment (no config.yaml); give an experiment's "
-                           "directory (<output_dir>/<name>-<hash>) or the overrides that run it, and run it first") from None
-    except Exception as error:  # YAML syntax errors of several types, unreadable files
-        raise LotteryError(f"{path}: cannot be read ({type(error).__name__}: {str(error).splitlines()[0]}); it is the "
-                           "transfer source's identity") from None
-    if not isinstance(saved, dict):
-        raise LotteryError(f"{path}: holds no experiment config; it is corrupt")
-    return saved
+    from lottery.record import read_identity as read
+
+    return read(source, missing=f"transfer.source: {source} holds no experiment (no config.yaml); give an experiment's "
+                "directory (<output_dir>/<name>-<hash>) or the overrides that run it, and run it first")
 
 
 def identity(source: str) -> str:
