@@ -167,19 +167,7 @@ def truncate(checkpoint):
             path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-def test_unreadable_in_level_checkpoints_are_one_line(tmp_path):
-    code, _, _, directory = checkpointed(tmp_path)
-    assert code == 143
-    for step in (p for p in directory.iterdir() if p.name.isdigit()):
-        truncate(step)
-    failed = run_cli(*LONG, cwd=tmp_path)
-    assert failed.returncode == 2
-    (line,) = lines(failed.stderr)  # not buried in orbax's reports
-    assert line.startswith(f"error: {directory.relative_to(tmp_path)}: no readable checkpoint (step ")
-    assert "Failed to json parse" not in failed.stdout and "unreadable" not in failed.stdout
-
-
-def test_ctrl_c_writes_a_checkpoint_and_a_second_one_stops_at_once(tmp_path):
+def test_ctrl_c_writes_a_checkpoint_a_second_one_stops_at_once_and_unreadable_checkpoints_are_one_line(tmp_path):
     code, stdout, stderr, directory = checkpointed(tmp_path, signal.SIGINT)
     assert code == 130, stderr
     assert lines(stderr)[-1].startswith("interrupted: checkpoint written at level 0, step ") and \
@@ -201,6 +189,14 @@ def test_ctrl_c_writes_a_checkpoint_and_a_second_one_stops_at_once(tmp_path):
     record = [json.loads(line) for line in open(experiment_dir(tmp_path) / "invocations.jsonl")]
     assert record[-1] == {**record[-1], "event": "end", "status": "interrupted"}  # stopped, not failed
     assert any(p.name.isdigit() for p in directory.iterdir())  # the checkpoint is still there
+    # Every checkpoint of the level unreadable: the next run says so in one line, never restarts silently.
+    for step in (p for p in directory.iterdir() if p.name.isdigit()):
+        truncate(step)
+    failed = run_cli(*LONG, cwd=tmp_path)
+    assert failed.returncode == 2
+    (line,) = lines(failed.stderr)  # not buried in orbax's reports
+    assert line.startswith(f"error: {directory.relative_to(tmp_path)}: no readable checkpoint (step ")
+    assert "Failed to json parse" not in failed.stdout and "unreadable" not in failed.stdout
 
 
 # --- sweeps -------------------------------------------------------------------------------------------
