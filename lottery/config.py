@@ -10,10 +10,13 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")  # conf/ of the checkout
 
 
 @dataclasses.dataclass

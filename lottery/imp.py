@@ -385,8 +385,6 @@ def level_jobs(experiment: Experiment, replicate: int, level: int) -> List[Job]:
     state = ticket_start(experiment, replicate, level)
     jobs = [] if ticket_done else [job("ticket", ticket_dir, state)]
     from_theta_k = lambda mask: rewound(experiment, replicate, mask)
-    if experiment.transfer_source is not None:  # the random masks go on the transferred start weights
-        from_theta_k = lambda mask: transfer.start(experiment, replicate, level, mask)
     for control in to_train:  # lottery/controls.py
         jobs.append(job(control, os.path.join(ticket_dir, control),
                         controls.start(experiment, replicate, level, control, state, from_theta_k)))
@@ -396,8 +394,6 @@ def level_jobs(experiment: Experiment, replicate: int, level: int) -> List[Job]:
 def ticket_start(experiment: Experiment, replicate: int, level: int) -> dict:
     """The ticket's training state at the start of ``level``: prune, then rewind (or keep)."""
     cfg, trainer = experiment.cfg, experiment.trainer
-    if experiment.transfer_source is not None:  # another experiment's ticket at this level (transfer.py)
-        return transfer.start(experiment, replicate, level)
     this_level = experiment.level_dir(replicate, level)
     if os.path.isdir(this_level):  # finished; its controls and LMC copies need its start
         ticket = experiment.load(this_level, "ticket")
@@ -405,6 +401,8 @@ def ticket_start(experiment: Experiment, replicate: int, level: int) -> dict:
             return trainer.init_state(ticket["params"], ticket["batch_stats"], ticket["mask"])
         return rewound(experiment, replicate, ticket["mask"])
 
+    if experiment.transfer_source is not None:  # no pruning: the mask of another experiment's ticket (transfer.py)
+        return rewound(experiment, replicate, transfer.mask(experiment, replicate, level))
     if cfg.pruning.prune_at == "start":  # pruning before training: from θk, straight to this level's counts
         return rewound(experiment, replicate, pruned_at_start(experiment, replicate, level))
 
@@ -434,12 +432,16 @@ def pruned_at_start(experiment: Experiment, replicate: int, level: int):
                                       cfg.rounds)
 
 
-def rewound(experiment: Experiment, replicate: int, mask) -> dict:
+def rewound(experiment: Experiment, replicate: int, mask, dense: bool = False) -> dict:
     """A network that starts from θk under ``mask``: θk ⊙ mask, θk's batch statistics, and with
     ``rewind_optimizer`` θk's optimizer state with the moments of pruned weights zeroed (else a
     fresh one). The ticket, the random-prune control and the LMC copies all start this way, so
-    they are trained alike."""
+    they are trained alike. In a transfer experiment θk is the source's start weights
+    (transfer.py); ``dense``: this experiment's own (level 0's LMC copies)."""
     trainer = experiment.trainer
+    if experiment.transfer_source is not None and not dense:
+        start = transfer.start_weights(experiment, replicate)
+        return trainer.init_state(start["params"], start["batch_stats"], mask)
     theta_k = experiment.rewind_point(replicate)
     opt_state = None
     if experiment.cfg.rewind_optimizer:
@@ -498,9 +500,10 @@ def warn_collapse(experiment: Experiment, metrics: dict, mask) -> None:
     found = tickets.collapse(pruning.flatten(mask), experiment.prunable)
     if found:
         cfg = experiment.cfg.pruning
-        cause = ("global ranking does this at high sparsity (pruning.strategy=layerwise keeps every layer" +
-                 (", as pruning.rounds>1 does for data-free criteria at start)" if cfg.prune_at == "start" else ")")
-                 if cfg.strategy == "global" else "the layer's pruning rate empties it before the others")
+        cause = "the layer's pruning rate empties it before the others"
+        if cfg.strategy == "global":
+            cause = "global ranking does this at high sparsity (pruning.strategy=layerwise keeps every layer" + \
+                (", as pruning.rounds>1 does for data-free criteria at start)" if cfg.prune_at == "start" else ")")
         print(f"warning: level {metrics['level']}, replicate {metrics['replicate']}, {metrics['kind']}: layer collapse: "
               f"{tickets.describe_collapse(found)}; {cause}", file=sys.stderr)
 
@@ -601,7 +604,7 @@ def remeasure_lmc(experiment: Experiment, level: int, replicate: int, directory:
 def lmc_start(experiment: Experiment, replicate: int, level: int) -> dict:
     """Where the copies start: θk on level 0, the level's ticket start otherwise."""
     if level == 0:
-        return rewound(experiment, replicate, pruning.full_mask(experiment.trainer.init_params))
+        return rewound(experiment, replicate, pruning.full_mask(experiment.trainer.init_params), dense=True)
     return ticket_start(experiment, replicate, level)
 
 

@@ -30,9 +30,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lottery import config  # noqa: F401  (registers the structured config schema)
 from lottery import sweeps
+from lottery.config import CONF  # conf/: the experiments
 from lottery.errors import LotteryError, Preempted, describe
-
-CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
 # JAX probes for a TPU and warns when there is none; that is not news on CPU or GPU machines.
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)

@@ -5,7 +5,7 @@ as pruning proceeds; and when pruning empties a layer (layer collapse).
     sim[sim.layer == "all"]                     # one row per pair: the whole network
     densities = layer_densities(load_runs("runs"))
     plot_layer_densities(densities)             # the per-layer density figure of IMP papers
-    collapsed(densities)                        # layers pruning emptied or nearly emptied
+    collapsed("runs")                           # layers pruning emptied or nearly emptied
 
 Similarity of two masks of the same shapes, per prunable layer and over all of them:
   jaccard               |A ∩ B| / |A ∪ B| of the kept weights
@@ -24,10 +24,8 @@ experiments: two rewind points, criteria, optimizers). Level 0 (dense) is never 
 """
 
 import functools
-import glob
 import itertools
 import os
-import re
 from typing import Dict, Iterable, List, Optional
 
 import numpy as np
@@ -37,9 +35,11 @@ from scipy.special import gammaln
 
 from lottery import analysis
 from lottery.checkpoint import NETWORK_KEYS, read_flat, read_json
-from lottery.config import CONTROLS
 
 COMPARISONS = ("replicates", "levels", "kinds", "experiments")
+PAIR = ("experiment", "hash", "replicate", "level", "kind")  # what names each side of a pair (_a, _b)
+MEASURES = ("layer", "size", "kept_a", "kept_b", "kept_both", "density_a", "density_b", "jaccard", "jaccard_chance",
+            "jaccard_above_chance", "sign_agreement", "sign_chance")  # a row of ``compare``
 ALL = "all"  # the layer name of the whole-network rows
 NEARLY_EMPTY = 0.5  # a layer whose output units lost every incoming weight, in at least this fraction
 
@@ -104,11 +104,9 @@ def _row(layer, counts, size, kept_a, kept_b, kept_both, positive_a, positive_b,
     jaccard = kept_both / union if union else float("nan")
     chance = chance_jaccard(counts)
     p_a, p_b = (positive / kept_both if kept_both else float("nan") for positive in (positive_a, positive_b))
-    return {"layer": layer, "size": size, "kept_a": kept_a, "kept_b": kept_b, "kept_both": kept_both,
-            "density_a": kept_a / size, "density_b": kept_b / size, "jaccard": jaccard, "jaccard_chance": chance,
-            "jaccard_above_chance": (jaccard - chance) / (1 - chance) if chance < 1 else float("nan"),
-            "sign_agreement": agree / kept_both if kept_both else float("nan"),
-            "sign_chance": p_a * p_b + (1 - p_a) * (1 - p_b)}
+    return dict(zip(MEASURES, (layer, size, kept_a, kept_b, kept_both, kept_a / size, kept_b / size, jaccard, chance,
+                               (jaccard - chance) / (1 - chance) if chance < 1 else float("nan"),
+                               agree / kept_both if kept_both else float("nan"), p_a * p_b + (1 - p_a) * (1 - p_b))))
 
 
 # --- tickets of a results tree --------------------------------------------------------------------
@@ -127,22 +125,15 @@ def read_ticket(directory: str) -> dict:
 
 
 def networks(root: str) -> pd.DataFrame:
-    """Every finished network below ``root`` (levels >= 1) that kept its ``ticket/``: experiment,
-    hash, replicate, level, kind and its directory."""
-    rows = []
-    for experiment_dir in analysis.experiment_dirs(root):
-        name = (analysis._read_config(experiment_dir)["name"], os.path.basename(experiment_dir).rsplit("-", 1)[-1])
-        for level_dir in sorted(glob.glob(os.path.join(experiment_dir, "replicate_*", "level_*"))):
-            match = re.fullmatch(r"replicate_(\d+)" + re.escape(os.sep) + r"level_(\d+)",
-                                 os.path.relpath(level_dir, experiment_dir))
-            if not match or int(match.group(2)) == 0:
-                continue
-            for kind in ("ticket", *CONTROLS):
-                directory = level_dir if kind == "ticket" else os.path.join(level_dir, kind)
-                if os.path.isfile(os.path.join(directory, "metrics.json")) and os.path.isdir(os.path.join(directory, "ticket")):
-                    rows.append({"experiment": name[0], "hash": name[1], "replicate": int(match.group(1)),
-                                 "level": int(match.group(2)), "kind": kind, "directory": directory})
-    return pd.DataFrame(rows, columns=["experiment", "hash", "replicate", "level", "kind", "directory"])
+    """Every finished network below ``root`` (levels >= 1) that kept its ``ticket/``: the rows of
+    ``analysis.load_runs`` (experiment, hash, replicate, level, kind), with the network's directory."""
+    try:
+        df = analysis.load_runs(root)
+    except FileNotFoundError:  # no results below root: nothing to compare
+        df = pd.DataFrame(columns=["experiment", "hash", "replicate", "level", "kind", "directory"])
+    df = df[df.level > 0]
+    found = df[list(PAIR)].assign(directory=[network_dir(row) for _, row in df.iterrows()])
+    return found[[os.path.isdir(os.path.join(d, "ticket")) for d in found.directory]].reset_index(drop=True)
 
 
 def pairs(found: pd.DataFrame, comparisons: Iterable[str] = COMPARISONS, kinds: Optional[Iterable[str]] = ("ticket",)):
@@ -154,11 +145,8 @@ def pairs(found: pd.DataFrame, comparisons: Iterable[str] = COMPARISONS, kinds: 
     rows = [row for _, row in found.iterrows()]
     of_kind = [row for row in rows if kinds is None or row.kind in kinds]
     key = lambda *fields: lambda row: tuple(row[f] for f in fields)
-    same = {
-        "replicates": (of_kind, key("experiment", "hash", "level", "kind")),
-        "levels": (of_kind, key("experiment", "hash", "replicate", "kind")),
-        "experiments": (of_kind, key("replicate", "level", "kind")),
-    }
+    same = {"replicates": key("experiment", "hash", "level", "kind"), "levels": key("experiment", "hash", "replicate", "kind"),
+            "experiments": key("replicate", "level", "kind")}  # what the two sides of a pair share
     for comparison in comparisons:
         if comparison == "kinds":
             groups = itertools.groupby(sorted(rows, key=key("experiment", "hash", "replicate", "level")),
@@ -169,8 +157,8 @@ def pairs(found: pd.DataFrame, comparisons: Iterable[str] = COMPARISONS, kinds: 
                     for control in (r for r in group if r.kind != "ticket"):
                         yield comparison, ticket, control
             continue
-        members, grouping = same[comparison]
-        for _, group in itertools.groupby(sorted(members, key=grouping), grouping):
+        grouping = same[comparison]
+        for _, group in itertools.groupby(sorted(of_kind, key=grouping), grouping):
             for a, b in itertools.combinations(sorted(group, key=key("experiment", "hash", "replicate", "level")), 2):
                 if comparison == "experiments" and (a.experiment, a.hash) == (b.experiment, b.hash):
                     continue
@@ -190,14 +178,11 @@ def similarity_table(root: str, comparisons: Iterable[str] = COMPARISONS, kinds:
         ta, tb = read(a.directory), read(b.directory)
         if ta["layers"] != tb["layers"] or any(ta["mask"][n].shape != tb["mask"][n].shape for n in ta["layers"]):
             continue
-        described = {"comparison": comparison}
-        for side, row in (("a", a), ("b", b)):
-            described.update({f"{field}_{side}": row[field] for field in ("experiment", "hash", "replicate", "level", "kind")})
+        described = {"comparison": comparison, **{f"{field}_{side}": row[field] for side, row in (("a", a), ("b", b))
+                                                  for field in PAIR}}
         for measured in compare(ta["mask"], tb["mask"], ta["start"], tb["start"], ta["layers"], per_layer=layers):
             out.append({**described, **measured})
-    columns = ["comparison"] + [f"{f}_{s}" for s in "ab" for f in ("experiment", "hash", "replicate", "level", "kind")] \
-        + list(compare({"x": np.ones(1, bool)}, {"x": np.ones(1, bool)}, {"x": np.ones(1)}, {"x": np.ones(1)}, ["x"])[0])
-    return pd.DataFrame(out, columns=columns)
+    return pd.DataFrame(out, columns=["comparison", *(f"{f}_{s}" for s in "ab" for f in PAIR), *MEASURES])
 
 
 def summarize_similarity(table: pd.DataFrame) -> pd.DataFrame:
@@ -219,7 +204,7 @@ def layer_densities(df: pd.DataFrame) -> pd.DataFrame:
     the layer's density and its share of the weights the network keeps, read from metrics.json."""
     rows = []
     for _, network in df.iterrows():
-        layers = read_json(os.path.join(_network_dir(network), "metrics.json"), NETWORK_KEYS)["layers"]
+        layers = read_json(os.path.join(network_dir(network), "metrics.json"), NETWORK_KEYS)["layers"]
         kept = sum(c["remaining"] for c in layers.values())
         for name, c in layers.items():
             rows.append({"experiment": network["experiment"], "hash": network["hash"], "replicate": network["replicate"],
@@ -231,7 +216,8 @@ def layer_densities(df: pd.DataFrame) -> pd.DataFrame:
                                        "kept", "total", "density", "share"])
 
 
-def _network_dir(network) -> str:
+def network_dir(network) -> str:
+    """A ``load_runs`` row's own directory: its level's, or its control's inside it."""
     level_dir = os.path.join(network["directory"], f"replicate_{network['replicate']}", f"level_{network['level']}")
     return level_dir if network["kind"] == "ticket" else os.path.join(level_dir, network["kind"])
 
@@ -270,10 +256,9 @@ def collapsed(root: str, nearly: float = NEARLY_EMPTY) -> pd.DataFrame:
     for _, network in networks(root).iterrows():
         ticket = read_ticket(network.directory)
         for found in collapse(ticket["mask"], ticket["layers"], nearly):
-            rows.append({**{k: network[k] for k in ("experiment", "hash", "replicate", "level", "kind")},
+            rows.append({**{k: network[k] for k in PAIR},
                          "percent_remaining": 100 * ticket["metrics"]["density"], **found})
-    return pd.DataFrame(rows, columns=["experiment", "hash", "replicate", "level", "kind", "percent_remaining", "layer",
-                                       "kept", "total", "dead_units", "units", "empty"])
+    return pd.DataFrame(rows, columns=[*PAIR, "percent_remaining", "layer", "kept", "total", "dead_units", "units", "empty"])
 
 
 def plot_layer_densities(densities: pd.DataFrame, ax=None, kind: str = "ticket"):
@@ -293,7 +278,7 @@ def plot_layer_densities(densities: pd.DataFrame, ax=None, kind: str = "ticket")
     ax.set_xlabel("% of all weights remaining")
     ax.set_yscale("log")
     low = 100 * rows["density"][rows["density"] > 0].min() if (rows["density"] > 0).any() else 1.0
-    ticks = [t for t in analysis._sparsity_ticks(100.0, low)]
+    ticks = list(analysis._sparsity_ticks(100.0, low))
     ax.set_yticks(ticks)
     ax.set_yticklabels(analysis._tick_labels(ticks))
     ax.yaxis.set_minor_locator(plt.NullLocator())

@@ -29,11 +29,10 @@ from omegaconf import OmegaConf
 
 from lottery import pruning
 from lottery.checkpoint import read_flat
-from lottery.config import digest
+from lottery.config import CONF, digest
 from lottery.errors import LotteryError
 
 WEIGHTS = ("ticket", "init")
-CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
 
 def check(cfg) -> None:
@@ -46,6 +45,9 @@ def check(cfg) -> None:
     if cfg.retrain != "rewind" or cfg.pruning.prune_at != "trained":
         raise LotteryError(f"transfer.source is set: the levels start from the source's tickets, so retrain={cfg.retrain} "
                            f"and pruning.prune_at={cfg.pruning.prune_at} mean nothing here; leave them at rewind, trained")
+    if cfg.rewind_optimizer:
+        raise LotteryError("rewind_optimizer=true: a transferred ticket trains with this experiment's optimizer from a "
+                           "fresh state (the source's optimizer state is another optimizer's); leave it false")
     if "invert" in cfg.controls:
         raise LotteryError("controls: invert reverses the ranking that made a ticket, which a transferred ticket was "
                            "not made by here; use random_prune, shuffle_layer, random_reinit or sign_preserving_reinit")
@@ -146,26 +148,20 @@ def check_source(experiment) -> None:
                     "transfers to the same model on inputs of the same shape")
 
 
-def start(experiment, replicate: int, level: int, mask=None) -> dict:
-    """The training state of the transferred ticket at ``level``: bitwise the source's start (its
-    saved ticket/) with ``transfer.weights=ticket``. With another ``mask`` (the random-mask
-    controls), that mask on the whole weights the source's tickets start from: its θk (level 0's
-    rewind_point/) or, with ``init``, its θ0."""
-    source, weights = experiment.transfer_source, experiment.cfg.transfer.weights
-    ticket = experiment.load(level_dir(source, replicate, level), "ticket")
-    if mask is None and weights == "ticket":
-        return experiment.trainer.init_state(ticket["params"], ticket["batch_stats"], ticket["mask"])
-    if weights == "init":
-        whole = experiment.load(level_dir(source, replicate, 0), "ticket")  # θ0, dense
-    else:
-        whole = rewind_point(experiment, replicate)
-    return experiment.trainer.init_state(whole["params"], whole["batch_stats"], ticket["mask"] if mask is None else mask)
+def mask(experiment, replicate: int, level: int):
+    """The mask of the source's ticket at ``level``: this experiment's ticket there."""
+    return experiment.load(level_dir(experiment.transfer_source, replicate, level), "ticket")["mask"]
 
 
-def rewind_point(experiment, replicate: int) -> dict:
-    """The source's θk and batch statistics (its optimizer state, another optimizer's, is left)."""
-    directory = os.path.join(level_dir(experiment.transfer_source, replicate, 0), "rewind_point")
-    found = read_flat(directory, ("params", "batch_stats"), exact=False, separator="/")
+def start_weights(experiment, replicate: int) -> dict:
+    """What the pruned levels rewind to (``imp.rewound``): the source's θk and its batch statistics
+    (level 0's rewind_point/, without its optimizer state: another optimizer's), so that a ticket
+    starts bitwise from the source's saved start; with ``transfer.weights=init``, the source's θ0."""
+    source = experiment.transfer_source
+    if experiment.cfg.transfer.weights == "init":
+        return experiment.load(level_dir(source, replicate, 0), "ticket")  # θ0, dense
+    found = read_flat(os.path.join(level_dir(source, replicate, 0), "rewind_point"), ("params", "batch_stats"),
+                      exact=False, separator="/")
     mine = {"params": experiment.trainer.init_params, "batch_stats": experiment.trainer.init_batch_stats}
     return {group: pruning.unflatten(like, found[group]) for group, like in mine.items()}
 
