@@ -38,10 +38,8 @@ temporary directory, removed at the end). Conv models are out of scope (see READ
 """
 
 import argparse
-import glob
 import io
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -57,10 +55,9 @@ from rich.console import Console
 from threadpoolctl import threadpool_limits
 
 from common import compose_config, machine
-from lottery import data as datasets
-from lottery import imp
+from lottery import analysis, imp, tickets
 from lottery.checkpoint import read_json
-from lottery.config import experiment_hash
+from lottery.record import read_identity
 
 PATHS = ("JAX dense", "BCOO", "BCSR", "NumPy dense", "SciPy CSR")
 BASELINE = {"BCOO": "JAX dense", "BCSR": "JAX dense", "SciPy CSR": "NumPy dense"}
@@ -78,15 +75,13 @@ def train_tickets(args, output: str) -> str:
     cfg = compose_config([*overrides, f"levels={args.levels}", "pruning.rate=0.5", f"output_dir={output}",
                           "progress=false", "wandb.mode=disabled"])
     imp.run(cfg, Console(file=io.StringIO()))
-    digest = experiment_hash(cfg, datasets.load(cfg.dataset).fingerprint)
-    (directory,) = glob.glob(os.path.join(output, f"*-{digest}"))
-    return directory
+    return imp.prepare(cfg).directory
 
 
 def open_experiment(directory: str, data_root: str):
     """The ``imp.Experiment`` of a results directory, rebuilt from its config.yaml; it must hash to
     the same directory (the same config and the same data: the fingerprint is part of the hash)."""
-    saved = OmegaConf.to_container(OmegaConf.load(os.path.join(directory, "config.yaml")))
+    saved = read_identity(directory)
     saved["dataset"].pop("fingerprint", None)
     cfg = OmegaConf.merge(compose_config([]), saved)
     cfg.dataset.root, cfg.dataset.download = data_root, False
@@ -105,10 +100,9 @@ def levels_of(experiment):
     """(level, metrics, layers) of replicate 0's tickets: layers are (kernel (in, out), bias, mask)
     in the order the model applies them, the trained weights as saved."""
     found = []
-    for level_dir in glob.glob(os.path.join(experiment.directory, "replicate_0", "level_*")):
-        match = re.fullmatch(r"level_(\d+)", os.path.basename(level_dir))
-        if not match or not os.path.exists(os.path.join(level_dir, "metrics.json")):
-            continue  # an interrupted level (level_3.partial) is not a result
+    runs = analysis.load_runs(experiment.directory)  # finished levels only (not level_3.partial)
+    for _, network in runs[(runs.replicate == 0) & (runs.kind == "ticket")].iterrows():
+        level_dir = tickets.network_dir(network)
         trained = experiment.load(level_dir, "trained")["params"]
         mask = experiment.load(level_dir, "ticket")["mask"]
         names = [("hidden", i) for i in sorted(trained["hidden"])] + [("output",)]
@@ -121,7 +115,7 @@ def levels_of(experiment):
             if np.any(kernel[~keep]):
                 sys.exit(f"FAIL: {level_dir}: trained weights outside the mask are not zero")
             layers.append((kernel, np.asarray(weights["bias"], np.float32), keep))
-        found.append((int(match.group(1)), read_json(os.path.join(level_dir, "metrics.json")), layers))
+        found.append((int(network.level), read_json(os.path.join(level_dir, "metrics.json")), layers))
     return sorted(found, key=lambda row: row[0])
 
 
