@@ -7,14 +7,12 @@ Values that need the data set to check (points in training, batch size) are chec
 """
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
 from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")  # conf/ of the checkout
 
@@ -60,7 +58,7 @@ class PruningConfig:
     # Parameter paths (regular expressions, full match, e.g. "output/kernel") never pruned.
     # Biases and normalization parameters are never pruned in any case.
     ignore: List[str] = dataclasses.field(default_factory=list)
-    # The scores that rank weights (lottery/criteria.py): magnitude (IMP), random, and the criteria
+    # The scores that rank weights (lottery/pruning/criteria.py): magnitude (IMP), random, and the criteria
     # of pruning at initialization registered there.
     criterion: str = "magnitude"
     # Which weights are scored: trained (IMP: each level prunes the previous level's trained weights)
@@ -97,7 +95,7 @@ class LMCConfig:
 
 @dataclasses.dataclass
 class MeshConfig:
-    """How a level's networks and their batches are laid over the devices (lottery/distributed.py):
+    """How a level's networks and their batches are laid over the devices (lottery/training/mesh.py):
     a mesh of `members` x `data` devices. 0 is "the rest": both 0 (auto) uses every device, along
     members when a level has at least as many networks as devices, else along the batch."""
 
@@ -118,7 +116,7 @@ class DistributedConfig:
 
 @dataclasses.dataclass
 class TransferConfig:
-    """Ticket transfer (lottery/transfer.py): each pruned level starts from another experiment's
+    """Ticket transfer (lottery/imp/transfer.py): each pruned level starts from another experiment's
     ticket at that level (its mask and start weights) and trains with this experiment's data,
     optimizer and training."""
 
@@ -140,7 +138,7 @@ class WandbConfig:
 @dataclasses.dataclass
 class ObjectiveConfig:
     """A value computed from an experiment's finished results at the end of each run, printed,
-    written to ``objectives.json`` and returned to Hydra sweepers (lottery/objective.py)."""
+    written to ``objectives.json`` and returned to Hydra sweepers (lottery/analysis/objective.py)."""
 
     # none | accuracy (test accuracy at a level) | auc (mean test accuracy over log10(1/density)
     # from the dense network to a level) | lmc_barrier (LMC error barrier at a level in lmc.levels)
@@ -149,11 +147,6 @@ class ObjectiveConfig:
     level: Optional[int] = None  # this level; None (and no `remaining`): the last level
     remaining: Optional[float] = None  # % of weights remaining: the level closest to it (auc: up to it)
     kind: str = "ticket"  # ticket, or a control in `controls` (CONTROLS)
-
-
-# The controls a ticket can be trained beside (lottery/controls.py); the order gives each its PRNG
-# stream: new ones go at the end.
-CONTROLS = ("random_reinit", "random_prune", "shuffle_layer", "invert", "sign_preserving_reinit")
 
 
 @dataclasses.dataclass
@@ -173,7 +166,7 @@ class Config:
     levels: int = 3  # pruning levels after the dense level 0
     seed: int = 0
     replicates: int = 1  # independent IMP trajectories (own initialization, data order, masks)
-    controls: List[str] = dataclasses.field(default_factory=list)  # of CONTROLS (lottery/controls.py)
+    controls: List[str] = dataclasses.field(default_factory=list)  # lottery/pruning/controls.py
     lmc: LMCConfig = dataclasses.field(default_factory=LMCConfig)
     transfer: TransferConfig = dataclasses.field(default_factory=TransferConfig)
     objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
@@ -187,85 +180,6 @@ class Config:
     compilation_cache: str = "${oc.env:LOTTERY_JAX_CACHE,'~/.cache/lottery/jax'}"
 
 
-# Keys that do not change what is computed, so they stay out of the experiment's identity and its
-# hash. Each is safe for a finished result: `levels`, `replicates`, `controls` and `lmc.levels` only
-# add networks (a network's bits do not depend on what it is trained beside); `lmc.points` is
-# recorded in each LMC result, which is re-measured from its saved copies when asked for another
-# count; `checkpoint_every` does not change bits (resume is bitwise); `dataset.root` is replaced by
-# the fingerprint of the data read from it; `training.loop` is recorded with the backend in each
-# invocation (a conv model's host and device loops round differently, like two backends) and a
-# change is announced; so are `mesh` and `distributed` (member-parallel is bitwise one device,
-# data-parallel sums gradients in another order); `objective` is read from the finished results,
-# after training, and changes none of them (a search asks the same experiment for several); the
-# rest are names, places and display.
-_NOT_HASHED = ("name", "levels", "replicates", "controls", "lmc", "objective", "output_dir", "progress", "wandb",
-               "compilation_cache", "checkpoint_every",
-               "dataset.root", "dataset.download", "training.loop", "mesh", "distributed")
-
-
-# What determines the dense level 0 (lottery/dense.py): how the network is built, the data, the
-# optimizer, training and the seed (with the replicate, its PRNG keys). Not how it is pruned,
-# rewound or retrained afterwards, so every experiment that differs only there shares one dense run.
-DENSE = ("model", "dataset", "optimizer", "training", "seed")
-
-
-def extent(cfg: DictConfig) -> dict:
-    """The keys of ``_NOT_HASHED`` as this invocation set them (recorded, not hashed)."""
-    content = OmegaConf.to_container(cfg, resolve=True)
-    out = {}
-    for dotted in _NOT_HASHED:
-        node = content
-        for part in dotted.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        out[dotted] = node
-    return out
-
-
-# Keys added after experiments existed, at the value that computes what those experiments computed:
-# left out of the identity at that value, so that adding them changed no experiment's hash.
-_HASHED_UNLESS = {"pruning.criterion": "magnitude", "pruning.prune_at": "trained", "pruning.rounds": 1,
-                  "pruning.examples": 100}
-
-
-def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
-    """What determines an experiment's results: the resolved config without the keys in
-    ``_NOT_HASHED`` (and those of ``_HASHED_UNLESS`` at their value), and the fingerprint of the
-    data's content (``lottery.data.fingerprint``)."""
-    content = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in _NOT_HASHED + tuple(_HASHED_UNLESS):
-        *parents, leaf = dotted.split(".")
-        node = content
-        for parent in parents:
-            node = node[parent]
-        if dotted in _HASHED_UNLESS and node.get(leaf) != _HASHED_UNLESS[dotted]:
-            continue
-        node.pop(leaf, None)
-    content["dataset"]["fingerprint"] = data_fingerprint
-    transfer = content.pop("transfer", None)  # absent unless set: every earlier hash unchanged
-    if transfer is not None and transfer.get("source") is not None:
-        from lottery.transfer import identity as source_identity
-
-        content["transfer"] = {**transfer, "source": source_identity(transfer["source"])}  # by its hash, not its path
-    return content
-
-
-def dense_identity(cfg: DictConfig, data_fingerprint: str) -> dict:
-    """What determines the dense level 0: the keys of ``DENSE`` of the experiment's identity."""
-    content = identity(cfg, data_fingerprint)
-    return {key: content[key] for key in DENSE}
-
-
-def digest(content: dict) -> str:
-    """Content hash of an identity: the last part of a results directory's name."""
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
-
-
-def experiment_hash(cfg: DictConfig, data_fingerprint: str) -> str:
-    """Content hash of the experiment's ``identity``: the results directory's name."""
-    return digest(identity(cfg, data_fingerprint))
-
-
 def levels_to_reach(remaining: float, rate: float) -> int:
     """The fewest pruning levels after which (1 - rate)^levels <= remaining / 100: config
     ``levels: ${lottery.levels_to_reach:${objective.remaining},${pruning.rate}}`` trains as many
@@ -275,26 +189,6 @@ def levels_to_reach(remaining: float, rate: float) -> int:
     if remaining is None or not 0 < remaining <= 100 or not 0 < rate < 1:
         raise ValueError(f"lottery.levels_to_reach: needs 0 < remaining <= 100 and 0 < rate < 1, got {remaining}, {rate}")
     return max(0, math.ceil(math.log(remaining / 100) / math.log(1 - rate) - 1e-9))
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are values)."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def legacy(dotted: str) -> bool:
-    """Whether a key of a saved identity no longer exists (an older version's, e.g. ``parallel``):
-    it said nothing about what this version computes."""
-    if dotted in ("name", "dataset.fingerprint"):
-        return False
-    schema = flatten(OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
-    return not any(dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + ".") for key in schema)
 
 
 def register() -> None:

@@ -53,7 +53,6 @@ unless ``--force``. Bad input is one line ``error: ...`` and exit code 2, with n
 import argparse
 import json
 import os
-import re
 import sys
 from typing import Dict
 
@@ -62,11 +61,13 @@ import safetensors
 import safetensors.numpy
 
 import lottery
-from lottery.checkpoint import NETWORK_KEYS, read_flat, read_json
-from lottery.config import CONTROLS
 from lottery.errors import LotteryError
-from lottery.provenance import provenance
-from lottery.record import read_identity
+from lottery.pruning import controls
+from lottery.results import paths
+from lottery.results.identity import read_identity
+from lottery.results.metrics import NETWORK_KEYS
+from lottery.results.provenance import provenance
+from lottery.results.store import read_flat, read_json
 
 FORMAT = "lottery.export/1"
 WEIGHTS = ("both", "start", "trained")
@@ -74,7 +75,7 @@ LAYOUTS = ("flax", "torch")
 JSON_METADATA = ("level", "replicate", "density", "config", "metrics", "trained_by", "exported_by")
 TORCH_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 EXPECTED = ("expected a finished network: <output_dir>/<name>-<hash>/replicate_<r>/level_<L>/ or a control "
-            f"inside it ({', '.join(c + '/' for c in CONTROLS)}), with ticket/, trained/ and metrics.json")
+            "inside it ({}), with ticket/, trained/ and metrics.json")
 
 
 # --- the level directory --------------------------------------------------------------------------
@@ -83,16 +84,13 @@ EXPECTED = ("expected a finished network: <output_dir>/<name>-<hash>/replicate_<
 def locate(level_dir: str):
     """(experiment dir, replicate, level, kind) of a network's directory, from where it is."""
     path = os.path.abspath(level_dir)
+    expected = EXPECTED.format(", ".join(c + "/" for c in controls.names()))
     if not os.path.isdir(path):
-        raise LotteryError(f"{level_dir}: {'not a directory' if os.path.exists(path) else 'no such directory'}; {EXPECTED}")
-    kind, level_path = "ticket", path
-    if os.path.basename(path) in CONTROLS:
-        kind, level_path = os.path.basename(path), os.path.dirname(path)
-    level = re.fullmatch(r"level_(\d+)", os.path.basename(level_path))
-    replicate = re.fullmatch(r"replicate_(\d+)", os.path.basename(os.path.dirname(level_path)))
-    if level is None or replicate is None:
-        raise LotteryError(f"{level_dir}: not a level directory; {EXPECTED}")
-    return os.path.dirname(os.path.dirname(level_path)), int(replicate.group(1)), int(level.group(1)), kind
+        raise LotteryError(f"{level_dir}: {'not a directory' if os.path.exists(path) else 'no such directory'}; {expected}")
+    found = paths.locate(path, controls.kinds())
+    if found is None:
+        raise LotteryError(f"{level_dir}: not a level directory; {expected}")
+    return found
 
 
 def load(level_dir: str) -> dict:

@@ -8,7 +8,7 @@ code 2. SIGTERM writes a checkpoint and ends with one line ``preempted: ...`` an
 Ctrl-C does the same with ``interrupted: ...`` and 130 (twice: at once). The same command
 continues the run. In a sweep (``-m``) every job's config is checked before the first starts, a
 job that fails does not stop the others, and the sweep ends with a line naming the failed jobs.
-A run returns the value config ``objective`` names (lottery/objective.py) to Hydra's sweeper: an
+A run returns the value config ``objective`` names (lottery/analysis/objective.py) to Hydra's sweeper: an
 Optuna search (``-m hparams_search=NAME``, lottery/search.py) optimizes it.
 """
 
@@ -67,9 +67,9 @@ def main(cfg: DictConfig) -> Optional[float]:
     except KeyboardInterrupt:  # a second Ctrl-C in training, or one before or after it (loading data, figures)
         if status:
             status("interrupted")
-        from lottery import driver
+        from lottery.training.loop import PREEMPTION
 
-        how = "Ctrl-C twice" if driver.PREEMPTION.requested == "SIGINT" else "Ctrl-C outside training"
+        how = "Ctrl-C twice" if PREEMPTION.requested == "SIGINT" else "Ctrl-C outside training"
         finish(f"interrupted: stopped at once ({how}); finished results and the last checkpoint are intact: "
                "run the same command to continue", 130)
     except Exception as error:

@@ -3,7 +3,7 @@
     python -m lottery.run -m hparams_search=lenet_rewind_rate      # conf/hparams_search/
 
 A preset picks the Optuna sweeper, the search space (``hydra.sweeper.params``), the objective
-(config ``objective``, lottery/objective.py, which ``lottery.run`` returns to the sweeper) and a
+(config ``objective``, lottery/analysis/objective.py, which ``lottery.run`` returns to the sweeper) and a
 study stored in sqlite under ``output_dir``. Each trial is an ordinary experiment, in its own
 hash-named directory: a configuration proposed again reads its finished results instead of
 training, and ``lottery.report <sweep dir>`` reads a search like any sweep.
@@ -25,7 +25,6 @@ float-castable as a failed trial and goes on (a NaN would make its failure handl
 optuna 2.10). Process 0's value is the one returned.
 """
 
-import fcntl
 import os
 import sys
 import traceback
@@ -36,6 +35,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from lottery.errors import LotteryError, at
+from lottery.results.lock import acquire
 
 SQLITE = "sqlite:///"
 INTERRUPTED = "interrupted"  # user attribute of a trial a previous command left running
@@ -146,13 +146,5 @@ def fixed_overrides(config: DictConfig) -> dict:
 
 
 def lock(path: str):
-    """An exclusive lock on a study's storage for this process's lifetime (``flock``: never stale)."""
-    with at(path):
-        handle = open(path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise LotteryError(f"{path[:-len('.lock')]}: this Optuna storage is in use by another sweep; wait for it "
-                           "to finish or stop it, then run the command again") from None
-    return handle
+    """An exclusive lock on a study's storage for this process's lifetime (results/lock.py)."""
+    return acquire(path, f"the Optuna storage {path[:-len('.lock')]}")

@@ -68,6 +68,13 @@ from typing import Dict, List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
+from lottery.analysis.runs import METRICS
+from lottery.errors import LotteryError
+from lottery.pruning import controls
+from lottery.results import paths
+from lottery.results.metrics import LMC_KEYS, NETWORK_KEYS
+from lottery.results.store import read_json
+
 MODES = ("online", "offline", "disabled")
 
 
@@ -76,8 +83,6 @@ def agent_run_id() -> Optional[str]:
     if not os.environ.get("WANDB_SWEEP_ID"):
         return None
     if not os.environ.get("WANDB_RUN_ID"):
-        from lottery.errors import LotteryError
-
         raise LotteryError("WANDB_SWEEP_ID is set but WANDB_RUN_ID is not: `wandb agent` sets both; outside an agent, "
                            "unset WANDB_SWEEP_ID (W&B would give every run of the experiment a random id)")
     return os.environ["WANDB_RUN_ID"]
@@ -229,7 +234,7 @@ def define_metrics(run, prefix: str) -> None:
     run.define_metric(f"{prefix}level/*", step_metric=f"{prefix}level/percent_remaining")
 
 
-SIMILARITY = ("jaccard", "jaccard_chance", "jaccard_above_chance", "sign_agreement", "sign_chance")  # tickets.py
+SIMILARITY = ("jaccard", "jaccard_chance", "jaccard_above_chance", "sign_agreement", "sign_chance")  # analysis/tickets.py
 
 
 class Tracker:
@@ -237,8 +242,6 @@ class Tracker:
         self.cfg, self.directory = cfg, directory
         self.mode = cfg.wandb.mode if enabled else "disabled"
         if self.mode not in MODES:
-            from lottery.errors import LotteryError
-
             raise LotteryError(f"wandb.mode={self.mode!r} is not a mode; choose one of: {', '.join(MODES)}")
         if self.mode == "online" and not _has_api_key():
             print("warning: wandb.mode=online but no W&B API key is set; logging offline instead", file=sys.stderr)
@@ -328,36 +331,23 @@ class Tracker:
 
     def networks_on_disk(self) -> List[Tuple[int, str]]:
         """(replicate, kind) of every network with a finished level."""
-        from lottery.analysis import KINDS
-
-        pattern = os.path.join(self.directory, "replicate_*", "level_*")
-        found = set()
-        for level_dir in glob.glob(pattern):
-            replicate = re.fullmatch(r"replicate_(\d+)", os.path.basename(os.path.dirname(level_dir)))
-            if replicate and re.fullmatch(r"level_\d+", os.path.basename(level_dir)):
-                for kind in KINDS:
-                    if os.path.isdir(level_dir if kind == "ticket" else os.path.join(level_dir, kind)):
-                        found.add((int(replicate.group(1)), kind))
-        return sorted(found, key=lambda network: (network[0], KINDS.index(network[1])))
+        kinds = controls.kinds()
+        found = {(replicate, kind) for replicate, _, kind, _ in paths.networks(self.directory, kinds)}
+        return sorted(found, key=lambda network: (network[0], kinds.index(network[1])))
 
     def rows_on_disk(self, replicate: int, kind: str) -> List[Tuple[tuple, dict]]:
         """The rows of a run that its finished results hold (directories appear only when complete)."""
-        from lottery.checkpoint import LMC_KEYS, NETWORK_KEYS, read_json
-
-        base = os.path.join(self.directory, f"replicate_{replicate}")
-        names = os.listdir(base) if os.path.isdir(base) else []
-        levels = sorted(int(name[len("level_"):]) for name in names if re.fullmatch(r"level_\d+", name))
         rows = []
-        for level in levels:
-            level_dir = os.path.join(base, f"level_{level}")
-            directory = level_dir if kind == "ticket" else os.path.join(level_dir, kind)
+        for level in paths.levels(self.directory, replicate):
+            directory = paths.network_dir(self.directory, replicate, level, kind)
             if not os.path.isdir(directory):
                 continue
             metrics = read_json(os.path.join(directory, "metrics.json"), NETWORK_KEYS)
             rows += [evaluation_row(level, record) for record in metrics["history"]]
             rows.append(level_row(metrics))
-            if kind == "ticket" and os.path.isdir(os.path.join(level_dir, "lmc")):
-                path = read_json(os.path.join(level_dir, "lmc", "metrics.json"), LMC_KEYS)
+            lmc = paths.lmc_dir(self.directory, replicate, level)
+            if kind == "ticket" and os.path.isdir(lmc):
+                path = read_json(os.path.join(lmc, "metrics.json"), LMC_KEYS)
                 rows.append(lmc_row(level, metrics["density"], path))
         return rows
 
@@ -451,10 +441,8 @@ class Tracker:
             self._finish(df, summary or {}, similarity)
 
     def _finish(self, df, summary: dict, similarity=None) -> None:
-        from lottery.analysis import KINDS
-
         networks = {(int(r), k) for r, k in zip(df["replicate"], df["kind"])} if len(df) else set()
-        networks = sorted(networks, key=lambda network: (network[0], KINDS.index(network[1])))
+        networks = sorted(networks, key=lambda network: (network[0], controls.kinds().index(network[1])))
         if self.agent:
             record = self.record(0, "ticket")  # the trial's run, whichever network names it
             row = {}
@@ -477,8 +465,6 @@ class Tracker:
         """A network's table of level results and its plot of accuracy vs sparsity (and, with
         ``wandb.log_ticket``, its last ticket as an artifact of the run)."""
         import wandb
-
-        from lottery.analysis import METRICS
 
         columns = ["level", "percent_remaining", *METRICS]
         mine = df[(df["replicate"] == replicate) & (df["kind"] == kind)].sort_values("level")[columns]

@@ -9,6 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from lottery import analysis, report
+from lottery.analysis import figures
 
 
 def write_metrics(directory, replicate, level, kind, density, accuracy, early_accuracy, early_step):
@@ -266,5 +267,5 @@ def test_a_callers_figure_keeps_its_size_and_close_ticks_keep_distinct_labels(tm
     figure, ax = plt.subplots(figsize=(4, 3))
     analysis.plot_accuracy_vs_sparsity(df, by="experiment", ax=ax)
     assert tuple(figure.get_size_inches()) == (4, 3)  # the caller's layout is the caller's
-    assert analysis._tick_labels([100.0, 99.96]) == ["100", "99.96"]  # not "100", "100"
-    assert analysis._tick_labels([50.0, 20.0, 10.0]) == ["50", "20", "10"]
+    assert figures._tick_labels([100.0, 99.96]) == ["100", "99.96"]  # not "100", "100"
+    assert figures._tick_labels([50.0, 20.0, 10.0]) == ["50", "20", "10"]

@@ -20,7 +20,8 @@ from rich.console import Console
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
 from conftest import child_env, compose_config  # noqa: E402
-from lottery import analysis, driver, imp  # noqa: E402
+from lottery import analysis, imp  # noqa: E402
+from lottery.training import loop
 
 TINY = ["training.steps=20it", "training.eval_every=10it", "progress=false", "wandb.mode=disabled"]
 
@@ -82,7 +83,7 @@ def test_a_launcher_sweep_checks_every_jobs_config_before_submitting(tmp_path):
 
 def test_the_signals_that_stopped_a_run_go_on_to_the_handlers_it_displaced():
     """submitit's SIGUSR2 handler (requeue) must still run, after the checkpoint; Ctrl-C's does not."""
-    called, preemption = [], driver.Preemption()
+    called, preemption = [], loop.Preemption()
     previous = signal.signal(signal.SIGUSR2, lambda number, frame: called.append(number))
     try:
         with preemption:

@@ -11,11 +11,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from conftest import CONF, compose_config
 from lottery import data as datasets
-from lottery import models, pruning, training
-from lottery.config import experiment_hash
+from lottery import models
+from lottery.pruning import masks as pruning
+from lottery.training import trainer as training
+from lottery.results.identity import experiment_hash
 
 DATA = "sha256:" + "0" * 64  # a data fingerprint
 from lottery.step import Step
+from lottery.pruning import criteria
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "exp").glob("*.yaml"))
 INPUT_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
@@ -27,7 +30,8 @@ def test_the_published_experiments_are_all_there():
 
 
 def test_the_transfer_experiment_trains_lenets_tickets_with_another_optimizer_and_length():
-    from lottery import imp, transfer
+    from lottery import imp
+    from lottery.imp import transfer
 
     cfg = compose_config(["+exp=lenet_transfer"])
     imp.check(cfg)
@@ -72,7 +76,7 @@ def test_lenet_follows_frankle_and_carbin_exactly():
     names, mask = pruning.prunable(params, cfg.pruning.ignore), pruning.full_mask(params)
     percent = {}
     for level in range(1, cfg.levels + 1):
-        mask = pruning.prune(params, mask, cfg.pruning, names)
+        mask = criteria.prune(params, mask, cfg.pruning, names)
         percent[level] = round(100 * pruning.density(pruning.counts(mask, names)), 1)
     assert {level: percent[level] for level in (3, 7, 12, 15, 18)} == {3: 51.3, 7: 21.1, 12: 7.0, 15: 3.6, 18: 1.9}
     assert cfg.levels >= 20 and percent[cfg.levels] < 2.0

@@ -10,9 +10,13 @@ import pytest
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from lottery import controls, imp, lmc, pruning
+from lottery import imp
+from lottery.imp import lmc
+from lottery.pruning import masks as pruning
 from lottery.config import PruningConfig
-from lottery.training import stack, unstack
+from lottery.training.trainer import stack, unstack
+from lottery.pruning import criteria
+from lottery.imp import levels
 from test_masking import member_keys
 
 QUIET = Console(file=io.StringIO())
@@ -64,7 +68,7 @@ def test_global_random_prune_keeps_the_overall_count_spread_at_random():
     params = {"a": {"kernel": rng.normal(size=(30, 40))}, "b": {"kernel": rng.normal(size=(40, 50))}}
     cfg = OmegaConf.structured(PruningConfig(strategy="global", rate=0.6))
     names = pruning.prunable(params)
-    mask = pruning.prune(params, pruning.full_mask(params), cfg, names)
+    mask = criteria.prune(params, pruning.full_mask(params), cfg, names)
     random = pruning.random_mask(mask, names, "global", np.random.default_rng(1))
     ticket_counts, random_counts = pruning.counts(mask, names), pruning.counts(random, names)
     assert sum(c["remaining"] for c in random_counts.values()) == sum(c["remaining"] for c in ticket_counts.values())
@@ -203,14 +207,14 @@ def test_rewind_optimizer_reaches_every_network_that_starts_from_theta_k(small_c
     def trace(state):
         return [np.asarray(leaf) for leaf in jax.tree.leaves(momentum(state["opt_state"]))]
 
-    ticket = imp.ticket_start(experiment, 0, 1)
-    prune = controls.start(experiment, 0, 1, "random_prune", ticket, lambda mask: imp.rewound(experiment, 0, mask))
+    ticket = levels.ticket_start(experiment, 0, 1)
+    prune = levels.control_start(experiment, 0, 1, "random_prune", ticket)
     assert tobytes(prune["mask"]) != tobytes(ticket["mask"])
-    for state in (ticket, prune, imp.lmc_start(experiment, 0, 1)):
+    for state in (ticket, prune, levels.lmc_start(experiment, 0, 1)):
         assert tobytes(trace(state)) == tobytes(expected(state["mask"]))
-    assert tobytes(trace(imp.lmc_start(experiment, 0, 0))) == tobytes(jax.tree.leaves(momentum(theta_k["opt_state"])))
+    assert tobytes(trace(levels.lmc_start(experiment, 0, 0))) == tobytes(jax.tree.leaves(momentum(theta_k["opt_state"])))
     # Random reinitialization has no state at k of its own: it starts fresh (zero momentum).
-    reinit = controls.start(experiment, 0, 1, "random_reinit", ticket, lambda mask: imp.rewound(experiment, 0, mask))
+    reinit = levels.control_start(experiment, 0, 1, "random_reinit", ticket)
     assert all(np.all(leaf == 0) for leaf in trace(reinit))
 
 

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from lottery import criteria, pruning
+from lottery.pruning import criteria
+from lottery.pruning import masks as pruning
 from lottery.errors import LotteryError
+from lottery.imp import levels
 
 
 def setup(seed=0):
@@ -24,7 +26,7 @@ def cfg(strategy="layerwise", rate=0.5):
 def test_imp_is_magnitude_scores_through_the_registry():
     params, mask, names = setup()
     for strategy in ("layerwise", "global"):
-        by_magnitude = pruning.prune(params, mask, cfg(strategy), names)
+        by_magnitude = criteria.prune(params, mask, cfg(strategy), names)
         # An independent ranking: the k largest |w| of each group survive (no ties in normal draws).
         groups = [[n] for n in names] if strategy == "layerwise" else [names]
         flat = pruning.flatten(params)
@@ -94,7 +96,7 @@ def test_pruning_at_start_reaches_each_levels_imp_counts_from_theta_0_in_one_run
     experiment3 = imp.prepare(rounds)
     experiment3.directory = experiment.directory  # the same θ0 (its own level 0 would link the same dense run)
     for level in (1, 2):
-        one, three = (pruning.flatten(imp.pruned_at_start(e, 0, level)) for e in (experiment, experiment3))
+        one, three = (pruning.flatten(levels.pruned_at_start(e, 0, level)) for e in (experiment, experiment3))
         assert all(np.array_equal(one[n], three[n]) for n in experiment.prunable)
 
 

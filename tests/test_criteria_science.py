@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from lottery import criteria, pruning
+from lottery.pruning import criteria
+from lottery.pruning import masks as pruning
 
 PRUNING_AT_INIT = ("snip", "grasp", "synflow")
 

@@ -15,8 +15,9 @@ import pytest
 from rich.console import Console
 
 from conftest import child_env, compose_config
-from lottery import dense, imp, layout
-from lottery.checkpoint import load_tree
+from lottery import imp
+from lottery.imp import dense
+from lottery.results.store import acquire_lock, load_tree
 from lottery.errors import LotteryError
 
 # Tiny runs: 60 steps, evaluations every 20; the rewind point at 20 (the sweep) and 40 (later).
@@ -31,7 +32,7 @@ def invocations(directory):
 
 def leaves(experiment, directory, what, path=None):
     """The arrays of ``<directory>/<what>`` (or of ``path``, saved as a ``what``)."""
-    tree = load_tree(path, experiment.like(what)) if path else experiment.load(directory, what)
+    tree = load_tree(path, experiment.template(what)) if path else experiment.load(directory, what)
     return [np.asarray(a) for a in jax.tree.leaves(tree)]
 
 
@@ -45,7 +46,7 @@ def test_a_sweep_trains_level_0_once_and_a_new_rewind_step_trains_only_its_prefi
     store = dense.Dense(imp.prepare(cfg)).directory
     os.makedirs(store)
     # Another process holds the dense run: the sweep's first job waits for it, then trains it.
-    holder = layout.acquire_lock(store)
+    holder = acquire_lock(store)
     sweep = subprocess.Popen(
         [sys.executable, "-m", "lottery.run", "-m", "pruning.rate=0.2,0.5", *TINY, "rewind=20it", f"output_dir={runs}"],
         cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -122,9 +123,9 @@ def test_a_sweep_trains_level_0_once_and_a_new_rewind_step_trains_only_its_prefi
 
 
 def test_the_store_lock_waits_for_its_holder_and_gives_up_when_asked(tmp_path):
-    holder = layout.acquire_lock(str(tmp_path))
+    holder = acquire_lock(str(tmp_path))
     said, got = [], []
-    waiter = threading.Thread(target=lambda: got.append(layout.acquire_lock(str(tmp_path), wait=said.append)))
+    waiter = threading.Thread(target=lambda: got.append(acquire_lock(str(tmp_path), wait=said.append)))
     waiter.start()
     time.sleep(1.2)
     assert waiter.is_alive() and len(said) == 1 and f"pid {os.getpid()}" in said[0]  # said once, still waiting
@@ -138,6 +139,6 @@ def test_the_store_lock_waits_for_its_holder_and_gives_up_when_asked(tmp_path):
         raise LotteryError("asked to stop")
 
     with pytest.raises(LotteryError, match="asked to stop"):  # a signal while waiting: the run stops
-        layout.acquire_lock(str(tmp_path), wait=said.append, stop=stop)
+        acquire_lock(str(tmp_path), wait=said.append, stop=stop)
     got[0].close()
-    layout.acquire_lock(str(tmp_path)).close()  # the one that gave up holds nothing
+    acquire_lock(str(tmp_path)).close()  # the one that gave up holds nothing

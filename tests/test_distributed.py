@@ -17,7 +17,7 @@ import pytest
 from rich.console import Console
 
 from conftest import child_env, compose_config
-from lottery import distributed, imp
+from lottery import hosts, imp
 from lottery.errors import LotteryError
 
 # 3 replicates (level 0: 3 networks on 4 devices, padded), a control (level 1: 6 networks, two rounds)
@@ -75,16 +75,16 @@ import json, sys
 sys.path.insert(0, {tests!r})
 from rich.console import Console
 from conftest import compose_config
-from lottery import distributed, imp
-from lottery.errors import LotteryError
+from lottery import imp
+from lottery.training.mesh import COLLECTIVES
 run, root = {run!r}, {root!r}
 for name, mesh in [("members", ["mesh=members"]), ("data", ["mesh=data"]), ("grid", ["mesh.members=2", "mesh.data=2"]),
                    ("data_again", ["mesh=data", "levels=0", "lmc.levels=[]"])]:  # level 0 again, for run to run
     imp.run(compose_config([*run, *mesh, "output_dir=" + root + "/" + name]), Console(quiet=True))
 trainer = imp.prepare(compose_config([*run, "output_dir=" + root + "/members"])).trainer
-found = lambda text: [c for c in distributed.COLLECTIVES if c in text]
-print(json.dumps({{"members": found(trainer.layout(4).compiled_text()), "data": found(trainer.layout(1).compiled_text()),
-                  "shapes": [list(trainer.layout(n).mesh.devices.shape) for n in (1, 3, 4, 6)]}}))
+found = lambda text: [c for c in COLLECTIVES if c in text]
+print(json.dumps({{"members": found(trainer.over_mesh(4).compiled_text()), "data": found(trainer.over_mesh(1).compiled_text()),
+                  "shapes": [list(trainer.over_mesh(n).mesh.devices.shape) for n in (1, 3, 4, 6)]}}))
 """
 
 
@@ -134,16 +134,16 @@ def slurm(port: int, tasks: int):
 
 
 def test_a_faked_slurm_step_is_detected():
-    assert distributed.plan(compose_config().distributed, {}) is None
+    assert hosts.plan(compose_config().distributed, {}) is None
     env = slurm(61450, 2)[1]
-    assert distributed.plan(compose_config().distributed, env) == {
+    assert hosts.plan(compose_config().distributed, env) == {
         "source": "slurm", "num_processes": 2, "process_id": 1, "coordinator": None}
-    assert distributed.plan(compose_config().distributed, {**env, "SLURM_NTASKS": "1"}) is None  # one task: no join
+    assert hosts.plan(compose_config().distributed, {**env, "SLURM_NTASKS": "1"}) is None  # one task: no join
     explicit = compose_config(["distributed.coordinator=10.0.0.1:1234", "distributed.num_processes=4",
                                "distributed.process_id=3"]).distributed
-    assert distributed.plan(explicit, env)["source"] == "config"  # config keys win
+    assert hosts.plan(explicit, env)["source"] == "config"  # config keys win
     with pytest.raises(LotteryError, match=r"distributed\.coordinator is not set"):
-        distributed.plan(compose_config(["distributed.num_processes=2"]).distributed, {})
+        hosts.plan(compose_config(["distributed.num_processes=2"]).distributed, {})
 
 
 def test_two_processes_sigterm_to_one_stops_both_and_the_resumed_run_is_bitwise(reference, tmp_path):

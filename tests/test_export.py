@@ -18,8 +18,9 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from conftest import REPO, child_env, compose_config
-from lottery import export, imp, pruning
-from lottery.checkpoint import save_tree
+from lottery import export, imp
+from lottery.pruning import masks as pruning
+from lottery.results.store import save_tree
 from lottery.errors import LotteryError
 
 # A level and a control after it, trained for 20 iterations: a real results tree in a few seconds.

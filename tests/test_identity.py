@@ -13,8 +13,9 @@ import pytest
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from lottery import analysis, config, imp, record
-from lottery import dense as dense_store
+from lottery import analysis, imp
+from lottery.results import identity, invocations
+from lottery.imp import dense as dense_store
 from lottery import data as datasets
 from lottery.errors import LotteryError
 from test_data import make_idx_dataset
@@ -58,13 +59,13 @@ def test_config_yaml_is_the_identity_and_every_invocation_is_recorded(small_conf
     imp.run(more, console=QUIET)
     experiment = imp.prepare(more)
     saved = OmegaConf.to_container(OmegaConf.load(os.path.join(experiment.directory, "config.yaml")))
-    assert saved == {"name": "quickstart", **config.identity(more, experiment.data_fingerprint)}
+    assert saved == {"name": "quickstart", **identity.identity(more, experiment.data_fingerprint)}
     assert not {"levels", "replicates", "controls", "lmc"} & set(saved)  # never stale: not part of it
-    entries = record.read(experiment.directory)
+    entries = invocations.read(experiment.directory)
     assert [e["event"] for e in entries] == ["start", "end", "start", "end"]
     assert entries[0]["settings"]["levels"] == 0 and entries[2]["settings"]["replicates"] == 2
     assert entries[2]["settings"]["controls"] == ["random_reinit"] and entries[2]["settings"]["lmc"]["points"] == 3
-    assert entries[0]["program"] == record.program(experiment.trainer.host_loop)
+    assert entries[0]["program"] == invocations.program(experiment.trainer.host_loop)
     dense = os.path.relpath(dense_store.Dense(experiment).directory, os.path.dirname(experiment.directory))
     assert entries[1]["added"] == [{"level": 0, "replicate": 0, "kind": "ticket", "dense": dense}]  # from the shared level 0
     added = sorted((a["level"], a["replicate"], a["kind"]) for a in entries[3]["added"])
@@ -77,13 +78,13 @@ def test_another_program_is_announced(small_config):
     cfg = small_config("levels=0")
     imp.run(cfg, console=QUIET)
     experiment = imp.prepare(cfg)
-    with open(os.path.join(experiment.directory, record.INVOCATIONS), "a") as f:
+    with open(os.path.join(experiment.directory, invocations.INVOCATIONS), "a") as f:
         # One that added nothing (it failed at once), lines that are not records, a start without its program ...
-        f.write(json.dumps({"event": "start", "program": {**record.program(False), "backend": "tpu"}}) + "\n")
+        f.write(json.dumps({"event": "start", "program": {**invocations.program(False), "backend": "tpu"}}) + "\n")
         f.write(json.dumps({"event": "end", "status": "failed", "added": []}) + "\n")
         f.write("[1, 2]\n" + json.dumps({"event": "start"}) + "\n" + json.dumps({"event": "end", "added": []}) + "\n")
         # ... and one killed before its end line: it may have trained what is here.
-        f.write(json.dumps({"event": "start", "program": {**record.program(False), "backend": "gpu"}}) + "\n")
+        f.write(json.dumps({"event": "start", "program": {**invocations.program(False), "backend": "gpu"}}) + "\n")
     out = io.StringIO()
     imp.run(small_config("levels=1"), console=Console(file=out, width=400))
     assert "note: results in" in out.getvalue() and "backend gpu" in out.getvalue() and "tpu" not in out.getvalue()
@@ -129,13 +130,13 @@ def test_an_experiment_an_older_version_hashed_with_a_removed_key_is_named_not_s
     experiment = imp.prepare(cfg)
     older = os.path.join(os.path.dirname(experiment.directory), "quickstart-0123456789")
     os.makedirs(os.path.join(older, "replicate_0"))
-    identity = {"name": "quickstart", **config.identity(cfg, experiment.data_fingerprint), "parallel": "vmap",
-                "levels": 3}  # `parallel` was hashed once; old files also held levels
-    OmegaConf.save(OmegaConf.create(identity), os.path.join(older, "config.yaml"))
+    saved = {"name": "quickstart", **identity.identity(cfg, experiment.data_fingerprint), "parallel": "vmap",
+             "levels": 3}  # `parallel` was hashed once; old files also held levels
+    OmegaConf.save(OmegaConf.create(saved), os.path.join(older, "config.yaml"))
     out = io.StringIO()
     imp.run(cfg, console=Console(file=out, width=400))
     assert f"note: {older} holds this experiment as an older version of lottery hashed it" in out.getvalue()
-    assert record.older_versions(experiment.directory, small_config("levels=0", "seed=1"), experiment.data_fingerprint) == []
+    assert identity.older_versions(experiment.directory, small_config("levels=0", "seed=1"), experiment.data_fingerprint) == []
     # The results API does not show the removed key as something that tells experiments apart.
     shutil.copytree(experiment.level_dir(0, 0), os.path.join(older, "replicate_0", "level_0"))
     df = analysis.load_runs(os.path.dirname(experiment.directory))

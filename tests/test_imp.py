@@ -7,8 +7,9 @@ import jax
 import numpy as np
 from rich.console import Console
 
-from lottery import imp, pruning
-from lottery.training import stack, unstack
+from lottery import imp
+from lottery.pruning import masks as pruning
+from lottery.training.trainer import stack, unstack
 from test_masking import member_keys
 
 QUIET = Console(file=io.StringIO())
@@ -107,7 +108,7 @@ def test_every_result_records_the_commit_versions_and_machine_that_produced_it(s
     import subprocess
 
     import lottery
-    from lottery import provenance
+    from lottery.results import provenance
 
     git = lambda *args: subprocess.run(["git", "-C", str(tmp_path / "src"), "-c", "user.name=t", "-c", "user.email=t@t",
                                         *args], check=True, capture_output=True, text=True).stdout.strip()

@@ -5,8 +5,10 @@ import numpy as np
 import optax
 import pytest
 
-from lottery import imp, pruning, training
-from lottery.training import stack, unstack
+from lottery import imp
+from lottery.pruning import masks as pruning
+from lottery.training import trainer as training
+from lottery.training.trainer import stack, unstack
 
 OPTIMIZERS = {
     "sgd-momentum-wd": ["optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "optimizer.weight_decay=1e-3"],

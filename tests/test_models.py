@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 from omegaconf import OmegaConf
 
-from lottery import models, pruning
+from lottery import models
+from lottery.pruning import masks as pruning
 from lottery.config import ModelConfig
 from lottery.models import conv, vgg
 

@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from conftest import compose_config
-from lottery import analysis, imp, objective
+from lottery import analysis, imp
+from lottery.analysis import objective
 from lottery.config import ObjectiveConfig
 from lottery.errors import LotteryError
 from test_analysis import write_metrics

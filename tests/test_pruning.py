@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from lottery import pruning
+from lottery.pruning import masks as pruning
 from lottery.config import PruningConfig
 from lottery.errors import LotteryError
+from lottery.pruning import criteria
 
 LENET_SHAPES = {"hidden/0/kernel": (784, 300), "hidden/1/kernel": (300, 100), "output/kernel": (100, 10)}
 
@@ -57,7 +58,7 @@ def test_the_output_layers_default_half_rate_is_exact():
     mask = pruning.full_mask(params)
     kept = []
     for level in (1, 2):
-        mask = pruning.prune(lenet_like(level), mask, pruning_config(rate=0.7), names)
+        mask = criteria.prune(lenet_like(level), mask, pruning_config(rate=0.7), names)
         kept.append(pruning.counts(mask, names)["output/kernel"]["remaining"])
     assert kept == [650, 422]
 
@@ -73,7 +74,7 @@ def test_layerwise_counts_follow_the_closed_form_and_masks_nest():
                 for name, shape in LENET_SHAPES.items()}
     for level in range(1, levels + 1):
         # Fresh weights every level, as after retraining: nesting must come from the mask alone.
-        new_mask = pruning.prune(lenet_like(level), mask, cfg, names)
+        new_mask = criteria.prune(lenet_like(level), mask, cfg, names)
         counts = pruning.counts(new_mask, names)
         for name in names:
             assert counts[name]["remaining"] == expected[name][level], (level, name)
@@ -95,7 +96,7 @@ def test_global_counts_are_exact_and_one_threshold_is_used():
     mask = pruning.full_mask(params)
     expected = iterate_rounding(266_200, 20, 8)
     for level in range(1, 9):
-        mask = pruning.prune(params, mask, cfg, names)
+        mask = criteria.prune(params, mask, cfg, names)
         flat_mask, flat_params = pruning.flatten(mask), pruning.flatten(params)
         assert sum(c["remaining"] for c in pruning.counts(mask, names).values()) == expected[level]
         kept = np.concatenate([np.abs(flat_params[n])[flat_mask[n]] for n in names])
@@ -106,7 +107,7 @@ def test_global_counts_are_exact_and_one_threshold_is_used():
 def test_layerwise_prunes_the_smallest_magnitudes_of_each_layer():
     params = lenet_like(2)
     names = pruning.prunable(params)
-    mask = pruning.prune(params, pruning.full_mask(params), pruning_config(rate=0.5), names)
+    mask = criteria.prune(params, pruning.full_mask(params), pruning_config(rate=0.5), names)
     for name in names:
         w, m = np.abs(pruning.flatten(params)[name]), pruning.flatten(mask)[name]
         assert w[m].min() >= w[~m].max()
@@ -117,18 +118,18 @@ def test_ties_break_by_position_deterministically():
     params = {"output": {"kernel": np.ones((40, 50), np.float32)}, "fc": {"kernel": np.ones((40, 50), np.float32)}}
     names = pruning.prunable(params)
     cfg = pruning_config(rate=0.2, output_rate=0.3)
-    mask = pruning.prune(params, pruning.full_mask(params), cfg, names)
+    mask = criteria.prune(params, pruning.full_mask(params), cfg, names)
     # 20% of 2,000 equal weights: the first 400 by position go; 30% of the output layer: the first 600.
     assert pruning.flatten(mask)["fc/kernel"].ravel().tolist() == [False] * 400 + [True] * 1600
     assert pruning.flatten(mask)["output/kernel"].ravel().tolist() == [False] * 600 + [True] * 1400
-    again = pruning.prune(params, pruning.full_mask(params), cfg, names)
+    again = criteria.prune(params, pruning.full_mask(params), cfg, names)
     assert all(np.array_equal(a, b) for a, b in zip(pruning.flatten(mask).values(), pruning.flatten(again).values()))
 
 
 def test_many_ties_among_few_values_go_by_magnitude_then_position():
     w = np.random.default_rng(6).integers(-3, 4, size=(50, 40)).astype(np.float32)  # 7 values, many ties
     params = {"fc": {"kernel": w}}
-    mask = pruning.prune(params, pruning.full_mask(params), pruning_config(rate=0.37), ["fc/kernel"])
+    mask = criteria.prune(params, pruning.full_mask(params), pruning_config(rate=0.37), ["fc/kernel"])
     flat = np.abs(w).ravel()
     pruned = set(sorted(range(flat.size), key=lambda i: (flat[i], i))[: round(0.37 * flat.size)])
     assert set(np.flatnonzero(~mask["fc"]["kernel"].ravel())) == pruned
@@ -139,7 +140,7 @@ def test_zero_valued_surviving_weights_outrank_pruned_ones():
     # the 4 survivors) are the surviving 0.0 and 3.0, and the pruned weight stays pruned.
     params = {"fc": {"kernel": np.array([[0.0, 0.0, 5.0, 4.0, 3.0]], np.float32)}}
     mask = {"fc": {"kernel": np.array([[False, True, True, True, True]])}}
-    new = pruning.prune(params, mask, pruning_config(rate=0.5), ["fc/kernel"])
+    new = criteria.prune(params, mask, pruning_config(rate=0.5), ["fc/kernel"])
     assert new["fc"]["kernel"].tolist() == [[False, False, True, True, False]]
 
 
@@ -150,7 +151,7 @@ def test_conv_rate_applies_to_4d_kernels():
               "output": {"kernel": rng.normal(size=(10, 10)).astype(np.float32)}}
     names = pruning.prunable(params)
     cfg = pruning_config(rate=0.2, conv_rate=0.1, output_rate=0.5)
-    counts = pruning.counts(pruning.prune(params, pruning.full_mask(params), cfg, names), names)
+    counts = pruning.counts(criteria.prune(params, pruning.full_mask(params), cfg, names), names)
     assert counts["conv/kernel"]["remaining"] == 360 - 36
     assert counts["fc/kernel"]["remaining"] == 80
     assert counts["output/kernel"]["remaining"] == 50
@@ -160,7 +161,7 @@ def test_ignored_parameters_are_never_pruned():
     params = lenet_like(4)
     names = pruning.prunable(params, ignore=["output/kernel"])
     assert names == ["hidden/0/kernel", "hidden/1/kernel"]
-    mask = pruning.prune(params, pruning.full_mask(params), pruning_config(strategy="global", rate=0.5), names)
+    mask = criteria.prune(params, pruning.full_mask(params), pruning_config(strategy="global", rate=0.5), names)
     assert np.all(pruning.flatten(mask)["output/kernel"])
     assert sum(c["remaining"] for c in pruning.counts(mask, names).values()) == 265_200 // 2
 

@@ -19,7 +19,8 @@ from flax import nnx
 from omegaconf import OmegaConf
 
 from lottery import data as datasets
-from lottery import models, pruning
+from lottery import models
+from lottery.pruning import masks as pruning
 from lottery.config import ModelConfig
 from lottery.models import conv, layers, vgg
 from test_data import dataset_config, small_cifar  # noqa: F401 (fixture)

@@ -17,8 +17,9 @@ import pytest
 from rich.console import Console
 
 from conftest import REPO, child_env, compose_config, run_cli
-from lottery import driver, imp
-from lottery.checkpoint import LevelCheckpoints
+from lottery import imp
+from lottery.training import loop
+from lottery.results.store import LevelCheckpoints
 from lottery.errors import LotteryError
 
 # Long enough per level (300 steps, 10 checkpoints) for a kill to land inside training; checkpoints
@@ -249,19 +250,19 @@ def test_wall_time_of_a_resumed_level_sums_every_process_that_trained_it(small_c
     from lottery.errors import Preempted
 
     clock = iter(range(0, 1000, 10))  # each reading of the training clock is 10 s after the one before
-    monkeypatch.setattr(driver, "time", types.SimpleNamespace(time=lambda: float(next(clock))))
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(time=lambda: float(next(clock))))
 
-    class PreemptedAtOnce(driver.Preemption):
+    class PreemptedAtOnce(loop.Preemption):
         def __enter__(self):
             super().__enter__()
             self.requested = "SIGTERM"  # as if SIGTERM arrived during the first compiled chunk
             return self
 
     cfg = small_config("levels=0")
-    monkeypatch.setattr(driver, "PREEMPTION", PreemptedAtOnce())
+    monkeypatch.setattr(loop, "PREEMPTION", PreemptedAtOnce())
     with pytest.raises(Preempted):
         imp.run(cfg, console=Console(file=io.StringIO()))  # clock 0 -> 10: 10 s saved with the checkpoint
-    monkeypatch.setattr(driver, "PREEMPTION", driver.Preemption())
+    monkeypatch.setattr(loop, "PREEMPTION", loop.Preemption())
     imp.run(cfg, console=Console(file=io.StringIO()))  # clock 20 -> 30: 10 s more
     with open(os.path.join(imp.prepare(cfg).level_dir(0, 0), "metrics.json")) as f:
         assert json.load(f)["wall_time_s"] == 20.0

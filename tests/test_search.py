@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from conftest import CONF, REPO, child_env, run_cli
-from lottery import analysis, imp, objective, report
+from lottery import analysis, imp, report
+from lottery.analysis import objective
 from lottery.config import levels_to_reach
 
 PRESETS = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))

@@ -13,8 +13,10 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from conftest import compose_config
-from lottery import analysis, imp, report, tickets
-from lottery.checkpoint import save_tree
+from lottery import analysis, report
+from lottery.analysis import tickets
+from lottery.results.store import save_tree
+from lottery.imp import levels
 
 
 def by_layer(rows):
@@ -185,10 +187,10 @@ def test_per_layer_densities_from_the_results(tree):
     assert row.density == pytest.approx(mask["hidden/0/kernel"].mean())
     assert row.share == pytest.approx(mask["hidden/0/kernel"].sum() / sum(m.sum() for m in mask.values()))
     assert len(densities) == 3 * 2 * (3 + 2) * len(LAYERS)  # experiments x replicates x networks x layers
-    ax = tickets.plot_layer_densities(densities[densities.hash == "aaaa"])
+    ax = analysis.plot_layer_densities(densities[densities.hash == "aaaa"])
     assert [line.get_label() for line in ax.get_lines()] == list(LAYERS)
     with pytest.raises(ValueError, match="several experiments"):
-        tickets.plot_layer_densities(densities)
+        analysis.plot_layer_densities(densities)
 
 
 def test_layer_collapse_empty_and_nearly_empty(capsys):
@@ -208,12 +210,12 @@ def test_layer_collapse_empty_and_nearly_empty(capsys):
     nested = {"hidden": {"0": {"kernel": mask["a"]}}, "output": {"kernel": np.ones((3, 2), bool)}}
     experiment = types.SimpleNamespace(prunable=["hidden/0/kernel", "output/kernel"],
                                        cfg=compose_config(["pruning=global"]))
-    imp.warn_collapse(experiment, {"level": 7, "replicate": 1, "kind": "ticket"}, nested)
+    levels.warn_collapse(experiment, {"level": 7, "replicate": 1, "kind": "ticket"}, nested)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: level 7, replicate 1, ticket: layer collapse: "
                                                "hidden/0/kernel keeps 0 of 12 weights")
     assert err[0].endswith("global ranking does this at high sparsity (pruning.strategy=layerwise keeps every layer)")
-    imp.warn_collapse(experiment, {"level": 7, "replicate": 1, "kind": "ticket"},
+    levels.warn_collapse(experiment, {"level": 7, "replicate": 1, "kind": "ticket"},
                       {"hidden": {"0": {"kernel": np.ones((4, 3), bool)}}, "output": {"kernel": np.ones((3, 2), bool)}})
     assert capsys.readouterr().err == ""
 

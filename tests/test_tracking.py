@@ -8,7 +8,8 @@ import os
 import pytest
 from rich.console import Console
 
-from lottery import imp, objective, tracking
+from lottery import imp, tracking
+from lottery.analysis import objective
 from wandb_records import read_run
 
 QUIET = Console(file=io.StringIO())

@@ -4,9 +4,11 @@ import jax
 import numpy as np
 import pytest
 
-from lottery import imp, pruning, training
+from lottery import imp
+from lottery.pruning import masks as pruning
+from lottery.training import trainer as training
 from lottery.errors import LotteryError
-from lottery.training import stack, unstack
+from lottery.training.trainer import stack, unstack
 from test_masking import member_keys
 
 

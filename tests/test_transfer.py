@@ -12,7 +12,9 @@ import pytest
 from rich.console import Console
 
 from conftest import compose_config
-from lottery import config, imp, pruning
+from lottery import imp
+from lottery.results import identity as config
+from lottery.pruning import masks as pruning
 from lottery.errors import LotteryError
 
 QUIET = Console(file=io.StringIO())

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 
 import lottery.config  # noqa: F401  (registers the config schema)
 from lottery.data import Dataset
-from lottery.provenance import provenance
+from lottery.results.provenance import provenance
 
 CONF = pathlib.Path(__file__).resolve().parents[2] / "conf"
 
@@ -41,7 +41,7 @@ def timed(function, *args, repeats=5):
 
 
 def machine() -> str:
-    """One line of where a benchmark ran (``lottery.provenance``): CPU, cores, device, jax, commit."""
+    """One line of where a benchmark ran (``lottery.results.provenance``): CPU, cores, device, jax, commit."""
     p = provenance()
     commit = f", commit {p['commit'][:7]}{' (dirty)' if p['dirty'] else ''}" if p["commit"] else ""
     return f"{p['cpu'] or p['platform']}, {p['cpus']} cores, {p['backend']} ({p['device']}), jax {p['jax']}{commit}"

@@ -15,7 +15,9 @@ import jax
 from rich.console import Console
 
 from common import compose_config, machine
-from lottery import imp, training
+from lottery import imp
+from lottery.training import trainer as training
+from lottery.imp import levels
 
 
 def main():
@@ -56,7 +58,7 @@ def main():
         seconds["compile"] = time.perf_counter() - start
         level_start = time.perf_counter()  # the same experiment (trainer, data), so nothing loads or compiles again
         os.makedirs(experiment.directory)
-        (metrics,) = imp.run_locked(experiment, Console(file=io.StringIO()))
+        (metrics,) = levels.run_locked(experiment, Console(file=io.StringIO()))
         level = time.perf_counter() - level_start
         total = time.perf_counter() - began
     host = level - seconds["train"] - seconds["evaluate"]

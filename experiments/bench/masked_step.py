@@ -13,7 +13,9 @@ import jax
 import numpy as np
 
 from common import compose_config, machine, synthetic, timed
-from lottery import models, pruning, training
+from lottery import models
+from lottery.pruning import masks as pruning
+from lottery.training import trainer as training
 
 MODELS = {
     "lenet": dict(overrides=["+exp=lenet"], shape=(28, 28, 1)),

@@ -34,7 +34,7 @@ def measure(args):
     import numpy as np
 
     from common import compose_config
-    from lottery import training
+    from lottery.training import trainer as training
     from masked_step import make_trainer, random_mask
 
     trainer = make_trainer("lenet", masked=True)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common import machine
-from lottery import training
+from lottery.training import trainer as training
 from masked_step import make_trainer, random_mask
 
 

@@ -55,9 +55,10 @@ from rich.console import Console
 from threadpoolctl import threadpool_limits
 
 from common import compose_config, machine
-from lottery import analysis, imp, tickets
-from lottery.checkpoint import read_json
-from lottery.record import read_identity
+from lottery import analysis, imp
+from lottery.analysis import tickets
+from lottery.results.store import read_json
+from lottery.results.identity import read_identity
 
 PATHS = ("JAX dense", "BCOO", "BCSR", "NumPy dense", "SciPy CSR")
 BASELINE = {"BCOO": "JAX dense", "BCSR": "JAX dense", "SciPy CSR": "NumPy dense"}

@@ -1,8 +1,4 @@
-"""An experiment directory's own record of what it is and how it was filled.
-
-``config.yaml`` is the experiment's identity: the name and every config value that determines its
-results (``config.identity``: the keys that are hashed, and the fingerprint of the data's
-content). It is the same for every invocation that can reach the directory, so it never goes stale.
+"""An experiment directory's record of how it was filled (its identity, config.yaml, is identity.py's).
 
 ``invocations.jsonl`` gets one line when an invocation starts (the time, the command line, the
 values of the keys left out of the hash — levels, replicates, controls, lmc, where data live, ... —,
@@ -11,7 +7,6 @@ the code and the program: backend, device, jax version, loop placement) and one 
 says which invocation produced each result and with what.
 """
 
-import glob
 import json
 import os
 import sys
@@ -19,76 +14,12 @@ import time
 from typing import List
 
 import jax
-from omegaconf import OmegaConf
 
-from lottery import config
-from lottery.errors import LotteryError, at
-from lottery.provenance import provenance
+from lottery.errors import at
+from lottery.results.identity import unhashed_settings
+from lottery.results.provenance import provenance
 
-CONFIG = "config.yaml"
 INVOCATIONS = "invocations.jsonl"
-
-
-def write_identity(directory: str, cfg, data_fingerprint: str) -> None:
-    """config.yaml, once: the experiment's name and identity."""
-    write_once(os.path.join(directory, CONFIG), {"name": cfg.name, **config.identity(cfg, data_fingerprint)},
-               "experiment", same=lambda saved, content: {**saved, "name": cfg.name} == content)
-
-
-def read_identity(directory: str, missing: str = None) -> dict:
-    """An experiment's config.yaml: its name and identity (``missing``: what to say if there is none)."""
-    path = os.path.join(directory, CONFIG)
-    if not os.path.isfile(path):
-        raise LotteryError(missing or f"{path}: missing; it is the experiment's identity")
-    try:
-        saved = OmegaConf.to_container(OmegaConf.load(path))
-    except Exception as error:  # YAML syntax errors of several types, unreadable files
-        raise LotteryError(f"{path}: cannot be read ({type(error).__name__}: {str(error).splitlines()[0]}); "
-                           "it is the experiment's identity") from None
-    if not isinstance(saved, dict) or "name" not in saved:
-        raise LotteryError(f"{path}: holds no experiment config (no name); it is corrupt")
-    return saved
-
-
-def write_once(path: str, content: dict, what: str, same=lambda saved, content: saved == content) -> None:
-    """The identity file of a hash-named directory (``what``: experiment, dense run), written the
-    first time and checked every later time: it must still hold ``content``."""
-    if not os.path.exists(path):
-        partial = path + ".partial"
-        with at(partial):
-            OmegaConf.save(OmegaConf.create(content), partial)
-        os.replace(partial, path)
-        return
-    try:
-        saved = OmegaConf.to_container(OmegaConf.load(path))
-    except Exception as error:  # YAML syntax errors of several types, unreadable files
-        raise LotteryError(f"{path}: cannot be read ({type(error).__name__}: {str(error).splitlines()[0]}); it is the "
-                           f"{what}'s identity and is written again if you delete it") from None
-    if not isinstance(saved, dict) or not same(saved, content):
-        raise LotteryError(f"{path}: is not the identity of this {what} (its values differ from the config "
-                           "that hashes to this directory); it was edited or damaged: delete it and it is written again")
-
-
-def older_versions(directory: str, cfg, data_fingerprint: str) -> List[str]:
-    """Experiment directories beside ``directory`` (same name) whose identity is this one's but for
-    keys an older version hashed and this one no longer has (``config.legacy``): the same
-    experiment under another hash."""
-    found = []
-    current = config.flatten(config.identity(cfg, data_fingerprint))
-    prefix = os.path.basename(directory).rsplit("-", 1)[0]
-    for candidate in sorted(glob.glob(os.path.join(os.path.dirname(directory), f"{glob.escape(prefix)}-*", CONFIG))):
-        try:
-            saved = OmegaConf.to_container(OmegaConf.load(candidate))
-        except Exception:  # unreadable: not for a note to judge
-            continue
-        if not isinstance(saved, dict):
-            continue
-        saved = {k: v for k, v in config.flatten(saved).items() if k != "name" and not any(
-            k == dropped or k.startswith(dropped + ".") for dropped in config._NOT_HASHED)}  # older files held these
-        old = {k for k in saved if config.legacy(k)}
-        if old and {k: v for k, v in saved.items() if k not in old} == current:
-            found.append(os.path.dirname(candidate))
-    return found
 
 
 def program(host_loop: bool, mesh=None) -> dict:
@@ -132,7 +63,7 @@ class Invocation:
         self.program = program_
         self.added: List[dict] = []
         self.earlier = read(directory)
-        settings = config.extent(cfg)
+        settings = unhashed_settings(cfg)
         if cfg.get("transfer") is not None and cfg.transfer.source is not None:
             settings["transfer.source"] = cfg.transfer.source  # the resolved directory (hashed by its identity)
         self._append({"event": "start", "time": _now(), "argv": sys.argv, "settings": settings,

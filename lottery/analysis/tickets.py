@@ -4,7 +4,7 @@ as pruning proceeds; and when pruning empties a layer (layer collapse).
     sim = similarity_table("runs")              # every pair of tickets worth comparing, per layer
     sim[sim.layer == "all"]                     # one row per pair: the whole network
     densities = layer_densities(load_runs("runs"))
-    plot_layer_densities(densities)             # the per-layer density figure of IMP papers
+    figures.plot_layer_densities(densities)     # the per-layer density figure of IMP papers
     collapsed("runs")                           # layers pruning emptied or nearly emptied
 
 Similarity of two masks of the same shapes, per prunable layer and over all of them:
@@ -33,8 +33,10 @@ import pandas as pd
 from scipy.signal import fftconvolve
 from scipy.special import gammaln
 
-from lottery import analysis
-from lottery.checkpoint import NETWORK_KEYS, read_flat, read_json
+from lottery.analysis import runs
+from lottery.results import paths
+from lottery.results.metrics import NETWORK_KEYS
+from lottery.results.store import read_flat, read_json
 
 COMPARISONS = ("replicates", "levels", "kinds", "experiments")
 PAIR = ("experiment", "hash", "replicate", "level", "kind")  # what names each side of a pair (_a, _b)
@@ -126,9 +128,9 @@ def read_ticket(directory: str) -> dict:
 
 def networks(root: str) -> pd.DataFrame:
     """Every finished network below ``root`` (levels >= 1) that kept its ``ticket/``: the rows of
-    ``analysis.load_runs`` (experiment, hash, replicate, level, kind), with the network's directory."""
+    ``runs.load_runs`` (experiment, hash, replicate, level, kind), with the network's directory."""
     try:
-        df = analysis.load_runs(root)
+        df = runs.load_runs(root)
     except FileNotFoundError:  # no results below root: nothing to compare
         df = pd.DataFrame(columns=["experiment", "hash", "replicate", "level", "kind", "directory"])
     df = df[df.level > 0]
@@ -200,7 +202,7 @@ def summarize_similarity(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def layer_densities(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per network of ``analysis.load_runs`` and prunable layer: kept and total weights,
+    """One row per network of ``runs.load_runs`` and prunable layer: kept and total weights,
     the layer's density and its share of the weights the network keeps, read from metrics.json."""
     rows = []
     for _, network in df.iterrows():
@@ -218,8 +220,7 @@ def layer_densities(df: pd.DataFrame) -> pd.DataFrame:
 
 def network_dir(network) -> str:
     """A ``load_runs`` row's own directory: its level's, or its control's inside it."""
-    level_dir = os.path.join(network["directory"], f"replicate_{network['replicate']}", f"level_{network['level']}")
-    return level_dir if network["kind"] == "ticket" else os.path.join(level_dir, network["kind"])
+    return paths.network_dir(network["directory"], network["replicate"], network["level"], network["kind"])
 
 
 def dead_units(mask: np.ndarray) -> int:
@@ -259,29 +260,3 @@ def collapsed(root: str, nearly: float = NEARLY_EMPTY) -> pd.DataFrame:
             rows.append({**{k: network[k] for k in PAIR},
                          "percent_remaining": 100 * ticket["metrics"]["density"], **found})
     return pd.DataFrame(rows, columns=[*PAIR, "percent_remaining", "layer", "kept", "total", "dead_units", "units", "empty"])
-
-
-def plot_layer_densities(densities: pd.DataFrame, ax=None, kind: str = "ticket"):
-    """% of each layer's weights remaining against the network's % remaining (log scales, density
-    falling to the right, as accuracy-vs-sparsity plots), mean over replicates; one experiment."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
-    rows = densities[densities.kind == kind]
-    if rows[["experiment", "hash"]].drop_duplicates().shape[0] > 1:
-        raise ValueError("plot_layer_densities: densities of several experiments; select one")
-    for layer, group in rows.groupby("layer", sort=False):
-        mean = group.groupby("level")[["percent_remaining", "density"]].mean()
-        ax.plot(mean["percent_remaining"], 100 * mean["density"], marker="o", label=layer)
-    analysis._sparsity_axis(ax, rows)
-    ax.set_xlabel("% of all weights remaining")
-    ax.set_yscale("log")
-    low = 100 * rows["density"][rows["density"] > 0].min() if (rows["density"] > 0).any() else 1.0
-    ticks = list(analysis._sparsity_ticks(100.0, low))
-    ax.set_yticks(ticks)
-    ax.set_yticklabels(analysis._tick_labels(ticks))
-    ax.yaxis.set_minor_locator(plt.NullLocator())
-    ax.set_ylabel("% of the layer's weights remaining")
-    ax.legend(title="layer", fontsize="small")
-    return ax

@@ -3,7 +3,7 @@
 Level 0 -- the dense network trained from θ0 for T steps -- depends on the model, the data, the
 optimizer, training and the seed (``config.DENSE``), not on how it is pruned, rewound or retrained
 afterwards. A sweep over ``rewind``, ``pruning.*``, ``retrain`` or ``controls`` would otherwise
-train the same dense network in every job. So it is a result of its own, named by the hash of
+train the same dense network in every network. So it is a result of its own, named by the hash of
 those keys (as open_lth's separate pretraining run):
 
   <output_dir>/dense/<model>-<dataset>-<hash>/
@@ -30,38 +30,44 @@ from typing import List
 
 import jax
 
-from lottery import distributed, driver, layout, pruning, record, training
-from lottery.checkpoint import NETWORK_KEYS, load_tree, read_json, save_tree, write_json
-from lottery.config import dense_identity, digest
-from lottery.driver import Job, group_checkpoints, train
+from lottery import hosts
+from lottery.imp.experiment import Experiment
+from lottery.pruning import masks
+from lottery.results import metrics as result_metrics
+from lottery.results import paths
+from lottery.results.identity import dense_identity, digest, write_once
+from lottery.results.invocations import Invocation
+from lottery.results.metrics import NETWORK_KEYS
+from lottery.results.store import fresh, link_tree, load_tree, open_locked, read_json, save_tree, write_json
+from lottery.training import trainer as training
+from lottery.training import loop
+from lottery.training.loop import Network, group_checkpoints
 
-STORE = "dense"  # below output_dir
 IDENTITY = "dense.yaml"
 
 
 class Dense:
     """The dense runs of one experiment's (model, data, optimizer, training, seed)."""
 
-    def __init__(self, experiment):
+    def __init__(self, experiment: Experiment):
         self.experiment = experiment
         cfg = experiment.cfg
         self.identity = dense_identity(cfg, experiment.data_fingerprint)
-        name = f"{cfg.model.name}-{cfg.dataset.name}-{digest(self.identity)}"
-        self.directory = os.path.join(os.path.dirname(experiment.directory), STORE, name)
+        self.directory = paths.dense_store(experiment.directory, f"{cfg.model.name}-{cfg.dataset.name}-{digest(self.identity)}")
 
     def replicate_dir(self, replicate: int) -> str:
-        return os.path.join(self.directory, f"replicate_{replicate}")
+        return paths.replicate_dir(self.directory, replicate)
 
     def rewind_dir(self, replicate: int, step: int) -> str:
-        return os.path.join(self.replicate_dir(replicate), "rewind_points", str(step))
+        return paths.rewind_point_dir(self.directory, replicate, step)
 
     def kept_steps(self, replicate: int) -> List[int]:
         """The steps whose states this replicate keeps (finished directories only)."""
-        directory = os.path.join(self.replicate_dir(replicate), "rewind_points")
+        directory = os.path.dirname(self.rewind_dir(replicate, 0))
         return sorted(int(name) for name in os.listdir(directory) if name.isdigit()) if os.path.isdir(directory) else []
 
 
-def provide(experiment, replicates: List[int], progress) -> List[dict]:
+def link_level_0(experiment: Experiment, replicates: List[int], progress) -> List[dict]:
     """Level 0 of ``replicates`` in the experiment's directory, from the shared dense runs: trains
     the replicates the store lacks and the rewind point k where it lacks it (under the store's
     lock; another process working on it is waited for), then links them in. Returns the metrics
@@ -72,20 +78,20 @@ def provide(experiment, replicates: List[int], progress) -> List[dict]:
     say = progress.console.print
     # Directories appear whole (one rename): what is there needs no lock, only what is missing does.
     complete = all(os.path.isdir(dense.replicate_dir(r)) and k in dense.kept_steps(r) for r in replicates)
-    if not all(distributed.agree(int(complete))):  # every process takes the same path
+    if not all(hosts.agree(int(complete))):  # every process takes the same path
         lock = lock_store(dense, say)
         try:
             untrained = [r for r in replicates if not os.path.isdir(dense.replicate_dir(r))]
             verify(dense, [r for r in replicates if r not in untrained])
             if untrained or any(k not in dense.kept_steps(r) for r in replicates):
-                invocation = record.Invocation(dense.directory, experiment.cfg, experiment.invocation.program,
-                                               write=distributed.primary())
+                invocation = Invocation(dense.directory, experiment.cfg, experiment.invocation.program,
+                                               write=hosts.primary())
                 announce_other_programs(dense, invocation, say)
                 try:
                     train_dense(dense, untrained, invocation, progress)
                     keep_rewind_point(dense, [r for r in replicates if k not in dense.kept_steps(r)], invocation, progress)
                 except BaseException as error:
-                    status = "preempted" if driver.PREEMPTION.requested else f"failed: {type(error).__name__}: {error}"
+                    status = "preempted" if loop.PREEMPTION.requested else f"failed: {type(error).__name__}: {error}"
                     invocation.end(status.splitlines()[0])
                     raise
                 invocation.end("finished")
@@ -93,7 +99,7 @@ def provide(experiment, replicates: List[int], progress) -> List[dict]:
             if lock is not None:
                 lock.close()
     verify(dense, replicates)
-    return [link_level_0(dense, r) for r in replicates]
+    return [link_replicate(dense, r) for r in replicates]
 
 
 def verify(dense: Dense, replicates: List[int]) -> None:
@@ -104,13 +110,13 @@ def verify(dense: Dense, replicates: List[int]) -> None:
     for r in replicates:
         read_json(os.path.join(dense.replicate_dir(r), "metrics.json"), NETWORK_KEYS)
         for what in ("ticket", "trained"):
-            load_tree(os.path.join(dense.replicate_dir(r), what), experiment.like(what))
+            load_tree(os.path.join(dense.replicate_dir(r), what), experiment.template(what))
         if experiment.rewind in dense.kept_steps(r):
-            load_tree(dense.rewind_dir(r, experiment.rewind), experiment.like("rewind_point"))
+            load_tree(dense.rewind_dir(r, experiment.rewind), experiment.template("rewind_point"))
 
 
 def announce_other_programs(dense: Dense, invocation, say) -> None:
-    """As for an experiment (imp.run_locked): dense runs trained by another backend, loop placement
+    """As for an experiment (levels.run_locked): dense runs trained by another backend, loop placement
     or mesh round differently, and a rewind point computed now continues them with this one."""
     others = invocation.other_programs()
     if others and any(os.path.isdir(dense.replicate_dir(r)) for r in range(dense.experiment.cfg.replicates)):
@@ -126,11 +132,11 @@ def lock_store(dense: Dense, say):
     it could."""
 
     def stop_if_asked():
-        if driver.PREEMPTION.requested:
-            raise driver.PREEMPTION.stop(f"stopped while waiting for {dense.directory}")
+        if loop.PREEMPTION.requested:
+            raise loop.PREEMPTION.stop(f"stopped while waiting for {dense.directory}")
 
-    identify = lambda: record.write_once(os.path.join(dense.directory, IDENTITY), dense.identity, "dense run")
-    return layout.open_locked(dense.directory, identify, "the shared dense level 0",
+    identify = lambda: write_once(os.path.join(dense.directory, IDENTITY), dense.identity, "dense run")
+    return open_locked(dense.directory, identify, "the shared dense level 0",
                               wait=lambda line: say(f"level 0: {line}"), stop=stop_if_asked)
 
 
@@ -141,34 +147,34 @@ def train_dense(dense: Dense, replicates: List[int], invocation, progress) -> No
         return
     experiment = dense.experiment
     k, end = experiment.rewind, experiment.end
-    jobs = []
+    networks = []
     for r in replicates:
         keys = experiment.keys(r)
-        jobs.append(Job(r, "ticket", dense.replicate_dir(r), experiment.dense_start(r), keys["data"], keys["augment"]))
-    states = training.stack([job.state for job in jobs])
-    task = progress.add_task(f"level 0 (dense, shared: {os.path.basename(dense.directory)}): {len(jobs)} x ticket", total=end)
-    checkpoints = group_checkpoints(dense.directory, "train", 0, jobs, 0, end)
-    states, histories, kept, seconds = train(experiment, states, jobs, 0, 0, end, lambda n: progress.advance(task, n),
-                                             keep=[k], checkpoints=checkpoints, say=progress.console.print)
-    for i, job in enumerate(jobs):
-        work_dir = layout.fresh(job.directory + ".partial")
-        start = jax.device_get(job.state)
+        networks.append(Network(r, "ticket", dense.replicate_dir(r), experiment.dense_start(r), keys["data"], keys["augment"]))
+    states = training.stack([network.state for network in networks])
+    task = progress.add_task(f"level 0 (dense, shared: {os.path.basename(dense.directory)}): {len(networks)} x ticket", total=end)
+    checkpoints = group_checkpoints(dense.directory, "train", 0, networks, 0, end)
+    states, histories, kept, seconds = experiment.train(states, networks, 0, 0, end, lambda n: progress.advance(task, n),
+                                                        keep=[k], checkpoints=checkpoints, say=progress.console.print)
+    for i, network in enumerate(networks):
+        work_dir = fresh(network.directory + ".partial")
+        start = jax.device_get(network.state)
         save_tree(os.path.join(work_dir, "ticket"), {key: start[key] for key in ("mask", "params", "batch_stats")})
         finished = training.unstack(states, i)
         save_tree(os.path.join(work_dir, "trained"), {key: finished[key] for key in ("params", "batch_stats")})
-        if distributed.primary():
+        if hosts.primary():
             os.makedirs(os.path.join(work_dir, "rewind_points"))
         for step, snapshots in kept.items():
             save_tree(os.path.join(work_dir, "rewind_points", str(step)), training.unstack(snapshots, i))
-        metrics = layout.summarize(0, job.replicate, "ticket", 0, histories[i],
-                                   pruning.counts(start["mask"], experiment.prunable), seconds)
-        metrics.update(data_fingerprint=experiment.data_fingerprint, group_size=len(jobs))
+        metrics = result_metrics.summarize(0, network.replicate, "ticket", 0, histories[i],
+                                   masks.counts(start["mask"], experiment.prunable), seconds)
+        metrics.update(data_fingerprint=experiment.data_fingerprint, group_size=len(networks))
         write_json(os.path.join(work_dir, "metrics.json"), metrics)
-        if distributed.primary():
-            os.rename(work_dir, job.directory)
-        invocation.add(replicate=job.replicate, trained=end, kept=sorted(kept))
+        if hosts.primary():
+            os.rename(work_dir, network.directory)
+        invocation.add(replicate=network.replicate, trained=end, kept=sorted(kept))
     remove_checkpoints(checkpoints)
-    distributed.barrier(f"dense {dense.directory}")  # every process sees the new directories before it looks
+    hosts.barrier(f"dense {dense.directory}")  # every process sees the new directories before it looks
 
 
 def keep_rewind_point(dense: Dense, replicates: List[int], invocation, progress) -> None:
@@ -181,41 +187,41 @@ def keep_rewind_point(dense: Dense, replicates: List[int], invocation, progress)
         below = [s for s in dense.kept_steps(r) if s < k]
         starts.setdefault(below[-1] if below else 0, []).append(r)
     for start, group in sorted(starts.items()):
-        jobs = []
+        networks = []
         for r in group:
             keys = experiment.keys(r)
-            ticket = load_tree(os.path.join(dense.replicate_dir(r), "ticket"), experiment.like("ticket"))
+            ticket = load_tree(os.path.join(dense.replicate_dir(r), "ticket"), experiment.template("ticket"))
             opt_state = None
             if start in dense.kept_steps(r):
-                point = load_tree(dense.rewind_dir(r, start), experiment.like("rewind_point"))
+                point = load_tree(dense.rewind_dir(r, start), experiment.template("rewind_point"))
                 ticket.update(params=point["params"], batch_stats=point["batch_stats"])
                 opt_state = point["opt_state"]
             state = trainer.init_state(ticket["params"], ticket["batch_stats"], ticket["mask"], opt_state)
-            jobs.append(Job(r, "ticket", dense.rewind_dir(r, k), state, keys["data"], keys["augment"]))
-        states = training.stack([job.state for job in jobs])
-        task = progress.add_task(f"level 0 (dense): rewind point {k} from step {start}, {len(jobs)} networks",
+            networks.append(Network(r, "ticket", dense.rewind_dir(r, k), state, keys["data"], keys["augment"]))
+        states = training.stack([network.state for network in networks])
+        task = progress.add_task(f"level 0 (dense): rewind point {k} from step {start}, {len(networks)} networks",
                                  total=k - start)
-        checkpoints = group_checkpoints(dense.directory, f"rewind_point_{k}", 0, jobs, start, k)
-        states, _, _, _ = train(experiment, states, jobs, 0, start, k, lambda n: progress.advance(task, n),
-                                evaluate=False, checkpoints=checkpoints, say=progress.console.print)
-        for i, job in enumerate(jobs):
-            partial = job.directory + ".partial"
-            if distributed.primary() and os.path.isdir(partial):  # an interrupted attempt
+        checkpoints = group_checkpoints(dense.directory, f"rewind_point_{k}", 0, networks, start, k)
+        states, _, _, _ = experiment.train(states, networks, 0, start, k, lambda n: progress.advance(task, n),
+                                           evaluate=False, checkpoints=checkpoints, say=progress.console.print)
+        for i, network in enumerate(networks):
+            partial = network.directory + ".partial"
+            if hosts.primary() and os.path.isdir(partial):  # an interrupted attempt
                 shutil.rmtree(partial)
-            distributed.barrier(f"rewind point {partial}")
+            hosts.barrier(f"rewind point {partial}")
             finished = training.unstack(states, i)
             save_tree(partial, {key: finished[key] for key in ("params", "batch_stats", "opt_state")})
-            if distributed.primary():
-                os.rename(partial, job.directory)
-            invocation.add(replicate=job.replicate, rewind_point=k, from_step=start)
+            if hosts.primary():
+                os.rename(partial, network.directory)
+            invocation.add(replicate=network.replicate, rewind_point=k, from_step=start)
         remove_checkpoints(checkpoints)
-    distributed.barrier(f"rewind points {dense.directory}")
+    hosts.barrier(f"rewind points {dense.directory}")
 
 
 def remove_checkpoints(checkpoints) -> None:
     """A finished group's checkpoints, and the directories above them that are left empty."""
     checkpoints.close()
-    if distributed.primary():
+    if hosts.primary():
         shutil.rmtree(checkpoints.directory, ignore_errors=True)
         try:
             os.removedirs(os.path.dirname(checkpoints.directory))  # up to the first that is not empty
@@ -223,21 +229,21 @@ def remove_checkpoints(checkpoints) -> None:
             pass
 
 
-def link_level_0(dense: Dense, replicate: int) -> dict:
+def link_replicate(dense: Dense, replicate: int) -> dict:
     """The experiment's ``replicate_<r>/level_0/`` from the dense run, by one rename; its metrics."""
     experiment = dense.experiment
     source, destination = dense.replicate_dir(replicate), experiment.level_dir(replicate, 0)
     metrics = read_json(os.path.join(source, "metrics.json"), NETWORK_KEYS)
     # Counted by this experiment's rule (pruning.ignore decides what is prunable, not the dense run).
-    full = pruning.full_mask(experiment.trainer.init_params)
-    metrics.update(layout.count_fields(pruning.counts(full, experiment.prunable)))
+    full = masks.full_mask(experiment.trainer.init_params)
+    metrics.update(result_metrics.count_fields(masks.counts(full, experiment.prunable)))
     metrics["dense"] = os.path.relpath(dense.directory, os.path.dirname(experiment.directory))
-    work_dir = layout.fresh(destination + ".partial")
-    if distributed.primary():
+    work_dir = fresh(destination + ".partial")
+    if hosts.primary():
         for what in ("ticket", "trained"):
-            layout.link_tree(os.path.join(source, what), os.path.join(work_dir, what))
-        layout.link_tree(dense.rewind_dir(replicate, experiment.rewind), os.path.join(work_dir, "rewind_point"))
+            link_tree(os.path.join(source, what), os.path.join(work_dir, what))
+        link_tree(dense.rewind_dir(replicate, experiment.rewind), os.path.join(work_dir, "rewind_point"))
         write_json(os.path.join(work_dir, "metrics.json"), metrics)
         os.rename(work_dir, destination)
-    distributed.barrier(f"level 0 {destination}")
+    hosts.barrier(f"level 0 {destination}")
     return metrics

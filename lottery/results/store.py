@@ -1,15 +1,28 @@
-"""Saving and loading pytrees (orbax) and JSON results, never leaving a half-written file behind."""
+"""Results on disk: pytrees (orbax) and JSON, written whole or not at all, directories that appear
+whole, and locks.
 
+Every result directory is written as ``<name>.partial`` and renamed into place when complete, so a
+directory that exists is finished and one that does not is redone (an interrupted attempt's
+``.partial`` is removed first). A directory that several processes may write (an experiment, the
+shared dense level 0) is guarded by an exclusive ``flock`` on its ``lock`` file: the kernel releases
+it when the process ends, however it ends, so no lock is ever stale.
+"""
+
+import errno
 import json
 import logging
 import os
+import shutil
 import sys
+from typing import Callable, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lottery import hosts
 from lottery.errors import LotteryError, at
+from lottery.results import lock
 
 # orbax reports through absl's logger what it then raises (a truncated file: "Failed to json parse
 # ..."), and we turn what it raises into one line naming the directory: its own reports are noise.
@@ -114,10 +127,6 @@ def flat_arrays(tree, directory: str, separator: str = ".", prefix: str = "") ->
     return flat
 
 
-NETWORK_KEYS = ("level", "replicate", "kind", "density", "remaining", "layers", "final", "history", "start_step")
-LMC_KEYS = ("alphas", "test_error", "barrier", "start_step")
-
-
 class LevelCheckpoints:
     """Checkpoints inside a level of one group of networks trained together (orbax
     ``CheckpointManager``, the last two kept, so an unreadable one falls back to the one before)."""
@@ -160,3 +169,63 @@ class LevelCheckpoints:
         with at(self.directory):
             self.manager.wait_until_finished()
         self.manager.close()
+
+
+# --- directories that appear whole, and locks --------------------------------------------------
+
+
+def acquire_lock(directory: str, wait: Optional[Callable[[str], None]] = None, stop: Callable[[], None] = lambda: None):
+    """An exclusive lock on ``directory`` (its ``lock`` file: lock.py) for this process's lifetime, or until closed."""
+    return lock.acquire(os.path.join(directory, "lock"), directory, wait, stop)
+
+
+def open_locked(directory: str, identify: Callable[[], None], what: str, wait=None, stop: Callable[[], None] = lambda: None):
+    """Process 0 makes ``directory``, takes its lock (``acquire_lock``) and writes or checks its
+    identity (``identify``); every process learns whether it could. Process 0 raises its own error
+    (after closing the lock), the others one line. Returns the lock (None off process 0)."""
+    lock, error = None, None
+    if hosts.primary():
+        try:
+            with at(directory):
+                os.makedirs(directory, exist_ok=True)
+            lock = acquire_lock(directory, wait, stop)
+            identify()
+        except BaseException as e:  # raised below, once the other processes know
+            error = e
+    failed = hosts.agree(0 if error is None else 1)
+    if error is not None:
+        if lock is not None:
+            lock.close()
+        raise error
+    if any(failed):
+        raise LotteryError(f"{directory}: process 0 could not open {what} (its error line says why)")
+    return lock
+
+
+def fresh(work_dir: str) -> str:
+    """An empty ``work_dir`` (an interrupted attempt's is removed), made by process 0 before any
+    process writes into it."""
+    if hosts.primary():
+        if os.path.isdir(work_dir):  # an interrupted attempt, never finished
+            shutil.rmtree(work_dir)
+        with at(work_dir):
+            os.makedirs(work_dir)
+    hosts.barrier(f"fresh {work_dir}")
+    return work_dir
+
+
+def link_tree(source: str, destination: str) -> None:
+    """Copy the directory ``source`` to ``destination``, each file hard-linked where the file
+    system allows it (no second copy of the bytes: results are never modified in place once
+    written), else copied."""
+
+    def link_or_copy(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError as error:
+            if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+                raise
+            shutil.copy2(src, dst)
+
+    with at(destination):
+        shutil.copytree(source, destination, copy_function=link_or_copy)

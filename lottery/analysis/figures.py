@@ -1,143 +1,21 @@
-"""Results as a pandas DataFrame, and the standard figures of the field.
+"""The standard figures of the field, from ``runs.load_runs``.
 
-    df = load_runs("runs")                 # every experiment below a directory (or a sweep dir)
     plot_accuracy_vs_sparsity(df)          # test accuracy vs % weights remaining, mean ± std
     plot_early_stopping(df)                # early-stop iteration vs % weights remaining
     plot_instability(df, x="rewind")       # LMC error barrier vs a swept config value
-
-One row per trained network: experiment (name, hash, directory), replicate, level, kind (ticket or
-a control), % weights remaining, test accuracy (final and at early stop), early-stop iteration,
-LMC barrier, and the config values that differ between the experiments loaded, as columns named
-by their dotted keys (``pruning.rate``, ``rewind``).
+    plot_layer_densities(densities)        # % of each layer's weights remaining (tickets.layer_densities)
+    save_figures(df, directory)            # all of them, as PNGs
 """
 
-import glob
 import os
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from lottery.checkpoint import NETWORK_KEYS, read_json
-from lottery.config import CONTROLS
-from lottery.errors import LotteryError
-
-KINDS = ("ticket", *CONTROLS)
-POINTER = "lottery_experiment.txt"  # written into each Hydra multirun job directory
-METRICS = ("test_accuracy", "test_accuracy_early_stop", "early_stop_iteration", "lmc_barrier")
-
-
-def experiment_dirs(root: str) -> List[str]:
-    """Experiment directories below ``root``: those with a config.yaml and replicate_* dirs, and
-    those named by the pointer files a Hydra sweep leaves in its job directories."""
-    found = set()
-    for config_file in glob.glob(os.path.join(root, "**", "config.yaml"), recursive=True):
-        directory = os.path.dirname(config_file)
-        if glob.glob(os.path.join(directory, "replicate_*")):
-            found.add(os.path.abspath(directory))
-    for pointer in glob.glob(os.path.join(root, "**", POINTER), recursive=True):
-        with open(pointer) as f:
-            found.add(os.path.abspath(f.read().strip()))
-    return sorted(found)
-
-
-def _flatten(tree, prefix=""):
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
-    return flat
-
-
-def _rows(directory: str, config: dict):
-    for metrics_file in sorted(glob.glob(os.path.join(directory, "replicate_*", "level_*", "**", "metrics.json"), recursive=True)):
-        relative = metrics_file[len(directory):]
-        if os.sep + "lmc" + os.sep in relative:
-            continue  # LMC results are read with their ticket
-        if ".partial" in relative:
-            continue  # an interrupted attempt, never finished (it is redone by the next run)
-        m = read_json(metrics_file, NETWORK_KEYS)
-        if m["kind"] not in KINDS:
-            raise LotteryError(f"{metrics_file}: kind {m['kind']!r} is not one of {', '.join(KINDS)}; it is corrupt")
-        lmc_file = os.path.join(os.path.dirname(metrics_file), "lmc", "metrics.json")
-        barrier = np.nan
-        if m["kind"] == "ticket" and os.path.exists(lmc_file):
-            barrier = read_json(lmc_file, ("barrier",))["barrier"]
-        early = m.get("early_stop") or {}
-        group = m.get("group_size")  # networks trained together, one after another (absent before it was recorded)
-        yield {
-            "experiment": config["name"], "hash": os.path.basename(directory).rsplit("-", 1)[-1], "directory": directory,
-            "replicate": m["replicate"], "level": m["level"], "kind": m["kind"],
-            "percent_remaining": 100 * m["density"], "remaining": m["remaining"],
-            "test_accuracy": m["final"]["test_accuracy"],
-            "test_accuracy_early_stop": early.get("test_accuracy", np.nan),
-            "early_stop_iteration": early.get("step", np.nan),
-            "lmc_barrier": barrier, "start_step": m["start_step"], "wall_time_s": m.get("wall_time_s", np.nan),
-            "train_time_s": m["wall_time_s"] / group if group and "wall_time_s" in m else np.nan,
-        }
-
-
-def _identity_keys(flat: dict) -> dict:
-    """The config values that are part of an experiment's identity (an older config.yaml also held
-    levels, replicates, where data lived, ...: those are not what an experiment is)."""
-    from lottery.config import _NOT_HASHED, legacy
-
-    return {key: value for key, value in flat.items() if not legacy(key)  # keys an older version had (parallel)
-            and not any(key == dropped or key.startswith(dropped + ".") for dropped in _NOT_HASHED if dropped != "name")}
-
-
-def _read_config(directory: str) -> dict:
-    from lottery.record import read_identity
-
-    return read_identity(directory)
-
-
-def load_runs(root: str) -> pd.DataFrame:
-    """One tidy DataFrame of every trained network of every experiment below ``root``. A result
-    file that cannot be read, or parses to something that is not a result, raises a LotteryError
-    naming it (never skipped)."""
-    frames, configs = [], []
-    for directory in experiment_dirs(root):
-        config = _read_config(directory)
-        rows = list(_rows(directory, config))
-        if rows:
-            frames.append(pd.DataFrame(rows))
-            configs.append(_identity_keys(_flatten(config)))
-    if not frames:
-        raise FileNotFoundError(f"no lottery experiments with results below {root}")
-    keys = sorted({k for c in configs for k in c})
-    differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1 and k not in ("name",)]
-    for frame, config in zip(frames, configs):
-        for key in differing:
-            frame[key] = [config.get(key)] * len(frame)
-    df = pd.concat(frames, ignore_index=True)
-    return df.sort_values(["experiment", "hash", "level", "kind", "replicate"], ignore_index=True)
-
-
-def summarize(df: pd.DataFrame, by: Optional[List[str]] = None) -> pd.DataFrame:
-    """Mean and std over replicates of each metric, per experiment, kind and level."""
-    by = by or ["experiment", "hash", "kind", "level"]
-    grouped = df.groupby(by, sort=True)
-    table = grouped["percent_remaining"].mean().to_frame()
-    for metric in METRICS:
-        table[metric] = grouped[metric].mean()
-        table[f"{metric}_std"] = grouped[metric].std(ddof=0)
-        table[f"{metric}_n"] = grouped[metric].count()  # replicates that have it (LMC: only where measured)
-    table["wall_time_s"] = grouped["wall_time_s"].mean()  # of the group each network was trained in
-    table["train_time_s"] = grouped["train_time_s"].mean()  # per network: its group's time / its size
-    table["replicates"] = grouped["replicate"].nunique()
-    table = table.reset_index()
-    if "kind" in by:  # level by level, the ticket before its controls
-        rank = table["kind"].map({kind: i for i, kind in enumerate(KINDS)})
-        table = table.assign(_rank=rank).sort_values([c for c in by if c != "kind"] + ["_rank"]).drop(columns="_rank")
-    return table.reset_index(drop=True)
-
-
-STANDARD_COLUMNS = {"experiment", "hash", "directory", "replicate", "level", "kind", "percent_remaining", "remaining",
-                    "start_step", "wall_time_s", "train_time_s", *METRICS}
+from lottery.analysis.runs import STANDARD_COLUMNS
+from lottery.pruning import controls
 
 
 def _label(row, by: str, df: pd.DataFrame) -> str:
@@ -158,7 +36,7 @@ def _lines(df, y, by, ax, scale=100.0):
     # with its controls.
     kinds = df["kind"].nunique() > 1
     keys = ["experiment", "hash"] + ["kind"] * kinds if by == "experiment" else [by]
-    order = {kind: i for i, kind in enumerate(KINDS)}
+    order = {kind: i for i, kind in enumerate(controls.kinds())}
     if by == "experiment":  # the ticket first, then its controls, experiment by experiment
         rank = lambda item: (item[0][0], item[0][1], order.get(item[0][2], -1) if kinds else 0)
     else:
@@ -300,12 +178,12 @@ def save_figures(df: pd.DataFrame, output: str) -> List[str]:
         files.append(os.path.join(output, name))
         ax.figure.savefig(files[-1], dpi=120, bbox_inches="tight")
         plt.close(ax.figure)
-    from lottery import tickets
+    from lottery.analysis import tickets
 
     densities = tickets.layer_densities(df)
     experiments = densities[densities.kind == "ticket"][["experiment", "hash"]].drop_duplicates().values.tolist()
     for name, digest in experiments:  # the per-layer density figure, one per experiment
-        ax = tickets.plot_layer_densities(densities[(densities.experiment == name) & (densities.hash == digest)])
+        ax = plot_layer_densities(densities[(densities.experiment == name) & (densities.hash == digest)])
         (directory,) = df[(df.experiment == name) & (df.hash == digest)]["directory"].unique()[:1]
         ax.set_title(f"{os.path.basename(directory)}: weights remaining per layer (tickets)")
         files.append(os.path.join(output, "layer_density.png" if len(experiments) == 1 else
@@ -313,3 +191,29 @@ def save_figures(df: pd.DataFrame, output: str) -> List[str]:
         ax.figure.savefig(files[-1], dpi=120, bbox_inches="tight")
         plt.close(ax.figure)
     return files
+
+
+def plot_layer_densities(densities: pd.DataFrame, ax=None, kind: str = "ticket"):
+    """% of each layer's weights remaining against the network's % remaining (log scales, density
+    falling to the right, as accuracy-vs-sparsity plots), mean over replicates; one experiment."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    rows = densities[densities.kind == kind]
+    if rows[["experiment", "hash"]].drop_duplicates().shape[0] > 1:
+        raise ValueError("plot_layer_densities: densities of several experiments; select one")
+    for layer, group in rows.groupby("layer", sort=False):
+        mean = group.groupby("level")[["percent_remaining", "density"]].mean()
+        ax.plot(mean["percent_remaining"], 100 * mean["density"], marker="o", label=layer)
+    _sparsity_axis(ax, rows)
+    ax.set_xlabel("% of all weights remaining")
+    ax.set_yscale("log")
+    low = 100 * rows["density"][rows["density"] > 0].min() if (rows["density"] > 0).any() else 1.0
+    ticks = list(_sparsity_ticks(100.0, low))
+    ax.set_yticks(ticks)
+    ax.set_yticklabels(_tick_labels(ticks))
+    ax.yaxis.set_minor_locator(plt.NullLocator())
+    ax.set_ylabel("% of the layer's weights remaining")
+    ax.legend(title="layer", fontsize="small")
+    return ax

@@ -1,39 +1,56 @@
-"""The checkpointed training driver: a group of networks trained together over a range of steps.
+"""The training loop: a group of networks trained together over a range of steps, checkpointed.
 
 A level's networks (a replicate's ticket, its controls, LMC copies; the dense network of the shared
 level 0) are stacked along a leading axis and trained by one single-network compiled program each
-(``training.Trainer``), in chunks that end at evaluations, kept steps and checkpoints. A signal
+(``trainer.Trainer``), in chunks that end at evaluations, kept steps and checkpoints. A signal
 (``Preemption``) stops the group at the end of a chunk with a checkpoint; the same command resumes
-it bitwise.
+it bitwise. What the loop reports (each evaluation, the histories of a resumed group) goes to a
+``Log`` it is handed (W&B: lottery/tracking.py); it knows nothing of experiments.
 """
 
 import dataclasses
 import hashlib
-import os
 import signal
 import sys
 import threading
 import time
-from typing import List, Optional, Sequence
+from typing import List, Optional, Protocol, Sequence
 
 import jax
 import numpy as np
 
-from lottery import distributed
-from lottery.checkpoint import LevelCheckpoints
+from lottery import hosts
 from lottery.errors import LotteryError, Preempted
+from lottery.results import paths
+from lottery.results.store import LevelCheckpoints
 
 
 @dataclasses.dataclass
-class Job:
+class Network:
     """One network to train at a level: a replicate's ticket, one of its controls, or an LMC copy."""
 
     replicate: int
-    kind: str  # ticket | random_reinit | random_prune | lmc_a | lmc_b
+    kind: str  # ticket | a control | lmc_a | lmc_b
     directory: str  # where its results go (LMC copies: the level's lmc/)
     state: dict  # its training state at the start of the level
     data_key: jax.Array
     augment_key: jax.Array
+
+
+class Log(Protocol):
+    """Where the loop reports as it goes (lottery.tracking.Tracker)."""
+
+    def log_evaluation(self, replicate: int, kind: str, level: int, record: dict) -> None: ...
+
+    def log_history(self, replicate: int, kind: str, level: int, history: List[dict]) -> None: ...
+
+
+class NoLog:
+    def log_evaluation(self, replicate, kind, level, record):
+        pass
+
+    def log_history(self, replicate, kind, level, history):
+        pass
 
 
 class Preemption:
@@ -59,7 +76,7 @@ class Preemption:
 
     def agreed(self):
         """The signal that asked any process to stop (every process calls this at the same points)."""
-        asked = distributed.agree(signal.Signals[self.requested].value if self.requested else 0)
+        asked = hosts.agree(signal.Signals[self.requested].value if self.requested else 0)
         if self.requested is None and any(asked):
             number = int(next(a for a in asked if a))
             self.requested = signal.Signals(number).name
@@ -102,19 +119,20 @@ class Preemption:
 PREEMPTION = Preemption()
 
 
-def group_checkpoints(root: str, what: str, level: int, jobs: List[Job], start: int, end: int) -> LevelCheckpoints:
-    """The checkpoint directory of one group of jobs, below ``root`` (an experiment's directory, or
+def group_checkpoints(root: str, what: str, level: int, networks: List[Network], start: int, end: int) -> LevelCheckpoints:
+    """The checkpoints of one group of networks, below ``root`` (an experiment's directory, or
     the dense store's): named by who is in it, so that a group with other members (controls added,
     some finished) never resumes from it."""
-    members = ",".join(f"{job.replicate}:{job.kind}" for job in jobs) + f"|{start}-{end}"
+    members = ",".join(f"{n.replicate}:{n.kind}" for n in networks) + f"|{start}-{end}"
     name = f"{what}-{hashlib.sha256(members.encode()).hexdigest()[:10]}"
-    return LevelCheckpoints(os.path.join(root, "checkpoints", f"level_{level}", name))
+    return LevelCheckpoints(paths.checkpoint_dir(root, level, name))
 
 
-def train(experiment, states, jobs: List[Job], level: int, start: int, end: int, advance, keep: Sequence[int] = (),
-          evaluate: bool = True, checkpoints: Optional[LevelCheckpoints] = None, say=print):
+def train(trainer, states, networks: List[Network], level: int, start: int, end: int, advance, *, eval_every: int,
+          checkpoint_every: int, keep: Sequence[int] = (), evaluate: bool = True,
+          checkpoints: Optional[LevelCheckpoints] = None, say=print, log: Log = NoLog()):
     """Train stacked states over [start, end) in compiled chunks that end at each evaluation and
-    at each step of ``keep`` (level 0 keeps θk there). Returns the final states, each job's
+    at each step of ``keep`` (level 0 keeps θk there). Returns the final states, each network's
     evaluation history, the stacked states (params, batch_stats, opt_state) at each step of
     ``keep`` in [start, end) (``{step: states}``) and the training time. Without ``evaluate``, no
     evaluation and chunks only at ``keep`` and checkpoints.
@@ -126,16 +144,16 @@ def train(experiment, states, jobs: List[Job], level: int, start: int, end: int,
     interrupted. The seconds returned last are the training time of [start, end), summed over the
     processes that took part (checkpoints carry it).
     """
-    trainer, every = experiment.trainer, experiment.eval_every
+    every = eval_every
     keep = sorted({s for s in keep if start <= s < end})
-    data_keys = jax.numpy.stack([job.data_key for job in jobs])
-    augment_keys = jax.numpy.stack([job.augment_key for job in jobs])
+    data_keys = jax.numpy.stack([network.data_key for network in networks])
+    augment_keys = jax.numpy.stack([network.augment_key for network in networks])
     evaluations = set(range((start // every + 1) * every, end + 1, every)) | {end} if evaluate else set()
-    checkpoint_stops = set(range(start + experiment.checkpoint_every, end, experiment.checkpoint_every))
+    checkpoint_stops = set(range(start + checkpoint_every, end, checkpoint_every))
     stops = sorted(evaluations | {end} | checkpoint_stops | {s for s in keep if s > start})
     snapshot = lambda s: jax.device_get({key: s[key] for key in ("params", "batch_stats", "opt_state")})
     kept = {start: snapshot(states)} if start in keep else {}
-    histories, step, loss_sum, record_from = [[] for _ in jobs], start, None, start
+    histories, step, loss_sum, record_from = [[] for _ in networks], start, None, start
     began, earlier = time.time(), 0.0
     elapsed = lambda: earlier + time.time() - began  # this level's training time, over every process
 
@@ -146,9 +164,9 @@ def train(experiment, states, jobs: List[Job], level: int, start: int, end: int,
         kept = {int(s): jax.device_get(arrays["kept"][str(s)]) for s in meta.get("kept", [])}
         histories, record_from, earlier = meta["histories"], meta["record_from"], meta.get("seconds", 0.0)
         advance(step - start)
-        say(f"level {level}: resuming {len(jobs)} networks from the checkpoint at step {step}")
-        for job, history in zip(jobs, histories):  # W&B may have lost them with the killed process
-            experiment.tracker.log_history(job.replicate, job.kind, level, history)
+        say(f"level {level}: resuming {len(networks)} networks from the checkpoint at step {step}")
+        for network, history in zip(networks, histories):  # W&B may have lost them with the killed process
+            log.log_history(network.replicate, network.kind, level, history)
 
     for stop in [s for s in stops if s > step]:
         states, loss_sum = trainer.train(states, data_keys, augment_keys, step, stop, loss_sum)
@@ -160,22 +178,22 @@ def train(experiment, states, jobs: List[Job], level: int, start: int, end: int,
         if step in evaluations:
             train_loss = np.asarray(loss_sum) / (step - record_from)  # mean since the last record
             loss_sum, record_from = None, step
-            for job, loss in zip(jobs, train_loss):
+            for network, loss in zip(networks, train_loss):
                 if not np.isfinite(loss):
-                    raise LotteryError(f"level {level}, replicate {job.replicate}, {job.kind}: training loss is {loss} "
+                    raise LotteryError(f"level {level}, replicate {network.replicate}, {network.kind}: training loss is {loss} "
                                        f"at step {step}; earlier levels are intact")
             evaluated = {split: trainer.evaluate(states, split) for split in ("val", "test")}
-            for i, (job, history) in enumerate(zip(jobs, histories)):
+            for i, (network, history) in enumerate(zip(networks, histories)):
                 record = {"step": step, "train_loss": float(train_loss[i])}
                 for split, result in evaluated.items():
                     if result is not None:
                         record[f"{split}_loss"], record[f"{split}_accuracy"] = float(result[0][i]), float(result[1][i])
                 history.append(record)
-                experiment.tracker.log_evaluation(job.replicate, job.kind, level, record)
+                log.log_evaluation(network.replicate, network.kind, level, record)
         stopping = PREEMPTION.agreed() if checkpoints and step < end else None  # by every process, at every chunk end
         if checkpoints and step < end and (step in checkpoint_stops or stopping):
             if loss_sum is None:
-                loss_sum = jax.numpy.zeros(len(jobs), jax.numpy.float32)
+                loss_sum = jax.numpy.zeros(len(networks), jax.numpy.float32)
             arrays = {"states": states, "loss_sum": loss_sum}
             if kept:
                 arrays["kept"] = {str(s): snapshot for s, snapshot in kept.items()}

@@ -28,13 +28,12 @@ from typing import Dict, List, Optional
 import numpy as np
 import pandas as pd
 
-from lottery.checkpoint import read_json, write_json
-from lottery.config import CONTROLS
 from lottery.errors import LotteryError
+from lottery.pruning import controls
+from lottery.results.store import read_json, write_json
 
 NAMES = ("none", "accuracy", "auc", "lmc_barrier")
 AT = ("early_stop", "final")
-KINDS = ("ticket", *CONTROLS)
 FILE = "objectives.json"
 COLUMN = {"early_stop": "test_accuracy_early_stop", "final": "test_accuracy"}
 
@@ -64,8 +63,8 @@ def check(cfg) -> None:
         return
     if spec.at not in AT:
         raise LotteryError(f"objective.at={spec.at!r} is not an option; choose one of: {', '.join(AT)}")
-    if spec.kind not in KINDS:
-        raise LotteryError(f"objective.kind={spec.kind!r} is not a kind of network; choose one of: {', '.join(KINDS)}")
+    if spec.kind not in controls.kinds():
+        raise LotteryError(f"objective.kind={spec.kind!r} is not a kind of network; choose one of: {', '.join(controls.kinds())}")
     if spec.kind != "ticket" and spec.kind not in cfg.controls:
         raise LotteryError(f"objective.kind={spec.kind} is a control this experiment does not train; "
                            f"add it: controls=[{spec.kind}]")

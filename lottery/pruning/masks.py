@@ -1,4 +1,4 @@
-"""Pruning: masks shaped like the parameters, with exact counts, from one score per weight.
+"""Masks shaped like the parameters, with exact counts, from one score per weight.
 
 A mask is a pytree of booleans with the structure of the parameter dict (``True`` = kept). Every
 parameter has one; only prunable ones (conv and dense ``kernel``s not matched by an ignore pattern)
@@ -8,7 +8,7 @@ Counts are exact: a group of weights (one tensor for ``layerwise``, all prunable
 ``global``) with R remaining weights loses ``round(rate * R)`` of them, halves rounding up, computed
 in exact rational arithmetic with the rate as the decimal the user wrote (0.35, not the binary
 float just below it, whose product with 90 would round to 31 instead of 32). Weights are ranked
-by a criterion's scores (lottery/criteria.py; magnitude for IMP); ties go by position (the earlier
+by a criterion's scores (criteria.py; magnitude for IMP); ties go by position (the earlier
 weight is pruned first), and weights already pruned rank below every surviving one, so masks are
 nested from level to level. Pruning before training goes straight to a count instead of a rate
 (``prune_to_counts``; ``keep_at_density`` by the same rule), in one shot or over the rounds of an
@@ -21,6 +21,7 @@ from fractions import Fraction
 from typing import Dict, List
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lottery.errors import LotteryError
@@ -52,6 +53,11 @@ def prunable(params, ignore=()) -> List[str]:
                 f"prunable parameters are: {', '.join(kernels)}"
             )
     return [name for name in kernels if not any(re.fullmatch(p, name) for p in ignore)]
+
+
+def apply_mask(tree, mask):
+    """``tree`` with the entries ``mask`` prunes set to exactly 0 (on the host or in a compiled program)."""
+    return jax.tree.map(lambda v, m: jnp.where(m, v, jnp.zeros_like(v)), tree, mask)
 
 
 def full_mask(params):
@@ -125,13 +131,6 @@ def _highest(values: np.ndarray, keep: int) -> np.ndarray:
     chosen = above.copy()
     chosen[tied[tied.size - (keep - int(above.sum())) :]] = True
     return np.flatnonzero(chosen)
-
-
-def prune(params, mask, cfg, names: List[str]):
-    """The next level's mask by magnitude (IMP): prune ``params`` (trained weights) under ``mask``."""
-    from lottery import criteria
-
-    return prune_by_scores(criteria.score("magnitude", criteria.Context(params, mask, names)), mask, cfg, names)
 
 
 def prune_by_scores(scores: Dict[str, np.ndarray], mask, cfg, names: List[str]):

@@ -3,7 +3,7 @@
 A criterion is a function of a ``Context`` (the weights being scored, the current mask, the
 prunable tensors' names, a seeded generator; for the criteria of pruning at initialization also the
 model as a pure function and a batch of data) that returns ``{name: scores}`` with each tensor's
-shape. ``pruning.prune_by_scores`` turns scores into the next mask with the exact counts of the
+shape. ``masks.prune_by_scores`` turns scores into the next mask with the exact counts of the
 strategy (``layerwise`` or ``global``), the ignore list, nested masks and ties by position, so a
 criterion only ranks. Adding one is one function in this file under ``@criterion("name")``
 (as open_lth's ``pruning/registry.py``).
@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lottery import pruning
 from lottery.errors import LotteryError
-from lottery.pruning import flatten, unflatten
+from lottery.pruning import masks
+from lottery.pruning.masks import apply_mask, flatten, unflatten
 
 Scores = Dict[str, np.ndarray]
 
@@ -97,6 +97,11 @@ def score(name: str, context: Context) -> Scores:
     return CRITERIA[name](context)
 
 
+def prune(params, mask, cfg, names: List[str]):
+    """The next level's mask by magnitude (IMP): prune ``params`` (trained weights) under ``mask``."""
+    return masks.prune_by_scores(score("magnitude", Context(params, mask, names)), mask, cfg, names)
+
+
 @criterion("magnitude")
 def magnitude(context: Context) -> Scores:
     """|w| (Han et al. 2015; Frankle & Carbin 2019's IMP). Applied to θ0 it is magnitude at
@@ -134,10 +139,6 @@ def _compiled(kind: str, apply: Callable, names: Sequence[str], build: Callable)
     return _COMPILED[key]
 
 
-def _masked(params, mask):
-    return jax.tree.map(lambda w, m: jnp.where(m, w, jnp.zeros_like(w)), params, mask)
-
-
 def _loss(apply, params, x, y):
     """The training loss (lottery/training.py): softmax cross-entropy, mean over the batch."""
     return optax.softmax_cross_entropy_with_integer_labels(apply(params, x), y).mean()
@@ -151,7 +152,7 @@ def _needs(context: Context, name: str, data: bool) -> None:
 
 def _build_snip(apply, names):
     def scores(params, mask, x, y):
-        theta = _masked(params, mask)
+        theta = apply_mask(params, mask)
         grads = flatten(jax.grad(lambda p: _loss(apply, p, x, y))(theta))
         flat = flatten(theta)
         return {n: jnp.abs(flat[n] * grads[n]) for n in names}
@@ -172,7 +173,7 @@ def snip(context: Context) -> Scores:
 
 def _build_grasp(apply, names):
     def scores(params, mask, x, y):
-        theta = flatten(_masked(params, mask))
+        theta = flatten(apply_mask(params, mask))
         prunable = {n: theta[n] for n in names}
 
         def gradient(weights):  # ∂L/∂θ of the prunable weights, the others held
@@ -207,7 +208,7 @@ def grasp(context: Context) -> Scores:
 
 def _build_synflow(apply, names):
     def scores(params, mask, ones):
-        linear = jax.tree.map(jnp.abs, _masked(params, mask))  # every parameter as |θ|, biases included
+        linear = jax.tree.map(jnp.abs, apply_mask(params, mask))  # every parameter as |θ|, biases included
         grads = flatten(jax.grad(lambda p: jnp.sum(apply(p, ones)))(linear))
         flat = flatten(linear)
         return {n: jnp.abs(flat[n] * grads[n]) for n in names}
@@ -246,23 +247,23 @@ def synflow(context: Context) -> Scores:
 
 def iterate_to_counts(name: str, context: Context, groups: List[List[str]], keep: List[int], rounds: int):
     """The mask that criterion ``name`` reaches in ``rounds`` rounds: each group (tensors ranked
-    together, ``pruning.groups``) goes from its remaining count to exactly ``keep`` by the counts of
-    ``pruning.exponential_counts``; every round re-scores the network under the current mask. From
+    together, ``masks.groups``) goes from its remaining count to exactly ``keep`` by the counts of
+    ``masks.exponential_counts``; every round re-scores the network under the current mask. From
     a full mask, round r keeps density d^(r/n) of each group (Tanaka et al. 2020, Algorithm 1;
     Synaptic-Flow's ``prune_loop``, schedule ``exponential``). ``rounds=1`` is single-shot."""
     flat = flatten(context.mask)
     remaining = [sum(int(np.sum(flat[n])) for n in group) for group in groups]
-    schedules = [pruning.exponential_counts(r, k, rounds) for r, k in zip(remaining, keep)]
+    schedules = [masks.exponential_counts(r, k, rounds) for r, k in zip(remaining, keep)]
     mask = context.mask
     for r in range(rounds):
         scores = score(name, dataclasses.replace(context, mask=mask))
-        mask = pruning.prune_to_counts(scores, mask, groups, [schedule[r] for schedule in schedules])
+        mask = masks.prune_to_counts(scores, mask, groups, [schedule[r] for schedule in schedules])
     return mask
 
 
 def iterate(name: str, context: Context, strategy: str, density: float, rounds: int):
     """The mask of criterion ``name`` at ``density`` of each group's size (``layerwise``: every tensor;
-    ``global``: all prunable tensors together), counted by ``pruning.keep_at_density``, reached in
+    ``global``: all prunable tensors together), counted by ``masks.keep_at_density``, reached in
     ``rounds`` rounds of an exponential schedule (``iterate_to_counts``). SynFlow's paper runs 100."""
-    groups = pruning.groups(context.names, strategy)
-    return iterate_to_counts(name, context, groups, pruning.keep_at_density(context.mask, groups, density), rounds)
+    groups = masks.groups(context.names, strategy)
+    return iterate_to_counts(name, context, groups, masks.keep_at_density(context.mask, groups, density), rounds)

@@ -29,7 +29,9 @@ from flax import nnx
 
 from lottery.data import Dataset
 from lottery.errors import LotteryError
+from lottery.pruning.masks import apply_mask
 from lottery.step import Step
+from lottery.training import mesh
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -81,10 +83,6 @@ def mask_optimizer_state(tx, opt_state, mask):
     return optax.tree_map_params(tx, lambda v, m: jnp.where(m, v, 0), opt_state, mask)
 
 
-def apply_mask(tree, mask):
-    return jax.tree.map(lambda v, m: jnp.where(m, v, jnp.zeros_like(v)), tree, mask)
-
-
 class Trainer:
     """Compiled training and evaluation of one model on one data set."""
 
@@ -107,8 +105,8 @@ class Trainer:
         }
         self.train_data = jax.device_put(self.train_host)
         self.eval_data = {split: None if b is None else jax.device_put(b) for split, b in self.eval_host.items()}
-        self.mesh = mesh  # the `mesh` config: how stacks are laid over several devices (distributed.py)
-        self._layouts = {}
+        self.mesh = mesh  # the `mesh` config: how stacks are laid over several devices (mesh.py)
+        self._meshes = {}
         self.host_loop = use_host_loop(loop, model)
         # Every program runs on a stack of members (replicates, controls, copies) along a leading
         # axis: the data are shared, each member has its own state, data order and augmentation.
@@ -147,19 +145,17 @@ class Trainer:
         state = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state, "mask": mask}
         return jax.tree.map(lambda a: jnp.array(a, copy=True), state)
 
-    def layout(self, networks: int):
-        """The ``distributed.Layout`` that trains a stack of ``networks`` over several devices, or
+    def over_mesh(self, networks: int):
+        """The ``mesh.MeshTrainer`` that trains a stack of ``networks`` over several devices, or
         None where there is one device (or the mesh is 1 x 1): then each network in turn, here."""
-        from lottery import distributed
-
         if self.mesh is None or jax.device_count() == 1:
             return None
-        members, data = distributed.shape(self.mesh, networks, jax.device_count())
+        members, data = mesh.shape(self.mesh, networks, jax.device_count())
         if members * data == 1:
             return None
-        if (members, data) not in self._layouts:
-            self._layouts[members, data] = distributed.Layout(self, members, data)
-        return self._layouts[members, data]
+        if (members, data) not in self._meshes:
+            self._meshes[members, data] = mesh.MeshTrainer(self, members, data)
+        return self._meshes[members, data]
 
     # --- training ---------------------------------------------------------------------------
 
@@ -171,9 +167,9 @@ class Trainer:
         members = members_of(state)
         if loss_sum is None:
             loss_sum = jnp.zeros(members, jnp.float32)
-        layout = self.layout(members)
-        if layout is not None:
-            return layout.train(state, data_key, augment_key, start, stop, loss_sum)
+        spread = self.over_mesh(members)
+        if spread is not None:
+            return spread.train(state, data_key, augment_key, start, stop, loss_sum)
         states, sums = [], []
         for i in range(members):
             one, one_sum = member(state, i), loss_sum[i]
@@ -203,7 +199,7 @@ class Trainer:
 
     def _batch(self, train_data, order, augment_key, step, data_axis=None):
         """The batch of ``step``: its slice of the epoch's order, gathered on the device (with
-        ``data_axis``, split over that mesh axis: data-parallel, see distributed.py)."""
+        ``data_axis``, split over that mesh axis: data-parallel, see mesh.py)."""
         images, labels = train_data
         position = step % self.iterations_per_epoch
         index = jax.lax.dynamic_slice_in_dim(order, position * self.batch_size, self.batch_size)
@@ -248,9 +244,9 @@ class Trainer:
         batches = self.eval_data[split]
         if batches is None:
             return None
-        layout = self.layout(members_of(state["params"]))
-        if layout is not None:
-            return layout.evaluate(state, split)
+        spread = self.over_mesh(members_of(state["params"]))
+        if spread is not None:
+            return spread.evaluate(state, split)
         results = []
         for i in range(members_of(state)):
             params, batch_stats = member(state["params"], i), member(state["batch_stats"], i)

@@ -1,0 +1,67 @@
+"""The tables the command line prints: results per level and kind, and how alike tickets are."""
+
+import sys
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from lottery.pruning import controls
+
+
+def results(summary, title: str = "lottery results (mean ± std over replicates)", experiment_column: bool = True) -> Table:
+    """One row per (experiment,) level and kind of ``analysis.summarize``; the LMC and replicate
+    columns only where they say something."""
+    show_lmc = bool(summary["lmc_barrier"].notna().any())
+    show_replicates = bool((summary["replicates"] > 1).any())
+    columns = ["experiment"] * experiment_column + ["level", "kind", "% weights remaining", "test acc (final)",
+               "test acc (early stop)", "early-stop it"] + ["LMC barrier"] * show_lmc + ["train time / network (s)"] \
+        + ["replicates"] * show_replicates
+    out = Table(title=title)
+    for column in columns:
+        out.add_column(column, justify="left" if column in ("experiment", "kind") else "right")
+
+    def cell(row, metric, scale=100.0, digits=2):
+        """mean ± std over the replicates that have the value, and how many where not all do."""
+        mean, std, n = row[metric], row[f"{metric}_std"], row.get(f"{metric}_n", row["replicates"])
+        if np.isnan(mean):
+            return "-"
+        text = f"{scale * mean:.{digits}f}" + (f" ± {scale * std:.{digits}f}" if n > 1 else "")
+        return text + (f" (n={n})" if n < row["replicates"] else "")
+
+    for _, row in summary.iterrows():
+        cells = [f"{row['experiment']}-{row['hash']}"] * experiment_column
+        cells += [str(row["level"]), row["kind"], f"{row['percent_remaining']:.2f}", cell(row, "test_accuracy"),
+                  cell(row, "test_accuracy_early_stop"), cell(row, "early_stop_iteration", 1, 0)]
+        cells += [cell(row, "lmc_barrier")] * show_lmc + ["-" if np.isnan(row["train_time_s"]) else f"{row['train_time_s']:.1f}"] + [str(row["replicates"])] * show_replicates
+        out.add_row(*cells)
+    return out
+
+
+def similarity(summary) -> Table:
+    """One row per comparison, experiment, level and pair of kinds of
+    ``tickets.summarize_similarity``: the masks' overlap and the start weights' sign agreement,
+    each beside what chance gives."""
+    out = Table(title="ticket masks: overlap (Jaccard) and sign agreement, mean over pairs, against chance")
+    for column in ("experiment", "comparison", "level", "kinds", "% weights remaining", "Jaccard", "chance",
+                   "above chance", "sign agreement", "chance", "pairs"):
+        out.add_column(column, justify="left" if column in ("experiment", "comparison", "kinds") else "right")
+    for _, row in summary.iterrows():
+        kinds = row["kind_a"] if row["kind_a"] == row["kind_b"] else f"{row['kind_a']} vs {row['kind_b']}"
+        experiment = f"{row['experiment_a']}-{row['hash_a']}"
+        if (row["experiment_b"], row["hash_b"]) != (row["experiment_a"], row["hash_a"]):
+            experiment += f" vs {row['experiment_b']}-{row['hash_b']}"
+        level = str(row["level_a"]) if row["level_a"] == row["level_b"] else f"{row['level_a']} vs {row['level_b']}"
+        # the same start weights by construction: sign agreement says nothing
+        same_start = row["comparison"] == "levels" or (row["comparison"] == "kinds" and row["kind_b"] in controls.CONTROLS
+                                                       and controls.CONTROLS[row["kind_b"]].same_start)
+        signs = ("same start", "") if same_start else (f"{row['sign_agreement']:.3f}", f"{row['sign_chance']:.3f}")
+        out.add_row(experiment, row["comparison"], level, kinds, f"{100 * row['density_a']:.2f}",
+                    *(f"{row[m]:.3f}" for m in ("jaccard", "jaccard_chance", "jaccard_above_chance")), *signs,
+                    str(row["pairs"]))
+    return out
+
+
+def console() -> Console:
+    """The terminal's console; logs and pipes get a wide table rather than rich's 80 columns."""
+    return Console() if sys.stdout.isatty() else Console(width=180)

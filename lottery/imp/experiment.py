@@ -1,0 +1,195 @@
+"""An IMP experiment as the levels see it: its config checked, its data loaded, its model built, its
+directory named, and what every level needs of them (PRNG keys, θ0, θk, the saved trees).
+
+``check`` is every check that needs no data (cheap enough for each job of a sweep before the first
+starts); ``prepare`` loads the data, builds the trainer and names the directory, writing nothing.
+"""
+
+import dataclasses
+import os
+from typing import Dict, List, Optional
+
+import jax
+import numpy as np
+from flax import nnx
+from omegaconf import OmegaConf
+
+from lottery import data as datasets
+from lottery import hosts, models, tracking
+from lottery.analysis import objective
+from lottery.errors import LotteryError
+from lottery.imp import transfer
+from lottery.pruning import controls, criteria, masks
+from lottery.results import paths
+from lottery.results.invocations import Invocation
+from lottery.results.store import load_tree
+from lottery.step import Step
+from lottery.training import loop, mesh, trainer as training
+
+RETRAIN = ("rewind", "lr_rewind", "finetune")
+MAX_NAME = 100  # characters of `name`: it names the results directory and the W&B runs
+
+
+@dataclasses.dataclass
+class Experiment:
+    cfg: object
+    trainer: training.Trainer
+    prunable: List[str]  # paths of the prunable tensors
+    end: int  # T, the last step of training
+    rewind: int  # k, the rewind step
+    finetune_steps: int
+    eval_every: int
+    checkpoint_every: int
+    input_shape: tuple
+    num_classes: int
+    directory: str  # <output_dir>/<name>-<hash>
+    tracker: tracking.Tracker
+    data_fingerprint: str  # of the data's content, part of the hash (lottery.data.fingerprint)
+    invocation: Optional[Invocation] = None  # this invocation's record, once the directory is locked
+    transfer: Optional["transfer.Source"] = None  # the experiment whose tickets the levels start from
+
+    def keys(self, replicate: int) -> Dict[str, jax.Array]:
+        """The PRNG keys of one replicate: its initialization, data order, augmentation, controls."""
+        key = jax.random.fold_in(jax.random.key(self.cfg.seed), replicate)
+        init, data, augment, controls_key, copies = jax.random.split(key, 5)
+        return {"init": init, "data": data, "augment": augment, "controls": controls_key, "lmc": copies}
+
+    def scoring_rng(self, replicate: int, level: int) -> np.random.Generator:
+        """The generator of criteria that draw (random), one stream per replicate and level."""
+        key = jax.random.fold_in(self.keys(replicate)["init"], 2**20 + level)  # `init` itself is never folded
+        return np.random.default_rng(np.asarray(jax.random.key_data(key)))
+
+    def scoring_context(self, replicate: int, level: int, weights: dict, mask) -> criteria.Context:
+        """What a criterion scores at ``level``: ``weights`` (params and batch statistics) under
+        ``mask``, the model (batch norm with its running statistics), the first ``pruning.examples``
+        examples of the stored training split (data-dependent criteria) and a generator (random)."""
+        x, y = self.trainer.train_host
+        n = self.cfg.pruning.examples
+        return criteria.Context(weights["params"], mask, self.prunable, self.scoring_rng(replicate, level),
+                                apply=criteria.model_apply(self.trainer, weights["batch_stats"]),
+                                batch=(np.asarray(self.trainer.inputs(x[:n])), np.asarray(y[:n])),
+                                input_shape=tuple(self.input_shape))
+
+    def initial_weights(self, key):
+        model = models.build(self.cfg.model, self.input_shape, self.num_classes, key)
+        return {"params": nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+                "batch_stats": nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))}
+
+    def dense_start(self, replicate: int) -> dict:
+        """The training state level 0 starts from: θ0 of ``replicate``, dense."""
+        theta_0 = self.initial_weights(self.keys(replicate)["init"])
+        return self.trainer.init_state(theta_0["params"], theta_0["batch_stats"], masks.full_mask(theta_0["params"]))
+
+    def level_dir(self, replicate: int, level: int) -> str:
+        return paths.level_dir(self.directory, replicate, level)
+
+    def segment(self, level: int):
+        """The steps [start, end) that ``level`` trains."""
+        if level == 0:
+            return 0, self.end
+        if self.cfg.retrain == "finetune":
+            return self.end, self.end + self.finetune_steps
+        return self.rewind, self.end
+
+    def template(self, what: str) -> dict:
+        """The structure, shapes and dtypes orbax restores a saved ``what`` to: ``ticket`` (mask and
+        starting weights), ``trained`` (final weights), ``rewind_point`` (θk with its optimizer
+        state), or ``copy_a`` / ``copy_b`` (an LMC measurement's two trained copies)."""
+        weights = {"params": self.trainer.init_params, "batch_stats": self.trainer.init_batch_stats}
+        return {
+            "ticket": lambda: {"mask": masks.full_mask(self.trainer.init_params), **weights},
+            "trained": lambda: weights,
+            "rewind_point": lambda: {**weights, "opt_state": self.trainer.tx.init(self.trainer.init_params)},
+            "copy_a": lambda: weights,
+            "copy_b": lambda: weights,
+        }[what]()
+
+    def load(self, directory: str, what: str) -> dict:
+        """One saved checkpoint of a network's directory: ``<directory>/<what>`` (``template``)."""
+        return load_tree(os.path.join(directory, what), self.template(what))
+
+    def rewind_point(self, replicate: int) -> dict:
+        """θk of ``replicate``: the dense level 0's state at the rewind step."""
+        return self.load(self.level_dir(replicate, 0), "rewind_point")
+
+    def train(self, states, networks, level: int, start: int, end: int, advance, **options):
+        """``loop.train`` with this experiment's trainer, evaluation and checkpoint intervals, and log."""
+        return loop.train(self.trainer, states, networks, level, start, end, advance, eval_every=self.eval_every,
+                          checkpoint_every=self.checkpoint_every, log=self.tracker, **options)
+
+
+def check(cfg) -> None:
+    """Every check of the config that needs no data: cheap enough to run on each job of a sweep
+    before the first one starts."""
+    masks.check(cfg.pruning)
+    models.check(cfg.model)
+    training.make_optimizer(cfg.optimizer)
+    criteria.check(cfg)
+    transfer.check(cfg)
+    if cfg.retrain not in RETRAIN:
+        raise LotteryError(f"retrain={cfg.retrain!r} is not an option; choose one of: {', '.join(RETRAIN)}")
+    controls.check(cfg)
+    if cfg.levels < 0:
+        raise LotteryError(f"levels={cfg.levels} must be 0 or more (pruning levels after the dense level 0)")
+    if cfg.replicates < 1:
+        raise LotteryError(f"replicates={cfg.replicates} must be 1 or more")
+    if any(not 0 <= level <= cfg.levels for level in cfg.lmc.levels) or cfg.lmc.points < 2:
+        raise LotteryError(f"lmc.levels={list(cfg.lmc.levels)} must be levels 0..{cfg.levels} and lmc.points >= 2")
+    if not 0 <= cfg.seed < 2**32:  # jax.random.key keeps 32 bits: seed 2**32 would silently be seed 0
+        raise LotteryError(f"seed={cfg.seed} must be between 0 and {2**32 - 1}")
+    if not 0 < len(cfg.name) <= MAX_NAME:
+        raise LotteryError(f"name is {len(cfg.name)} characters long; use 1 to {MAX_NAME} (it names the results "
+                           "directory and the W&B runs)")
+    objective.check(cfg)
+
+
+def prepare(cfg) -> Experiment:
+    """Check the whole config, load the data and build the model; writes nothing."""
+    check(cfg)
+    tx = training.make_optimizer(cfg.optimizer)
+    data = datasets.load(cfg.dataset)
+    batch_size = cfg.training.batch_size
+    if not 1 <= batch_size <= len(data.train_x):
+        raise LotteryError(f"training.batch_size={batch_size} must be between 1 and the {len(data.train_x)} training examples")
+    if cfg.training.eval_batch_size < 1:
+        raise LotteryError(f"training.eval_batch_size={cfg.training.eval_batch_size} must be positive")
+    per_epoch = len(data.train_x) // batch_size
+
+    def length(key: str, text: str) -> int:
+        iterations = Step.parse(text, per_epoch, key).iteration
+        if iterations <= 0:
+            raise LotteryError(f"{key}={text} must be longer than 0 iterations")
+        return iterations
+
+    end = length("training.steps", cfg.training.steps)
+    rewind = Step.parse(cfg.rewind, per_epoch, "rewind").iteration
+    if rewind >= end:
+        raise LotteryError(f"rewind={cfg.rewind} is at or past the end of training (training.steps={cfg.training.steps})")
+    finetune_steps = end - rewind if cfg.finetune_steps is None else length("finetune_steps", cfg.finetune_steps)
+    eval_every = length("training.eval_every", cfg.training.eval_every)
+    checkpoint_every = length("checkpoint_every", cfg.checkpoint_every)
+    schedule = training.make_schedule(cfg.optimizer, cfg.training, per_epoch)
+
+    models.check_input(cfg.model, data.input_shape, cfg.dataset.name)
+    model = models.build(cfg.model, data.input_shape, data.num_classes, jax.random.key(0))  # a template
+    mesh.check(cfg.mesh, jax.device_count())
+    trainer = training.Trainer(model, tx, schedule, data, batch_size, cfg.training.eval_batch_size,
+                               cfg.dataset.augment, cfg.training.loop, mesh=cfg.mesh)
+    prunable = masks.prunable(trainer.init_params, cfg.pruning.ignore)
+    source = None
+    if cfg.transfer.source is not None:
+        if rewind != 0:
+            raise LotteryError(f"rewind={cfg.rewind}: a transfer experiment trains its tickets from step 0 (their start "
+                               "weights are the source's); use rewind=0it")
+        directory = transfer.source_directory(cfg, data.fingerprint)
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg))  # a copy: the caller's config stays as given
+        cfg.transfer.source = directory  # hashed by its config.yaml, recorded as resolved
+        source = transfer.Source(directory, cfg.transfer.weights)
+    directory = paths.experiment_directory(cfg, data.fingerprint)
+    tracker = tracking.Tracker(cfg, directory, enabled=hosts.primary())  # process 0 logs for all
+    experiment = Experiment(cfg, trainer, prunable, end, rewind, finetune_steps, eval_every, checkpoint_every,
+                            data.input_shape, data.num_classes, directory, tracker, data.fingerprint, transfer=source)
+    if source is not None:
+        source.check(cfg.replicates, cfg.levels, {"params": trainer.init_params, "batch_stats": trainer.init_batch_stats},
+                     directory)
+    return experiment

@@ -1,0 +1,192 @@
+"""What an experiment is: the config values that determine its results, their hash (the last part
+of its directory's name), and ``config.yaml``, the file in that directory that holds them.
+
+``config.yaml`` is the experiment's name and identity (``identity``: the keys that are hashed, and
+the fingerprint of the data's content). It is the same for every invocation that can reach the
+directory, so it never goes stale. What an invocation set that is not hashed (levels, replicates,
+controls, where data live, ...) is recorded by invocations.py.
+"""
+
+import glob
+import hashlib
+import json
+import os
+from typing import List
+
+from omegaconf import DictConfig, OmegaConf
+
+from lottery.config import Config
+from lottery.errors import LotteryError, at
+
+CONFIG = "config.yaml"
+
+
+# Keys that do not change what is computed, so they stay out of the experiment's identity and its
+# hash. Each is safe for a finished result: `levels`, `replicates`, `controls` and `lmc.levels` only
+# add networks (a network's bits do not depend on what it is trained beside); `lmc.points` is
+# recorded in each LMC result, which is re-measured from its saved copies when asked for another
+# count; `checkpoint_every` does not change bits (resume is bitwise); `dataset.root` is replaced by
+# the fingerprint of the data read from it; `training.loop` is recorded with the backend in each
+# invocation (a conv model's host and device loops round differently, like two backends) and a
+# change is announced; so are `mesh` and `distributed` (member-parallel is bitwise one device,
+# data-parallel sums gradients in another order); `objective` is read from the finished results,
+# after training, and changes none of them (a search asks the same experiment for several); the
+# rest are names, places and display.
+_NOT_HASHED = ("name", "levels", "replicates", "controls", "lmc", "objective", "output_dir", "progress", "wandb",
+               "compilation_cache", "checkpoint_every",
+               "dataset.root", "dataset.download", "training.loop", "mesh", "distributed")
+
+
+# What determines the dense level 0 (lottery/imp/dense.py): how the network is built, the data, the
+# optimizer, training and the seed (with the replicate, its PRNG keys). Not how it is pruned,
+# rewound or retrained afterwards, so every experiment that differs only there shares one dense run.
+DENSE = ("model", "dataset", "optimizer", "training", "seed")
+
+
+def unhashed_settings(cfg: DictConfig) -> dict:
+    """The keys of ``_NOT_HASHED`` as this invocation set them (recorded, not hashed)."""
+    content = OmegaConf.to_container(cfg, resolve=True)
+    out = {}
+    for dotted in _NOT_HASHED:
+        node = content
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        out[dotted] = node
+    return out
+
+
+# Keys added after experiments existed, at the value that computes what those experiments computed:
+# left out of the identity at that value, so that adding them changed no experiment's hash.
+_HASHED_UNLESS = {"pruning.criterion": "magnitude", "pruning.prune_at": "trained", "pruning.rounds": 1,
+                  "pruning.examples": 100}
+
+
+def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
+    """What determines an experiment's results: the resolved config without the keys in
+    ``_NOT_HASHED`` (and those of ``_HASHED_UNLESS`` at their value), and the fingerprint of the
+    data's content (``lottery.data.fingerprint``)."""
+    content = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in _NOT_HASHED + tuple(_HASHED_UNLESS):
+        *parents, leaf = dotted.split(".")
+        node = content
+        for parent in parents:
+            node = node[parent]
+        if dotted in _HASHED_UNLESS and node.get(leaf) != _HASHED_UNLESS[dotted]:
+            continue
+        node.pop(leaf, None)
+    content["dataset"]["fingerprint"] = data_fingerprint
+    transfer = content.pop("transfer", None)  # absent unless set: every earlier hash unchanged
+    if transfer is not None and transfer.get("source") is not None:
+        content["transfer"] = {**transfer, "source": source_hash(transfer["source"])}  # by its hash, not its path
+    return content
+
+
+def dense_identity(cfg: DictConfig, data_fingerprint: str) -> dict:
+    """What determines the dense level 0: the keys of ``DENSE`` of the experiment's identity."""
+    content = identity(cfg, data_fingerprint)
+    return {key: content[key] for key in DENSE}
+
+
+def digest(content: dict) -> str:
+    """Content hash of an identity: the last part of a results directory's name."""
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+def experiment_hash(cfg: DictConfig, data_fingerprint: str) -> str:
+    """Content hash of the experiment's ``identity``: the results directory's name."""
+    return digest(identity(cfg, data_fingerprint))
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are values)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def legacy(dotted: str) -> bool:
+    """Whether a key of a saved identity no longer exists (an older version's, e.g. ``parallel``):
+    it said nothing about what this version computes."""
+    if dotted in ("name", "dataset.fingerprint"):
+        return False
+    schema = flatten(OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
+    return not any(dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + ".") for key in schema)
+
+
+def write_identity(directory: str, cfg, data_fingerprint: str) -> None:
+    """config.yaml, once: the experiment's name and identity."""
+    write_once(os.path.join(directory, CONFIG), {"name": cfg.name, **identity(cfg, data_fingerprint)},
+               "experiment", same=lambda saved, content: {**saved, "name": cfg.name} == content)
+
+
+def read_identity(directory: str, missing: str = None) -> dict:
+    """An experiment's config.yaml: its name and identity (``missing``: what to say if there is none)."""
+    path = os.path.join(directory, CONFIG)
+    if not os.path.isfile(path):
+        raise LotteryError(missing or f"{path}: missing; it is the experiment's identity")
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as error:  # YAML syntax errors of several types, unreadable files
+        raise LotteryError(f"{path}: cannot be read ({type(error).__name__}: {str(error).splitlines()[0]}); "
+                           "it is the experiment's identity") from None
+    if not isinstance(saved, dict) or "name" not in saved:
+        raise LotteryError(f"{path}: holds no experiment config (no name); it is corrupt")
+    return saved
+
+
+def write_once(path: str, content: dict, what: str, same=lambda saved, content: saved == content) -> None:
+    """The identity file of a hash-named directory (``what``: experiment, dense run), written the
+    first time and checked every later time: it must still hold ``content``."""
+    if not os.path.exists(path):
+        partial = path + ".partial"
+        with at(partial):
+            OmegaConf.save(OmegaConf.create(content), partial)
+        os.replace(partial, path)
+        return
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as error:  # YAML syntax errors of several types, unreadable files
+        raise LotteryError(f"{path}: cannot be read ({type(error).__name__}: {str(error).splitlines()[0]}); it is the "
+                           f"{what}'s identity and is written again if you delete it") from None
+    if not isinstance(saved, dict) or not same(saved, content):
+        raise LotteryError(f"{path}: is not the identity of this {what} (its values differ from the config "
+                           "that hashes to this directory); it was edited or damaged: delete it and it is written again")
+
+
+def older_versions(directory: str, cfg, data_fingerprint: str) -> List[str]:
+    """Experiment directories beside ``directory`` (same name) whose identity is this one's but for
+    keys an older version hashed and this one no longer has (``config.legacy``): the same
+    experiment under another hash."""
+    found = []
+    current = flatten(identity(cfg, data_fingerprint))
+    prefix = os.path.basename(directory).rsplit("-", 1)[0]
+    for candidate in sorted(glob.glob(os.path.join(os.path.dirname(directory), f"{glob.escape(prefix)}-*", CONFIG))):
+        try:
+            saved = OmegaConf.to_container(OmegaConf.load(candidate))
+        except Exception:  # unreadable: not for a note to judge
+            continue
+        if not isinstance(saved, dict):
+            continue
+        saved = {k: v for k, v in flatten(saved).items() if k != "name" and not any(
+            k == dropped or k.startswith(dropped + ".") for dropped in _NOT_HASHED)}  # older files held these
+        old = {k for k in saved if legacy(k)}
+        if old and {k: v for k, v in saved.items() if k not in old} == current:
+            found.append(os.path.dirname(candidate))
+    return found
+
+
+def read_source_identity(directory: str) -> dict:
+    """A transfer source's config.yaml: its name and identity."""
+    return read_identity(directory, missing=f"transfer.source: {directory} holds no experiment (no config.yaml); give "
+                         "an experiment's directory (<output_dir>/<name>-<hash>) or the overrides that run it, and run it first")
+
+
+def source_hash(directory: str) -> str:
+    """The hash of the experiment in ``directory`` (a transfer's source): the digest of its identity,
+    config.yaml without its name."""
+    return digest({k: v for k, v in read_source_identity(directory).items() if k != "name"})

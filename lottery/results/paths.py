@@ -1,0 +1,101 @@
+"""Where results lie: the one place that composes and parses the results layout.
+
+    <output_dir>/<name>-<hash>/                 an experiment (``experiment_directory``)
+      config.yaml  invocations.jsonl  objectives.json  lock  *.png
+      replicate_<r>/level_<L>/                  the level's ticket (``level_dir``)
+        metrics.json  ticket/  trained/  rewind_point/ (level 0)
+        <control>/                              each control, laid out like the ticket (``network_dir``)
+        lmc/                                    copy_a/, copy_b/, metrics.json, path.png (``lmc_dir``)
+      checkpoints/level_<L>/<group>/            of the networks being trained (``checkpoint_dir``)
+    <output_dir>/dense/<model>-<dataset>-<hash>/ the shared dense level 0 (lottery/imp/dense.py)
+      dense.yaml  invocations.jsonl  lock
+      replicate_<r>/  metrics.json  ticket/  trained/  rewind_points/<k>/
+"""
+
+import os
+import re
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+from lottery.results.identity import experiment_hash
+
+DENSE_STORE = "dense"  # below output_dir
+CHECKPOINTS = "checkpoints"
+LMC = "lmc"
+
+
+def experiment_directory(cfg, data_fingerprint: str) -> str:
+    """``<output_dir>/<name>-<hash>``: where an experiment keeps its results."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.name).lstrip(".") or "experiment"
+    return os.path.join(os.path.expanduser(cfg.output_dir), f"{name}-{experiment_hash(cfg, data_fingerprint)}")
+
+
+def replicate_dir(root: str, replicate: int) -> str:
+    """``replicate_<r>`` below an experiment (or the dense store's run)."""
+    return os.path.join(root, f"replicate_{replicate}")
+
+
+def level_dir(root: str, replicate: int, level: int) -> str:
+    """A level's directory: its ticket's results, with its controls and LMC measurement inside."""
+    return os.path.join(replicate_dir(root, replicate), f"level_{level}")
+
+
+def network_dir(root: str, replicate: int, level: int, kind: str) -> str:
+    """A network's directory: the level's own for the ticket, ``<control>/`` inside it for a control."""
+    directory = level_dir(root, replicate, level)
+    return directory if kind == "ticket" else os.path.join(directory, kind)
+
+
+def lmc_dir(root: str, replicate: int, level: int) -> str:
+    return os.path.join(level_dir(root, replicate, level), LMC)
+
+
+def checkpoint_dir(root: str, level: int, group: str) -> str:
+    """The checkpoints of one group of networks trained together at ``level``."""
+    return os.path.join(root, CHECKPOINTS, f"level_{level}", group)
+
+
+def dense_store(experiment_dir: str, name: str) -> str:
+    """The shared dense run ``name`` beside an experiment's directory (in the same output_dir)."""
+    return os.path.join(os.path.dirname(experiment_dir), DENSE_STORE, name)
+
+
+def rewind_point_dir(dense_run: str, replicate: int, step: int) -> str:
+    return os.path.join(replicate_dir(dense_run, replicate), "rewind_points", str(step))
+
+
+def replicates(root: str) -> List[int]:
+    """The replicates with a directory below ``root``, in order."""
+    names = os.listdir(root) if os.path.isdir(root) else []
+    return sorted(int(m.group(1)) for m in map(re.compile(r"replicate_(\d+)").fullmatch, names) if m)
+
+
+def levels(root: str, replicate: int) -> List[int]:
+    """The levels of ``replicate`` with a directory below ``root`` (finished: they appear whole), in order."""
+    base = replicate_dir(root, replicate)
+    names = os.listdir(base) if os.path.isdir(base) else []
+    return sorted(int(m.group(1)) for m in map(re.compile(r"level_(\d+)").fullmatch, names) if m)
+
+
+def networks(root: str, kinds: Sequence[str]) -> Iterator[Tuple[int, int, str, str]]:
+    """(replicate, level, kind, directory) of every finished network of ``kinds`` below the
+    experiment ``root``, by replicate, level and the order of ``kinds``."""
+    for replicate in replicates(root):
+        for level in levels(root, replicate):
+            for kind in kinds:
+                directory = network_dir(root, replicate, level, kind)
+                if os.path.isdir(directory):
+                    yield replicate, level, kind, directory
+
+
+def locate(path: str, kinds: Sequence[str]) -> Optional[Tuple[str, int, int, str]]:
+    """(experiment dir, replicate, level, kind) of a network's directory, from where it lies; None
+    if it is not one."""
+    path = os.path.abspath(path)
+    kind, level_path = "ticket", path
+    if os.path.basename(path) in kinds and os.path.basename(path) != "ticket":
+        kind, level_path = os.path.basename(path), os.path.dirname(path)
+    level = re.fullmatch(r"level_(\d+)", os.path.basename(level_path))
+    replicate = re.fullmatch(r"replicate_(\d+)", os.path.basename(os.path.dirname(level_path)))
+    if level is None or replicate is None:
+        return None
+    return os.path.dirname(os.path.dirname(level_path)), int(replicate.group(1)), int(level.group(1)), kind
