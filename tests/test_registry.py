@@ -1,0 +1,50 @@
+"""README "Where things are": a control is one registered function, in any module, and nothing
+else is touched to train it beside the ticket, report it, and export it."""
+
+import io
+
+import jax
+import numpy as np
+from rich.console import Console
+
+from lottery import analysis, export, imp
+from lottery.analysis import tickets
+from lottery.pruning import controls, masks
+from lottery.results import paths
+
+
+def test_a_control_registered_alone_in_a_test_module_trains_beside_the_ticket_and_is_reported(small_config, tmp_path):
+    @controls.control("negated", stream=99, same_start=True)
+    def negated(context: controls.Context) -> dict:
+        """The ticket's mask and start weights with every sign flipped: does the sign pattern matter?"""
+        params = jax.tree.map(np.negative, context.ticket["params"])
+        return context.init_state(params, context.ticket["batch_stats"], context.ticket["mask"])
+
+    try:
+        cfg = small_config("levels=1", "controls=[random_prune,negated]", "objective.name=accuracy",
+                           "objective.kind=negated")
+        results = imp.run(cfg, console=Console(file=io.StringIO(), width=300))
+        experiment = imp.prepare(cfg)
+        assert [(r["level"], r["kind"]) for r in results] == [(0, "ticket"), (1, "ticket"), (1, "random_prune"),
+                                                              (1, "negated")]
+        ticket = experiment.load(paths.network_dir(experiment.directory, 0, 1, "ticket"), "ticket")
+        control = experiment.load(paths.network_dir(experiment.directory, 0, 1, "negated"), "ticket")
+        for name, mask in masks.flatten(ticket["mask"]).items():  # its mask is the ticket's ...
+            assert np.array_equal(masks.flatten(control["mask"])[name], mask)
+        kept = masks.flatten(ticket["mask"])
+        for name, weights in masks.flatten(ticket["params"]).items():  # ... and its start the ticket's negated, bitwise
+            expected = np.where(kept[name], -np.asarray(weights), np.zeros_like(weights))  # a pruned weight is +0.0
+            assert np.asarray(masks.flatten(control["params"])[name]).tobytes() == expected.tobytes()
+        assert masks.counts(control["mask"], experiment.prunable) == masks.counts(ticket["mask"], experiment.prunable)
+        df = analysis.load_runs(experiment.directory)
+        assert df[df.kind == "negated"].level.tolist() == [1]
+        assert results.objective == df[df.kind == "negated"].test_accuracy_early_stop.iloc[0]  # objective.kind accepts it
+        pairs = tickets.similarity_table(experiment.directory, ("kinds",))
+        assert set(pairs.kind_b) == {"random_prune", "negated"}
+        same = pairs[(pairs.kind_b == "negated") & (pairs.layer == "all")]
+        assert same.jaccard.tolist() == [1.0]  # the ticket's own mask
+        exported = export.export(paths.network_dir(experiment.directory, 0, 1, "negated"), str(tmp_path / "negated.safetensors"))
+        assert exported["kind"] == "negated"
+    finally:
+        del controls.CONTROLS["negated"]
+    assert "negated" not in controls.kinds()
