@@ -85,7 +85,8 @@ def provide(experiment, replicates: List[int], progress) -> List[dict]:
                     train_dense(dense, untrained, invocation, progress)
                     keep_rewind_point(dense, [r for r in replicates if k not in dense.kept_steps(r)], invocation, progress)
                 except BaseException as error:
-                    status = "preempted" if driver.PREEMPTION.requested else f"failed: {type(error).__name__}: {error}"
+                    status = ("interrupted" if isinstance(error, KeyboardInterrupt) else "preempted"
+                              if driver.PREEMPTION.requested else f"failed: {type(error).__name__}: {error}")
                     invocation.end(status.splitlines()[0])
                     raise
                 invocation.end("finished")
