@@ -66,7 +66,9 @@ class PruningConfig:
     # starts from -- θ0, or θk with rewind=k -- straight to the level's counts, then trained once).
     prune_at: str = "trained"
     rounds: int = 1  # prune_at=start: prune in this many rounds, density shrinking exponentially (SynFlow: 100)
-    examples: int = 100  # data-dependent criteria: training examples scored (the first of the data order)
+    # data-dependent criteria: the examples scored, the first of the stored training split (validation
+    # is held out at its end): the same in every run and level, not the shuffled training order
+    examples: int = 100
 
 
 @dataclasses.dataclass

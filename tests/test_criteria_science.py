@@ -57,16 +57,19 @@ def test_scores_of_a_two_layer_linear_network_match_their_closed_forms():
         got = {name: criteria.score(name, context) for name in PRUNING_AT_INIT}
 
     # By hand, on the masked network θ = W ⊙ m. z = x W1 W2, L = mean_b CE(z_b, y_b).
-    w1, w2 = params["l1"]["kernel"] * mask["l1"]["kernel"], params["l2"]["kernel"] * mask["l2"]["kernel"]
+    m1, m2 = mask["l1"]["kernel"], mask["l2"]["kernel"]
+    w1, w2 = params["l1"]["kernel"] * m1, params["l2"]["kernel"] * m2
     p, onehot = softmax(x @ w1 @ w2), np.eye(classes)[y]
     e = (p - onehot) / batch  # ∂L/∂z
-    g1, g2 = x.T @ e @ w2.T, (x @ w1).T @ e
-    # H g = the derivative of (g1, g2) along (v1, v2) = (g1, g2); dp = (diag p - p pᵀ) dz per example.
-    v1, v2 = g1, g2
+    g1, g2 = x.T @ e @ w2.T, (x @ w1).T @ e  # ∂L/∂θ, pruned positions included
+    # The masked network's parameters are the surviving weights alone: its gradient is g ⊙ m, and
+    # its H g the derivative of that gradient, (g1, g2) ⊙ m, along (v1, v2) = (g1 ⊙ m1, g2 ⊙ m2).
+    # dp = (diag p - p pᵀ) dz per example.
+    v1, v2 = g1 * m1, g2 * m2
     dz = x @ v1 @ w2 + x @ w1 @ v2
     de = (p * dz - p * (p * dz).sum(axis=1, keepdims=True)) / batch
-    hg1 = x.T @ (de @ w2.T + e @ v2.T)
-    hg2 = (x @ v1).T @ e + (x @ w1).T @ de
+    hg1 = (x.T @ (de @ w2.T + e @ v2.T)) * m1
+    hg2 = ((x @ v1).T @ e + (x @ w1).T @ de) * m2
     # SynFlow: R = 1ᵀ|W1||W2|1 = Σ_ijk |W1|_ij |W2|_jk, so ∂R/∂|W1|_ij = Σ_k |W2|_jk, ∂R/∂|W2|_jk = Σ_i |W1|_ij.
     a1, a2 = np.abs(w1), np.abs(w2)
     expected = {
@@ -83,47 +86,59 @@ def test_scores_of_a_two_layer_linear_network_match_their_closed_forms():
             assert (got[name][tensor][pruned] == 0).all()  # a pruned weight scores as a zero weight
 
 
-def test_snip_gradient_and_grasp_hessian_gradient_product_match_central_differences():
+@pytest.mark.parametrize("density", [1.0, 0.6])
+def test_snip_gradient_and_grasp_hessian_gradient_product_match_central_differences(density):
+    """Against the masked network as training sees it (training.py zeroes pruned weights' gradients):
+    a function of the surviving weights alone, φ, the pruned ones held at zero. Its g and H g come
+    from central differences of its loss and gradient in φ, not from the full network's."""
     rng = np.random.default_rng(1)
     params = {"l1": {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=4)},
               "l2": {"kernel": rng.normal(size=(4, 3)), "bias": rng.normal(size=3)}}
     names = ["l1/kernel", "l2/kernel"]
+    mask = pruning.full_mask(params)
+    mask["l1"]["kernel"], mask["l2"]["kernel"] = rng.random((3, 4)) < density, rng.random((4, 3)) < density
+    alive = {n: pruning.flatten(mask)[n] for n in names}
+    assert density == 1 or all(0 < a.sum() < a.size for a in alive.values())
     x, y = rng.normal(size=(5, 3)), rng.integers(0, 3, 5)
     eps = 1e-5
     with jax.enable_x64(True):
-        context = criteria.Context(params, pruning.full_mask(params), names, apply=tanh_net, batch=(x, y))
+        # params keep their values at pruned positions: the criteria must score them as zeros.
+        context = criteria.Context(params, mask, names, apply=tanh_net, batch=(x, y))
         snip, grasp = criteria.score("snip", context), criteria.score("grasp", context)
-        loss = jax.jit(lambda p: criteria._loss(tanh_net, p, x, y))
-        gradient = jax.jit(jax.grad(loss))
-
-        def shifted(direction, step):  # params + step x direction, direction on the prunable kernels
-            flat = pruning.flatten(params)
-            return pruning.unflatten(params, {k: v + step * direction.get(k, 0.0) for k, v in flat.items()})
-
         flat = pruning.flatten(params)
-        g = {n: np.zeros_like(flat[n]) for n in names}  # ∂L/∂w by central differences of the loss
+        phi = {n: flat[n][alive[n]] for n in names}  # the surviving weights, one vector per kernel
+
+        def network(phi):  # the parameter dict of surviving weights φ: zeros where pruned, biases held
+            kernels = {n: jnp.zeros(flat[n].shape).at[np.nonzero(alive[n])].set(phi[n]) for n in names}
+            return pruning.unflatten(params, {**flat, **kernels})
+
+        loss = jax.jit(lambda phi: criteria._loss(tanh_net, network(phi), x, y))
+        gradient = jax.jit(jax.grad(loss))
+        shifted = lambda direction, step: {n: phi[n] + step * direction.get(n, 0.0) for n in names}
+
+        g = {n: np.zeros_like(phi[n]) for n in names}  # ∂L/∂φ by central differences of the loss
         for n in names:
-            for index in np.ndindex(flat[n].shape):
-                unit = {n: np.zeros_like(flat[n])}
-                unit[n][index] = 1.0
-                g[n][index] = (loss(shifted(unit, eps)) - loss(shifted(unit, -eps))) / (2 * eps)
-        # H g over the prunable weights: central differences of the gradient along g (biases held).
-        plus, minus = pruning.flatten(gradient(shifted(g, eps))), pruning.flatten(gradient(shifted(g, -eps)))
+            for i in range(phi[n].size):
+                unit = {n: np.eye(phi[n].size)[i]}
+                g[n][i] = (loss(shifted(unit, eps)) - loss(shifted(unit, -eps))) / (2 * eps)
+        # H g in φ: central differences of the gradient along g.
+        plus, minus = gradient(shifted(g, eps)), gradient(shifted(g, -eps))
         for n in names:
             hg = (np.asarray(plus[n]) - np.asarray(minus[n])) / (2 * eps)
-            np.testing.assert_allclose(snip[n], np.abs(flat[n] * g[n]), rtol=1e-6, atol=1e-10)
-            np.testing.assert_allclose(grasp[n], flat[n] * hg, rtol=1e-6, atol=1e-10)
+            expected_snip, expected_grasp = np.zeros(flat[n].shape), np.zeros(flat[n].shape)
+            expected_snip[alive[n]], expected_grasp[alive[n]] = np.abs(phi[n] * g[n]), phi[n] * hg
+            np.testing.assert_allclose(snip[n], expected_snip, rtol=1e-6, atol=1e-10)
+            np.testing.assert_allclose(grasp[n], expected_grasp, rtol=1e-6, atol=1e-10)
 
-        # The sign, as GraSP's gradient flow: removing w_i (w_i -> (1 - t) w_i) changes ‖g‖² at the
-        # rate -2 w_i (Hg)_i, so the score kept highest, w_i (Hg)_i, is -1/2 that rate: the weights
+        # The sign, as GraSP's gradient flow: removing φ_i (φ_i -> (1 - t) φ_i) changes ‖g‖² at the
+        # rate -2 φ_i (Hg)_i, so the score kept highest, φ_i (Hg)_i, is -1/2 that rate: the weights
         # pruned first are those whose removal reduces the gradient norm least, or raises it.
-        flow = jax.jit(lambda p: sum(jnp.sum(v**2) for k, v in pruning.flatten(gradient(p)).items() if k in names))
+        flow = jax.jit(lambda phi: sum(jnp.sum(v**2) for v in gradient(phi).values()))
         for n in names:
-            for index in np.ndindex(flat[n].shape):
-                removal = {n: np.zeros_like(flat[n])}
-                removal[n][index] = -flat[n][index]
+            for i in range(phi[n].size):
+                removal = {n: -phi[n][i] * np.eye(phi[n].size)[i]}
                 rate = (flow(shifted(removal, eps)) - flow(shifted(removal, -eps))) / (2 * eps)
-                np.testing.assert_allclose(grasp[n][index], -rate / 2, rtol=1e-6, atol=1e-10)
+                np.testing.assert_allclose(grasp[n][alive[n]][i], -rate / 2, rtol=1e-6, atol=1e-10)
 
 
 def test_iterative_synflow_avoids_the_layer_collapse_of_single_shot_pruning():

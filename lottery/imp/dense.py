@@ -91,7 +91,8 @@ def link_level_0(experiment: Experiment, replicates: List[int], progress) -> Lis
                     train_dense(dense, untrained, invocation, progress)
                     keep_rewind_point(dense, [r for r in replicates if k not in dense.kept_steps(r)], invocation, progress)
                 except BaseException as error:
-                    status = "preempted" if loop.PREEMPTION.requested else f"failed: {type(error).__name__}: {error}"
+                    status = ("interrupted" if isinstance(error, KeyboardInterrupt) else "preempted"
+                              if loop.PREEMPTION.requested else f"failed: {type(error).__name__}: {error}")
                     invocation.end(status.splitlines()[0])
                     raise
                 invocation.end("finished")

@@ -180,8 +180,14 @@ def _build_grasp(apply, names):
             full = unflatten(params, {**theta, **weights})
             return {n: g for n, g in flatten(jax.grad(lambda p: _loss(apply, p, x, y))(full)).items() if n in weights}
 
+        # The masked network's parameters are the surviving weights (training zeroes the others'
+        # gradients; Synaptic-Flow multiplies each weight by its mask in the forward pass): its
+        # gradient is g ⊙ mask, its Hessian H's surviving rows and columns. So H is taken along
+        # g ⊙ mask; the rows of pruned weights need no mask, as they meet θ = 0 in the score.
+        flat_mask = flatten(mask)
         g = gradient(prunable)
-        _, hg = jax.jvp(gradient, (prunable,), (g,))  # H g: forward-over-reverse, no Hessian formed
+        direction = {n: jnp.where(flat_mask[n], g[n], jnp.zeros_like(g[n])) for n in names}
+        _, hg = jax.jvp(gradient, (prunable,), (direction,))  # H g: forward-over-reverse, no Hessian formed
         return {n: prunable[n] * hg[n] for n in names}
 
     return scores
@@ -191,8 +197,9 @@ def _build_grasp(apply, names):
 def grasp(context: Context) -> Scores:
     """GraSP (Wang et al. 2020, Sec. 4): the paper's score S(-θ) = -θ ⊙ Hg, g = ∂L/∂θ and H = ∂²L/∂θ²
     over the prunable weights (the reference code's ``weights``: conv and linear kernels) of the
-    masked network on ``context.batch``, and it removes the weights with the *largest* S (Algorithm 1;
-    alecwangcq/GraSP ``pruner/GraSP.py`` computes -θ ⊙ Hg and keeps what is below its top-k). Here the higher
+    masked network on ``context.batch`` (of its surviving weights: g ⊙ mask, and H along it), and it
+    removes the weights with the *largest* S (Algorithm 1; alecwangcq/GraSP ``pruner/GraSP.py``
+    computes -θ ⊙ Hg and keeps what is below its top-k). Here the higher
     score is kept, so this registers the negation, θ ⊙ Hg = -S(-θ): the weights it prunes first are
     those whose removal reduces the gradient norm the least, or increases it. Synaptic-Flow scores
     alike (``pruners.py``: ``p.grad * p.data`` with ``p.grad`` = Hg, lowest pruned; its commit

@@ -8,6 +8,7 @@ it bitwise. What the loop reports (each evaluation, the histories of a resumed g
 ``Log`` it is handed (W&B: lottery/tracking.py); it knows nothing of experiments.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import signal
@@ -57,7 +58,14 @@ class Preemption:
     """SIGTERM (a cluster scheduler's preemption notice), SIGUSR2 (SLURM's and submitit's warning
     before a time limit) or Ctrl-C (SIGINT) asks the run to write a checkpoint at the end of the
     current compiled chunk and stop; the same command then continues from there. A second Ctrl-C
-    stops at once (KeyboardInterrupt): finished results and the last checkpoint are intact either way.
+    stops without one, at the training loop's next known point (``check``, between the compiled
+    loops of epochs), with KeyboardInterrupt; a third is the operating system's (the process ends at
+    once). Finished results and the last checkpoint are intact in every case: each appears by a rename.
+
+    The handlers never raise. Python runs a handler between any two bytecodes of the main thread,
+    also inside library code that swallows exceptions: JAX's gc callback (``_xla_gc_callback``)
+    printed a KeyboardInterrupt raised there as a traceback and the run went on to the end of the
+    chunk. A flag read at known points has no such place.
 
     In a multi-process run the processes agree at every chunk end (``agreed``): a signal to any one
     of them stops all of them at the same step, with the same checkpoint. This is the one mechanism:
@@ -66,9 +74,10 @@ class Preemption:
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
     requested = None  # the name of the signal that asked, once one did
     received = ()  # the numbers of the signals that asked, in order
+    at_once = False  # a second Ctrl-C came: stop at the next known point, without a checkpoint
 
     def __enter__(self):
-        self.requested, self.previous, self.received = None, {}, []
+        self.requested, self.previous, self.received, self.at_once = None, {}, [], False
         if threading.current_thread() is threading.main_thread():
             for number in self.SIGNALS:
                 self.previous[number] = signal.signal(number, self._request)
@@ -83,13 +92,22 @@ class Preemption:
             self.received.append(number)  # as if it came here too: process 0 passes it on (pass_on)
         return self.requested
 
+    def check(self) -> None:
+        """A known point of the training loop: after a second Ctrl-C, stop here (KeyboardInterrupt,
+        which levels.run_locked records as "interrupted" and run.py reports in one line)."""
+        if self.at_once:
+            raise KeyboardInterrupt
+
     def _request(self, signum, frame):
         name = signal.Signals(signum).name
         if signum == signal.SIGINT:
             if self.requested == "SIGINT":  # the second Ctrl-C
-                raise KeyboardInterrupt
-            print("\nCtrl-C: stopping at the end of the current chunk with a checkpoint (Ctrl-C again to stop at once)",
-                  file=sys.stderr, flush=True)
+                self.at_once = True
+                signal.signal(signal.SIGINT, signal.SIG_DFL)  # a third ends the process, whatever it is doing
+                return
+            with contextlib.suppress(RuntimeError):  # print's, when this interrupts a write to stderr
+                print("\nCtrl-C: stopping at the end of the current chunk with a checkpoint (Ctrl-C again to stop at once)",
+                      file=sys.stderr, flush=True)
         self.requested = name
         if signum not in self.received:
             self.received.append(signum)
@@ -114,6 +132,7 @@ class Preemption:
     def __exit__(self, *exc):
         for number, previous in self.previous.items():
             signal.signal(number, previous)
+        self.at_once = False  # training outside this block (tests, benchmarks) is never stopped by it
 
 
 PREEMPTION = Preemption()
@@ -169,8 +188,9 @@ def train(trainer, states, networks: List[Network], level: int, start: int, end:
             log.log_history(network.replicate, network.kind, level, history)
 
     for stop in [s for s in stops if s > step]:
-        states, loss_sum = trainer.train(states, data_keys, augment_keys, step, stop, loss_sum)
+        states, loss_sum = trainer.train(states, data_keys, augment_keys, step, stop, loss_sum, check=PREEMPTION.check)
         jax.block_until_ready(loss_sum)  # dispatch is asynchronous: count steps when they are done
+        PREEMPTION.check()  # a second Ctrl-C in the chunk's last epoch: no evaluation, no checkpoint
         advance(stop - step)
         step = stop
         if step in keep:

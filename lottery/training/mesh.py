@@ -120,7 +120,7 @@ class MeshTrainer:
         index = list(range(networks)) + [0] * (padded - networks)
         return [index[i:i + self.members] for i in range(0, padded, self.members)]
 
-    def train(self, state, data_key, augment_key, start: int, stop: int, loss_sum):
+    def train(self, state, data_key, augment_key, start: int, stop: int, loss_sum, check=None):
         trainer = self.trainer
         host, sums = jax.device_get(state), np.asarray(loss_sum)
         augment = np.asarray(jax.random.key_data(augment_key))
@@ -132,6 +132,8 @@ class MeshTrainer:
             block, block_sum, keys = members(host, ids), members(sums, ids), members(augment, ids)
             step = start
             while step < stop:  # one compiled loop per epoch touched, as on one device
+                if check:
+                    check()
                 epoch = step // trainer.iterations_per_epoch
                 end = min(stop, (epoch + 1) * trainer.iterations_per_epoch)
                 orders = to_global(np.stack([np.asarray(trainer._order(data_key[i], epoch)) for i in ids]), self.mesh,

@@ -159,22 +159,26 @@ class Trainer:
 
     # --- training ---------------------------------------------------------------------------
 
-    def train(self, state, data_key, augment_key, start: int, stop: int, loss_sum=None):
+    def train(self, state, data_key, augment_key, start: int, stop: int, loss_sum=None, check=None):
         """Run steps [start, stop) of a stack of members (``stack``): each its own state, data
         key and augmentation key. Returns the new states and each member's training loss summed
         over the steps and added to ``loss_sum``: the running sum is carried through the compiled
-        loop, so splitting a range (at an epoch, a checkpoint, a preemption) changes no bit."""
+        loop, so splitting a range (at an epoch, a checkpoint, a preemption) changes no bit.
+        ``check`` is called before each epoch's compiled loop and may raise to stop there (loop.py:
+        a second Ctrl-C)."""
         members = members_of(state)
         if loss_sum is None:
             loss_sum = jnp.zeros(members, jnp.float32)
         spread = self.over_mesh(members)
         if spread is not None:
-            return spread.train(state, data_key, augment_key, start, stop, loss_sum)
+            return spread.train(state, data_key, augment_key, start, stop, loss_sum, check)
         states, sums = [], []
         for i in range(members):
             one, one_sum = member(state, i), loss_sum[i]
             step = start
             while step < stop:  # one compiled loop per epoch touched, with that epoch's data order
+                if check:
+                    check()
                 epoch = step // self.iterations_per_epoch
                 end = min(stop, (epoch + 1) * self.iterations_per_epoch)
                 order = self._order(data_key[i], epoch)
