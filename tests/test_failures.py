@@ -21,7 +21,8 @@ import pytest
 from rich.console import Console
 
 from conftest import child_env, compose_config, run_cli
-from lottery import driver, imp
+from lottery import imp
+from lottery.training import loop
 from lottery.errors import LotteryError, describe
 
 QUIET = Console(file=io.StringIO())
@@ -223,7 +224,7 @@ def test_a_second_ctrl_c_is_never_raised_into_library_code(monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)  # the handler runs here, or at the next bytecode: in the callback
 
-    preemption, before = driver.Preemption(), signal.getsignal(signal.SIGINT)
+    preemption, before = loop.Preemption(), signal.getsignal(signal.SIGINT)
     with preemption:
         os.kill(os.getpid(), signal.SIGINT)  # the first: a checkpoint at the end of the chunk
         gc.callbacks.append(second_ctrl_c)
