@@ -67,7 +67,7 @@ from lottery.results import paths
 from lottery.results.identity import read_identity
 from lottery.results.metrics import NETWORK_KEYS
 from lottery.results.provenance import provenance
-from lottery.results.store import read_flat, read_json
+from lottery.results.store import read_flat, read_json, write_whole
 
 FORMAT = "lottery.export/1"
 WEIGHTS = ("both", "start", "trained")
@@ -245,21 +245,22 @@ def export(level_dir: str, path: str, weights: str = "both", layout: str = "flax
     out = tensors(network, weights, layout)
     notes = flatten_notes(network["start"]["params"]) if layout == "torch" else []
     meta = metadata(network, level_dir, weights, layout)
-    partial = path + ".partial"
     data = safetensors.numpy.save(out, metadata=meta)  # bytes: written here, so that OS errors are ours to name
-    try:
+
+    def write(partial):
         with open(partial, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+
+    def still_free():
         if os.path.lexists(path) and not force:  # appeared while this one was written
             raise LotteryError(f"{path}: exists; it is kept: choose another file, or pass --force to replace it")
-        os.replace(partial, path)
+
+    try:
+        write_whole(path, write, before=still_free)
     except OSError as error:
         raise LotteryError(f"{path}: cannot write the file there ({error.strerror or error}); choose another file") from None
-    finally:
-        if os.path.lexists(partial):
-            os.remove(partial)
     metrics = network["metrics"]
     return {"path": path, "tensors": len(out), "bytes": os.path.getsize(path), "kind": metrics["kind"],
             "level": metrics["level"], "replicate": metrics["replicate"], "density": metrics["density"], "notes": notes}

@@ -17,6 +17,7 @@ import tempfile
 from lottery.analysis import figures, runs, tickets
 from lottery.analysis.tables import console, results, similarity
 from lottery.errors import LotteryError
+from lottery.results.store import write_whole
 
 REPORTED = ("replicates", "kinds", "experiments")  # the comparisons the report shows (levels: the API)
 
@@ -69,13 +70,9 @@ def main(argv=None) -> int:
                                 (args.similarity_csv, pairs, "--similarity-csv")):
         if not path or frame is None:
             continue
-        partial = path + ".partial"
         try:
-            frame.to_csv(partial, index=False)
-            os.replace(partial, path)  # whole or not at all: an older CSV there is kept if this fails
+            write_whole(path, lambda partial: frame.to_csv(partial, index=False))  # an older CSV is kept if this fails
         except OSError as error:
-            if os.path.exists(partial):
-                os.remove(partial)
             print(f"error: {path}: cannot write the CSV there ({error.strerror or error}); the figures are written; "
                   f"choose another {option} FILE", file=sys.stderr)
             return 2

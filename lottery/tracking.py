@@ -16,45 +16,8 @@ The mode comes from ``wandb.mode`` (default: ``$WANDB_MODE``, else ``offline``).
 in ``<experiment dir>/wandb/`` and upload with ``wandb sync``. Online mode without an API key, or
 with no network, falls back to offline with a warning: a run never blocks or prompts.
 
-Resuming after kill -9. The results on disk and the level checkpoints are complete, but W&B loses
-whatever the killed process had not flushed, and every process writes its own offline directory.
-So every history row has an identity -- ``("eval", level, iteration)``, ``("level", level)``,
-``("lmc", level)``, ``("summary", n)`` -- and is logged at an explicit W&B step that a ledger of the
-run fixes (``<experiment>/wandb/<run id>.steps.jsonl``, a key's line appended before its row is
-logged): whichever process logs a row, it lands on the same step. A process that opens a run
-restates the run's record from what is on disk (finished levels' histories and level rows, LMC
-barriers) in step order; ``train()`` restates the histories of a level it resumes from a checkpoint,
-and the rest of the level is logged live, at the steps the killed process gave it. Online, W&B's
-history up to ``run.step`` at resume is on the server and is not sent again; offline, the new
-directory holds the run's whole record (less what ``wandb sync`` uploaded from a finished one), and
-the older offline directories of that run are moved to ``wandb/superseded/`` (never deleted), so
-``wandb sync wandb/offline-run-*`` uploads one complete record per run. The end-of-run table and
-plot are a new ``summary`` row of each invocation that touched the run: W&B shows the latest, and
-an offline directory holds one. ``finish(df, summary)`` writes ``summary``'s keys (the objective a
-search optimizes) to the W&B summary of every run it finishes; a re-run of finished work opens no
-run, so it writes none.
-
-Sweep agents. ``wandb agent`` starts each trial with ``WANDB_SWEEP_ID`` and ``WANDB_RUN_ID`` set and
-waits for that one run, which W&B would give every ``wandb.init`` of the process. So under an agent
-the whole invocation logs ONE run, id ``$WANDB_RUN_ID`` (group: the experiment; job type
-``trial``), holding every replicate's and kind's series under the prefix ``replicate_<r>/<kind>/``:
-  - evaluations: ``replicate_0/ticket/iteration``, ``replicate_0/ticket/test/accuracy``, ...,
-    against ``replicate_0/ticket/iteration``;
-  - per level: ``replicate_0/ticket/level/test_accuracy``, ``.../level/density/<layer>``,
-    ``.../level/lmc_barrier``, ..., against ``replicate_0/ticket/level/percent_remaining``;
-  - at the end, one ``summary`` row: ``replicate_0/ticket/levels`` (table) and
-    ``replicate_0/ticket/accuracy_vs_sparsity`` (plot) for every network of the experiment;
-  - ``finish(df, summary)``'s keys, unprefixed, in the run's summary: ``metric.name`` of the sweep
-    file (``objective``) is what the sweep optimizes.
-Its ledger is ``<experiment>/wandb/$WANDB_RUN_ID.steps.jsonl``, its rows keyed as above with
-``(replicate, kind)`` in front, so a trial killed and run again with the same ``WANDB_RUN_ID``
-continues the same run as a plain experiment does. The run is opened at the end even when nothing
-was trained (a configuration proposed twice, or a finished experiment): it restates the
-experiment's whole record from disk and carries the trial's objective. The sweep sees the trial
-online only: offline (the default without ``$WANDB_MODE``) a warning says so, and the sample sweep
-file, ``experiments/wandb_sweep.yaml``, passes ``wandb.mode=online``. ``WANDB_SWEEP_ID`` without
-``WANDB_RUN_ID`` is an error (W&B would give every run a random id and the ledgers could not resume
-them).
+Resuming after kill -9 (every row once, at a step the run's ``Ledger`` fixes) and W&B sweep
+agents (one run per trial, ``agent_run_id``) are explained where they are done.
 """
 
 import contextlib
@@ -79,7 +42,29 @@ MODES = ("online", "offline", "disabled")
 
 
 def agent_run_id() -> Optional[str]:
-    """The run a W&B sweep agent started this process for (``$WANDB_RUN_ID``), or None outside one."""
+    """The run a W&B sweep agent started this process for (``$WANDB_RUN_ID``), or None outside one.
+
+    Sweep agents. ``wandb agent`` starts each trial with ``WANDB_SWEEP_ID`` and ``WANDB_RUN_ID`` set and
+    waits for that one run, which W&B would give every ``wandb.init`` of the process. So under an agent
+    the whole invocation logs ONE run, id ``$WANDB_RUN_ID`` (group: the experiment; job type
+    ``trial``), holding every replicate's and kind's series under the prefix ``replicate_<r>/<kind>/``:
+      - evaluations: ``replicate_0/ticket/iteration``, ``replicate_0/ticket/test/accuracy``, ...,
+        against ``replicate_0/ticket/iteration``;
+      - per level: ``replicate_0/ticket/level/test_accuracy``, ``.../level/density/<layer>``,
+        ``.../level/lmc_barrier``, ..., against ``replicate_0/ticket/level/percent_remaining``;
+      - at the end, one ``summary`` row: ``replicate_0/ticket/levels`` (table) and
+        ``replicate_0/ticket/accuracy_vs_sparsity`` (plot) for every network of the experiment;
+      - ``finish(df, summary)``'s keys, unprefixed, in the run's summary: ``metric.name`` of the sweep
+        file (``objective``) is what the sweep optimizes.
+    Its ledger is ``<experiment>/wandb/$WANDB_RUN_ID.steps.jsonl``, its rows keyed as above with
+    ``(replicate, kind)`` in front, so a trial killed and run again with the same ``WANDB_RUN_ID``
+    continues the same run as a plain experiment does. The run is opened at the end even when nothing
+    was trained (a configuration proposed twice, or a finished experiment): it restates the
+    experiment's whole record from disk and carries the trial's objective. The sweep sees the trial
+    online only: offline (the default without ``$WANDB_MODE``) a warning says so, and the sample sweep
+    file, ``experiments/wandb_sweep.yaml``, passes ``wandb.mode=online``. ``WANDB_SWEEP_ID`` without
+    ``WANDB_RUN_ID`` is an error (W&B would give every run a random id and the ledgers could not resume
+    them)."""
     if not os.environ.get("WANDB_SWEEP_ID"):
         return None
     if not os.environ.get("WANDB_RUN_ID"):
@@ -111,7 +96,25 @@ class Ledger:
     logged, so that a row has one step whichever process logs it (a key's last line wins; step
     null forgets it). Also ``opened``/``finished`` lines: a run whose last line is not ``finished``
     may hold a record that a killed process left incomplete; ``finished`` names the offline
-    directory that holds the run's record below step ``next``."""
+    directory that holds the run's record below step ``next``.
+
+    Resuming after kill -9. The results on disk and the level checkpoints are complete, but W&B loses
+    whatever the killed process had not flushed, and every process writes its own offline directory.
+    So every history row has an identity -- ``("eval", level, iteration)``, ``("level", level)``,
+    ``("lmc", level)``, ``("summary", n)`` -- and is logged at an explicit W&B step that a ledger of the
+    run fixes (``<experiment>/wandb/<run id>.steps.jsonl``, a key's line appended before its row is
+    logged): whichever process logs a row, it lands on the same step. A process that opens a run
+    restates the run's record from what is on disk (finished levels' histories and level rows, LMC
+    barriers) in step order; ``train()`` restates the histories of a level it resumes from a checkpoint,
+    and the rest of the level is logged live, at the steps the killed process gave it. Online, W&B's
+    history up to ``run.step`` at resume is on the server and is not sent again; offline, the new
+    directory holds the run's whole record (less what ``wandb sync`` uploaded from a finished one), and
+    the older offline directories of that run are moved to ``wandb/superseded/`` (never deleted), so
+    ``wandb sync wandb/offline-run-*`` uploads one complete record per run. The end-of-run table and
+    plot are a new ``summary`` row of each invocation that touched the run: W&B shows the latest, and
+    an offline directory holds one. ``finish(df, summary)`` writes ``summary``'s keys (the objective a
+    search optimizes) to the W&B summary of every run it finishes; a re-run of finished work opens no
+    run, so it writes none."""
 
     def __init__(self, path: str):
         self.path, self.steps, self.complete = path, {}, False
@@ -474,7 +477,7 @@ class Tracker:
             level = int(last["level"])
             artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9_.-]", "_", f"ticket-{self.group}-r{replicate}"), type="ticket",
                                       metadata={"level": level, "percent_remaining": float(last["percent_remaining"])})
-            artifact.add_dir(os.path.join(self.directory, f"replicate_{replicate}", f"level_{level}", "ticket"))
+            artifact.add_dir(os.path.join(paths.level_dir(self.directory, replicate, level), "ticket"))
             record.run.log_artifact(artifact)
         title = "test accuracy vs % weights remaining" + (f" (replicate {replicate}, {kind})" if self.agent else "")
         tables = {"levels": table,

@@ -33,7 +33,7 @@ def experiment_dirs(root: str) -> List[str]:
     found = set()
     for config_file in glob.glob(os.path.join(root, "**", "config.yaml"), recursive=True):
         directory = os.path.dirname(config_file)
-        if glob.glob(os.path.join(directory, "replicate_*")):
+        if paths.replicates(directory):
             found.add(os.path.abspath(directory))
     for pointer in glob.glob(os.path.join(root, "**", POINTER), recursive=True):
         with open(pointer) as f:

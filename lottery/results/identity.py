@@ -16,7 +16,8 @@ from typing import List
 from omegaconf import DictConfig, OmegaConf
 
 from lottery.config import Config
-from lottery.errors import LotteryError, at
+from lottery.errors import LotteryError
+from lottery.results.store import write_whole
 
 CONFIG = "config.yaml"
 
@@ -143,10 +144,7 @@ def write_once(path: str, content: dict, what: str, same=lambda saved, content: 
     """The identity file of a hash-named directory (``what``: experiment, dense run), written the
     first time and checked every later time: it must still hold ``content``."""
     if not os.path.exists(path):
-        partial = path + ".partial"
-        with at(partial):
-            OmegaConf.save(OmegaConf.create(content), partial)
-        os.replace(partial, path)
+        write_whole(path, lambda partial: OmegaConf.save(OmegaConf.create(content), partial))
         return
     try:
         saved = OmegaConf.to_container(OmegaConf.load(path))

@@ -63,14 +63,31 @@ def load_tree(path: str, like):
     return tree
 
 
+def write_whole(path: str, write: Callable[[str], None], before: Callable[[], None] = lambda: None) -> None:
+    """The one way a file is written: ``write(partial)`` writes ``<path>.partial``, which is renamed
+    over ``path`` (after ``before()``, which may raise) only when complete, so ``path`` holds the old
+    content or the new, never a part; a failed attempt's partial file is removed."""
+    partial = path + ".partial"
+    try:
+        with at(partial):
+            write(partial)
+        before()
+        os.replace(partial, path)
+    finally:
+        if os.path.lexists(partial):
+            os.remove(partial)
+
+
 def write_json(path: str, content) -> None:
     """Write ``path`` whole or not at all; in a multi-process run, only process 0 writes."""
-    if jax.process_index() != 0:
+    if not hosts.primary():
         return
-    partial = path + ".partial"
-    with at(partial), open(partial, "w") as f:
-        json.dump(content, f, indent=1)
-    os.replace(partial, path)
+
+    def write(partial):
+        with open(partial, "w") as f:
+            json.dump(content, f, indent=1)
+
+    write_whole(path, write)
 
 
 def read_json(path: str, keys=()):

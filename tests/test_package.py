@@ -1,0 +1,90 @@
+"""The package's shape (README "Where things are"): no import circle, and no module imports from a
+layer above its own. Read from the source with ast, lazy imports inside functions included."""
+
+import ast
+import pathlib
+
+LOTTERY = pathlib.Path(__file__).resolve().parents[1] / "lottery"
+
+# Bottom to top: a module may import from its own layer and the layers below it.
+LAYERS = (
+    ("lottery", "lottery.errors", "lottery.step", "lottery.config", "lottery.hosts"),
+    ("lottery.results", "lottery.models", "lottery.data", "lottery.pruning"),
+    ("lottery.training",),
+    ("lottery.analysis", "lottery.tracking"),
+    ("lottery.imp",),
+    ("lottery.run", "lottery.report", "lottery.export", "lottery.search", "lottery.sweeps"),
+)
+
+
+def modules():
+    found = {}
+    for path in sorted(LOTTERY.rglob("*.py")):
+        parts = path.relative_to(LOTTERY.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def imports(known):
+    """{module: the lottery modules it imports} (``from lottery.x import y``: y if it is a module)."""
+    edges = {}
+    for name, path in known.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                for alias in node.names:
+                    target = f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base
+                    if target in known:
+                        targets.add(target)
+            elif isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names if alias.name in known}
+        edges[name] = targets - {name}
+    return edges
+
+
+def layer(module: str) -> int:
+    for index, members in enumerate(LAYERS):
+        if any(module == m or (m != "lottery" and module.startswith(m + ".")) for m in members):
+            return index
+    raise AssertionError(f"{module} is in no layer of tests/test_package.py: place it in the README's map and here")
+
+
+def test_every_module_has_a_layer_and_imports_only_from_its_own_or_below():
+    edges = imports(modules())
+    upward = [f"{a} -> {b}" for a, targets in edges.items() for b in targets if layer(b) > layer(a)]
+    assert upward == []
+
+
+def test_there_is_no_import_circle():
+    edges = imports(modules())
+    state, stack, circles = {}, [], []
+
+    def visit(module):  # depth-first search: an edge back to a module on the stack closes a circle
+        state[module] = "open"
+        stack.append(module)
+        for target in sorted(edges[module]):
+            if state.get(target) == "open":
+                circles.append(" -> ".join(stack[stack.index(target):] + [target]))
+            elif target not in state:
+                visit(target)
+        stack.pop()
+        state[module] = "done"
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module)
+    assert circles == []
+
+
+def test_the_reading_finds_the_imports_it_judges():
+    # The checks above are only as good as this reading: it must see the imports the code has.
+    edges = imports(modules())
+    assert "lottery.imp.experiment" in edges["lottery.imp.levels"]
+    assert "lottery.pruning.masks" in edges["lottery.pruning.criteria"]
+    assert "lottery.imp" in edges["lottery.run"]  # a lazy import inside a function
+    assert layer("lottery.imp.levels") > layer("lottery.training.loop") > layer("lottery.results.store")
