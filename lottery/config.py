@@ -84,6 +84,14 @@ class TrainingConfig:
     # compiled step per dispatch), auto (host for conv models on CPU, where XLA runs convolutions
     # in loop bodies slowly; device otherwise). Not part of the experiment's hash.
     loop: str = "auto"
+    # Networks trained together in one vmapped program (lottery/training/trainer.py): a width W, or
+    # auto (1 on CPU, where every result stays as before; wider on GPU/TPU). A network's bits depend
+    # on W, not on which networks share its stack or where in it: recorded with each invocation,
+    # like the loop, not hashed.
+    stack: str = "auto"
+    # float32, or bfloat16: activations and matmul/conv inputs in bfloat16, parameters, optimizer
+    # state and loss in float32 (mixed precision, Micikevicius et al. 2018). Hashed when not float32.
+    precision: str = "float32"
 
 
 @dataclasses.dataclass
@@ -176,7 +184,10 @@ class Config:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
     output_dir: str = "runs"
-    checkpoint_every: str = "10ep"  # checkpoints inside a level (at the end of a compiled chunk)
+    checkpoint_every: str = "10ep"
+    # XLA's deterministic GPU operations (--xla_gpu_deterministic_ops): the same bits from run to
+    # run on one GPU, at some speed. CPU runs are deterministic either way. Recorded, not hashed.
+    deterministic: bool = False  # checkpoints inside a level (at the end of a compiled chunk)
     progress: bool = True  # progress bar
     # JAX's persistent compilation cache: a repeated run skips XLA compilation ("" turns it off).
     compilation_cache: str = "${oc.env:LOTTERY_JAX_CACHE,'~/.cache/lottery/jax'}"

@@ -79,7 +79,8 @@ from lottery import imp
 from lottery.training.mesh import COLLECTIVES
 run, root = {run!r}, {root!r}
 for name, mesh in [("members", ["mesh=members"]), ("data", ["mesh=data"]), ("grid", ["mesh.members=2", "mesh.data=2"]),
-                   ("data_again", ["mesh=data", "levels=0", "lmc.levels=[]"])]:  # level 0 again, for run to run
+                   ("data_again", ["mesh=data", "levels=0", "lmc.levels=[]"]),  # level 0 again, for run to run
+                   ("members_stacked", ["mesh=members", "training.stack=2"])]:  # a stack of 2 on each device
     imp.run(compose_config([*run, *mesh, "output_dir=" + root + "/" + name]), Console(quiet=True))
 trainer = imp.prepare(compose_config([*run, "output_dir=" + root + "/members"])).trainer
 found = lambda text: [c for c in COLLECTIVES if c in text]
@@ -89,6 +90,8 @@ print(json.dumps({{"members": found(trainer.over_mesh(4).compiled_text()), "data
 
 
 def test_member_data_and_2d_meshes_on_4_devices_match_one_device(reference, tmp_path):
+    stacked = tmp_path / "one-device-stacked"  # stacks of 2 on one device: what stacks on 4 devices must equal
+    imp.run(compose_config([*RUN, "training.stack=2", f"output_dir={stacked}"]), Console(quiet=True))
     code = LAYOUTS.format(tests=TESTS, run=RUN, root=str(tmp_path))
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=child_env(JAX_NUM_CPU_DEVICES="4"),
                           capture_output=True, text=True, timeout=600)
@@ -104,6 +107,12 @@ def test_member_data_and_2d_meshes_on_4_devices_match_one_device(reference, tmp_
         close(results(str(tmp_path / layout)), reference)
     again, data = results(str(tmp_path / "data_again")), results(str(tmp_path / "data"))
     assert again and bitwise(again, {key: data[key] for key in again})  # run to run
+    # Stacks per device (8 networks a round at level 1's 6: padded) train to the one-device stacks'
+    # bits; their evaluations (one vmapped program inside shard_map) agree to the last bit of a loss.
+    spread, alone = results(str(tmp_path / "members_stacked")), results(str(stacked))
+    arrays = [key for key in alone if isinstance(alone[key], list)]
+    assert arrays and bitwise({k: spread[k] for k in arrays}, {k: alone[k] for k in arrays})
+    close(spread, alone)
 
 
 def free_port(low=1024, high=65535) -> int:

@@ -124,6 +124,9 @@ def check(cfg) -> None:
     masks.check(cfg.pruning)
     models.check(cfg.model)
     training.make_optimizer(cfg.optimizer)
+    training.compute_dtype(cfg.training.precision)
+    if cfg.training.stack != "auto":
+        training.stack_width(cfg.training.stack)
     criteria.check(cfg)
     transfer.check(cfg)
     if cfg.retrain not in RETRAIN:
@@ -174,7 +177,8 @@ def prepare(cfg) -> Experiment:
     model = models.build(cfg.model, data.input_shape, data.num_classes, jax.random.key(0))  # a template
     mesh.check(cfg.mesh, jax.device_count())
     trainer = training.Trainer(model, tx, schedule, data, batch_size, cfg.training.eval_batch_size,
-                               cfg.dataset.augment, cfg.training.loop, mesh=cfg.mesh)
+                               cfg.dataset.augment, cfg.training.loop, mesh=cfg.mesh, stack=cfg.training.stack,
+                               precision=cfg.training.precision)
     prunable = masks.prunable(trainer.init_params, cfg.pruning.ignore)
     source = None
     if cfg.transfer.source is not None:

@@ -96,8 +96,9 @@ def run(cfg, console: Console = None) -> Results:
 def run_locked(experiment: Experiment, console: Console) -> Results:
     """Every level in turn, under the experiment's lock, then the results: table, figures, objective."""
     cfg = experiment.cfg
+    trainer = experiment.trainer
     invocation = experiment.invocation = Invocation(experiment.directory, cfg,
-                                                    program(experiment.trainer.host_loop, cfg.mesh),
+                                                    program(trainer.host_loop, cfg.mesh, trainer.width, cfg.deterministic),
                                                     write=hosts.primary())
     if invocation.other_programs() and paths.replicates(experiment.directory):
         others = "; ".join(", ".join(f"{k} {v}" for k, v in p.items()) for p in invocation.other_programs())

@@ -29,13 +29,15 @@ CONFIG = "config.yaml"
 # count; `checkpoint_every` does not change bits (resume is bitwise); `dataset.root` is replaced by
 # the fingerprint of the data read from it; `training.loop` is recorded with the backend in each
 # invocation (a conv model's host and device loops round differently, like two backends) and a
-# change is announced; so are `mesh` and `distributed` (member-parallel is bitwise one device,
+# change is announced; so are `training.stack` (a network's bits depend on the stack's width, as
+# on a backend, never on its stack-mates), `deterministic` (GPU only), `mesh` and `distributed` (member-parallel is bitwise one device,
 # data-parallel sums gradients in another order); `objective` is read from the finished results,
 # after training, and changes none of them (a search asks the same experiment for several); the
 # rest are names, places and display.
 _NOT_HASHED = ("name", "levels", "replicates", "controls", "lmc", "objective", "output_dir", "progress", "wandb",
                "compilation_cache", "checkpoint_every",
-               "dataset.root", "dataset.download", "training.loop", "mesh", "distributed")
+               "dataset.root", "dataset.download", "training.loop", "training.stack", "mesh", "distributed",
+               "deterministic")
 
 
 # What determines the dense level 0 (lottery/imp/dense.py): how the network is built, the data, the
@@ -59,7 +61,7 @@ def unhashed_settings(cfg: DictConfig) -> dict:
 # Keys added after experiments existed, at the value that computes what those experiments computed:
 # left out of the identity at that value, so that adding them changed no experiment's hash.
 _HASHED_UNLESS = {"pruning.criterion": "magnitude", "pruning.prune_at": "trained", "pruning.rounds": 1,
-                  "pruning.examples": 100}
+                  "pruning.examples": 100, "training.precision": "float32"}
 
 
 def identity(cfg: DictConfig, data_fingerprint: str) -> dict:

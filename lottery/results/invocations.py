@@ -22,13 +22,22 @@ from lottery.results.provenance import provenance
 INVOCATIONS = "invocations.jsonl"
 
 
-def program(host_loop: bool, mesh=None) -> dict:
+def program(host_loop: bool, mesh=None, width: int = 1, deterministic: bool = False) -> dict:
     """What decides the bits of a result besides the config: the backend, its devices, the jax
-    version, where the loop over steps runs (a conv model's loops round differently) and the mesh
-    asked for (data-parallel sums gradients in another order; 0 is auto)."""
+    version, where the loop over steps runs (a conv model's loops round differently), the mesh
+    asked for (data-parallel sums gradients in another order; 0 is auto), the width of the stacks
+    networks train in (a vmapped program rounds by its batched shapes), the matmul precision
+    (TF32 on recent NVIDIA GPUs unless set) and XLA's deterministic GPU operations. The last three
+    appear only when they are not the default, so earlier invocations' programs compare equal."""
     device = jax.devices()[0]
     out = {"backend": jax.default_backend(), "device": device.device_kind, "devices": len(jax.devices()),
            "jax": jax.__version__, "loop": "host" if host_loop else "device"}
+    if width != 1:
+        out["stack"] = width
+    if jax.config.jax_default_matmul_precision is not None:
+        out["matmul_precision"] = str(jax.config.jax_default_matmul_precision)
+    if deterministic:
+        out["deterministic"] = True
     if len(jax.devices()) > 1 and mesh is not None:
         out["mesh"] = f"{mesh.members}x{mesh.data}"
     if jax.process_count() > 1:

@@ -98,8 +98,14 @@ class MeshTrainer:
         self._replicated = {}
 
     def _program(self, one_network, in_specs, out_specs):
-        """``one_network`` run by each device on its member of the stack (blocks of one)."""
+        """``one_network`` run by each device on its block of the stack: one network (width 1) or
+        the trainer's ``width`` networks, by the same vmapped program as on one device."""
+        width = self.trainer.width
+
         def per_device(*args):
+            if width > 1:
+                axes = [0 if spec == P("members") else None for spec in in_specs]
+                return jax.vmap(one_network, in_axes=axes)(*args)
             args = [jax.tree.map(lambda a: a[0], arg) if spec == P("members") else arg
                     for arg, spec in zip(args, in_specs)]
             return jax.tree.map(lambda a: a[None], one_network(*args))
@@ -115,10 +121,12 @@ class MeshTrainer:
         return self._replicated[name]
 
     def rounds(self, networks: int):
-        """The stack's indices in rounds of one network per members-device, the last padded."""
-        padded = math.ceil(networks / self.members) * self.members
+        """The stack's indices in rounds of one block (the trainer's width) per members-device, the
+        last padded with copies of the first network."""
+        per_round = self.members * self.trainer.width
+        padded = math.ceil(networks / per_round) * per_round
         index = list(range(networks)) + [0] * (padded - networks)
-        return [index[i:i + self.members] for i in range(0, padded, self.members)]
+        return [index[i:i + per_round] for i in range(0, padded, per_round)]
 
     def train(self, state, data_key, augment_key, start: int, stop: int, loss_sum, check=None):
         trainer = self.trainer
@@ -172,12 +180,13 @@ class MeshTrainer:
         """The optimized HLO of the training program on this mesh (for tests: collectives)."""
         trainer = self.trainer
         one = trainer.init_state(trainer.init_params, trainer.init_batch_stats, masks.full_mask(trainer.init_params))
-        stacked = jax.tree.map(lambda a: np.stack([np.asarray(a)] * self.members), one)
+        n = self.members * trainer.width
+        stacked = jax.tree.map(lambda a: np.stack([np.asarray(a)] * n), one)
         args = (to_global(stacked, self.mesh, P("members")), self.replicated("train", trainer.train_host),
-                to_global(np.zeros((self.members, len(trainer.train_host[1])), np.int32), self.mesh, P("members")),
-                to_global(np.zeros((self.members, 2), np.uint32), self.mesh, P("members")),
+                to_global(np.zeros((n, len(trainer.train_host[1])), np.int32), self.mesh, P("members")),
+                to_global(np.zeros((n, 2), np.uint32), self.mesh, P("members")),
                 to_global(np.int32(0), self.mesh, P()), to_global(np.int32(1), self.mesh, P()),
-                to_global(np.zeros(self.members, np.float32), self.mesh, P("members")))
+                to_global(np.zeros(n, np.float32), self.mesh, P("members")))
         program = self._train_step if trainer.host_loop else self._train
         if trainer.host_loop:
             args = args[:5] + args[6:]

@@ -87,7 +87,8 @@ class Trainer:
     """Compiled training and evaluation of one model on one data set."""
 
     def __init__(self, model: nnx.Module, tx, schedule, data: Dataset, batch_size: int,
-                 eval_batch_size: int, augment: bool, loop: str = "auto", masked: bool = True, mesh=None):
+                 eval_batch_size: int, augment: bool, loop: str = "auto", masked: bool = True, mesh=None,
+                 stack: str = "1", precision: str = "float32"):
         self.graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
         self.init_params = nnx.to_pure_dict(params)
         self.init_batch_stats = nnx.to_pure_dict(batch_stats)
@@ -108,25 +109,44 @@ class Trainer:
         self.mesh = mesh  # the `mesh` config: how stacks are laid over several devices (mesh.py)
         self._meshes = {}
         self.host_loop = use_host_loop(loop, model)
+        self.compute_dtype = compute_dtype(precision)
         # Every program runs on a stack of members (replicates, controls, copies) along a leading
         # axis: the data are shared, each member has its own state, data order and augmentation.
-        # Each member runs the single-member program, one after another: a vmapped program would
-        # round differently with the size of the stack (XLA picks reduction and contraction
-        # orders by the batched shapes), so a network's bits would depend on what it was trained
-        # beside. One program per member makes them depend on the network alone.
-        self._train = jax.jit(self._train_impl, donate_argnums=(0,))
-        self._train_step = jax.jit(self._train_step_impl, donate_argnums=(0,))
+        # The members go through in blocks of ``width``, each block one program: width 1 runs the
+        # single-member program; a wider block its vmap over the block. XLA picks reduction and
+        # contraction orders by the batched shapes, so a network's bits depend on the width; they
+        # do not depend on which networks share its block or where in it (measured on CPU and
+        # tested: each member's arithmetic is the same program's, whatever the others hold).
+        self.width = stack_width(stack)
+        train, step = jax.jit(self._train_impl, donate_argnums=(0,)), jax.jit(self._train_step_impl, donate_argnums=(0,))
+        evaluate, evaluate_batch = jax.jit(self._evaluate_impl), jax.jit(self._evaluate_batch_impl)
+        if self.width > 1:
+            block, shared = 0, None
+            train = jax.jit(jax.vmap(self._train_impl, in_axes=(block, shared, block, block, shared, shared, block)),
+                            donate_argnums=(0,))
+            step = jax.jit(jax.vmap(self._train_step_impl, in_axes=(block, shared, block, block, shared, block)),
+                           donate_argnums=(0,))
+            evaluate = jax.jit(jax.vmap(self._evaluate_impl, in_axes=(block, block, shared)))
+            evaluate_batch = jax.jit(jax.vmap(self._evaluate_batch_impl, in_axes=(block, block, shared)))
+        self._train, self._train_step, self._evaluate, self._evaluate_batch = train, step, evaluate, evaluate_batch
         self._epoch_order = jax.jit(functools.partial(epoch_order, n=len(data.train_x)))
-        self._evaluate = jax.jit(self._evaluate_impl)
-        self._evaluate_batch = jax.jit(self._evaluate_batch_impl)
         self._orders = {}  # the current epoch's data order of each member, computed once per epoch
 
     # --- the model as a pure function of its parameters -------------------------------------
 
     def apply(self, params, batch_stats, x, train: bool):
+        """Logits (float32) and updated batch statistics. In bfloat16 precision the parameters and
+        inputs enter the model as bfloat16 (every matmul, conv and activation in bfloat16); the
+        parameters stay float32 outside (their gradients come back through the cast as float32),
+        and so do the batch statistics and the logits the loss is taken of."""
+        if self.compute_dtype != jnp.float32:
+            params, x = _cast(params, self.compute_dtype), x.astype(self.compute_dtype)
         model = nnx.merge(self.graphdef, nnx.State(params), nnx.State(batch_stats))
         logits = model(x, train=train)
-        return logits, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+        updated = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+        if self.compute_dtype != jnp.float32:
+            updated = jax.tree.map(lambda new, old: new.astype(old.dtype), updated, batch_stats)
+        return logits.astype(jnp.float32), updated
 
     def inputs(self, images, key=None):
         """uint8 images -> normalized floats; with ``key``, pad-4 random crop and flip first."""
@@ -173,25 +193,49 @@ class Trainer:
         if spread is not None:
             return spread.train(state, data_key, augment_key, start, stop, loss_sum, check)
         states, sums = [], []
-        for i in range(members):
-            one, one_sum = member(state, i), loss_sum[i]
+        for ids in self.blocks(members):
+            block, block_sum = self._take(state, ids), self._take(loss_sum, ids)
+            augment = self._take(augment_key, ids)
             step = start
             while step < stop:  # one compiled loop per epoch touched, with that epoch's data order
                 if check:
                     check()
                 epoch = step // self.iterations_per_epoch
                 end = min(stop, (epoch + 1) * self.iterations_per_epoch)
-                order = self._order(data_key[i], epoch)
+                order = self._take_orders([data_key[i] for i in ids], epoch)
                 if self.host_loop:
                     for j in range(step, end):
-                        one, one_sum = self._train_step(one, self.train_data, order, augment_key[i], jnp.int32(j), one_sum)
+                        block, block_sum = self._train_step(block, self.train_data, order, augment, jnp.int32(j), block_sum)
                 else:
-                    one, one_sum = self._train(one, self.train_data, order, augment_key[i], jnp.int32(step),
-                                               jnp.int32(end), one_sum)
+                    block, block_sum = self._train(block, self.train_data, order, augment, jnp.int32(step),
+                                                   jnp.int32(end), block_sum)
                 step = end
-            states.append(one)
-            sums.append(one_sum)
-        return stack(states), jnp.stack(sums)
+            states.append(block)
+            sums.append(block_sum)
+        return self._join(states, members), self._join(sums, members)
+
+    # --- blocks of members: one program each --------------------------------------------------
+
+    def blocks(self, members: int):
+        """The stack's indices in blocks of ``width``, the last padded with copies of its first
+        member (trained, then dropped: never written anywhere)."""
+        out = []
+        for first in range(0, members, self.width):
+            ids = list(range(first, min(first + self.width, members)))
+            out.append(ids + [ids[0]] * (self.width - len(ids)))
+        return out
+
+    def _take(self, stacked, ids):
+        """A block of a stack: one member as it is (width 1), or the members ``ids`` along the axis."""
+        return _member(stacked, ids[0]) if self.width == 1 else _gather(stacked, np.asarray(ids))
+
+    def _take_orders(self, data_keys, epoch: int):
+        orders = [self._order(key, epoch) for key in data_keys]
+        return orders[0] if self.width == 1 else jnp.stack(orders)
+
+    def _join(self, blocks, members: int):
+        """Blocks back into one stack of ``members`` (padding dropped), on the device."""
+        return _stack(blocks) if self.width == 1 else _concatenate(blocks, members)
 
     def _order(self, data_key, epoch: int):
         key = (epoch, np.asarray(jax.random.key_data(data_key)).tobytes())
@@ -251,19 +295,21 @@ class Trainer:
         spread = self.over_mesh(members_of(state["params"]))
         if spread is not None:
             return spread.evaluate(state, split)
-        results = []
-        for i in range(members_of(state)):
-            params, batch_stats = member(state["params"], i), member(state["batch_stats"], i)
+        members, results = members_of(state["params"]), []
+        weights = {"params": state["params"], "batch_stats": state["batch_stats"]}
+        for ids in self.blocks(members):
+            block = self._take(weights, ids)
             if self.host_loop:
-                sums = [self._evaluate_batch(params, batch_stats, jax.tree.map(lambda a: a[b], batches))
+                sums = [self._evaluate_batch(block["params"], block["batch_stats"], jax.tree.map(lambda a: a[b], batches))
                         for b in range(batches[0].shape[0])]
                 loss, correct = (np.sum(column, axis=0) for column in zip(*sums))
                 total = float(np.sum(batches[2]))
-                results.append((loss / total, correct / total))
+                results.append((np.reshape(loss / total, -1), np.reshape(correct / total, -1)))
             else:
-                results.append(jax.device_get(self._evaluate(params, batch_stats, batches)))
-        loss, accuracy = zip(*results)
-        return np.asarray(loss), np.asarray(accuracy)
+                loss, accuracy = jax.device_get(self._evaluate(block["params"], block["batch_stats"], batches))
+                results.append((np.reshape(loss, -1), np.reshape(accuracy, -1)))
+        loss, accuracy = (np.concatenate(column)[:members] for column in zip(*results))
+        return loss, accuracy
 
     def _evaluate_batch_impl(self, params, batch_stats, batch, data_axis=None):
         """Summed loss and number correct on one batch (padding has weight 0)."""
@@ -300,6 +346,40 @@ def member(stacked, i: int):
 def stack(trees):
     """Stack members' pytrees along a new leading axis."""
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+# The same as compiled programs, one dispatch for a whole tree instead of one per leaf: they run
+# between every chunk of every block. Copies, so they change no bit.
+_member = jax.jit(member)
+_stack = jax.jit(stack)
+_gather = jax.jit(lambda stacked, ids: jax.tree.map(lambda leaf: leaf[ids], stacked))
+_concatenate = jax.jit(lambda blocks, members: jax.tree.map(lambda *parts: jnp.concatenate(parts)[:members], *blocks),
+                       static_argnums=(1,))
+
+
+def stack_width(text: str) -> int:
+    """``training.stack``: a positive width, or auto (1 on CPU, where it keeps every result as it
+    was; 8 on GPU/TPU, not yet measured: experiments/bench/device.sh measures widths)."""
+    if str(text) == "auto":
+        return 1 if jax.default_backend() == "cpu" else AUTO_WIDTH
+    if not str(text).isdigit() or int(text) < 1:
+        raise LotteryError(f"training.stack={text!r} must be a positive number of networks per program, or auto")
+    return int(text)
+
+
+AUTO_WIDTH = 8
+PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(precision: str):
+    if precision not in PRECISIONS:
+        raise LotteryError(f"training.precision={precision!r} is not a precision; choose one of: {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+def _cast(tree, dtype):
+    """Floating leaves of ``tree`` as ``dtype`` (masks and integer leaves as they are)."""
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
 def unstack(tree, i: int):
