@@ -28,9 +28,12 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class DatasetConfig:
-    name: str = MISSING  # digits | mnist | fashion_mnist | cifar10
-    root: str = "${oc.env:LOTTERY_DATA_DIR,'~/.cache/lottery'}"  # files live in <root>/<name>/
+    name: str = MISSING  # digits | mnist | fashion_mnist | cifar10 | cifar10_subset
+    root: str = "${oc.env:LOTTERY_DATA_DIR,'~/.cache/lottery'}"  # files live in <root>/<name>/ (cifar10_subset: <root>/cifar10-subset/)
     validation: int = 5000  # training examples held out for validation (early stopping)
+    # Use only the first N training examples (validation included, held out from their end); the test
+    # set stays whole. None: all. A subset is other data: another fingerprint, another experiment.
+    subset: Optional[int] = None
     augment: bool = False  # pad-4 random crop and horizontal flip, on the device
     download: bool = True  # fetch missing files from the official source
 

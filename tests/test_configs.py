@@ -21,7 +21,8 @@ from lottery.step import Step
 from lottery.pruning import criteria
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "exp").glob("*.yaml"))
-INPUT_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
+INPUT_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3),
+                "cifar10_subset": (32, 32, 3)}
 
 
 def test_the_published_experiments_are_all_there():
@@ -118,10 +119,18 @@ def test_hash_ignores_levels_and_locations_but_not_the_experiment():
             "lmc.levels=[0]", "training.loop=host"]
     assert experiment_hash(compose_config(same), DATA) == base  # more of the same experiment, or where it runs
     assert experiment_hash(compose_config(["dataset.root=/data"]), DATA) == base
+    assert experiment_hash(compose_config(["dataset.subset=null"]), DATA) == base  # unset: as before the key existed
+    assert experiment_hash(compose_config(["dataset.subset=1000"]), DATA) != base  # (its fingerprint differs too)
     assert experiment_hash(compose_config([]), "sha256:other") != base  # other data, another experiment
     for change in ("seed=1", "pruning.rate=0.3", "rewind=1ep", "optimizer.lr=0.01", "model.hidden=[10]",
                    "retrain=lr_rewind", "rewind_optimizer=true"):
         assert experiment_hash(compose_config([change]), DATA) != base, change
+
+
+def test_keys_added_since_leave_the_published_experiments_hashes_as_they_were():
+    # Computed before dataset.subset existed: an added key at its default names the same experiments.
+    pinned = {"quickstart": "e7a0fef00f", "lenet": "60b009c1ad", "conv2": "77d7c81375", "resnet": "b47c01efbb"}
+    assert {name: experiment_hash(compose_config([f"+exp={name}"]), DATA) for name in pinned} == pinned
 
 
 @pytest.mark.parametrize("override, error", [

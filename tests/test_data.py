@@ -140,6 +140,82 @@ def test_cifar10_wrong_size_or_label_is_rejected_by_name(small_cifar):
         datasets.load(dataset_config("cifar10", root))
 
 
+def write_cifar_subset(directory, counts, seed=2):
+    """Files of ``counts[name]`` CIFAR-10 records each in ``directory``; their (images, labels)."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(directory, exist_ok=True)
+    batches = {}
+    for name, n in counts.items():
+        batches[name] = rng.integers(0, 256, (n, 32, 32, 3)), rng.integers(0, 10, n)
+        write_cifar_batch(directory / name, *batches[name])
+    return batches
+
+
+def test_cifar10_subset_reads_whole_records_of_every_batch_file_in_name_order(tmp_path):
+    # As the shared subset is named, plus a whole official batch and a second partial one.
+    counts = {"data_batch_2.first5.bin": 5, "data_batch_1.bin": 8, "test_batch.first3.bin": 3, "test_batch.bin": 4}
+    batches = write_cifar_subset(tmp_path / cifar10.SUBSET_DIRECTORY, counts)
+    (tmp_path / cifar10.SUBSET_DIRECTORY / "README").write_text("not a batch file: not read")
+    data = datasets.load(dataset_config("cifar10_subset", tmp_path, validation=3))
+    train = [batches["data_batch_1.bin"], batches["data_batch_2.first5.bin"]]  # sorted by file name
+    test = [batches["test_batch.bin"], batches["test_batch.first3.bin"]]
+    np.testing.assert_array_equal(np.concatenate([data.train_x, data.val_x]), np.concatenate([x for x, _ in train]))
+    np.testing.assert_array_equal(np.concatenate([data.train_y, data.val_y]), np.concatenate([y for _, y in train]))
+    np.testing.assert_array_equal(data.test_x, np.concatenate([x for x, _ in test]))
+    np.testing.assert_array_equal(data.test_y, np.concatenate([y for _, y in test]))
+    assert data.examples == {"train": 10, "validation": 3, "test": 7} and data.input_shape == (32, 32, 3)
+    assert (data.scale, data.mean, data.std) == (255.0, cifar10.STATS["mean"], cifar10.STATS["std"])
+
+
+def test_cifar10_subset_files_may_sit_in_cifar_10_batches_bin(tmp_path):
+    write_cifar_subset(tmp_path / cifar10.SUBSET_DIRECTORY / cifar10.SUBDIR, {"data_batch_1.bin": 6, "test_batch.bin": 2})
+    data = datasets.load(dataset_config("cifar10_subset", tmp_path, validation=0))
+    assert data.examples == {"train": 6, "validation": 0, "test": 2}
+
+
+def test_cifar10_refuses_a_batch_of_fewer_records_and_says_to_ask_for_the_subset(small_cifar):
+    # A truncated official file is never taken for the whole set: the opt-in is dataset=cifar10_subset.
+    root, directory, batches = small_cifar
+    write_cifar_batch(directory / "data_batch_5.bin", *(a[:5] for a in batches["data_batch_5.bin"]))
+    with pytest.raises(LotteryError, match=r"data_batch_5\.bin: 5 records, not 8: for part of CIFAR-10 use "
+                                           r"dataset=cifar10_subset \(README: Data\), else replace it with the official file$"):
+        datasets.load(dataset_config("cifar10", root, validation=4))
+
+
+def test_cifar10_subset_checks_the_sha256sums_it_finds(tmp_path):
+    directory = tmp_path / cifar10.SUBSET_DIRECTORY
+    write_cifar_subset(directory, {"data_batch_1.first6.bin": 6, "test_batch.first2.bin": 2})
+    sha = lambda name: hashlib.sha256((directory / name).read_bytes()).hexdigest()
+    lines = [f"{sha('data_batch_1.first6.bin')}  data_batch_1.first6.bin", f"{sha('test_batch.first2.bin')} *test_batch.first2.bin"]
+    (directory / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    cfg = dataset_config("cifar10_subset", tmp_path, validation=1)
+    assert datasets.load(cfg).examples == {"train": 5, "validation": 1, "test": 2}
+    other = np.fromfile(directory / "test_batch.first2.bin", np.uint8)
+    other[5] ^= 1  # a pixel: the file still parses
+    other.tofile(directory / "test_batch.first2.bin")
+    with pytest.raises(LotteryError, match=r"test_batch\.first2\.bin: checksum mismatch \(sha256 should be [0-9a-f]{64}, "
+                                           r"from SHA256SUMS\); it is corrupt or not the file listed: replace it"):
+        datasets.load(cfg)
+    (directory / "SHA256SUMS").write_text(lines[0] + "\n")
+    with pytest.raises(LotteryError, match=r"test_batch\.first2\.bin: not listed in .*SHA256SUMS; add its sha256 there"):
+        datasets.load(cfg)
+    (directory / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    os.remove(directory / "test_batch.first2.bin")
+    write_cifar_subset(directory, {"test_batch.first9.bin": 9})
+    with pytest.raises(LotteryError, match=r"test_batch\.first2\.bin: listed in SHA256SUMS but missing"):
+        datasets.load(cfg)
+
+
+def test_a_subset_of_the_training_examples_is_other_data_with_the_test_set_whole(tmp_path):
+    full = datasets.load(dataset_config("digits", tmp_path, validation=180))
+    part = datasets.load(dataset_config("digits", tmp_path, validation=100, subset=1000))
+    assert full.examples == {"train": 1257, "validation": 180, "test": 360}
+    assert part.examples == {"train": 900, "validation": 100, "test": 360}
+    np.testing.assert_array_equal(np.concatenate([part.train_x, part.val_x]), full.train_x[:1000])  # the first ones
+    np.testing.assert_array_equal(part.test_x, full.test_x)
+    assert part.fingerprint != full.fingerprint
+
+
 def test_digits_need_no_download_and_split_the_same_way_every_time(tmp_path):
     a = datasets.load(dataset_config("digits", tmp_path / "nowhere", validation=180))
     b = datasets.load(dataset_config("digits", tmp_path / "elsewhere", validation=180))

@@ -29,7 +29,7 @@ from lottery import data as datasets
 from lottery.config import DatasetConfig
 from lottery.data import cifar10, download, mnist
 from lottery.errors import LotteryError
-from test_data import local_server, make_idx_dataset, write_cifar_batch  # noqa: F401 (a fixture)
+from test_data import local_server, make_idx_dataset, write_cifar_batch, write_cifar_subset  # noqa: F401 (a fixture)
 
 SHARED_MNIST = os.path.join(os.environ.get("LOTTERY_DATA_DIR", os.path.expanduser("~/.cache/lottery")), "mnist")
 
@@ -224,6 +224,72 @@ def test_idx_files_that_parse_but_cannot_be_used_are_named(tmp_path, case):
         message = r"fashion_mnist: the t10k files hold no examples"
     with pytest.raises(LotteryError, match=message):
         datasets.load(dataset_config("fashion_mnist", tmp_path, validation=10))
+
+
+# --- part of CIFAR-10 (dataset=cifar10_subset, dataset.subset) ----------------------------------------
+
+
+@pytest.fixture
+def cifar_subset(tmp_path):
+    """Part of CIFAR-10 as the shared subset is named: 10 training and 4 test records."""
+    directory = tmp_path / cifar10.SUBSET_DIRECTORY
+    write_cifar_subset(directory, {"data_batch_1.first10.bin": 10, "test_batch.first4.bin": 4})
+    return tmp_path, directory
+
+
+def record_bytes(n, label=0):
+    return (bytes([label]) + bytes(cifar10.RECORD - 1)) * n
+
+
+@pytest.mark.parametrize("case", ["not_whole_records", "empty", "label_out_of_range", "no_test_file", "no_training_file",
+                                  "no_directory", "subset_too_large", "validation_too_large"])
+def test_part_of_cifar10_that_cannot_be_used_is_one_line_naming_the_file_and_what_to_do(cifar_subset, case):
+    root, directory = cifar_subset
+    train, test = directory / "data_batch_1.first10.bin", directory / "test_batch.first4.bin"
+    settings = dict(validation=2)
+    if case == "not_whole_records":
+        train.write_bytes(record_bytes(3) + b"\0" * 100)  # a copy cut short
+        message = (rf"{re.escape(str(train))}: 9,319 bytes, not whole 3073-byte records \(3 and 100 bytes over\): "
+                   r"truncated, or not CIFAR-10's binary version; replace it with whole records$")
+    elif case == "empty":
+        test.write_bytes(b"")
+        message = rf"{re.escape(str(test))}: 0 bytes, less than one 3073-byte record; remove it, or replace it"
+    elif case == "label_out_of_range":  # a label byte no CIFAR-10 record has
+        test.write_bytes(record_bytes(2) + record_bytes(2, label=57))
+        message = (rf"{re.escape(str(test))}: label 57 found \(record 2\), CIFAR-10's are 0-9: corrupt, or not the "
+                   r"binary version; replace it with a good copy$")
+    elif case == "no_test_file":
+        test.unlink()
+        message = (rf"{re.escape(str(directory / 'test_batch*.bin'))}: no such file \(test records\); put CIFAR-10 binary "
+                   r"records there as data_batch_\*\.bin and test_batch\*\.bin files, or set dataset\.root$")
+    elif case == "no_training_file":
+        train.rename(directory / "train.bin")  # not named as a training batch
+        message = rf"{re.escape(str(directory / 'data_batch_*.bin'))}: no such file \(training records\); put CIFAR-10"
+    elif case == "no_directory":
+        shutil.rmtree(directory)
+        message = rf"{re.escape(str(directory))}: no such directory; put CIFAR-10 binary records there as data_batch_"
+    elif case == "subset_too_large":
+        settings = dict(validation=2, subset=11)
+        message = (rf"dataset\.subset=11: {re.escape(str(directory))} holds 10 training examples; ask for 1 to 10, or "
+                   r"leave dataset\.subset unset \(null\) for all of them")
+    else:  # Conv-2's 5,000 of the full set, on a subset
+        settings = dict(validation=10)
+        message = (r"dataset\.validation=10 must be between 0 and the 10 training examples; set it lower "
+                   r"\(e\.g\. dataset\.validation=1\)")
+    with pytest.raises(LotteryError, match=f"^{message}") as caught:
+        datasets.load(dataset_config("cifar10_subset", root, **settings))
+    assert "\n" not in str(caught.value) and len(str(caught.value).replace(str(directory), "/work/shared/data/cifar10-subset")) < 200
+
+
+def test_a_missing_cifar10_test_file_is_one_line_and_exit_code_2_on_the_command_line(cifar_subset):
+    root, directory = cifar_subset
+    (directory / "test_batch.first4.bin").unlink()
+    result = run_cli("+exp=conv2", "dataset=cifar10_subset", f"dataset.root={root}", "dataset.validation=2", "levels=0",
+                     "training.steps=1it", "progress=false", f"output_dir={root / 'runs'}", cwd=root)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {directory / 'test_batch*.bin'}: no such file (test records); put ")
+    assert not (root / "runs").exists()
 
 
 # --- the CIFAR-10 archive ---------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """Stacks (``training.stack``): a level's networks trained W at a time in one vmapped program. A
 network's bits depend on W, never on which networks share its stack or where in it."""
 
-import glob
 import io
 import json
 import os

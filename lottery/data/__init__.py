@@ -33,15 +33,22 @@ class Dataset:
     def input_shape(self) -> Tuple[int, ...]:
         return self.train_x.shape[1:]
 
+    @property
+    def examples(self) -> Dict[str, int]:
+        """How many examples each split holds (recorded in each result's metrics.json)."""
+        return {"train": len(self.train_x), "validation": len(self.val_x), "test": len(self.test_x)}
 
-def _loaders() -> Dict[str, Callable]:
+
+def _loaders() -> Dict[str, Tuple[Callable, str]]:
+    """Each data set's loader and the directory below ``dataset.root`` that holds its files."""
     from lottery.data import cifar10, digits, mnist
 
     return {
-        "digits": digits.load,
-        "mnist": mnist.load_mnist,
-        "fashion_mnist": mnist.load_fashion_mnist,
-        "cifar10": cifar10.load,
+        "digits": (digits.load, "digits"),
+        "mnist": (mnist.load_mnist, "mnist"),
+        "fashion_mnist": (mnist.load_fashion_mnist, "fashion_mnist"),
+        "cifar10": (cifar10.load, "cifar10"),
+        "cifar10_subset": (cifar10.load_subset, cifar10.SUBSET_DIRECTORY),
     }
 
 
@@ -50,20 +57,29 @@ def names():
 
 
 def load(cfg) -> Dataset:
-    """Load ``cfg.name`` from ``<cfg.root>/<cfg.name>/`` and hold out ``cfg.validation`` examples."""
+    """Load ``cfg.name`` from ``<cfg.root>/<its directory>/``, keep the first ``cfg.subset`` training
+    examples if set, and hold out the last ``cfg.validation`` of them."""
     loaders = _loaders()
     if cfg.name not in loaders:
         raise LotteryError(f"dataset.name={cfg.name!r} is not a data set; choose one of: {', '.join(names())}")
-    directory = os.path.join(os.path.expanduser(cfg.root), cfg.name)
-    train_x, train_y, test_x, test_y, stats = loaders[cfg.name](directory, download=cfg.download)
+    loader, name = loaders[cfg.name]
+    directory = os.path.join(os.path.expanduser(cfg.root), name)
+    train_x, train_y, test_x, test_y, stats = loader(directory, download=cfg.download)
+    subset = cfg.get("subset")
+    if subset is not None:
+        if not 1 <= subset <= len(train_x):
+            raise LotteryError(f"dataset.subset={subset}: {directory} holds {len(train_x):,} training examples; ask "
+                               f"for 1 to {len(train_x)}, or leave dataset.subset unset (null) for all of them")
+        train_x, train_y = train_x[:subset], train_y[:subset]  # the first ones, the same in every run
     if not 0 <= cfg.validation < len(train_x):
         raise LotteryError(
             f"dataset.validation={cfg.validation} must be between 0 and the {len(train_x)} training examples"
+            f"{' of dataset.subset' if subset is not None else ''}; set it lower (e.g. dataset.validation={len(train_x) // 10})"
         )
     # The last `validation` training examples are held out, the same ones in every run.
     cut = len(train_x) - cfg.validation
     return Dataset(
-        fingerprint=fingerprint(train_x, train_y, test_x, test_y),
+        fingerprint=fingerprint(train_x, train_y, test_x, test_y),  # of the examples used: a subset is other data
         name=cfg.name,
         train_x=train_x[:cut],
         train_y=train_y[:cut],

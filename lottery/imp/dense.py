@@ -169,7 +169,8 @@ def train_dense(dense: Dense, replicates: List[int], invocation, progress) -> No
             save_tree(os.path.join(work_dir, "rewind_points", str(step)), training.unstack(snapshots, i))
         metrics = result_metrics.summarize(0, network.replicate, "ticket", 0, histories[i],
                                    masks.counts(start["mask"], experiment.prunable), seconds)
-        metrics.update(data_fingerprint=experiment.data_fingerprint, group_size=len(networks))
+        metrics.update(data_fingerprint=experiment.data_fingerprint, examples=experiment.data_examples,
+                       group_size=len(networks))
         write_json(os.path.join(work_dir, "metrics.json"), metrics)
         if hosts.primary():
             os.rename(work_dir, network.directory)

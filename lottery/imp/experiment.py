@@ -45,6 +45,7 @@ class Experiment:
     directory: str  # <output_dir>/<name>-<hash>
     tracker: tracking.Tracker
     data_fingerprint: str  # of the data's content, part of the hash (lottery.data.fingerprint)
+    data_examples: Dict[str, int]  # examples in each split (train, validation, test): recorded with each result
     invocation: Optional[Invocation] = None  # this invocation's record, once the directory is locked
     transfer: Optional["transfer.Source"] = None  # the experiment whose tickets the levels start from
 
@@ -192,7 +193,8 @@ def prepare(cfg) -> Experiment:
     directory = paths.experiment_directory(cfg, data.fingerprint)
     tracker = tracking.Tracker(cfg, directory, enabled=hosts.primary())  # process 0 logs for all
     experiment = Experiment(cfg, trainer, prunable, end, rewind, finetune_steps, eval_every, checkpoint_every,
-                            data.input_shape, data.num_classes, directory, tracker, data.fingerprint, transfer=source)
+                            data.input_shape, data.num_classes, directory, tracker, data.fingerprint, data.examples,
+                            transfer=source)
     if source is not None:
         source.check(cfg.replicates, cfg.levels, {"params": trainer.init_params, "batch_stats": trainer.init_batch_stats},
                      directory)

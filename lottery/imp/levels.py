@@ -346,6 +346,7 @@ def save_network(experiment: Experiment, network: Network, level: int, start: in
     layer_counts = masks.counts(start_state["mask"], experiment.prunable)
     metrics = result_metrics.summarize(level, network.replicate, network.kind, start, history, layer_counts, seconds)
     metrics["data_fingerprint"] = experiment.data_fingerprint
+    metrics["examples"] = experiment.data_examples
     metrics["group_size"] = group_size  # networks trained one after another in wall_time_s
     origin = experiment.transfer.recorded(network.replicate, level) if experiment.transfer else None
     if origin is not None:
