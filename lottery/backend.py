@@ -21,9 +21,12 @@ def kind() -> str:
     return jax.default_backend()
 
 
-def gpu_present() -> bool:
-    """Whether this machine seems to have an NVIDIA GPU, without asking JAX: the driver's first
-    device file, or its command on PATH."""
+def gpu_present(environ=os.environ) -> bool:
+    """Whether this process seems to have an NVIDIA GPU, without asking JAX: the driver's first
+    device file, or its command on PATH; not where CUDA_VISIBLE_DEVICES hides every GPU (as the
+    local launcher does with gpus_per_node: 0)."""
+    if environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
     return os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") is not None
 
 

@@ -41,6 +41,17 @@ def test_a_gpu_machine_computing_on_its_cpu_is_warned_in_one_line(monkeypatch, g
         assert expected in warning and "\n" not in warning
 
 
+def test_gpus_hidden_from_the_process_are_not_present(tmp_path, monkeypatch):
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{child_env()['PATH']}")
+    assert backend.gpu_present({})
+    assert not backend.gpu_present({"CUDA_VISIBLE_DEVICES": ""})  # the local launcher's gpus_per_node: 0
+    assert not backend.gpu_present({"CUDA_VISIBLE_DEVICES": "-1"})
+    assert backend.gpu_present({"CUDA_VISIBLE_DEVICES": "0"})
+
+
 def test_announce_says_the_backend_on_stdout_and_warns_on_stderr(monkeypatch, capsys):
     monkeypatch.setattr(backend, "gpu_present", lambda: True)
     monkeypatch.setattr(backend, "platforms_chosen", lambda: None)
