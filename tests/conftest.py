@@ -6,10 +6,17 @@ import tempfile
 import subprocess
 import sys
 
-import pytest
-from hydra import compose, initialize_config_dir
+# The suite runs on the CPU whatever the machine has: its expected values (bitwise comparisons, the
+# stored digests of θ0) are the CPU's, and a test that found a GPU would also take 75% of its memory.
+# Set before JAX is imported (it reads JAX_PLATFORMS once); the commands the tests start inherit it.
+os.environ["JAX_PLATFORMS"] = "cpu"
+if "jax" in sys.modules:  # imported by a plugin before this file: still before any backend started
+    sys.modules["jax"].config.update("jax_platforms", "cpu")
 
-import lottery.config  # noqa: F401  (registers the schema that conf/config.yaml starts from)
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+import lottery.config  # noqa: F401,E402  (registers the schema that conf/config.yaml starts from)
 
 # W&B stays off in tests unless a test asks for offline runs itself (tests/test_tracking.py).
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -31,9 +38,9 @@ def compose_config(overrides=()):
 def child_env(**extra):
     """The environment of a command the tests start: this one, without the W&B service that an
     in-process offline run leaves in WANDB_SERVICE (a child attached to it would have its run files
-    written by this process's service, asynchronously)."""
+    written by this process's service, asynchronously); on the CPU unless ``extra`` says otherwise."""
     env = {key: value for key, value in os.environ.items() if key != "WANDB_SERVICE"}
-    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+    return {**env, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu", **extra}
 
 
 def run_cli(*args, cwd):

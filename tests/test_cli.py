@@ -28,6 +28,7 @@ def quickstart(tmp_path_factory):
 def test_quickstart_writes_levels_metrics_checkpoints_and_a_table(quickstart):
     cwd, result = quickstart
     assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "backend: cpu (1 x cpu)"  # what the run computes on, first
     (run_dir,) = glob.glob(str(cwd / "runs" / "quickstart-*"))
     assert os.path.isfile(os.path.join(run_dir, "config.yaml"))
     densities = []

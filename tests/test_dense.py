@@ -142,3 +142,29 @@ def test_the_store_lock_waits_for_its_holder_and_gives_up_when_asked(tmp_path):
         acquire_lock(str(tmp_path), wait=said.append, stop=stop)
     got[0].close()
     acquire_lock(str(tmp_path)).close()  # the one that gave up holds nothing
+
+
+def test_each_backend_trains_its_own_dense_runs_and_the_cpus_keep_their_hash(tmp_path, monkeypatch):
+    from lottery import backend
+
+    runs = tmp_path / "runs"
+    # The quickstart's dense run, as every version before backends were told apart named it.
+    quickstart = imp.prepare(compose_config([f"output_dir={runs}"]))
+    assert os.path.basename(dense.Dense(quickstart).directory) == "lenet-digits-de3c0b9f59"
+    assert "backend" not in dense.Dense(quickstart).identity
+
+    cpu = [*TINY, "levels=0", "replicates=1", f"output_dir={runs}"]
+    imp.run(compose_config(cpu), console=Console(file=io.StringIO()))
+    (on_cpu,) = glob.glob(str(runs / "dense" / "*"))
+    # Another experiment with the same level 0, on a GPU (as its backend is seen here): it trains
+    # a level 0 of its own in a store of its own instead of building on the CPU's.
+    monkeypatch.setattr(backend, "kind", lambda: "gpu")
+    gpu = compose_config([*cpu, "pruning.rate=0.5"])
+    assert dense.Dense(imp.prepare(gpu)).identity == {**dense.Dense(imp.prepare(compose_config(cpu))).identity,
+                                                      "backend": "gpu"}
+    imp.run(gpu, console=Console(file=io.StringIO()))
+    (on_gpu,) = set(glob.glob(str(runs / "dense" / "*"))) - {on_cpu}
+    assert [a for entry in invocations(on_gpu) if entry["event"] == "end" for a in entry["added"]] == [
+        {"replicate": 0, "trained": 60, "kept": [0]}]
+    with open(os.path.join(on_gpu, "dense.yaml")) as f:
+        assert "backend: gpu" in f.read()

@@ -146,13 +146,79 @@ def test_a_faked_slurm_step_is_detected():
     assert hosts.plan(compose_config().distributed, {}) is None
     env = slurm(61450, 2)[1]
     assert hosts.plan(compose_config().distributed, env) == {
-        "source": "slurm", "num_processes": 2, "process_id": 1, "coordinator": None}
+        "source": "slurm", "num_processes": 2, "process_id": 1, "coordinator": None, "local_device_ids": None}
     assert hosts.plan(compose_config().distributed, {**env, "SLURM_NTASKS": "1"}) is None  # one task: no join
     explicit = compose_config(["distributed.coordinator=10.0.0.1:1234", "distributed.num_processes=4",
                                "distributed.process_id=3"]).distributed
     assert hosts.plan(explicit, env)["source"] == "config"  # config keys win
     with pytest.raises(LotteryError, match=r"distributed\.coordinator is not set"):
         hosts.plan(compose_config(["distributed.num_processes=2"]).distributed, {})
+
+
+def joined(coordinator, process_id, num_processes=2):
+    return compose_config([f"distributed.coordinator='{coordinator}'", f"distributed.num_processes={num_processes}",
+                           f"distributed.process_id={process_id}"]).distributed
+
+
+def test_each_process_of_a_run_on_one_host_takes_its_own_device():
+    # A coordinator on the loopback: every process is on this host, one device each, by process id.
+    for address in ("127.0.0.1:1234", "localhost:1234", "[::1]:1234"):
+        assert hosts.plan(joined(address, 1), {})["local_device_ids"] == [1]
+    assert hosts.plan(joined("10.0.0.1:1234", 1), {})["local_device_ids"] is None  # one per host: all its devices
+    assert hosts.plan(joined("host0:1234", 1), {})["local_device_ids"] is None
+    # JAX's own variable says which, whatever the source; CUDA_VISIBLE_DEVICES: whoever set it chose.
+    assert hosts.plan(joined("10.0.0.1:1234", 1), {"JAX_LOCAL_DEVICE_IDS": "2,3"})["local_device_ids"] == [2, 3]
+    assert hosts.plan(joined("127.0.0.1:1234", 1), {"CUDA_VISIBLE_DEVICES": "5"})["local_device_ids"] is None
+    assert hosts.plan(compose_config().distributed, slurm(61450, 2)[1])["local_device_ids"] is None  # JAX: SLURM_LOCALID
+    env = {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "3", "JAX_PROCESS_ID": "2"}
+    assert hosts.plan(compose_config().distributed, env)["local_device_ids"] == [2]
+    with pytest.raises(LotteryError, match=r"^JAX_LOCAL_DEVICE_IDS='0,x': expected the numbers of this process's devices"):
+        hosts.plan(joined("127.0.0.1:1234", 0), {"JAX_LOCAL_DEVICE_IDS": "0,x"})
+
+
+def test_processes_that_may_share_a_gpu_do_not_preallocate_it():
+    decide = hosts.gpu_memory_environment
+    assert decide(None, {}) == {}  # one process: JAX's default
+    assert decide(hosts.plan(joined("10.0.0.1:1234", 0), {}), {}) == {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    assert decide(None, {"SUBMITIT_EXECUTOR": "local"}) == {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # local launcher
+    assert decide(None, {"SUBMITIT_EXECUTOR": "slurm"}) == {}  # a SLURM job of one task has its GPUs to itself
+    assert decide(None, {"SUBMITIT_EXECUTOR": "local", "XLA_PYTHON_CLIENT_PREALLOCATE": "true"}) == {}  # the user's
+
+
+def test_joining_settles_memory_and_devices_before_jax_starts(monkeypatch):
+    calls = []
+
+    def initialize(*args, **kwargs):  # stands for jax.distributed.initialize: what it would see
+        calls.append((args, kwargs, os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")))
+
+    monkeypatch.setattr(jax.distributed, "initialize", initialize)
+    monkeypatch.setattr(hosts, "_JOINED", None)
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    monkeypatch.delenv("JAX_LOCAL_DEVICE_IDS", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    hosts.initialize(joined("127.0.0.1:1234", 1))
+    assert calls == [(("127.0.0.1:1234", 2, 1), {"local_device_ids": [1]}, "false")]
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+
+    monkeypatch.setattr(hosts, "_JOINED", None)
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "true")  # the user's choice is kept
+    hosts.initialize(joined("127.0.0.1:1234", 0))
+    assert calls[-1][2] == "true" and os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "true"
+
+
+def test_nothing_starts_jaxs_backend_before_a_run_joins_its_processes(tmp_path):
+    # imp.run calls hosts.initialize first: importing the command line and the library, and checking
+    # a config (what a sweep does before its jobs start), must not have started the backend, or the
+    # memory setting and the devices would come too late.
+    code = ("from conftest import compose_config\n"
+            "import lottery.run, lottery.imp\n"
+            "from jax._src import xla_bridge\n"
+            "lottery.imp.check(compose_config(['+exp=resnet']))\n"
+            "print(xla_bridge.backends_are_initialized())")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=child_env(PYTHONPATH=os.pathsep.join(
+        [TESTS, os.environ.get("PYTHONPATH", "")])), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False"]
 
 
 def test_two_processes_sigterm_to_one_stops_both_and_the_resumed_run_is_bitwise(reference, tmp_path):

@@ -8,7 +8,7 @@ LOTTERY = pathlib.Path(__file__).resolve().parents[1] / "lottery"
 
 # Bottom to top: a module may import from its own layer and the layers below it.
 LAYERS = (
-    ("lottery", "lottery.errors", "lottery.step", "lottery.config", "lottery.hosts"),
+    ("lottery", "lottery.errors", "lottery.step", "lottery.config", "lottery.hosts", "lottery.backend"),
     ("lottery.results", "lottery.models", "lottery.data", "lottery.pruning"),
     ("lottery.training",),
     ("lottery.analysis", "lottery.tracking"),

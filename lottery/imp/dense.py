@@ -7,7 +7,8 @@ train the same dense network in every network. So it is a result of its own, nam
 those keys (as open_lth's separate pretraining run):
 
   <output_dir>/dense/<model>-<dataset>-<hash>/
-    dense.yaml          what it is: the keys of config.DENSE, with the data's fingerprint
+    dense.yaml          what it is: the keys of config.DENSE, with the data's fingerprint, and the
+                        backend (gpu, tpu) unless it is the CPU: each backend trains its own
     invocations.jsonl   the invocations that trained something here, and what
     lock                held while an experiment trains or adds to it: another waits, then reuses it
     replicate_<r>/      metrics.json, ticket/ (θ0 and the full mask), trained/ (after T steps)
@@ -30,7 +31,7 @@ from typing import List
 
 import jax
 
-from lottery import hosts
+from lottery import backend, hosts
 from lottery.imp.experiment import Experiment
 from lottery.pruning import masks
 from lottery.results import metrics as result_metrics
@@ -52,7 +53,7 @@ class Dense:
     def __init__(self, experiment: Experiment):
         self.experiment = experiment
         cfg = experiment.cfg
-        self.identity = dense_identity(cfg, experiment.data_fingerprint)
+        self.identity = dense_identity(cfg, experiment.data_fingerprint, backend.kind())
         self.directory = paths.dense_store(experiment.directory, f"{cfg.model.name}-{cfg.dataset.name}-{digest(self.identity)}")
 
     def replicate_dir(self, replicate: int) -> str:

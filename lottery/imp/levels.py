@@ -46,7 +46,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lottery import hosts
+from lottery import backend, hosts
 from lottery.analysis import figures, objective, runs, tables, tickets
 from lottery.errors import Preempted
 from lottery.imp import dense, lmc
@@ -75,6 +75,7 @@ def run(cfg, console: Console = None) -> Results:
     if cfg.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compilation_cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    backend.announce(console.print)  # what the run computes on; a warning when a GPU machine computes on its CPU
     experiment = prepare(cfg)
     cfg = experiment.cfg  # as prepared (a transfer's source resolved)
     if not hosts.primary():  # process 0 reports for all

@@ -84,10 +84,15 @@ def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
     return content
 
 
-def dense_identity(cfg: DictConfig, data_fingerprint: str) -> dict:
-    """What determines the dense level 0: the keys of ``DENSE`` of the experiment's identity."""
+def dense_identity(cfg: DictConfig, data_fingerprint: str, backend: str = "cpu") -> dict:
+    """What determines the dense level 0: the keys of ``DENSE`` of the experiment's identity, and
+    the backend it trains on (cpu, gpu, tpu) when it is not the CPU. A level 0 trained on one
+    backend differs in its last bits from another's, and every level after it inherits the
+    difference: a GPU run keeps its own dense runs rather than silently building on the CPU's. The
+    CPU is left out of the identity so that every dense run trained before keeps its hash."""
     content = identity(cfg, data_fingerprint)
-    return {key: content[key] for key in DENSE}
+    dense = {key: content[key] for key in DENSE}
+    return dense if backend == "cpu" else {**dense, "backend": backend}
 
 
 def digest(content: dict) -> str:

@@ -11,6 +11,7 @@ from importlib import metadata
 import jax
 
 import lottery
+from lottery import backend
 
 LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint")
 
@@ -27,7 +28,10 @@ def _git(*args):
 @functools.lru_cache(maxsize=None)
 def provenance() -> dict:
     """The git commit of the lottery source (None when not run from a checkout; ``dirty`` when it
-    had uncommitted changes), versions, the accelerator and the host."""
+    had uncommitted changes), versions, the accelerator and the host. On a GPU also the CUDA
+    runtime, the CUDA version of the driver, cuDNN, the compute capability and JAX's CUDA plugin
+    (None elsewhere), and the default precision of float32 matmuls (``jax_default_matmul_precision``;
+    None: JAX's default, which on a GPU since Ampere may use TF32)."""
     commit = _git("rev-parse", "HEAD")
     device = jax.devices()[0]
     return {
@@ -38,6 +42,8 @@ def provenance() -> dict:
         **{name: _version(name) for name in LIBRARIES},
         "backend": jax.default_backend(),
         "device": f"{len(jax.devices())} x {device.device_kind}",
+        **backend.cuda(),
+        "matmul_precision": jax.config.jax_default_matmul_precision,
         "cpu": _cpu_model(),
         "cpus": os.cpu_count(),
         "host": platform.node(),

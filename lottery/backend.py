@@ -1,0 +1,119 @@
+"""The backend this process computes on (cpu, gpu, tpu): the line a run starts with, a warning when
+a machine with an NVIDIA GPU computes on its CPU, and the CUDA libraries a result was computed with
+(results/provenance.py). JAX's own "falling back to cpu" warning is silenced by the command line
+(run.py, with its TPU probe); the warning here says what to install instead.
+"""
+
+import os
+import shutil
+import sys
+from importlib import metadata
+from typing import Callable, Dict, Optional
+
+import jax
+
+# JAX's CUDA plugins, by the extra that installs each (setup.cfg: cuda, cuda12).
+CUDA_PLUGINS = ("jax-cuda13-plugin", "jax-cuda12-plugin")
+
+
+def kind() -> str:
+    """What JAX computes on: cpu, gpu or tpu (this starts the backend)."""
+    return jax.default_backend()
+
+
+def gpu_present(environ=os.environ) -> bool:
+    """Whether this process seems to have an NVIDIA GPU, without asking JAX: the driver's first
+    device file, or its command on PATH; not where CUDA_VISIBLE_DEVICES hides every GPU (as the
+    local launcher does with gpus_per_node: 0)."""
+    if environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
+    return os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") is not None
+
+
+def platforms_chosen() -> Optional[str]:
+    """The platforms the user chose (JAX_PLATFORMS, e.g. cpu), or None: JAX picks the best it has."""
+    return jax.config.jax_platforms or None
+
+
+def cuda_plugin() -> Optional[str]:
+    """The installed CUDA plugin(s) of JAX with their versions, e.g. ``jax-cuda13-plugin 0.11.2``."""
+    found = []
+    for name in CUDA_PLUGINS:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return ", ".join(found) or None
+
+
+def describe() -> str:
+    """``backend: gpu (8 x NVIDIA H200, 2 processes)``: what this run computes on."""
+    devices = jax.devices()
+    line = f"backend: {kind()} ({len(devices)} x {devices[0].device_kind}"
+    return line + (f", {jax.process_count()} processes)" if jax.process_count() > 1 else ")")
+
+
+def fallback_warning() -> Optional[str]:
+    """One line when a machine with an NVIDIA GPU computes on its CPU, saying why and what to do;
+    None otherwise, or when the user chose the platform (JAX_PLATFORMS=cpu)."""
+    if platforms_chosen() or kind() != "cpu" or not gpu_present():
+        return None
+    plugin = cuda_plugin()
+    if plugin is None:
+        why = ("JAX's CUDA plugin is not installed; pip install -e '.[cuda]' installs it ('.[cuda12]' for a driver "
+               "older than CUDA 13)")
+    else:
+        from jax._src import xla_bridge  # the reason JAX kept, where this version keeps one
+
+        error = str(getattr(xla_bridge, "_backend_errors", {}).get("cuda", "")).strip().splitlines()
+        why = f"{plugin} is installed but its backend did not start" + (f" ({error[0]})" if error else
+                                                                       " (JAX_PLATFORMS=cuda shows why)")
+    return f"warning: this machine seems to have an NVIDIA GPU, but JAX computes on the CPU: {why} (README: GPU)"
+
+
+def announce(say: Callable[[str], None]) -> None:
+    """At the start of a run: process 0 says what the run computes on; any process that runs on
+    the CPU of a GPU machine warns, on stderr."""
+    warning = fallback_warning()
+    if warning:
+        print(" ".join(warning.split()), file=sys.stderr)
+    if jax.process_index() == 0:
+        say(describe())
+
+
+def _cuda_version(number: Optional[int]) -> Optional[str]:
+    """CUDA's encoding, 1000 x major + 10 x minor (12080: 12.8)."""
+    return None if number is None else f"{number // 1000}.{number % 1000 // 10}"
+
+
+def _cudnn_version(number: Optional[int]) -> Optional[str]:
+    """cuDNN's encoding: 10000 x major + 100 x minor + patch from 9 on (90800: 9.8.0), 1000 x major before."""
+    if number is None:
+        return None
+    major = 10000 if number >= 90000 else 1000
+    return f"{number // major}.{number % major // 100}.{number % 100}"
+
+
+def cuda() -> Dict[str, Optional[str]]:
+    """On a GPU backend, the CUDA runtime, the CUDA version the driver supports, cuDNN, the first
+    device's compute capability and the plugin; None each on any other backend."""
+    out = {"cuda_plugin": cuda_plugin(), "cuda": None, "cuda_driver": None, "cudnn": None, "compute_capability": None}
+    if kind() != "gpu":
+        return out
+    out["compute_capability"] = getattr(jax.devices()[0], "compute_capability", None)
+    try:
+        from jax._src.lib import cuda_versions  # the plugin's version queries (None without one)
+    except ImportError:
+        cuda_versions = None
+    if cuda_versions is None:
+        return out
+
+    def ask(name):
+        try:
+            return getattr(cuda_versions, name)()
+        except Exception:  # a query this plugin version lacks, or a library that cannot be loaded
+            return None
+
+    out.update(cuda=_cuda_version(ask("cuda_runtime_get_version")), cuda_driver=_cuda_version(ask("cuda_driver_get_version")),
+               cudnn=_cudnn_version(ask("cudnn_get_version")))
+    return out
