@@ -117,3 +117,33 @@ def cuda() -> Dict[str, Optional[str]]:
     out.update(cuda=_cuda_version(ask("cuda_runtime_get_version")), cuda_driver=_cuda_version(ask("cuda_driver_get_version")),
                cudnn=_cudnn_version(ask("cudnn_get_version")))
     return out
+
+
+DETERMINISTIC = "--xla_gpu_deterministic_ops=true"
+
+
+def started() -> bool:
+    """Whether JAX's backends are up (after which XLA's flags are fixed for the process)."""
+    from jax._src import xla_bridge
+
+    return bool(getattr(xla_bridge, "backends_are_initialized", lambda: False)())
+
+
+def deterministic(wanted: bool, environ=os.environ) -> bool:
+    """``deterministic=true``: XLA's deterministic GPU operations (scatter and reductions in a fixed
+    order), set in XLA_FLAGS before the backend starts. XLA reads its flags once per process, so a
+    job of an in-process sweep that asks for them after the backend started without them is refused
+    in one line. Returns whether they are in effect (also when the user set XLA_FLAGS so): what each
+    invocation records. CPU programs are deterministic either way."""
+    from lottery.errors import LotteryError
+
+    flags = environ.get("XLA_FLAGS", "")
+    if DETERMINISTIC in flags.split():
+        return True
+    if not wanted:
+        return False
+    if started():
+        raise LotteryError(f"deterministic=true: XLA's flags were fixed when this process started JAX without it "
+                           f"(XLA_FLAGS={flags!r}); run it in its own process (a new command, or hydra/launcher=local)")
+    environ["XLA_FLAGS"] = (flags + " " + DETERMINISTIC).strip()
+    return True

@@ -71,7 +71,8 @@ class Results(list):
 def run(cfg, console: Console = None) -> Results:
     """Run (or continue) levels 0..cfg.levels of every replicate; print and return the results."""
     console = console or tables.console()
-    hosts.initialize(cfg.distributed)  # before JAX's first computation
+    backend.deterministic(cfg.deterministic)  # before JAX's first computation, as:
+    hosts.initialize(cfg.distributed)
     if cfg.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compilation_cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
@@ -97,9 +98,9 @@ def run(cfg, console: Console = None) -> Results:
 def run_locked(experiment: Experiment, console: Console) -> Results:
     """Every level in turn, under the experiment's lock, then the results: table, figures, objective."""
     cfg = experiment.cfg
-    trainer = experiment.trainer
+    trainer, deterministic = experiment.trainer, backend.deterministic(cfg.deterministic)
     invocation = experiment.invocation = Invocation(experiment.directory, cfg,
-                                                    program(trainer.host_loop, cfg.mesh, trainer.width, cfg.deterministic),
+                                                    program(trainer.host_loop, cfg.mesh, trainer.width, deterministic),
                                                     write=hosts.primary())
     if invocation.other_programs() and paths.replicates(experiment.directory):
         others = "; ".join(", ".join(f"{k} {v}" for k, v in p.items()) for p in invocation.other_programs())
