@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, child_env
+from conftest import child_env
 from lottery import backend, imp
 from lottery.errors import LotteryError
 from lottery.pruning import masks

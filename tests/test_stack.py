@@ -89,11 +89,11 @@ def test_a_conv_model_stack_on_the_host_loop_is_independent_of_its_mates(small_c
                             np.ones(a.shape, bool), weights["params"])
         return trainer.init_state(weights["params"], weights["batch_stats"], mask)
 
-    def train(seeds):  # seeds[1] is the network followed; 4 networks: a block of 3 and a padded one
+    def train(seeds):  # network 7 is followed; 4 networks: a block of 3 and a padded one
         keys = [experiment.keys(s) for s in seeds]
         states = training.stack([network(s) for s in seeds])
         out, _ = trainer.train(states, jax.numpy.stack([k["data"] for k in keys]),
-                               jax.numpy.stack([k["augment"] for k in keys]), 0, 12)
+                               jax.numpy.stack([k["augment"] for k in keys]), 0, 6)
         return [np.asarray(a[seeds.index(7)]).tobytes() for a in jax.tree.leaves(out)]
 
-    assert train([1, 7, 2, 3]) == train([4, 5, 6, 7]) == train([7, 8, 9, 10])
+    assert train([1, 7, 2, 3]) == train([7, 8, 9, 10])  # position 1 among 1, 2 vs position 0 among 8, 9
