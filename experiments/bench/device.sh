@@ -28,13 +28,15 @@ BENCH=$ROOT/experiments/bench
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/device.XXXXXX")
 LOG=${OUT:+$OUT/device.log}
 LOG=${LOG:-$WORK/device.log}
-export PYTHONUNBUFFERED=1 WANDB_MODE=disabled PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+[[ -n ${OUT:-} ]] && trap 'rm -rf "$WORK"' EXIT  # the log is under $OUT; the runs are not kept
+PY=${PYTHON:-python3}  # the interpreter (tests: theirs)
+export PY PYTHONUNBUFFERED=1 WANDB_MODE=disabled PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 exec > >(tee -a "$LOG") 2>&1
-py() { (cd "$BENCH" && python3 "$@"); }
+py() { (cd "$BENCH" && "$PY" "$@"); }
 
 failed() {  # a section's one line, kept for the summary
   echo "section $1 FAILED: $2"
-  python3 - "$WORK/failed.json" "$1" "$2" <<'EOF'
+  "$PY" - "$WORK/failed.json" "$1" "$2" <<'EOF'
 import json, os, sys
 path, section, why = sys.argv[1:]
 d = json.load(open(path)) if os.path.exists(path) else {}
@@ -63,7 +65,7 @@ if command -v nvidia-smi >/dev/null; then
 else
   echo "nvidia-smi: not found"
 fi
-python3 - <<'EOF'
+"$PY" - <<'EOF'
 import importlib, platform
 print("python", platform.python_version(), "|", platform.processor() or platform.machine())
 for name in ("jax", "jaxlib", "flax", "optax", "orbax.checkpoint", "torch", "hydra", "omegaconf"):
@@ -85,11 +87,11 @@ quickstart() {
     local kind=${run%:*} dir=$WORK/quick-${run/:/-} extra=() env=()
     [[ $kind == deterministic ]] && extra=(deterministic=true)
     [[ $kind == highest ]] && env=(JAX_DEFAULT_MATMUL_PRECISION=highest)
-    (cd "$ROOT" && env "${env[@]}" python3 -m lottery.run output_dir="$dir" progress=false wandb.mode=disabled \
+    (cd "$ROOT" && env "${env[@]}" "$PY" -m lottery.run output_dir="$dir" progress=false wandb.mode=disabled \
       compilation_cache="" "${sizes[@]}" "${extra[@]}" > "$dir.log" 2>&1) || { tail -3 "$dir.log"; exit 1; }
     echo "$run $(py device.py digest "$dir")"
   done | tee "$WORK/quick.digests"
-  python3 - "$WORK/quick.digests" "$WORK/quickstart.json" <<'EOF'
+  "$PY" - "$WORK/quick.digests" "$WORK/quickstart.json" <<'EOF'
 import json, sys
 out = {}
 for line in open(sys.argv[1]):
@@ -126,7 +128,7 @@ cifar() {
   [[ -d $data/cifar10-subset ]] || { echo "no cifar10-subset/ in \$LOTTERY_DATA_DIR, .data or ../shared/data"; exit 1; }
   local sizes=(training.steps=800it levels=1)
   [[ $SMOKE == 1 ]] && sizes=(training.steps=2it training.eval_every=2it levels=1)
-  (cd "$ROOT" && python3 -m lottery.run +exp=conv2 dataset=cifar10_subset dataset.root="$data" "${sizes[@]}" \
+  (cd "$ROOT" && "$PY" -m lottery.run +exp=conv2 dataset=cifar10_subset dataset.root="$data" "${sizes[@]}" \
     output_dir="$WORK/conv2" progress=false wandb.mode=disabled > "$WORK/conv2.log" 2>&1) || { tail -3 "$WORK/conv2.log"; exit 1; }
   py device.py cifar "$WORK/conv2" --json "$WORK/cifar.json"
 }
