@@ -1,5 +1,6 @@
 """Benchmarks run at their --smoke size, so that the scripts never rot (their numbers are not checked)."""
 
+import os
 import subprocess
 import sys
 
@@ -39,3 +40,26 @@ def test_sparse_inference_benchmark_runs_and_sparse_accuracies_equal_dense():
     tables = [line.split()[0] for line in lines if line.split()[:1] and line.split()[0].endswith("%")]
     assert tables == densities * 3, result.stdout  # batch 1, the large batch, memory: a row per density
     assert "where sparse wins" in result.stdout
+
+
+def test_device_script_smoke_runs_every_section_and_prints_one_table(tmp_path):
+    """experiments/bench/device.sh --smoke on the CPU: every section runs (GPU-only or torch figures
+    may be n/a), the summary has each section's rows, and stacks.py's rows are there, network 0
+    bitwise beside other mates."""
+    result = subprocess.run(["bash", "experiments/bench/device.sh", "--smoke"], cwd=REPO,
+                            env=child_env(PYTHON=sys.executable, OUT=str(tmp_path)), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert not [line for line in out.splitlines() if "FAILED" in line and not line.startswith("section f")], out
+    assert (tmp_path / "device.log").read_text().strip().endswith(f"log: {tmp_path / 'device.log'}")
+    table = out[out.index("== summary =="):].splitlines()
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in table if line.startswith("| ") and "what" not in line}
+    assert {label.split(".")[0] for label in rows} == set("abcdef"), out
+    assert rows["a. quickstart bitwise in 2 processes, default"] == "True", out
+    assert rows["c. lenet network 0 bitwise beside other mates, every width"] == "True", out
+    data = [os.environ.get("LOTTERY_DATA_DIR", ""), str(REPO / ".data"), str(REPO.parent / "shared" / "data")]
+    if any(d and os.path.isdir(os.path.join(d, "cifar10-subset")) for d in data):  # else section f says so, one line
+        assert rows["f. remaining == counting rule, every level"] == "True", out
+    stack_rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["1"], ["2"]) and line.endswith(("True", "False"))]
+    assert [row[0] for row in stack_rows] == ["1", "2"] and all(row[-1] == "True" for row in stack_rows), out

@@ -4,7 +4,7 @@ LeNet-300-100 (batch 60, MNIST-shaped data, Adam) and ResNet-20 (batch 128, CIFA
 synthetic data, SGD + momentum + weight decay), at densities 100%, 20% and 2% (random masks over
 the prunable weights). "dense" is the same program with the two mask selections removed.
 
-    python experiments/bench/masked_step.py [--lenet-steps 2000] [--resnet-steps 20]
+    python experiments/bench/masked_step.py [--lenet-steps 2000] [--resnet-steps 20] [--precision bfloat16]
 """
 
 import argparse
@@ -20,17 +20,19 @@ from lottery.training import trainer as training
 MODELS = {
     "lenet": dict(overrides=["+exp=lenet"], shape=(28, 28, 1)),
     "resnet20": dict(overrides=["+exp=resnet"], shape=(32, 32, 3)),
+    "vgg16": dict(overrides=["+exp=vgg"], shape=(32, 32, 3)),
 }
 
 
-def make_trainer(name, masked):
+def make_trainer(name, masked, stack="1", precision="float32"):
     spec = MODELS[name]
     cfg = compose_config(spec["overrides"])
     data = synthetic(spec["shape"])
     model = models.build(cfg.model, spec["shape"], 10, jax.random.key(0))
     tx = training.make_optimizer(cfg.optimizer)
     schedule = training.make_schedule(cfg.optimizer, cfg.training, len(data.train_x) // cfg.training.batch_size)
-    return training.Trainer(model, tx, schedule, data, cfg.training.batch_size, 1000, cfg.dataset.augment, masked=masked)
+    return training.Trainer(model, tx, schedule, data, cfg.training.batch_size, 1000, cfg.dataset.augment, masked=masked,
+                            stack=stack, precision=precision)
 
 
 def random_mask(trainer, density, seed=0):
@@ -55,9 +57,9 @@ def step_time(trainer, density, steps):
     return timed(run, repeats=5) / steps
 
 
-def measure(name, steps):
+def measure(name, steps, precision="float32"):
     rows = []
-    dense, masked = make_trainer(name, masked=False), make_trainer(name, masked=True)
+    dense, masked = make_trainer(name, False, precision=precision), make_trainer(name, True, precision=precision)
     for density in (1.0, 0.2, 0.02):
         d, m = step_time(dense, density, steps), step_time(masked, density, steps)
         rows.append((name, density, d, m))
@@ -68,11 +70,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lenet-steps", type=int, default=2000)
     parser.add_argument("--resnet-steps", type=int, default=20)
+    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
     args = parser.parse_args()
     print(f"machine: {machine()}")
     print(f"{'model':10s} {'density':>8s} {'dense ms/step':>14s} {'masked ms/step':>15s} {'overhead':>9s}")
     for name, steps in (("lenet", args.lenet_steps), ("resnet20", args.resnet_steps)):
-        for model, density, d, m in measure(name, steps):
+        for model, density, d, m in measure(name, steps, args.precision):
             print(f"{model:10s} {100 * density:7.0f}% {1e3 * d:14.3f} {1e3 * m:15.3f} {100 * (m / d - 1):8.1f}%")
 
 

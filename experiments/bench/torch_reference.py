@@ -4,8 +4,10 @@ The reference does what open_lth's ``PrunedModel`` does: masks kept as buffers a
 the weights before every forward pass, eager mode, one Python call per step; batches are gathered
 by index from tensors already in memory (cheaper than open_lth's DataLoader). Same models, batch
 sizes, optimizers and densities as ``masked_step.py``. Needs the ``bench`` extra (CPU torch).
+``--device cuda`` runs the reference on the GPU (``torch_step_time(..., device=, compiled=,
+precision=)`` is also what ``device.sh`` calls: ``torch.compile`` and bf16 autocast variants).
 
-    python experiments/bench/torch_reference.py [--lenet-steps 2000] [--resnet-steps 20]
+    python experiments/bench/torch_reference.py [--lenet-steps 2000] [--resnet-steps 20] [--device cpu|cuda]
 """
 
 import argparse
@@ -66,6 +68,28 @@ class ResNet20(nn.Module):
         return self.output(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
+class VGG16(nn.Module):
+    """open_lth's cifar_vgg_16: 13 3x3 convs with batch norm, max-pooling after each stage, global
+    average pooling, one linear output layer."""
+
+    PLAN = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
+
+    def __init__(self):
+        super().__init__()
+        layers, f_in = [], 3
+        for spec in self.PLAN:
+            if spec == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(f_in, spec, 3, 1, 1), nn.BatchNorm2d(spec), nn.ReLU()]
+                f_in = spec
+        self.layers = nn.Sequential(*layers)
+        self.output = nn.Linear(512, 10)
+
+    def forward(self, x):
+        return self.output(F.adaptive_avg_pool2d(self.layers(x), 1).flatten(1))
+
+
 class PrunedModel(nn.Module):
     """open_lth's masking: weights multiplied by their masks before every forward pass."""
 
@@ -84,27 +108,36 @@ class PrunedModel(nn.Module):
         return self.model(x)
 
 
-def torch_step_time(name, density, steps, repeats=3):
+def torch_step_time(name, density, steps, repeats=3, device="cpu", compiled=False, precision="float32"):
+    """Median seconds per masked training step; ``compiled``: the model under ``torch.compile``;
+    ``precision="bfloat16"``: the forward pass under bf16 autocast (float32 weights, as lottery)."""
     torch.manual_seed(0)
     if name == "lenet":
         model, batch, shape = PrunedModel(LeNet(), density), 60, (1, 28, 28)
         optimizer = torch.optim.Adam(model.parameters(), lr=1.2e-3)
     else:
-        model, batch, shape = PrunedModel(ResNet20(), density), 128, (3, 32, 32)
+        net = ResNet20() if name == "resnet20" else VGG16()
+        model, batch, shape = PrunedModel(net, density), 128, (3, 32, 32)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    model = model.to(device)
+    model.masks = {k: m.to(device) for k, m in model.masks.items()}
+    forward = torch.compile(model) if compiled else model
     n = 10_000
-    images, labels = torch.rand(n, *shape), torch.randint(0, 10, (n,))
-    order = torch.randperm(n)
+    images, labels = torch.rand(n, *shape, device=device), torch.randint(0, 10, (n,), device=device)
+    order = torch.randperm(n, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def run(count):
         for step in range(count):
             index = order[(step * batch) % (n - batch):][:batch]
             optimizer.zero_grad()
-            loss = F.cross_entropy(model(images[index]), labels[index])
+            with torch.autocast(device.split(":")[0], torch.bfloat16, enabled=precision == "bfloat16"):
+                loss = F.cross_entropy(forward(images[index]), labels[index])
             loss.backward()
             optimizer.step()
+        sync()
 
-    run(2)
+    run(3)  # warm-up (and compilation)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -117,13 +150,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lenet-steps", type=int, default=2000)
     parser.add_argument("--resnet-steps", type=int, default=20)
+    parser.add_argument("--device", default="cpu", help="torch's device: cpu or cuda (lottery uses JAX's default)")
     args = parser.parse_args()
     print(f"machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'model':10s} {'density':>8s} {'lottery ms/step':>16s} {'torch ms/step':>14s} {'speed-up':>9s}")
     for name, steps in (("lenet", args.lenet_steps), ("resnet20", args.resnet_steps)):
         trainer = make_trainer(name, masked=True)
         for density in (1.0, 0.2, 0.02):
-            ours, theirs = step_time(trainer, density, steps), torch_step_time(name, density, steps)
+            ours, theirs = step_time(trainer, density, steps), torch_step_time(name, density, steps, device=args.device)
             print(f"{name:10s} {100 * density:7.0f}% {1e3 * ours:16.3f} {1e3 * theirs:14.3f} {theirs / ours:8.1f}x")
 
 
