@@ -7,16 +7,6 @@ import sys
 from conftest import REPO, child_env
 
 
-def test_replicates_benchmark_runs_and_shows_why_members_run_alone():
-    result = subprocess.run([sys.executable, "replicates.py", "--smoke"], cwd=REPO / "experiments" / "bench",
-                            env=child_env(), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    rows = [line.split() for line in result.stdout.splitlines() if line.strip().split(" ")[0].isdigit()]
-    assert [row[0] for row in rows] == ["1", "2"]
-    # One program per member: member 0 is bitwise the network trained alone, in every group.
-    assert all(row[-3] == "True" for row in rows), result.stdout
-
-
 def test_mesh_benchmark_runs_and_member_parallel_is_bitwise_one_device():
     result = subprocess.run([sys.executable, "mesh.py", "--smoke"], cwd=REPO / "experiments" / "bench",
                             env=child_env(), capture_output=True, text=True, timeout=600)
