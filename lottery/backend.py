@@ -129,6 +129,11 @@ def started() -> bool:
     return bool(getattr(xla_bridge, "backends_are_initialized", lambda: False)())
 
 
+def deterministic_ops(environ=os.environ) -> bool:
+    """Whether XLA's deterministic GPU operations are in effect (by ``deterministic`` or the user's XLA_FLAGS)."""
+    return DETERMINISTIC in environ.get("XLA_FLAGS", "").split()
+
+
 def deterministic(wanted: bool, environ=os.environ) -> bool:
     """``deterministic=true``: XLA's deterministic GPU operations (scatter and reductions in a fixed
     order), set in XLA_FLAGS before the backend starts. XLA reads its flags once per process, so a
@@ -138,7 +143,7 @@ def deterministic(wanted: bool, environ=os.environ) -> bool:
     from lottery.errors import LotteryError
 
     flags = environ.get("XLA_FLAGS", "")
-    if DETERMINISTIC in flags.split():
+    if deterministic_ops(environ):
         return True
     if not wanted:
         return False

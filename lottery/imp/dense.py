@@ -42,7 +42,7 @@ from lottery.results.metrics import NETWORK_KEYS
 from lottery.results.store import fresh, link_tree, load_tree, open_locked, read_json, save_tree, write_json
 from lottery.training import trainer as training
 from lottery.training import loop
-from lottery.training.loop import Network, group_checkpoints
+from lottery.training.loop import Network, group_checkpoints, remove_checkpoints
 
 IDENTITY = "dense.yaml"
 
@@ -219,17 +219,6 @@ def keep_rewind_point(dense: Dense, replicates: List[int], invocation, progress)
             invocation.add(replicate=network.replicate, rewind_point=k, from_step=start)
         remove_checkpoints(checkpoints)
     hosts.barrier(f"rewind points {dense.directory}")
-
-
-def remove_checkpoints(checkpoints) -> None:
-    """A finished group's checkpoints, and the directories above them that are left empty."""
-    checkpoints.close()
-    if hosts.primary():
-        shutil.rmtree(checkpoints.directory, ignore_errors=True)
-        try:
-            os.removedirs(os.path.dirname(checkpoints.directory))  # up to the first that is not empty
-        except OSError:
-            pass
 
 
 def link_replicate(dense: Dense, replicate: int) -> dict:

@@ -58,7 +58,7 @@ from lottery.results.metrics import LMC_KEYS, NETWORK_KEYS
 from lottery.results.store import fresh, open_locked, read_json, save_tree, write_json
 from lottery.training import trainer as training
 from lottery.training import loop
-from lottery.training.loop import Network, group_checkpoints
+from lottery.training.loop import Network, group_checkpoints, remove_checkpoints
 
 
 class Results(list):
@@ -98,7 +98,7 @@ def run(cfg, console: Console = None) -> Results:
 def run_locked(experiment: Experiment, console: Console) -> Results:
     """Every level in turn, under the experiment's lock, then the results: table, figures, objective."""
     cfg = experiment.cfg
-    trainer, deterministic = experiment.trainer, backend.deterministic(cfg.deterministic)
+    trainer, deterministic = experiment.trainer, backend.deterministic_ops()  # set by run, before JAX started
     invocation = experiment.invocation = Invocation(experiment.directory, cfg,
                                                     program(trainer.host_loop, cfg.mesh, trainer.width, deterministic),
                                                     write=hosts.primary())
@@ -333,9 +333,7 @@ def train_networks(experiment: Experiment, networks: List[Network], level: int, 
     for i, network in sorted(enumerate(networks), key=lambda item: item[1].kind != "ticket"):  # tickets' dirs first
         save_network(experiment, network, level, start, training.unstack(states, i), histories[i], seconds,
                      len(networks))
-    checkpoints.close()
-    if hosts.primary():
-        shutil.rmtree(checkpoints.directory, ignore_errors=True)
+    remove_checkpoints(checkpoints)
 
 
 def save_network(experiment: Experiment, network: Network, level: int, start: int, finished, history, seconds,

@@ -11,7 +11,6 @@ below 2%.
 """
 
 import os
-import shutil
 from typing import Callable
 
 import jax
@@ -25,7 +24,7 @@ from lottery.results import paths
 from lottery.results.metrics import LMC_KEYS
 from lottery.results.store import fresh, read_json, save_tree, write_json
 from lottery.training import trainer as training
-from lottery.training.loop import Network, group_checkpoints
+from lottery.training.loop import Network, group_checkpoints, remove_checkpoints
 
 STABLE_BARRIER = 0.02
 POINTS_PER_CALL = 8  # interpolated networks evaluated by one batched call (bounds memory)
@@ -118,9 +117,7 @@ def run(experiment: Experiment, level: int, progress, start_state: Callable[[int
             experiment.invocation.add(level=level, replicate=networks[i].replicate, kind="lmc", points=points)
             density = masks.density(masks.counts(networks[i].state["mask"], experiment.prunable))
             experiment.tracker.log_lmc(networks[i].replicate, level, density, path)
-    checkpoints.close()
-    if hosts.primary():
-        shutil.rmtree(checkpoints.directory, ignore_errors=True)
+    remove_checkpoints(checkpoints)
     return len(networks)
 
 

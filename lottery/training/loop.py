@@ -11,6 +11,8 @@ it bitwise. What the loop reports (each evaluation, the histories of a resumed g
 import contextlib
 import dataclasses
 import hashlib
+import os
+import shutil
 import signal
 import sys
 import threading
@@ -145,6 +147,17 @@ def group_checkpoints(root: str, what: str, level: int, networks: List[Network],
     members = ",".join(f"{n.replicate}:{n.kind}" for n in networks) + f"|{start}-{end}"
     name = f"{what}-{hashlib.sha256(members.encode()).hexdigest()[:10]}"
     return LevelCheckpoints(paths.checkpoint_dir(root, level, name))
+
+
+def remove_checkpoints(checkpoints) -> None:
+    """A finished group's checkpoints, and the directories above them that are left empty."""
+    checkpoints.close()
+    if hosts.primary():
+        shutil.rmtree(checkpoints.directory, ignore_errors=True)
+        try:
+            os.removedirs(os.path.dirname(checkpoints.directory))  # up to the first that is not empty
+        except OSError:
+            pass
 
 
 def train(trainer, states, networks: List[Network], level: int, start: int, end: int, advance, *, eval_every: int,
