@@ -98,6 +98,21 @@ class TrainingConfig:
 
 
 @dataclasses.dataclass
+class SparsityConfig:
+    """Sparse training from scratch beside IMP (lottery/pruning/sparse.py): each level L trains one
+    network from θ0 at IMP level L's density. Hashed unless method is imp."""
+
+    method: str = "imp"  # imp | static | gmp (Zhu & Gupta 2017) | set (Mocanu et al. 2018) | rigl (Evci et al. 2020)
+    distribution: str = "imp"  # per-layer counts: imp (IMP's at the level) | uniform | erk
+    update_every: str = "100it"  # ΔT between mask updates (SET, RigL), Δt between pruning steps (GMP)
+    drop_fraction: float = 0.3  # α (RigL) / ζ (SET): the fraction of each layer's weights updated at first
+    decay: str = "cosine"  # of the drop fraction: cosine (to 0 at `end`) | constant
+    begin: float = 0.0  # fraction of training before the first update (GMP: t0)
+    end: float = 0.75  # fraction of training after which the mask stays (RigL: 0.75; GMP: t0 + nΔt)
+    levels: List[int] = dataclasses.field(default_factory=list)  # train only these levels ([]: all); not hashed
+
+
+@dataclasses.dataclass
 class LMCConfig:
     """Linear mode connectivity (Frankle et al. 2020): at each of `levels`, two copies trained
     from the level's start with different data orders, evaluated along the line between them."""
@@ -180,6 +195,7 @@ class Config:
     seed: int = 0
     replicates: int = 1  # independent IMP trajectories (own initialization, data order, masks)
     controls: List[str] = dataclasses.field(default_factory=list)  # lottery/pruning/controls.py
+    sparsity: SparsityConfig = dataclasses.field(default_factory=SparsityConfig)
     lmc: LMCConfig = dataclasses.field(default_factory=LMCConfig)
     transfer: TransferConfig = dataclasses.field(default_factory=TransferConfig)
     objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)

@@ -13,10 +13,10 @@
 """
 
 from lottery.analysis.runs import METRICS, POINTER, STANDARD_COLUMNS, experiment_dirs, load_runs, summarize
-from lottery.analysis.figures import (plot_accuracy_vs_sparsity, plot_early_stopping, plot_instability,
+from lottery.analysis.figures import (plot_accuracy_vs_cost, plot_accuracy_vs_sparsity, plot_early_stopping, plot_instability,
                                       plot_layer_densities, save_figures)
 from lottery.analysis.tickets import collapsed, layer_densities, similarity_table, summarize_similarity
 
 __all__ = ["METRICS", "POINTER", "STANDARD_COLUMNS", "collapsed", "experiment_dirs", "layer_densities", "load_runs",
-           "plot_accuracy_vs_sparsity", "plot_early_stopping", "plot_instability", "plot_layer_densities",
+           "plot_accuracy_vs_cost", "plot_accuracy_vs_sparsity", "plot_early_stopping", "plot_instability", "plot_layer_densities",
            "save_figures", "similarity_table", "summarize", "summarize_similarity"]

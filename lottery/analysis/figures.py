@@ -1,6 +1,7 @@
 """The standard figures of the field, from ``runs.load_runs``.
 
     plot_accuracy_vs_sparsity(df)          # test accuracy vs % weights remaining, mean ± std
+    plot_accuracy_vs_cost(df)              # test accuracy vs the training steps behind each network
     plot_early_stopping(df)                # early-stop iteration vs % weights remaining
     plot_instability(df, x="rewind")       # LMC error barrier vs a swept config value
     plot_layer_densities(densities)        # % of each layer's weights remaining (tickets.layer_densities)
@@ -29,7 +30,7 @@ def _label(row, by: str, df: pd.DataFrame) -> str:
     return extra or f"{row['experiment']}-{row['hash']}"
 
 
-def _lines(df, y, by, ax, scale=100.0):
+def _lines(df, y, by, ax, scale=100.0, x="percent_remaining"):
     """One line per group: mean over replicates at each level, shaded ± std (population std, as
     in ``summarize``)."""
     # By experiment, each experiment's kinds still get their own lines: a ticket is never averaged
@@ -45,7 +46,7 @@ def _lines(df, y, by, ax, scale=100.0):
     experiments = {key: i for i, key in enumerate(sorted({(g["experiment"].iloc[0], g["hash"].iloc[0]) for _, g in groups}))}
     styles = ("-", "--", ":")  # by experiment: one colour per experiment, one line style per kind
     for _, group in groups:
-        stats = group.groupby("level").agg(x=("percent_remaining", "mean"), mean=(y, "mean"),
+        stats = group.groupby("level").agg(x=(x, "mean"), mean=(y, "mean"),
                                            std=(y, lambda v: v.std(ddof=0))).dropna(subset=["mean"])
         if stats.empty:
             continue
@@ -132,6 +133,22 @@ def plot_accuracy_vs_sparsity(df: pd.DataFrame, by: str = "kind", metric: str = 
     return ax
 
 
+def plot_accuracy_vs_cost(df: pd.DataFrame, by: str = "kind", metric: str = "auto", ax=None):
+    """Test accuracy vs the training steps behind each network (log scale): IMP's point at level L
+    cost the dense training and L retrainings, a sparse-training or pruning-before-training point
+    one training; the field's equal-budget comparison (Evci et al. 2020, Fig. 2)."""
+    ax = _axes(ax)
+    if metric == "auto":
+        metric = "test_accuracy_early_stop" if df["test_accuracy_early_stop"].notna().any() else "test_accuracy"
+    _lines(df[df["cost_steps"].notna()], metric, by, ax, x="cost_steps")
+    ax.set_xscale("log")
+    ax.set_xlabel("training cost (steps behind the network)")
+    ax.set_ylabel("test accuracy (%)" + (" at early stop" if metric.endswith("early_stop") else ""))
+    ax.grid(alpha=0.3)
+    _legend(ax, df)
+    return ax
+
+
 def plot_early_stopping(df: pd.DataFrame, by: str = "kind", ax=None):
     """Early-stopping iteration (minimum validation loss) vs % weights remaining."""
     ax = _axes(ax)
@@ -159,7 +176,7 @@ def plot_instability(df: pd.DataFrame, x: str = "rewind", ax=None):
 
 
 def save_figures(df: pd.DataFrame, output: str) -> List[str]:
-    """Write accuracy_vs_sparsity.png (and early_stopping.png where there is validation) of
+    """Write accuracy_vs_sparsity.png, accuracy_vs_cost.png (and early_stopping.png where there is validation) of
     ``df`` (``load_runs``) and each experiment's layer_density.png (its tickets' % of each layer
     remaining; ``layer_density_<name>-<hash>.png`` where there are several) to the directory
     ``output``; returns the files written."""
@@ -172,6 +189,8 @@ def save_figures(df: pd.DataFrame, output: str) -> List[str]:
     plots = {"accuracy_vs_sparsity.png": plot_accuracy_vs_sparsity}
     if df["early_stop_iteration"].notna().any():
         plots["early_stopping.png"] = plot_early_stopping
+    if "cost_steps" in df and df.loc[df["level"] > 0, "cost_steps"].notna().any():
+        plots["accuracy_vs_cost.png"] = plot_accuracy_vs_cost
     files = []
     for name, plot in plots.items():
         ax = plot(df, by=by)

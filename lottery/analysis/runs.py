@@ -5,7 +5,7 @@
 
 One row per trained network: experiment (name, hash, directory), replicate, level, kind (ticket or
 a control), % weights remaining, test accuracy (final and at early stop), early-stop iteration,
-LMC barrier, and the config values that differ between the experiments loaded, as columns named
+LMC barrier, training cost (the steps behind the network: IMP's levels, or one sparse training), and the config values that differ between the experiments loaded, as columns named
 by their dotted keys (``pruning.rate``, ``rewind``).
 """
 
@@ -73,7 +73,16 @@ def _rows(directory: str, config: dict):
             "early_stop_iteration": early.get("step", np.nan),
             "lmc_barrier": barrier, "start_step": m["start_step"], "wall_time_s": m.get("wall_time_s", np.nan),
             "train_time_s": m["wall_time_s"] / group if group and "wall_time_s" in m else np.nan,
+            "cost_steps": cost(m),
         }
+
+
+def cost(metrics: dict) -> float:
+    """The training steps behind a network (metrics.json's ``cost_steps``: the field's equal-budget
+    axis); a dense network's is its own length, also where older results did not record it."""
+    if metrics.get("cost_steps") is not None:
+        return float(metrics["cost_steps"])
+    return float(metrics["final"]["step"]) if metrics["level"] == 0 else np.nan
 
 
 def _identity_keys(flat: dict) -> dict:
@@ -116,6 +125,7 @@ def summarize(df: pd.DataFrame, by: Optional[List[str]] = None) -> pd.DataFrame:
         table[f"{metric}_n"] = grouped[metric].count()  # replicates that have it (LMC: only where measured)
     table["wall_time_s"] = grouped["wall_time_s"].mean()  # of the group each network was trained in
     table["train_time_s"] = grouped["train_time_s"].mean()  # per network: its group's time / its size
+    table["cost_steps"] = grouped["cost_steps"].mean()  # training steps behind each network
     table["replicates"] = grouped["replicate"].nunique()
     table = table.reset_index()
     if "kind" in by:  # level by level, the ticket before its controls
@@ -125,4 +135,4 @@ def summarize(df: pd.DataFrame, by: Optional[List[str]] = None) -> pd.DataFrame:
 
 
 STANDARD_COLUMNS = {"experiment", "hash", "directory", "replicate", "level", "kind", "percent_remaining", "remaining",
-                    "start_step", "wall_time_s", "train_time_s", *METRICS}
+                    "start_step", "wall_time_s", "train_time_s", "cost_steps", *METRICS}

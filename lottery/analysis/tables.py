@@ -14,9 +14,10 @@ def results(summary, title: str = "lottery results (mean ± std over replicates)
     columns only where they say something."""
     show_lmc = bool(summary["lmc_barrier"].notna().any())
     show_replicates = bool((summary["replicates"] > 1).any())
+    show_cost = "cost_steps" in summary and bool(summary["cost_steps"].notna().any())
     columns = ["experiment"] * experiment_column + ["level", "kind", "% weights remaining", "test acc (final)",
                "test acc (early stop)", "early-stop it"] + ["LMC barrier"] * show_lmc + ["train time / network (s)"] \
-        + ["replicates"] * show_replicates
+        + ["training cost (steps)"] * show_cost + ["replicates"] * show_replicates
     out = Table(title=title)
     for column in columns:
         out.add_column(column, justify="left" if column in ("experiment", "kind") else "right")
@@ -33,7 +34,9 @@ def results(summary, title: str = "lottery results (mean ± std over replicates)
         cells = [f"{row['experiment']}-{row['hash']}"] * experiment_column
         cells += [str(row["level"]), row["kind"], f"{row['percent_remaining']:.2f}", cell(row, "test_accuracy"),
                   cell(row, "test_accuracy_early_stop"), cell(row, "early_stop_iteration", 1, 0)]
-        cells += [cell(row, "lmc_barrier")] * show_lmc + ["-" if np.isnan(row["train_time_s"]) else f"{row['train_time_s']:.1f}"] + [str(row["replicates"])] * show_replicates
+        cells += [cell(row, "lmc_barrier")] * show_lmc + ["-" if np.isnan(row["train_time_s"]) else f"{row['train_time_s']:.1f}"]
+        cells += ["-" if np.isnan(row["cost_steps"]) else f"{row['cost_steps']:,.0f}"] * show_cost
+        cells += [str(row["replicates"])] * show_replicates
         out.add_row(*cells)
     return out
 

@@ -19,7 +19,7 @@ from lottery import hosts, models, tracking
 from lottery.analysis import objective
 from lottery.errors import LotteryError
 from lottery.imp import transfer
-from lottery.pruning import controls, criteria, masks
+from lottery.pruning import controls, criteria, masks, sparse
 from lottery.results import paths
 from lottery.results.invocations import Invocation
 from lottery.results.store import load_tree
@@ -48,6 +48,8 @@ class Experiment:
     data_examples: Dict[str, int]  # examples in each split (train, validation, test): recorded with each result
     invocation: Optional[Invocation] = None  # this invocation's record, once the directory is locked
     transfer: Optional["transfer.Source"] = None  # the experiment whose tickets the levels start from
+    updates: Optional[sparse.Updates] = None  # sparse training's mask updates (GMP, SET, RigL; pruning/sparse.py)
+    sparse_trainer: Optional[training.Trainer] = None  # the trainer with them in its step
 
     def keys(self, replicate: int) -> Dict[str, jax.Array]:
         """The PRNG keys of one replicate: its initialization, data order, augmentation, controls."""
@@ -70,6 +72,23 @@ class Experiment:
                                 apply=criteria.model_apply(self.trainer, weights["batch_stats"]),
                                 batch=(np.asarray(self.trainer.inputs(x[:n])), np.asarray(y[:n])),
                                 input_shape=tuple(self.input_shape))
+
+    def sparse_key(self, replicate: int, level: int) -> jax.Array:
+        """Sparse training's key at ``level``: its random start mask and SET's random growth."""
+        return jax.random.fold_in(self.keys(replicate)["init"], 2**21 + level)  # beside scoring_rng's 2**20 + level
+
+    def cost(self, level: int) -> Optional[int]:
+        """The training steps behind a network of ``level`` (the field's equal-budget axis, Evci et
+        al. 2020): IMP, the dense T and every retraining up to it; pruning before training and sparse
+        training, one training (θk's k steps included). None for a transferred ticket (its source's)."""
+        start, end = self.segment(level)
+        if level == 0:
+            return self.end
+        if self.transfer is not None:
+            return None
+        if sparse.method(self.cfg) is not None or self.cfg.pruning.prune_at == "start":
+            return self.rewind + end - start
+        return self.end + level * (end - start)
 
     def initial_weights(self, key):
         model = models.build(self.cfg.model, self.input_shape, self.num_classes, key)
@@ -113,9 +132,10 @@ class Experiment:
         """θk of ``replicate``: the dense level 0's state at the rewind step."""
         return self.load(self.level_dir(replicate, 0), "rewind_point")
 
-    def train(self, states, networks, level: int, start: int, end: int, advance, **options):
-        """``loop.train`` with this experiment's trainer, evaluation and checkpoint intervals, and log."""
-        return loop.train(self.trainer, states, networks, level, start, end, advance, eval_every=self.eval_every,
+    def train(self, states, networks, level: int, start: int, end: int, advance, trainer=None, **options):
+        """``loop.train`` with this experiment's trainer (or ``trainer``), evaluation and checkpoint
+        intervals, and log."""
+        return loop.train(trainer or self.trainer, states, networks, level, start, end, advance, eval_every=self.eval_every,
                           checkpoint_every=self.checkpoint_every, log=self.tracker, **options)
 
 
@@ -130,6 +150,9 @@ def check(cfg) -> None:
         training.stack_width(cfg.training.stack)
     criteria.check(cfg)
     transfer.check(cfg)
+    sparse.check(cfg)
+    if any(level > cfg.levels for level in cfg.sparsity.levels):
+        raise LotteryError(f"sparsity.levels={list(cfg.sparsity.levels)} must be levels 1..{cfg.levels}")
     if cfg.retrain not in RETRAIN:
         raise LotteryError(f"retrain={cfg.retrain!r} is not an option; choose one of: {', '.join(RETRAIN)}")
     controls.check(cfg)
@@ -195,6 +218,15 @@ def prepare(cfg) -> Experiment:
     experiment = Experiment(cfg, trainer, prunable, end, rewind, finetune_steps, eval_every, checkpoint_every,
                             data.input_shape, data.num_classes, directory, tracker, data.fingerprint, data.examples,
                             transfer=source)
+    if sparse.method(cfg) is not None:
+        if rewind != 0:
+            raise LotteryError(f"rewind={cfg.rewind}: sparsity.method={cfg.sparsity.method} trains each level from θ0; "
+                               "use rewind=0it")
+        every = length("sparsity.update_every", cfg.sparsity.update_every)
+        schedule = sparse.Schedule.of(cfg, end, every)
+        experiment.updates = sparse.Updates(schedule, sparse.groups(cfg, prunable))
+        if sparse.dynamic(cfg):
+            experiment.sparse_trainer = trainer.with_updates(experiment.updates)
     if source is not None:
         source.check(cfg.replicates, cfg.levels, {"params": trainer.init_params, "batch_stats": trainer.init_batch_stats},
                      directory)

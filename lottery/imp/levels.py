@@ -51,7 +51,7 @@ from lottery.analysis import figures, objective, runs, tables, tickets
 from lottery.errors import Preempted
 from lottery.imp import dense, lmc
 from lottery.imp.experiment import Experiment, prepare
-from lottery.pruning import controls, criteria, masks
+from lottery.pruning import controls, criteria, masks, sparse
 from lottery.results import identity, metrics as result_metrics, paths
 from lottery.results.invocations import Invocation, program
 from lottery.results.metrics import LMC_KEYS, NETWORK_KEYS
@@ -116,8 +116,13 @@ def run_locked(experiment: Experiment, console: Console) -> Results:
                 hosts.barrier(f"level {level}")  # what process 0 finished is on disk for everyone
                 if level == 0:
                     trained += dense_level(experiment, progress)
-                else:
+                elif sparse.trains(cfg, level):
                     networks = [n for r in range(cfg.replicates) for n in level_networks(experiment, r, level)]
+                    if sparse.dynamic(cfg) and networks:  # its mask is known once it has trained: controls after it
+                        train_networks(experiment, networks, level, *experiment.segment(level), progress,
+                                       trainer=experiment.sparse_trainer)
+                        trained += len(networks)
+                        networks = [n for r in range(cfg.replicates) for n in level_networks(experiment, r, level)]
                     train_networks(experiment, networks, level, *experiment.segment(level), progress)
                     trained += len(networks)
                 if level in cfg.lmc.levels:
@@ -214,6 +219,8 @@ def level_networks(experiment: Experiment, replicate: int, level: int) -> List[N
     keys = experiment.keys(replicate)
     network = lambda kind, state: Network(replicate, kind, directory(kind), state, keys["data"], keys["augment"])
     ticket = ticket_start(experiment, replicate, level)
+    if not ticket_done and sparse.dynamic(cfg):  # the controls need the mask it ends with
+        return [network("ticket", ticket)]
     networks = [] if ticket_done else [network("ticket", ticket)]
     return networks + [network(c, control_start(experiment, replicate, level, c, ticket)) for c in to_train]
 
@@ -221,6 +228,8 @@ def level_networks(experiment: Experiment, replicate: int, level: int) -> List[N
 def ticket_start(experiment: Experiment, replicate: int, level: int) -> dict:
     """The ticket's training state at the start of ``level``: 1. prune, 2. rewind the survivors to
     θk -- or, with ``retrain`` (Renda et al. 2020: lr_rewind, finetune), keep the trained weights."""
+    if sparse.method(experiment.cfg) is not None and not os.path.isdir(experiment.level_dir(replicate, level)):
+        return sparse_start(experiment, replicate, level)
     mask = ticket_mask(experiment, replicate, level)
     if experiment.cfg.retrain == "rewind":
         return rewound(experiment, replicate, mask)
@@ -274,6 +283,25 @@ def pruned_at_start(experiment: Experiment, replicate: int, level: int):
                                       cfg.rounds)
 
 
+def sparse_start(experiment: Experiment, replicate: int, level: int) -> dict:
+    """Sparse training from scratch at ``level`` (``sparsity``, pruning/sparse.py): θ0 under the
+    method's start mask (dense for GMP; the level's counts at random positions for the others), with
+    what its mask updates read: each group's counts at every update and its random key. Once trained,
+    its ticket is the mask it ended with, on θ0 (``save_network``)."""
+    cfg = experiment.cfg
+    full = masks.full_mask(experiment.trainer.init_params)
+    targets = sparse.level_targets(cfg, full, experiment.prunable, level)
+    key = experiment.sparse_key(replicate, level)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(key, 0))))
+    mask = sparse.start_mask(cfg, full, experiment.prunable, targets, rng)
+    state = rewound(experiment, replicate, mask)
+    if sparse.dynamic(cfg):
+        flat = masks.flatten(mask)
+        start = [int(sum(np.sum(flat[name]) for name in group)) for group in experiment.updates.groups]
+        state["sparse"] = experiment.updates.state(start, targets, jax.random.fold_in(key, 1))
+    return state
+
+
 def rewound(experiment: Experiment, replicate: int, mask, dense: bool = False) -> dict:
     """A network that starts from θk under ``mask``: θk ⊙ mask, θk's batch statistics, and with
     ``rewind_optimizer`` θk's optimizer state with the moments of pruned weights zeroed (else a
@@ -317,9 +345,10 @@ def lmc_start(experiment: Experiment, replicate: int, level: int) -> dict:
 
 
 def train_networks(experiment: Experiment, networks: List[Network], level: int, start: int, end: int,
-                   progress: Progress) -> None:
+                   progress: Progress, trainer=None) -> None:
     """Train ``networks`` over [start, end) as one group: chunk by chunk, each network by the
-    single-member program (its bits do not depend on the others), checkpointed together."""
+    single-member program (its bits do not depend on the others), checkpointed together
+    (``trainer``: another than the experiment's, e.g. with sparse training's mask updates)."""
     if not networks:
         return
     states = training.stack([n.state for n in networks])
@@ -328,8 +357,8 @@ def train_networks(experiment: Experiment, networks: List[Network], level: int, 
     task = progress.add_task(f"level {level} ({density:.1%} of weights): {len(networks)} x {kinds}", total=end - start)
     checkpoints = group_checkpoints(experiment.directory, "train", level, networks, start, end)
     states, histories, _, seconds = experiment.train(states, networks, level, start, end,
-                                                     lambda n: progress.advance(task, n), checkpoints=checkpoints,
-                                                     say=progress.console.print)
+                                                     lambda n: progress.advance(task, n), trainer=trainer,
+                                                     checkpoints=checkpoints, say=progress.console.print)
     for i, network in sorted(enumerate(networks), key=lambda item: item[1].kind != "ticket"):  # tickets' dirs first
         save_network(experiment, network, level, start, training.unstack(states, i), histories[i], seconds,
                      len(networks))
@@ -341,6 +370,10 @@ def save_network(experiment: Experiment, network: Network, level: int, start: in
     """Write a network's results to ``<directory>.partial`` and rename it into place."""
     work_dir = fresh(network.directory + ".partial")
     start_state = jax.device_get(network.state)
+    sparse_record = sparse_training_record(experiment, start_state, finished)
+    if "sparse" in start_state:  # trained with mask updates: its ticket is the mask it ended with, on θ0
+        start_state = {**start_state, "mask": finished["mask"],
+                       "params": masks.apply_mask(start_state["params"], finished["mask"])}
     save_tree(os.path.join(work_dir, "ticket"), {key: start_state[key] for key in ("mask", "params", "batch_stats")})
     save_tree(os.path.join(work_dir, "trained"), {key: finished[key] for key in ("params", "batch_stats")})
     layer_counts = masks.counts(start_state["mask"], experiment.prunable)
@@ -348,6 +381,9 @@ def save_network(experiment: Experiment, network: Network, level: int, start: in
     metrics["data_fingerprint"] = experiment.data_fingerprint
     metrics["examples"] = experiment.data_examples
     metrics["group_size"] = group_size  # networks trained one after another in wall_time_s
+    metrics["cost_steps"] = experiment.cost(level)
+    if sparse_record is not None and network.kind == "ticket":
+        metrics["sparse_training"] = sparse_record
     origin = experiment.transfer.recorded(network.replicate, level) if experiment.transfer else None
     if origin is not None:
         metrics["transfer"] = origin
@@ -358,6 +394,19 @@ def save_network(experiment: Experiment, network: Network, level: int, start: in
         experiment.tracker.log_level(metrics)
         warn_at_chance(experiment, metrics)
         warn_collapse(experiment, metrics, start_state["mask"])
+
+
+def sparse_training_record(experiment: Experiment, start_state: dict, finished: dict) -> Optional[dict]:
+    """What metrics.json says of a sparse-training network: the method, its distribution, its counts
+    at the start and the number of mask updates (None under IMP)."""
+    cfg = experiment.cfg
+    if sparse.method(cfg) is None:
+        return None
+    remaining = lambda mask: sum(c["remaining"] for c in masks.counts(mask, experiment.prunable).values())
+    events = experiment.updates.schedule.events
+    return {"method": cfg.sparsity.method, "distribution": cfg.sparsity.distribution,
+            "start_remaining": remaining(start_state["mask"]), "final_remaining": remaining(finished["mask"]),
+            "updates": len(events) if sparse.dynamic(cfg) else 0, "update_steps": [int(e) for e in events]}
 
 
 def warn_collapse(experiment: Experiment, metrics: dict, mask) -> None:

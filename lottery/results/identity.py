@@ -37,7 +37,7 @@ CONFIG = "config.yaml"
 _NOT_HASHED = ("name", "levels", "replicates", "controls", "lmc", "objective", "output_dir", "progress", "wandb",
                "compilation_cache", "checkpoint_every",
                "dataset.root", "dataset.download", "training.loop", "training.stack", "mesh", "distributed",
-               "deterministic")
+               "deterministic", "sparsity.levels")
 
 
 # What determines the dense level 0 (lottery/imp/dense.py): how the network is built, the data, the
@@ -78,6 +78,9 @@ def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
             continue
         node.pop(leaf, None)
     content["dataset"]["fingerprint"] = data_fingerprint
+    sparsity = content.pop("sparsity", None)  # absent for IMP: every earlier hash unchanged
+    if sparsity is not None and sparsity.get("method") != "imp":
+        content["sparsity"] = sparsity
     transfer = content.pop("transfer", None)  # absent unless set: every earlier hash unchanged
     if transfer is not None and transfer.get("source") is not None:
         content["transfer"] = {**transfer, "source": source_hash(transfer["source"])}  # by its hash, not its path

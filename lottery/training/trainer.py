@@ -18,6 +18,7 @@ not by the optimizer's own step count: a level that restarts at the rewind step 
 optimizer state still continues the schedule from k (Frankle et al. 2020).
 """
 
+import copy
 import functools
 import math
 
@@ -118,6 +119,13 @@ class Trainer:
         # do not depend on which networks share its block or where in it (measured on CPU and
         # tested: each member's arithmetic is the same program's, whatever the others hold).
         self.width = stack_width(stack)
+        self.updates = None  # a sparse-training method's mask updates (with_updates)
+        self._compile()
+        self._epoch_order = jax.jit(functools.partial(epoch_order, n=len(data.train_x)))
+        self._orders = {}  # the current epoch's data order of each member, computed once per epoch
+
+    def _compile(self):
+        """The jitted programs: each single-member, or its vmap over a block of ``width``."""
         train, step = jax.jit(self._train_impl, donate_argnums=(0,)), jax.jit(self._train_step_impl, donate_argnums=(0,))
         evaluate, evaluate_batch = jax.jit(self._evaluate_impl), jax.jit(self._evaluate_batch_impl)
         if self.width > 1:
@@ -129,8 +137,14 @@ class Trainer:
             evaluate = jax.jit(jax.vmap(self._evaluate_impl, in_axes=(block, block, shared)))
             evaluate_batch = jax.jit(jax.vmap(self._evaluate_batch_impl, in_axes=(block, block, shared)))
         self._train, self._train_step, self._evaluate, self._evaluate_batch = train, step, evaluate, evaluate_batch
-        self._epoch_order = jax.jit(functools.partial(epoch_order, n=len(data.train_x)))
-        self._orders = {}  # the current epoch's data order of each member, computed once per epoch
+
+    def with_updates(self, updates) -> "Trainer":
+        """This trainer with a sparse-training method's mask updates inside every step
+        (pruning/sparse.py: GMP, SET, RigL), sharing its data on the device."""
+        other = copy.copy(self)
+        other.updates, other._meshes, other._orders = updates, {}, {}
+        other._compile()
+        return other
 
     # --- the model as a pure function of its parameters -------------------------------------
 
@@ -155,14 +169,17 @@ class Trainer:
             x = _crop_and_flip(key, x)
         return (x - self.mean) / self.std
 
-    def init_state(self, params, batch_stats, mask, opt_state=None):
-        """One member's training state; the optimizer state is fresh unless one is given."""
+    def init_state(self, params, batch_stats, mask, opt_state=None, sparse=None):
+        """One member's training state; the optimizer state is fresh unless one is given. ``sparse``:
+        what a sparse-training method's updates read (pruning/sparse.py, ``Updates.state``)."""
         params = apply_mask(params, mask)
         if opt_state is None:
             opt_state = self.tx.init(params)
         # Fresh device copies: training donates the state's buffers, and must never write into
         # host arrays (θk, a loaded ticket) that a zero-copy transfer could have shared.
         state = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state, "mask": mask}
+        if sparse is not None:
+            state["sparse"] = sparse
         return jax.tree.map(lambda a: jnp.array(a, copy=True), state)
 
     def over_mesh(self, networks: int):
@@ -272,9 +289,8 @@ class Trainer:
             logits, batch_stats = self.apply(params, state["batch_stats"], x, train=True)
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), batch_stats
 
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        if self.masked:
-            grads = apply_mask(grads, mask)
+        (loss, batch_stats), dense_grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        grads = apply_mask(dense_grads, mask) if self.masked else dense_grads
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         lr = self.schedule(step)
         if self.masked:
@@ -282,7 +298,10 @@ class Trainer:
                                   state["params"], updates, mask)
         else:
             params = jax.tree.map(lambda p, u: p - lr * u, state["params"], updates)
-        return {"params": params, "batch_stats": batch_stats, "opt_state": opt_state, "mask": mask}, loss
+        if self.updates is not None:  # after the step that makes step + 1 done, the mask may change
+            params, mask, opt_state = self.updates.apply(params, mask, opt_state, dense_grads, step + 1, state["sparse"],
+                                                         lambda o, m: mask_optimizer_state(self.tx, o, m))
+        return {**state, "params": params, "batch_stats": batch_stats, "opt_state": opt_state, "mask": mask}, loss
 
     # --- evaluation -------------------------------------------------------------------------
 

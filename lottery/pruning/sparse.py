@@ -1,0 +1,328 @@
+"""Sparse training from scratch beside IMP (config ``sparsity``): each level trains one network from
+θ0 at IMP level L's density, so that one experiment gives a curve at IMP's densities for one training
+each instead of L+1 (the field's "equal budget" comparison: Evci et al. 2020, Fig. 2).
+
+Methods (``sparsity.method``), each one entry of ``METHODS``:
+
+  imp     iterative magnitude pruning (lottery/imp/levels.py): the default; nothing here runs
+  static  a random mask with the level's counts at θ0, fixed for the whole training (Evci et al.
+          2020's "Static" baseline; with ``distribution=erk``, their ERK-random network)
+  gmp     gradual magnitude pruning (Zhu & Gupta 2017, Eq. 1): dense start; after steps
+          t0 + jΔt, j = 1..n, each group keeps its largest-magnitude weights at sparsity
+          s_j = s_f + (s_i - s_f)(1 - j/n)^3 (s_i = 0, s_f the level's), so the last step keeps
+          exactly the level's counts; layerwise, or one global ranking (``pruning.strategy``)
+  set     sparse evolutionary training (Mocanu et al. 2018): a random start with the level's
+          counts; every ΔT steps each layer drops its k smallest-magnitude weights and regrows k
+          inactive ones at random
+  rigl    rigged lottery (Evci et al. 2020, Sec. 3): as SET, but regrows the k inactive weights
+          with the largest dense-gradient magnitude (the step's own batch)
+
+SET and RigL as in Evci et al. 2020 (Sec. 4, their code's defaults): k = floor(α_t x the layer's
+active count) with α_t = α/2 (1 + cos(π t / t_end)) (``decay=cosine``; ``constant``: α, SET's ζ),
+ΔT = 100 steps, no update after t_end = 75% of training. A weight dropped and regrown in the same
+update keeps its value (their code); a new connection starts at 0 with zero optimizer moments
+(Evci et al. 2020, Sec. 3); a dropped weight is 0 and its moments are zeroed.
+
+Counts are exact, as everywhere here: each update drops and grows exactly k per layer (ties by
+position: the earlier weight is dropped first, as in masks.py, and the earlier inactive weight is
+grown first); every count is computed on the host in exact arithmetic (``Schedule``) and handed to
+the compiled step as a table, so an update is part of the step's one compiled program, chosen by
+``lax.cond`` on the step number (no recompilation per update, per level or per replicate).
+
+Layer densities (``sparsity.distribution``): ``imp``, IMP's own per-layer counts at the level (a
+DST network then matches a ticket's layer densities exactly); ``uniform``, one density in every
+prunable layer; ``erk``, Erdős-Rényi-Kernel (Evci et al. 2020, Sec. 3; Mocanu et al. 2018 for
+dense layers): density ∝ (sum of the kernel's dimensions) / (their product), layers that would
+exceed density 1 kept dense (their code). Every distribution keeps exactly IMP's total count at the
+level, divided among layers by largest remainders.
+"""
+
+import dataclasses
+import math
+from fractions import Fraction
+from typing import Dict, List, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lottery.errors import LotteryError
+from lottery.pruning import masks
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    sparse_start: bool  # starts from a random mask with the level's counts (else dense: GMP)
+    updates: str  # none | prune (GMP) | drop_grow (SET, RigL)
+    grow: Optional[str] = None  # random | gradient
+
+
+METHODS: Dict[str, Method] = {m.name: m for m in (
+    Method("imp", sparse_start=False, updates="none"),
+    Method("static", sparse_start=True, updates="none"),
+    Method("gmp", sparse_start=False, updates="prune"),
+    Method("set", sparse_start=True, updates="drop_grow", grow="random"),
+    Method("rigl", sparse_start=True, updates="drop_grow", grow="gradient"),
+)}
+DISTRIBUTIONS = ("imp", "uniform", "erk")
+DECAYS = ("cosine", "constant")
+
+
+def method(cfg) -> Optional[Method]:
+    """The sparse-training method of config ``cfg`` (None: IMP)."""
+    found = METHODS[cfg.sparsity.method]
+    return None if found.name == "imp" else found
+
+
+def dynamic(cfg) -> bool:
+    """Whether the method changes masks during training (GMP, SET, RigL)."""
+    found = method(cfg)
+    return found is not None and found.updates != "none"
+
+
+def check(cfg) -> None:
+    """Every check of ``sparsity`` that needs no data."""
+    s = cfg.sparsity
+    if s.method not in METHODS:
+        raise LotteryError(f"sparsity.method={s.method!r} is not a method; choose one of: {', '.join(METHODS)}")
+    if s.method == "imp":
+        return
+    if s.distribution not in DISTRIBUTIONS:
+        raise LotteryError(f"sparsity.distribution={s.distribution!r} is not a distribution; choose one of: "
+                           f"{', '.join(DISTRIBUTIONS)}")
+    if s.decay not in DECAYS:
+        raise LotteryError(f"sparsity.decay={s.decay!r} is not a decay; choose one of: {', '.join(DECAYS)}")
+    if not 0 < s.drop_fraction < 1:
+        raise LotteryError(f"sparsity.drop_fraction={s.drop_fraction} must be in (0, 1)")
+    if not 0 <= s.begin < s.end <= 1:
+        raise LotteryError(f"sparsity.begin={s.begin} and sparsity.end={s.end} must satisfy 0 <= begin < end <= 1 "
+                           "(fractions of training)")
+    where = f"sparsity.method={s.method} trains each level from θ0 at IMP's density"
+    for key, value, default in (("retrain", cfg.retrain, "rewind"), ("pruning.prune_at", cfg.pruning.prune_at, "trained"),
+                                ("pruning.criterion", cfg.pruning.criterion, "magnitude"),
+                                ("transfer.source", cfg.transfer.source, None)):
+        if value != default:
+            raise LotteryError(f"{key}={value}: {where}; leave {key} at {default}")
+    if "invert" in cfg.controls:
+        raise LotteryError(f"controls: invert reverses IMP's ranking, which {s.method} has none of; use random_reinit, "
+                           "random_prune, shuffle_layer or sign_preserving_reinit")
+    if METHODS[s.method].updates != "none" and any(level > 0 for level in cfg.lmc.levels):
+        raise LotteryError(f"lmc.levels={list(cfg.lmc.levels)}: linear mode connectivity of {s.method} networks is not "
+                           "built; measure it at level 0 only")
+    if cfg.pruning.strategy == "global":
+        if s.method == "gmp" and s.distribution != "imp":
+            raise LotteryError(f"sparsity.distribution={s.distribution}: GMP with pruning.strategy=global ranks every "
+                               "layer together; use sparsity.distribution=imp or pruning.strategy=layerwise")
+        if s.method != "gmp" and s.distribution == "imp":
+            raise LotteryError(f"sparsity.distribution=imp: global IMP has no per-layer counts before it runs; use "
+                               "sparsity.distribution=erk or uniform, or pruning.strategy=layerwise")
+    if any(level < 1 for level in s.levels):
+        raise LotteryError(f"sparsity.levels={list(s.levels)} must be pruned levels (1 or more)")
+
+
+def trains(cfg, level: int) -> bool:
+    """Whether ``level`` is trained: every level, or those of ``sparsity.levels`` (level 0 always)."""
+    return level == 0 or method(cfg) is None or not cfg.sparsity.levels or level in cfg.sparsity.levels
+
+
+# --- how many weights each layer keeps ----------------------------------------------------------
+
+
+def largest_remainders(quotas: Sequence[Fraction], total: int) -> List[int]:
+    """Integers summing exactly to ``total`` (the sum of the exact ``quotas``): each quota's floor,
+    plus one for the quotas with the largest fractional parts (ties: the earlier layer)."""
+    counts = [math.floor(q) for q in quotas]
+    short = total - sum(counts)
+    by_remainder = sorted(range(len(quotas)), key=lambda i: (-(quotas[i] - counts[i]), i))
+    for i in by_remainder[:short]:
+        counts[i] += 1
+    return counts
+
+
+def erk_densities(shapes: Sequence[tuple], total: int) -> List[Fraction]:
+    """Each layer's ERK density (exact) for ``total`` kept weights: ε (sum of dims)/(product of dims),
+    with ε fixed by the total, and every layer whose density would exceed 1 kept dense (then ε is
+    solved again for the others, until none exceeds 1: Evci et al.'s code)."""
+    sizes = [math.prod(s) for s in shapes]
+    dense = set()
+    while True:
+        free = [i for i in range(len(shapes)) if i not in dense]
+        budget = total - sum(sizes[i] for i in dense)
+        epsilon = Fraction(budget, sum(sum(shapes[i]) for i in free)) if free else Fraction(0)
+        over = {i for i in free if epsilon * Fraction(sum(shapes[i]), sizes[i]) > 1}
+        if not over:
+            return [Fraction(1) if i in dense else epsilon * Fraction(sum(shapes[i]), sizes[i]) for i in range(len(shapes))]
+        dense |= over
+
+
+def distribution_counts(distribution: str, shapes: Dict[str, tuple], total: int,
+                        imp_counts: Optional[List[int]] = None) -> List[int]:
+    """How many weights each prunable layer keeps at a level (``shapes``' order), ``total`` in all."""
+    names = list(shapes)
+    sizes = [math.prod(shapes[n]) for n in names]
+    if not 0 <= total <= sum(sizes):
+        raise ValueError(f"cannot keep {total} of {sum(sizes)} weights")
+    if distribution == "imp":
+        return list(imp_counts)
+    if distribution == "uniform":
+        quotas = [Fraction(total * size, sum(sizes)) for size in sizes]
+    elif distribution == "erk":
+        quotas = [d * size for d, size in zip(erk_densities([shapes[n] for n in names], total), sizes)]
+    else:
+        raise LotteryError(f"sparsity.distribution={distribution!r} is not a distribution; choose one of: "
+                           f"{', '.join(DISTRIBUTIONS)}")
+    return largest_remainders(quotas, total)
+
+
+def level_targets(cfg, mask, names: List[str], level: int) -> List[int]:
+    """Each layer's (GMP global: the one group's) count at ``level``: the distribution's division of
+    IMP's total count at that level (IMP's own per-layer counts for ``imp``)."""
+    imp = masks.level_counts(mask, cfg.pruning, names, level)
+    if cfg.sparsity.method == "gmp" and cfg.pruning.strategy == "global":
+        return imp
+    flat = masks.flatten(mask)
+    shapes = {name: tuple(np.shape(flat[name])) for name in names}
+    return distribution_counts(cfg.sparsity.distribution, shapes, sum(imp), imp)
+
+
+def groups(cfg, names: List[str]) -> List[List[str]]:
+    """The tensors that share one ranking in the compiled updates: one group each, or GMP's global one."""
+    return masks.groups(names, cfg.pruning.strategy if cfg.sparsity.method == "gmp" else "layerwise")
+
+
+def start_mask(cfg, mask, names: List[str], targets: List[int], rng: np.random.Generator):
+    """The mask training starts from: dense (GMP), or each layer's target count at random positions."""
+    if not method(cfg).sparse_start:
+        return mask
+    flat = {k: np.asarray(v) for k, v in masks.flatten(mask).items()}
+    for name, keep in zip(names, targets):
+        kept = np.zeros(flat[name].size, dtype=bool)
+        kept[rng.permutation(kept.size)[:keep]] = True
+        flat[name] = kept.reshape(flat[name].shape)
+    return masks.unflatten(mask, flat)
+
+
+# --- when updates happen, and their counts ------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """When the mask changes: after ``events`` steps of training (ascending), the same at every level."""
+
+    method: Method
+    events: np.ndarray  # int64: an update follows the step that makes this many steps done
+    fractions: np.ndarray  # SET/RigL: the drop fraction α_t at each event; GMP: j/n
+
+    @classmethod
+    def of(cls, cfg, end: int, every: int) -> "Schedule":
+        """The updates of training [0, end) with ΔT (Δt) = ``every`` steps."""
+        s, found = cfg.sparsity, method(cfg)
+        begin = math.floor(masks.decimal(s.begin) * end)
+        last = math.floor(masks.decimal(s.end) * end)
+        if found.updates == "prune":
+            n = (last - begin) // every
+            if n < 1:
+                raise LotteryError(f"sparsity.update_every={s.update_every}: no pruning step fits between "
+                                   f"sparsity.begin ({begin} steps) and sparsity.end ({last} steps); use a shorter interval")
+            events = begin + every * np.arange(1, n + 1)
+            return cls(found, events, np.arange(1, n + 1) / n)
+        if found.updates == "none":
+            return cls(found, np.zeros(0, np.int64), np.zeros(0))
+        events = np.arange(every, min(last, end - 1) + 1, every, dtype=np.int64)
+        events = events[events > begin]
+        if s.decay == "cosine":  # Evci et al. 2020, Eq. 1's α_t (their code: cosine decay to t_end)
+            fractions = s.drop_fraction / 2 * (1 + np.cos(np.pi * events / last))
+        else:
+            fractions = np.full(events.shape, float(s.drop_fraction))
+        return cls(found, events, fractions)
+
+    def counts(self, start: List[int], targets: List[int]) -> np.ndarray:
+        """The table the compiled updates read, (events, groups) int32: GMP, how many each group keeps
+        after event j (Zhu & Gupta's cubic from its size ``start`` to ``targets``, exactly: the pruned
+        count (N - K)(1 - (1 - j/n)^3) rounded, halves up, in rationals); SET/RigL, how many each
+        layer drops and grows (floor(α_t x its active count), as their code truncates)."""
+        table = np.zeros((len(self.events), len(targets)), np.int32)
+        n = len(self.events)
+        for e in range(n):
+            for g, (size, keep) in enumerate(zip(start, targets)):
+                if self.method.updates == "prune":
+                    j = e + 1
+                    pruned = Fraction((size - keep) * (n**3 - (n - j) ** 3), n**3)
+                    table[e, g] = size - math.floor(pruned + Fraction(1, 2))
+                else:
+                    table[e, g] = math.floor(self.fractions[e] * keep)
+        return table
+
+
+# --- the compiled updates ------------------------------------------------------------------------
+
+
+def _ranks(scores):
+    """Each entry's position in the stable ascending order of ``scores`` (equal: the earlier first)."""
+    order = jnp.argsort(scores, stable=True)
+    return jnp.zeros(scores.shape, jnp.int32).at[order].set(jnp.arange(scores.size, dtype=jnp.int32))
+
+
+def prune_to(weights, mask, keep):
+    """GMP's step on one group (flat): the ``keep`` largest-magnitude active weights stay; the
+    others of the active go, smallest first, ties the earlier first (masks.py's rule)."""
+    ranks = _ranks(jnp.where(mask, jnp.abs(weights), -jnp.inf))
+    return ranks >= weights.size - keep
+
+
+def drop_and_grow(weights, mask, grow_scores, k):
+    """SET's and RigL's step on one layer (flat): drop the ``k`` smallest-magnitude active weights,
+    then grow the ``k`` highest-scored of the inactive (the just-dropped included). Returns the new
+    mask and the new connections (inactive before the update)."""
+    dropped = _ranks(jnp.where(mask, jnp.abs(weights), jnp.inf)) < k
+    kept = mask & ~dropped
+    grown = _ranks(-jnp.where(kept, -jnp.inf, grow_scores)) < k
+    new = kept | grown
+    return new, new & ~mask
+
+
+class Updates:
+    """A method's mask updates inside the compiled training step. The events and groups are fixed
+    for the experiment (closed over: the step number alone picks an update, so under ``vmap`` the
+    ``lax.cond`` stays a branch); each member's counts and random key come with its state
+    (``state["sparse"]``), so one program serves every level and replicate."""
+
+    def __init__(self, schedule: Schedule, groups: List[List[str]]):
+        self.schedule, self.groups = schedule, groups
+        self.events = np.asarray(schedule.events, np.int32)
+
+    def state(self, start: List[int], targets: List[int], key) -> dict:
+        """A member's ``state["sparse"]``: its counts table and its key for random growth (SET)."""
+        return {"counts": jnp.asarray(self.schedule.counts(start, targets)),
+                "key": jax.random.key_data(key)}
+
+    def apply(self, params, mask, opt_state, grads, done, sparse, mask_opt_state):
+        """After ``done`` steps: the update of that event if there is one, else everything as it is."""
+        if not len(self.events):
+            return params, mask, opt_state
+        events = jnp.asarray(self.events)
+        row = jnp.minimum(jnp.searchsorted(events, done), len(self.events) - 1)
+        update = lambda: self._update(params, mask, opt_state, grads, done, sparse, row, mask_opt_state)
+        return jax.lax.cond(events[row] == done, update, lambda: (params, mask, opt_state))
+
+    def _update(self, params, mask, opt_state, grads, done, sparse, row, mask_opt_state):
+        flat_w, flat_m, flat_g = masks.flatten(params), masks.flatten(mask), masks.flatten(grads)
+        key = jax.random.fold_in(jax.random.wrap_key_data(sparse["key"]), done)
+        for g, group in enumerate(self.groups):
+            count = sparse["counts"][row, g]
+            w = jnp.concatenate([flat_w[n].ravel() for n in group])
+            m = jnp.concatenate([flat_m[n].ravel() for n in group])
+            if self.schedule.method.updates == "prune":
+                new, grown = prune_to(w, m, count), jnp.zeros_like(m)
+            else:
+                scores = jnp.abs(jnp.concatenate([flat_g[n].ravel() for n in group])) \
+                    if self.schedule.method.grow == "gradient" else jax.random.uniform(jax.random.fold_in(key, g), w.shape)
+                new, grown = drop_and_grow(w, m, scores, count)
+            w = jnp.where(new & ~grown, w, jnp.zeros_like(w))  # dropped: 0; new connections start at 0
+            offsets = np.cumsum([0] + [flat_m[n].size for n in group])
+            for i, name in enumerate(group):
+                flat_w[name] = w[offsets[i]:offsets[i + 1]].reshape(flat_w[name].shape)
+                flat_m[name] = new[offsets[i]:offsets[i + 1]].reshape(flat_m[name].shape)
+        new_mask = masks.unflatten(mask, flat_m)
+        return masks.unflatten(params, flat_w), new_mask, mask_opt_state(opt_state, new_mask)

@@ -1,0 +1,202 @@
+"""Sparse training from scratch (config ``sparsity``; lottery/pruning/sparse.py): every count and
+update checked against an independent computation (closed forms, NumPy references), the compiled
+updates inside the training step, and the pipeline's curves at IMP's densities."""
+
+import json
+import math
+import os
+from fractions import Fraction
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import compose_config
+from lottery.analysis import experiment_dirs, load_runs, summarize
+from lottery.imp import levels
+from lottery.imp.experiment import prepare
+from lottery.pruning import masks, sparse
+from lottery.results.identity import read_identity
+from lottery.results.store import read_flat
+from lottery.training import trainer as training
+
+SMALL = ["model.hidden=[64,32]", "training.steps=5ep", "training.eval_every=20it", "progress=false"]
+
+
+def test_gmp_follows_the_cubic_schedule_and_ends_at_imps_counts():
+    cfg = compose_config(["sparsity=gmp", "sparsity.begin=0.1", "sparsity.end=0.75"])
+    schedule = sparse.Schedule.of(cfg, end=1000, every=60)
+    # t0 = 100, t0 + nΔt <= 750: n = 10 pruning steps at 160, 220, ..., 700
+    assert schedule.events.tolist() == [100 + 60 * j for j in range(1, 11)]
+    sizes, targets = [4096, 2048, 320], [1678, 839, 259]
+    table = schedule.counts(sizes, targets)
+    for j in range(1, 11):  # Zhu & Gupta 2017, Eq. 1 with s_i = 0: s_j = s_f (1 - (1 - j/n)^3)
+        for g, (n_g, k_g) in enumerate(zip(sizes, targets)):
+            s_f = Fraction(n_g - k_g, n_g)
+            pruned = s_f * (1 - (1 - Fraction(j, 10)) ** 3) * n_g
+            assert table[j - 1, g] == n_g - math.floor(pruned + Fraction(1, 2))
+    assert table[-1].tolist() == targets  # exactly the level's counts at the end
+    assert (np.diff(table, axis=0) <= 0).all()  # nested: never grows back
+
+
+def test_rigl_drop_fraction_decays_by_cosine_and_stops_at_three_quarters():
+    cfg = compose_config(["sparsity=rigl", "sparsity.drop_fraction=0.3"])
+    schedule = sparse.Schedule.of(cfg, end=1000, every=100)
+    assert schedule.events.tolist() == [100, 200, 300, 400, 500, 600, 700]  # t_end = 750
+    for t, fraction in zip(schedule.events, schedule.fractions):
+        assert fraction == pytest.approx(0.15 * (1 + math.cos(math.pi * t / 750)), abs=1e-15)
+    table = schedule.counts([300, 80], [300, 80])
+    assert table.tolist() == [[math.floor(f * 300), math.floor(f * 80)] for f in schedule.fractions]
+    constant = sparse.Schedule.of(compose_config(["sparsity=set", "sparsity.decay=constant"]), end=1000, every=100)
+    assert np.all(constant.fractions == 0.3)
+
+
+def test_erk_and_uniform_counts_against_a_clamped_water_filling():
+    shapes = {"a": (64, 300), "b": (300, 100), "c": (100, 10), "d": (3, 3, 16, 32)}
+    sizes = np.array([math.prod(s) for s in shapes.values()])
+    raw = np.array([sum(s) / math.prod(s) for s in shapes.values()])
+    for total in (int(0.2 * sizes.sum()), int(0.05 * sizes.sum()), 5000):
+        counts = sparse.distribution_counts("erk", shapes, total)
+        assert sum(counts) == total and all(0 <= c <= n for c, n in zip(counts, sizes))
+        # independently: the ε for which sum(min(1, ε raw) n) = total, by bisection
+        low, high = 0.0, 1.0 / raw.min()
+        for _ in range(200):
+            mid = (low + high) / 2
+            low, high = (mid, high) if np.minimum(1, mid * raw) @ sizes < total else (low, mid)
+        expected = np.minimum(1, low * raw) * sizes
+        assert np.all(np.abs(np.array(counts) - expected) < 1)
+        uniform = sparse.distribution_counts("uniform", shapes, total)
+        assert sum(uniform) == total and np.all(np.abs(np.array(uniform) - total * sizes / sizes.sum()) < 1)
+    dense = sparse.erk_densities(list(shapes.values()), int(0.5 * sizes.sum()))
+    assert dense[2] == 1  # the small output layer would exceed density 1: kept dense
+
+
+def _numpy_drop_and_grow(w, m, scores, k):
+    """The reference: of the active, the k smallest |w| (ties: earlier first) go; of the inactive
+    after that, the k highest scores (ties: earlier first) come."""
+    active = np.flatnonzero(m)
+    drop = active[np.lexsort((active, np.abs(w[active])))[:k]]
+    kept = m.copy()
+    kept[drop] = False
+    candidates = np.flatnonzero(~kept)
+    grow = candidates[np.lexsort((candidates, -scores[candidates]))[:k]]
+    new = kept.copy()
+    new[grow] = True
+    return new
+
+
+def test_drop_and_grow_and_gmp_pruning_against_numpy_with_ties():
+    rng = np.random.default_rng(0)
+    update = jax.jit(sparse.drop_and_grow)
+    n = 120  # one shape: one compilation, k is traced
+    for trial in range(20):
+        w = rng.integers(-3, 4, n).astype(np.float32)  # many ties
+        m = rng.random(n) < 0.4
+        scores = np.abs(rng.integers(-2, 3, n)).astype(np.float32)
+        k = int(rng.integers(0, m.sum() + 1))
+        new, grown = update(jnp.asarray(w), jnp.asarray(m), jnp.asarray(scores), k)
+        expected = _numpy_drop_and_grow(w, m, scores, k)
+        np.testing.assert_array_equal(np.asarray(new), expected)
+        assert np.asarray(new).sum() == m.sum()  # exactly k dropped, k grown
+        np.testing.assert_array_equal(np.asarray(grown), expected & ~m)
+        keep = int(rng.integers(0, m.sum() + 1))
+        pruned = np.asarray(jax.jit(sparse.prune_to)(jnp.asarray(w), jnp.asarray(m), keep))
+        reference = masks.prune_to_counts({"w": np.abs(w)}, {"w": m}, [["w"]], [keep])["w"]  # masks.py's rule
+        np.testing.assert_array_equal(pruned, reference)
+
+
+@pytest.fixture(scope="module")
+def rigl(tmp_path_factory):
+    """A RigL experiment's trainer and a network's start, with an update every 7 steps."""
+    cfg = compose_config([*SMALL, "sparsity=rigl", "sparsity.update_every=7it", "sparsity.end=1.0",
+                          f"output_dir={tmp_path_factory.mktemp('rigl')}"])
+    experiment = prepare(cfg)
+    theta_0 = experiment.initial_weights(experiment.keys(0)["init"])
+    full = masks.full_mask(theta_0["params"])
+    targets = sparse.level_targets(cfg, full, experiment.prunable, 3)
+    mask = sparse.start_mask(cfg, full, experiment.prunable, targets, np.random.default_rng(1))
+    make = lambda: experiment.sparse_trainer.init_state(
+        theta_0["params"], theta_0["batch_stats"], mask,
+        sparse=experiment.updates.state(targets, targets, jax.random.key(5)))
+    return experiment, make, targets
+
+
+def test_rigl_inside_the_step_regrows_at_zero_keeps_counts_and_compiles_once(rigl):
+    experiment, make, targets = rigl
+    trainer, keys = experiment.sparse_trainer, experiment.keys(0)
+    data_key, augment_key = keys["data"][None], keys["augment"][None]
+    state = training.stack([make()])
+    before = jax.device_get(state)
+    state, _ = trainer.train(state, data_key, augment_key, 0, 7)  # the 7th step is followed by an update
+    after = jax.device_get(state)
+    changed = 0
+    for name, target in zip(experiment.prunable, targets):
+        old, new = masks.flatten(before["mask"])[name][0], masks.flatten(after["mask"])[name][0]
+        w = masks.flatten(after["params"])[name][0]
+        assert new.sum() == old.sum() == target
+        assert np.all(w[~new] == 0.0)  # dropped or never active: exactly 0
+        assert np.all(w[new & ~old] == 0.0)  # new connections start at 0
+        changed += int((new & ~old).sum())
+        for moment in ("mu", "nu"):  # Adam's moments of new and pruned weights: 0
+            leaf = masks.flatten(after["opt_state"][0]._asdict()[moment])[name][0]
+            assert np.all(leaf[~new] == 0.0) and np.all(leaf[new & ~old] == 0.0)
+    assert changed > 0
+    # growth is by the dense gradient of the update step's batch (checked against NumPy above);
+    # across more updates, chunk boundaries change no bit, and the step compiled once
+    whole, _ = trainer.train(training.stack([make()]), data_key, augment_key, 0, 30)
+    split, _ = trainer.train(training.stack([make()]), data_key, augment_key, 0, 13)
+    split, _ = trainer.train(split, data_key, augment_key, 13, 30)
+    for a, b in zip(jax.tree.leaves(jax.device_get(whole)), jax.tree.leaves(jax.device_get(split))):
+        np.testing.assert_array_equal(a, b)
+    assert trainer._train._cache_size() == 1
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """RigL and GMP experiments of two levels, RigL with the random_reinit control, and IMP beside them."""
+    out = tmp_path_factory.mktemp("dst")
+    run = lambda *o: levels.run(compose_config([*SMALL, "levels=2", f"output_dir={out}", *o]))
+    run("sparsity=rigl", "sparsity.update_every=20it", "controls=[random_reinit]", "sparsity.levels=[2]")
+    run("sparsity=gmp", "sparsity.update_every=10it")
+    run()
+    return out
+
+
+def _read(directory, level, what, keys=("mask", "params")):
+    return read_flat(os.path.join(directory, "replicate_0", f"level_{level}", what), keys, exact=False, separator="/")
+
+
+def _ticket(directory, level):
+    with open(os.path.join(directory, "replicate_0", f"level_{level}", "metrics.json")) as f:
+        return _read(directory, level, "ticket"), json.load(f)
+
+
+def test_each_level_trains_from_scratch_to_imps_counts_and_reports_its_cost(pipeline):
+    found = {read_identity(d).get("sparsity", {}).get("method", "imp"): d for d in experiment_dirs(str(pipeline))}
+    imp, rigl_dir, gmp_dir = found["imp"], found["rigl"], found["gmp"]
+    assert not os.path.exists(os.path.join(rigl_dir, "replicate_0", "level_1"))  # sparsity.levels=[2]
+    for level in (1, 2):
+        imp_ticket, imp_metrics = _ticket(imp, level)
+        gmp_ticket, gmp_metrics = _ticket(gmp_dir, level)
+        # GMP with distribution=imp ends at IMP's counts layer by layer, from a dense start
+        assert {k: v["remaining"] for k, v in gmp_metrics["layers"].items()} == \
+               {k: v["remaining"] for k, v in imp_metrics["layers"].items()}
+        assert gmp_metrics["sparse_training"]["start_remaining"] == gmp_metrics["total"]
+        assert gmp_metrics["cost_steps"] == 100 and imp_metrics["cost_steps"] == 100 * (level + 1)
+    rigl_ticket, rigl_metrics = _ticket(rigl_dir, 2)
+    _, imp_metrics = _ticket(imp, 2)
+    assert rigl_metrics["remaining"] == imp_metrics["remaining"]  # ERK divides IMP's total exactly
+    record = rigl_metrics["sparse_training"]
+    assert record["updates"] == 3 and record["start_remaining"] == record["final_remaining"] == rigl_metrics["remaining"]
+    trained = _read(rigl_dir, 2, "trained", ("params",))["params"]
+    reinit = _read(rigl_dir, 2, os.path.join("random_reinit", "ticket"), ("mask",))["mask"]
+    for name, m in rigl_ticket["mask"].items():
+        assert np.all(np.asarray(trained[name])[~m.astype(bool)] == 0.0)  # the final mask holds the trained weights
+        assert np.all(np.asarray(rigl_ticket["params"][name])[~m.astype(bool)] == 0.0)
+        np.testing.assert_array_equal(reinit[name], m)  # Evci's retrain-from-scratch on RigL's final mask
+    df = load_runs(str(pipeline))
+    table = summarize(df)
+    dst = table[(table.hash == os.path.basename(rigl_dir).rsplit("-", 1)[1]) & (table.level == 2)]
+    assert dst["cost_steps"].tolist() == [100.0, 100.0]
+    assert os.path.exists(os.path.join(rigl_dir, "accuracy_vs_cost.png"))
