@@ -18,7 +18,7 @@ from lottery.results.identity import experiment_hash
 
 DATA = "sha256:" + "0" * 64  # a data fingerprint
 from lottery.step import Step
-from lottery.pruning import criteria
+from lottery.pruning import criteria, sparse
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "exp").glob("*.yaml"))
 INPUT_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3),
@@ -26,8 +26,8 @@ INPUT_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion_mnist": (28,
 
 
 def test_the_published_experiments_are_all_there():
-    assert EXPERIMENTS == ["conv2", "conv4", "conv6", "lenet", "lenet_at_init", "lenet_transfer", "quickstart", "resnet",
-                           "resnet_at_init", "vgg", "vgg_at_init"]
+    assert EXPERIMENTS == ["conv2", "conv4", "conv6", "lenet", "lenet_at_init", "lenet_gmp", "lenet_rigl", "lenet_set",
+                           "lenet_static", "lenet_transfer", "quickstart", "resnet", "resnet_at_init", "vgg", "vgg_at_init"]
 
 
 def test_the_transfer_experiment_trains_lenets_tickets_with_another_optimizer_and_length():
@@ -51,6 +51,7 @@ def test_experiment_composes_and_is_consistent(name):
     header = pathlib.Path(CONF / "exp" / f"{name}.yaml").read_text().splitlines()
     assert header[0] == "# @package _global_" and any(f"+exp={name}" in line or "lottery.run" in line for line in header)
     pruning.check(cfg.pruning)
+    sparse.check(cfg)
     models.check(cfg.model)
     training.make_optimizer(cfg.optimizer)
     per_epoch = 100
@@ -98,6 +99,7 @@ def test_resnet_and_vgg_follow_the_linear_mode_connectivity_recipe():
     ("dataset", "dataset.name", datasets.names()),
     ("optimizer", "optimizer.name", sorted(training.OPTIMIZERS)),
     ("pruning", "pruning.strategy", sorted(pruning.STRATEGIES)),
+    ("sparsity", "sparsity.method", sorted(sparse.METHODS)),
 ])
 def test_config_groups_and_names_are_one_vocabulary(group, key, names):
     # `model=resnet` selects conf/model/resnet.yaml, whose model.name is resnet: every option of a
@@ -122,6 +124,9 @@ def test_hash_ignores_levels_and_locations_but_not_the_experiment():
     assert experiment_hash(compose_config(["dataset.subset=null"]), DATA) == base  # unset: as before the key existed
     assert experiment_hash(compose_config(["dataset.subset=1000"]), DATA) != base  # (its fingerprint differs too)
     assert experiment_hash(compose_config([]), "sha256:other") != base  # other data, another experiment
+    assert experiment_hash(compose_config(["sparsity=imp", "sparsity.drop_fraction=0.5"]), DATA) == base  # IMP: unused
+    rigl = experiment_hash(compose_config(["sparsity=rigl"]), DATA)
+    assert experiment_hash(compose_config(["sparsity=rigl", "sparsity.levels=[2]"]), DATA) == rigl != base
     for change in ("seed=1", "pruning.rate=0.3", "rewind=1ep", "optimizer.lr=0.01", "model.hidden=[10]",
                    "retrain=lr_rewind", "rewind_optimizer=true"):
         assert experiment_hash(compose_config([change]), DATA) != base, change

@@ -200,3 +200,35 @@ def test_each_level_trains_from_scratch_to_imps_counts_and_reports_its_cost(pipe
     dst = table[(table.hash == os.path.basename(rigl_dir).rsplit("-", 1)[1]) & (table.level == 2)]
     assert dst["cost_steps"].tolist() == [100.0, 100.0]
     assert os.path.exists(os.path.join(rigl_dir, "accuracy_vs_cost.png"))
+
+
+def test_a_rigl_level_stopped_between_updates_resumes_bitwise(pipeline, tmp_path, monkeypatch, capfd):
+    """Stopped (as by SIGTERM) at step 30 of level 2, between the updates after steps 20 and 40,
+    with a checkpoint; the same command resumes it and ends bitwise where the uninterrupted run did."""
+    from lottery.errors import Preempted
+    from lottery.training import loop
+
+    overrides = [*SMALL, "levels=2", "sparsity=rigl", "sparsity.update_every=20it", "controls=[random_reinit]",
+                 "sparsity.levels=[2]", "checkpoint_every=30it", f"output_dir={tmp_path}"]
+    train = training.Trainer.train
+
+    def stop_once_past_30(self, state, data_key, augment_key, start, stop, *rest, **options):
+        if self.updates is not None and stop >= 30 and not getattr(loop.PREEMPTION, "_tested", False):
+            loop.PREEMPTION.requested, loop.PREEMPTION._tested = "SIGTERM", True
+        return train(self, state, data_key, augment_key, start, stop, *rest, **options)
+
+    monkeypatch.setattr(training.Trainer, "train", stop_once_past_30)
+    with pytest.raises(Preempted, match="checkpoint written at level 2, step 30"):
+        levels.run(compose_config(overrides))
+    monkeypatch.setattr(loop.PREEMPTION, "_tested", True, raising=False)
+    capfd.readouterr()
+    levels.run(compose_config(overrides))
+    assert "level 2: resuming 1 networks from the checkpoint at step 30" in capfd.readouterr().out
+    (resumed,) = experiment_dirs(str(tmp_path))
+    reference = next(d for d in experiment_dirs(str(pipeline)) if read_identity(d).get("sparsity", {}).get("method") == "rigl")
+    for what in ("ticket", "trained", os.path.join("random_reinit", "ticket"), os.path.join("random_reinit", "trained")):
+        keys = ("params",) if what.endswith("trained") else ("mask", "params")
+        a, b = _read(resumed, 2, what, keys), _read(reference, 2, what, keys)
+        for key in keys:
+            for name in a[key]:
+                np.testing.assert_array_equal(a[key][name], b[key][name], err_msg=f"{what} {key} {name}")

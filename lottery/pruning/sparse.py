@@ -258,26 +258,39 @@ class Schedule:
 # --- the compiled updates ------------------------------------------------------------------------
 
 
-def _ranks(scores):
-    """Each entry's position in the stable ascending order of ``scores`` (equal: the earlier first)."""
-    order = jnp.argsort(scores, stable=True)
-    return jnp.zeros(scores.shape, jnp.int32).at[order].set(jnp.arange(scores.size, dtype=jnp.int32))
+def lowest(scores, k):
+    """The ``k`` lowest of ``scores`` (flat float32) as a boolean mask, equal values taken from the
+    earliest position: exact, and without a sort (XLA:CPU sorts 266K values in ~100 ms). A float's
+    bits, sign-adjusted, order like the float, so the k-th lowest value is found by bisection on
+    32-bit keys (32 counting passes), then the ties at it are taken in position order."""
+    bits = jax.lax.bitcast_convert_type(scores + 0.0, jnp.uint32)  # + 0.0: -0.0 and 0.0 are one value
+    keys = jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))  # unsigned order = float order
+
+    def narrow(_, bounds):  # the least key t with #(keys <= t) >= k lies in [low, high]
+        low, high = bounds
+        middle = low + (high - low) // 2
+        enough = jnp.sum(keys <= middle) >= k
+        return jnp.where(enough, low, middle + 1), jnp.where(enough, middle, high)
+
+    threshold, _ = jax.lax.fori_loop(0, 32, narrow, (jnp.uint32(0), jnp.uint32(0xFFFFFFFF)))
+    below = keys < threshold
+    tied = keys == threshold
+    return below | (tied & (jnp.cumsum(tied) <= k - jnp.sum(below)))
 
 
 def prune_to(weights, mask, keep):
     """GMP's step on one group (flat): the ``keep`` largest-magnitude active weights stay; the
     others of the active go, smallest first, ties the earlier first (masks.py's rule)."""
-    ranks = _ranks(jnp.where(mask, jnp.abs(weights), -jnp.inf))
-    return ranks >= weights.size - keep
+    return ~lowest(jnp.where(mask, jnp.abs(weights), -jnp.inf), weights.size - keep)
 
 
 def drop_and_grow(weights, mask, grow_scores, k):
     """SET's and RigL's step on one layer (flat): drop the ``k`` smallest-magnitude active weights,
     then grow the ``k`` highest-scored of the inactive (the just-dropped included). Returns the new
     mask and the new connections (inactive before the update)."""
-    dropped = _ranks(jnp.where(mask, jnp.abs(weights), jnp.inf)) < k
+    dropped = lowest(jnp.where(mask, jnp.abs(weights), jnp.inf), k)
     kept = mask & ~dropped
-    grown = _ranks(-jnp.where(kept, -jnp.inf, grow_scores)) < k
+    grown = lowest(-jnp.where(kept, -jnp.inf, grow_scores), k)
     new = kept | grown
     return new, new & ~mask
 
