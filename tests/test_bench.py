@@ -53,3 +53,12 @@ def test_device_script_smoke_runs_every_section_and_prints_one_table(tmp_path):
         assert rows["f. remaining == counting rule, every level"] == "True", out
     stack_rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["1"], ["2"]) and line.endswith(("True", "False"))]
     assert [row[0] for row in stack_rows] == ["1", "2"] and all(row[-1] == "True" for row in stack_rows), out
+
+
+def test_sparse_training_benchmark_runs():
+    result = subprocess.run([sys.executable, "sparse_training.py", "--smoke"], cwd=REPO / "experiments" / "bench",
+                            env=child_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split()[0] + " " + line.split()[1] for line in result.stdout.splitlines()
+            if line.split()[:1] and line.split()[0] in ("gmp", "set", "rigl")]
+    assert rows == [f"{m} {w}" for m in ("gmp", "set", "rigl") for w in ("idle", "update")], result.stdout

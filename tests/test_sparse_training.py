@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import compose_config
-from lottery.analysis import experiment_dirs, load_runs, summarize
+from rich.console import Console
+
+from lottery.analysis import experiment_dirs, load_runs, summarize, tables
 from lottery.imp import levels
 from lottery.imp.experiment import prepare
 from lottery.pruning import masks, sparse
@@ -199,6 +201,9 @@ def test_each_level_trains_from_scratch_to_imps_counts_and_reports_its_cost(pipe
     table = summarize(df)
     dst = table[(table.hash == os.path.basename(rigl_dir).rsplit("-", 1)[1]) & (table.level == 2)]
     assert dst["cost_steps"].tolist() == [100.0, 100.0]
+    console = Console(record=True, width=250)
+    console.print(tables.results(table))
+    assert "training cost (steps)" in console.export_text()
     assert os.path.exists(os.path.join(rigl_dir, "accuracy_vs_cost.png"))
 
 
