@@ -37,6 +37,10 @@ from lottery.errors import LotteryError, Preempted, describe
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
 # Alembic (under Optuna's sqlite storage) announces each of its plugins at INFO, which Hydra shows.
 logging.getLogger("alembic").setLevel(logging.WARNING)
+# A failed trial returns None, its error line said why (lottery/search.py): the Optuna sweeper's two
+# lines that None is not float-castable say nothing more.
+logging.getLogger("hydra_plugins.hydra_optuna_sweeper._impl").addFilter(
+    lambda record: "float-castable. Got 'None'" not in record.getMessage())
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -197,7 +201,13 @@ def cli() -> None:
         check_search(arguments)
         if "-m" in arguments or "--multirun" in arguments:
             check_sweep(arguments)
-        main()
+        try:
+            main()
+        except Exception:  # an error, not an interruption: no trial of an Optuna study is left running
+            from lottery import search
+
+            search.fail_running()
+            raise
     except LotteryError as error:
         finish(f"error: {error}", 2)
     except (HydraException, OmegaConfBaseException) as error:

@@ -18,7 +18,12 @@ training, and ``lottery.report <sweep dir>`` reads a search like any sweep.
   queued first, so their experiments continue from their checkpoints;
 - adds the number of trials the study holds to the sampler's seed: a seeded sampler would
   otherwise propose the first command's parameters again;
-- warns when the study's earlier trials ran with other fixed overrides (another study is then due).
+- warns when the study's earlier trials ran with other fixed overrides (another study is then due);
+- before any of that, checks the search space (``check_space``): every value a trial can draw passes
+  the config's checks, and the study's earlier trials searched each key with the same kind of
+  distribution (and choices), which optuna requires; else one line and nothing is touched.
+An error that stops the sweeper between asking for a trial and telling its result leaves no trial
+running (``fail_running``, from ``lottery.run``); an interruption does, to run it again first.
 
 A trial whose run ends in an ``error:`` line returns None: the plugin counts a value that is not
 float-castable as a failed trial and goes on (a NaN would make its failure handling raise, with
@@ -29,7 +34,7 @@ import os
 import sys
 import traceback
 import warnings
-from typing import Any, List
+from typing import Any, Dict, List, Optional, Tuple
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
@@ -49,6 +54,9 @@ class OptunaStudy(Callback):
     """Before an Optuna sweep: the storage's directory, a lock, n_trials as the study's total,
     interrupted trials queued again, and the sampler's seed moved past the trials already drawn."""
 
+    # (storage, study name, trials it held before this sweep) of the study this process prepared
+    opened: Optional[Tuple[str, str, int]] = None
+
     def __init__(self) -> None:
         self.lock = None
 
@@ -66,8 +74,11 @@ class OptunaStudy(Callback):
             sys.exit(2)
 
     def prepare(self, config: DictConfig) -> None:
-        if not is_optuna(config) or not config.hydra.sweeper.get("storage") or not config.hydra.sweeper.get("study_name"):
-            return  # not an Optuna sweep, or one whose study lives in memory: nothing to resume
+        if not is_optuna(config):
+            return
+        space = check_space(config)
+        if not config.hydra.sweeper.get("storage") or not config.hydra.sweeper.get("study_name"):
+            return  # a study that lives in memory: nothing to resume
         sweeper = config.hydra.sweeper
         storage, name = str(sweeper.storage), str(sweeper.study_name)
         if storage.startswith(SQLITE) and storage != SQLITE + ":memory:":
@@ -86,8 +97,11 @@ class OptunaStudy(Callback):
         try:
             study = optuna.load_study(study_name=name, storage=storage)
         except KeyError:  # a new study: the sweeper creates it
+            OptunaStudy.opened = (storage, name, 0)
             return
         trials = study.get_trials(deepcopy=False)
+        check_kinds(*space, trials, name)
+        OptunaStudy.opened = (storage, name, len(trials))
         if not storage.startswith(SQLITE):  # no lock: a running trial may be another sweeper's
             interrupted = []
         else:
@@ -124,6 +138,88 @@ class OptunaStudy(Callback):
         if self.lock is not None:
             self.lock.close()
             self.lock = None
+
+
+def search_space(config: DictConfig) -> Tuple[Dict[str, Any], Dict[str, str], Dict[str, str]]:
+    """What the plugin makes of ``hydra.sweeper.params`` and the command line (its own function): the
+    distribution of each searched key, the fixed values every trial gets, and each key's override as written."""
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()]
+    arguments += list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+    space, fixed = create_params_from_overrides(arguments)
+    written = {argument.split("=", 1)[0]: argument for argument in arguments}  # the last one of a key wins
+    return {k: v for k, v in space.items() if k not in fixed}, fixed, written  # a fixed value wins, as there
+
+
+def check_space(config: DictConfig) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """Every value a trial can draw, checked as a job's config is (``imp.check``) before the study is
+    touched: each choice, and both bounds of each interval or range, the other searched keys at
+    their first value. Else a bound the config refuses (``pruning.rate=interval(0.1,1.5)``) fails
+    trials at random, each after the study has recorded it. Returns the searched keys' distributions
+    and their overrides as written (``search_space``)."""
+    from hydra import compose
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from lottery import imp
+
+    space, fixed, written = search_space(config)
+    values = {name: list(getattr(d, "choices", None) or (d.low, d.high)) for name, d in space.items()}
+    for name, drawn in values.items():
+        for value in drawn:
+            trial = {**{k: v[0] for k, v in values.items()}, name: value, **fixed}
+            try:
+                imp.check(compose(config_name=config.hydra.job.config_name,
+                                  overrides=[f"{k}={v}" for k, v in trial.items()]))
+            except (LotteryError, HydraException, OmegaConfBaseException) as error:
+                why = str(error).splitlines()[0] if str(error) else type(error).__name__
+                raise LotteryError(f"{written.get(name, name)}: a trial could draw {value}: {why}; the study was not "
+                                   "touched") from None
+    return space, written
+
+
+def check_kinds(space: Dict[str, Any], written: Dict[str, str], trials, study: str) -> None:
+    """The study's earlier trials searched each key of ``space`` with the same kind of distribution
+    (and choices): optuna requires it, and would raise with the trial it just asked for left running."""
+    from optuna.distributions import check_distribution_compatibility
+
+    for trial in trials:
+        for name, distribution in space.items():
+            if name not in trial.distributions:
+                continue
+            try:
+                check_distribution_compatibility(trial.distributions[name], distribution)
+            except ValueError:
+                before = spelled(trial.distributions[name])
+                raise LotteryError(f"{written.get(name, name)}: optuna study {study} searched it as {before}; a study "
+                                   "keeps each key's search: name another study (hydra.sweeper.study_name=...)") from None
+
+
+def spelled(distribution) -> str:
+    if hasattr(distribution, "choices"):
+        return "choice(" + ",".join(map(str, distribution.choices)) + ")"
+    return f"{type(distribution).__name__.replace('Distribution', '')}({distribution.low},{distribution.high})"
+
+
+def fail_running() -> None:
+    """After an error (not an interruption: those trials run again first, ``OptunaStudy``), mark the
+    trials this sweep added that are still running as failed: the sweeper asks for a trial, then
+    configures and launches it, and an error in between would leave it running in the study."""
+    if OptunaStudy.opened is None:
+        return
+    storage, name, before = OptunaStudy.opened
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+        for trial in study.get_trials(deepcopy=False)[before:]:
+            if trial.state == TrialState.RUNNING:
+                study.tell(trial.number, state=TrialState.FAIL)
+    except Exception:  # the storage itself failing: the error at hand is what to report
+        pass
 
 
 def no_completed_trial(error: BaseException) -> bool:

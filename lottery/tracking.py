@@ -23,6 +23,7 @@ agents (one run per trial, ``agent_run_id``) are explained where they are done.
 import contextlib
 import glob
 import json
+import logging
 import os
 import re
 import sys
@@ -32,7 +33,7 @@ from typing import Dict, List, Optional, Tuple
 from omegaconf import OmegaConf
 
 from lottery.analysis.runs import METRICS
-from lottery.errors import LotteryError
+from lottery.errors import LotteryError, at
 from lottery.pruning import controls
 from lottery.results import paths
 from lottery.results.metrics import LMC_KEYS, NETWORK_KEYS
@@ -146,7 +147,7 @@ class Ledger:
 
     def _append(self, entry: dict) -> None:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        with open(self.path, "a") as f:  # flushed at close: it survives a kill -9 of this process
+        with at(self.path), open(self.path, "a") as f:  # flushed at close: it survives a kill -9 of this process
             f.write(json.dumps(entry) + "\n")
 
     def add(self, key: tuple, step: int) -> int:
@@ -275,11 +276,16 @@ class Tracker:
         return re.sub(r"[^A-Za-z0-9_-]", "_", f"{self.group}-r{replicate}-{kind}")
 
     def _log(self, replicate: int, kind: str, row: Tuple[tuple, dict]) -> None:
-        record = self.record(replicate, kind)
-        if self.agent:
-            self._define(record.run, replicate, kind)
-            row = prefixed(replicate, kind, row)
-        record.log(*row)
+        with at(self.wandb_dir):  # W&B's own writes fail without a path (a full disk)
+            record = self.record(replicate, kind)
+            if self.agent:
+                self._define(record.run, replicate, kind)
+                row = prefixed(replicate, kind, row)
+            record.log(*row)
+
+    @property
+    def wandb_dir(self) -> str:
+        return os.path.join(self.directory, "wandb")
 
     def ledger(self, replicate: int, kind: str) -> Ledger:
         return Ledger(os.path.join(self.directory, "wandb", f"{self.run_id(replicate, kind)}.steps.jsonl"))
@@ -403,6 +409,7 @@ class Tracker:
             warnings.warn(f"W&B online init failed ({error}); logging offline instead")
             self.mode = "offline"
             run = wandb.init(mode="offline", **arguments)
+        quiet_debug_log()
         if not self.agent:
             define_metrics(run, "")
         return run
@@ -440,7 +447,7 @@ class Tracker:
         how alike its masks are to the other replicates' and to its ticket's controls."""
         if not self.enabled:
             return
-        with self._own_directories():
+        with self._own_directories(), at(self.wandb_dir):
             self._finish(df, summary or {}, similarity)
 
     def _finish(self, df, summary: dict, similarity=None) -> None:
@@ -511,7 +518,17 @@ class Tracker:
         record.ledger.mark("finished", directory=directory, next=record.ledger.next)  # after finish(): written
 
     def abort(self) -> None:
-        """Close the runs after an error, marking them failed."""
+        """Close the runs after an error, marking them failed. The error at hand is what the user
+        needs to hear: W&B failing to close a run (its files on the same full disk) is dropped."""
         for record in self.runs.values():
-            record.run.finish(exit_code=1)
+            with contextlib.suppress(Exception):
+                record.run.finish(exit_code=1)
         self.runs.clear()
+
+
+def quiet_debug_log() -> None:
+    """W&B writes each run's debug.log from this process, through the ``wandb`` logger: on a full
+    disk every record it cannot write printed a traceback ("--- Logging error ---") around the one
+    line that reports the failure. Those are W&B's diagnostics, not results: drop what cannot be written."""
+    for handler in logging.getLogger("wandb").handlers:
+        handler.handleError = lambda record: None

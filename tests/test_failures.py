@@ -10,8 +10,11 @@ import gc
 import glob
 import io
 import json
+import logging
 import os
 import pathlib
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,6 +103,30 @@ def test_disk_full_says_where_and_that_the_same_command_continues(small_disk, tm
     assert len(glob.glob(f"{small_disk}/quickstart-*/replicate_0/level_*/metrics.json")) == 2
 
 
+def test_disk_full_with_wandb_on_names_the_path_and_prints_nothing_of_wandb(small_disk, monkeypatch, capfd):
+    """W&B writes its debug.log from this process: on the full disk every record it cannot write
+    printed a traceback, and closing the run raised a path-less ENOSPC that hid the checkpoint's."""
+    from lottery import tracking
+
+    start = tracking.Tracker._start
+
+    def debug_log_on_the_full_disk(self, *args):  # deterministic: W&B's own writes fill pages at random
+        run = start(self, *args)
+        for handler in logging.getLogger("wandb").handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.stream = open("/dev/full", "w")
+        return run
+
+    monkeypatch.setattr(tracking.Tracker, "_start", debug_log_on_the_full_disk)
+    cfg = compose_config(["levels=1", f"output_dir={small_disk}", "training.steps=100it", "checkpoint_every=20it",
+                          "progress=false", "wandb.mode=offline"])
+    with pytest.raises(Exception) as failed:
+        imp.run(cfg, console=QUIET)
+    assert describe(failed.value).startswith(f"{small_disk}/dense/lenet-digits-")
+    err = capfd.readouterr().err
+    assert "Logging error" not in err and "wandb" not in err
+
+
 # --- result files -----------------------------------------------------------------------------------
 
 
@@ -139,7 +166,23 @@ def test_a_corrupt_finished_checkpoint_is_one_line(tmp_path):
     result = run_cli(*FAST[1:], "levels=2", cwd=tmp_path)
     assert result.returncode == 2
     (line,) = lines(result.stderr)  # not followed by "RuntimeError: Event loop is closed"
-    assert line.startswith(f"error: {trained.relative_to(tmp_path)}: cannot be read as a checkpoint of this experiment")
+    assert re.fullmatch(rf"error: {trained.relative_to(tmp_path)}: cannot be read as a checkpoint \(\w+\); delete the "
+                        "level_1/ that holds it and run the same command to train it again", line) and len(line) < 200
+    # In the shared dense store: the replicate is what to delete (its trained/ alone would be missing next time).
+    (store,) = glob.glob(f"{tmp_path}/runs/dense/*/replicate_0")
+    truncate(pathlib.Path(store, "trained"))
+    other = compose_config([*FAST, "levels=0", "pruning.rate=0.5", f"output_dir={tmp_path / 'runs'}"])
+    with pytest.raises(LotteryError, match=rf"^{store}/trained: cannot be read as a checkpoint \(\w+\); delete the "
+                       "replicate_0/ that holds it and run the same command to train it again$"):
+        imp.run(other, console=QUIET)
+    shutil.rmtree(store)
+    imp.run(other, console=QUIET)  # as it said: trained again
+    # In a transfer's source: not this command's to train again.
+    source = trained.parents[2]
+    truncate(source / "replicate_0" / "level_1" / "ticket")
+    with pytest.raises(LotteryError, match=rf"^{source}/replicate_0/level_1/ticket: cannot be read as a checkpoint "
+                       r"\(\w+\); delete the level_1/ that holds it and rerun the transfer source, then this command$"):
+        imp.prepare(compose_config([*FAST, f"transfer.source={source}", f"output_dir={tmp_path / 'runs'}"]))
 
 
 def start(cwd, *args):

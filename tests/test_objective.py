@@ -127,10 +127,27 @@ def test_auc_to_a_target_between_levels_interpolates_its_accuracy(df):
     (["objective.name=lmc_barrier", "objective.remaining=10"], "needs LMC measurements: set lmc.levels"),
     (["objective.name=lmc_barrier", "controls=[random_reinit]", "objective.kind=random_reinit", "lmc.levels=[1]",
       "objective.level=1"], "measured for tickets only"),
+    (["objective.name=accuracy", "controls=[random_reinit]", "objective.kind=random_reinit", "levels=0"],
+     "objective.kind=random_reinit with levels=0: controls train at pruned levels only"),
 ])
 def test_a_bad_spec_is_rejected_before_anything_runs(overrides, message):
     with pytest.raises(LotteryError, match=re.escape(message)):
         imp.check(compose_config(overrides))
+
+
+@pytest.mark.parametrize("overrides, message", [  # fc layers at 0.2 per level, the output at 0.1: 64.8% at level 2
+    (["objective.name=accuracy", "objective.remaining=1"], "objective.remaining=1: not reached; the last level, 2, has "
+                                                            "64.8% of weights remaining; add levels"),
+    (["objective.name=auc", "objective.remaining=40"], "objective.remaining=40: not reached; the last level, 2"),
+    (["objective.name=lmc_barrier", "objective.remaining=70", "lmc.levels=[1]"],
+     "objective.name=lmc_barrier at objective.remaining=70: its level, 2 (64.8% remaining), is not measured"),
+])
+def test_an_objective_the_levels_cannot_reach_is_refused_before_any_training(small_config, overrides, message):
+    cfg = small_config(*overrides)  # levels=2
+    with pytest.raises(LotteryError, match=re.escape(message)):
+        imp.run(cfg, console=Console(file=io.StringIO()))
+    assert not os.path.exists(cfg.output_dir)  # nothing trained, nothing written
+    imp.prepare(small_config(*overrides, "levels=30", "lmc.levels=[2]"))  # reached with more levels
 
 
 def test_objectives_live_beside_each_other_and_a_repeat_rewrites_nothing(df, tmp_path):

@@ -172,7 +172,8 @@ def test_corrupt_results_are_named_and_never_silently_redone(small_config, tmp_p
             path.write_bytes(b"")
     os.remove(metrics)  # level 1 now unfinished: it needs level 0's trained weights
     os.rename(experiment.level_dir(0, 1), experiment.level_dir(0, 1) + "_moved")
-    with pytest.raises(LotteryError, match=rf"{trained}: cannot be read as a checkpoint of this experiment"):
+    with pytest.raises(LotteryError, match=rf"{trained}: cannot be read as a checkpoint \(\w+\); delete the level_0/ "
+                       "that holds it"):
         imp.run(cfg, console=Console(file=io.StringIO()))
 
 

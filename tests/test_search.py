@@ -108,6 +108,7 @@ def test_an_optuna_search_resumes_its_study_and_sees_each_trials_objective(tmp_p
     assert second.returncode == 2  # a sweep with a failed job says so at its end, after the others ran
     assert second.stderr.strip().splitlines()[-1].startswith("error: 1 of 3 sweep jobs did not finish (the others did): "
                                                              "job 0 (") and "Traceback" not in second.stderr
+    assert "float-castable" not in second.stdout  # the sweeper's report of the failed trial's None: its line said why
     after = trials(tmp_path)
     assert [t.number for t in after] == [0, 1, 2, 3, 4, 5, 6]
     assert [t.state for t in after[3:]] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
@@ -127,3 +128,66 @@ def test_an_optuna_search_resumes_its_study_and_sees_each_trials_objective(tmp_p
     third = search(tmp_path, 6, "sweep3")  # the same command again: the study has its trials
     assert third.returncode == 0, third.stderr
     assert "6 of 6 trials finished; nothing to run" in third.stdout and len(trials(tmp_path)) == 7
+
+
+def study_start(tmp_path, monkeypatch, *searched):
+    """``OptunaStudy`` as ``-m hparams_search=quickstart *searched`` starts it: the exit code of a refusal, else None."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import read_write
+    from lottery.search import OptunaStudy
+
+    monkeypatch.setattr(OptunaStudy, "opened", OptunaStudy.opened)  # the study it opens: forgotten after the test
+    callback = OptunaStudy()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        config = compose(config_name="config", overrides=["hparams_search=quickstart", f"output_dir={tmp_path}/runs"],
+                         return_hydra_config=True)
+        with read_write(config):  # as a multirun's command line gives them (compose refuses sweeps)
+            config.hydra.overrides.task += list(searched)
+        try:
+            callback.on_multirun_start(config)
+        except SystemExit as exited:
+            return exited.code
+        finally:
+            if callback.lock is not None:
+                callback.lock.close()
+
+
+def test_a_search_space_the_config_or_the_study_cannot_take_is_one_line_before_the_study_is_touched(tmp_path, capsys,
+                                                                                                   monkeypatch):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    import optuna
+    from optuna.trial import TrialState
+
+    # A bound the config refuses: said before any trial draws it; no storage is made.
+    assert study_start(tmp_path, monkeypatch, "pruning.rate=interval(0.1,1.5)") == 2
+    assert capsys.readouterr().err == "error: pruning.rate=interval(0.1,1.5): a trial could draw 1.5: pruning.rate=1.5 " \
+        "must be in (0, 1): the fraction of remaining weights pruned per level; the study was not touched\n"
+    assert not os.path.exists(tmp_path / "runs")
+    # Another kind of search of a key the study searched: optuna would raise with a trial left running.
+    os.makedirs(tmp_path / "runs" / "optuna")
+    study = optuna.create_study(study_name="quickstart", storage=f"sqlite:///{tmp_path}/runs/optuna/quickstart.db")
+    trial = study.ask()
+    trial.suggest_categorical("pruning.rate", [0.2, 0.4, 0.6])
+    study.tell(trial, 0.9)
+    capsys.readouterr()  # optuna's notes of the set-up
+    assert study_start(tmp_path, monkeypatch, "pruning.rate=interval(0.1,0.9)") == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == "error: pruning.rate=interval(0.1,0.9): optuna study quickstart searched it as choice(0.2,0.4,0.6); " \
+        "a study keeps each key's search: name another study (hydra.sweeper.study_name=...)" and len(line) < 200
+    assert [t.state for t in trials(tmp_path)] == [TrialState.COMPLETE]
+
+
+def test_an_error_in_the_sweeper_leaves_no_trial_of_the_sweep_running(tmp_path, monkeypatch):
+    """The sweeper asks for a trial before it configures and launches it: an error in between (not an
+    interruption, whose trials run again first) must not leave the trial running."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    import optuna
+    from optuna.trial import TrialState
+    from lottery import search
+
+    assert study_start(tmp_path, monkeypatch) is None  # a new study, for this sweep
+    study = optuna.create_study(study_name="quickstart", storage=f"sqlite:///{tmp_path}/runs/optuna/quickstart.db",
+                                load_if_exists=True)
+    study.ask()  # and then the error
+    search.fail_running()
+    assert [t.state for t in trials(tmp_path)] == [TrialState.FAIL]

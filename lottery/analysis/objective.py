@@ -68,6 +68,9 @@ def check(cfg) -> None:
     if spec.kind != "ticket" and spec.kind not in cfg.controls:
         raise LotteryError(f"objective.kind={spec.kind} is a control this experiment does not train; "
                            f"add it: controls=[{spec.kind}]")
+    if spec.kind != "ticket" and cfg.levels == 0:
+        raise LotteryError(f"objective.kind={spec.kind} with levels=0: controls train at pruned levels only; "
+                           "set levels=1 or more")
     if spec.level is not None and spec.remaining is not None:
         raise LotteryError(f"objective.level={spec.level} and objective.remaining={spec.remaining} are both set; "
                            "the objective is at one level: set one of them")
@@ -89,6 +92,25 @@ def check(cfg) -> None:
     elif spec.at == "early_stop" and cfg.dataset.validation == 0:
         raise LotteryError("objective.at=early_stop needs a validation set to stop early on (dataset.validation=0); "
                            "use objective.at=final")
+
+
+def check_reach(cfg, densities: List[float]) -> None:
+    """The objective's checks that need the density of each level (``densities[L]``, by the counting
+    rule: ``imp.prepare``, once the model's shapes are known): a target past the last level, or an
+    LMC barrier at a level not measured, is refused before any training, not after all of it (in a
+    search: before every trial's)."""
+    spec = cfg.objective
+    if spec.name == "none":
+        return
+    density = pd.Series(densities, index=range(len(densities)))
+    if spec.name == "auc":
+        auc_range(spec, density)
+        return
+    level = target_level(spec, density)
+    if spec.name == "lmc_barrier" and level not in cfg.lmc.levels:
+        raise LotteryError(f"objective.name=lmc_barrier at objective.remaining={spec.remaining:g}: its level, {level} "
+                           f"({100 * density[level]:.3g}% remaining), is not measured; add it to lmc.levels "
+                           f"(now {list(cfg.lmc.levels)})")
 
 
 def key(spec, last_level: Optional[int] = None) -> str:

@@ -113,8 +113,9 @@ def verify(dense: Dense, replicates: List[int]) -> None:
         read_json(os.path.join(dense.replicate_dir(r), "metrics.json"), NETWORK_KEYS)
         for what in ("ticket", "trained"):
             load_tree(os.path.join(dense.replicate_dir(r), what), experiment.template(what))
-        if experiment.rewind in dense.kept_steps(r):
-            load_tree(dense.rewind_dir(r, experiment.rewind), experiment.template("rewind_point"))
+        if experiment.rewind in dense.kept_steps(r):  # deleting the step alone computes it again
+            point = dense.rewind_dir(r, experiment.rewind)
+            load_tree(point, experiment.template("rewind_point"), owner=point)
 
 
 def announce_other_programs(dense: Dense, invocation, say) -> None:
@@ -196,7 +197,8 @@ def keep_rewind_point(dense: Dense, replicates: List[int], invocation, progress)
             ticket = load_tree(os.path.join(dense.replicate_dir(r), "ticket"), experiment.template("ticket"))
             opt_state = None
             if start in dense.kept_steps(r):
-                point = load_tree(dense.rewind_dir(r, start), experiment.template("rewind_point"))
+                kept = dense.rewind_dir(r, start)
+                point = load_tree(kept, experiment.template("rewind_point"), owner=kept)
                 ticket.update(params=point["params"], batch_stats=point["batch_stats"])
                 opt_state = point["opt_state"]
             state = trainer.init_state(ticket["params"], ticket["batch_stats"], ticket["mask"], opt_state)

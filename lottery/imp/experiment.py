@@ -204,6 +204,9 @@ def prepare(cfg) -> Experiment:
                                cfg.dataset.augment, cfg.training.loop, mesh=cfg.mesh, stack=cfg.training.stack,
                                precision=cfg.training.precision)
     prunable = masks.prunable(trainer.init_params, cfg.pruning.ignore)
+    if cfg.transfer.source is None:  # a transfer's levels have its source's densities
+        full = masks.full_mask(trainer.init_params)
+        objective.check_reach(cfg, masks.level_densities(full, cfg.pruning, prunable, cfg.levels))
     source = None
     if cfg.transfer.source is not None:
         if rewind != 0:

@@ -35,6 +35,8 @@ from lottery.results.identity import read_source_identity, source_hash
 from lottery.results.store import load_tree, read_flat
 
 WEIGHTS = ("ticket", "init")
+# What to do about a damaged checkpoint of the source: not this command's to train again.
+REPAIR = "rerun the transfer source, then this command"
 
 
 def check(cfg) -> None:
@@ -124,7 +126,7 @@ class Source:
         if levels < 1:
             return
         first = paths.level_dir(source, 0, 1)
-        found = read_flat(os.path.join(first, "ticket"), ("mask", "params", "batch_stats"), separator="/")
+        found = read_flat(os.path.join(first, "ticket"), ("mask", "params", "batch_stats"), separator="/", then=REPAIR)
         for group in ("params", "batch_stats"):
             mine = {name: tuple(a.shape) for name, a in masks.flatten(templates[group]).items()}
             theirs = {name: tuple(a.shape) for name, a in found[group].items()}
@@ -137,7 +139,8 @@ class Source:
 
     def mask(self, replicate: int, level: int, template: dict):
         """The mask of the source's ticket at ``level`` (``template``: a saved ticket's structure)."""
-        return load_tree(os.path.join(paths.level_dir(self.directory, replicate, level), "ticket"), template)["mask"]
+        ticket = os.path.join(paths.level_dir(self.directory, replicate, level), "ticket")
+        return load_tree(ticket, template, then=REPAIR)["mask"]
 
     def start_weights(self, replicate: int, templates: dict) -> dict:
         """What the pruned levels rewind to (``levels.rewound``): the source's θk and its batch
@@ -146,8 +149,9 @@ class Source:
         the source's θ0 (``templates``: this experiment's params and batch_stats; with a mask for init)."""
         level_0 = paths.level_dir(self.directory, replicate, 0)
         if self.weights == "init":
-            return load_tree(os.path.join(level_0, "ticket"), templates["ticket"])  # θ0, dense
-        found = read_flat(os.path.join(level_0, "rewind_point"), ("params", "batch_stats"), exact=False, separator="/")
+            return load_tree(os.path.join(level_0, "ticket"), templates["ticket"], then=REPAIR)  # θ0, dense
+        found = read_flat(os.path.join(level_0, "rewind_point"), ("params", "batch_stats"), exact=False, separator="/",
+                          then=REPAIR)
         return {group: masks.unflatten(templates[group], found[group]) for group in ("params", "batch_stats")}
 
     def recorded(self, replicate: int, level: int) -> Optional[dict]:

@@ -212,6 +212,14 @@ def level_counts(mask, cfg, names: List[str], levels: int) -> List[int]:
     return out
 
 
+def level_densities(mask, cfg, names: List[str], levels: int) -> List[float]:
+    """The density of ``names`` at each of levels 0..``levels`` of IMP from ``mask`` (``level_counts``):
+    what an experiment's levels reach, known before any of them trains."""
+    flat = flatten(mask)
+    total = sum(int(np.size(flat[name])) for name in names)
+    return [sum(level_counts(mask, cfg, names, level)) / total for level in range(levels + 1)]
+
+
 def counts(mask, names: List[str]) -> Dict[str, Dict[str, int]]:
     """Remaining and total weights of each prunable tensor."""
     flat = flatten(mask)

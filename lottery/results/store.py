@@ -47,8 +47,12 @@ def abstract(like):
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), like)
 
 
-def load_tree(path: str, like):
-    """Read the pytree at ``path`` with the structure, shapes and dtypes of ``like``."""
+RETRAIN = "run the same command to train it again"  # what to do once a damaged result is deleted
+
+
+def load_tree(path: str, like, owner: Optional[str] = None, then: str = RETRAIN):
+    """Read the pytree at ``path`` with the structure, shapes and dtypes of ``like``; if it cannot be
+    read, say so in one line (``unreadable``: ``owner`` and ``then``)."""
     target = abstract(like)
     checkpointer = ocp.StandardCheckpointer(multiprocessing_options=MULTIPROCESS)
     try:
@@ -56,11 +60,19 @@ def load_tree(path: str, like):
     except Exception as error:  # orbax raises many types for missing, truncated or foreign files
         # Not closed: reads still in flight would call back into a closed event loop and print
         # tracebacks around the one line that matters; the failing process ends soon anyway.
-        raise LotteryError(f"{path}: cannot be read as a checkpoint of this experiment ({type(error).__name__}: "
-                           f"{str(error).splitlines()[0]}); it is corrupt: delete the directory that holds it to "
-                           "train that network again") from None
+        raise unreadable(path, error, owner, then) from None
     checkpointer.close()
     return tree
+
+
+def unreadable(path: str, error: Exception, owner: Optional[str] = None, then: str = RETRAIN) -> LotteryError:
+    """A checkpoint that cannot be read, in one line: the path, the error's type (not its message:
+    tensorstore's holds its whole JSON spec, 1,400 characters), what to delete -- ``owner``, the
+    directory whose deletion redoes it (``path``'s parent unless given: deleting the checkpoint alone
+    leaves a finished level or dense run without it) -- and ``then`` what to run."""
+    owner = os.path.dirname(os.path.normpath(path)) if owner is None else owner
+    which = "it" if os.path.normpath(owner) == os.path.normpath(path) else f"the {os.path.basename(owner)}/ that holds it"
+    return LotteryError(f"{path}: cannot be read as a checkpoint ({type(error).__name__}); delete {which} and {then}")
 
 
 def write_whole(path: str, write: Callable[[str], None], before: Callable[[], None] = lambda: None) -> None:
@@ -107,11 +119,12 @@ def read_json(path: str, keys=()):
     return content
 
 
-def read_flat(directory: str, keys, exact: bool = True, separator: str = ".") -> dict:
+def read_flat(directory: str, keys, exact: bool = True, separator: str = ".", then: Optional[str] = None) -> dict:
     """The orbax tree at ``directory`` as flat NumPy arrays per key of ``keys`` (``{"params":
     {"hidden.0.kernel": a}}``), read by the checkpoint's own metadata: no model has to be built, any
     shapes are read. It must hold exactly ``keys`` (``exact=False``: at least them; the rest, an
-    optimizer state of any structure, is not flattened)."""
+    optimizer state of any structure, is not flattened). ``then``: as ``load_tree``'s, for a reader
+    that knows how the checkpoint is made again."""
     what = f"the orbax checkpoint {os.path.basename(directory)}/ of a finished level, with {', '.join(keys)}"
     if not os.path.isdir(directory):
         raise LotteryError(f"{directory}: missing; expected {what}")
@@ -119,8 +132,10 @@ def read_flat(directory: str, keys, exact: bool = True, separator: str = ".") ->
     try:
         tree = checkpointer.restore(os.path.abspath(directory))
     except Exception as error:  # orbax raises many types for missing, truncated or foreign files
-        raise LotteryError(f"{directory}: cannot be read as an orbax checkpoint ({type(error).__name__}: "
-                           f"{str(error).splitlines()[0] if str(error) else ''}); expected {what}; it is corrupt") from None
+        if then is not None:
+            raise unreadable(directory, error, then=then) from None
+        raise LotteryError(f"{directory}: cannot be read as an orbax checkpoint ({type(error).__name__}); "
+                           f"expected {what}; it is corrupt") from None
     checkpointer.close()
     if not isinstance(tree, dict) or (set(tree) != set(keys) if exact else not set(keys) <= set(tree)):
         found = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
@@ -175,8 +190,8 @@ class LevelCheckpoints:
                 for error in errors:  # said only when an older one was read: otherwise the error below says it all
                     print(f"warning: {self.directory}: checkpoint at {error}; resuming from step {step}", file=sys.stderr)
                 return step, arrays, meta
-            except Exception as error:  # truncated or foreign files raise many types
-                errors.append(f"step {step}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+            except Exception as error:  # truncated or foreign files raise many types (messages: tensorstore's spec)
+                errors.append(f"step {step}: {type(error).__name__}")
         if errors:
             raise LotteryError(f"{self.directory}: no readable checkpoint ({'; '.join(errors)}); "
                                "delete this directory to train the level again from its start")
