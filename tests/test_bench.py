@@ -62,3 +62,11 @@ def test_sparse_training_benchmark_runs():
     rows = [line.split()[0] + " " + line.split()[1] for line in result.stdout.splitlines()
             if line.split()[:1] and line.split()[0] in ("gmp", "set", "rigl")]
     assert rows == [f"{m} {w}" for m in ("gmp", "set", "rigl") for w in ("idle", "update")], result.stdout
+
+
+def test_structured_inference_benchmark_runs_and_compact_networks_give_the_same_logits():
+    result = subprocess.run([sys.executable, "structured_inference.py", "--smoke"], cwd=REPO / "experiments" / "bench",
+                            env=child_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.split()[:1] in (["lenet"], ["conv2"])]
+    assert len(rows) == 8 and all(row[-1] == "True" for row in rows), result.stdout

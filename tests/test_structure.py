@@ -171,3 +171,26 @@ def test_the_compact_export_is_smaller_and_computes_the_masked_networks_logits(t
     logits, _ = experiment.trainer.apply(saved["params"], saved["batch_stats"], x, train=False)
     np.testing.assert_allclose(_numpy_forward(trained, x.astype(np.float64), model), np.asarray(logits),
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["pruning.structure=rows"], "pruning.structure='rows' is not a structure; choose one of: weights, neurons, channels, heads, or N:M"),
+    (["pruning.structure=4:2"], "pruning.structure=4:2: N:M needs 0 < N < M, e.g. 2:4"),
+    (["pruning.structure=2:4", "levels=3"], "levels=3: pruning.structure=2:4 is reached at level 2 (pruning.rate=0.2); use levels=2"),
+    (["pruning.structure=neurons", "pruning.prune_at=start"], "structured pruning is IMP's here; use pruning.prune_at=trained"),
+    (["pruning.structure=channels", "sparsity=rigl"], "sparsity.method=rigl prunes single weights; use pruning.structure=weights"),
+])
+def test_structures_that_cannot_run_are_one_line(overrides, message):
+    from lottery.errors import LotteryError
+    from lottery.imp.experiment import check
+
+    with pytest.raises(LotteryError) as error:
+        check(compose_config(overrides))
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_model_without_the_units_asked_for_is_one_line():
+    from lottery.errors import LotteryError
+
+    with pytest.raises(LotteryError, match="pruning.structure=heads: this model has no heads to prune"):
+        _setup("pruning.structure=heads")
