@@ -72,6 +72,10 @@ class PruningConfig:
     # data-dependent criteria: the examples scored, the first of the stored training split (validation
     # is held out at its end): the same in every run and level, not the shuffled training order
     examples: int = 100
+    # What a level prunes (lottery/pruning/structure.py): weights (single weights) | neurons (fc units)
+    # | channels (conv channels and fc units) | heads (attention heads) | N:M, e.g. 2:4 (N of every M
+    # consecutive weights along a kernel's input axis). Hashed unless weights.
+    structure: str = "weights"
 
 
 @dataclasses.dataclass

@@ -44,6 +44,15 @@ Metadata (strings, as safetensors has them; JSON where marked):
   metrics       JSON: the network's metrics.json (accuracies, early stop, per-layer densities, history)
   trained_by    JSON: the provenance of the run that trained it (metrics.json's; absent if it has none)
   exported_by   JSON: lottery version, git commit and dirty flag of the code that exported it
+  compact       JSON (``--compact`` only): each unit layer's kept units, by its kernel's name
+
+``--compact`` writes the smaller dense network a structured ticket is (lottery/pruning/structure.py):
+every unit (neuron, channel, head) that no kept weight reads or is read by is removed with its
+kernel columns, bias and batch-norm entries and the next layer's input rows, so each layer is
+narrower and the logits are the masked network's. The masks in the file are then all True but for
+weights pruned inside kept units. An N:M ticket needs no compact form: ``--layout torch`` writes
+each Linear weight as (out, in) with N of every M along ``in``, the dense layout that PyTorch's
+``torch.sparse.to_sparse_semi_structured`` compresses (2:4, on an Ampere or newer GPU).
 
 The file is written to ``FILE.partial`` and renamed into place, and an existing FILE is kept
 unless ``--force``. Bad input is one line ``error: ...`` and exit code 2, with nothing written.
@@ -72,7 +81,7 @@ from lottery.results.store import read_flat, read_json, write_whole
 FORMAT = "lottery.export/1"
 WEIGHTS = ("both", "start", "trained")
 LAYOUTS = ("flax", "torch")
-JSON_METADATA = ("level", "replicate", "density", "config", "metrics", "trained_by", "exported_by")
+JSON_METADATA = ("level", "replicate", "density", "config", "metrics", "trained_by", "exported_by", "compact")
 TORCH_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 EXPECTED = ("expected a finished network: <output_dir>/<name>-<hash>/replicate_<r>/level_<L>/ or a control "
             "inside it ({}), with ticket/, trained/ and metrics.json")
@@ -233,7 +242,28 @@ def destination(path: str, force: bool) -> None:
         raise LotteryError(f"{path}: the directory {parent} does not exist; make it first or choose another file")
 
 
-def export(level_dir: str, path: str, weights: str = "both", layout: str = "flax", force: bool = False) -> dict:
+def compacted(network: dict) -> dict:
+    """``network`` (``load``) as its compact network (``--compact``; pruning/structure.py: pruned units
+    removed, every kept weight and logit the same), with the kept units of each layer."""
+    from omegaconf import OmegaConf
+
+    from lottery import models
+    from lottery.pruning import structure
+
+    slash = lambda flat: {name.replace(".", "/"): a for name, a in flat.items()}
+    dot = lambda flat: {name.replace("/", "."): a for name, a in flat.items()}
+    mask = slash(network["mask"])
+    units = models.units(OmegaConf.create(network["config"]["model"]), {n: a.shape for n, a in mask.items()})
+    trees = {f"{g}/{c}": slash(network[g][c]) for g in ("start", "trained") for c in ("params", "batch_stats")}
+    mask, trees, kept = structure.compact(mask, trees, units)
+    out = {**network, "mask": dot(mask), "compact": {name.replace("/", "."): k for name, k in kept.items()}}
+    for group in ("start", "trained"):
+        out[group] = {c: dot(trees[f"{group}/{c}"]) for c in ("params", "batch_stats")}
+    return out
+
+
+def export(level_dir: str, path: str, weights: str = "both", layout: str = "flax", force: bool = False,
+           compact: bool = False) -> dict:
     """Write the network of ``level_dir`` to the safetensors file ``path`` (module docstring).
     Returns a summary: path, tensors, bytes, kind, level, replicate, density, notes."""
     if weights not in WEIGHTS:
@@ -242,9 +272,14 @@ def export(level_dir: str, path: str, weights: str = "both", layout: str = "flax
         raise LotteryError(f"layout={layout!r}: choose one of {', '.join(LAYOUTS)}")
     destination(path, force)
     network = load(level_dir)
-    out = tensors(network, weights, layout)
+    if compact:
+        network = compacted(network)
+    out = {name: np.ascontiguousarray(a) for name, a in tensors(network, weights, layout).items()}  # safetensors
+    # writes an array's memory as it is: one in another order (a compact network's slices) would be scrambled
     notes = flatten_notes(network["start"]["params"]) if layout == "torch" else []
     meta = metadata(network, level_dir, weights, layout)
+    if compact:
+        meta["compact"] = json.dumps(network["compact"])
     data = safetensors.numpy.save(out, metadata=meta)  # bytes: written here, so that OS errors are ours to name
 
     def write(partial):
@@ -302,9 +337,11 @@ def main(argv=None) -> int:
     parser.add_argument("--layout", choices=LAYOUTS, default="flax",
                         help="flax (default: Flax names and layouts) or torch (state_dict names, kernels transposed)")
     parser.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    parser.add_argument("--compact", action="store_true",
+                        help="the smaller dense network a structured ticket is: pruned units removed (same logits)")
     args = parser.parse_args(argv)
     try:
-        summary = export(args.level_dir, args.file, args.weights, args.layout, args.force)
+        summary = export(args.level_dir, args.file, args.weights, args.layout, args.force, args.compact)
     except LotteryError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

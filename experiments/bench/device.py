@@ -201,6 +201,24 @@ def summary(args):
     else:
         rows += [("f. Conv-2 on CIFAR-10 records: test acc, last level", "n/a"), ("f. remaining == counting rule, every level", "n/a")]
 
+    # g. 2:4 sparse tensor cores
+    semi = read("semi.json") or {}
+    for row in semi.get("rows") or [{"size": "-"}]:
+        value = "n/a" if "speedup" not in row else \
+            f"{row['dense_ms']:.3f} / {row['sparse_ms']:.3f} ms ({row['speedup']:.2f}x, max |diff| {row['max_diff']:.4f})"
+        if "why" in row:
+            value = f"n/a ({row['why']})"
+        rows.append((f"g. 2:4 fp16 linear {row['size']}x{row['size']}: dense / to_sparse_semi_structured", value))
+
+    # h. sparse training's updates
+    dst = read("sparse_training.json") or {}
+    times = dst.get("ms_per_step", {})
+    for method in ("gmp", "set", "rigl"):
+        idle, update = times.get(f"{method} idle"), times.get(f"{method} update")
+        value = "n/a" if idle is None else \
+            f"idle {idle / times['masked']:.2f}x masked, update +{(update - times['masked']) / times['dense']:.2f} dense steps"
+        rows.append((f"h. {method} step (LeNet, 20%): idle / update cost", value))
+
     failed = read("failed.json") or {}
     width = max(len(r[0]) for r in rows)
     print("\n== summary ==")

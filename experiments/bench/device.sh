@@ -20,6 +20,10 @@
 #   f. Conv-2 on the real CIFAR-10 records (dataset=cifar10_subset), shortened: test accuracy, and
 #      each level's remaining count against the counting rule (lottery.pruning.masks.level_counts).
 #      Data from $LOTTERY_DATA_DIR, else .data/ (carried to a device machine), else ../shared/data.
+#   g. 2:4 sparse tensor cores (PyTorch's to_sparse_semi_structured) against dense fp16 matmuls
+#      (semi_structured.py; JAX has no N:M kernel, listed if one appears)
+#   h. sparse training's mask updates: ms per step idle and with an update, against the masked
+#      IMP step (sparse_training.py)
 set -uo pipefail
 SMOKE=0
 [[ "${1:-}" == "--smoke" ]] && SMOKE=1
@@ -139,6 +143,17 @@ cifar() {
   py device.py cifar "$WORK/conv2" --json "$WORK/cifar.json"
 }
 section f 60 "Conv-2 on the CIFAR-10 records: accuracy, exact counts" cifar
+
+# g. ---------------------------------------------------------------------------------------------
+semi() { py semi_structured.py $([[ $SMOKE == 1 ]] && echo --smoke) --json "$WORK/semi.json"; }
+section g 60 "2:4 sparse tensor cores against dense (semi_structured.py)" semi
+
+# h. ---------------------------------------------------------------------------------------------
+dst() {
+  if [[ $SMOKE == 1 ]]; then py sparse_training.py --smoke --json "$WORK/sparse_training.json"
+  else py sparse_training.py --steps 1000 --repeats 5 --json "$WORK/sparse_training.json"; fi
+}
+section h 90 "sparse training: ms per step, idle and updating, against the masked IMP step" dst
 
 py device.py summary "$WORK"
 echo "log: $LOG"

@@ -20,6 +20,7 @@ from lottery.analysis import objective
 from lottery.errors import LotteryError
 from lottery.imp import transfer
 from lottery.pruning import controls, criteria, masks, sparse
+from lottery.pruning import structure as structures
 from lottery.results import paths
 from lottery.results.invocations import Invocation
 from lottery.results.store import load_tree
@@ -48,6 +49,7 @@ class Experiment:
     data_examples: Dict[str, int]  # examples in each split (train, validation, test): recorded with each result
     invocation: Optional[Invocation] = None  # this invocation's record, once the directory is locked
     transfer: Optional["transfer.Source"] = None  # the experiment whose tickets the levels start from
+    structure: Optional[structures.Structure] = None  # what a level prunes: weights, units or N:M blocks
     updates: Optional[sparse.Updates] = None  # sparse training's mask updates (GMP, SET, RigL; pruning/sparse.py)
     sparse_trainer: Optional[training.Trainer] = None  # the trainer with them in its step
 
@@ -151,6 +153,7 @@ def check(cfg) -> None:
     criteria.check(cfg)
     transfer.check(cfg)
     sparse.check(cfg)
+    structures.check(cfg)
     if any(level > cfg.levels for level in cfg.sparsity.levels):
         raise LotteryError(f"sparsity.levels={list(cfg.sparsity.levels)} must be levels 1..{cfg.levels}")
     if cfg.retrain not in RETRAIN:
@@ -221,6 +224,8 @@ def prepare(cfg) -> Experiment:
     experiment = Experiment(cfg, trainer, prunable, end, rewind, finetune_steps, eval_every, checkpoint_every,
                             data.input_shape, data.num_classes, directory, tracker, data.fingerprint, data.examples,
                             transfer=source)
+    shapes = {name: np.shape(leaf) for name, leaf in masks.flatten(trainer.init_params).items()}
+    experiment.structure = structures.Structure(cfg.pruning, prunable, models.units(cfg.model, shapes))
     if sparse.method(cfg) is not None:
         if rewind != 0:
             raise LotteryError(f"rewind={cfg.rewind}: sparsity.method={cfg.sparsity.method} trains each level from θ0; "

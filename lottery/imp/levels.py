@@ -251,7 +251,7 @@ def ticket_mask(experiment: Experiment, replicate: int, level: int):
     if cfg.pruning.prune_at == "start":  # pruning before training: from θk, straight to this level's counts
         return pruned_at_start(experiment, replicate, level)
     scores, survivors = ranking(experiment, replicate, level)
-    return masks.prune_by_scores(scores, survivors, cfg.pruning, experiment.prunable)
+    return experiment.structure.prune(scores, survivors, level)
 
 
 def ranking(experiment: Experiment, replicate: int, level: int):
@@ -330,7 +330,8 @@ def control_start(experiment: Experiment, replicate: int, level: int, name: str,
         names=experiment.prunable, strategy=experiment.cfg.pruning.strategy, key=key,
         rng=np.random.default_rng(np.asarray(jax.random.key_data(key))),
         fresh_weights=experiment.initial_weights, rewound=lambda mask: rewound(experiment, replicate, mask),
-        init_state=experiment.trainer.init_state, ranking=lambda: ranking(experiment, replicate, level))
+        init_state=experiment.trainer.init_state, ranking=lambda: ranking(experiment, replicate, level),
+        structure=experiment.structure)
     return controls.start(name, context)
 
 
@@ -384,6 +385,9 @@ def save_network(experiment: Experiment, network: Network, level: int, start: in
     metrics["cost_steps"] = experiment.cost(level)
     if sparse_record is not None and network.kind == "ticket":
         metrics["sparse_training"] = sparse_record
+    structured = experiment.structure.record(start_state["mask"])
+    if structured is not None:
+        metrics["structure"] = structured
     origin = experiment.transfer.recorded(network.replicate, level) if experiment.transfer else None
     if origin is not None:
         metrics["transfer"] = origin

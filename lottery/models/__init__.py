@@ -29,6 +29,16 @@ INITIALIZERS = {
 }
 
 
+_UNITS = {"lenet": lenet.units, "conv2": conv.units, "conv4": conv.units, "conv6": conv.units, "resnet": resnet.units,
+          "vgg": vgg.units}
+
+
+def units(cfg, shapes) -> list:
+    """The model's units (neurons, channels, heads) for structured pruning (pruning/structure.py),
+    from its parameters' shapes by '/'-path (``hidden/0/kernel``)."""
+    return _UNITS[cfg.name](shapes) if cfg.name in _UNITS else []
+
+
 def names():
     return sorted(_BUILDERS)
 

@@ -28,6 +28,7 @@ import jax
 from flax import nnx
 
 from lottery.models.layers import PAD_3X3
+from lottery.pruning.structure import Units
 
 PLANS = {
     "conv2": [64, 64, "M"],
@@ -64,6 +65,18 @@ class ConvNet(nnx.Module):
         for layer in self.fc:
             x = jax.nn.relu(layer(x))
         return self.output(x)
+
+
+def units(shapes):
+    """Each conv layer's output channels (its filters; the next conv's input channels, or after the
+    flatten every position's copy in the first fc layer) and each fc hidden layer's neurons."""
+    order = lambda prefix: sorted((n for n in shapes if n.startswith(prefix) and n.endswith("/kernel")),
+                                  key=lambda n: int(n.split("/")[1]))
+    convs, fcs = order("convs/"), order("fc/")
+    chain = convs + fcs + ["output/kernel"]
+    return [Units("channels" if name in convs else "neurons", (name,), (following,), shapes[name][-1],
+                  companions=(name[:-len("kernel")] + "bias",))
+            for name, following in zip(chain, chain[1:])]
 
 
 def build(cfg, input_shape, num_classes, init, rngs):

@@ -20,6 +20,8 @@ import math
 import jax
 from flax import nnx
 
+from lottery.pruning.structure import Units
+
 
 class LeNet(nnx.Module):
     def __init__(self, in_features: int, hidden, num_classes: int, init, rngs: nnx.Rngs):
@@ -34,6 +36,15 @@ class LeNet(nnx.Module):
         for layer in self.hidden:
             x = jax.nn.relu(layer(x))
         return self.output(x)
+
+
+def units(shapes):
+    """Each hidden layer's neurons: its kernel's columns and the next layer's rows (pruning/structure.py)."""
+    hidden = sorted((name for name in shapes if name.startswith("hidden/") and name.endswith("/kernel")),
+                    key=lambda name: int(name.split("/")[1]))
+    after = hidden[1:] + ["output/kernel"]
+    return [Units("neurons", (name,), (following,), shapes[name][-1], companions=(name[:-len("kernel")] + "bias",))
+            for name, following in zip(hidden, after)]
 
 
 def build(cfg, input_shape, num_classes, init, rngs):

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lottery.models.layers import PAD_3X3, BatchNorm, torch_bias_init
+from lottery.pruning.structure import Units
 
 
 class Block(nnx.Module):
@@ -70,6 +71,16 @@ class ResNet(nnx.Module):
         for block in self.blocks:
             x = block(x, train)
         return self.output(jnp.mean(x, axis=(1, 2)))
+
+
+def units(shapes):
+    """The output channels of each block's first conv (with their batch-norm entries), read by the
+    block's second conv only. Every other conv's channels meet the residual sum, where a pruned
+    channel would still carry the shortcut: they are not units (Li et al. 2017, Sec. 3.3)."""
+    firsts = sorted((n for n in shapes if n.startswith("blocks/") and n.endswith("/conv1/kernel")),
+                    key=lambda n: int(n.split("/")[1]))
+    return [Units("channels", (name,), (name.replace("conv1", "conv2"),), shapes[name][-1],
+                  companions=(name.replace("conv1/kernel", "bn1/"),)) for name in firsts]
 
 
 def build(cfg, input_shape, num_classes, init, rngs):

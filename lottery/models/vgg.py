@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lottery.models.layers import PAD_3X3, BatchNorm, torch_bias_init
+from lottery.pruning.structure import Units
 
 PLANS = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
@@ -51,6 +52,16 @@ class VGG(nnx.Module):
                 conv, norm = next(layers)
                 x = jax.nn.relu(norm(conv(x), use_running_average=not train))
         return self.output(jnp.mean(x, axis=(1, 2)))
+
+
+def units(shapes):
+    """Each conv layer's output channels with their bias and batch-norm entries: its filters, and the
+    next conv's input channels (the last conv's: the output layer's rows, after the mean pooling)."""
+    convs = sorted((n for n in shapes if n.startswith("convs/") and n.endswith("/kernel")), key=lambda n: int(n.split("/")[1]))
+    chain = convs + ["output/kernel"]
+    return [Units("channels", (name,), (following,), shapes[name][-1],
+                  companions=(name[:-len("kernel")] + "bias", f"norms/{name.split('/')[1]}/"))
+            for name, following in zip(chain, chain[1:])]
 
 
 def build(cfg, input_shape, num_classes, init, rngs):

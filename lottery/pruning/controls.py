@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from lottery.errors import LotteryError
-from lottery.pruning import masks
+from lottery.pruning import masks, structure
 
 
 @dataclasses.dataclass
@@ -46,6 +46,7 @@ class Context:
     rewound: Callable[[dict], dict]  # a training state from θk under a mask, exactly as the ticket starts
     init_state: Callable[[dict, dict, dict], dict]  # a training state from (params, batch_stats, mask)
     ranking: Callable[[], Tuple[dict, dict]]  # (scores, the mask they ranked) of the ticket's pruning step
+    structure: "structure.Structure"  # what the experiment prunes: random and inverted masks keep it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,12 +112,12 @@ def random_reinit(context: Context) -> dict:
 
 @control("random_prune", stream=1, same_start=True)
 def random_prune(context: Context) -> dict:
-    return context.rewound(masks.random_mask(context.ticket["mask"], context.names, context.strategy, context.rng))
+    return context.rewound(context.structure.random(context.ticket["mask"], context.rng))
 
 
 @control("shuffle_layer", stream=2, same_start=True)
 def shuffle_layer(context: Context) -> dict:
-    return context.rewound(masks.random_mask(context.ticket["mask"], context.names, "layerwise", context.rng))
+    return context.rewound(context.structure.random(context.ticket["mask"], context.rng, "layerwise"))
 
 
 @control("invert", stream=3, same_start=True,
@@ -128,10 +129,7 @@ def invert(context: Context) -> dict:
     the ticket kept there (its per-layer counts, under global pruning too: the ablation changes
     which weights, not how many per layer). Ties go by position, as in pruning."""
     scores, survivors = context.ranking()
-    keep = [int(c["remaining"]) for c in masks.counts(context.ticket["mask"], context.names).values()]
-    per_layer = [[name] for name in context.names]
-    return context.rewound(masks.prune_to_counts({n: -np.asarray(s) for n, s in scores.items()}, survivors, per_layer,
-                                                 keep))
+    return context.rewound(context.structure.inverted(scores, survivors, context.ticket["mask"]))
 
 
 @control("sign_preserving_reinit", stream=4, same_start=False)
