@@ -123,6 +123,9 @@ class LMCConfig:
 
     levels: List[int] = dataclasses.field(default_factory=list)
     points: int = 30  # evenly spaced points on the path, endpoints included
+    # Level-to-level connectivity (Paul et al. 2023): at every pruned level L, the error along the
+    # line from level L-1's trained weights pruned to level L's mask to level L's trained weights.
+    between_levels: bool = False
 
 
 @dataclasses.dataclass

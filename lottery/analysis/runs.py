@@ -24,7 +24,7 @@ from lottery.results.metrics import NETWORK_KEYS
 from lottery.results.store import read_json
 
 POINTER = "lottery_experiment.txt"  # written into each Hydra multirun job directory
-METRICS = ("test_accuracy", "test_accuracy_early_stop", "early_stop_iteration", "lmc_barrier")
+METRICS = ("test_accuracy", "test_accuracy_early_stop", "early_stop_iteration", "lmc_barrier", "lmc_levels_barrier")
 
 
 def experiment_dirs(root: str) -> List[str]:
@@ -59,9 +59,12 @@ def _rows(directory: str, config: dict):
         if m["kind"] not in kinds:
             raise LotteryError(f"{metrics_file}: kind {m['kind']!r} is not one of {', '.join(kinds)}; it is corrupt")
         lmc_file = os.path.join(paths.lmc_dir(directory, replicate, level), "metrics.json")
-        barrier = np.nan
+        barrier = levels_barrier = np.nan
         if m["kind"] == "ticket" and os.path.exists(lmc_file):
             barrier = read_json(lmc_file, ("barrier",))["barrier"]
+        levels_file = os.path.join(paths.lmc_levels_dir(directory, replicate, level), "metrics.json")
+        if m["kind"] == "ticket" and os.path.exists(levels_file):  # from level L-1's solution (lmc.between_levels)
+            levels_barrier = read_json(levels_file, ("barrier",))["barrier"]
         early = m.get("early_stop") or {}
         group = m.get("group_size")  # networks trained together, one after another (absent before it was recorded)
         yield {
@@ -71,7 +74,7 @@ def _rows(directory: str, config: dict):
             "test_accuracy": m["final"]["test_accuracy"],
             "test_accuracy_early_stop": early.get("test_accuracy", np.nan),
             "early_stop_iteration": early.get("step", np.nan),
-            "lmc_barrier": barrier, "start_step": m["start_step"], "wall_time_s": m.get("wall_time_s", np.nan),
+            "lmc_barrier": barrier, "lmc_levels_barrier": levels_barrier, "start_step": m["start_step"], "wall_time_s": m.get("wall_time_s", np.nan),
             "train_time_s": m["wall_time_s"] / group if group and "wall_time_s" in m else np.nan,
             "cost_steps": cost(m),
         }

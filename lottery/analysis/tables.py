@@ -13,10 +13,11 @@ def results(summary, title: str = "lottery results (mean ± std over replicates)
     """One row per (experiment,) level and kind of ``analysis.summarize``; the LMC and replicate
     columns only where they say something."""
     show_lmc = bool(summary["lmc_barrier"].notna().any())
+    show_levels = "lmc_levels_barrier" in summary and bool(summary["lmc_levels_barrier"].notna().any())
     show_replicates = bool((summary["replicates"] > 1).any())
     show_cost = "cost_steps" in summary and bool(summary["cost_steps"].notna().any())
     columns = ["experiment"] * experiment_column + ["level", "kind", "% weights remaining", "test acc (final)",
-               "test acc (early stop)", "early-stop it"] + ["LMC barrier"] * show_lmc + ["train time / network (s)"] \
+               "test acc (early stop)", "early-stop it"] + ["LMC barrier"] * show_lmc + ["barrier from level L-1"] * show_levels + ["train time / network (s)"] \
         + ["training cost (steps)"] * show_cost + ["replicates"] * show_replicates
     out = Table(title=title)
     for column in columns:
@@ -34,7 +35,7 @@ def results(summary, title: str = "lottery results (mean ± std over replicates)
         cells = [f"{row['experiment']}-{row['hash']}"] * experiment_column
         cells += [str(row["level"]), row["kind"], f"{row['percent_remaining']:.2f}", cell(row, "test_accuracy"),
                   cell(row, "test_accuracy_early_stop"), cell(row, "early_stop_iteration", 1, 0)]
-        cells += [cell(row, "lmc_barrier")] * show_lmc + ["-" if np.isnan(row["train_time_s"]) else f"{row['train_time_s']:.1f}"]
+        cells += [cell(row, "lmc_barrier")] * show_lmc + [cell(row, "lmc_levels_barrier")] * show_levels + ["-" if np.isnan(row["train_time_s"]) else f"{row['train_time_s']:.1f}"]
         cells += ["-" if np.isnan(row["cost_steps"]) else f"{row['cost_steps']:,.0f}"] * show_cost
         cells += [str(row["replicates"])] * show_replicates
         out.add_row(*cells)

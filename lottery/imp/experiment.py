@@ -165,6 +165,10 @@ def check(cfg) -> None:
         raise LotteryError(f"replicates={cfg.replicates} must be 1 or more")
     if any(not 0 <= level <= cfg.levels for level in cfg.lmc.levels) or cfg.lmc.points < 2:
         raise LotteryError(f"lmc.levels={list(cfg.lmc.levels)} must be levels 0..{cfg.levels} and lmc.points >= 2")
+    if cfg.lmc.between_levels and (cfg.pruning.prune_at == "start" or cfg.sparsity.method != "imp"
+                                   or cfg.transfer.source is not None):
+        raise LotteryError("lmc.between_levels=true: connectivity between consecutive levels is IMP's (each level "
+                           "pruned from the last); this experiment's levels are trained independently")
     if not 0 <= cfg.seed < 2**32:  # jax.random.key keeps 32 bits: seed 2**32 would silently be seed 0
         raise LotteryError(f"seed={cfg.seed} must be between 0 and {2**32 - 1}")
     if not 0 < len(cfg.name) <= MAX_NAME:

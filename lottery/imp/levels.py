@@ -125,6 +125,9 @@ def run_locked(experiment: Experiment, console: Console) -> Results:
                         networks = [n for r in range(cfg.replicates) for n in level_networks(experiment, r, level)]
                     train_networks(experiment, networks, level, *experiment.segment(level), progress)
                     trained += len(networks)
+                if cfg.lmc.between_levels and level > 0 and sparse.trains(cfg, level):
+                    hosts.barrier(f"lmc levels {level}")
+                    lmc.between_levels(experiment, level, progress.console.print)
                 if level in cfg.lmc.levels:
                     hosts.barrier(f"lmc {level}")
                     trained += lmc.run(experiment, level, progress, lambda r: lmc_start(experiment, r, level))

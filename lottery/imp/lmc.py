@@ -8,9 +8,17 @@ below 2%.
 
 ``run`` trains the copies of every replicate at a level (from where the levels say they start),
 ``measure`` evaluates the path between them and writes ``lmc/metrics.json`` and ``path.png``.
+
+``between_levels`` (config ``lmc.between_levels``) measures level-to-level connectivity (Paul,
+Chen, Larsen, Frankle, Ganguli & Dziugaite, "Unmasking the Lottery Ticket Hypothesis", ICLR 2023,
+Sec. 4): the path from level L-1's trained weights projected onto level L's mask (the pruned
+weights set to 0, the point IMP prunes from) to level L's trained weights. They find IMP succeeds
+while consecutive levels are linearly connected (small barrier) and fails once they are not. No
+training: two saved networks, ``lmc.points`` evaluations, ``level_L/lmc_levels/``.
 """
 
 import os
+import shutil
 from typing import Callable
 
 import jax
@@ -130,6 +138,37 @@ def measure(experiment: Experiment, level: int, replicate: int, start: int, a, b
     if hosts.primary():
         plot([path], os.path.join(directory, "path.png"), f"level {level}, replicate {replicate}: from step {start}")
     return path
+
+
+def between_levels(experiment: Experiment, level: int, say=print) -> int:
+    """Level-to-level connectivity at ``level`` (module docstring) for every replicate whose level
+    has no measurement at ``lmc.points`` points yet; returns how many were measured."""
+    points, measured = experiment.cfg.lmc.points, 0
+    for replicate in range(experiment.cfg.replicates):
+        directory = paths.lmc_levels_dir(experiment.directory, replicate, level)
+        metrics_file = os.path.join(directory, "metrics.json")
+        if os.path.exists(metrics_file) and read_json(metrics_file, LMC_KEYS).get("points") == points:
+            continue
+        this_level = experiment.level_dir(replicate, level)
+        previous = experiment.load(experiment.level_dir(replicate, level - 1), "trained")
+        mask = experiment.load(this_level, "ticket")["mask"]
+        a = {"params": masks.apply_mask(previous["params"], mask), "batch_stats": previous["batch_stats"]}
+        path = error_along_path(experiment.trainer, a, experiment.load(this_level, "trained"), points)
+        path.update(level=level, replicate=replicate, start_step=experiment.segment(level)[0], points=points,
+                    endpoints=[f"level {level - 1} trained, pruned to level {level}'s mask", f"level {level} trained"])
+        work_dir = fresh(directory + ".partial")
+        write_json(os.path.join(work_dir, "metrics.json"), path)
+        if hosts.primary():
+            plot([path], os.path.join(work_dir, "path.png"), f"replicate {replicate}: level {level - 1} -> {level}")
+            if os.path.isdir(directory):  # measured at another number of points: the new one replaces it
+                os.rename(directory, directory + ".old")
+                os.rename(work_dir, directory)
+                shutil.rmtree(directory + ".old")
+            else:
+                os.rename(work_dir, directory)
+            experiment.invocation.add(level=level, replicate=replicate, kind="lmc_levels", points=points)
+        measured += 1
+    return measured
 
 
 def remeasure(experiment: Experiment, level: int, replicate: int, directory: str, say) -> None:

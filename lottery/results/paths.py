@@ -21,6 +21,7 @@ from lottery.results.identity import experiment_hash
 DENSE_STORE = "dense"  # below output_dir
 CHECKPOINTS = "checkpoints"
 LMC = "lmc"
+LMC_LEVELS = "lmc_levels"  # the path from the previous level's solution (lmc.between_levels)
 
 
 def experiment_directory(cfg, data_fingerprint: str) -> str:
@@ -47,6 +48,10 @@ def network_dir(root: str, replicate: int, level: int, kind: str) -> str:
 
 def lmc_dir(root: str, replicate: int, level: int) -> str:
     return os.path.join(level_dir(root, replicate, level), LMC)
+
+
+def lmc_levels_dir(root: str, replicate: int, level: int) -> str:
+    return os.path.join(level_dir(root, replicate, level), LMC_LEVELS)
 
 
 def checkpoint_dir(root: str, level: int, group: str) -> str:
