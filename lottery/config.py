@@ -117,6 +117,15 @@ class SparsityConfig:
 
 
 @dataclasses.dataclass
+class SwampConfig:
+    """Weight averaging inside IMP (SWAMP, Choi et al. 2024; lottery/imp/swamp.py). Hashed unless
+    particles is 1 (plain IMP)."""
+
+    particles: int = 1  # copies of each level's ticket trained from its start, averaged before pruning
+    average_from: float = 1.0  # each particle averages its epoch-end weights from this fraction of training (SWA)
+
+
+@dataclasses.dataclass
 class LMCConfig:
     """Linear mode connectivity (Frankle et al. 2020): at each of `levels`, two copies trained
     from the level's start with different data orders, evaluated along the line between them."""
@@ -203,6 +212,7 @@ class Config:
     replicates: int = 1  # independent IMP trajectories (own initialization, data order, masks)
     controls: List[str] = dataclasses.field(default_factory=list)  # lottery/pruning/controls.py
     sparsity: SparsityConfig = dataclasses.field(default_factory=SparsityConfig)
+    swamp: SwampConfig = dataclasses.field(default_factory=SwampConfig)
     lmc: LMCConfig = dataclasses.field(default_factory=LMCConfig)
     transfer: TransferConfig = dataclasses.field(default_factory=TransferConfig)
     objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)

@@ -49,7 +49,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lottery import backend, hosts
 from lottery.analysis import figures, objective, runs, tables, tickets
 from lottery.errors import Preempted
-from lottery.imp import dense, lmc
+from lottery.imp import dense, lmc, swamp
 from lottery.imp.experiment import Experiment, prepare
 from lottery.pruning import controls, criteria, masks, sparse
 from lottery.results import identity, metrics as result_metrics, paths
@@ -225,6 +225,8 @@ def level_networks(experiment: Experiment, replicate: int, level: int) -> List[N
     if not ticket_done and sparse.dynamic(cfg):  # the controls need the mask it ends with
         return [network("ticket", ticket)]
     networks = [] if ticket_done else [network("ticket", ticket)]
+    if networks and cfg.swamp.particles > 1:  # SWAMP: copies of the ticket, averaged when trained (swamp.py)
+        networks += swamp.particles(experiment, replicate, level, networks[0])
     return networks + [network(c, control_start(experiment, replicate, level, c, ticket)) for c in to_train]
 
 
@@ -360,18 +362,28 @@ def train_networks(experiment: Experiment, networks: List[Network], level: int, 
     kinds = ", ".join(sorted({n.kind for n in networks}))
     task = progress.add_task(f"level {level} ({density:.1%} of weights): {len(networks)} x {kinds}", total=end - start)
     checkpoints = group_checkpoints(experiment.directory, "train", level, networks, start, end)
-    states, histories, _, seconds = experiment.train(states, networks, level, start, end,
-                                                     lambda n: progress.advance(task, n), trainer=trainer,
-                                                     checkpoints=checkpoints, say=progress.console.print)
+    averaging = any(n.kind.startswith(swamp.PARTICLE) for n in networks)
+    keep = swamp.snapshot_steps(experiment, start, end) if averaging else []
+    states, histories, kept, seconds = experiment.train(states, networks, level, start, end,
+                                                        lambda n: progress.advance(task, n), trainer=trainer, keep=keep,
+                                                        checkpoints=checkpoints, say=progress.console.print)
+    averaged = swamp.average(experiment, networks, states, kept, histories) if averaging else {}
     for i, network in sorted(enumerate(networks), key=lambda item: item[1].kind != "ticket"):  # tickets' dirs first
-        save_network(experiment, network, level, start, training.unstack(states, i), histories[i], seconds,
-                     len(networks))
+        if network.kind.startswith(swamp.PARTICLE):
+            continue  # averaged into the ticket
+        finished, history = training.unstack(states, i), histories[i]
+        if network.kind == "ticket" and network.replicate in averaged:
+            finished = {**finished, **averaged[network.replicate]["trained"]}
+            history = averaged[network.replicate]["history"]
+        save_network(experiment, network, level, start, finished, history, seconds, len(networks),
+                     averaged.get(network.replicate) if network.kind == "ticket" else None)
     remove_checkpoints(checkpoints)
 
 
 def save_network(experiment: Experiment, network: Network, level: int, start: int, finished, history, seconds,
-                 group_size: int):
-    """Write a network's results to ``<directory>.partial`` and rename it into place."""
+                 group_size: int, averaged: Optional[dict] = None):
+    """Write a network's results to ``<directory>.partial`` and rename it into place (``averaged``:
+    a SWAMP ticket's particles, kept beside it: swamp.py)."""
     work_dir = fresh(network.directory + ".partial")
     start_state = jax.device_get(network.state)
     sparse_record = sparse_training_record(experiment, start_state, finished)
@@ -388,6 +400,9 @@ def save_network(experiment: Experiment, network: Network, level: int, start: in
     metrics["cost_steps"] = experiment.cost(level)
     if sparse_record is not None and network.kind == "ticket":
         metrics["sparse_training"] = sparse_record
+    if averaged is not None:
+        metrics["swamp"] = averaged["record"]
+        swamp.save_particles(work_dir, averaged)
     structured = experiment.structure.record(start_state["mask"])
     if structured is not None:
         metrics["structure"] = structured

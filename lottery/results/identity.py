@@ -78,6 +78,9 @@ def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
             continue
         node.pop(leaf, None)
     content["dataset"]["fingerprint"] = data_fingerprint
+    swamp = content.pop("swamp", None)  # absent without weight averaging: every earlier hash unchanged
+    if swamp is not None and (swamp.get("particles") != 1 or swamp.get("average_from") != 1.0):
+        content["swamp"] = swamp
     sparsity = content.pop("sparsity", None)  # absent for IMP: every earlier hash unchanged
     if sparsity is not None and sparsity.get("method") != "imp":
         content["sparsity"] = sparsity
