@@ -18,7 +18,7 @@ Tensors (``<path>``: the parameter's Flax module path with ``.`` between parts, 
 
 ``--weights start`` or ``trained`` leaves the other group out; masks are always there. Values are
 bitwise those of the run; a pruned weight is exactly 0 in both groups (a checkpoint where it is not
-is refused, as are masks that disagree with metrics.json's counts).
+is refused, as are masks that disagree with metrics.json's counts, per layer and in all).
 
 ``--layout torch`` writes PyTorch's names and layouts instead, each group one ``state_dict``:
 ``start.<module>.<name>`` and ``trained.<module>.<name>`` for params and batch statistics
@@ -147,6 +147,12 @@ def check(level_dir: str, mask, start, trained, metrics) -> None:
         if name not in mask or (int(mask[name].sum()), mask[name].size) != (count["remaining"], count["total"]):
             raise LotteryError(f"{os.path.join(level_dir, 'ticket')}: its mask of {layer} does not have metrics.json's "
                                f"{count['remaining']} of {count['total']} weights; the two are of different networks")
+    # The totals the file's metadata copies: the sum of the layers just checked against the mask.
+    kept, total = (sum(count[key] for count in metrics["layers"].values()) for key in ("remaining", "total"))
+    said = (metrics["remaining"], metrics.get("total", total), metrics["density"])
+    if said != (kept, total, kept / total if total else said[2]):
+        raise LotteryError(f"{os.path.join(level_dir, 'metrics.json')}: says {said[0]} of {said[1]} weights remain "
+                           f"(density {said[2]:.6g}), its mask keeps {kept} of {total}; it was edited or damaged")
 
 
 # --- names and layouts ----------------------------------------------------------------------------
@@ -239,6 +245,11 @@ def destination(path: str, force: bool) -> None:
         raise LotteryError(f"{path}: exists; it is kept: choose another file, or pass --force to replace it")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
+        found = parent  # the nearest part of the path that exists: a file where a directory should be?
+        while not os.path.lexists(found):
+            found = os.path.dirname(found)
+        if not os.path.isdir(found):
+            raise LotteryError(f"{path}: {found} is a file, not a directory; choose another file")
         raise LotteryError(f"{path}: the directory {parent} does not exist; make it first or choose another file")
 
 

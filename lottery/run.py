@@ -132,10 +132,15 @@ SEARCH = re.compile(r"[+~]*(hparams_search=|hydra/sweeper=optuna\b)")
 
 
 def check_search(arguments: List[str]) -> None:
-    """A search needs the Optuna sweeper plugin, an extra: say so in one line, not a Hydra trace."""
+    """A search is a sweep (``-m``): without it Hydra would quietly run one experiment with the
+    preset's fixed values. And it needs the Optuna sweeper plugin, an extra: say so in one line,
+    not a Hydra trace."""
     wanted = [a for a in arguments if SEARCH.match(a) and not a.endswith("=null")]
     if not wanted:
         return
+    if "-m" not in arguments and "--multirun" not in arguments:
+        raise LotteryError(f"{wanted[0]} is an Optuna search, a sweep: add -m (python -m lottery.run -m {wanted[0]} "
+                           "...); without it one experiment would run, and nothing would be searched")
     try:
         import hydra_plugins.hydra_optuna_sweeper  # noqa: F401
     except ImportError:

@@ -20,13 +20,17 @@ Resuming after kill -9 (every row once, at a step the run's ``Ledger`` fixes) an
 agents (one run per trial, ``agent_run_id``) are explained where they are done.
 """
 
+import atexit
 import contextlib
 import glob
 import json
 import logging
 import os
 import re
+import shutil
+import socket
 import sys
+import tempfile
 import warnings
 from typing import Dict, List, Optional, Tuple
 
@@ -241,6 +245,40 @@ def define_metrics(run, prefix: str) -> None:
 SIMILARITY = ("jaccard", "jaccard_chance", "jaccard_above_chance", "sign_agreement", "sign_chance")  # analysis/tickets.py
 
 
+def import_wandb(temporary: str):
+    """``import wandb``. On import W&B makes two temporary directories (``tmp*wandb-media``,
+    ``tmp*wandb-artifacts``) that it removes at exit, so a kill -9 leaves them in /tmp for good. They
+    are made in ``temporary/<host>-<pid>/`` instead (the experiment's ``wandb/tmp/``), removed at
+    exit too; those of this host's processes that ended without it are removed here."""
+    host = socket.gethostname()
+    if os.path.isdir(temporary):
+        for name in os.listdir(temporary):
+            owner, _, pid = name.rpartition("-")
+            if owner == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                shutil.rmtree(os.path.join(temporary, name), ignore_errors=True)
+    if "wandb" in sys.modules:  # its directories were made when this process first imported it
+        return sys.modules["wandb"]
+    own = os.path.join(temporary, f"{host}-{os.getpid()}")
+    os.makedirs(own, exist_ok=True)
+    atexit.register(shutil.rmtree, own, True)  # W&B's own removal, before or after it, finds them gone or removes them
+    previous, tempfile.tempdir = tempfile.tempdir, own
+    try:
+        import wandb
+    finally:
+        tempfile.tempdir = previous
+    return wandb
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
 class Tracker:
     def __init__(self, cfg, directory: str, enabled: bool = True):
         self.cfg, self.directory = cfg, directory
@@ -385,7 +423,7 @@ class Tracker:
             return self._start(replicate, kind)
 
     def _start(self, replicate: int, kind: str):
-        import wandb
+        wandb = import_wandb(os.path.join(self.directory, "wandb", "tmp"))
 
         config = OmegaConf.to_container(self.cfg, resolve=True)
         if self.agent:  # W&B adds the sweep's parameters (``pruning.rate``, ...) to this config itself

@@ -175,6 +175,26 @@ def test_figures_are_readable_for_one_to_ten_experiments(tmp_path, experiments):
     assert all(os.path.getsize(f) > 0 for f in files)
 
 
+def test_the_report_of_experiments_that_differ_in_many_keys_prints_no_warning(tmp_path, capsys):
+    """Long legend entries (every key that differs: another model, data, optimizer) squeezed the axes
+    of a fixed-size figure to nothing, and matplotlib warned "constrained_layout not applied"."""
+    import warnings
+
+    for i, digest in enumerate(("aaaa", "bbbb", "cccc")):
+        directory = make_tree(tmp_path, "lenet", digest, f"{100 * i}it", 0.2 + 0.1 * i, levels=2)
+        OmegaConf.save(OmegaConf.create({"name": "lenet", "rewind": f"{100 * i}it", "pruning": {"rate": 0.2 + 0.1 * i},
+                                         "model": {"name": "lenet", "hidden": [300 - 50 * i, 100]},
+                                         "optimizer": {"name": ["sgd", "adam", "sgd"][i], "lr": 0.1 / (i + 1)},
+                                         "training": {"steps": f"{5000 * (i + 1)}it", "batch_size": 60 + i},
+                                         "dataset": {"name": "mnist", "fingerprint": f"sha256:{digest * 16}"}}),
+                       os.path.join(directory, "config.yaml"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert report.main([str(tmp_path), "--no-masks"]) == 0
+    assert [str(w.message) for w in caught] == []
+    assert "wrote" in capsys.readouterr().out
+
+
 def test_early_stopping_axis_has_whole_iterations(tree):
     df = analysis.load_runs(str(tree))
     ax = analysis.plot_early_stopping(df[(df.hash == "aaaa") & (df.kind == "ticket") & (df.level <= 1)])

@@ -73,7 +73,9 @@ def test_pruning_at_start_reaches_each_levels_imp_counts_from_theta_0_in_one_run
     from lottery import imp
 
     cfg = small_config("levels=2", "pruning.prune_at=start", "controls=[invert]")
-    results = imp.run(cfg, console=Console(file=io.StringIO()))
+    out = io.StringIO()
+    results = imp.run(cfg, console=Console(file=out, width=200))
+    assert "pruning before training (magnitude) results: " in out.getvalue() and "IMP" not in out.getvalue()
     experiment = imp.prepare(cfg)
     theta_0 = pruning.flatten(experiment.load(experiment.level_dir(0, 0), "ticket")["params"])
     full = pruning.full_mask(experiment.trainer.init_params)

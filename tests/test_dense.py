@@ -4,6 +4,8 @@ import glob
 import io
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -168,3 +170,62 @@ def test_each_backend_trains_its_own_dense_runs_and_the_cpus_keep_their_hash(tmp
         {"replicate": 0, "trained": 60, "kept": [0]}]
     with open(os.path.join(on_gpu, "dense.yaml")) as f:
         assert "backend: gpu" in f.read()
+
+
+def test_damage_to_the_store_is_named_in_experiments_that_link_it_and_repaired_once_retrained(tmp_path):
+    """Level 0 of an experiment is hard links into the store: damage done to either is damage to
+    both, and a store trained again has new files the older experiments' links do not reach. And
+    the store's identity is checked by every experiment that links it, not only one that trains."""
+    runs = tmp_path / "runs"
+    tiny = [*TINY, "levels=0", "replicates=1", f"output_dir={runs}"]
+    older = compose_config([*tiny, "lmc.levels=[0]", "lmc.points=3"])  # level 0 holds more than the links
+    imp.run(older, console=Console(file=io.StringIO()))
+    (store,) = glob.glob(str(runs / "dense" / "*"))
+    identity = os.path.join(store, "dense.yaml")
+    with open(identity) as f:
+        written = f.read()
+    # Another experiment with the same level 0 only links it: a damaged dense.yaml is refused...
+    for damage, says in ((": : not yaml [", "cannot be read (ParserError"), ("model: {name: conv2}\n", "is not the identity")):
+        with open(identity, "w") as f:
+            f.write(damage)
+        with pytest.raises(LotteryError, match=f"^{identity}: {re.escape(says)}"):
+            imp.run(compose_config([*tiny, "pruning.rate=0.5"]), console=Console(file=io.StringIO()))
+    os.remove(identity)  # ... and a missing one written again, and said
+    out = io.StringIO()
+    imp.run(compose_config([*tiny, "pruning.rate=0.5"]), console=Console(file=out, width=300))
+    assert f"note: {identity} was missing; written again" in out.getvalue()
+    with open(identity) as f:
+        assert f.read() == written
+
+    experiment = imp.prepare(older)
+    level_0 = experiment.level_dir(0, 0)
+    data = [f for f in glob.glob(os.path.join(level_0, "trained", "**", "d", "*"), recursive=True) if os.path.isfile(f)]
+    for path in data:  # the arrays' bytes, half of each
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    # A re-run of the finished experiment says what is damaged and what to do (once was silent).
+    with pytest.raises(LotteryError) as error:
+        imp.run(older, console=Console(file=io.StringIO()))
+    replicate = os.path.join(store, "replicate_0")
+    assert str(error.value) == (f"{level_0}/trained: damaged, and so is the dense store's copy it links to: delete "
+                                f"{replicate} and run this again (trained there, relinked here)")
+    # Done as said: the store trains it again (the same bits) and each experiment's level 0 is linked to the
+    # new files when it next runs (once it kept the damaged ones).
+    shutil.rmtree(replicate)
+    out = io.StringIO()
+    with open(os.path.join(level_0, "lmc", "metrics.json")) as f:
+        lmc = f.read()
+    imp.run(older, console=Console(file=out, width=300))
+    assert f"note: {level_0}/trained was damaged; linked again from the dense store" in out.getvalue()
+    with open(os.path.join(level_0, "lmc", "metrics.json")) as f:
+        assert f.read() == lmc  # the rest of level 0 is kept
+    assert_bitwise(leaves(experiment, level_0, "trained"),
+                   leaves(experiment, None, "trained", os.path.join(replicate, "trained")))
+    assert os.path.samefile(glob.glob(os.path.join(level_0, "trained", "manifest.ocdbt"))[0],
+                            os.path.join(replicate, "trained", "manifest.ocdbt"))
+    out = io.StringIO()
+    imp.run(compose_config([*tiny, "pruning.rate=0.5"]), console=Console(file=out, width=300))
+    assert "/level_0/trained was damaged; linked again" in out.getvalue()
+    out = io.StringIO()
+    imp.run(older, console=Console(file=out, width=300))  # repaired: nothing to say
+    assert "note:" not in out.getvalue()

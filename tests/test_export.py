@@ -237,6 +237,14 @@ def recount(level):
         json.dump(metrics, f)
 
 
+def overcount(level):
+    with open(os.path.join(level, "metrics.json")) as f:
+        metrics = json.load(f)
+    metrics["remaining"] += 1  # the layers' counts, which the mask has, left alone
+    with open(os.path.join(level, "metrics.json"), "w") as f:
+        json.dump(metrics, f)
+
+
 CASES = {  # what is damaged -> (damage, what the line must say, where the level is)
     "not a level": (lambda level: None, "not a level directory; expected a finished network", ".."),
     "no such directory": (lambda level: None, "no such directory", "../level_9"),
@@ -246,6 +254,7 @@ CASES = {  # what is damaged -> (damage, what the line must say, where the level
     "config.yaml missing": (lambda level: remove(os.path.join(level, "..", "..", "config.yaml")), "config.yaml: missing", "."),
     "metrics.json missing": (lambda level: remove(os.path.join(level, "metrics.json")), "metrics.json: cannot be read", "."),
     "metrics disagree": (recount, "its mask of hidden/1/kernel does not have metrics.json's 1639 of 2048 weights", "."),
+    "remaining disagrees": (overcount, "metrics.json: says 5204 of 6464 weights remain (density 0.80492), its mask keeps 5203 of 6464", "."),
 }
 
 
@@ -282,14 +291,16 @@ def test_a_corrupt_checkpoint_is_one_line_from_the_command(run, tmp_path):
 
 def test_destinations_that_cannot_be_written(run, tmp_path, capsys):
     level = run.level_dir(0, 1)
-    cases = [(tmp_path, "is a directory"), (tmp_path / "no" / "t.safetensors", "does not exist")]
+    (tmp_path / "a_file").write_text("someone's file")
+    cases = [(tmp_path, "is a directory"), (tmp_path / "no" / "t.safetensors", "does not exist"),
+             (tmp_path / "a_file" / "t.safetensors", f"{tmp_path / 'a_file'} is a file, not a directory; choose another")]
     if os.path.isdir("/proc"):  # no file can be made there, not even by root
         cases.append(("/proc/t.safetensors", "cannot write the file there"))
     for path, says in cases:
         assert export.main([level, str(path)]) == 2
         stderr = capsys.readouterr().err
         assert stderr.count("\n") == 1 and stderr.startswith(f"error: {path}: ") and says in stderr, stderr
-    assert not os.path.exists("/proc/t.safetensors.partial") and os.listdir(tmp_path) == []
+    assert not os.path.exists("/proc/t.safetensors.partial") and os.listdir(tmp_path) == ["a_file"]
 
 
 def test_an_existing_file_is_kept_unless_forced(run, tmp_path, capsys):

@@ -313,6 +313,17 @@ def test_an_override_without_a_key(tmp_path):
     assert lines(result.stderr) == ["error: override '=5' has no key; write key=value, e.g. pruning.rate=0.5"]
 
 
+def test_a_compilation_cache_that_cannot_be_made_is_one_line_before_anything_runs(small_config, tmp_path):
+    """Not JAX's warning at every compilation (the run went on without the cache)."""
+    (tmp_path / "a_file").write_text("")
+    for place, reason in ((tmp_path / "a_file" / "cache", "Not a directory"), (tmp_path / "a_file", "a file, not a directory")):
+        with pytest.raises(LotteryError) as error:
+            imp.run(small_config("levels=0", f"compilation_cache={place}"), console=QUIET)
+        assert str(error.value) == (f"compilation_cache={place}: {reason}; choose a writable directory, or "
+                                    "compilation_cache='' to compile without the cache")
+    assert not os.path.exists(tmp_path / "runs")
+
+
 def test_a_network_at_chance_is_reported(small_config, capfd):
     imp.run(small_config("levels=0", "optimizer.lr=1e6"), console=QUIET)
     err = capfd.readouterr().err

@@ -28,8 +28,8 @@ RUN = ["levels=2", "replicates=1", "controls=[random_prune]", "training.eval_eve
        "lmc.levels=[1]", "lmc.points=3", "training.steps=300it", "progress=false"]
 
 
-def start(cwd, *extra):
-    env = child_env()
+def start(cwd, *extra, **env):
+    env = child_env(**env)
     return subprocess.Popen([sys.executable, "-m", "lottery.run", *RUN, *extra], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -85,7 +85,9 @@ def test_kill_9_and_sigterm_at_any_moment_then_resume_is_bitwise_the_uninterrupt
     cwd = tmp_path / "stopped"
     cwd.mkdir()
     runs = cwd / "runs" / "quickstart-*"
-    stopped = lambda: start(cwd, "wandb.mode=offline")
+    system_tmp = tmp_path / "tmp"  # the children's temporary directory: W&B's are not to be left there
+    system_tmp.mkdir()
+    stopped = lambda: start(cwd, "wandb.mode=offline", TMPDIR=str(system_tmp))
     # kill -9 inside level 0 (the shared dense store), after a checkpoint
     process = stopped()
     assert wait_for(f"{cwd}/runs/dense/*/checkpoints/level_0/*/*", process)
@@ -112,6 +114,10 @@ def test_kill_9_and_sigterm_at_any_moment_then_resume_is_bitwise_the_uninterrupt
 
     assert results(cwd) == results(reference)
     assert not glob.glob(f"{runs}/checkpoints")  # removed once everything is finished
+    # W&B's temporary directories (made on import, removed at exit): inside the experiment, those of
+    # the killed processes removed by the next run, the last run's at its exit; none in the system's.
+    assert not glob.glob(str(system_tmp / "tmp*wandb-*"))
+    assert os.listdir(glob.glob(f"{runs}/wandb/tmp")[0]) == []
     from test_tracking_resume import assert_every_row_once
     assert_every_row_once(glob.glob(str(runs))[0])
 
@@ -172,8 +178,8 @@ def test_corrupt_results_are_named_and_never_silently_redone(small_config, tmp_p
             path.write_bytes(b"")
     os.remove(metrics)  # level 1 now unfinished: it needs level 0's trained weights
     os.rename(experiment.level_dir(0, 1), experiment.level_dir(0, 1) + "_moved")
-    with pytest.raises(LotteryError, match=rf"{trained}: cannot be read as a checkpoint \(\w+\); delete the level_0/ "
-                       "that holds it"):
+    # Emptied through level 0's hard links into the dense store: named with what to do (dense.damaged).
+    with pytest.raises(LotteryError, match=rf"{trained}: damaged, and so is the dense store's copy it links to: delete "):
         imp.run(cfg, console=Console(file=io.StringIO()))
 
 
@@ -206,6 +212,9 @@ def test_nan_loss_stops_the_level_with_a_message(tmp_path):
     ("levels=-1", r"levels=-1 must be 0 or more"),
     ("replicates=0", r"replicates=0 must be 1 or more"),
     ("lmc.levels=[11]", r"lmc\.levels=\[11\] must be levels 0\.\.10"),
+    ("lmc.points=1", r"lmc\.points=1 must be 2 or more"),
+    ("pruning.criterion=snip pruning.examples=100000", r"pruning\.examples=100000 is more than the 1257 training examples of digits; set it "
+                                r"to at most 1257"),
     ("controls=[bogus]", r"controls: 'bogus' is not a control; choose from: random_reinit, random_prune"),
     ("retrain=bogus", r"retrain='bogus' is not an option; choose one of: rewind, lr_rewind, finetune"),
     ("training.eval_batch_size=0", r"training\.eval_batch_size=0 must be positive"),

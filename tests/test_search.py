@@ -33,6 +33,22 @@ def test_a_search_without_the_plugin_is_one_error_line(tmp_path):
                              "which is not installed: pip install -e '.[search]'\n")
 
 
+def test_a_search_without_multirun_is_refused_not_run_as_one_experiment():
+    from lottery import run
+    from lottery.errors import LotteryError
+
+    with pytest.raises(LotteryError) as error:
+        run.check_search(["hparams_search=quickstart", "levels=1"])
+    assert str(error.value) == ("hparams_search=quickstart is an Optuna search, a sweep: add -m (python -m lottery.run -m "
+                                "hparams_search=quickstart ...); without it one experiment would run, and nothing would "
+                                "be searched")
+    for arguments in (["-m", "hparams_search=quickstart"], ["--multirun", "hparams_search=quickstart"], ["levels=1"]):
+        try:
+            run.check_search(arguments)
+        except LotteryError as other:  # without the search extra: that is the one thing said
+            assert "needs Hydra's Optuna sweeper" in str(other)
+
+
 def test_levels_to_reach_a_target_at_a_pruning_rate():
     # LeNet at 0.2: 0.8^15 = 3.5% <= 3.6% < 0.8^14 (Frankle & Carbin's 3.6% is their level 15); 0.5^5 = 3.1%.
     assert [levels_to_reach(3.6, rate) for rate in (0.2, 0.5)] == [15, 5]

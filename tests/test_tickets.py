@@ -177,6 +177,51 @@ def test_a_corrupt_ticket_is_one_error_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: ") and "level_1/ticket" in err[0]
 
 
+def test_experiments_at_different_densities_show_both(tmp_path, capsys):
+    """Two experiments' tickets at one level, pruned at different rates: not one density for both."""
+    rng = np.random.default_rng(2)
+    for digest, keep in (("dddd", 0.5), ("eeee", 0.25)):
+        directory = tmp_path / f"lenet-{digest}"
+        os.makedirs(directory)
+        OmegaConf.save(OmegaConf.create({"name": "lenet", "pruning": {"rate": 1 - keep}}), directory / "config.yaml")
+        network(directory / "replicate_0" / "level_1", 0, 1, "ticket", rng, keep)
+    summary = tickets.summarize_similarity(tickets.similarity_table(str(tmp_path)))
+    (row,) = summary.itertuples()
+    assert (row.comparison, 18 * row.density_a, 18 * row.density_b) == ("experiments", pytest.approx(9), pytest.approx(5))
+    assert report.main([str(tmp_path), "--output", str(tmp_path)]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "lenet-dddd vs lenet-eeee" in line]
+    assert [cell.strip() for cell in line.split("│")][5] == "50.00 vs 27.78"  # the % weights remaining column
+
+
+def test_reading_a_damaged_ticket_leaves_no_event_loop_tracebacks(tmp_path, monkeypatch):
+    """orbax closes its event loop when the first array fails to read; tensorstore's reads of the
+    others still in flight called back into it, and Python printed each "RuntimeError: Event loop
+    is closed" as an exception it could not raise (sys.unraisablehook)."""
+    import sys
+    import time
+
+    from lottery.errors import LotteryError
+
+    directory = tmp_path / "lenet-ffff" / "replicate_0" / "level_1"
+    layers = [f"layer{i}" for i in range(10)]  # 20 arrays: many reads in flight
+    save_tree(str(directory / "ticket"), {"mask": {n: np.ones(12, bool) for n in layers},
+                                          "params": {n: np.ones(12, np.float32) for n in layers}, "batch_stats": {}})
+    metrics = {"level": 1, "replicate": 0, "kind": "ticket", "remaining": 120, "total": 120, "density": 1.0,
+               "layers": {n: {"remaining": 12, "total": 12, "density": 1.0} for n in layers}, "start_step": 0,
+               "history": [], "final": {"step": 10, "test_accuracy": 0.9}}
+    (directory / "metrics.json").write_text(json.dumps(metrics))
+    for path in (directory / "ticket").rglob("*"):
+        if path.is_file() and path.parent.name == "d":  # the arrays' data, not the metadata
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    for _ in range(20):  # the reads race with the loop's closing
+        with pytest.raises(LotteryError, match="cannot be read as an orbax checkpoint"):
+            tickets.read_ticket(str(directory))
+    time.sleep(0.3)  # what is still in flight lands
+    assert [str(u.exc_value) for u in unraisable] == []
+
+
 def test_per_layer_densities_from_the_results(tree):
     root, arrays = tree
     densities = tickets.layer_densities(analysis.load_runs(str(root)))

@@ -5,6 +5,7 @@ metrics.json, and what cannot be transferred is one line before anything is writ
 import io
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -128,6 +129,20 @@ def test_what_cannot_transfer_is_one_line(source, overrides, message):
     cfg = compose_config([*TARGET, f"output_dir={root}", f"transfer.source={found.directory}", *overrides])
     with pytest.raises(LotteryError, match=message):
         imp.prepare(cfg)
+
+
+def test_a_source_whose_result_is_not_json_is_refused_in_one_line(source, tmp_path):
+    root, found = source
+    copy = tmp_path / os.path.basename(found.directory)  # the same experiment (by its config.yaml), damaged
+    shutil.copytree(found.directory, copy)
+    damaged = copy / "replicate_1" / "level_2" / "metrics.json"
+    damaged.write_text('{"level": 2, "replic')
+    cfg = compose_config([*TARGET, f"output_dir={tmp_path / 'runs'}", f"transfer.source={copy}"])
+    with pytest.raises(LotteryError) as error:
+        imp.prepare(cfg)
+    assert str(error.value) == (f"transfer.source: {damaged}: not a readable lottery result; the source is damaged "
+                                f"there: delete {damaged.parent} and run the source experiment again")
+    assert not os.path.exists(tmp_path / "runs")
 
 
 def test_a_missing_source_is_named_before_anything_is_written(tmp_path):

@@ -9,6 +9,7 @@
 """
 
 import os
+import textwrap
 from typing import List
 
 import numpy as np
@@ -104,10 +105,14 @@ def _legend(ax, df):
     if len(labels) <= 3 and max(map(len, labels), default=0) <= 30:
         ax.legend(fontsize="small", title=title, title_fontsize="small")
     else:
-        if getattr(ax.figure, "_lottery_owned", False):  # a figure of ours: the axes keep their width
-            ax.figure.set_size_inches(9, 4)  # beside the legend (a caller's figure keeps its size)
-        ax.legend(fontsize="small", title=title, title_fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1),
-                  borderaxespad=0)
+        wrapped = [textwrap.fill(label, 60, break_long_words=False) for label in labels]  # many differing keys
+        legend = ax.legend(handles, wrapped, fontsize="small", title=title, title_fontsize="small", loc="upper left",
+                           bbox_to_anchor=(1.02, 1), borderaxespad=0)
+        figure = ax.figure
+        if getattr(figure, "_lottery_owned", False):  # a figure of ours: the axes keep their width beside the
+            box = legend.get_window_extent()  # legend, however long (a caller's figure keeps its size; a fixed
+            # size let long entries squeeze the axes to nothing: "constrained_layout not applied")
+            figure.set_size_inches(6 + box.width / figure.dpi + 0.3, max(4, box.height / figure.dpi + 0.6))
 
 
 def _axes(ax):

@@ -42,6 +42,19 @@ def results(summary, title: str = "lottery results (mean ± std over replicates)
     return out
 
 
+def method(cfg) -> str:
+    """What an experiment's pruned levels are, for its table's title: IMP, pruning before training
+    (``pruning.prune_at=start``: one training per level, no iteration), or a transfer of tickets."""
+    pruning = cfg["pruning"]
+    if pruning.get("prune_at", "trained") == "start":
+        rounds = pruning.get("rounds", 1)
+        return f"pruning before training ({pruning.get('criterion', 'magnitude')}" + \
+            (f", {rounds} rounds)" if rounds > 1 else ")")
+    if (cfg.get("transfer") or {}).get("source"):
+        return "ticket transfer"
+    return "IMP"
+
+
 def similarity(summary) -> Table:
     """One row per comparison, experiment, level and pair of kinds of
     ``tickets.summarize_similarity``: the masks' overlap and the start weights' sign agreement,
@@ -60,7 +73,10 @@ def similarity(summary) -> Table:
         same_start = row["comparison"] == "levels" or (row["comparison"] == "kinds" and row["kind_b"] in controls.CONTROLS
                                                        and controls.CONTROLS[row["kind_b"]].same_start)
         signs = ("same start", "") if same_start else (f"{row['sign_agreement']:.3f}", f"{row['sign_chance']:.3f}")
-        out.add_row(experiment, row["comparison"], level, kinds, f"{100 * row['density_a']:.2f}",
+        density = f"{100 * row['density_a']:.2f}"  # two experiments' tickets at one level may differ (pruning.rate)
+        if f"{100 * row['density_b']:.2f}" != density:
+            density += f" vs {100 * row['density_b']:.2f}"
+        out.add_row(experiment, row["comparison"], level, kinds, density,
                     *(f"{row[m]:.3f}" for m in ("jaccard", "jaccard_chance", "jaccard_above_chance")), *signs,
                     str(row["pairs"]))
     return out

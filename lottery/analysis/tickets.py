@@ -20,7 +20,8 @@ Similarity of two masks of the same shapes, per prunable layer and over all of t
 Pairs (``comparison``): ``replicates`` (the same experiment, level and kind, two replicates: do
 different seeds find the same ticket?), ``levels`` (one replicate's tickets at two levels), ``kinds``
 (a ticket and each of its controls), ``experiments`` (the same replicate, level and kind in two
-experiments: two rewind points, criteria, optimizers). Level 0 (dense) is never compared.
+experiments: two rewind points, criteria, optimizers; at one level two experiments' densities
+differ where their pruning rates do, and both are shown). Level 0 (dense) is never compared.
 """
 
 import functools
@@ -191,7 +192,8 @@ def summarize_similarity(table: pd.DataFrame) -> pd.DataFrame:
     """The whole-network rows, mean over pairs per comparison, pair of experiments, levels and kinds."""
     rows = table[table.layer == ALL]
     by = ["comparison", "experiment_a", "hash_a", "experiment_b", "hash_b", "level_a", "level_b", "kind_a", "kind_b"]
-    measures = ["density_a", "jaccard", "jaccard_chance", "jaccard_above_chance", "sign_agreement", "sign_chance"]
+    measures = ["density_a", "density_b", "jaccard", "jaccard_chance", "jaccard_above_chance", "sign_agreement",
+                "sign_chance"]
     grouped = rows.groupby(by, sort=True)[measures]
     summary = grouped.mean()
     summary["pairs"] = grouped.size()

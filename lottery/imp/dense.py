@@ -19,19 +19,23 @@ those keys (as open_lth's separate pretraining run):
 An experiment's ``replicate_<r>/level_0/`` is made from it -- ticket/, trained/, metrics.json and
 rewind_point/ (= rewind_points/<k>/ of its own k), hard-linked where the file system allows it,
 else copied -- so experiment directories stay self-contained and read as before, and a dense
-directory may be deleted once its experiments exist. A rewind step no experiment asked for before
-is computed by training the prefix from the nearest kept step below it (θ0 at worst): the data
-order is a function of (key, step) and splitting training into chunks changes no bit, so it is
-the θk the full run would have kept (tested bitwise).
+directory may be deleted once its experiments exist. Its ``linked.json`` records the digests of
+what was linked (``damaged``): damage done to the store reaches the experiment through the links,
+and is named there; once the store holds the same arrays again, level_0/ is linked to them anew.
+
+A rewind step no experiment asked for before is computed by training the prefix from the nearest
+kept step below it (θ0 at worst): the data order is a function of (key, step) and splitting
+training into chunks changes no bit, so it is the θk the full run would have kept (tested bitwise).
 """
 
 import os
 import shutil
-from typing import List
+from typing import Dict, List, Optional, Tuple
 
 import jax
 
 from lottery import backend, hosts
+from lottery.errors import LotteryError
 from lottery.imp.experiment import Experiment
 from lottery.pruning import masks
 from lottery.results import metrics as result_metrics
@@ -39,7 +43,8 @@ from lottery.results import paths
 from lottery.results.identity import dense_identity, digest, write_once
 from lottery.results.invocations import Invocation
 from lottery.results.metrics import NETWORK_KEYS
-from lottery.results.store import fresh, link_tree, load_tree, open_locked, read_json, save_tree, write_json
+from lottery.results.store import (files_digest, fresh, link_tree, load_tree, open_locked, read_json, save_tree,
+                                   tree_digest, write_json)
 from lottery.training import trainer as training
 from lottery.training import loop
 from lottery.training.loop import Network, group_checkpoints, remove_checkpoints
@@ -68,28 +73,39 @@ class Dense:
         return sorted(int(name) for name in os.listdir(directory) if name.isdigit()) if os.path.isdir(directory) else []
 
 
-def link_level_0(experiment: Experiment, replicates: List[int], progress) -> List[dict]:
+def link_level_0(experiment: Experiment, replicates: List[int], progress,
+                 relink: Optional[Dict[int, Tuple[str, dict]]] = None) -> List[dict]:
     """Level 0 of ``replicates`` in the experiment's directory, from the shared dense runs: trains
     the replicates the store lacks and the rewind point k where it lacks it (under the store's
-    lock; another process working on it is waited for), then links them in. Returns the metrics
-    of each replicate's level 0, now in the experiment."""
+    lock; another process working on it is waited for), then links them in. ``relink``: replicates
+    whose level_0/ is there but damaged (``damaged``: the tree, and the digests recorded when it was
+    linked), linked again where the store holds the same arrays. Returns the metrics of each
+    replicate's level 0, now in the experiment."""
+    relink = relink or {}
+    replicates = sorted(set(replicates) | set(relink))
     if not replicates:
         return []
     dense, k, lock = Dense(experiment), experiment.rewind, None
     say = progress.console.print
-    # Directories appear whole (one rename): what is there needs no lock, only what is missing does.
-    complete = all(os.path.isdir(dense.replicate_dir(r)) and k in dense.kept_steps(r) for r in replicates)
+    identity_file = os.path.join(dense.directory, IDENTITY)
+    # Directories appear whole (one rename): what is there needs no lock, only what is missing does
+    # (a missing dense.yaml too: written again under the lock).
+    complete = os.path.isfile(identity_file) and all(
+        os.path.isdir(dense.replicate_dir(r)) and k in dense.kept_steps(r) for r in replicates)
+    trained = []  # replicates this invocation trains in the store
     if not all(hosts.agree(int(complete))):  # every process takes the same path
         lock = lock_store(dense, say)
         try:
-            untrained = [r for r in replicates if not os.path.isdir(dense.replicate_dir(r))]
-            verify(dense, [r for r in replicates if r not in untrained])
-            if untrained or any(k not in dense.kept_steps(r) for r in replicates):
+            trained = [r for r in replicates if not os.path.isdir(dense.replicate_dir(r))]
+            for r in replicates:
+                if r not in trained:
+                    verify(dense, r, relink.get(r))
+            if trained or any(k not in dense.kept_steps(r) for r in replicates):
                 invocation = Invocation(dense.directory, experiment.cfg, experiment.invocation.program,
                                                write=hosts.primary())
                 announce_other_programs(dense, invocation, say)
                 try:
-                    train_dense(dense, untrained, invocation, progress)
+                    train_dense(dense, trained, invocation, progress)
                     keep_rewind_point(dense, [r for r in replicates if k not in dense.kept_steps(r)], invocation, progress)
                 except BaseException as error:
                     status = ("interrupted" if isinstance(error, KeyboardInterrupt) else "preempted"
@@ -100,22 +116,100 @@ def link_level_0(experiment: Experiment, replicates: List[int], progress) -> Lis
         finally:
             if lock is not None:
                 lock.close()
-    verify(dense, replicates)
-    return [link_replicate(dense, r) for r in replicates]
-
-
-def verify(dense: Dense, replicates: List[int]) -> None:
-    """Every file of the dense runs an experiment is about to link must be readable: a damaged one
-    is named in the store (where deleting the replicate's directory trains it again), not only
-    later through a link in the experiment."""
-    experiment = dense.experiment
+    else:  # no lock needed to read it: the store's identity must still be its directory's
+        write_once(identity_file, dense.identity, "dense run")
+    linked = []
     for r in replicates:
-        read_json(os.path.join(dense.replicate_dir(r), "metrics.json"), NETWORK_KEYS)
-        for what in ("ticket", "trained"):
-            load_tree(os.path.join(dense.replicate_dir(r), what), experiment.template(what))
-        if experiment.rewind in dense.kept_steps(r):  # deleting the step alone computes it again
-            point = dense.rewind_dir(r, experiment.rewind)
-            load_tree(point, experiment.template("rewind_point"), owner=point)
+        digests = verify(dense, r, relink.get(r))
+        if r in relink:
+            same_arrays(dense, r, relink[r], digests, r in trained)
+            linked.append(relink_replicate(dense, r, digests))
+        else:
+            linked.append(link_replicate(dense, r, digests))
+    return linked
+
+
+# What an experiment's level_0/ holds of the dense run: its trees, each named as it is there, and
+# the record of what was linked (each tree's digests: of its files, of its arrays). Not in
+# metrics.json, which is the same in every run: files hold the time orbax wrote them.
+LINKED = ("ticket", "trained", "rewind_point")
+LINKS = "linked.json"
+
+
+def sources(dense: Dense, replicate: int) -> Dict[str, str]:
+    """Where the store keeps the trees an experiment's level_0/ links (``LINKED``)."""
+    return {"ticket": os.path.join(dense.replicate_dir(replicate), "ticket"),
+            "trained": os.path.join(dense.replicate_dir(replicate), "trained"),
+            "rewind_point": dense.rewind_dir(replicate, dense.experiment.rewind)}
+
+
+def verify(dense: Dense, replicate: int, relink: Optional[Tuple[str, dict]] = None) -> Dict[str, dict]:
+    """Every file of the dense run an experiment is about to link must be readable: a damaged one
+    is named in the store (where deleting the replicate's directory trains it again), not only
+    later through a link in the experiment. Returns each tree's digests (files and arrays), which
+    the experiment's level_0/linked.json records: ``damaged`` compares with them later."""
+    experiment, digests = dense.experiment, {}
+    try:
+        read_json(os.path.join(dense.replicate_dir(replicate), "metrics.json"), NETWORK_KEYS)
+        for what, path in sources(dense, replicate).items():
+            if what != "rewind_point" or os.path.isdir(path):  # θk may still be to compute
+                owner = path if what == "rewind_point" else None  # deleting the step alone computes it again
+                tree = load_tree(path, experiment.template(what), owner=owner)
+                digests[what] = {"files": files_digest(path), "arrays": tree_digest(tree)}
+    except LotteryError:
+        if relink is None:
+            raise
+        level_0 = experiment.level_dir(replicate, 0)
+        raise LotteryError(f"{level_0}/{relink[0]}: damaged, and so is the dense store's copy it links to: "
+                           f"delete {dense.replicate_dir(replicate)} and run this again (trained there, relinked "
+                           "here)") from None
+    return digests
+
+
+def damaged(experiment: Experiment, replicate: int, say) -> Optional[Tuple[str, dict]]:
+    """The first tree of an experiment's ``level_0/`` that no longer holds what was linked into it,
+    with the digests recorded then (``LINKS``): damage done to the store reaches every experiment
+    through the hard links, and outlives the store's files when they are trained again. The files
+    are compared first; where they differ, the arrays they read as. None: all intact, or nothing
+    recorded (linked by an older version)."""
+    level_0 = experiment.level_dir(replicate, 0)
+    if not os.path.isfile(os.path.join(level_0, LINKS)):
+        return None
+    recorded, changed = read_json(os.path.join(level_0, LINKS), LINKED), {}
+    for what, digests in recorded.items():
+        path = os.path.join(level_0, what)
+        files = files_digest(path)
+        if files == digests["files"]:
+            continue
+        try:
+            same = tree_digest(load_tree(path, experiment.template(what))) == digests["arrays"]
+        except LotteryError:
+            same = False
+        if not same:
+            return what, recorded
+        changed[what] = files
+    if changed:  # a file orbax does not read, say: nothing to repair, said once
+        say(f"note: {level_0}/{', '.join(changed)}: files changed since they were linked, the arrays they hold did "
+            "not; their digest is recorded again")
+        write_json(os.path.join(level_0, LINKS),
+                   {what: {**digests, "files": changed.get(what, digests["files"])} for what, digests in recorded.items()})
+    return None
+
+
+def same_arrays(dense: Dense, replicate: int, relink: Tuple[str, dict], digests: Dict[str, dict],
+                trained: bool) -> None:
+    """A damaged level_0/ is linked again only to the arrays it was linked to: the store's own
+    (untouched, a copy was damaged) or the same bits trained again (training is deterministic)."""
+    what, recorded = relink
+    if all(digests[w]["arrays"] == recorded[w]["arrays"] for w in recorded):
+        return
+    level_0 = dense.experiment.level_dir(replicate, 0)
+    if trained:  # another loop, stack width or mesh rounds otherwise (README: Reproducibility)
+        raise LotteryError(f"{level_0}/{what}: damaged, and the dense store trained it again with other bits (another "
+                           f"program?): delete {os.path.dirname(level_0)} to train this replicate again")
+    raise LotteryError(f"{level_0}/{what}: damaged, and the dense store's copy differs from what was linked "
+                       f"(damaged too?): delete {dense.replicate_dir(replicate)} and run this again (trained there, "
+                       "relinked here)")
 
 
 def announce_other_programs(dense: Dense, invocation, say) -> None:
@@ -131,14 +225,19 @@ def announce_other_programs(dense: Dense, invocation, say) -> None:
 
 def lock_store(dense: Dense, say):
     """Process 0 makes the store's directory, takes its lock (waiting while another process holds
-    it, until a signal asks this run to stop) and checks its identity; every process learns whether
-    it could."""
+    it, until a signal asks this run to stop) and checks its identity (written again, and said, if
+    it was lost); every process learns whether it could."""
 
     def stop_if_asked():
         if loop.PREEMPTION.requested:
             raise loop.PREEMPTION.stop(f"stopped while waiting for {dense.directory}")
 
-    identify = lambda: write_once(os.path.join(dense.directory, IDENTITY), dense.identity, "dense run")
+    def identify():
+        path = os.path.join(dense.directory, IDENTITY)
+        if not os.path.exists(path) and paths.replicates(dense.directory):
+            say(f"note: {path} was missing; written again (the identity its directory's hash is of)")
+        write_once(path, dense.identity, "dense run")
+
     return open_locked(dense.directory, identify, "the shared dense level 0",
                               wait=lambda line: say(f"level 0: {line}"), stop=stop_if_asked)
 
@@ -223,8 +322,9 @@ def keep_rewind_point(dense: Dense, replicates: List[int], invocation, progress)
     hosts.barrier(f"rewind points {dense.directory}")
 
 
-def link_replicate(dense: Dense, replicate: int) -> dict:
-    """The experiment's ``replicate_<r>/level_0/`` from the dense run, by one rename; its metrics."""
+def link_replicate(dense: Dense, replicate: int, digests: Dict[str, dict]) -> dict:
+    """The experiment's ``replicate_<r>/level_0/`` from the dense run, by one rename, with the
+    ``digests`` of what it links; its metrics."""
     experiment = dense.experiment
     source, destination = dense.replicate_dir(replicate), experiment.level_dir(replicate, 0)
     metrics = read_json(os.path.join(source, "metrics.json"), NETWORK_KEYS)
@@ -234,10 +334,31 @@ def link_replicate(dense: Dense, replicate: int) -> dict:
     metrics["dense"] = os.path.relpath(dense.directory, os.path.dirname(experiment.directory))
     work_dir = fresh(destination + ".partial")
     if hosts.primary():
-        for what in ("ticket", "trained"):
-            link_tree(os.path.join(source, what), os.path.join(work_dir, what))
-        link_tree(dense.rewind_dir(replicate, experiment.rewind), os.path.join(work_dir, "rewind_point"))
+        for what, path in sources(dense, replicate).items():
+            link_tree(path, os.path.join(work_dir, what))
         write_json(os.path.join(work_dir, "metrics.json"), metrics)
+        write_json(os.path.join(work_dir, LINKS), digests)
         os.rename(work_dir, destination)
     hosts.barrier(f"level 0 {destination}")
     return metrics
+
+
+def relink_replicate(dense: Dense, replicate: int, digests: Dict[str, dict]) -> dict:
+    """A damaged ``level_0/`` linked again (to the same arrays: ``same_arrays``): each tree replaced
+    by the store's, one rename each, and linked.json last, so that a kill midway leaves what
+    ``damaged`` finds again; the rest of level 0 (metrics.json, an LMC measurement) stays. Its metrics."""
+    level_0 = dense.experiment.level_dir(replicate, 0)
+    if hosts.primary():
+        for what, path in sources(dense, replicate).items():
+            tree = os.path.join(level_0, what)
+            for leftover in (tree + ".partial", tree + ".damaged"):  # of an attempt a kill stopped
+                if os.path.isdir(leftover):
+                    shutil.rmtree(leftover)
+            link_tree(path, tree + ".partial")
+            if os.path.isdir(tree):
+                os.rename(tree, tree + ".damaged")
+            os.rename(tree + ".partial", tree)
+            shutil.rmtree(tree + ".damaged")
+        write_json(os.path.join(level_0, LINKS), digests)
+    hosts.barrier(f"level 0 relinked {level_0}")
+    return read_json(os.path.join(level_0, "metrics.json"), NETWORK_KEYS)

@@ -164,8 +164,10 @@ def check(cfg) -> None:
         raise LotteryError(f"levels={cfg.levels} must be 0 or more (pruning levels after the dense level 0)")
     if cfg.replicates < 1:
         raise LotteryError(f"replicates={cfg.replicates} must be 1 or more")
-    if any(not 0 <= level <= cfg.levels for level in cfg.lmc.levels) or cfg.lmc.points < 2:
-        raise LotteryError(f"lmc.levels={list(cfg.lmc.levels)} must be levels 0..{cfg.levels} and lmc.points >= 2")
+    if any(not 0 <= level <= cfg.levels for level in cfg.lmc.levels):
+        raise LotteryError(f"lmc.levels={list(cfg.lmc.levels)} must be levels 0..{cfg.levels}")
+    if cfg.lmc.points < 2:
+        raise LotteryError(f"lmc.points={cfg.lmc.points} must be 2 or more (the path's two ends, and points between)")
     if cfg.lmc.between_levels and (cfg.pruning.prune_at == "start" or cfg.sparsity.method != "imp"
                                    or cfg.transfer.source is not None):
         raise LotteryError("lmc.between_levels=true: connectivity between consecutive levels is IMP's (each level "
@@ -186,6 +188,9 @@ def prepare(cfg) -> Experiment:
     batch_size = cfg.training.batch_size
     if not 1 <= batch_size <= len(data.train_x):
         raise LotteryError(f"training.batch_size={batch_size} must be between 1 and the {len(data.train_x)} training examples")
+    if cfg.pruning.criterion in criteria.ON_DATA and cfg.pruning.examples > len(data.train_x):  # x[:n] quietly fewer
+        raise LotteryError(f"pruning.examples={cfg.pruning.examples} is more than the {len(data.train_x)} training "
+                           f"examples of {cfg.dataset.name}; set it to at most {len(data.train_x)}")
     if cfg.training.eval_batch_size < 1:
         raise LotteryError(f"training.eval_batch_size={cfg.training.eval_batch_size} must be positive")
     per_epoch = len(data.train_x) // batch_size

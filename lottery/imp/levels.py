@@ -24,7 +24,8 @@ Results go to ``<output_dir>/<name>-<hash>/replicate_<r>/level_<L>/``:
   ticket/       orbax: the mask and the weights training started from (θk ⊙ mask)
   trained/      orbax: the weights and batch statistics after training
   rewind_point/ (level 0) orbax: θk with its batch statistics and optimizer state (level 0 is linked
-                from the shared dense run, ``<output_dir>/dense/``: dense.py)
+                from the shared dense run, ``<output_dir>/dense/``: dense.py, which records what in
+                linked.json)
   random_reinit/, random_prune/   the controls, laid out the same way
   lmc/          copy_a/, copy_b/ (orbax: the two trained copies), metrics.json (error along the
                 path at lmc.points points, barrier) and path.png
@@ -36,6 +37,7 @@ added (results/invocations.py); ``objectives.json`` the values config ``objectiv
 finished results (analysis/objective.py). The layout is results/paths.py's.
 """
 
+import errno
 import os
 import shutil
 import sys
@@ -48,7 +50,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lottery import backend, hosts
 from lottery.analysis import figures, objective, runs, tables, tickets
-from lottery.errors import Preempted
+from lottery.errors import LotteryError, Preempted
 from lottery.imp import dense, lmc, swamp
 from lottery.imp.experiment import Experiment, prepare
 from lottery.pruning import controls, criteria, masks, sparse
@@ -74,7 +76,7 @@ def run(cfg, console: Console = None) -> Results:
     backend.deterministic(cfg.deterministic)  # before JAX's first computation, as:
     hosts.initialize(cfg.distributed)
     if cfg.compilation_cache:
-        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compilation_cache))
+        jax.config.update("jax_compilation_cache_dir", compilation_cache(cfg.compilation_cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     backend.announce(console.print)  # what the run computes on; a warning when a GPU machine computes on its CPU
     experiment = prepare(cfg)
@@ -93,6 +95,21 @@ def run(cfg, console: Console = None) -> Results:
     finally:
         if lock is not None:
             lock.close()
+
+
+def compilation_cache(setting: str) -> str:
+    """The directory of JAX's persistent compilation cache, made if missing: one that cannot be
+    written is refused here, where JAX would warn at every compilation and carry on without it."""
+    directory = os.path.abspath(os.path.expanduser(setting))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+    except OSError as error:
+        reason = "a file, not a directory" if os.path.isfile(directory) else error.strerror or str(error)
+        raise LotteryError(f"compilation_cache={setting}: {reason}; choose a writable directory, or "
+                           "compilation_cache='' to compile without the cache") from None
+    return directory
 
 
 def run_locked(experiment: Experiment, console: Console) -> Results:
@@ -167,7 +184,8 @@ def run_locked(experiment: Experiment, console: Console) -> Results:
     if trained or not os.path.exists(figure):  # a re-run of finished work rewrites nothing
         figures.save_figures(df, experiment.directory)
     summary = runs.summarize(df)
-    console.print(tables.results(summary, title=f"IMP results: {experiment.directory}", experiment_column=False))
+    console.print(tables.results(summary, title=f"{tables.method(cfg)} results: {experiment.directory}",
+                                 experiment_column=False))
     console.print(f"figures: {os.path.join(experiment.directory, '*.png')}")
     results.objective = objective.report(measured, experiment.directory, console)  # prints, writes; raises if missing
     return results
@@ -193,14 +211,24 @@ def dense_level(experiment: Experiment, progress: Progress) -> int:
     """Level 0: each replicate's dense network, from the dense runs shared by every experiment that
     differs from this one only in how it prunes, rewinds and retrains (``dense.py``: trained
     there once, with θk for every k asked for). Returns the networks this experiment gained."""
-    missing = []
+    missing, relink = [], {}
     for r in range(experiment.cfg.replicates):
         directory = experiment.level_dir(r, 0)
         if os.path.isdir(directory):  # finished work must be readable before more is built on it
             read_json(os.path.join(directory, "metrics.json"), NETWORK_KEYS)
+            found = dense.damaged(experiment, r, progress.console.print)  # through its links to the store
+            if found is not None:
+                relink[r] = found
         else:
             missing.append(r)
-    for metrics in dense.link_level_0(experiment, missing, progress):
+    for metrics in dense.link_level_0(experiment, missing, progress, relink):
+        r = metrics["replicate"]
+        if r in relink:
+            progress.console.print(f"note: {experiment.level_dir(r, 0)}/{relink[r][0]} was damaged; linked again from "
+                                   f"the dense store ({metrics['dense']}), which holds the same arrays")
+            if hosts.primary():
+                experiment.invocation.add(level=0, replicate=r, kind="ticket", dense=metrics["dense"], relinked=True)
+            continue
         if hosts.primary():
             experiment.invocation.add(level=0, replicate=metrics["replicate"], kind="ticket", dense=metrics["dense"])
             experiment.tracker.log_history(metrics["replicate"], "ticket", 0, metrics["history"])

@@ -32,7 +32,8 @@ from lottery.errors import LotteryError
 from lottery.pruning import masks
 from lottery.results import paths
 from lottery.results.identity import read_source_identity, source_hash
-from lottery.results.store import load_tree, read_flat
+from lottery.results.metrics import NETWORK_KEYS
+from lottery.results.store import load_tree, read_flat, read_json
 
 WEIGHTS = ("ticket", "init")
 # What to do about a damaged checkpoint of the source: not this command's to train again.
@@ -110,10 +111,16 @@ class Source:
         for replicate in range(replicates):
             for level in range(levels + 1):  # level 0: θ0 and θk, the controls' start weights
                 directory = paths.level_dir(source, replicate, level)
-                if not (os.path.isfile(os.path.join(directory, "metrics.json")) and os.path.isdir(os.path.join(directory, "ticket"))):
+                metrics_file = os.path.join(directory, "metrics.json")
+                if not (os.path.isfile(metrics_file) and os.path.isdir(os.path.join(directory, "ticket"))):
                     raise LotteryError(f"transfer.source: {directory} is not a finished level; the source must have levels "
                                        f"0..{levels} of replicates 0..{replicates - 1} (run it with at least "
                                        f"levels={levels} replicates={replicates})")
+                try:  # a level is finished only with its result (the report, export, similarity read it)
+                    read_json(metrics_file, NETWORK_KEYS)
+                except LotteryError:
+                    raise LotteryError(f"transfer.source: {metrics_file}: not a readable lottery result; the source is "
+                                       f"damaged there: delete {directory} and run the source experiment again") from None
         for metrics_file in sorted(glob.glob(os.path.join(paths.level_dir(experiment_dir, "*", "*"), "metrics.json"))):
             try:
                 origin = json.load(open(metrics_file)).get("transfer")

@@ -58,13 +58,16 @@ def model_apply(trainer, batch_stats, train: bool = False) -> Callable:
 
 
 CRITERIA: Dict[str, Callable[[Context], Scores]] = {}
+ON_DATA = set()  # the criteria that score the first ``pruning.examples`` training examples (``Context.batch``)
 
 
-def criterion(name: str):
-    """Register a scoring function under ``name``."""
+def criterion(name: str, data: bool = False):
+    """Register a scoring function under ``name``; ``data``: it scores training examples."""
 
     def register(function: Callable[[Context], Scores]) -> Callable[[Context], Scores]:
         CRITERIA[name] = function
+        if data:
+            ON_DATA.add(name)
         return function
 
     return register
@@ -160,7 +163,7 @@ def _build_snip(apply, names):
     return scores
 
 
-@criterion("snip")
+@criterion("snip", data=True)
 def snip(context: Context) -> Scores:
     """SNIP's connection sensitivity (Lee et al. 2019, Sec. 4.1): |∂L(c ⊙ θ)/∂c| at the current mask c,
     = |θ ⊙ g| with g = ∂L/∂θ of the masked network θ = w ⊙ mask on ``context.batch`` (L the training
@@ -193,7 +196,7 @@ def _build_grasp(apply, names):
     return scores
 
 
-@criterion("grasp")
+@criterion("grasp", data=True)
 def grasp(context: Context) -> Scores:
     """GraSP (Wang et al. 2020, Sec. 4): the paper's score S(-θ) = -θ ⊙ Hg, g = ∂L/∂θ and H = ∂²L/∂θ²
     over the prunable weights (the reference code's ``weights``: conv and linear kernels) of the

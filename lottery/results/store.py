@@ -8,7 +8,10 @@ shared dense level 0) is guarded by an exclusive ``flock`` on its ``lock`` file:
 it when the process ends, however it ends, so no lock is ever stale.
 """
 
+import asyncio
+import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -31,6 +34,33 @@ logging.getLogger("absl").setLevel(logging.CRITICAL)
 
 # Every process calls each save and restore (orbax synchronizes them); process 0 writes.
 MULTIPROCESS = ocp.options.MultiprocessingOptions(primary_host=0)
+
+
+class _ReadLoop(asyncio.SelectorEventLoop):
+    """The event loop of one orbax read. orbax closes it as soon as one array fails to read (a
+    truncated file) while tensorstore still finishes the others, and each of those would then print
+    ``RuntimeError: Event loop is closed`` from its own thread: a closed loop drops their callbacks,
+    which could never run."""
+
+    def call_soon_threadsafe(self, callback, *args, context=None):
+        if self.is_closed():
+            return None
+        return super().call_soon_threadsafe(callback, *args, context=context)
+
+
+class _ReadLoops(asyncio.DefaultEventLoopPolicy):
+    _loop_factory = _ReadLoop
+
+
+@contextlib.contextmanager
+def _reading():
+    """orbax's reads inside run in ``_ReadLoop``s (orbax makes a new loop for each restore)."""
+    previous = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(_ReadLoops())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(previous)
 
 
 def save_tree(path: str, tree) -> None:
@@ -56,7 +86,8 @@ def load_tree(path: str, like, owner: Optional[str] = None, then: str = RETRAIN)
     target = abstract(like)
     checkpointer = ocp.StandardCheckpointer(multiprocessing_options=MULTIPROCESS)
     try:
-        tree = checkpointer.restore(os.path.abspath(path), target)
+        with _reading():
+            tree = checkpointer.restore(os.path.abspath(path), target)
     except Exception as error:  # orbax raises many types for missing, truncated or foreign files
         # Not closed: reads still in flight would call back into a closed event loop and print
         # tracebacks around the one line that matters; the failing process ends soon anyway.
@@ -130,7 +161,8 @@ def read_flat(directory: str, keys, exact: bool = True, separator: str = ".", th
         raise LotteryError(f"{directory}: missing; expected {what}")
     checkpointer = ocp.StandardCheckpointer()
     try:
-        tree = checkpointer.restore(os.path.abspath(directory))
+        with _reading():
+            tree = checkpointer.restore(os.path.abspath(directory))
     except Exception as error:  # orbax raises many types for missing, truncated or foreign files
         if then is not None:
             raise unreadable(directory, error, then=then) from None
@@ -184,9 +216,10 @@ class LevelCheckpoints:
         errors = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-                target = abstract(like(meta))
-                arrays = self.manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(target)))["arrays"]
+                with _reading():
+                    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+                    target = abstract(like(meta))
+                    arrays = self.manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(target)))["arrays"]
                 for error in errors:  # said only when an older one was read: otherwise the error below says it all
                     print(f"warning: {self.directory}: checkpoint at {error}; resuming from step {step}", file=sys.stderr)
                 return step, arrays, meta
@@ -244,6 +277,32 @@ def fresh(work_dir: str) -> str:
             os.makedirs(work_dir)
     hosts.barrier(f"fresh {work_dir}")
     return work_dir
+
+
+def files_digest(directory: str) -> str:
+    """The content of the files below ``directory`` (relative paths, sizes, bytes; none: the digest
+    of nothing): what a hard link shares with the file it links, read without orbax."""
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(directory):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            digest.update(f"{os.path.relpath(path, directory)}\0{os.path.getsize(path)}\0".encode())
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def tree_digest(tree) -> str:
+    """The content of a pytree of arrays (paths, dtypes, shapes, values): the same for two bitwise
+    equal trees, whichever files hold them (orbax's metadata has the time of writing)."""
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)} {array.dtype.str} {array.shape}\0".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def link_tree(source: str, destination: str) -> None:
