@@ -19,11 +19,18 @@ CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 @dataclasses.dataclass
 class ModelConfig:
-    name: str = MISSING  # lenet | conv2 | conv4 | conv6 | resnet | vgg
+    name: str = MISSING  # lenet | conv2 | conv4 | conv6 | resnet | vgg | vit
     hidden: List[int] = dataclasses.field(default_factory=lambda: [300, 100])  # lenet fc widths
-    depth: int = 20  # resnet: 6n+2 (20, 56, 110); vgg: 11, 13, 16 or 19
+    depth: int = 20  # resnet: 6n+2 (20, 56, 110); vgg: 11, 13, 16 or 19; vit: transformer blocks
     width: int = 16  # resnet: channels of the first stage (then 2x, 4x)
     init: str = "glorot_normal"  # glorot_normal (Frankle & Carbin) | kaiming_normal (open_lth)
+    # vit (lottery/models/vit.py; conf/model/vit.yaml sets them): null for every other model, and
+    # then left out of the experiment's hash (results/identity.py), so older experiments keep theirs.
+    patch: Optional[int] = None  # side of the square patches, in pixels
+    dim: Optional[int] = None  # width of a token
+    heads: Optional[int] = None  # attention heads per block
+    head_dim: Optional[int] = None  # width of one head; null: dim / heads
+    mlp_dim: Optional[int] = None  # hidden units of each block's MLP
 
 
 @dataclasses.dataclass

@@ -27,7 +27,8 @@ INPUT_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion_mnist": (28,
 
 def test_the_published_experiments_are_all_there():
     assert EXPERIMENTS == ["conv2", "conv4", "conv6", "lenet", "lenet_at_init", "lenet_gmp", "lenet_rigl", "lenet_set",
-                           "lenet_static", "lenet_transfer", "quickstart", "resnet", "resnet_at_init", "vgg", "vgg_at_init"]
+                           "lenet_static", "lenet_transfer", "quickstart", "resnet", "resnet_at_init", "vgg", "vgg_at_init",
+                           "vit"]
 
 
 def test_the_transfer_experiment_trains_lenets_tickets_with_another_optimizer_and_length():

@@ -43,8 +43,9 @@ def results(summary, title: str = "lottery results (mean ± std over replicates)
 
 
 def method(cfg) -> str:
-    """What an experiment's pruned levels are, for its table's title: IMP, pruning before training
-    (``pruning.prune_at=start``: one training per level, no iteration), or a transfer of tickets."""
+    """What an experiment's pruned levels are, for its table's title: IMP (its structure, SWAMP),
+    pruning before training (``pruning.prune_at=start``: one training per level, no iteration), sparse
+    training from scratch, or a transfer of tickets."""
     pruning = cfg["pruning"]
     if pruning.get("prune_at", "trained") == "start":
         rounds = pruning.get("rounds", 1)
@@ -52,7 +53,14 @@ def method(cfg) -> str:
             (f", {rounds} rounds)" if rounds > 1 else ")")
     if (cfg.get("transfer") or {}).get("source"):
         return "ticket transfer"
-    return "IMP"
+    sparsity = cfg.get("sparsity") or {}
+    if sparsity.get("method", "imp") != "imp":  # sparse training from scratch (pruning/sparse.py)
+        name = {"static": "static sparse", "gmp": "GMP", "set": "SET", "rigl": "RigL"}.get(sparsity["method"],
+                                                                                        sparsity["method"])
+        return f"{name} training ({sparsity.get('distribution', 'imp')} layer densities)"
+    structure = pruning.get("structure", "weights")
+    swamp = (cfg.get("swamp") or {}).get("particles", 1)
+    return "IMP" + (f" ({structure})" if structure != "weights" else "") + (f" with SWAMP x{swamp}" if swamp > 1 else "")
 
 
 def similarity(summary) -> Table:

@@ -7,7 +7,7 @@ conv / dense weights ``kernel`` (the prunable parameters).
 from flax import nnx
 
 from lottery.errors import LotteryError
-from lottery.models import conv, lenet, resnet, vgg
+from lottery.models import conv, lenet, resnet, vgg, vit
 
 _BUILDERS = {
     "lenet": lenet.build,
@@ -16,7 +16,12 @@ _BUILDERS = {
     "conv6": conv.build,
     "resnet": resnet.build,
     "vgg": vgg.build,
+    "vit": vit.build,
 }
+
+# The ViT's sizes (conf/model/vit.yaml sets them); None for every other model, which does not read
+# them, so that they stay out of those models' experiment hashes (results/identity.py).
+VIT_KEYS = ("patch", "dim", "heads", "head_dim", "mlp_dim")
 
 INITIALIZERS = {
     # Untruncated Gaussian Glorot, N(0, 2 / (fan_in + fan_out)), as torch.nn.init.xavier_normal_
@@ -55,16 +60,42 @@ def check(cfg) -> None:
         raise LotteryError(f"model.depth={cfg.depth} is not a VGG depth; choose one of: {', '.join(map(str, vgg.PLANS))}")
     if cfg.name in ("lenet", "resnet") and (min(cfg.hidden, default=1) < 1 or cfg.width < 1):
         raise LotteryError("model.hidden and model.width must be positive")
+    if cfg.name == "vit":
+        _check_vit(cfg)
+    else:
+        for key in VIT_KEYS:
+            if getattr(cfg, key, None) is not None:
+                raise LotteryError(f"model.{key}={getattr(cfg, key, None)} is a ViT size; model {cfg.name} does not use it "
+                                   f"(it would name another experiment): leave it unset")
+
+
+def _check_vit(cfg) -> None:
+    for key in ("patch", "dim", "heads", "mlp_dim", "depth"):
+        value = getattr(cfg, key, None)
+        if value is None or value < 1:
+            raise LotteryError(f"model.{key}={value}: the ViT needs a positive {key} (conf/model/vit.yaml sets them all)")
+    if cfg.head_dim is None and cfg.dim % cfg.heads:
+        raise LotteryError(f"model.dim={cfg.dim} is not a multiple of model.heads={cfg.heads}: each head is dim / heads "
+                           "wide; change one, or set model.head_dim")
+    if cfg.head_dim is not None and cfg.head_dim < 1:
+        raise LotteryError(f"model.head_dim={cfg.head_dim} must be positive (or null: dim / heads)")
 
 
 def check_input(cfg, input_shape, dataset: str) -> None:
     """Raise a one-line LotteryError when ``dataset``'s images cannot go through the model: conv
     models need images, and each 2x2 max-pooling halves them (VGG-16 on 8x8 digits would pool
-    them away and train on nothing)."""
+    them away and train on nothing); the ViT needs images that are a whole number of patches."""
     if cfg.name == "lenet":
         return
     if len(input_shape) != 3:
         raise LotteryError(f"model {cfg.name} needs images (height, width, channels); dataset {dataset} has inputs of shape {tuple(input_shape)}")
+    if cfg.name == "vit":
+        height, width = input_shape[:2]
+        if height % cfg.patch or width % cfg.patch:
+            raise LotteryError(f"model vit cuts images into {cfg.patch}x{cfg.patch} patches (model.patch); dataset "
+                               f"{dataset} has {height}x{width} images, not a whole number of patches: choose a patch "
+                               f"that divides {height} and {width}")
+        return
     plan = conv.PLANS.get(cfg.name) or (vgg.PLANS[cfg.depth] if cfg.name == "vgg" else [])
     pools = plan.count("M")
     height, width = input_shape[:2]
