@@ -194,3 +194,28 @@ def test_a_model_without_the_units_asked_for_is_one_line():
 
     with pytest.raises(LotteryError, match="pruning.structure=heads: this model has no heads to prune"):
         _setup("pruning.structure=heads")
+
+
+def test_heads_are_cut_whole_and_the_compact_vit_computes_the_same_logits():
+    from test_vit import numpy_vit
+
+    cfg, params, found = _setup("model=vit", "model.dim=16", "model.depth=2", "model.heads=4", "model.mlp_dim=32",
+                                "model.patch=4", "pruning.structure=heads", "pruning.rate=0.5", shape=(16, 16, 3))
+    assert [u.kind for u in found.layers] == ["heads", "heads"] and found.layers[0].width == 4
+    mask = found.prune(_random_scores(params, np.random.default_rng(5)), masks.full_mask(params), 1)
+    flat = masks.flatten(mask)
+    for layer in found.layers:
+        alive = found.alive(flat, layer)
+        assert alive.sum() == 2
+        for h in np.flatnonzero(~alive):
+            columns = slice(4 * h, 4 * h + 4)
+            assert not any(flat[p][:, columns].any() for p in layer.producers)
+            assert not flat[layer.consumers[0]][columns, :].any()
+        assert all(flat[p][:, np.repeat(alive, 4)].all() for p in layer.producers)
+    weights = {n: np.where(flat[n], a, 0) if n in flat else a for n, a in masks.flatten(params).items()}
+    _, trees, kept = structure.compact(flat, {"params": weights}, found.layers)
+    compact = trees["params"]
+    assert compact["blocks/0/attention/query/kernel"].shape == (16, 8)
+    images = np.random.default_rng(6).standard_normal((3, 16, 16, 3))
+    np.testing.assert_allclose(numpy_vit(compact, images, patch=4, head_dim=4),
+                               numpy_vit(weights, images, patch=4, head_dim=4), rtol=1e-6, atol=1e-6)

@@ -35,13 +35,15 @@ INITIALIZERS = {
 
 
 _UNITS = {"lenet": lenet.units, "conv2": conv.units, "conv4": conv.units, "conv6": conv.units, "resnet": resnet.units,
-          "vgg": vgg.units}
+          "vgg": vgg.units, "vit": lambda shapes, cfg: vit.units(shapes, cfg.heads)}
 
 
 def units(cfg, shapes) -> list:
     """The model's units (neurons, channels, heads) for structured pruning (pruning/structure.py),
     from its parameters' shapes by '/'-path (``hidden/0/kernel``)."""
-    return _UNITS[cfg.name](shapes) if cfg.name in _UNITS else []
+    if cfg.name not in _UNITS:
+        return []
+    return _UNITS[cfg.name](shapes, cfg) if cfg.name == "vit" else _UNITS[cfg.name](shapes)
 
 
 def names():

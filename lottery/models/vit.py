@@ -150,6 +150,23 @@ def head_width(cfg) -> int:
     return cfg.head_dim if cfg.head_dim is not None else cfg.dim // cfg.heads
 
 
+def units(shapes, heads: int):
+    """Each block's attention heads (query, key and value columns, the output projection's rows; see
+    the module docstring) and its MLP's hidden units (pruning/structure.py)."""
+    from lottery.pruning.structure import Units
+
+    blocks = sorted({int(name.split("/")[1]) for name in shapes if name.startswith("blocks/")})
+    out = []
+    for i in blocks:
+        attention, mlp = f"blocks/{i}/attention", f"blocks/{i}/mlp"
+        width = shapes[f"{attention}/query/kernel"][-1] // heads
+        out.append(Units("heads", tuple(f"{attention}/{p}/kernel" for p in ("query", "key", "value")),
+                         (f"{attention}/out/kernel",), heads, width))
+        out.append(Units("neurons", (f"{mlp}/hidden/kernel",), (f"{mlp}/out/kernel",), shapes[f"{mlp}/hidden/kernel"][-1],
+                         companions=(f"{mlp}/hidden/bias",)))
+    return out
+
+
 def build(cfg, input_shape, num_classes, init, rngs):
     return ViT(input_shape, cfg.patch, cfg.dim, cfg.depth, cfg.heads, head_width(cfg), cfg.mlp_dim, num_classes,
                init, rngs)
