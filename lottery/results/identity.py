@@ -61,7 +61,8 @@ def unhashed_settings(cfg: DictConfig) -> dict:
 # Keys added after experiments existed, at the value that computes what those experiments computed:
 # left out of the identity at that value, so that adding them changed no experiment's hash.
 _HASHED_UNLESS = {"pruning.criterion": "magnitude", "pruning.prune_at": "trained", "pruning.rounds": 1,
-                  "pruning.examples": 100, "pruning.structure": "weights", "training.precision": "float32", "dataset.subset": None}
+                  "pruning.examples": 100, "pruning.structure": "weights", "training.precision": "float32", "dataset.subset": None,
+                  "dataset.labels": "fine"}
 
 
 def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
