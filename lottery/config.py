@@ -35,7 +35,7 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class DatasetConfig:
-    name: str = MISSING  # digits | mnist | fashion_mnist | cifar10 | cifar10_subset
+    name: str = MISSING  # digits | mnist | fashion_mnist | cifar10 | cifar10_subset | cifar100
     root: str = "${oc.env:LOTTERY_DATA_DIR,'~/.cache/lottery'}"  # files live in <root>/<name>/ (cifar10_subset: <root>/cifar10-subset/)
     validation: int = 5000  # training examples held out for validation (early stopping)
     # Use only the first N training examples (validation included, held out from their end); the test
@@ -43,6 +43,10 @@ class DatasetConfig:
     subset: Optional[int] = None
     augment: bool = False  # pad-4 random crop and horizontal flip, on the device
     download: bool = True  # fetch missing files from the official source
+    # Which labels, where a data set has two kinds: CIFAR-100's fine (100 classes) or coarse (20
+    # superclasses). Every other data set has one kind, fine. Hashed unless fine (and the labels
+    # read are in the data fingerprint either way).
+    labels: str = "fine"
 
 
 @dataclasses.dataclass

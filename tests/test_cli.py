@@ -79,7 +79,7 @@ def test_rerunning_skips_finished_levels(quickstart):
         (["pruning.rate=abc"], r"Value 'abc' of type 'str' could not be converted to Float"),
         (["+exp=nope"], r"Could not find 'exp/nope'; Available options in 'exp': conv2, conv4, conv6, lenet"),
         (["model.name=foo"], r"model\.name='foo' is not a model; choose one of: conv2, .*vgg"),
-        (["dataset.name=imagenet"], r"dataset\.name='imagenet' is not a data set; choose one of: cifar10, cifar10_subset, digits"),
+        (["dataset.name=imagenet"], r"dataset\.name='imagenet' is not a data set; choose one of: cifar10, cifar100, cifar10_subset, digits"),
         (["rewind=30ep"], r"rewind=30ep is at or past the end of training \(training\.steps=30ep\)"),
         (["rewind=500"], r"rewind='500' is not a point in training"),
         (["training.steps=0it"], r"training\.steps=0it must be longer than 0 iterations"),

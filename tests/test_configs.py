@@ -22,13 +22,14 @@ from lottery.pruning import criteria, sparse
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "exp").glob("*.yaml"))
 INPUT_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3),
-                "cifar10_subset": (32, 32, 3)}
+                "cifar10_subset": (32, 32, 3), "cifar100": (32, 32, 3)}
+CLASSES = {"cifar100": 100}  # fine labels; every other data set has 10
 
 
 def test_the_published_experiments_are_all_there():
     assert EXPERIMENTS == ["conv2", "conv4", "conv6", "lenet", "lenet_at_init", "lenet_gmp", "lenet_rigl", "lenet_set",
-                           "lenet_static", "lenet_transfer", "quickstart", "resnet", "resnet_at_init", "vgg", "vgg_at_init",
-                           "vit"]
+                           "lenet_static", "lenet_transfer", "quickstart", "resnet", "resnet_at_init", "resnet_cifar100", "vgg",
+                           "vgg_at_init", "vgg_cifar100", "vit"]
 
 
 def test_the_transfer_experiment_trains_lenets_tickets_with_another_optimizer_and_length():
@@ -60,7 +61,8 @@ def test_experiment_composes_and_is_consistent(name):
     assert 0 <= Step.parse(cfg.rewind, per_epoch).iteration < end
     for milestone in cfg.training.milestones:
         assert 0 < Step.parse(milestone, per_epoch).iteration < end
-    model = nnx.eval_shape(lambda: models.build(cfg.model, INPUT_SHAPES[cfg.dataset.name], 10, jax.random.key(0)))
+    classes = CLASSES.get(cfg.dataset.name, 10)
+    model = nnx.eval_shape(lambda: models.build(cfg.model, INPUT_SHAPES[cfg.dataset.name], classes, jax.random.key(0)))
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     assert pruning.prunable(params, cfg.pruning.ignore)  # ignore patterns match real parameters
 
@@ -95,6 +97,16 @@ def test_resnet_and_vgg_follow_the_linear_mode_connectivity_recipe():
     assert list(vgg.pruning.ignore) == ["output/kernel"] and vgg.model.depth == 16
 
 
+@pytest.mark.parametrize("name", ["resnet", "vgg"])
+def test_the_cifar100_recipes_are_the_cifar10_ones_on_cifar100(name):
+    # Neither the LMC paper nor open_lth trains on CIFAR-100: its recipes are CIFAR-10's, on other data.
+    cifar10, cifar100 = (OmegaConf.to_container(compose_config([f"+exp={exp}"])) for exp in (name, f"{name}_cifar100"))
+    assert (cifar100["name"], cifar100["dataset"]["name"], cifar100["dataset"]["labels"]) == (f"{name}_cifar100", "cifar100", "fine")
+    for config in (cifar10, cifar100):
+        del config["name"], config["dataset"]["name"]
+    assert cifar100 == cifar10
+
+
 @pytest.mark.parametrize("group, key, names", [
     ("model", "model.name", models.names()),
     ("dataset", "dataset.name", datasets.names()),
@@ -124,6 +136,8 @@ def test_hash_ignores_levels_and_locations_but_not_the_experiment():
     assert experiment_hash(compose_config(["dataset.root=/data"]), DATA) == base
     assert experiment_hash(compose_config(["dataset.subset=null"]), DATA) == base  # unset: as before the key existed
     assert experiment_hash(compose_config(["dataset.subset=1000"]), DATA) != base  # (its fingerprint differs too)
+    assert experiment_hash(compose_config(["dataset.labels=fine"]), DATA) == base  # as before the key existed
+    assert experiment_hash(compose_config(["dataset.labels=coarse"]), DATA) != base  # (and the labels read differ)
     assert experiment_hash(compose_config([]), "sha256:other") != base  # other data, another experiment
     assert experiment_hash(compose_config(["sparsity=imp", "sparsity.drop_fraction=0.5"]), DATA) == base  # IMP: unused
     rigl = experiment_hash(compose_config(["sparsity=rigl"]), DATA)

@@ -27,7 +27,7 @@ class Dataset:
     mean: Tuple[float, ...]  # per channel, after dividing by scale
     std: Tuple[float, ...]
     fingerprint: str = ""  # of the content read (see ``fingerprint``): part of the experiment's identity
-    num_classes: int = 10
+    num_classes: int = 10  # a loader's stats may say otherwise (CIFAR-100: 100 fine or 20 coarse classes)
 
     @property
     def input_shape(self) -> Tuple[int, ...]:
@@ -39,16 +39,18 @@ class Dataset:
         return {"train": len(self.train_x), "validation": len(self.val_x), "test": len(self.test_x)}
 
 
-def _loaders() -> Dict[str, Tuple[Callable, str]]:
-    """Each data set's loader and the directory below ``dataset.root`` that holds its files."""
-    from lottery.data import cifar10, digits, mnist
+def _loaders() -> Dict[str, Tuple[Callable, str, Tuple[str, ...]]]:
+    """Each data set's loader, the directory below ``dataset.root`` that holds its files, and the
+    kinds of label it has (``dataset.labels``): a loader of more than one takes ``labels=``."""
+    from lottery.data import cifar10, cifar100, digits, mnist
 
     return {
-        "digits": (digits.load, "digits"),
-        "mnist": (mnist.load_mnist, "mnist"),
-        "fashion_mnist": (mnist.load_fashion_mnist, "fashion_mnist"),
-        "cifar10": (cifar10.load, "cifar10"),
-        "cifar10_subset": (cifar10.load_subset, cifar10.SUBSET_DIRECTORY),
+        "digits": (digits.load, "digits", ("fine",)),
+        "mnist": (mnist.load_mnist, "mnist", ("fine",)),
+        "fashion_mnist": (mnist.load_fashion_mnist, "fashion_mnist", ("fine",)),
+        "cifar10": (cifar10.load, "cifar10", ("fine",)),
+        "cifar10_subset": (cifar10.load_subset, cifar10.SUBSET_DIRECTORY, ("fine",)),
+        "cifar100": (cifar100.load, "cifar100", ("fine", "coarse")),
     }
 
 
@@ -62,9 +64,15 @@ def load(cfg) -> Dataset:
     loaders = _loaders()
     if cfg.name not in loaders:
         raise LotteryError(f"dataset.name={cfg.name!r} is not a data set; choose one of: {', '.join(names())}")
-    loader, name = loaders[cfg.name]
+    loader, name, kinds = loaders[cfg.name]
+    labels = cfg.get("labels", "fine")
+    if labels not in kinds:
+        having = [other for other, (_, _, its) in sorted(loaders.items()) if labels in its]
+        raise LotteryError(f"dataset.labels={labels} is not a kind of label of {cfg.name}; choose {' or '.join(kinds)}"
+                           + (f" ({labels} labels: {', '.join(having)})" if having else ""))
     directory = os.path.join(os.path.expanduser(cfg.root), name)
-    train_x, train_y, test_x, test_y, stats = loader(directory, download=cfg.download)
+    options = {"labels": labels} if len(kinds) > 1 else {}
+    train_x, train_y, test_x, test_y, stats = loader(directory, download=cfg.download, **options)
     subset = cfg.get("subset")
     if subset is not None:
         if not 1 <= subset <= len(train_x):

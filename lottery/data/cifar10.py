@@ -14,13 +14,10 @@ experiment than the full set.
 
 import glob
 import os
-import shutil
-import tarfile
-import tempfile
 
 import numpy as np
 
-from lottery.data.download import GZIP_ERRORS, DownloadError, failures, fetch, file_digest, read_file, reason, unreadable
+from lottery.data.download import DownloadError, failures, file_digest, read_file, unpack_archive
 from lottery.errors import LotteryError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
@@ -28,7 +25,8 @@ ARCHIVE = "cifar-10-binary.tar.gz"
 ARCHIVE_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 TEST_FILES = ("test_batch.bin",)
-RECORD = 1 + 3 * 32 * 32
+PIXELS = 3 * 32 * 32  # a 32x32 red plane, then green, then blue
+RECORD = 1 + PIXELS
 RECORDS_PER_FILE = 10_000
 SUBDIR = "cifar-10-batches-bin"
 # cifar10_subset: <root>/cifar10-subset/, training records in data_batch_*.bin, test records in
@@ -73,59 +71,32 @@ def read_batch(path: str, whole_file: bool = True):
         first = int(np.argmax(labels > 9))
         raise LotteryError(f"{path}: label {labels.max()} found (record {first}), CIFAR-10's are 0-9: corrupt, or not "
                            "the binary version; replace it with a good copy")
-    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(images), labels
+    return images(records[:, 1:]), labels
 
 
-def _find(directory: str, name: str):
-    for candidate in (os.path.join(directory, name), os.path.join(directory, SUBDIR, name)):
+def find(directory: str, name: str, subdir: str = SUBDIR):
+    """``directory/name``, else ``directory/subdir/name`` (as the official archive unpacks), else None."""
+    for candidate in (os.path.join(directory, name), os.path.join(directory, subdir, name)):
         if os.path.exists(candidate):
             return candidate
     return None
 
 
+def images(pixels: np.ndarray) -> np.ndarray:
+    """(N, 3,072) pixel bytes of the binary versions (the 32x32 red plane, then green, then blue,
+    each row-major) as (N, 32, 32, 3) images."""
+    return np.ascontiguousarray(pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+
+
 def _download(directory: str) -> None:
     """Fetch the official archive (unless it is there) and unpack the batch files from it."""
-    archive = os.path.join(directory, ARCHIVE)
-    if not os.path.exists(archive):
-        fetch(URL, archive, md5=ARCHIVE_MD5)
-    elif file_digest(archive) != ARCHIVE_MD5:  # one found here; gzip's own CRC is never read by tarfile
-        raise LotteryError(
-            f"{archive}: checksum mismatch (md5 should be {ARCHIVE_MD5}); the archive is corrupt or not "
-            "the official one: delete it to download it again"
-        )
-    wanted = {f"{SUBDIR}/{name}" for name in TRAIN_FILES + TEST_FILES}
-    # Unpacked into a scratch directory first, so that an archive that ends early leaves no
-    # partial batch file of the right name behind.
-    try:
-        scratch = tempfile.mkdtemp(dir=directory, prefix=".unpacking-")
-    except OSError as error:
-        raise LotteryError(f"cannot unpack {archive}: cannot write in {directory} ({reason(error)})") from None
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            # Only the expected regular files, at their expected paths: nothing else is unpacked.
-            members = [m for m in tar.getmembers() if m.name in wanted and m.isfile()]
-            tar.extractall(scratch, members=members, filter="data")
-        missing = sorted(wanted - {m.name for m in members})
-        if missing:
-            raise LotteryError(
-                f"{archive}: holds no {', '.join(missing)}; is it the CIFAR-10 binary version? "
-                "delete it to download it again"
-            )
-        os.makedirs(os.path.join(directory, SUBDIR), exist_ok=True)
-        for member in members:
-            os.replace(os.path.join(scratch, member.name), os.path.join(directory, member.name))
-    except (tarfile.TarError, *GZIP_ERRORS) as error:  # what tarfile raises for a corrupt or truncated archive
-        raise unreadable(archive, error, "tar.gz archive") from None
-    except OSError as error:  # reading the archive, or writing the files (a full disk, permissions)
-        raise LotteryError(f"cannot unpack {archive} into {directory} ({reason(error)})") from None
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    unpack_archive(URL, os.path.join(directory, ARCHIVE), ARCHIVE_MD5, SUBDIR, TRAIN_FILES + TEST_FILES,
+                   "the CIFAR-10 binary version")
 
 
 def load(directory: str, download: bool = True):
     names = TRAIN_FILES + TEST_FILES
-    if any(_find(directory, name) is None for name in names):
+    if any(find(directory, name) is None for name in names):
         where = f"put {', '.join(names)} in {directory} (or its {SUBDIR}/), or set dataset.root / LOTTERY_DATA_DIR"
         if not download:
             raise LotteryError(f"cifar10: missing binary batch files and dataset.download=false; {where}")
@@ -133,8 +104,8 @@ def load(directory: str, download: bool = True):
             _download(directory)
         except DownloadError as error:
             raise LotteryError(f"cifar10: missing binary batch files in {directory}; {failures([error])}; {where}") from None
-    train = [read_batch(_find(directory, name)) for name in TRAIN_FILES]
-    test_x, test_y = read_batch(_find(directory, TEST_FILES[0]))
+    train = [read_batch(find(directory, name)) for name in TRAIN_FILES]
+    test_x, test_y = read_batch(find(directory, TEST_FILES[0]))
     train_x = np.concatenate([x for x, _ in train])
     train_y = np.concatenate([y for _, y in train])
     return train_x, train_y, test_x, test_y, dict(STATS)

@@ -1,5 +1,7 @@
 """Reading data files, and fetching missing ones from their official sources.
 
+``unpack_archive`` fetches and checks an official tar.gz archive and unpacks the named files from it.
+
 Every failure is a ``LotteryError`` on one line that names the file or the URL and says what to do:
 a corrupt, truncated or unreadable file, a server that cannot be reached, a download that fails,
 stalls (``TIMEOUT``) or takes too long (``DEADLINE``). A partial download is removed however
@@ -10,6 +12,8 @@ import glob
 import gzip
 import hashlib
 import os
+import shutil
+import tarfile
 import tempfile
 import threading
 import time
@@ -147,6 +151,41 @@ def fetch(url: str, destination: str, md5: str = None, deadline: float = None, t
                 os.rmdir(path)
             except OSError:
                 break
+
+
+def unpack_archive(url: str, archive: str, md5: str, subdir: str, names, what: str) -> None:
+    """Fetch the official ``archive`` from ``url`` unless it is there, check its ``md5`` either way,
+    and unpack ``subdir/<name>`` for each of ``names`` beside it (``what``: the data it should hold,
+    named in the error when one is missing). Only those regular files are unpacked, at those paths,
+    and only whole: they are unpacked into a scratch directory first, so that an archive that ends
+    early leaves no partial file of the right name behind."""
+    directory = os.path.dirname(archive)
+    if not os.path.exists(archive):
+        fetch(url, archive, md5=md5)
+    elif file_digest(archive) != md5:  # one found here; gzip's own CRC is never read by tarfile
+        raise LotteryError(f"{archive}: checksum mismatch (md5 should be {md5}); the archive is corrupt or not "
+                           "the official one: delete it to download it again")
+    wanted = {f"{subdir}/{name}" for name in names}
+    try:
+        scratch = tempfile.mkdtemp(dir=directory, prefix=".unpacking-")
+    except OSError as error:
+        raise LotteryError(f"cannot unpack {archive}: cannot write in {directory} ({reason(error)})") from None
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = [m for m in tar.getmembers() if m.name in wanted and m.isfile()]
+            tar.extractall(scratch, members=members, filter="data")
+        missing = sorted(wanted - {m.name for m in members})
+        if missing:
+            raise LotteryError(f"{archive}: holds no {', '.join(missing)}; is it {what}? delete it to download it again")
+        os.makedirs(os.path.join(directory, subdir), exist_ok=True)
+        for member in members:
+            os.replace(os.path.join(scratch, member.name), os.path.join(directory, member.name))
+    except (tarfile.TarError, *GZIP_ERRORS) as error:  # what tarfile raises for a corrupt or truncated archive
+        raise unreadable(archive, error, "tar.gz archive") from None
+    except OSError as error:  # reading the archive, or writing the files (a full disk, permissions)
+        raise LotteryError(f"cannot unpack {archive} into {directory} ({reason(error)})") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 class _Transfer:
