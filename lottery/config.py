@@ -137,6 +137,17 @@ class SwampConfig:
 
 
 @dataclasses.dataclass
+class EarlyBirdConfig:
+    """Early-Bird tickets (You et al. 2020; lottery/imp/early_bird.py): each level's mask drawn from
+    the previous level's weights once the masks they give stop changing. Hashed when enabled."""
+
+    enabled: bool = False
+    epsilon: float = 0.1  # the mask distance (fraction of prunable weights that differ) below which masks settle
+    window: int = 5  # consecutive distances below epsilon (You et al.'s FIFO queue of 5)
+    every: str = "1ep"  # steps between checks (You et al.: every epoch)
+
+
+@dataclasses.dataclass
 class LMCConfig:
     """Linear mode connectivity (Frankle et al. 2020): at each of `levels`, two copies trained
     from the level's start with different data orders, evaluated along the line between them."""
@@ -224,6 +235,7 @@ class Config:
     controls: List[str] = dataclasses.field(default_factory=list)  # lottery/pruning/controls.py
     sparsity: SparsityConfig = dataclasses.field(default_factory=SparsityConfig)
     swamp: SwampConfig = dataclasses.field(default_factory=SwampConfig)
+    early_bird: EarlyBirdConfig = dataclasses.field(default_factory=EarlyBirdConfig)
     lmc: LMCConfig = dataclasses.field(default_factory=LMCConfig)
     transfer: TransferConfig = dataclasses.field(default_factory=TransferConfig)
     objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)

@@ -18,7 +18,7 @@ from lottery import data as datasets
 from lottery import hosts, models, tracking
 from lottery.analysis import objective
 from lottery.errors import LotteryError
-from lottery.imp import swamp, transfer
+from lottery.imp import early_bird, swamp, transfer
 from lottery.pruning import controls, criteria, masks, sparse
 from lottery.pruning import structure as structures
 from lottery.results import paths
@@ -154,6 +154,7 @@ def check(cfg) -> None:
     transfer.check(cfg)
     sparse.check(cfg)
     swamp.check(cfg)
+    early_bird.check(cfg)
     structures.check(cfg)
     if any(level > cfg.levels for level in cfg.sparsity.levels):
         raise LotteryError(f"sparsity.levels={list(cfg.sparsity.levels)} must be levels 1..{cfg.levels}")

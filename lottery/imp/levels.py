@@ -51,7 +51,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lottery import backend, hosts
 from lottery.analysis import figures, objective, runs, tables, tickets
 from lottery.errors import LotteryError, Preempted
-from lottery.imp import dense, lmc, swamp
+from lottery.imp import dense, early_bird, lmc, swamp
 from lottery.imp.experiment import Experiment, prepare
 from lottery.pruning import controls, criteria, masks, sparse
 from lottery.results import identity, metrics as result_metrics, paths
@@ -283,8 +283,24 @@ def ticket_mask(experiment: Experiment, replicate: int, level: int):
         return experiment.transfer.mask(replicate, level, experiment.template("ticket"))
     if cfg.pruning.prune_at == "start":  # pruning before training: from θk, straight to this level's counts
         return pruned_at_start(experiment, replicate, level)
+    if cfg.early_bird.enabled:  # drawn during the previous level's training, once its masks settled
+        return early_bird_mask(experiment, replicate, level)
     scores, survivors = ranking(experiment, replicate, level)
     return experiment.structure.prune(scores, survivors, level)
+
+
+def early_bird_mask(experiment: Experiment, replicate: int, level: int):
+    """Level ``level``'s mask as the previous level drew it (early_bird.py); level 0's by a probe of
+    the dense training, run here the first time it is asked for."""
+    previous = experiment.level_dir(replicate, level - 1)
+    mask = early_bird.load(experiment, previous)
+    if mask is None and level == 1:
+        early_bird.probe_level_0(experiment, replicate)
+        mask = early_bird.load(experiment, previous)
+    if mask is None:
+        raise LotteryError(f"{previous}: has no early_bird/ draw (trained without early_bird.enabled); delete it and "
+                           "run this again to train it with the draw")
+    return mask
 
 
 def ranking(experiment: Experiment, replicate: int, level: int):
@@ -392,6 +408,9 @@ def train_networks(experiment: Experiment, networks: List[Network], level: int, 
     checkpoints = group_checkpoints(experiment.directory, "train", level, networks, start, end)
     averaging = any(n.kind.startswith(swamp.PARTICLE) for n in networks)
     keep = swamp.snapshot_steps(experiment, start, end) if averaging else []
+    drawing = experiment.cfg.early_bird.enabled and level < experiment.cfg.levels  # the next level's mask
+    if drawing:
+        keep = early_bird.check_steps(experiment, start, end)
     states, histories, kept, seconds = experiment.train(states, networks, level, start, end,
                                                         lambda n: progress.advance(task, n), trainer=trainer, keep=keep,
                                                         checkpoints=checkpoints, say=progress.console.print)
@@ -403,13 +422,17 @@ def train_networks(experiment: Experiment, networks: List[Network], level: int, 
         if network.kind == "ticket" and network.replicate in averaged:
             finished = {**finished, **averaged[network.replicate]["trained"]}
             history = averaged[network.replicate]["history"]
+        drawn = None
+        if drawing and network.kind == "ticket":  # the ticket's weights at each check, then at the end
+            weights = [(s, training.unstack(kept[s], i)["params"]) for s in sorted(kept)] + [(end, finished["params"])]
+            drawn = early_bird.draw(experiment, network.state["mask"], weights, end)
         save_network(experiment, network, level, start, finished, history, seconds, len(networks),
-                     averaged.get(network.replicate) if network.kind == "ticket" else None)
+                     averaged.get(network.replicate) if network.kind == "ticket" else None, drawn)
     remove_checkpoints(checkpoints)
 
 
 def save_network(experiment: Experiment, network: Network, level: int, start: int, finished, history, seconds,
-                 group_size: int, averaged: Optional[dict] = None):
+                 group_size: int, averaged: Optional[dict] = None, drawn=None):
     """Write a network's results to ``<directory>.partial`` and rename it into place (``averaged``:
     a SWAMP ticket's particles, kept beside it: swamp.py)."""
     work_dir = fresh(network.directory + ".partial")
@@ -428,6 +451,9 @@ def save_network(experiment: Experiment, network: Network, level: int, start: in
     metrics["cost_steps"] = experiment.cost(level)
     if sparse_record is not None and network.kind == "ticket":
         metrics["sparse_training"] = sparse_record
+    if drawn is not None:  # the next level's early-bird mask (early_bird.py)
+        early_bird.save(work_dir, *drawn)
+        metrics["early_bird"] = drawn[1]
     if averaged is not None:
         metrics["swamp"] = averaged["record"]
         swamp.save_particles(work_dir, averaged)

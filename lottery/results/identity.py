@@ -82,6 +82,9 @@ def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
             continue
         node.pop(leaf, None)
     content["dataset"]["fingerprint"] = data_fingerprint
+    early_bird = content.pop("early_bird", None)  # absent unless enabled: every earlier hash unchanged
+    if early_bird is not None and early_bird.get("enabled"):
+        content["early_bird"] = early_bird
     swamp = content.pop("swamp", None)  # absent without weight averaging: every earlier hash unchanged
     if swamp is not None and (swamp.get("particles") != 1 or swamp.get("average_from") != 1.0):
         content["swamp"] = swamp

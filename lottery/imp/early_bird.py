@@ -1,0 +1,156 @@
+"""Early-Bird tickets (You, Li, Xu, Fu, Wang, Chen, Baraniuk, Wang & Lin, "Drawing Early-Bird
+Tickets", ICLR 2020, Sec. 3.3 and Algorithm 1), config ``early_bird``.
+
+IMP draws level L+1's mask from level L's weights at the end of training. An early-bird draw takes
+it when the mask stops changing: every ``early_bird.every`` steps of level L's training the mask
+that the next level would get from the current weights (IMP's rule: magnitude, counts, nested in
+level L's mask) is computed, with its distance to the previous one (normalized Hamming distance:
+the fraction of prunable weights on which the two masks differ, You et al.'s mask distance); once
+the last ``early_bird.window`` distances are all below ``early_bird.epsilon`` (their FIFO queue of
+5 and ε = 0.1), the newest mask is the next level's. Level L still trains to the end, so its
+accuracy is reported as IMP's; what the draw saves is the training after it, recorded as
+``saved_steps`` (a run that only wants the last level's ticket could stop each level there).
+
+Level 0 is the dense network shared by every experiment (dense.py), trained in full once: its draw
+trains a probe, the same network from θ0 with the same data order, chunk by chunk, and stops at the
+early-bird point (width-1 programs: bitwise the dense run's trajectory). Levels 1 and above keep
+their ticket's weights at each check (``keep``, checkpointed like θk) and draw after training.
+Where the masks never settle, the draw is the end of training (IMP's mask), ``reached`` false.
+Each draw is ``level_L/early_bird/``: ``mask`` (orbax) and ``metrics.json`` (the checks, their
+distances, the step drawn at, the steps saved).
+"""
+
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+
+from lottery.errors import LotteryError
+from lottery.pruning import masks
+from lottery.results.store import fresh, load_tree, read_json, save_tree, write_json
+from lottery.step import Step
+from lottery.training import loop
+from lottery.training import trainer as training
+from lottery.training.loop import Network
+
+DIRECTORY = "early_bird"
+KEYS = ("step", "reached", "checks", "distances", "saved_steps")
+
+
+def check(cfg) -> None:
+    e = cfg.early_bird
+    if not e.enabled:
+        return
+    if not 0 < e.epsilon <= 1 or e.window < 1:
+        raise LotteryError(f"early_bird.epsilon={e.epsilon} must be in (0, 1] and early_bird.window={e.window} 1 or "
+                           "more (You et al.: 0.1 and 5)")
+    if cfg.pruning.prune_at != "trained" or cfg.sparsity.method != "imp" or cfg.transfer.source is not None \
+            or cfg.pruning.structure != "weights" or cfg.pruning.criterion != "magnitude" or cfg.swamp.particles != 1:
+        raise LotteryError("early_bird.enabled=true: an early-bird draw is IMP's magnitude pruning of single weights "
+                           "during training; leave pruning, sparsity, swamp and transfer at IMP's settings")
+
+
+def distance(a, b, names: Sequence[str]) -> float:
+    """The fraction of the prunable weights on which masks ``a`` and ``b`` differ."""
+    fa, fb = masks.flatten(a), masks.flatten(b)
+    differ = sum(int(np.sum(np.asarray(fa[n]) != np.asarray(fb[n]))) for n in names)
+    return differ / sum(int(np.size(fa[n])) for n in names)
+
+
+def settled(distances: Sequence[float], epsilon: float, window: int) -> Optional[int]:
+    """The first check at which the last ``window`` consecutive distances are all below ``epsilon``
+    (the index into the checks; distance i is between checks i and i+1), or None."""
+    for i in range(window - 1, len(distances)):
+        if all(d < epsilon for d in distances[i - window + 1:i + 1]):
+            return i + 1
+    return None
+
+
+def every(experiment) -> int:
+    value = Step.parse(experiment.cfg.early_bird.every, experiment.trainer.iterations_per_epoch,
+                       "early_bird.every").iteration
+    if value <= 0:
+        raise LotteryError(f"early_bird.every={experiment.cfg.early_bird.every} must be longer than 0 iterations")
+    return value
+
+
+def check_steps(experiment, start: int, end: int) -> List[int]:
+    """The steps of [start, end) at which a level's masks are compared (the end is the last check)."""
+    return list(range(start + every(experiment), end, every(experiment)))
+
+
+class Draws:
+    """The masks a level's weights would give the next level, check by check, until they settle."""
+
+    def __init__(self, experiment, survivors):
+        self.experiment, self.survivors = experiment, survivors
+        self.masks, self.steps, self.distances, self.found = [], [], [], None
+
+    def add(self, step: int, params) -> bool:
+        """The check at ``step`` with the level's weights there; True once the masks have settled."""
+        scores = {name: np.abs(np.asarray(leaf)) for name, leaf in masks.flatten(params).items()}
+        self.masks.append(masks.prune_by_scores(scores, self.survivors, self.experiment.cfg.pruning,
+                                                self.experiment.prunable))
+        self.steps.append(step)
+        if len(self.masks) > 1:
+            self.distances.append(distance(self.masks[-2], self.masks[-1], self.experiment.prunable))
+        cfg = self.experiment.cfg.early_bird
+        self.found = settled(self.distances, cfg.epsilon, cfg.window)
+        return self.found is not None
+
+    def result(self, end: int) -> Tuple[dict, dict]:
+        """The mask drawn (the settled one, else the last) and the record of the draw."""
+        index = self.found if self.found is not None else len(self.masks) - 1
+        cfg = self.experiment.cfg.early_bird
+        return self.masks[index], {"step": self.steps[index], "reached": self.found is not None, "checks": self.steps,
+                                   "distances": self.distances, "saved_steps": end - self.steps[index],
+                                   "epsilon": cfg.epsilon, "window": cfg.window}
+
+
+def draw(experiment, survivors, weights: Sequence[Tuple[int, dict]], end: int) -> Tuple[dict, dict]:
+    """The next level's mask from a level's ``weights`` at its checks ((step, params), in order,
+    the last at the end of training), and the record of the draw."""
+    draws = Draws(experiment, survivors)
+    for step, params in weights:
+        if draws.add(step, params):
+            break
+    return draws.result(end)
+
+
+def save(directory: str, mask, record: dict) -> None:
+    """``<directory>/early_bird/`` (inside a level's directory being written, or alone beside its results)."""
+    target = os.path.join(directory, DIRECTORY)
+    work = fresh(target + ".partial")
+    save_tree(os.path.join(work, "mask"), mask)
+    write_json(os.path.join(work, "metrics.json"), record)
+    os.rename(work, target)
+
+
+def load(experiment, level_dir: str):
+    """A level's early-bird mask (the next level's), or None where it has none yet."""
+    target = os.path.join(level_dir, DIRECTORY)
+    if not os.path.isdir(target):
+        return None
+    read_json(os.path.join(target, "metrics.json"), KEYS)
+    return load_tree(os.path.join(target, "mask"), masks.full_mask(experiment.trainer.init_params))
+
+
+def probe_level_0(experiment, replicate: int, say=print) -> None:
+    """Level 0's draw: the dense network trained again from θ0, check by check, until its masks
+    settle (or to the end), its early-bird mask saved in ``level_0/early_bird/``."""
+    end, keys = experiment.end, experiment.keys(replicate)
+    network = Network(replicate, "ticket", experiment.level_dir(replicate, 0), experiment.dense_start(replicate),
+                      keys["data"], keys["augment"])
+    state, step = training.stack([network.state]), 0
+    draws = Draws(experiment, masks.full_mask(experiment.trainer.init_params))
+    for stop in check_steps(experiment, 0, end) + [end]:
+        state, _, _, _ = loop.train(experiment.trainer, state, [network], 0, step, stop, lambda n: None,
+                                    eval_every=end, checkpoint_every=end, evaluate=False)
+        step = stop
+        if draws.add(step, jax.device_get(training.unstack(state, 0)["params"])):
+            break
+    mask, record = draws.result(end)
+    save(experiment.level_dir(replicate, 0), mask, record)
+    say(f"level 0, replicate {replicate}: early-bird mask drawn at step {record['step']} of {end}"
+        + ("" if record["reached"] else " (the masks never settled: the end of training)"))
