@@ -156,12 +156,11 @@ def test_rigl_inside_the_step_regrows_at_zero_keeps_counts_and_compiles_once(rig
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    """RigL and GMP experiments of two levels, RigL with the random_reinit control, and IMP beside them."""
+    """RigL and GMP experiments of two levels, RigL with the random_reinit control."""
     out = tmp_path_factory.mktemp("dst")
     run = lambda *o: levels.run(compose_config([*SMALL, "levels=2", f"output_dir={out}", *o]))
     run("sparsity=rigl", "sparsity.update_every=20it", "controls=[random_reinit]", "sparsity.levels=[2]")
     run("sparsity=gmp", "sparsity.update_every=10it")
-    run()
     return out
 
 
@@ -176,19 +175,19 @@ def _ticket(directory, level):
 
 def test_each_level_trains_from_scratch_to_imps_counts_and_reports_its_cost(pipeline):
     found = {read_identity(d).get("sparsity", {}).get("method", "imp"): d for d in experiment_dirs(str(pipeline))}
-    imp, rigl_dir, gmp_dir = found["imp"], found["rigl"], found["gmp"]
+    rigl_dir, gmp_dir = found["rigl"], found["gmp"]
     assert not os.path.exists(os.path.join(rigl_dir, "replicate_0", "level_1"))  # sparsity.levels=[2]
+    imp = prepare(compose_config([*SMALL, "levels=2"]))  # IMP's counts by its rule, and its cost, untrained
+    full = masks.full_mask(imp.trainer.init_params)
     for level in (1, 2):
-        imp_ticket, imp_metrics = _ticket(imp, level)
         gmp_ticket, gmp_metrics = _ticket(gmp_dir, level)
         # GMP with distribution=imp ends at IMP's counts layer by layer, from a dense start
-        assert {k: v["remaining"] for k, v in gmp_metrics["layers"].items()} == \
-               {k: v["remaining"] for k, v in imp_metrics["layers"].items()}
+        assert [gmp_metrics["layers"][n]["remaining"] for n in imp.prunable] == \
+               masks.level_counts(full, imp.cfg.pruning, imp.prunable, level)
         assert gmp_metrics["sparse_training"]["start_remaining"] == gmp_metrics["total"]
-        assert gmp_metrics["cost_steps"] == 100 and imp_metrics["cost_steps"] == 100 * (level + 1)
+        assert gmp_metrics["cost_steps"] == 100 and imp.cost(level) == 100 * (level + 1)
     rigl_ticket, rigl_metrics = _ticket(rigl_dir, 2)
-    _, imp_metrics = _ticket(imp, 2)
-    assert rigl_metrics["remaining"] == imp_metrics["remaining"]  # ERK divides IMP's total exactly
+    assert rigl_metrics["remaining"] == sum(masks.level_counts(full, imp.cfg.pruning, imp.prunable, 2))  # ERK: IMP's total
     record = rigl_metrics["sparse_training"]
     assert record["updates"] == 3 and record["start_remaining"] == record["final_remaining"] == rigl_metrics["remaining"]
     trained = _read(rigl_dir, 2, "trained", ("params",))["params"]

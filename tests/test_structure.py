@@ -125,33 +125,28 @@ def test_structured_controls_keep_each_layers_unit_count():
     assert unit[found.alive(inverted, found.layers[0])].max() <= unit[found.alive(flat, found.layers[0])].min()
 
 
-def _numpy_forward(params, x, model):
-    """The compact network, in NumPy: LeNet (fc, ReLU) or Conv-2 (3x3 'same' convs, ReLU, 2x2 max-pool, fc)."""
-    if model == "conv2":
-        for i in range(2):
-            kernel, bias = params[f"convs.{i}.kernel"], params[f"convs.{i}.bias"]
-            padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-            h, w = x.shape[1:3]
-            x = sum(padded[:, dy:dy + h, dx:dx + w] @ kernel[dy, dx] for dy in range(3) for dx in range(3)) + bias
-            x = np.maximum(x, 0)
-        b, h, w, c = x.shape
-        x = x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-        hidden = [params[f"fc.{i}.kernel"] for i in range(2)]
-        biases = [params[f"fc.{i}.bias"] for i in range(2)]
-    else:
-        hidden = [params[f"hidden.{i}.kernel"] for i in range(2)]
-        biases = [params[f"hidden.{i}.bias"] for i in range(2)]
+def _numpy_forward(params, x):
+    """The compact Conv-2, in NumPy: 3x3 'same' convs with ReLU, a 2x2 max-pool, fc layers with ReLU."""
+    for i in range(2):
+        kernel, bias = params[f"convs.{i}.kernel"], params[f"convs.{i}.bias"]
+        padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        h, w = x.shape[1:3]
+        x = sum(padded[:, dy:dy + h, dx:dx + w] @ kernel[dy, dx] for dy in range(3) for dx in range(3)) + bias
+        x = np.maximum(x, 0)
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    hidden = [params[f"fc.{i}.kernel"] for i in range(2)]
+    biases = [params[f"fc.{i}.bias"] for i in range(2)]
     x = x.reshape(x.shape[0], -1)
     for kernel, bias in zip(hidden, biases):
         x = np.maximum(x @ kernel + bias, 0)
     return x @ params["output.kernel"] + params["output.bias"]
 
 
-@pytest.mark.parametrize("model, kind", [("lenet", "neurons"), ("conv2", "channels")])
-def test_the_compact_export_is_smaller_and_computes_the_masked_networks_logits(tmp_path, model, kind):
-    overrides = ["model.hidden=[64,32]", "training.steps=1ep", "training.eval_every=20it", "levels=1", "progress=false",
-                 f"model={model}", f"pruning.structure={kind}", "pruning.rate=0.5", "controls=[random_prune]",
-                 f"output_dir={tmp_path}"]
+def test_the_compact_export_is_smaller_and_computes_the_masked_networks_logits(tmp_path):
+    """Conv-2 with pruned channels (through the flatten into fc/0) and fc neurons, compacted."""
+    overrides = ["training.steps=1ep", "training.eval_every=20it", "levels=1", "progress=false", "model=conv2",
+                 "pruning.structure=channels", "pruning.rate=0.5", "controls=[random_prune]", f"output_dir={tmp_path}"]
     cfg = compose_config(overrides)
     levels.run(cfg)
     experiment = prepare(cfg)
@@ -164,12 +159,11 @@ def test_the_compact_export_is_smaller_and_computes_the_masked_networks_logits(t
     trained = {k[len("trained.params."):]: v for k, v in compact.items() if k.startswith("trained.params.")}
     full = export.load(level_dir)["trained"]["params"]
     assert sum(a.size for a in trained.values()) < sum(a.size for a in full.values())
-    first = "convs.0.kernel" if model == "conv2" else "hidden.0.kernel"
-    assert trained[first].shape[-1] == experiment.trainer.init_params[first.split(".")[0]][0]["kernel"].shape[-1] // 2
+    assert trained["convs.0.kernel"].shape[-1] == experiment.trainer.init_params["convs"][0]["kernel"].shape[-1] // 2
     x = np.asarray(experiment.trainer.inputs(experiment.trainer.eval_host["test"][0][0][:50]))
     saved = experiment.load(level_dir, "trained")
     logits, _ = experiment.trainer.apply(saved["params"], saved["batch_stats"], x, train=False)
-    np.testing.assert_allclose(_numpy_forward(trained, x.astype(np.float64), model), np.asarray(logits),
+    np.testing.assert_allclose(_numpy_forward(trained, x.astype(np.float64)), np.asarray(logits),
                                rtol=1e-4, atol=1e-4)
 
 
