@@ -143,7 +143,7 @@ def _numpy_forward(params, x):
     return x @ params["output.kernel"] + params["output.bias"]
 
 
-def test_the_compact_export_is_smaller_and_computes_the_masked_networks_logits(tmp_path):
+def test_the_compact_export_is_smaller_and_computes_the_masked_networks_logits(tmp_path, capfd):
     """Conv-2 with pruned channels (through the flatten into fc/0) and fc neurons, compacted."""
     overrides = ["training.steps=1ep", "training.eval_every=20it", "levels=1", "progress=false", "model=conv2",
                  "pruning.structure=channels", "pruning.rate=0.5", "controls=[random_prune]", f"output_dir={tmp_path}"]
@@ -154,6 +154,7 @@ def test_the_compact_export_is_smaller_and_computes_the_masked_networks_logits(t
     with open(os.path.join(level_dir, "metrics.json")) as f:
         record = json.load(f)["structure"]
     assert [u["remaining"] for u in record["units"].values()] == [u["total"] // 2 for u in record["units"].values()]
+    assert "layer collapse" not in capfd.readouterr().err  # half the units pruned whole is the structure, not a collapse
     summary = export.export(level_dir, str(tmp_path / "compact.safetensors"), compact=True)
     compact = safetensors.numpy.load_file(summary["path"])
     trained = {k[len("trained.params."):]: v for k, v in compact.items() if k.startswith("trained.params.")}

@@ -487,8 +487,11 @@ def sparse_training_record(experiment: Experiment, start_state: dict, finished: 
 
 def warn_collapse(experiment: Experiment, metrics: dict, mask) -> None:
     """Pruning that empties a layer, or cuts half its units off from every input, leaves a network
-    that cannot learn past it (layer collapse, Tanaka et al. 2020): say so (analysis/tickets.py)."""
+    that cannot learn past it (layer collapse, Tanaka et al. 2020): say so (analysis/tickets.py).
+    Under a unit structure (neurons, channels, heads) units without inputs are what was pruned."""
     found = tickets.collapse(masks.flatten(mask), experiment.prunable)
+    if experiment.structure.layers:  # units pruned whole are the structure, not a collapse: only empty layers
+        found = [c for c in found if c["empty"]]
     if found:
         cfg = experiment.cfg.pruning
         cause = "the layer's pruning rate empties it before the others"
