@@ -210,6 +210,8 @@ def fail_running() -> None:
     if OptunaStudy.opened is None:
         return
     storage, name, before = OptunaStudy.opened
+    if not str(storage).startswith(SQLITE):  # another sweeper may share a server storage: its trials are not ours
+        return
     import optuna
     from optuna.trial import TrialState
 

@@ -65,3 +65,20 @@ def test_each_level_is_pruned_from_the_weights_at_its_early_bird_step(tmp_path):
         drawn = experiment.load(experiment.level_dir(0, level + 1), "ticket")["mask"]  # what the next level used
         for a, b in zip(masks.flatten(expected).values(), masks.flatten(drawn).values()):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # the last level draws too: asking for more levels later continues from its draw
+    assert os.path.isfile(os.path.join(experiment.level_dir(0, 2), "early_bird", "metrics.json"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["early_bird.enabled=true", "controls=[invert]"], "controls: invert reverses the ranking of the previous level's"),
+    (["early_bird.enabled=true", "pruning.structure=neurons"], "early_bird.enabled=true: an early-bird draw is IMP's"),
+    (["swamp.average_from=0.5"], "swamp.average_from=0.5: averaging needs swamp.particles >= 2"),
+    (["sparsity.levels=[2]"], "sparsity.levels=[2]: IMP trains every level"),
+    (["sparsity=static", "sparsity.levels=[2]", "lmc.levels=[1]"], "lmc.levels=[1]: level 1 is not trained"),
+])
+def test_settings_that_would_mean_nothing_are_one_line(overrides, message):
+    from lottery.errors import LotteryError
+    from lottery.imp.experiment import check
+
+    with pytest.raises(LotteryError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        check(compose_config(overrides))

@@ -161,6 +161,8 @@ def pipeline(tmp_path_factory):
     run = lambda *o: levels.run(compose_config([*SMALL, "levels=2", f"output_dir={out}", *o]))
     run("sparsity=rigl", "sparsity.update_every=20it", "controls=[random_reinit]", "sparsity.levels=[2]")
     run("sparsity=gmp", "sparsity.update_every=10it")
+    # a control added to the finished RigL levels trains alone, on the final mask, without updates
+    run("sparsity=rigl", "sparsity.update_every=20it", "controls=[random_reinit,random_prune]", "sparsity.levels=[2]")
     return out
 
 
@@ -196,10 +198,12 @@ def test_each_level_trains_from_scratch_to_imps_counts_and_reports_its_cost(pipe
         assert np.all(np.asarray(trained[name])[~m.astype(bool)] == 0.0)  # the final mask holds the trained weights
         assert np.all(np.asarray(rigl_ticket["params"][name])[~m.astype(bool)] == 0.0)
         np.testing.assert_array_equal(reinit[name], m)  # Evci's retrain-from-scratch on RigL's final mask
+    pruned = _read(rigl_dir, 2, os.path.join("random_prune", "ticket"), ("mask",))["mask"]
+    assert {n: int(m.sum()) for n, m in pruned.items()} == {n: int(m.sum()) for n, m in rigl_ticket["mask"].items()}
     df = load_runs(str(pipeline))
     table = summarize(df)
     dst = table[(table.hash == os.path.basename(rigl_dir).rsplit("-", 1)[1]) & (table.level == 2)]
-    assert dst["cost_steps"].tolist() == [100.0, 100.0]
+    assert dst["cost_steps"].tolist() == [100.0, 100.0, 100.0]  # the network and its two controls: one training each
     console = Console(record=True, width=250)
     console.print(tables.results(table))
     assert "training cost (steps)" in console.export_text()

@@ -189,6 +189,10 @@ def test_a_model_without_the_units_asked_for_is_one_line():
 
     with pytest.raises(LotteryError, match="pruning.structure=heads: this model has no heads to prune"):
         _setup("pruning.structure=heads")
+    cfg = compose_config(["model.hidden=[64,32]", "pruning.structure=1:9"])  # 64, 64 and 32 inputs: none in 9s
+    shapes = {"hidden/0/kernel": (64, 64), "hidden/1/kernel": (64, 32), "output/kernel": (32, 10)}
+    with pytest.raises(LotteryError, match="no prunable kernel's input size is a multiple of 9"):
+        structure.Structure(cfg.pruning, list(shapes), [], shapes)
 
 
 def test_heads_are_cut_whole_and_the_compact_vit_computes_the_same_logits():

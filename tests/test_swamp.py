@@ -52,3 +52,6 @@ def test_one_particle_without_averaging_is_imp_under_the_same_hash():
     data = "sha256:x"
     assert experiment_hash(compose_config(["swamp.particles=1"]), data) == experiment_hash(compose_config([]), data)
     assert experiment_hash(compose_config(["swamp.particles=2"]), data) != experiment_hash(compose_config([]), data)
+    experiment = prepare(compose_config(["swamp.particles=3", "rewind=20it"]))
+    T, k = experiment.end, experiment.rewind
+    assert experiment.cost(2) == T + 2 * 3 * (T - k)  # every particle of every level trains

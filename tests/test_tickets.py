@@ -254,7 +254,7 @@ def test_layer_collapse_empty_and_nearly_empty(capsys):
     # Training says so once per network, naming the layers, on stderr.
     nested = {"hidden": {"0": {"kernel": mask["a"]}}, "output": {"kernel": np.ones((3, 2), bool)}}
     experiment = types.SimpleNamespace(prunable=["hidden/0/kernel", "output/kernel"],
-                                       cfg=compose_config(["pruning=global"]))
+                                       cfg=compose_config(["pruning=global"]), structure=types.SimpleNamespace(layers=[]))
     levels.warn_collapse(experiment, {"level": 7, "replicate": 1, "kind": "ticket"}, nested)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: level 7, replicate 1, ticket: layer collapse: "

@@ -123,6 +123,8 @@ def test_a_source_that_does_not_rewind_is_refused(tmp_path):
     (["controls=[invert]"], r"controls: invert reverses the ranking"),
     (["rewind_optimizer=true"], r"rewind_optimizer=true: a transferred ticket trains with this experiment's optimizer"),
     (["transfer.weights=theta"], r"transfer.weights='theta' is not an option; choose one of: ticket, init"),
+    (["pruning.structure=neurons"], r"pruned weights; this experiment has pruning.structure=neurons: set "
+                                    r"pruning.structure=weights"),
 ])
 def test_what_cannot_transfer_is_one_line(source, overrides, message):
     root, found = source

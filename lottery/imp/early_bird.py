@@ -13,7 +13,8 @@ accuracy is reported as IMP's; what the draw saves is the training after it, rec
 
 Level 0 is the dense network shared by every experiment (dense.py), trained in full once: its draw
 trains a probe, the same network from θ0 with the same data order, chunk by chunk, and stops at the
-early-bird point (width-1 programs: bitwise the dense run's trajectory). Levels 1 and above keep
+early-bird point (the experiment's training program: bitwise the dense run's trajectory where that
+ran with the same ``training.stack`` and loop, as every run on one machine does by default). Levels 1 and above keep
 their ticket's weights at each check (``keep``, checkpointed like θk) and draw after training.
 Where the masks never settle, the draw is the end of training (IMP's mask), ``reached`` false.
 Each draw is ``level_L/early_bird/``: ``mask`` (orbax) and ``metrics.json`` (the checks, their
@@ -27,7 +28,7 @@ import jax
 import numpy as np
 
 from lottery.errors import LotteryError
-from lottery.pruning import masks
+from lottery.pruning import criteria, masks
 from lottery.results.store import fresh, load_tree, read_json, save_tree, write_json
 from lottery.step import Step
 from lottery.training import loop
@@ -49,6 +50,9 @@ def check(cfg) -> None:
             or cfg.pruning.structure != "weights" or cfg.pruning.criterion != "magnitude" or cfg.swamp.particles != 1:
         raise LotteryError("early_bird.enabled=true: an early-bird draw is IMP's magnitude pruning of single weights "
                            "during training; leave pruning, sparsity, swamp and transfer at IMP's settings")
+    if "invert" in cfg.controls:
+        raise LotteryError("controls: invert reverses the ranking of the previous level's final weights, and an "
+                           "early-bird mask was drawn from earlier ones; use the other controls")
 
 
 def distance(a, b, names: Sequence[str]) -> float:
@@ -89,9 +93,7 @@ class Draws:
 
     def add(self, step: int, params) -> bool:
         """The check at ``step`` with the level's weights there; True once the masks have settled."""
-        scores = {name: np.abs(np.asarray(leaf)) for name, leaf in masks.flatten(params).items()}
-        self.masks.append(masks.prune_by_scores(scores, self.survivors, self.experiment.cfg.pruning,
-                                                self.experiment.prunable))
+        self.masks.append(criteria.prune(params, self.survivors, self.experiment.cfg.pruning, self.experiment.prunable))
         self.steps.append(step)
         if len(self.masks) > 1:
             self.distances.append(distance(self.masks[-2], self.masks[-1], self.experiment.prunable))

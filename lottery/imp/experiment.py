@@ -81,7 +81,7 @@ class Experiment:
 
     def cost(self, level: int) -> Optional[int]:
         """The training steps behind a network of ``level`` (the field's equal-budget axis, Evci et
-        al. 2020): IMP, the dense T and every retraining up to it; pruning before training and sparse
+        al. 2020): IMP, the dense T and every retraining up to it (SWAMP: each particle's); pruning before training and sparse
         training, one training (θk's k steps included). None for a transferred ticket (its source's)."""
         start, end = self.segment(level)
         if level == 0:
@@ -90,7 +90,7 @@ class Experiment:
             return None
         if sparse.method(self.cfg) is not None or self.cfg.pruning.prune_at == "start":
             return self.rewind + end - start
-        return self.end + level * (end - start)
+        return self.end + level * self.cfg.swamp.particles * (end - start)  # SWAMP: each particle trains
 
     def initial_weights(self, key):
         model = models.build(self.cfg.model, self.input_shape, self.num_classes, key)
@@ -218,7 +218,8 @@ def prepare(cfg) -> Experiment:
                                cfg.dataset.augment, cfg.training.loop, mesh=cfg.mesh, stack=cfg.training.stack,
                                precision=cfg.training.precision)
     prunable = masks.prunable(trainer.init_params, cfg.pruning.ignore)
-    if cfg.transfer.source is None:  # a transfer's levels have its source's densities
+    if cfg.transfer.source is None and cfg.pruning.structure == "weights":  # a transfer's levels have its source's
+        # densities; a structured experiment's follow its units (checked after training, as they are reached)
         full = masks.full_mask(trainer.init_params)
         objective.check_reach(cfg, masks.level_densities(full, cfg.pruning, prunable, cfg.levels))
     source = None
@@ -236,7 +237,9 @@ def prepare(cfg) -> Experiment:
                             data.input_shape, data.num_classes, directory, tracker, data.fingerprint, data.examples,
                             transfer=source)
     shapes = {name: np.shape(leaf) for name, leaf in masks.flatten(trainer.init_params).items()}
-    experiment.structure = structures.Structure(cfg.pruning, prunable, models.units(cfg.model, shapes))
+    experiment.structure = structures.Structure(cfg.pruning, prunable, models.units(cfg.model, shapes), shapes)
+    if cfg.early_bird.enabled:
+        early_bird.every(experiment)  # a bad interval is refused now, not after the dense level 0
     if sparse.method(cfg) is not None:
         if rewind != 0:
             raise LotteryError(f"rewind={cfg.rewind}: sparsity.method={cfg.sparsity.method} trains each level from θ0; "
@@ -248,5 +251,5 @@ def prepare(cfg) -> Experiment:
             experiment.sparse_trainer = trainer.with_updates(experiment.updates)
     if source is not None:
         source.check(cfg.replicates, cfg.levels, {"params": trainer.init_params, "batch_stats": trainer.init_batch_stats},
-                     directory)
+                     directory, cfg.pruning.structure)
     return experiment

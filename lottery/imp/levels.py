@@ -135,10 +135,11 @@ def run_locked(experiment: Experiment, console: Console) -> Results:
                     trained += dense_level(experiment, progress)
                 elif sparse.trains(cfg, level):
                     networks = [n for r in range(cfg.replicates) for n in level_networks(experiment, r, level)]
-                    if sparse.dynamic(cfg) and networks:  # its mask is known once it has trained: controls after it
-                        train_networks(experiment, networks, level, *experiment.segment(level), progress,
+                    tickets = [n for n in networks if n.kind == "ticket"]
+                    if sparse.dynamic(cfg) and tickets:  # its mask is known once it has trained: controls after it
+                        train_networks(experiment, tickets, level, *experiment.segment(level), progress,
                                        trainer=experiment.sparse_trainer)
-                        trained += len(networks)
+                        trained += len(tickets)
                         networks = [n for r in range(cfg.replicates) for n in level_networks(experiment, r, level)]
                     train_networks(experiment, networks, level, *experiment.segment(level), progress)
                     trained += len(networks)
@@ -408,7 +409,7 @@ def train_networks(experiment: Experiment, networks: List[Network], level: int, 
     checkpoints = group_checkpoints(experiment.directory, "train", level, networks, start, end)
     averaging = any(n.kind.startswith(swamp.PARTICLE) for n in networks)
     keep = swamp.snapshot_steps(experiment, start, end) if averaging else []
-    drawing = experiment.cfg.early_bird.enabled and level < experiment.cfg.levels  # the next level's mask
+    drawing = experiment.cfg.early_bird.enabled  # the next level's mask (at the last level too: levels may grow)
     if drawing:
         keep = early_bird.check_steps(experiment, start, end)
     states, histories, kept, seconds = experiment.train(states, networks, level, start, end,

@@ -38,6 +38,9 @@ def check(cfg) -> None:
     if not 0 < s.average_from <= 1:
         raise LotteryError(f"swamp.average_from={s.average_from} must be in (0, 1]: the fraction of training after "
                            "which each particle averages its epoch-end weights (1: final weights only)")
+    if s.particles == 1 and s.average_from != 1:
+        raise LotteryError(f"swamp.average_from={s.average_from}: averaging needs swamp.particles >= 2 (with one "
+                           "particle the level is plain IMP)")
     if s.particles > 1 and (cfg.sparsity.method != "imp" or cfg.pruning.prune_at != "trained"):
         raise LotteryError(f"swamp.particles={s.particles}: weight averaging is IMP's (the average is what the next "
                            "level prunes); this experiment's levels are trained independently")
@@ -55,8 +58,6 @@ def particles(experiment, replicate: int, level: int, ticket: Network) -> List[N
 
 def snapshot_steps(experiment, start: int, end: int) -> List[int]:
     """The epoch ends in [average_from x T, T) that each particle averages with its final weights."""
-    if experiment.cfg.swamp.particles == 1 and experiment.cfg.swamp.average_from == 1:
-        return []
     per_epoch = experiment.trainer.iterations_per_epoch
     first = experiment.cfg.swamp.average_from * end
     return [s for s in range(per_epoch, end, per_epoch) if s >= first and s > start]

@@ -98,11 +98,16 @@ class Source:
     def __init__(self, directory: str, weights: str):
         self.directory, self.weights = directory, weights
 
-    def check(self, replicates: int, levels: int, templates: dict, experiment_dir: str) -> None:
+    def check(self, replicates: int, levels: int, templates: dict, experiment_dir: str,
+              structure: str = "weights") -> None:
         """Before anything is written: the source has every ticket this experiment starts from, and
         they have this experiment's parameter shapes (``templates``: its params and batch_stats)."""
         source = self.directory
         saved = read_source_identity(source)
+        made_as = (saved.get("pruning") or {}).get("structure", "weights")
+        if made_as != structure:  # its controls and warnings are this experiment's structure's
+            raise LotteryError(f"transfer.source: {source} pruned {made_as}; this experiment has "
+                               f"pruning.structure={structure}: set pruning.structure={made_as}")
         if saved.get("retrain", "rewind") != "rewind" or saved.get("transfer"):
             what = f"retrain={saved['retrain']}" if saved.get("retrain", "rewind") != "rewind" else "itself a transfer"
             raise LotteryError(f"transfer.source: {source} is {what}: its tickets do not start from its θk (or θ0) under "

@@ -87,6 +87,9 @@ def check(cfg) -> None:
     if s.method not in METHODS:
         raise LotteryError(f"sparsity.method={s.method!r} is not a method; choose one of: {', '.join(METHODS)}")
     if s.method == "imp":
+        if s.levels:
+            raise LotteryError(f"sparsity.levels={list(s.levels)}: IMP trains every level, each pruned from the last; "
+                               "sparsity.levels chooses the levels of a sparse-training method")
         return
     if s.distribution not in DISTRIBUTIONS:
         raise LotteryError(f"sparsity.distribution={s.distribution!r} is not a distribution; choose one of: "
@@ -119,6 +122,10 @@ def check(cfg) -> None:
                                "sparsity.distribution=erk or uniform, or pruning.strategy=layerwise")
     if any(level < 1 for level in s.levels):
         raise LotteryError(f"sparsity.levels={list(s.levels)} must be pruned levels (1 or more)")
+    skipped = [level for level in cfg.lmc.levels if level > 0 and s.levels and level not in s.levels]
+    if skipped:
+        raise LotteryError(f"lmc.levels={list(cfg.lmc.levels)}: level {skipped[0]} is not trained "
+                           f"(sparsity.levels={list(s.levels)}); measure LMC at trained levels")
 
 
 def trains(cfg, level: int) -> bool:
@@ -231,6 +238,9 @@ class Schedule:
             return cls(found, np.zeros(0, np.int64), np.zeros(0))
         events = np.arange(every, min(last, end - 1) + 1, every, dtype=np.int64)
         events = events[events > begin]
+        if not len(events):
+            raise LotteryError(f"sparsity.update_every={s.update_every}: no mask update fits between sparsity.begin "
+                               f"({begin} steps) and sparsity.end ({last} steps); use a shorter interval")
         if s.decay == "cosine":  # Evci et al. 2020, Eq. 1's α_t (their code: cosine decay to t_end)
             fractions = s.drop_fraction / 2 * (1 + np.cos(np.pi * events / last))
         else:

@@ -108,9 +108,12 @@ class Structure:
     """An experiment's pruning structure: the next level's mask from scores, the random and
     inverted masks of the controls, and what metrics.json records of the units."""
 
-    def __init__(self, cfg, prunable: List[str], units: List[Units]):
+    def __init__(self, cfg, prunable: List[str], units: List[Units], shapes: Optional[Dict[str, tuple]] = None):
         self.cfg, self.prunable = cfg, prunable
         self.kind, self.n, self.m = parse(cfg.structure)
+        if self.kind == "n:m" and shapes is not None and not self.n_m_kernels({n: np.broadcast_to(np.False_, shapes[n]) for n in prunable}):
+            raise LotteryError(f"pruning.structure={cfg.structure}: no prunable kernel's input size is a multiple of "
+                               f"{self.m} ({', '.join(f'{n} {shapes[n][-2]}' for n in prunable)}); choose another M")
         kinds = UNIT_KINDS.get(self.kind, ())
         self.layers = [u for u in units if u.kind in kinds and all(p in prunable for p in u.producers)]
         if kinds and not self.layers:

@@ -86,7 +86,7 @@ def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
     if early_bird is not None and early_bird.get("enabled"):
         content["early_bird"] = early_bird
     swamp = content.pop("swamp", None)  # absent without weight averaging: every earlier hash unchanged
-    if swamp is not None and (swamp.get("particles") != 1 or swamp.get("average_from") != 1.0):
+    if swamp is not None and swamp.get("particles") != 1:
         content["swamp"] = swamp
     sparsity = content.pop("sparsity", None)  # absent for IMP: every earlier hash unchanged
     if sparsity is not None and sparsity.get("method") != "imp":
