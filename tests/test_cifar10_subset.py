@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from conftest import compose_config
+from conftest import REPO, compose_config
 from lottery import data as datasets
 from lottery import imp
 from lottery.data import cifar10
@@ -62,8 +62,8 @@ def test_the_shared_records_are_never_taken_for_the_whole_of_cifar10(shared_subs
 def test_conv2_learns_the_shared_records_end_to_end(shared_subset, tmp_path):
     """Conv-2 (F&C 2019) for 20 iterations: 29% ± 2% test accuracy over 4 seeds (chance: 10%)."""
     cfg = compose_config(["+exp=conv2", "dataset=cifar10_subset", f"dataset.root={DATA_ROOT}", "training.steps=20it",
-                          "training.eval_every=20it", "levels=0", "progress=false", f"output_dir={tmp_path}"])
-    (level_0,) = imp.run(cfg, console=Console(file=io.StringIO()))
+                          "training.eval_every=20it", "levels=1", "progress=false", f"output_dir={tmp_path}"])
+    level_0, _ = imp.run(cfg, console=Console(file=io.StringIO()))
     fingerprint = datasets.load(shared_subset).fingerprint
     assert level_0["examples"] == {"train": 3600, "validation": 400, "test": 1000}
     assert level_0["data_fingerprint"] == fingerprint
@@ -71,3 +71,19 @@ def test_conv2_learns_the_shared_records_end_to_end(shared_subset, tmp_path):
     (directory,) = [d for d in tmp_path.iterdir() if d.name.startswith("conv2-")]
     identity = OmegaConf.to_container(OmegaConf.load(directory / "config.yaml"))
     assert identity["dataset"] == {"name": "cifar10_subset", "validation": 400, "augment": False, "fingerprint": fingerprint}
+    # experiments/bench/device.sh's section f, on this run (its --smoke skips it): each level's
+    # remaining count against the counting rule, from the results alone
+    import importlib
+    import json
+    import sys
+    import types
+
+    sys.path.insert(0, str(REPO / "experiments" / "bench"))
+    try:
+        device = importlib.import_module("device")
+        device.cifar(types.SimpleNamespace(directory=str(tmp_path), json=str(tmp_path / "cifar.json")))
+    finally:
+        sys.path.remove(str(REPO / "experiments" / "bench"))
+    with open(tmp_path / "cifar.json") as f:
+        levels = json.load(f)["levels"]
+    assert [level["level"] for level in levels] == [0, 1] and all(l["remaining"] == l["rule"] for l in levels)

@@ -31,8 +31,6 @@ from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 import pandas as pd
-from scipy.signal import fftconvolve
-from scipy.special import gammaln
 
 from lottery.analysis import runs
 from lottery.results import paths
@@ -59,6 +57,8 @@ def _hypergeometric(size: int, kept_a: int, kept_b: int):
     var = kept_a * kept_b * (size - kept_a) * (size - kept_b) / (size**2 * (size - 1)) if size > 1 else 0.0
     spread = int(np.ceil(12 * np.sqrt(var))) + 2
     values = np.arange(max(low, int(mean) - spread), min(high, int(mean) + spread) + 1)
+    from scipy.special import gammaln  # here, not at import: every command imports this module
+
     choose = lambda n, k: gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1)  # log C(n, k)
     log_p = choose(kept_a, values) + choose(size - kept_a, kept_b - values) - choose(size, kept_b)
     return values, np.exp(log_p)
@@ -69,6 +69,8 @@ def chance_jaccard(layers: tuple) -> float:
     """E[|A ∩ B| / |A ∪ B|] over masks drawn uniformly at random with ``kept_a`` and ``kept_b`` of
     each layer's ``size`` weights, layers independent (``layers``: (size, kept_a, kept_b) each): the
     distribution of the total intersection is the convolution of each layer's hypergeometric."""
+    from scipy.signal import fftconvolve  # 0.8 s to import: only where chance is computed
+
     values, probability, union = np.array([0]), np.array([1.0]), 0
     for size, kept_a, kept_b in layers:
         v, p = _hypergeometric(size, kept_a, kept_b)
