@@ -135,11 +135,11 @@ def run_locked(experiment: Experiment, console: Console) -> Results:
                     trained += dense_level(experiment, progress)
                 elif sparse.trains(cfg, level):
                     networks = [n for r in range(cfg.replicates) for n in level_networks(experiment, r, level)]
-                    tickets = [n for n in networks if n.kind == "ticket"]
-                    if sparse.dynamic(cfg) and tickets:  # its mask is known once it has trained: controls after it
-                        train_networks(experiment, tickets, level, *experiment.segment(level), progress,
+                    updating = [n for n in networks if n.kind == "ticket"]  # (not `tickets`: the module)
+                    if sparse.dynamic(cfg) and updating:  # its mask is known once it has trained: controls after it
+                        train_networks(experiment, updating, level, *experiment.segment(level), progress,
                                        trainer=experiment.sparse_trainer)
-                        trained += len(tickets)
+                        trained += len(updating)
                         networks = [n for r in range(cfg.replicates) for n in level_networks(experiment, r, level)]
                     train_networks(experiment, networks, level, *experiment.segment(level), progress)
                     trained += len(networks)
