@@ -45,7 +45,8 @@ def test_neurons_follow_the_counting_rule_nest_and_are_cut_from_both_sides():
             assert not np.any(flat[name] & ~old[name])  # nested
         for layer, count in zip(found.layers, (64, 32)):
             alive = found.alive(flat, layer)
-            assert alive.sum() == structure.level_units(count, 0.2, level)  # 64 -> 51 -> 41 -> 33 -> 26
+            assert alive.sum() == {1: {64: 51, 32: 26}, 2: {64: 41, 32: 21}, 3: {64: 33, 32: 17},
+                                   4: {64: 26, 32: 14}}[level][count]  # round(0.2 x remaining), halves up, per level
             producer, consumer = flat[layer.producers[0]], flat[layer.consumers[0]]
             assert not producer[:, ~alive].any() and not consumer[~alive, :].any()  # in and out cut
         mask = new

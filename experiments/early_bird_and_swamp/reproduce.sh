@@ -15,13 +15,8 @@
 # to $RESULTS (default: next to this script).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-runs="runs/early_bird_and_swamp"
-if [[ $# -gt 0 && "$1" != *=* ]]; then
-    runs="$1"
-    shift
-fi
-results="${RESULTS:-$here}"
-common=(+exp=lenet replicates=2 levels=10 output_dir="$runs" "$@")
+source "$here/../arguments.sh" runs/early_bird_and_swamp "$@"
+common=(+exp=lenet replicates=2 levels=10 output_dir="$runs" "${overrides[@]}")
 python -m lottery.run name=imp "${common[@]}"
 python -m lottery.run name=early_bird early_bird.enabled=true early_bird.every=250it "${common[@]}"
 python -m lottery.run name=swamp swamp.particles=3 swamp.average_from=0.75 "${common[@]}"

@@ -15,13 +15,8 @@
 # (default: next to this script).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-runs="runs/frankle_2021"
-if [[ $# -gt 0 && "$1" != *=* ]]; then
-    runs="$1"
-    shift
-fi
-results="${RESULTS:-$here}"
-common=(replicates=3 output_dir="$runs" "$@")
+source "$here/../arguments.sh" runs/frankle_2021 "$@"
+common=(replicates=3 output_dir="$runs" "${overrides[@]}")
 python -m lottery.run +exp=lenet pruning=global name=imp "${common[@]}"
 for criterion in magnitude random snip grasp synflow; do
     rounds=1

@@ -10,11 +10,6 @@
 # accuracy_vs_sparsity.png and early_stopping.png go to $RESULTS (default: next to this script).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-runs="runs/frankle_carbin_2019"
-if [[ $# -gt 0 && "$1" != *=* ]]; then
-    runs="$1"
-    shift
-fi
-results="${RESULTS:-$here}"
-python -m lottery.run +exp=lenet replicates=3 'controls=[random_reinit]' output_dir="$runs" "$@"
+source "$here/../arguments.sh" runs/frankle_carbin_2019 "$@"
+python -m lottery.run +exp=lenet replicates=3 'controls=[random_reinit]' output_dir="$runs" "${overrides[@]}"
 python -m lottery.report "$runs" --csv "$results/levels.csv" --output "$results"

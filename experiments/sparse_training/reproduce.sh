@@ -15,13 +15,8 @@
 # (default: next to this script).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-runs="runs/sparse_training"
-if [[ $# -gt 0 && "$1" != *=* ]]; then
-    runs="$1"
-    shift
-fi
-results="${RESULTS:-$here}"
-common=(replicates=3 levels=18 output_dir="$runs" "$@")
+source "$here/../arguments.sh" runs/sparse_training "$@"
+common=(replicates=3 levels=18 output_dir="$runs" "${overrides[@]}")
 python -m lottery.run +exp=lenet name=imp "${common[@]}"
 for method in static gmp set rigl; do
     python -m lottery.run +exp=lenet_"$method" name="$method" 'sparsity.levels=[7,13,18]' "${common[@]}"

@@ -16,13 +16,8 @@
 # 50% per level. Resumable.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-runs="runs/structured"
-if [[ $# -gt 0 && "$1" != *=* ]]; then
-    runs="$1"
-    shift
-fi
-results="${RESULTS:-$here}"
-common=(replicates=2 'controls=[random_prune]' output_dir="$runs" "$@")
+source "$here/../arguments.sh" runs/structured "$@"
+common=(replicates=2 'controls=[random_prune]' output_dir="$runs" "${overrides[@]}")
 lenet=(+exp=lenet training.steps=5000it training.eval_every=500it)
 python -m lottery.run "${lenet[@]}" name=lenet_weights levels=10 "${common[@]}"
 python -m lottery.run "${lenet[@]}" name=lenet_neurons pruning.structure=neurons levels=6 "${common[@]}"

@@ -377,7 +377,7 @@ def control_start(experiment: Experiment, replicate: int, level: int, name: str,
     key = controls.stream_key(experiment.keys(replicate)["controls"], level, name)
     context = controls.Context(
         ticket=jax.device_get({k: ticket[k] for k in ("mask", "params", "batch_stats")}),
-        names=experiment.prunable, strategy=experiment.cfg.pruning.strategy, key=key,
+        names=experiment.prunable, key=key,
         rng=np.random.default_rng(np.asarray(jax.random.key_data(key))),
         fresh_weights=experiment.initial_weights, rewound=lambda mask: rewound(experiment, replicate, mask),
         init_state=experiment.trainer.init_state, ranking=lambda: ranking(experiment, replicate, level),
@@ -438,7 +438,7 @@ def save_network(experiment: Experiment, network: Network, level: int, start: in
     a SWAMP ticket's particles, kept beside it: swamp.py)."""
     work_dir = fresh(network.directory + ".partial")
     start_state = jax.device_get(network.state)
-    sparse_record = sparse_training_record(experiment, start_state, finished)
+    sparse_record = sparse_training_record(experiment, start_state, finished) if network.kind == "ticket" else None
     if "sparse" in start_state:  # trained with mask updates: its ticket is the mask it ended with, on θ0
         start_state = {**start_state, "mask": finished["mask"],
                        "params": masks.apply_mask(start_state["params"], finished["mask"])}
@@ -450,7 +450,7 @@ def save_network(experiment: Experiment, network: Network, level: int, start: in
     metrics["examples"] = experiment.data_examples
     metrics["group_size"] = group_size  # networks trained one after another in wall_time_s
     metrics["cost_steps"] = experiment.cost(level)
-    if sparse_record is not None and network.kind == "ticket":
+    if sparse_record is not None:
         metrics["sparse_training"] = sparse_record
     if drawn is not None:  # the next level's early-bird mask (early_bird.py)
         early_bird.save(work_dir, *drawn)

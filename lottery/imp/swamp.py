@@ -81,11 +81,11 @@ def average(experiment, networks: List[Network], states, kept: Dict[int, dict], 
         for split, result in evaluated.items():
             if result is not None:
                 record[f"{split}_loss"], record[f"{split}_accuracy"] = float(result[0][0]), float(result[1][0])
-        tested = [experiment.trainer.evaluate(training.stack([a]), "test") for a in averages]
+        tested = experiment.trainer.evaluate(training.stack(averages), "test")  # each particle's average, one call
         out[replicate] = {"trained": trained, "history": [record], "particles": averages,
                           "record": {"particles": len(members), "average_from": experiment.cfg.swamp.average_from,
                                      "snapshots": len(kept) + 1,
-                                     "particle_test_accuracy": [None if t is None else float(t[1][0]) for t in tested]}}
+                                     "particle_test_accuracy": None if tested is None else [float(a) for a in tested[1]]}}
     return out
 
 

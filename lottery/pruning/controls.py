@@ -39,14 +39,13 @@ class Context:
 
     ticket: dict  # the ticket's start state on the host: mask, params, batch_stats
     names: List[str]  # the prunable tensors
-    strategy: str  # pruning.strategy: layerwise | global
     key: jax.Array  # this control's own PRNG key at this level (fresh weights)
     rng: np.random.Generator  # the same stream as a NumPy generator (random masks)
     fresh_weights: Callable[[jax.Array], dict]  # {params, batch_stats} as the model initializes them with a key
     rewound: Callable[[dict], dict]  # a training state from θk under a mask, exactly as the ticket starts
     init_state: Callable[[dict, dict, dict], dict]  # a training state from (params, batch_stats, mask)
     ranking: Callable[[], Tuple[dict, dict]]  # (scores, the mask they ranked) of the ticket's pruning step
-    structure: "structure.Structure"  # what the experiment prunes: random and inverted masks keep it
+    structure: structure.Structure  # what the experiment prunes: random and inverted masks keep it
 
 
 @dataclasses.dataclass(frozen=True)

@@ -192,7 +192,7 @@ class Structure:
             scores = np.where(mask, np.asarray(flat_scores[name], np.float64), -np.inf)
             blocks = _blocks(scores, self.m)
             ranks = np.argsort(np.argsort(blocks, axis=-2, kind="stable"), axis=-2, kind="stable")
-            kept = _unblocks(ranks >= self.m - keep_n, mask.shape) & mask
+            kept = np.reshape(ranks >= self.m - keep_n, mask.shape) & mask
             out[name] = kept
         return out
 
@@ -212,8 +212,8 @@ class Structure:
             out = dict(flat)
             for name in self.n_m_kernels(flat):
                 keep_n = int(_blocks(flat[name], self.m).sum(axis=-2).max())
-                out[name] = _unblocks(_blocks(rng.random(flat[name].shape), self.m).argsort(axis=-2).argsort(axis=-2)
-                                      >= self.m - keep_n, flat[name].shape)
+                ranks = _blocks(rng.random(flat[name].shape), self.m).argsort(axis=-2).argsort(axis=-2)
+                out[name] = np.reshape(ranks >= self.m - keep_n, flat[name].shape)
             return masks.unflatten(mask, out)
         keep = {}
         for i, layer in enumerate(self.layers):
@@ -289,15 +289,3 @@ def _blocks(array, m: int):
     """A kernel (..., in, out) as (..., in / m, m, out): the blocks of M along the input axis."""
     shape = np.shape(array)
     return np.reshape(array, (*shape[:-2], shape[-2] // m, m, shape[-1]))
-
-
-def _unblocks(blocks, shape):
-    return np.reshape(blocks, shape)
-
-
-def level_units(count: int, rate, levels: int) -> int:
-    """Units a layer of ``count`` keeps after ``levels`` levels at ``rate`` (the counting rule on units)."""
-    for _ in range(levels):
-        count -= masks.number_to_prune(rate, count)
-    return count
-
