@@ -148,6 +148,28 @@ class EarlyBirdConfig:
 
 
 @dataclasses.dataclass
+class DietConfig:
+    """Data diets (Paul, Ganguli & Dziugaite 2021; Paul, Larsen, Ganguli, Frankle & Dziugaite 2022;
+    lottery/imp/diet.py): the dense level 0 pre-trains its first `pretrain` steps on a subset of the
+    training set chosen by how hard each example is, scored early in training of independent dense
+    networks; every level then rewinds to those weights and trains on the whole set. Hashed when
+    a score or a scores file is set."""
+
+    score: Optional[str] = None  # el2n | grand: computed here (null: no diet, unless `scores` is given)
+    scores: Optional[str] = None  # a scores.npy to use instead (another run's, model's): hashed by its content
+    # When the scoring networks are scored; null: a tenth of training (Paul et al. 2021: EL2N at
+    # epoch 20 of 200; GraNd also at initialization, 0it).
+    score_at: Optional[str] = None
+    networks: int = 4  # independent scoring networks the scores are averaged over (Paul et al. 2021: 10)
+    keep: float = 0.1  # the fraction of the training set pre-trained on (Paul et al. 2022: a small fraction suffices)
+    # easy: the lowest scores (Paul et al. 2022: fewest pre-training steps) | hard: the highest |
+    # random: as many examples, drawn (their control)
+    subset: str = "easy"
+    offset: float = 0.0  # the fraction of the very hardest left out before keeping (Paul et al. 2021, Sec. 4)
+    pretrain: Optional[str] = None  # steps [0, pretrain) of level 0 on the subset (null: the rewind step k)
+
+
+@dataclasses.dataclass
 class LMCConfig:
     """Linear mode connectivity (Frankle et al. 2020): at each of `levels`, two copies trained
     from the level's start with different data orders, evaluated along the line between them."""
@@ -236,6 +258,7 @@ class Config:
     sparsity: SparsityConfig = dataclasses.field(default_factory=SparsityConfig)
     swamp: SwampConfig = dataclasses.field(default_factory=SwampConfig)
     early_bird: EarlyBirdConfig = dataclasses.field(default_factory=EarlyBirdConfig)
+    diet: DietConfig = dataclasses.field(default_factory=DietConfig)
     lmc: LMCConfig = dataclasses.field(default_factory=LMCConfig)
     transfer: TransferConfig = dataclasses.field(default_factory=TransferConfig)
     objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)

@@ -146,8 +146,9 @@ def probe_level_0(experiment, replicate: int, say=print) -> None:
                       keys["data"], keys["augment"])
     state, step = training.stack([network.state]), 0
     draws = Draws(experiment, masks.full_mask(experiment.trainer.init_params))
+    trainer = experiment.level_0_trainer(say)  # with a data diet's pre-training (diet.py)
     for stop in check_steps(experiment, 0, end) + [end]:
-        state, _, _, _ = loop.train(experiment.trainer, state, [network], 0, step, stop, lambda n: None,
+        state, _, _, _ = loop.train(trainer, state, [network], 0, step, stop, lambda n: None,
                                     eval_every=end, checkpoint_every=end, evaluate=False)
         step = stop
         if draws.add(step, jax.device_get(training.unstack(state, 0)["params"])):

@@ -18,6 +18,7 @@ from lottery import data as datasets
 from lottery import hosts, models, tracking
 from lottery.analysis import objective
 from lottery.errors import LotteryError
+from lottery.imp import diet as diets
 from lottery.imp import early_bird, swamp, transfer
 from lottery.pruning import controls, criteria, masks, sparse
 from lottery.pruning import structure as structures
@@ -52,6 +53,8 @@ class Experiment:
     structure: Optional[structures.Structure] = None  # what a level prunes: weights, units or N:M blocks
     updates: Optional[sparse.Updates] = None  # sparse training's mask updates (GMP, SET, RigL; pruning/sparse.py)
     sparse_trainer: Optional[training.Trainer] = None  # the trainer with them in its step
+    diet: Optional[diets.Plan] = None  # a data diet's pre-training of level 0 (diet.py)
+    diet_trainer: Optional[training.Trainer] = None  # the trainer with it, once its scores are there
 
     def keys(self, replicate: int) -> Dict[str, jax.Array]:
         """The PRNG keys of one replicate: its initialization, data order, augmentation, controls."""
@@ -101,6 +104,15 @@ class Experiment:
         """The training state level 0 starts from: θ0 of ``replicate``, dense."""
         theta_0 = self.initial_weights(self.keys(replicate)["init"])
         return self.trainer.init_state(theta_0["params"], theta_0["batch_stats"], masks.full_mask(theta_0["params"]))
+
+    def level_0_trainer(self, say=print) -> training.Trainer:
+        """The trainer of the dense level 0: with a data diet, its pre-training steps on the diet's
+        subset (the scores computed or read the first time: diet.py)."""
+        if self.diet is None:
+            return self.trainer
+        if self.diet_trainer is None:
+            self.diet_trainer = diets.trainer(self, say)
+        return self.diet_trainer
 
     def level_dir(self, replicate: int, level: int) -> str:
         return paths.level_dir(self.directory, replicate, level)
@@ -155,6 +167,7 @@ def check(cfg) -> None:
     sparse.check(cfg)
     swamp.check(cfg)
     early_bird.check(cfg)
+    diets.check(cfg)
     structures.check(cfg)
     if any(level > cfg.levels for level in cfg.sparsity.levels):
         raise LotteryError(f"sparsity.levels={list(cfg.sparsity.levels)} must be levels 1..{cfg.levels}")
@@ -240,6 +253,7 @@ def prepare(cfg) -> Experiment:
     experiment.structure = structures.Structure(cfg.pruning, prunable, models.units(cfg.model, shapes), shapes)
     if cfg.early_bird.enabled:
         early_bird.every(experiment)  # a bad interval is refused now, not after the dense level 0
+    experiment.diet = diets.plan(cfg, len(data.train_x), per_epoch, batch_size, end, rewind)
     if sparse.method(cfg) is not None:
         if rewind != 0:
             raise LotteryError(f"rewind={cfg.rewind}: sparsity.method={cfg.sparsity.method} trains each level from θ0; "

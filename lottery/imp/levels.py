@@ -51,7 +51,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lottery import backend, hosts
 from lottery.analysis import figures, objective, runs, tables, tickets
 from lottery.errors import LotteryError, Preempted
-from lottery.imp import dense, early_bird, lmc, swamp
+from lottery.imp import dense, diet, early_bird, lmc, swamp
 from lottery.imp.experiment import Experiment, prepare
 from lottery.pruning import controls, criteria, masks, sparse
 from lottery.results import identity, metrics as result_metrics, paths
@@ -235,6 +235,8 @@ def dense_level(experiment: Experiment, progress: Progress) -> int:
             experiment.tracker.log_history(metrics["replicate"], "ticket", 0, metrics["history"])
             experiment.tracker.log_level(metrics)
             warn_at_chance(experiment, metrics)
+    if experiment.diet is not None:  # what the dense runs pre-trained on: diet.json (diet.py)
+        diet.record(experiment, progress.console.print)
     return len(missing)
 
 

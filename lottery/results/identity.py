@@ -91,10 +91,32 @@ def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
     sparsity = content.pop("sparsity", None)  # absent for IMP: every earlier hash unchanged
     if sparsity is not None and sparsity.get("method") != "imp":
         content["sparsity"] = sparsity
+    diet = content.pop("diet", None)  # absent without a data diet: every earlier hash unchanged
+    if diet is not None and (diet.get("score") is not None or diet.get("scores") is not None):
+        content["diet"] = diet_identity(diet)
     transfer = content.pop("transfer", None)  # absent unless set: every earlier hash unchanged
     if transfer is not None and transfer.get("source") is not None:
         content["transfer"] = {**transfer, "source": source_hash(transfer["source"])}  # by its hash, not its path
     return content
+
+
+def diet_identity(diet: dict) -> dict:
+    """A data diet as it is hashed: a scores file by its content (not its path), and without the
+    scoring settings it does not use (lottery/imp/diet.py)."""
+    if diet.get("scores") is not None:
+        diet = {**diet, "scores": file_digest(os.path.abspath(os.path.expanduser(diet["scores"])), "diet.scores")}
+    if diet.get("scores") is not None or diet.get("score") == "random":
+        diet = {key: value for key, value in diet.items() if key not in ("score_at", "networks")}
+    return diet
+
+
+def file_digest(path: str, key: str) -> str:
+    """The content hash of a file a config names (``key``): its identity in a hash, not its path."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:16]
+    except OSError as error:
+        raise LotteryError(f"{key}: {path}: cannot be read ({error.strerror or type(error).__name__})") from None
 
 
 def dense_identity(cfg: DictConfig, data_fingerprint: str, backend: str = "cpu") -> dict:

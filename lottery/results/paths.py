@@ -10,6 +10,8 @@
     <output_dir>/dense/<model>-<dataset>-<hash>/ the shared dense level 0 (lottery/imp/dense.py)
       dense.yaml  invocations.jsonl  lock
       replicate_<r>/  metrics.json  ticket/  trained/  rewind_points/<k>/
+    <output_dir>/diets/<model>-<dataset>-<score>-<hash>/ a data diet's shared scores (lottery/imp/diet.py)
+      diet.yaml  scores.npy  metrics.json  lock
 """
 
 import os
@@ -19,6 +21,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 from lottery.results.identity import experiment_hash
 
 DENSE_STORE = "dense"  # below output_dir
+DIET_STORE = "diets"  # below output_dir: data diets' scores (lottery/imp/diet.py)
 CHECKPOINTS = "checkpoints"
 LMC = "lmc"
 LMC_LEVELS = "lmc_levels"  # the path from the previous level's solution (lmc.between_levels)
@@ -62,6 +65,11 @@ def checkpoint_dir(root: str, level: int, group: str) -> str:
 def dense_store(experiment_dir: str, name: str) -> str:
     """The shared dense run ``name`` beside an experiment's directory (in the same output_dir)."""
     return os.path.join(os.path.dirname(experiment_dir), DENSE_STORE, name)
+
+
+def diet_store(experiment_dir: str, name: str) -> str:
+    """The shared scores of a data diet ``name`` beside an experiment's directory."""
+    return os.path.join(os.path.dirname(experiment_dir), DIET_STORE, name)
 
 
 def rewind_point_dir(dense_run: str, replicate: int, step: int) -> str:

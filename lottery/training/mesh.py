@@ -138,20 +138,16 @@ class MeshTrainer:
         out_states, out_sums = [], []
         for ids in self.rounds(len(sums)):
             block, block_sum, keys = members(host, ids), members(sums, ids), members(augment, ids)
-            step = start
-            while step < stop:  # one compiled loop per epoch touched, as on one device
+            for step, end, epoch, subset in trainer.epochs(start, stop):  # one compiled loop per epoch touched, as on one device
                 if check:
                     check()
-                epoch = step // trainer.iterations_per_epoch
-                end = min(stop, (epoch + 1) * trainer.iterations_per_epoch)
-                orders = to_global(np.stack([np.asarray(trainer._order(data_key[i], epoch)) for i in ids]), self.mesh,
-                                   P("members"))
+                orders = to_global(np.stack([np.asarray(trainer._order(data_key[i], epoch, subset)) for i in ids]),
+                                   self.mesh, P("members"))
                 if trainer.host_loop:
                     for j in range(step, end):
                         block, block_sum = self._train_step(block, data, orders, keys, scalar(j), block_sum)
                 else:
                     block, block_sum = self._train(block, data, orders, keys, scalar(step), scalar(end), block_sum)
-                step = end
             out_states.append(to_host(block))
             out_sums.append(to_host(block_sum))
         return _joined(out_states, len(sums)), _joined(out_sums, len(sums))

@@ -19,6 +19,7 @@ optimizer state still continues the schedule from k (Frankle et al. 2020).
 """
 
 import copy
+import dataclasses
 import functools
 import math
 
@@ -120,6 +121,7 @@ class Trainer:
         # tested: each member's arithmetic is the same program's, whatever the others hold).
         self.width = stack_width(stack)
         self.updates = None  # a sparse-training method's mask updates (with_updates)
+        self.diet = None  # a data diet's pre-training subset (with_diet)
         self._compile()
         self._epoch_order = jax.jit(functools.partial(epoch_order, n=len(data.train_x)))
         self._orders = {}  # the current epoch's data order of each member, computed once per epoch
@@ -144,6 +146,20 @@ class Trainer:
         other = copy.copy(self)
         other.updates, other._meshes, other._orders = updates, {}, {}
         other._compile()
+        return other
+
+    def with_diet(self, indices, until: int) -> "Trainer":
+        """This trainer with a data diet (lottery/imp/diet.py): steps [0, ``until``) draw their
+        batches from the training examples ``indices`` alone, in epochs of that subset (each a seeded
+        permutation of it); later steps from the whole set, as without a diet. Shares its data on
+        the device; the compiled programs are the same (an order's length sets its epoch)."""
+        if len(indices) < self.batch_size:
+            raise LotteryError(f"a data diet's subset of {len(indices)} examples is smaller than a batch ({self.batch_size})")
+        other = copy.copy(self)
+        subset = jnp.asarray(np.asarray(indices, np.int32))
+        other.diet = Diet(until, len(indices) // self.batch_size,
+                          jax.jit(lambda key, epoch: subset[epoch_order(key, epoch, len(indices))]))
+        other._meshes, other._orders = {}, {}
         return other
 
     # --- the model as a pure function of its parameters -------------------------------------
@@ -213,23 +229,32 @@ class Trainer:
         for ids in self.blocks(members):
             block, block_sum = self._take(state, ids), self._take(loss_sum, ids)
             augment = self._take(augment_key, ids)
-            step = start
-            while step < stop:  # one compiled loop per epoch touched, with that epoch's data order
+            for step, end, epoch, subset in self.epochs(start, stop):  # one compiled loop per epoch touched
                 if check:
                     check()
-                epoch = step // self.iterations_per_epoch
-                end = min(stop, (epoch + 1) * self.iterations_per_epoch)
-                order = self._take_orders([data_key[i] for i in ids], epoch)
+                order = self._take_orders([data_key[i] for i in ids], epoch, subset)
                 if self.host_loop:
                     for j in range(step, end):
                         block, block_sum = self._train_step(block, self.train_data, order, augment, jnp.int32(j), block_sum)
                 else:
                     block, block_sum = self._train(block, self.train_data, order, augment, jnp.int32(step),
                                                    jnp.int32(end), block_sum)
-                step = end
             states.append(block)
             sums.append(block_sum)
         return self._join(states, members), self._join(sums, members)
+
+    def epochs(self, start: int, stop: int):
+        """The parts of steps [start, stop) that run with one data order: (first step, end, epoch,
+        whether on a diet's subset), one per epoch touched; a diet's pre-training runs in epochs of
+        its subset and ends at its last step."""
+        step = start
+        while step < stop:
+            subset = self.diet is not None and step < self.diet.until
+            per_epoch = self.diet.per_epoch if subset else self.iterations_per_epoch
+            epoch = step // per_epoch
+            end = min(stop, (epoch + 1) * per_epoch, self.diet.until if subset else stop)
+            yield step, end, epoch, subset
+            step = end
 
     # --- blocks of members: one program each --------------------------------------------------
 
@@ -246,27 +271,29 @@ class Trainer:
         """A block of a stack: one member as it is (width 1), or the members ``ids`` along the axis."""
         return _member(stacked, ids[0]) if self.width == 1 else _gather(stacked, np.asarray(ids))
 
-    def _take_orders(self, data_keys, epoch: int):
-        orders = [self._order(key, epoch) for key in data_keys]
+    def _take_orders(self, data_keys, epoch: int, subset: bool = False):
+        orders = [self._order(key, epoch, subset) for key in data_keys]
         return orders[0] if self.width == 1 else jnp.stack(orders)
 
     def _join(self, blocks, members: int):
         """Blocks back into one stack of ``members`` (padding dropped), on the device."""
         return _stack(blocks) if self.width == 1 else _concatenate(blocks, members)
 
-    def _order(self, data_key, epoch: int):
-        key = (epoch, np.asarray(jax.random.key_data(data_key)).tobytes())
+    def _order(self, data_key, epoch: int, subset: bool = False):
+        """The indices of the training examples in ``epoch``'s order (``subset``: of a diet's
+        subset's epoch), computed on the device once."""
+        key = (epoch, subset, np.asarray(jax.random.key_data(data_key)).tobytes())
         if key not in self._orders:
             if len(self._orders) > 64:  # members of a level share epochs: keep the recent ones
                 self._orders.clear()
-            self._orders[key] = self._epoch_order(data_key, epoch)
+            self._orders[key] = (self.diet.order if subset else self._epoch_order)(data_key, epoch)
         return self._orders[key]
 
     def _batch(self, train_data, order, augment_key, step, data_axis=None):
         """The batch of ``step``: its slice of the epoch's order, gathered on the device (with
         ``data_axis``, split over that mesh axis: data-parallel, see mesh.py)."""
         images, labels = train_data
-        position = step % self.iterations_per_epoch
+        position = step % (order.shape[-1] // self.batch_size)  # the epoch's steps: of the data, or a diet's subset
         index = jax.lax.dynamic_slice_in_dim(order, position * self.batch_size, self.batch_size)
         key = jax.random.fold_in(augment_key, step) if self.augment else None
         return _split(self.inputs(images[index], key), data_axis), _split(labels[index], data_axis)
@@ -350,6 +377,15 @@ def _split(batch, data_axis):
     if data_axis is None:
         return batch
     return jax.lax.with_sharding_constraint(batch, jax.sharding.PartitionSpec(data_axis))
+
+
+@dataclasses.dataclass(frozen=True)
+class Diet:
+    """A data diet as the trainer runs it (``Trainer.with_diet``)."""
+
+    until: int  # steps [0, until) on the subset
+    per_epoch: int  # steps in an epoch of the subset
+    order: object  # (data key, epoch) -> the subset's indices in that epoch's order (compiled)
 
 
 def members_of(stacked) -> int:

@@ -1,0 +1,339 @@
+"""Data diets, config ``diet``: which examples the dense network pre-trains on before IMP rewinds to it.
+
+Paul, Ganguli & Dziugaite ("Deep Learning on a Data Diet", NeurIPS 2021) score each training example
+by how hard it is, early in the training of several independent dense networks, and average over
+them (their Sec. 2; 10 networks in the paper, ``diet.networks`` here):
+
+- EL2N, the error L2 norm: ``|| softmax(f(x)) - onehot(y) ||_2`` (their Eq. 2; at epoch 20 of 200
+  on CIFAR-10);
+- GraNd, the gradient norm: ``|| d loss(f(x), y) / d weights ||_2`` over every parameter (their
+  Eq. 1; useful already at initialization, ``diet.score_at=0it``).
+
+Both are taken with the model in evaluation mode (batch norm with its running statistics), on the
+training split as stored (no augmentation), one example at a time. ``diet.score_at`` null scores at a
+tenth of training (their epoch 20 of 200). ``diet.score=random`` draws uniform scores instead: the
+easy (or hard) end is then a uniformly random subset of the same size, their control.
+
+Paul, Larsen, Ganguli, Frankle & Dziugaite ("Lottery Tickets on a Data Diet", NeurIPS 2022) pre-train
+the dense network on a subset for the rewind step's ``t_r`` steps and run IMP from there, every
+level training on the whole set: holding the pre-training steps fixed, a small random fraction of
+the data suffices for a good rewind point, and the easiest examples (lowest EL2N) reach one in
+fewer steps than the whole set or a random subset. Here: the dense level 0 trains its first
+``diet.pretrain`` steps (null: the rewind step k; at most k) on the ``diet.keep`` fraction of the
+training set at the ``diet.subset`` end of the ranking (easy: lowest scores; hard: highest), after
+leaving out the ``diet.offset`` fraction at that end (Paul et al. 2021, Sec. 4, keep the hardest
+but the very hardest, which are often mislabelled); then on the whole set from the step it
+reached. The subset's epochs are its own (len(subset) // batch size steps, each a seeded
+permutation of the subset); the whole set's epochs continue as if the pre-training had been on it,
+so steps [pretrain, T) see the batches of the run without a diet. The learning-rate schedule is the
+global step's, as everywhere.
+
+Scores are a result of their own, shared like the dense level 0 (dense.py) by every experiment of
+the same model, data, optimizer, training, seed and scoring (not keep, subset or pretrain):
+
+  <output_dir>/diets/<model>-<dataset>-<score>-<hash>/
+    diet.yaml      what they are: the dense keys with the data's fingerprint, score, score_at, networks
+    scores.npy     one float32 per training example, in the stored order (NumPy's format, no pickle)
+    metrics.json   how they were made: score, step, networks, each network's mean score, the steps
+    lock
+
+``diet.scores=<file.npy>`` uses any such file instead (another model's scores: Paul et al. 2021
+find scores transfer across architectures), hashed by its content; where a ``metrics.json`` lies
+beside it, its data must be this experiment's. The experiment records what its diet chose in
+``diet.json`` (the scores used, the subset's size, classes and mean scores) and ``diet_subset.npy``
+(the indices); ``lottery.analysis.diet`` reads them back.
+"""
+
+import dataclasses
+import math
+import os
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lottery import backend, hosts
+from lottery.errors import LotteryError
+from lottery.results import paths
+from lottery.results.identity import dense_identity, digest, file_digest, write_once
+from lottery.results.store import open_locked, read_json, write_json, write_whole
+from lottery.step import Step
+from lottery.training import loop
+from lottery.training import trainer as training
+from lottery.training.loop import Network
+
+SCORES = ("el2n", "grand", "random")
+SUBSETS = ("easy", "hard")
+IDENTITY = "diet.yaml"
+RECORD = "diet.json"  # in the experiment's directory, with SUBSET
+SUBSET = "diet_subset.npy"
+METRICS_KEYS = ("score", "score_at", "networks", "examples", "data_fingerprint")
+# Scoring network i has the PRNG keys (θ0, data order, augmentation) of replicate FIRST + i: the
+# same construction as the experiment's replicates, far from any replicate number in use.
+FIRST = 2**22
+
+
+def enabled(cfg) -> bool:
+    return cfg.diet.score is not None or cfg.diet.scores is not None
+
+
+def check(cfg) -> None:
+    """The diet's settings that need no data."""
+    d = cfg.diet
+    if not enabled(cfg):
+        return
+    if d.score is not None and d.scores is not None:
+        raise LotteryError(f"diet.score={d.score} and diet.scores={d.scores}: set one (scores computed here, or "
+                           "read from a file)")
+    if d.score is not None and d.score not in SCORES:
+        raise LotteryError(f"diet.score={d.score!r} is not a score; choose one of: {', '.join(SCORES)}")
+    if d.subset not in SUBSETS:
+        raise LotteryError(f"diet.subset={d.subset!r} is not a subset; choose one of: {', '.join(SUBSETS)}")
+    if d.networks < 1:
+        raise LotteryError(f"diet.networks={d.networks} must be 1 or more (scoring networks averaged over)")
+    if not 0 < d.keep <= 1:
+        raise LotteryError(f"diet.keep={d.keep} must be in (0, 1]: the fraction of the training set pre-trained on")
+    if not 0 <= d.offset < 1 or d.keep + d.offset > 1:
+        raise LotteryError(f"diet.offset={d.offset} must be in [0, 1) with diet.keep + diet.offset <= 1 (here "
+                           f"{d.keep + d.offset:g}): the fraction left out at the subset's end before keeping")
+    if cfg.sparsity.method != "imp" or cfg.transfer.source is not None:
+        raise LotteryError("diet: a data diet pre-trains the dense network IMP rewinds to; sparse training from "
+                           "scratch and transferred tickets have none (leave diet.score and diet.scores unset)")
+
+
+@dataclasses.dataclass
+class Plan:
+    """A diet as this experiment resolves it (``plan``)."""
+
+    score: Optional[str]  # el2n, grand, random; None where read from ``file``
+    file: Optional[str]
+    score_at: int  # steps the scoring networks train before they score
+    networks: int
+    kept: int  # examples pre-trained on
+    skipped: int  # examples left out at the subset's end first (offset)
+    subset: str
+    pretrain: int  # steps [0, pretrain) of level 0 on the subset
+    examples: int  # in the training split
+
+    @property
+    def dense(self) -> dict:
+        """What the diet adds to the dense level 0's identity (dense.py): pretrain as a step count
+        (null there would depend on the rewind step, which is not part of it)."""
+        scores = ({"scores": file_digest(self.file, "diet.scores")} if self.file else
+                  {"score": self.score} if self.score == "random" else
+                  {"score": self.score, "score_at": self.score_at, "networks": self.networks})
+        return {**scores, "kept": self.kept, "skipped": self.skipped, "subset": self.subset, "pretrain": self.pretrain}
+
+
+def plan(cfg, examples: int, per_epoch: int, batch_size: int, end: int, rewind: int) -> Optional[Plan]:
+    """The diet's counts and steps, checked against the data and training (None without a diet)."""
+    if not enabled(cfg):
+        return None
+    d = cfg.diet
+    pretrain = rewind if d.pretrain is None else Step.parse(d.pretrain, per_epoch, "diet.pretrain").iteration
+    if rewind == 0:
+        raise LotteryError("diet: pre-training on a subset needs a rewind step after it (rewind=0it rewinds to θ0); "
+                           "set rewind, e.g. rewind=1ep")
+    if not 0 < pretrain <= rewind:
+        raise LotteryError(f"diet.pretrain={d.pretrain} must be between 1 iteration and the rewind step "
+                           f"(rewind={cfg.rewind}, {rewind} iterations): every level rewinds to a pre-trained point")
+    score_at = end // 10 if d.score_at is None else Step.parse(d.score_at, per_epoch, "diet.score_at").iteration
+    if score_at > end:
+        raise LotteryError(f"diet.score_at={d.score_at} is past the end of training (training.steps={cfg.training.steps})")
+    kept, skipped = math.floor(d.keep * examples + 1e-9), math.floor(d.offset * examples + 1e-9)
+    if kept < batch_size:
+        raise LotteryError(f"diet.keep={d.keep} keeps {kept} of the {examples} training examples, fewer than a batch "
+                           f"(training.batch_size={batch_size}); keep at least {math.ceil(batch_size / examples * 1000) / 1000}")
+    file = None
+    if d.scores is not None:
+        file = os.path.abspath(os.path.expanduser(d.scores))
+        read_scores(file, examples)
+    return Plan(d.score, file, score_at, d.networks, kept, skipped, d.subset, pretrain, examples)
+
+
+# --- the scores ---------------------------------------------------------------------------------
+
+
+def el2n(trainer, params, batch_stats, images, labels):
+    """Each example's error L2 norm, || softmax(f(x)) - onehot(y) ||_2 (model in evaluation mode)."""
+    logits, _ = trainer.apply(params, batch_stats, trainer.inputs(images), train=False)
+    errors = jax.nn.softmax(logits) - jax.nn.one_hot(labels, logits.shape[-1])
+    return jnp.sqrt(jnp.sum(errors**2, axis=-1))
+
+
+def grand(trainer, params, batch_stats, images, labels):
+    """Each example's gradient norm: of its own cross-entropy loss, over every parameter."""
+
+    def loss(p, image, label):
+        logits, _ = trainer.apply(p, batch_stats, trainer.inputs(image[None]), train=False)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, label[None])[0]
+
+    grads = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(params, images, labels)
+    return jnp.sqrt(sum(jnp.sum(g.reshape(g.shape[0], -1)**2, axis=1) for g in jax.tree.leaves(grads)))
+
+
+SCORE_FUNCTIONS = {"el2n": el2n, "grand": grand}
+BATCH = {"el2n": 1000, "grand": 100}  # GraNd holds a batch's per-example gradients at once
+
+
+def example_scores(trainer, weights: dict, score: str) -> np.ndarray:
+    """``score`` of every training example under ``weights`` (params, batch_stats), float32."""
+    images, labels = trainer.train_host
+    size = min(BATCH[score], len(images))
+    function = jax.jit(lambda p, b, x, y: SCORE_FUNCTIONS[score](trainer, p, b, x, y))
+    out = []
+    for first in range(0, len(images), size):  # the last batch padded to the same shape, then cut
+        x, y = images[first:first + size], labels[first:first + size]
+        pad = size - len(x)
+        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+        y = np.concatenate([y, np.zeros(pad, y.dtype)]) if pad else y
+        out.append(np.asarray(function(weights["params"], weights["batch_stats"], x, y))[:size - pad])
+    return np.concatenate(out).astype(np.float32)
+
+
+def random_scores(cfg, examples: int) -> np.ndarray:
+    """Uniform scores from the experiment's seed: either end is a uniformly random subset."""
+    key = jax.random.fold_in(jax.random.key(cfg.seed), FIRST - 1)
+    return np.asarray(jax.random.uniform(key, (examples,)), np.float32)
+
+
+class Store:
+    """The shared scores of one (model, data, optimizer, training, seed, score, step, networks)."""
+
+    def __init__(self, experiment):
+        cfg, p = experiment.cfg, experiment.diet
+        self.identity = {**dense_identity(cfg, experiment.data_fingerprint, backend.kind()),
+                         "diet": {"score": p.score, "score_at": p.score_at, "networks": p.networks}}
+        name = f"{cfg.model.name}-{cfg.dataset.name}-{p.score}-{digest(self.identity)}"
+        self.directory = paths.diet_store(experiment.directory, name)
+        self.scores = os.path.join(self.directory, "scores.npy")
+        self.metrics = os.path.join(self.directory, "metrics.json")
+
+    def complete(self) -> bool:
+        return os.path.isfile(self.metrics) and os.path.isfile(self.scores)
+
+
+def scores(experiment, say=print) -> np.ndarray:
+    """The experiment's scores: read from ``diet.scores``, drawn (random), or the shared store's
+    (computed there first where it has none, under its lock)."""
+    p = experiment.diet
+    if p.file is not None:
+        return read_scores(p.file, p.examples, experiment.data_fingerprint)
+    if p.score == "random":
+        return random_scores(experiment.cfg, p.examples)
+    store = Store(experiment)
+    if not all(hosts.agree(int(store.complete()))):
+        lock = open_locked(store.directory, lambda: write_once(os.path.join(store.directory, IDENTITY), store.identity,
+                                                               "data diet's scores"),
+                           "the data diet's scores", wait=lambda line: say(f"diet: {line}"))
+        try:
+            if not all(hosts.agree(int(store.complete()))):
+                compute(experiment, store, say)
+        finally:
+            if lock is not None:
+                lock.close()
+    else:
+        write_once(os.path.join(store.directory, IDENTITY), store.identity, "data diet's scores")
+    read_json(store.metrics, METRICS_KEYS)
+    return read_scores(store.scores, p.examples, experiment.data_fingerprint)
+
+
+def compute(experiment, store: Store, say) -> None:
+    """Train ``networks`` dense networks for ``score_at`` steps, score every example with each, and
+    write their mean (scores.npy, then metrics.json: the store is complete once that exists)."""
+    p, began = experiment.diet, time.time()
+    say(f"diet: scoring the {p.examples} training examples by {p.score} with {p.networks} dense networks at step "
+        f"{p.score_at} ({os.path.basename(store.directory)})")
+    networks = []
+    for i in range(p.networks):
+        keys = experiment.keys(FIRST + i)
+        networks.append(Network(FIRST + i, "ticket", store.directory, experiment.dense_start(FIRST + i), keys["data"],
+                                keys["augment"]))
+    states = training.stack([network.state for network in networks])
+    if p.score_at > 0:
+        states, _, _, _ = loop.train(experiment.trainer, states, networks, 0, 0, p.score_at, lambda n: None,
+                                     eval_every=p.score_at, checkpoint_every=p.score_at, evaluate=False)
+    each = [example_scores(experiment.trainer, training.unstack(states, i), p.score) for i in range(p.networks)]
+    mean = np.mean(np.stack(each).astype(np.float64), axis=0).astype(np.float32)
+    if hosts.primary():
+        write_whole(store.scores, lambda partial: _save(partial, mean))
+    write_json(store.metrics, {"score": p.score, "score_at": p.score_at, "networks": p.networks,
+                               "examples": p.examples, "data_fingerprint": experiment.data_fingerprint,
+                               "network_means": [float(np.mean(s)) for s in each],
+                               "scoring_steps": p.networks * p.score_at, "seconds": time.time() - began})
+    hosts.barrier(f"diet scores {store.directory}")
+
+
+def _save(partial: str, array: np.ndarray) -> None:
+    with open(partial, "wb") as f:  # np.save(path) would add .npy to the partial name
+        np.save(f, array, allow_pickle=False)
+
+
+def read_scores(path: str, examples: int, data_fingerprint: Optional[str] = None) -> np.ndarray:
+    """A scores file: one finite number per training example (NumPy's .npy, no pickled objects);
+    with ``data_fingerprint``, a ``metrics.json`` beside it must name the same data."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise LotteryError(f"diet.scores: {path}: no such file; give a scores.npy (a diet store's, "
+                           "<output_dir>/diets/*/scores.npy, or one number per training example)") from None
+    except (OSError, ValueError, EOFError) as error:
+        raise LotteryError(f"{path}: cannot be read as a NumPy .npy array of scores ({type(error).__name__}: "
+                           f"{str(error).splitlines()[0] if str(error) else 'truncated'}); delete it or give another") from None
+    if not isinstance(array, np.ndarray) or array.ndim != 1 or not np.issubdtype(array.dtype, np.number) \
+            or np.issubdtype(array.dtype, np.complexfloating):
+        raise LotteryError(f"{path}: holds {getattr(array, 'dtype', type(array).__name__)} of shape "
+                           f"{getattr(array, 'shape', '?')}, not one real score per training example")
+    if len(array) != examples:
+        raise LotteryError(f"{path}: holds {len(array)} scores; the training split has {examples} examples (scores of "
+                           "another data set?)")
+    if not np.all(np.isfinite(array)):
+        raise LotteryError(f"{path}: holds {int(np.sum(~np.isfinite(array)))} scores that are not finite numbers")
+    beside = os.path.join(os.path.dirname(path), "metrics.json")
+    if data_fingerprint is not None and os.path.isfile(beside):
+        made = read_json(beside, METRICS_KEYS)
+        if made["data_fingerprint"] != data_fingerprint:
+            raise LotteryError(f"{path}: scores of other data ({beside}: data_fingerprint {made['data_fingerprint']}, "
+                               f"this experiment's {data_fingerprint}); give scores of this data set")
+    return array.astype(np.float32)
+
+
+# --- the subset -----------------------------------------------------------------------------------
+
+
+def choose(scores: np.ndarray, p: Plan) -> np.ndarray:
+    """The indices pre-trained on, ascending: ``kept`` examples from the ``subset`` end of the
+    ranking after ``skipped`` (ties broken by index, the lower first)."""
+    index = np.arange(len(scores))
+    ranking = np.lexsort((index, scores if p.subset == "easy" else -scores.astype(np.float64)))
+    return np.sort(ranking[p.skipped:p.skipped + p.kept]).astype(np.int32)
+
+
+def trainer(experiment, say=print) -> training.Trainer:
+    """The experiment's trainer with its diet: steps [0, pretrain) on the chosen subset."""
+    chosen = choose(scores(experiment, say), experiment.diet)
+    return experiment.trainer.with_diet(chosen, experiment.diet.pretrain)
+
+
+def record(experiment, say=print) -> None:
+    """``diet.json`` and ``diet_subset.npy`` in the experiment's directory, once: what its diet chose."""
+    path = os.path.join(experiment.directory, RECORD)
+    if all(hosts.agree(int(os.path.isfile(path)))):  # every process takes the same path (scores may train)
+        return
+    p = experiment.diet
+    values = scores(experiment, say)
+    chosen = choose(values, p)
+    labels = np.asarray(experiment.trainer.train_host[1])
+    if hosts.primary():  # the indices first: diet.json, written last, says both are there
+        write_whole(os.path.join(experiment.directory, SUBSET), lambda partial: _save(partial, chosen))
+    source = p.file if p.file is not None else None if p.score == "random" else Store(experiment).scores
+    write_json(path, {
+        "score": p.score, "scores": None if source is None else os.path.relpath(source, os.path.dirname(experiment.directory)),
+        "score_at": p.score_at, "networks": p.networks, "subset": p.subset, "examples": p.kept, "skipped": p.skipped,
+        "of": p.examples, "pretrain": p.pretrain,
+        "classes": {str(c): int(n) for c, n in zip(*np.unique(labels[chosen], return_counts=True))},
+        "mean_score": {"subset": float(np.mean(values[chosen])), "all": float(np.mean(values))},
+        "scoring_steps": 0 if source is None or p.file is not None else p.networks * p.score_at})
