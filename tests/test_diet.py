@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import compose_config
+from lottery import analysis
 from lottery import data as datasets
 from lottery import models
 from lottery.errors import LotteryError
@@ -138,6 +139,8 @@ def test_the_scores_are_the_mean_over_the_scoring_networks_and_shared(dieted):
     assert record["mean_score"]["subset"] < record["mean_score"]["all"]  # the easiest fifth
     other_chosen = np.load(os.path.join(other.directory, diet.SUBSET))
     assert np.mean(saved[other_chosen]) > np.mean(saved)  # the hardest
+    read = analysis.diet(experiment.directory)  # the notebook's view: the same record, indices and scores
+    assert read["examples"] == 251 and np.array_equal(read["indices"], chosen) and np.array_equal(read["scores"], saved)
 
 
 def test_the_rewind_point_is_pretrained_on_the_subset_and_the_dense_run_is_the_diets(dieted):

@@ -139,3 +139,29 @@ def summarize(df: pd.DataFrame, by: Optional[List[str]] = None) -> pd.DataFrame:
 
 STANDARD_COLUMNS = {"experiment", "hash", "directory", "replicate", "level", "kind", "percent_remaining", "remaining",
                     "start_step", "wall_time_s", "train_time_s", "cost_steps", *METRICS}
+
+
+def diet(directory: str) -> dict:
+    """What an experiment's data diet chose (lottery/imp/diet.py): its ``diet.json`` record (``subset``
+    easy or hard, ``examples`` kept, ``classes``, ``mean_score``, ...) with ``indices`` (of the
+    training examples pre-trained on, ascending), ``scores`` (every example's, None for random scores
+    or a file no longer there) and ``scores_file`` (where they were, relative to the output_dir)."""
+    record_file = os.path.join(directory, paths.DIET_RECORD)
+    if not os.path.isfile(record_file):
+        raise LotteryError(f"{directory}: has no {paths.DIET_RECORD} (not an experiment with a data diet, or its level 0 "
+                           "is not trained yet)")
+    record = read_json(record_file, ("subset", "examples", "scores"))
+
+    def array(path):
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as error:
+            raise LotteryError(f"{path}: cannot be read as a NumPy .npy array ({type(error).__name__}); delete "
+                               f"{paths.DIET_RECORD} beside it and run the experiment again to write it") from None
+
+    subset = array(os.path.join(directory, paths.DIET_SUBSET))
+    scores = None
+    if record["scores"] is not None:
+        path = os.path.join(os.path.dirname(os.path.abspath(directory)), record["scores"])
+        scores = array(path) if os.path.isfile(path) else None
+    return {**record, "indices": subset, "scores": scores, "scores_file": record["scores"]}

@@ -68,8 +68,7 @@ from lottery.training.loop import Network
 SCORES = ("el2n", "grand", "random")
 SUBSETS = ("easy", "hard")
 IDENTITY = "diet.yaml"
-RECORD = "diet.json"  # in the experiment's directory, with SUBSET
-SUBSET = "diet_subset.npy"
+RECORD, SUBSET = paths.DIET_RECORD, paths.DIET_SUBSET  # in the experiment's directory
 METRICS_KEYS = ("score", "score_at", "networks", "examples", "data_fingerprint")
 # Scoring network i has the PRNG keys (θ0, data order, augmentation) of replicate FIRST + i: the
 # same construction as the experiment's replicates, far from any replicate number in use.

@@ -1,7 +1,7 @@
 """Where results lie: the one place that composes and parses the results layout.
 
     <output_dir>/<name>-<hash>/                 an experiment (``experiment_directory``)
-      config.yaml  invocations.jsonl  objectives.json  lock  *.png
+      config.yaml  invocations.jsonl  objectives.json  lock  *.png  (diet.json  diet_subset.npy)
       replicate_<r>/level_<L>/                  the level's ticket (``level_dir``)
         metrics.json  ticket/  trained/  rewind_point/ (level 0)
         <control>/                              each control, laid out like the ticket (``network_dir``)
@@ -22,6 +22,7 @@ from lottery.results.identity import experiment_hash
 
 DENSE_STORE = "dense"  # below output_dir
 DIET_STORE = "diets"  # below output_dir: data diets' scores (lottery/imp/diet.py)
+DIET_RECORD, DIET_SUBSET = "diet.json", "diet_subset.npy"  # in an experiment's directory: what its diet chose
 CHECKPOINTS = "checkpoints"
 LMC = "lmc"
 LMC_LEVELS = "lmc_levels"  # the path from the previous level's solution (lmc.between_levels)
