@@ -166,6 +166,7 @@ class DietConfig:
     # random: as many examples, drawn (their control)
     subset: str = "easy"
     offset: float = 0.0  # the fraction of the very hardest left out before keeping (Paul et al. 2021, Sec. 4)
+    balance: bool = False  # keep each class's share of the set, from each class's own ranking
     pretrain: Optional[str] = None  # steps [0, pretrain) of level 0 on the subset (null: the rewind step k)
 
 

@@ -72,6 +72,17 @@ def test_the_subset_is_its_end_of_the_ranking_after_the_offset():
     assert list(diet.choose(scores, plan("easy", 2, 1))) == sorted(by_hand[1:3]) == [3, 7]
     assert list(diet.choose(scores, plan("hard", 3, 0))) == sorted(hard_by_hand[:3]) == [2, 4, 6]
     assert list(diet.choose(scores, plan("hard", 2, 2))) == sorted(hard_by_hand[2:4]) == [0, 4]
+    # balanced: each class its share (3 x 5/8 = 1.875 for class 0's five, 3 x 3/8 = 1.125 for class 1's
+    # three: one each, the leftover to class 0's larger remainder), from its own ranking after its skip
+    labels = np.array([0, 0, 1, 0, 1, 0, 0, 1])
+    balanced = lambda subset, kept, skipped: dataclasses.replace(plan(subset, kept, skipped), balance=True)
+    easiest = lambda c, skip, n: sorted(sorted(np.flatnonzero(labels == c), key=lambda i: (scores[i], i))[skip:skip + n])
+    assert list(diet.choose(scores, balanced("easy", 3, 0), labels)) == sorted(easiest(0, 0, 2) + easiest(1, 0, 1)) \
+        == [1, 3, 7]
+    # 4: 2.5 and 1.5, remainders tied -> class 0 first: 3 and 1; skipping 2: 1.25 -> 1 of class 0, 0.75 -> 0
+    hardest = lambda c, skip, n: sorted(sorted(np.flatnonzero(labels == c), key=lambda i: (-scores[i], i))[skip:skip + n])
+    assert list(diet.choose(scores, balanced("hard", 4, 2), labels)) == sorted(hardest(0, 1, 3) + hardest(1, 0, 1)) \
+        == [0, 1, 2, 5]
 
 
 def test_pretraining_on_a_diet_is_training_on_the_subset_alone_then_on_the_whole_set():

@@ -22,8 +22,9 @@ fewer steps than the whole set or a random subset. Here: the dense level 0 train
 ``diet.pretrain`` steps (null: the rewind step k; at most k) on the ``diet.keep`` fraction of the
 training set at the ``diet.subset`` end of the ranking (easy: lowest scores; hard: highest), after
 leaving out the ``diet.offset`` fraction at that end (Paul et al. 2021, Sec. 4, keep the hardest
-but the very hardest, which are often mislabelled); then on the whole set from the step it
-reached. The subset's epochs are its own (len(subset) // batch size steps, each a seeded
+but the very hardest, which are often mislabelled); with ``diet.balance``, from each class's own
+ranking, each class kept in its share of the set (an easy end is otherwise far from balanced: on
+MNIST the easiest tenth by EL2N is half zeros). Then on the whole set from the step it reached. The subset's epochs are its own (len(subset) // batch size steps, each a seeded
 permutation of the subset); the whole set's epochs continue as if the pre-training had been on it,
 so steps [pretrain, T) see the batches of the run without a diet. The learning-rate schedule is the
 global step's, as everywhere.
@@ -116,6 +117,7 @@ class Plan:
     subset: str
     pretrain: int  # steps [0, pretrain) of level 0 on the subset
     examples: int  # in the training split
+    balance: bool = False  # each class's share kept from each class's own ranking
 
     @property
     def dense(self) -> dict:
@@ -124,7 +126,9 @@ class Plan:
         scores = ({"scores": file_digest(self.file, "diet.scores")} if self.file else
                   {"score": self.score} if self.score == "random" else
                   {"score": self.score, "score_at": self.score_at, "networks": self.networks})
-        return {**scores, "kept": self.kept, "skipped": self.skipped, "subset": self.subset, "pretrain": self.pretrain}
+        balance = {"balance": True} if self.balance else {}  # absent unless set, as in the experiment's hash
+        return {**scores, "kept": self.kept, "skipped": self.skipped, "subset": self.subset, "pretrain": self.pretrain,
+                **balance}
 
 
 def plan(cfg, examples: int, per_epoch: int, batch_size: int, end: int, rewind: int) -> Optional[Plan]:
@@ -150,7 +154,7 @@ def plan(cfg, examples: int, per_epoch: int, batch_size: int, end: int, rewind: 
     if d.scores is not None:
         file = os.path.abspath(os.path.expanduser(d.scores))
         read_scores(file, examples)
-    return Plan(d.score, file, score_at, d.networks, kept, skipped, d.subset, pretrain, examples)
+    return Plan(d.score, file, score_at, d.networks, kept, skipped, d.subset, pretrain, examples, d.balance)
 
 
 # --- the scores ---------------------------------------------------------------------------------
@@ -303,17 +307,35 @@ def read_scores(path: str, examples: int, data_fingerprint: Optional[str] = None
 # --- the subset -----------------------------------------------------------------------------------
 
 
-def choose(scores: np.ndarray, p: Plan) -> np.ndarray:
+def choose(scores: np.ndarray, p: Plan, labels: Optional[np.ndarray] = None) -> np.ndarray:
     """The indices pre-trained on, ascending: ``kept`` examples from the ``subset`` end of the
-    ranking after ``skipped`` (ties broken by index, the lower first)."""
-    index = np.arange(len(scores))
-    ranking = np.lexsort((index, scores if p.subset == "easy" else -scores.astype(np.float64)))
-    return np.sort(ranking[p.skipped:p.skipped + p.kept]).astype(np.int32)
+    ranking after ``skipped`` (ties broken by index, the lower first). Balanced (``labels`` given):
+    each class's share of ``kept`` (its fraction of the set; the rounding's leftovers to the largest
+    remainders, the lower class first on a tie) from its own ranking, after its share of ``skipped``
+    (rounded down)."""
+    if not p.balance:
+        return np.sort(_ranking(scores, p.subset)[p.skipped:p.skipped + p.kept]).astype(np.int32)
+    classes, counts = np.unique(labels, return_counts=True)
+    share = p.kept * counts / len(scores)
+    quota = np.floor(share + 1e-9).astype(int)
+    leftover = np.lexsort((classes, -(share - quota)))[:p.kept - int(quota.sum())]
+    quota[leftover] += 1
+    chosen = []
+    for c, count, q in zip(classes, counts, quota):
+        members = np.flatnonzero(labels == c)
+        skip = min(int(np.floor(p.skipped * count / len(scores) + 1e-9)), count - q)
+        chosen.append(members[_ranking(scores[members], p.subset)[skip:skip + q]])
+    return np.sort(np.concatenate(chosen)).astype(np.int32)
+
+
+def _ranking(scores: np.ndarray, subset: str) -> np.ndarray:
+    """Positions from the ``subset`` end (easy: lowest first; hard: highest), ties by position."""
+    return np.lexsort((np.arange(len(scores)), scores if subset == "easy" else -scores.astype(np.float64)))
 
 
 def trainer(experiment, say=print) -> training.Trainer:
     """The experiment's trainer with its diet: steps [0, pretrain) on the chosen subset."""
-    chosen = choose(scores(experiment, say), experiment.diet)
+    chosen = choose(scores(experiment, say), experiment.diet, experiment.trainer.train_host[1])
     return experiment.trainer.with_diet(chosen, experiment.diet.pretrain)
 
 
@@ -324,14 +346,14 @@ def record(experiment, say=print) -> None:
         return
     p = experiment.diet
     values = scores(experiment, say)
-    chosen = choose(values, p)
     labels = np.asarray(experiment.trainer.train_host[1])
+    chosen = choose(values, p, labels)
     if hosts.primary():  # the indices first: diet.json, written last, says both are there
         write_whole(os.path.join(experiment.directory, SUBSET), lambda partial: _save(partial, chosen))
     source = p.file if p.file is not None else None if p.score == "random" else Store(experiment).scores
     write_json(path, {
         "score": p.score, "scores": None if source is None else os.path.relpath(source, os.path.dirname(experiment.directory)),
-        "score_at": p.score_at, "networks": p.networks, "subset": p.subset, "examples": p.kept, "skipped": p.skipped,
+        "score_at": p.score_at, "networks": p.networks, "subset": p.subset, "balance": p.balance, "examples": p.kept, "skipped": p.skipped,
         "of": p.examples, "pretrain": p.pretrain,
         "classes": {str(c): int(n) for c, n in zip(*np.unique(labels[chosen], return_counts=True))},
         "mean_score": {"subset": float(np.mean(values[chosen])), "all": float(np.mean(values))},

@@ -65,7 +65,7 @@ _HASHED_UNLESS = {"pruning.criterion": "magnitude", "pruning.prune_at": "trained
                   # the ViT's sizes: unset (null) for every other model; head_dim also for a ViT whose
                   # heads are dim / heads wide
                   "model.patch": None, "model.dim": None, "model.heads": None, "model.head_dim": None,
-                  "model.mlp_dim": None, "dataset.labels": "fine"}
+                  "model.mlp_dim": None, "dataset.labels": "fine", "diet.balance": False}
 
 
 def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
