@@ -79,6 +79,13 @@ def test_accuracy_vs_sparsity_plot(tree):
     assert ax.get_xscale() == "log" and ax.get_xlim()[0] > ax.get_xlim()[1]  # decreasing to the right
     ax = analysis.plot_accuracy_vs_sparsity(df[df.kind == "ticket"], by="experiment")
     assert [line.get_label() for line in ax.get_lines()] == ["pruning.rate=0.2, rewind=0it", "pruning.rate=0.5, rewind=20it"]
+    # experiments with names of their own are named; a value an experiment does not hash is left out
+    named = df.assign(experiment=df.hash.map({"aaaa": "imp", "bbbb": "rewound"}))
+    ax = analysis.plot_accuracy_vs_sparsity(named[named.kind == "ticket"], by="experiment")
+    assert [line.get_label() for line in ax.get_lines()] == ["imp", "rewound"]
+    unhashed = df.assign(**{"diet.score": df.hash.map({"aaaa": None, "bbbb": "el2n"}), "pruning.rate": np.nan})
+    ax = analysis.plot_accuracy_vs_sparsity(unhashed[unhashed.kind == "ticket"], by="experiment")
+    assert [line.get_label() for line in ax.get_lines()] == ["rewind=0it", "rewind=20it, diet.score=el2n"]
 
 
 def test_early_stopping_and_instability_plots(tree):

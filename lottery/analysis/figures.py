@@ -21,13 +21,19 @@ from lottery.pruning import controls
 
 
 def _label(row, by: str, df: pd.DataFrame) -> str:
-    """A line's legend: the kind, or what sets the experiment apart: the identity values that differ
-    between the experiments drawn (``pruning.rate=0.5, rewind=100it``), else its name and hash."""
+    """A line's legend: the kind, or what sets the experiment apart: its name where every experiment
+    drawn has its own (a script's ``name=easy``), else the identity values that differ between them
+    (``pruning.rate=0.5, rewind=100it``; a key an experiment does not hash is left out), else its
+    name and hash."""
     if by != "experiment":
         return str(row[by])
+    names = df.groupby("hash")["experiment"].first()
+    if len(names) > 1 and names.nunique() == len(names):
+        return str(row["experiment"])
     config = [c for c in df.columns if c not in STANDARD_COLUMNS]
     shown = lambda value: str(value)[:19] if str(value).startswith("sha256:") else value  # data fingerprints
-    extra = ", ".join(f"{c}={shown(row[c])}" for c in config)
+    absent = lambda value: value is None or (isinstance(value, float) and np.isnan(value))
+    extra = ", ".join(f"{c}={shown(row[c])}" for c in config if not absent(row[c]))
     return extra or f"{row['experiment']}-{row['hash']}"
 
 
