@@ -155,17 +155,20 @@ class DietConfig:
     networks; every level then rewinds to those weights and trains on the whole set. Hashed when
     a score or a scores file is set."""
 
-    score: Optional[str] = None  # el2n | grand: computed here (null: no diet, unless `scores` is given)
+    # el2n | grand: computed here | random: uniform, the random-subset control (null: no diet, unless
+    # `scores` is given)
+    score: Optional[str] = None
     scores: Optional[str] = None  # a scores.npy to use instead (another run's, model's): hashed by its content
     # When the scoring networks are scored; null: a tenth of training (Paul et al. 2021: EL2N at
     # epoch 20 of 200; GraNd also at initialization, 0it).
     score_at: Optional[str] = None
     networks: int = 4  # independent scoring networks the scores are averaged over (Paul et al. 2021: 10)
     keep: float = 0.1  # the fraction of the training set pre-trained on (Paul et al. 2022: a small fraction suffices)
-    # easy: the lowest scores (Paul et al. 2022: fewest pre-training steps) | hard: the highest |
-    # random: as many examples, drawn (their control)
+    # easy: the lowest scores (Paul et al. 2022: fewest pre-training steps) | hard: the highest
     subset: str = "easy"
-    offset: float = 0.0  # the fraction of the very hardest left out before keeping (Paul et al. 2021, Sec. 4)
+    # the fraction left out at the subset's end before keeping (hard: the very hardest, Paul et al.
+    # 2021, Sec. 4; easy: the very easiest)
+    offset: float = 0.0
     balance: bool = False  # keep each class's share of the set, from each class's own ranking
     pretrain: Optional[str] = None  # steps [0, pretrain) of level 0 on the subset (null: the rewind step k)
 

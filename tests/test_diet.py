@@ -122,7 +122,7 @@ def dieted(tmp_path_factory):
     store = diet.Store(prepare(first))
     before = os.stat(store.scores)
     os.makedirs(second.directory)
-    diet.record(second)  # what the second would pre-train on, from the scores the first computed
+    diet.record(second, Dense(second).directory)  # what the second would pre-train on, from the first's scores
     return prepare(first), second, store, before
 
 
@@ -152,6 +152,16 @@ def test_the_scores_are_the_mean_over_the_scoring_networks_and_shared(dieted):
     assert np.mean(saved[other_chosen]) > np.mean(saved)  # the hardest
     read = analysis.diet(experiment.directory)  # the notebook's view: the same record, indices and scores
     assert read["examples"] == 251 and np.array_equal(read["indices"], chosen) and np.array_equal(read["scores"], saved)
+    # the dense run keeps the subset it pre-trained on: scores computed again (another program, say)
+    # and different change nothing it trains from then on
+    dense_dir = Dense(experiment).directory
+    assert np.array_equal(np.load(os.path.join(dense_dir, diet.SUBSET)), chosen)
+    np.save(store.scores, saved[::-1].copy())
+    try:
+        assert np.array_equal(diet.subset(experiment, dense_dir), chosen)
+        assert not np.array_equal(diet.choose(np.load(store.scores), experiment.diet), chosen)
+    finally:
+        np.save(store.scores, saved)
 
 
 def test_the_rewind_point_is_pretrained_on_the_subset_and_the_dense_run_is_the_diets(dieted):
@@ -191,7 +201,11 @@ def test_random_scores_need_no_networks_and_a_scores_file_is_hashed_by_content(t
     assert experiment_hash(compose_config(TINY + [f"diet.scores={moved}"]), fp) == first  # the content, not the path
     np.save(moved, drawn[::-1].copy())
     assert experiment_hash(compose_config(TINY + [f"diet.scores={moved}"]), fp) != first
-    assert np.array_equal(diet.scores(prepare(compose_config(TINY + [f"diet.scores={moved}"]))), drawn[::-1])
+    reading = prepare(compose_config(TINY + [f"diet.scores={moved}"]))
+    assert np.array_equal(diet.scores(reading), drawn[::-1])
+    np.save(moved, drawn)  # replaced after the run began: its hash holds the content it began with
+    with pytest.raises(LotteryError, match="changed since this run began"):
+        diet.scores(reading)
 
 
 def bad_file(tmp_path, kind):
@@ -228,6 +242,7 @@ def test_a_bad_scores_file_is_one_line(tmp_path, kind, message):
 
 @pytest.mark.parametrize("overrides, message", [
     (["diet.score=loss"], "diet.score='loss' is not a score"),
+    (["diet.keep=0.5"], "diet.keep=0.5 is set, but no diet is"),
     (["diet.score=el2n", "diet.subset=middle"], "diet.subset='middle' is not a subset"),
     (["diet.score=el2n", "diet.keep=0"], "diet.keep=0"),
     (["diet.score=el2n", "diet.keep=0.8", "diet.offset=0.3"], "diet.keep + diet.offset <= 1"),

@@ -259,7 +259,7 @@ def train_dense(dense: Dense, replicates: List[int], invocation, progress) -> No
     task = progress.add_task(f"level 0 (dense, shared: {os.path.basename(dense.directory)}): {len(networks)} x ticket", total=end)
     checkpoints = group_checkpoints(dense.directory, "train", 0, networks, 0, end)
     states, histories, kept, seconds = experiment.train(states, networks, 0, 0, end, lambda n: progress.advance(task, n),
-                                                        trainer=experiment.level_0_trainer(progress.console.print),
+                                                        trainer=experiment.level_0_trainer(dense.directory, progress.console.print),
                                                         keep=[k], checkpoints=checkpoints, say=progress.console.print)
     for i, network in enumerate(networks):
         work_dir = fresh(network.directory + ".partial")
@@ -310,7 +310,7 @@ def keep_rewind_point(dense: Dense, replicates: List[int], invocation, progress)
                                  total=k - start)
         checkpoints = group_checkpoints(dense.directory, f"rewind_point_{k}", 0, networks, start, k)
         states, _, _, _ = experiment.train(states, networks, 0, start, k, lambda n: progress.advance(task, n),
-                                           trainer=experiment.level_0_trainer(progress.console.print),
+                                           trainer=experiment.level_0_trainer(dense.directory, progress.console.print),
                                            evaluate=False, checkpoints=checkpoints, say=progress.console.print)
         for i, network in enumerate(networks):
             partial = network.directory + ".partial"

@@ -41,8 +41,13 @@ the same model, data, optimizer, training, seed and scoring (not keep, subset or
 ``diet.scores=<file.npy>`` uses any such file instead (another model's scores: Paul et al. 2021
 find scores transfer across architectures), hashed by its content; where a ``metrics.json`` lies
 beside it, its data must be this experiment's. The experiment records what its diet chose in
-``diet.json`` (the scores used, the subset's size, classes and mean scores) and ``diet_subset.npy``
-(the indices); ``lottery.analysis.diet`` reads them back.
+``diet.json`` (the scores used and their digest, the subset's size, classes and mean scores) and
+``diet_subset.npy`` (the indices); ``lottery.analysis.diet`` reads them back. The subset is chosen
+once per dense run and kept in its directory (``subset``): a resumed dense run, or one asked for
+another rewind step, pre-trains on what it began with, even where the scores were computed again
+since by another program (whose last bits may differ: the scores' ``metrics.json`` names the
+program). One subset serves every replicate (random scores too: a control of the subset's size,
+not of its draw).
 """
 
 import dataclasses
@@ -57,9 +62,11 @@ import numpy as np
 import optax
 
 from lottery import backend, hosts
+from lottery.config import DietConfig
 from lottery.errors import LotteryError
 from lottery.results import paths
 from lottery.results.identity import dense_identity, digest, file_digest, write_once
+from lottery.results.invocations import program
 from lottery.results.store import open_locked, read_json, write_json, write_whole
 from lottery.step import Step
 from lottery.training import loop
@@ -84,6 +91,12 @@ def check(cfg) -> None:
     """The diet's settings that need no data."""
     d = cfg.diet
     if not enabled(cfg):
+        defaults = DietConfig()
+        changed = [key for key in ("score_at", "networks", "keep", "subset", "offset", "pretrain", "balance")
+                   if d[key] != getattr(defaults, key)]
+        if changed:
+            raise LotteryError(f"diet.{changed[0]}={d[changed[0]]} is set, but no diet is: set diet.score (el2n, grand, "
+                               "random) or diet.scores (a file), or leave the diet's other keys alone")
         return
     if d.score is not None and d.scores is not None:
         raise LotteryError(f"diet.score={d.score} and diet.scores={d.scores}: set one (scores computed here, or "
@@ -118,12 +131,13 @@ class Plan:
     pretrain: int  # steps [0, pretrain) of level 0 on the subset
     examples: int  # in the training split
     balance: bool = False  # each class's share kept from each class's own ranking
+    digest: Optional[str] = None  # of ``file``'s content when the run began (what its hash holds)
 
     @property
     def dense(self) -> dict:
         """What the diet adds to the dense level 0's identity (dense.py): pretrain as a step count
         (null there would depend on the rewind step, which is not part of it)."""
-        scores = ({"scores": file_digest(self.file, "diet.scores")} if self.file else
+        scores = ({"scores": self.digest} if self.file else
                   {"score": self.score} if self.score == "random" else
                   {"score": self.score, "score_at": self.score_at, "networks": self.networks})
         balance = {"balance": True} if self.balance else {}  # absent unless set, as in the experiment's hash
@@ -131,8 +145,10 @@ class Plan:
                 **balance}
 
 
-def plan(cfg, examples: int, per_epoch: int, batch_size: int, end: int, rewind: int) -> Optional[Plan]:
-    """The diet's counts and steps, checked against the data and training (None without a diet)."""
+def plan(cfg, examples: int, per_epoch: int, batch_size: int, end: int, rewind: int,
+         data_fingerprint: str) -> Optional[Plan]:
+    """The diet's counts and steps, checked against the data and training (None without a diet);
+    a scores file is read and checked now, before anything is written."""
     if not enabled(cfg):
         return None
     d = cfg.diet
@@ -150,11 +166,12 @@ def plan(cfg, examples: int, per_epoch: int, batch_size: int, end: int, rewind: 
     if kept < batch_size:
         raise LotteryError(f"diet.keep={d.keep} keeps {kept} of the {examples} training examples, fewer than a batch "
                            f"(training.batch_size={batch_size}); keep at least {math.ceil(batch_size / examples * 1000) / 1000}")
-    file = None
+    file = digest_now = None
     if d.scores is not None:
         file = os.path.abspath(os.path.expanduser(d.scores))
-        read_scores(file, examples)
-    return Plan(d.score, file, score_at, d.networks, kept, skipped, d.subset, pretrain, examples, d.balance)
+        read_scores(file, examples, data_fingerprint)
+        digest_now = file_digest(file, "diet.scores")
+    return Plan(d.score, file, score_at, d.networks, kept, skipped, d.subset, pretrain, examples, d.balance, digest_now)
 
 
 # --- the scores ---------------------------------------------------------------------------------
@@ -224,6 +241,9 @@ def scores(experiment, say=print) -> np.ndarray:
     (computed there first where it has none, under its lock)."""
     p = experiment.diet
     if p.file is not None:
+        if file_digest(p.file, "diet.scores") != p.digest:  # the experiment's hash holds the content it began with
+            raise LotteryError(f"diet.scores: {p.file}: changed since this run began (its content is part of the "
+                               "experiment's hash); run again to use the new scores as another experiment")
         return read_scores(p.file, p.examples, experiment.data_fingerprint)
     if p.score == "random":
         return random_scores(experiment.cfg, p.examples)
@@ -231,7 +251,7 @@ def scores(experiment, say=print) -> np.ndarray:
     if not all(hosts.agree(int(store.complete()))):
         lock = open_locked(store.directory, lambda: write_once(os.path.join(store.directory, IDENTITY), store.identity,
                                                                "data diet's scores"),
-                           "the data diet's scores", wait=lambda line: say(f"diet: {line}"))
+                           "the data diet's scores", wait=lambda line: say(f"diet: {line}"), stop=stop_if_asked)
         try:
             if not all(hosts.agree(int(store.complete()))):
                 compute(experiment, store, say)
@@ -242,6 +262,11 @@ def scores(experiment, say=print) -> np.ndarray:
         write_once(os.path.join(store.directory, IDENTITY), store.identity, "data diet's scores")
     read_json(store.metrics, METRICS_KEYS)
     return read_scores(store.scores, p.examples, experiment.data_fingerprint)
+
+
+def stop_if_asked():
+    if loop.PREEMPTION.requested:
+        raise loop.PREEMPTION.stop("stopped while waiting for the data diet's scores")
 
 
 def compute(experiment, store: Store, say) -> None:
@@ -266,7 +291,9 @@ def compute(experiment, store: Store, say) -> None:
     write_json(store.metrics, {"score": p.score, "score_at": p.score_at, "networks": p.networks,
                                "examples": p.examples, "data_fingerprint": experiment.data_fingerprint,
                                "network_means": [float(np.mean(s)) for s in each],
-                               "scoring_steps": p.networks * p.score_at, "seconds": time.time() - began})
+                               "scoring_steps": p.networks * p.score_at, "seconds": time.time() - began,
+                               "program": program(experiment.trainer.host_loop, experiment.cfg.mesh, experiment.trainer.width,
+                                                  backend.deterministic_ops())})
     hosts.barrier(f"diet scores {store.directory}")
 
 
@@ -333,28 +360,57 @@ def _ranking(scores: np.ndarray, subset: str) -> np.ndarray:
     return np.lexsort((np.arange(len(scores)), scores if subset == "easy" else -scores.astype(np.float64)))
 
 
-def trainer(experiment, say=print) -> training.Trainer:
-    """The experiment's trainer with its diet: steps [0, pretrain) on the chosen subset."""
+def subset(experiment, directory: str, say=print) -> np.ndarray:
+    """The examples the dense run in ``directory`` pre-trains on: chosen from the scores the first
+    time and kept there (``SUBSET``), read from there after, so that a dense run resumed, or asked
+    for another rewind step, pre-trains on what it began with whatever happened to the scores since
+    (recomputed by another program, say). Not kept where ``directory`` does not exist."""
+    path = os.path.join(directory, SUBSET)
+    if all(hosts.agree(int(os.path.isfile(path)))):
+        return read_subset(path, experiment.diet)
     chosen = choose(scores(experiment, say), experiment.diet, experiment.trainer.train_host[1])
-    return experiment.trainer.with_diet(chosen, experiment.diet.pretrain)
+    if hosts.primary() and os.path.isdir(directory):
+        write_whole(path, lambda partial: _save(partial, chosen))
+    hosts.barrier(f"diet subset {path}")
+    return chosen
 
 
-def record(experiment, say=print) -> None:
-    """``diet.json`` and ``diet_subset.npy`` in the experiment's directory, once: what its diet chose."""
+def read_subset(path: str, p: Plan) -> np.ndarray:
+    """A kept subset: ``kept`` distinct training examples, ascending."""
+    try:
+        chosen = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        chosen, reason = None, f"cannot be read as a NumPy .npy array ({type(error).__name__})"
+    if chosen is not None:
+        valid = (chosen.ndim == 1 and np.issubdtype(chosen.dtype, np.integer) and len(chosen) == p.kept
+                 and np.all(np.diff(chosen) > 0) and chosen[0] >= 0 and chosen[-1] < p.examples)
+        reason = None if valid else f"holds no subset of {p.kept} of the {p.examples} training examples"
+    if reason is not None:
+        raise LotteryError(f"{path}: {reason}; it is the subset the dense run beside it pre-trained on: delete "
+                           f"{os.path.dirname(path)} to train that dense run again")
+    return chosen.astype(np.int32)
+
+
+def record(experiment, dense_directory: str, say=print) -> None:
+    """``diet.json`` and ``diet_subset.npy`` in the experiment's directory, once: what its diet chose
+    (the subset its dense run in ``dense_directory`` kept)."""
     path = os.path.join(experiment.directory, RECORD)
     if all(hosts.agree(int(os.path.isfile(path)))):  # every process takes the same path (scores may train)
         return
     p = experiment.diet
     values = scores(experiment, say)
     labels = np.asarray(experiment.trainer.train_host[1])
-    chosen = choose(values, p, labels)
+    chosen = subset(experiment, dense_directory, say)
     if hosts.primary():  # the indices first: diet.json, written last, says both are there
         write_whole(os.path.join(experiment.directory, SUBSET), lambda partial: _save(partial, chosen))
     source = p.file if p.file is not None else None if p.score == "random" else Store(experiment).scores
+    trained = source is not None and p.file is None  # scoring networks trained for these scores
     write_json(path, {
         "score": p.score, "scores": None if source is None else os.path.relpath(source, os.path.dirname(experiment.directory)),
-        "score_at": p.score_at, "networks": p.networks, "subset": p.subset, "balance": p.balance, "examples": p.kept, "skipped": p.skipped,
+        "scores_digest": None if source is None else file_digest(source, "diet scores"),
+        "score_at": p.score_at if trained else None, "networks": p.networks if trained else None,
+        "subset": p.subset, "balance": p.balance, "examples": p.kept, "skipped": p.skipped,
         "of": p.examples, "pretrain": p.pretrain,
         "classes": {str(c): int(n) for c, n in zip(*np.unique(labels[chosen], return_counts=True))},
         "mean_score": {"subset": float(np.mean(values[chosen])), "all": float(np.mean(values))},
-        "scoring_steps": 0 if source is None or p.file is not None else p.networks * p.score_at})
+        "scoring_steps": p.networks * p.score_at if trained else 0})

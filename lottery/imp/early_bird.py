@@ -138,15 +138,16 @@ def load(experiment, level_dir: str):
     return load_tree(os.path.join(target, "mask"), masks.full_mask(experiment.trainer.init_params))
 
 
-def probe_level_0(experiment, replicate: int, say=print) -> None:
-    """Level 0's draw: the dense network trained again from θ0, check by check, until its masks
-    settle (or to the end), its early-bird mask saved in ``level_0/early_bird/``."""
+def probe_level_0(experiment, replicate: int, dense_directory: str, say=print) -> None:
+    """Level 0's draw: the dense network (of the run in ``dense_directory``) trained again from θ0,
+    check by check, until its masks settle (or to the end), its early-bird mask saved in
+    ``level_0/early_bird/``."""
     end, keys = experiment.end, experiment.keys(replicate)
     network = Network(replicate, "ticket", experiment.level_dir(replicate, 0), experiment.dense_start(replicate),
                       keys["data"], keys["augment"])
     state, step = training.stack([network.state]), 0
     draws = Draws(experiment, masks.full_mask(experiment.trainer.init_params))
-    trainer = experiment.level_0_trainer(say)  # with a data diet's pre-training (diet.py)
+    trainer = experiment.level_0_trainer(dense_directory, say)  # with a data diet's pre-training (diet.py)
     for stop in check_steps(experiment, 0, end) + [end]:
         state, _, _, _ = loop.train(trainer, state, [network], 0, step, stop, lambda n: None,
                                     eval_every=end, checkpoint_every=end, evaluate=False)

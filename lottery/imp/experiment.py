@@ -105,13 +105,13 @@ class Experiment:
         theta_0 = self.initial_weights(self.keys(replicate)["init"])
         return self.trainer.init_state(theta_0["params"], theta_0["batch_stats"], masks.full_mask(theta_0["params"]))
 
-    def level_0_trainer(self, say=print) -> training.Trainer:
-        """The trainer of the dense level 0: with a data diet, its pre-training steps on the diet's
-        subset (the scores computed or read the first time: diet.py)."""
+    def level_0_trainer(self, dense_directory: str, say=print) -> training.Trainer:
+        """The trainer of the dense level 0 (the run in ``dense_directory``): with a data diet, its
+        pre-training steps on the subset that run keeps (chosen the first time: diet.py)."""
         if self.diet is None:
             return self.trainer
         if self.diet_trainer is None:
-            self.diet_trainer = diets.trainer(self, say)
+            self.diet_trainer = self.trainer.with_diet(diets.subset(self, dense_directory, say), self.diet.pretrain)
         return self.diet_trainer
 
     def level_dir(self, replicate: int, level: int) -> str:
@@ -253,7 +253,7 @@ def prepare(cfg) -> Experiment:
     experiment.structure = structures.Structure(cfg.pruning, prunable, models.units(cfg.model, shapes), shapes)
     if cfg.early_bird.enabled:
         early_bird.every(experiment)  # a bad interval is refused now, not after the dense level 0
-    experiment.diet = diets.plan(cfg, len(data.train_x), per_epoch, batch_size, end, rewind)
+    experiment.diet = diets.plan(cfg, len(data.train_x), per_epoch, batch_size, end, rewind, data.fingerprint)
     if sparse.method(cfg) is not None:
         if rewind != 0:
             raise LotteryError(f"rewind={cfg.rewind}: sparsity.method={cfg.sparsity.method} trains each level from θ0; "

@@ -236,7 +236,7 @@ def dense_level(experiment: Experiment, progress: Progress) -> int:
             experiment.tracker.log_level(metrics)
             warn_at_chance(experiment, metrics)
     if experiment.diet is not None:  # what the dense runs pre-trained on: diet.json (diet.py)
-        diet.record(experiment, progress.console.print)
+        diet.record(experiment, dense.Dense(experiment).directory, progress.console.print)
     return len(missing)
 
 
@@ -298,7 +298,7 @@ def early_bird_mask(experiment: Experiment, replicate: int, level: int):
     previous = experiment.level_dir(replicate, level - 1)
     mask = early_bird.load(experiment, previous)
     if mask is None and level == 1:
-        early_bird.probe_level_0(experiment, replicate)
+        early_bird.probe_level_0(experiment, replicate, dense.Dense(experiment).directory)
         mask = early_bird.load(experiment, previous)
     if mask is None:
         raise LotteryError(f"{previous}: has no early_bird/ draw (trained without early_bird.enabled); delete it and "
