@@ -196,13 +196,16 @@ def grand(trainer, params, batch_stats, images, labels):
 
 
 SCORE_FUNCTIONS = {"el2n": el2n, "grand": grand}
-BATCH = {"el2n": 1000, "grand": 100}  # GraNd holds a batch's per-example gradients at once
+BATCH = {"el2n": 1000, "grand": 100}  # examples scored at once
+GRADIENTS_BYTES = 2**30  # GraNd holds a batch's per-example gradients at once: at most this much of them
 
 
 def example_scores(trainer, weights: dict, score: str) -> np.ndarray:
     """``score`` of every training example under ``weights`` (params, batch_stats), float32."""
     images, labels = trainer.train_host
     size = min(BATCH[score], len(images))
+    if score == "grand":  # VGG-16's 15M parameters: 18 examples a batch
+        size = max(1, min(size, GRADIENTS_BYTES // (4 * sum(np.size(a) for a in jax.tree.leaves(weights["params"])))))
     function = jax.jit(lambda p, b, x, y: SCORE_FUNCTIONS[score](trainer, p, b, x, y))
     out = []
     for first in range(0, len(images), size):  # the last batch padded to the same shape, then cut
