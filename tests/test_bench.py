@@ -1,10 +1,37 @@
 """Benchmarks run at their --smoke size, so that the scripts never rot (their numbers are not checked)."""
 
+import concurrent.futures
 import os
+import signal
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, child_env
+
+
+DEVICE = "test_device_script_smoke_runs_every_section_and_prints_one_table"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def device_script(request, tmp_path_factory):
+    """experiments/bench/device.sh --smoke, started when this module's first test starts (where its
+    test is one of those run): it runs beside the other scripts' tests (each a process of its own,
+    mostly one core's work) and its test, the last, waits for it."""
+    if not any(item.name == DEVICE for item in request.session.items):
+        yield None
+        return
+    out = tmp_path_factory.mktemp("device")
+    process = subprocess.Popen(["bash", "experiments/bench/device.sh", "--smoke"], cwd=REPO,
+                               env=child_env(PYTHON=sys.executable, OUT=str(out)), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # read as it runs (to the end of its tee)
+        try:
+            yield pool.submit(process.communicate, timeout=600), process, out
+        finally:
+            if process.poll() is None:  # its test failed or was not reached: stop the script, its sections
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 def test_mesh_benchmark_runs_and_member_parallel_is_bitwise_one_device():
@@ -32,15 +59,21 @@ def test_sparse_inference_benchmark_runs_and_sparse_accuracies_equal_dense():
     assert "where sparse wins" in result.stdout
 
 
-def test_device_script_smoke_runs_every_section_and_prints_one_table(tmp_path):
+def test_structured_inference_benchmark_runs_and_compact_networks_give_the_same_logits():
+    result = subprocess.run([sys.executable, "structured_inference.py", "--smoke"], cwd=REPO / "experiments" / "bench",
+                            env=child_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.split()[:1] in (["lenet"], ["conv2"])]
+    assert len(rows) == 8 and all(row[-1] == "True" for row in rows), result.stdout
+
+
+def test_device_script_smoke_runs_every_section_and_prints_one_table(device_script):
     """experiments/bench/device.sh --smoke on the CPU: every section runs (GPU-only or torch figures
     may be n/a), the summary has each section's rows, and stacks.py's rows are there, network 0
-    bitwise beside other mates."""
-    result = subprocess.run(["bash", "experiments/bench/device.sh", "--smoke"], cwd=REPO,
-                            env=child_env(PYTHON=sys.executable, OUT=str(tmp_path)), capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
+    bitwise beside other mates. (Started by the fixture above, with the module's first test.)"""
+    outputs, process, tmp_path = device_script
+    out, err = outputs.result()
+    assert process.returncode == 0, out + err
     assert not [line for line in out.splitlines() if "FAILED" in line and not line.startswith("section f")], out
     assert (tmp_path / "device.log").read_text().strip().endswith(f"log: {tmp_path / 'device.log'}")
     table = out[out.index("== summary =="):].splitlines()
@@ -52,11 +85,3 @@ def test_device_script_smoke_runs_every_section_and_prints_one_table(tmp_path):
     # section f (Conv-2 on the CIFAR-10 records) is skipped by --smoke: tests/test_cifar10_subset.py runs its check
     stack_rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["1"], ["2"]) and line.endswith(("True", "False"))]
     assert [row[0] for row in stack_rows] == ["1", "2"] and all(row[-1] == "True" for row in stack_rows), out
-
-
-def test_structured_inference_benchmark_runs_and_compact_networks_give_the_same_logits():
-    result = subprocess.run([sys.executable, "structured_inference.py", "--smoke"], cwd=REPO / "experiments" / "bench",
-                            env=child_env(), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    rows = [line.split() for line in result.stdout.splitlines() if line.split()[:1] in (["lenet"], ["conv2"])]
-    assert len(rows) == 8 and all(row[-1] == "True" for row in rows), result.stdout

@@ -149,6 +149,9 @@ def test_a_job_signalled_before_its_time_limit_is_requeued_and_resumes_from_its_
         # the job), without waiting for it: SIGUSR2 to the job's process, whose pid the lock holds.
         (lock,) = glob.glob(str(tmp_path / "runs" / "quickstart-*" / "lock"))
         os.kill(int(open(lock).read().split()[1]), signal.SIGUSR2)
+        # While the job is requeued and resumes: the uninterrupted run, no launcher, in this process.
+        reference = compose_config([*LONG, f"output_dir={tmp_path / 'reference'}"])
+        imp.run(reference, console=Console(file=io.StringIO()))
         _, stderr = process.communicate(timeout=300)
     finally:
         if process.poll() is None:  # a failed test: stop the sweep, its job controller and its job
@@ -165,6 +168,4 @@ def test_a_job_signalled_before_its_time_limit_is_requeued_and_resumes_from_its_
     assert statuses == ["preempted", "finished"]
     assert not os.path.exists(os.path.join(directory, "checkpoints"))
 
-    reference = compose_config([*LONG, f"output_dir={tmp_path / 'reference'}"])  # uninterrupted, no launcher
-    imp.run(reference, console=Console(file=io.StringIO()))
     assert results(directory, reference) == results(imp.prepare(reference).directory, reference)

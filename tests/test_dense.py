@@ -61,6 +61,11 @@ def test_a_sweep_trains_level_0_once_and_a_new_rewind_step_trains_only_its_prefi
     time.sleep(1)
     assert sweep.poll() is None and not os.path.isdir(os.path.join(store, "replicate_0"))  # still waiting
     holder.close()
+    # Meanwhile, in this process: the later experiment below (a new rewind step and another rule of
+    # what is prunable) trained alone, with a store of its own, to compare with.
+    other = ["rewind=40it", "pruning.rate=0.5", "pruning.ignore=[output/kernel]"]
+    alone = compose_config([*TINY, *other, f"output_dir={tmp_path / 'alone'}"])
+    imp.run(alone, console=Console(file=io.StringIO()))
     output, _ = sweep.communicate(timeout=600)
     assert sweep.returncode == 0, "".join(lines) + output
 
@@ -92,14 +97,11 @@ def test_a_sweep_trains_level_0_once_and_a_new_rewind_step_trains_only_its_prefi
 
     # A later experiment with a new rewind step (and another rule of what is prunable) reuses the
     # dense run: only the prefix 20 -> 40 is trained.
-    other = ["rewind=40it", "pruning.rate=0.5", "pruning.ignore=[output/kernel]"]
     later = compose_config([*TINY, *other, f"output_dir={runs}"])
     imp.run(later, console=Console(file=io.StringIO()))
     last = invocations(store)[-1]
     assert last["added"] == [{"replicate": r, "rewind_point": 40, "from_step": 20} for r in (0, 1)]
     # ... and its level 0 and level 1 are bitwise what it trains alone, with a store of its own.
-    alone = compose_config([*TINY, *other, f"output_dir={tmp_path / 'alone'}"])
-    imp.run(alone, console=Console(file=io.StringIO()))
     together, apart = imp.prepare(later), imp.prepare(alone)
     assert together.directory != apart.directory and os.path.basename(together.directory) == os.path.basename(apart.directory)
     for r in (0, 1):

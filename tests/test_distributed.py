@@ -2,6 +2,7 @@
 per process, so each layout runs in a subprocess) and processes joined by ``jax.distributed`` on
 127.0.0.1. The reference is the one-device run of the same experiment, in this process."""
 
+import concurrent.futures
 import glob
 import json
 import os
@@ -89,14 +90,24 @@ print(json.dumps({{"members": found(trainer.over_mesh(4).compiled_text()), "data
 """
 
 
-def test_member_data_and_2d_meshes_on_4_devices_match_one_device(reference, tmp_path):
-    stacked = tmp_path / "one-device-stacked"  # stacks of 2 on one device: what stacks on 4 devices must equal
-    imp.run(compose_config([*RUN, "training.stack=2", f"output_dir={stacked}"]), Console(quiet=True))
+def test_member_data_and_2d_meshes_on_4_devices_match_one_device(request, tmp_path):
     code = LAYOUTS.format(tests=TESTS, run=RUN, root=str(tmp_path))
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=child_env(JAX_NUM_CPU_DEVICES="4"),
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    layouts = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=child_env(JAX_NUM_CPU_DEVICES="4"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The one-device runs train in this process while the 4-device process trains its layouts: the
+    # two overlap on the machine's cores.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            outputs = pool.submit(layouts.communicate, timeout=600)
+            reference = request.getfixturevalue("reference")  # (the module's, made here on first use)
+            stacked = tmp_path / "one-device-stacked"  # stacks of 2 on one device: what stacks on 4 devices must equal
+            imp.run(compose_config([*RUN, "training.stack=2", f"output_dir={stacked}"]), Console(quiet=True))
+            stdout, stderr = outputs.result()
+        finally:
+            if layouts.poll() is None:  # a failure here: stop the 4-device process
+                layouts.kill()
+    assert layouts.returncode == 0, stderr
+    report = json.loads(stdout.strip().splitlines()[-1])
     # auto: members along the mesh from as many networks as devices, else the batch
     assert report["shapes"] == [[1, 4], [1, 4], [4, 1], [4, 1]]
     assert report["members"] == []  # member-parallel: no communication at all

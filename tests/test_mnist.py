@@ -3,8 +3,10 @@
 Skipped where the files are absent, except with LOTTERY_REQUIRE_MNIST=1 (CI), where it fails.
 """
 
+import concurrent.futures
 import io
 import os
+import signal
 import subprocess
 
 import pandas as pd
@@ -40,15 +42,38 @@ def test_lenet_on_real_mnist(mnist, tmp_path):
     assert level_1["layers"]["output/kernel"]["remaining"] == 900
 
 
-def test_the_frankle_carbin_reproduce_script_runs_end_to_end(mnist, tmp_path):
-    """experiments/frankle_carbin_2019/reproduce.sh, shortened: tickets and random reinit for 3
-    replicates, then the CSV and both figures, written where RESULTS says (not over the record)."""
+REPRODUCE = "test_the_frankle_carbin_reproduce_script_runs_end_to_end"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def reproduce(request, tmp_path_factory):
+    """The reproduce script's command, started with this module's first test (where the files are
+    there and its test is one of those run): it runs beside the in-process test above, and its
+    test waits for it."""
+    if not HAVE_MNIST or not any(item.name == REPRODUCE for item in request.session.items):
+        yield None
+        return
+    tmp_path = tmp_path_factory.mktemp("reproduce")
     script = REPO / "experiments" / "frankle_carbin_2019" / "reproduce.sh"
     env = child_env(RESULTS=str(tmp_path))
-    result = subprocess.run(["bash", str(script), str(tmp_path / "runs"), "training.steps=100it", "levels=2",
-                             f"dataset.root={DATA_ROOT}", "dataset.download=false", "progress=false"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    process = subprocess.Popen(["bash", str(script), str(tmp_path / "runs"), "training.steps=100it", "levels=2",
+                                f"dataset.root={DATA_ROOT}", "dataset.download=false", "progress=false"],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # read as it runs
+        try:
+            yield pool.submit(process.communicate), process, tmp_path
+        finally:
+            if process.poll() is None:  # its test failed or was not reached: stop the script and its commands
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_the_frankle_carbin_reproduce_script_runs_end_to_end(mnist, reproduce):
+    """experiments/frankle_carbin_2019/reproduce.sh, shortened: tickets and random reinit for 3
+    replicates, then the CSV and both figures, written where RESULTS says (not over the record)."""
+    outputs, process, tmp_path = reproduce
+    _, stderr = outputs.result()
+    assert process.returncode == 0, stderr
     df = pd.read_csv(tmp_path / "levels.csv")
     assert sorted(df.groupby("kind").size().items()) == [("random_reinit", 6), ("ticket", 9)]
     assert sorted(df["replicate"].unique()) == [0, 1, 2]

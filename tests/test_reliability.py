@@ -1,6 +1,7 @@
 """Preemption-safe resume, faults and bad input: nothing lost, nothing silently redone."""
 
 import ast
+import concurrent.futures
 import fcntl
 import glob
 import json
@@ -22,10 +23,11 @@ from lottery.training import loop
 from lottery.results.store import LevelCheckpoints
 from lottery.errors import LotteryError
 
-# Long enough per level (300 steps, 10 checkpoints) for a kill to land inside training; checkpoints
-# between evaluations, so the running loss sum is part of what must be restored. LMC at level 1.
-RUN = ["levels=2", "replicates=1", "controls=[random_prune]", "training.eval_every=50it", "checkpoint_every=30it",
-       "lmc.levels=[1]", "lmc.points=3", "training.steps=300it", "progress=false"]
+# Long enough per level (160 steps, 5 checkpoints) for a kill to land inside training; checkpoints
+# between evaluations (every 30 and 40 steps), so the running loss sum is part of what must be
+# restored. LMC at level 1. (Was 300 steps, evaluations every 50: the same moments, twice the time.)
+RUN = ["levels=2", "replicates=1", "controls=[random_prune]", "training.eval_every=40it", "checkpoint_every=30it",
+       "lmc.levels=[1]", "lmc.points=3", "training.steps=160it", "progress=false"]
 
 
 def start(cwd, *extra, **env):
@@ -75,18 +77,9 @@ def results(cwd):
     return out
 
 
-def test_kill_9_and_sigterm_at_any_moment_then_resume_is_bitwise_the_uninterrupted_run(tmp_path):
-    """One experiment stopped at every kind of moment, W&B offline: each resume continues where the
-    last left off; the end is bitwise the uninterrupted run, and every W&B row is logged once
-    (``test_tracking_resume.assert_every_row_once``)."""
-    reference = tmp_path / "uninterrupted"  # in this process: the same program as the command's
-    imp.run(compose_config([*RUN, f"output_dir={reference / 'runs'}"]), console=Console(quiet=True))
-
-    cwd = tmp_path / "stopped"
-    cwd.mkdir()
+def stop_and_resume(cwd, system_tmp):
+    """The stopped run of the test below, in ``cwd``: every stop and resume, with their checks."""
     runs = cwd / "runs" / "quickstart-*"
-    system_tmp = tmp_path / "tmp"  # the children's temporary directory: W&B's are not to be left there
-    system_tmp.mkdir()
     stopped = lambda: start(cwd, "wandb.mode=offline", TMPDIR=str(system_tmp))
     # kill -9 inside level 0 (the shared dense store), after a checkpoint
     process = stopped()
@@ -103,14 +96,34 @@ def test_kill_9_and_sigterm_at_any_moment_then_resume_is_bitwise_the_uninterrupt
     assert len(lines) == 1 and lines[0].startswith("preempted: checkpoint written at level 1, step "), stderr
     assert glob.glob(f"{runs}/checkpoints/level_1/*/*")
     # resumed (not restarted), then kill -9 while level 1's results are being written; then inside
-    # the last level, at a checkpoint (step 120) holding two evaluations W&B may have lost
+    # the last level, at a checkpoint (step 90, 70 steps before the end) holding two evaluations (40,
+    # 80) W&B may have lost, and a running loss sum
     process = stopped()
     assert wait_for(f"{runs}/replicate_*/level_1.partial", process)
     process.kill()
     stdout, _ = process.communicate()
     assert "level 1: resuming 2 networks from the checkpoint at step" in stdout
-    stdout = kill_at_each_then_finish(stopped, [f"{runs}/checkpoints/level_2/train-*/120"])
+    stdout = kill_at_each_then_finish(stopped, [f"{runs}/checkpoints/level_2/train-*/90"])
     assert "level 2: resuming 2 networks from the checkpoint at step" in stdout
+
+
+def test_kill_9_and_sigterm_at_any_moment_then_resume_is_bitwise_the_uninterrupted_run(tmp_path):
+    """One experiment stopped at every kind of moment, W&B offline: each resume continues where the
+    last left off; the end is bitwise the uninterrupted run, and every W&B row is logged once
+    (``test_tracking_resume.assert_every_row_once``)."""
+    cwd = tmp_path / "stopped"
+    cwd.mkdir()
+    runs = cwd / "runs" / "quickstart-*"
+    system_tmp = tmp_path / "tmp"  # the children's temporary directory: W&B's are not to be left there
+    system_tmp.mkdir()
+    # The commands are started, watched and stopped from a thread, while the uninterrupted run
+    # trains in this process (the same program as the command's; here, where its signal handlers
+    # can be set): the two overlap on the machine's cores. The thread's failures are raised here.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        stops = pool.submit(stop_and_resume, cwd, system_tmp)
+        reference = tmp_path / "uninterrupted"
+        imp.run(compose_config([*RUN, f"output_dir={reference / 'runs'}"]), console=Console(quiet=True))
+        stops.result()
 
     assert results(cwd) == results(reference)
     assert not glob.glob(f"{runs}/checkpoints")  # removed once everything is finished
