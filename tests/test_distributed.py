@@ -4,6 +4,7 @@ per process, so each layout runs in a subprocess) and processes joined by ``jax.
 
 import concurrent.futures
 import glob
+import hashlib
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from rich.console import Console
 
 from conftest import child_env, compose_config
 from lottery import hosts, imp
+from lottery.training import trainer as training
 from lottery.errors import LotteryError
 
 # 3 replicates (level 0: 3 networks on 4 devices, padded), a control (level 1: 6 networks, two rounds)
@@ -71,6 +73,18 @@ def reference(tmp_path_factory):
     return results(str(root))
 
 
+def diet_digest(mesh) -> str:
+    """4 networks trained 45 steps by a trainer with a data diet (every third example until step 30:
+    5 epochs of the subset, then the whole set from the middle of its second epoch), on this
+    process's devices as ``mesh`` lays them: a digest of their weights."""
+    experiment = imp.prepare(compose_config([*RUN, *mesh]))  # writes nothing
+    trainer = experiment.trainer.with_diet(np.arange(0, len(experiment.trainer.train_host[0]), 3), 30)
+    keys = [experiment.keys(r) for r in range(4)]
+    states, _ = trainer.train(training.stack([experiment.dense_start(r) for r in range(4)]),
+                              jax.numpy.stack([k["data"] for k in keys]), jax.numpy.stack([k["augment"] for k in keys]), 0, 45)
+    return hashlib.sha256(b"".join(np.asarray(a).tobytes() for a in jax.tree.leaves(jax.device_get(states)))).hexdigest()
+
+
 LAYOUTS = """
 import json, sys
 sys.path.insert(0, {tests!r})
@@ -85,8 +99,10 @@ for name, mesh in [("members", ["mesh=members"]), ("data", ["mesh=data"]), ("gri
     imp.run(compose_config([*run, *mesh, "output_dir=" + root + "/" + name]), Console(quiet=True))
 trainer = imp.prepare(compose_config([*run, "output_dir=" + root + "/members"])).trainer
 found = lambda text: [c for c in COLLECTIVES if c in text]
+from test_distributed import diet_digest
 print(json.dumps({{"members": found(trainer.over_mesh(4).compiled_text()), "data": found(trainer.over_mesh(1).compiled_text()),
-                  "shapes": [list(trainer.over_mesh(n).mesh.devices.shape) for n in (1, 3, 4, 6)]}}))
+                  "shapes": [list(trainer.over_mesh(n).mesh.devices.shape) for n in (1, 3, 4, 6)],
+                  "diet": diet_digest(["mesh=members"])}}))
 """
 
 
@@ -112,6 +128,7 @@ def test_member_data_and_2d_meshes_on_4_devices_match_one_device(request, tmp_pa
     assert report["shapes"] == [[1, 4], [1, 4], [4, 1], [4, 1]]
     assert report["members"] == []  # member-parallel: no communication at all
     assert "all-reduce" in report["data"]  # data-parallel: XLA averages the gradients
+    assert report["diet"] == diet_digest([])  # a data diet's subset epochs over the mesh: bitwise one device
     members = results(str(tmp_path / "members"))
     assert bitwise(members, reference)  # each device runs the one-network program: bitwise one device
     for layout in ("data", "grid"):
