@@ -51,6 +51,7 @@ not of its draw).
 """
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -206,7 +207,7 @@ def example_scores(trainer, weights: dict, score: str) -> np.ndarray:
     size = min(BATCH[score], len(images))
     if score == "grand":  # VGG-16's 15M parameters: 18 examples a batch
         size = max(1, min(size, GRADIENTS_BYTES // (4 * sum(np.size(a) for a in jax.tree.leaves(weights["params"])))))
-    function = jax.jit(lambda p, b, x, y: SCORE_FUNCTIONS[score](trainer, p, b, x, y))
+    function = _scorer(trainer, score)
     out = []
     for first in range(0, len(images), size):  # the last batch padded to the same shape, then cut
         x, y = images[first:first + size], labels[first:first + size]
@@ -215,6 +216,12 @@ def example_scores(trainer, weights: dict, score: str) -> np.ndarray:
         y = np.concatenate([y, np.zeros(pad, y.dtype)]) if pad else y
         out.append(np.asarray(function(weights["params"], weights["batch_stats"], x, y))[:size - pad])
     return np.concatenate(out).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _scorer(trainer, score: str):
+    """``score`` of a batch, compiled once per trainer: every scoring network reuses the program."""
+    return jax.jit(lambda p, b, x, y: SCORE_FUNCTIONS[score](trainer, p, b, x, y))
 
 
 def random_scores(cfg, examples: int) -> np.ndarray:
