@@ -567,6 +567,8 @@ class Tracker:
 def quiet_debug_log() -> None:
     """W&B writes each run's debug.log from this process, through the ``wandb`` logger: on a full
     disk every record it cannot write printed a traceback ("--- Logging error ---") around the one
-    line that reports the failure. Those are W&B's diagnostics, not results: drop what cannot be written."""
+    line that reports the failure. Those are W&B's diagnostics, not results: drop what cannot be written.
+    Only W&B's own debug logs: other handlers on that logger (an application's, pytest's) keep theirs."""
     for handler in logging.getLogger("wandb").handlers:
-        handler.handleError = lambda record: None
+        if isinstance(handler, logging.FileHandler) and os.path.basename(handler.baseFilename) == "debug.log":
+            handler.handleError = lambda record: None

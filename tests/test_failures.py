@@ -103,28 +103,51 @@ def test_disk_full_says_where_and_that_the_same_command_continues(small_disk, tm
     assert len(glob.glob(f"{small_disk}/quickstart-*/replicate_0/level_*/metrics.json")) == 2
 
 
-def test_disk_full_with_wandb_on_names_the_path_and_prints_nothing_of_wandb(small_disk, monkeypatch, capfd):
+class FullDisk(io.StringIO):
+    """A stream every write of which fails as on a full disk. Nothing is buffered, so closing it
+    (pytest, logging.shutdown) never fails again later, outside the test."""
+
+    def write(self, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_disk_full_with_wandb_on_names_the_path_and_prints_nothing_of_wandb(small_disk, monkeypatch, capfd, tmp_path):
     """W&B writes its debug.log from this process: on the full disk every record it cannot write
-    printed a traceback, and closing the run raised a path-less ENOSPC that hid the checkpoint's."""
+    printed a traceback, and closing the run raised a path-less ENOSPC that hid the checkpoint's.
+    Only the debug log of this run (the handler whose file is on the small disk) is pointed at the
+    full disk, and it is restored after: the ``wandb`` logger can hold handlers of earlier runs and
+    of pytest itself, which must not be touched (issue 33)."""
     from lottery import tracking
 
     start = tracking.Tracker._start
+    patched = []
 
     def debug_log_on_the_full_disk(self, *args):  # deterministic: W&B's own writes fill pages at random
         run = start(self, *args)
         for handler in logging.getLogger("wandb").handlers:
-            if isinstance(handler, logging.FileHandler):
-                handler.stream = open("/dev/full", "w")
+            if isinstance(handler, logging.FileHandler) and handler.baseFilename.startswith(f"{small_disk}{os.sep}"):
+                monkeypatch.setattr(handler, "stream", FullDisk())
+                patched.append(handler)
         return run
 
+    wandb_logger = logging.getLogger("wandb")
+    monkeypatch.setattr(wandb_logger, "handlers", list(wandb_logger.handlers))  # the list as it was, after
+    foreign = logging.FileHandler(tmp_path / "application.log")  # another's handler on W&B's logger (as pytest's was)
+    wandb_logger.addHandler(foreign)
+    others = {h: h.stream for h in wandb_logger.handlers if isinstance(h, logging.StreamHandler)}
     monkeypatch.setattr(tracking.Tracker, "_start", debug_log_on_the_full_disk)
     cfg = compose_config(["levels=1", f"output_dir={small_disk}", "training.steps=100it", "checkpoint_every=20it",
                           "progress=false", "wandb.mode=offline"])
     with pytest.raises(Exception) as failed:
         imp.run(cfg, console=QUIET)
+    assert patched, "W&B's debug log of the run was not found on the small disk"
     assert describe(failed.value).startswith(f"{small_disk}/dense/lenet-digits-")
     err = capfd.readouterr().err
     assert "Logging error" not in err and "wandb" not in err
+    for handler, stream in others.items():  # what the test does not own is as it was
+        assert handler.stream is stream, handler
+    assert "handleError" not in vars(foreign)  # only W&B's debug logs are quieted
+    foreign.close()
 
 
 # --- result files -----------------------------------------------------------------------------------
