@@ -4,6 +4,7 @@ a machine with an NVIDIA GPU computes on its CPU, and the CUDA libraries a resul
 (run.py, with its TPU probe); the warning here says what to install instead.
 """
 
+import errno
 import os
 import shutil
 import sys
@@ -152,3 +153,20 @@ def deterministic(wanted: bool, environ=os.environ) -> bool:
                            f"(XLA_FLAGS={flags!r}); run it in its own process (a new command, or hydra/launcher=local)")
     environ["XLA_FLAGS"] = (flags + " " + DETERMINISTIC).strip()
     return True
+
+
+def compilation_cache(setting: str) -> str:
+    """The directory of JAX's persistent compilation cache, made if missing: one that cannot be
+    written is refused here, where JAX would warn at every compilation and carry on without it."""
+    from lottery.errors import LotteryError
+
+    directory = os.path.abspath(os.path.expanduser(setting))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+    except OSError as error:
+        reason = "a file, not a directory" if os.path.isfile(directory) else error.strerror or str(error)
+        raise LotteryError(f"compilation_cache={setting}: {reason}; choose a writable directory, or "
+                           "compilation_cache='' to compile without the cache") from None
+    return directory

@@ -144,7 +144,7 @@ def test_the_scores_are_the_mean_over_the_scoring_networks_and_shared(dieted):
     with open(os.path.join(experiment.directory, diet.RECORD)) as f:
         record = json.load(f)
     chosen = np.load(os.path.join(experiment.directory, diet.SUBSET))
-    assert list(chosen) == list(diet.choose(saved, experiment.diet)) and len(chosen) == record["examples"] == 251
+    assert list(chosen) == list(diet.choose(saved, diet.plan_of(experiment))) and len(chosen) == record["examples"] == 251
     labels = experiment.trainer.train_host[1][chosen]
     assert record["classes"] == {str(c): int(np.sum(labels == c)) for c in np.unique(labels)}
     assert record["mean_score"]["subset"] < record["mean_score"]["all"]  # the easiest fifth
@@ -159,7 +159,7 @@ def test_the_scores_are_the_mean_over_the_scoring_networks_and_shared(dieted):
     np.save(store.scores, saved[::-1].copy())
     try:
         assert np.array_equal(diet.subset(experiment, dense_dir), chosen)
-        assert not np.array_equal(diet.choose(np.load(store.scores), experiment.diet), chosen)
+        assert not np.array_equal(diet.choose(np.load(store.scores), diet.plan_of(experiment)), chosen)
     finally:
         np.save(store.scores, saved)
 

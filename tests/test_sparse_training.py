@@ -118,15 +118,15 @@ def rigl(tmp_path_factory):
     full = masks.full_mask(theta_0["params"])
     targets = sparse.level_targets(cfg, full, experiment.prunable, 3)
     mask = sparse.start_mask(cfg, full, experiment.prunable, targets, np.random.default_rng(1))
-    make = lambda: experiment.sparse_trainer.init_state(
+    make = lambda: experiment.method.updating.init_state(
         theta_0["params"], theta_0["batch_stats"], mask,
-        sparse=experiment.updates.state(targets, targets, jax.random.key(5)))
+        sparse=experiment.method.updates.state(targets, targets, jax.random.key(5)))
     return experiment, make, targets
 
 
 def test_rigl_inside_the_step_regrows_at_zero_keeps_counts_and_compiles_once(rigl):
     experiment, make, targets = rigl
-    trainer, keys = experiment.sparse_trainer, experiment.keys(0)
+    trainer, keys = experiment.method.updating, experiment.keys(0)
     data_key, augment_key = keys["data"][None], keys["augment"][None]
     state = training.stack([make()])
     before = jax.device_get(state)

@@ -16,7 +16,7 @@ from conftest import compose_config
 from lottery import analysis, report
 from lottery.analysis import tickets
 from lottery.results.store import save_tree
-from lottery.imp import levels
+from lottery.imp import finish, levels
 
 
 def by_layer(rows):
@@ -255,12 +255,12 @@ def test_layer_collapse_empty_and_nearly_empty(capsys):
     nested = {"hidden": {"0": {"kernel": mask["a"]}}, "output": {"kernel": np.ones((3, 2), bool)}}
     experiment = types.SimpleNamespace(prunable=["hidden/0/kernel", "output/kernel"],
                                        cfg=compose_config(["pruning=global"]), structure=types.SimpleNamespace(layers=[]))
-    levels.warn_collapse(experiment, {"level": 7, "replicate": 1, "kind": "ticket"}, nested)
+    finish.warn_collapse(experiment, {"level": 7, "replicate": 1, "kind": "ticket"}, nested)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: level 7, replicate 1, ticket: layer collapse: "
                                                "hidden/0/kernel keeps 0 of 12 weights")
     assert err[0].endswith("global ranking does this at high sparsity (pruning.strategy=layerwise keeps every layer)")
-    levels.warn_collapse(experiment, {"level": 7, "replicate": 1, "kind": "ticket"},
+    finish.warn_collapse(experiment, {"level": 7, "replicate": 1, "kind": "ticket"},
                       {"hidden": {"0": {"kernel": np.ones((4, 3), bool)}}, "output": {"kernel": np.ones((3, 2), bool)}})
     assert capsys.readouterr().err == ""
 

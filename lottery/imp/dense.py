@@ -36,7 +36,6 @@ import jax
 
 from lottery import backend, hosts
 from lottery.errors import LotteryError
-from lottery.imp.experiment import Experiment
 from lottery.pruning import masks
 from lottery.results import metrics as result_metrics
 from lottery.results import paths
@@ -55,12 +54,12 @@ IDENTITY = "dense.yaml"
 class Dense:
     """The dense runs of one experiment's (model, data, optimizer, training, seed)."""
 
-    def __init__(self, experiment: Experiment):
+    def __init__(self, experiment):
         self.experiment = experiment
         cfg = experiment.cfg
         self.identity = dense_identity(cfg, experiment.data_fingerprint, backend.kind())
-        if experiment.diet is not None:  # pre-trained on a subset (diet.py): a dense run of its own
-            self.identity["diet"] = experiment.diet.dense
+        for method in experiment.methods:  # a data diet's pre-training (diet.py): a dense run of its own
+            self.identity.update(method.dense_identity())
         self.directory = paths.dense_store(experiment.directory, f"{cfg.model.name}-{cfg.dataset.name}-{digest(self.identity)}")
 
     def replicate_dir(self, replicate: int) -> str:
@@ -75,7 +74,7 @@ class Dense:
         return sorted(int(name) for name in os.listdir(directory) if name.isdigit()) if os.path.isdir(directory) else []
 
 
-def link_level_0(experiment: Experiment, replicates: List[int], progress,
+def link_level_0(experiment, replicates: List[int], progress,
                  relink: Optional[Dict[int, Tuple[str, dict]]] = None) -> List[dict]:
     """Level 0 of ``replicates`` in the experiment's directory, from the shared dense runs: trains
     the replicates the store lacks and the rewind point k where it lacks it (under the store's
@@ -168,7 +167,7 @@ def verify(dense: Dense, replicate: int, relink: Optional[Tuple[str, dict]] = No
     return digests
 
 
-def damaged(experiment: Experiment, replicate: int, say) -> Optional[Tuple[str, dict]]:
+def damaged(experiment, replicate: int, say) -> Optional[Tuple[str, dict]]:
     """The first tree of an experiment's ``level_0/`` that no longer holds what was linked into it,
     with the digests recorded then (``LINKS``): damage done to the store reaches every experiment
     through the hard links, and outlives the store's files when they are trained again. The files

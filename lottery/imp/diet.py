@@ -65,6 +65,7 @@ import optax
 from lottery import backend, hosts
 from lottery.config import DietConfig
 from lottery.errors import LotteryError
+from lottery.imp.method import Method, method
 from lottery.results import paths
 from lottery.results.identity import dense_identity, digest, file_digest, write_once
 from lottery.results.invocations import program
@@ -234,7 +235,7 @@ class Store:
     """The shared scores of one (model, data, optimizer, training, seed, score, step, networks)."""
 
     def __init__(self, experiment):
-        cfg, p = experiment.cfg, experiment.diet
+        cfg, p = experiment.cfg, plan_of(experiment)
         self.identity = {**dense_identity(cfg, experiment.data_fingerprint, backend.kind()),
                          "diet": {"score": p.score, "score_at": p.score_at, "networks": p.networks}}
         name = f"{cfg.model.name}-{cfg.dataset.name}-{p.score}-{digest(self.identity)}"
@@ -249,7 +250,7 @@ class Store:
 def scores(experiment, say=print) -> np.ndarray:
     """The experiment's scores: read from ``diet.scores``, drawn (random), or the shared store's
     (computed there first where it has none, under its lock)."""
-    p = experiment.diet
+    p = plan_of(experiment)
     if p.file is not None:
         if file_digest(p.file, "diet.scores") != p.digest:  # the experiment's hash holds the content it began with
             raise LotteryError(f"diet.scores: {p.file}: changed since this run began (its content is part of the "
@@ -282,7 +283,7 @@ def stop_if_asked():
 def compute(experiment, store: Store, say) -> None:
     """Train ``networks`` dense networks for ``score_at`` steps, score every example with each, and
     write their mean (scores.npy, then metrics.json: the store is complete once that exists)."""
-    p, began = experiment.diet, time.time()
+    p, began = plan_of(experiment), time.time()
     say(f"diet: scoring the {p.examples} training examples by {p.score} with {p.networks} dense networks at step "
         f"{p.score_at} ({os.path.basename(store.directory)})")
     networks = []
@@ -377,8 +378,8 @@ def subset(experiment, directory: str, say=print) -> np.ndarray:
     (recomputed by another program, say). Not kept where ``directory`` does not exist."""
     path = os.path.join(directory, SUBSET)
     if all(hosts.agree(int(os.path.isfile(path)))):
-        return read_subset(path, experiment.diet)
-    chosen = choose(scores(experiment, say), experiment.diet, experiment.trainer.train_host[1])
+        return read_subset(path, plan_of(experiment))
+    chosen = choose(scores(experiment, say), plan_of(experiment), experiment.trainer.train_host[1])
     if hosts.primary() and os.path.isdir(directory):
         write_whole(path, lambda partial: _save(partial, chosen))
     hosts.barrier(f"diet subset {path}")
@@ -407,7 +408,7 @@ def record(experiment, dense_directory: str, say=print) -> None:
     path = os.path.join(experiment.directory, RECORD)
     if all(hosts.agree(int(os.path.isfile(path)))):  # every process takes the same path (scores may train)
         return
-    p = experiment.diet
+    p = plan_of(experiment)
     values = scores(experiment, say)
     labels = np.asarray(experiment.trainer.train_host[1])
     chosen = subset(experiment, dense_directory, say)
@@ -424,3 +425,40 @@ def record(experiment, dense_directory: str, say=print) -> None:
         "classes": {str(c): int(n) for c, n in zip(*np.unique(labels[chosen], return_counts=True))},
         "mean_score": {"subset": float(np.mean(values[chosen])), "all": float(np.mean(values))},
         "scoring_steps": p.networks * p.score_at if trained else 0})
+
+
+def plan_of(experiment) -> Plan:
+    """The plan of an experiment that has a diet."""
+    return next(m.plan for m in experiment.methods if isinstance(m, Diet))
+
+
+@method
+class Diet(Method):
+    """A data diet: level 0's first steps on a subset (``diet.score`` or ``diet.scores``)."""
+
+    makes_tickets = False  # it changes the dense network the tickets rewind to
+
+    def __init__(self, plan: Plan):
+        self.plan, self.trainer = plan, None
+
+    @staticmethod
+    def chosen(cfg) -> bool:
+        return enabled(cfg)
+
+    @classmethod
+    def build(cls, experiment) -> "Diet":
+        trainer = experiment.trainer
+        return cls(plan(experiment.cfg, len(trainer.train_host[0]), trainer.iterations_per_epoch, trainer.batch_size,
+                        experiment.end, experiment.rewind, experiment.data_fingerprint))
+
+    def dense_identity(self) -> dict:
+        return {"diet": self.plan.dense}
+
+    def level_0_trainer(self, experiment, trainer, dense_directory: str, say):
+        """Its pre-training steps on the subset the dense run keeps (chosen the first time)."""
+        if self.trainer is None:
+            self.trainer = trainer.with_diet(subset(experiment, dense_directory, say), self.plan.pretrain)
+        return self.trainer
+
+    def level_0(self, experiment, dense_directory: str, say) -> None:
+        record(experiment, dense_directory, say)  # what the dense runs pre-trained on: diet.json

@@ -28,6 +28,9 @@ import jax
 import numpy as np
 
 from lottery.errors import LotteryError
+from lottery.imp import dense
+from lottery.imp.iterative import IMP
+from lottery.imp.method import Outcome, method
 from lottery.pruning import criteria, masks
 from lottery.results.store import fresh, load_tree, read_json, save_tree, write_json
 from lottery.step import Step
@@ -158,3 +161,48 @@ def probe_level_0(experiment, replicate: int, dense_directory: str, say=print) -
     save(experiment.level_dir(replicate, 0), mask, record)
     say(f"level 0, replicate {replicate}: early-bird mask drawn at step {record['step']} of {end}"
         + ("" if record["reached"] else " (the masks never settled: the end of training)"))
+
+
+@method
+class EarlyBird(IMP):
+    """IMP whose next mask is drawn during a level's training (``early_bird.enabled``)."""
+
+    title = "Early-Bird IMP"
+    fallback = False
+
+    @staticmethod
+    def chosen(cfg) -> bool:
+        return cfg.early_bird.enabled
+
+    @classmethod
+    def build(cls, experiment) -> "EarlyBird":
+        every(experiment)  # a bad interval is refused now, not after the dense level 0
+        return cls()
+
+    def mask(self, experiment, replicate: int, level: int):
+        """Level ``level``'s mask as the previous level drew it; level 0's by a probe of the dense
+        training, run here the first time it is asked for."""
+        previous = experiment.level_dir(replicate, level - 1)
+        mask = load(experiment, previous)
+        if mask is None and level == 1:
+            probe_level_0(experiment, replicate, dense.Dense(experiment).directory)
+            mask = load(experiment, previous)
+        if mask is None:
+            raise LotteryError(f"{previous}: has no early_bird/ draw (trained without early_bird.enabled); delete it and "
+                               "run this again to train it with the draw")
+        return mask
+
+    def keep_steps(self, experiment, networks, start: int, end: int) -> List[int]:
+        return check_steps(experiment, start, end)  # every level draws the next (the last too: levels may grow)
+
+    def after_training(self, experiment, networks, states, kept, histories, end: int):
+        """Each ticket's draw from its weights at each check, then at the end."""
+        out = {}
+        for i, network in enumerate(networks):
+            if network.kind == "ticket":
+                finished = training.unstack(states, i)
+                weights = [(s, training.unstack(kept[s], i)["params"]) for s in sorted(kept)] + [(end, finished["params"])]
+                drawn_mask, record = draw(experiment, network.state["mask"], weights, end)
+                out[i] = Outcome(record={"early_bird": record},
+                                 save=lambda work_dir, m=drawn_mask, r=record: save(work_dir, m, r))
+        return out

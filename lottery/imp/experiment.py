@@ -6,20 +6,23 @@ starts); ``prepare`` loads the data, builds the trainer and names the directory,
 """
 
 import dataclasses
+import math
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
 from flax import nnx
-from omegaconf import OmegaConf
 
 from lottery import data as datasets
 from lottery import hosts, models, tracking
 from lottery.analysis import objective
 from lottery.errors import LotteryError
+from lottery.imp import at_start, iterative, sparse_training  # noqa: F401 (each registers its method)
 from lottery.imp import diet as diets
 from lottery.imp import early_bird, swamp, transfer
+from lottery.imp import method as methods
+from lottery.imp.method import Method
 from lottery.pruning import controls, criteria, masks, sparse
 from lottery.pruning import structure as structures
 from lottery.results import paths
@@ -49,12 +52,16 @@ class Experiment:
     data_fingerprint: str  # of the data's content, part of the hash (lottery.data.fingerprint)
     data_examples: Dict[str, int]  # examples in each split (train, validation, test): recorded with each result
     invocation: Optional[Invocation] = None  # this invocation's record, once the directory is locked
-    transfer: Optional["transfer.Source"] = None  # the experiment whose tickets the levels start from
     structure: Optional[structures.Structure] = None  # what a level prunes: weights, units or N:M blocks
-    updates: Optional[sparse.Updates] = None  # sparse training's mask updates (GMP, SET, RigL; pruning/sparse.py)
-    sparse_trainer: Optional[training.Trainer] = None  # the trainer with them in its step
-    diet: Optional[diets.Plan] = None  # a data diet's pre-training of level 0 (diet.py)
-    diet_trainer: Optional[training.Trainer] = None  # the trainer with it, once its scores are there
+    # How the levels make and train their tickets (imp/method.py): the method that makes them first
+    # (IMP, pruning before training, transfer, sparse training, Early-Bird), then those that change
+    # how they train (SWAMP, a data diet). Chosen once, by ``prepare``.
+    methods: Tuple[Method, ...] = ()
+
+    @property
+    def method(self) -> Method:
+        """The method that makes this experiment's tickets."""
+        return self.methods[0]
 
     def keys(self, replicate: int) -> Dict[str, jax.Array]:
         """The PRNG keys of one replicate: its initialization, data order, augmentation, controls."""
@@ -84,16 +91,17 @@ class Experiment:
 
     def cost(self, level: int) -> Optional[int]:
         """The training steps behind a network of ``level`` (the field's equal-budget axis, Evci et
-        al. 2020): IMP, the dense T and every retraining up to it (SWAMP: each particle's); pruning before training and sparse
-        training, one training (θk's k steps included). None for a transferred ticket (its source's)."""
-        start, end = self.segment(level)
+        al. 2020): IMP, the dense T and every retraining up to it (SWAMP: each particle's); pruning
+        before training and sparse training, one training (θk's k steps included). None for a
+        transferred ticket (its source's)."""
         if level == 0:
             return self.end
-        if self.transfer is not None:
-            return None
-        if sparse.method(self.cfg) is not None or self.cfg.pruning.prune_at == "start":
-            return self.rewind + end - start
-        return self.end + level * self.cfg.swamp.particles * (end - start)  # SWAMP: each particle trains
+        copies = math.prod(m.copies for m in self.methods)
+        return self.method.cost(self, level, *self.segment(level), copies)
+
+    def trains(self, level: int) -> bool:
+        """Whether ``level`` is trained (level 0 always; sparse training may train only some)."""
+        return level == 0 or all(m.trains(level) for m in self.methods)
 
     def initial_weights(self, key):
         model = models.build(self.cfg.model, self.input_shape, self.num_classes, key)
@@ -108,11 +116,10 @@ class Experiment:
     def level_0_trainer(self, dense_directory: str, say=print) -> training.Trainer:
         """The trainer of the dense level 0 (the run in ``dense_directory``): with a data diet, its
         pre-training steps on the subset that run keeps (chosen the first time: diet.py)."""
-        if self.diet is None:
-            return self.trainer
-        if self.diet_trainer is None:
-            self.diet_trainer = self.trainer.with_diet(diets.subset(self, dense_directory, say), self.diet.pretrain)
-        return self.diet_trainer
+        trainer = self.trainer
+        for method in self.methods:
+            trainer = method.level_0_trainer(self, trainer, dense_directory, say)
+        return trainer
 
     def level_dir(self, replicate: int, level: int) -> str:
         return paths.level_dir(self.directory, replicate, level)
@@ -235,35 +242,12 @@ def prepare(cfg) -> Experiment:
         # densities; a structured experiment's follow its units (checked after training, as they are reached)
         full = masks.full_mask(trainer.init_params)
         objective.check_reach(cfg, masks.level_densities(full, cfg.pruning, prunable, cfg.levels))
-    source = None
-    if cfg.transfer.source is not None:
-        if rewind != 0:
-            raise LotteryError(f"rewind={cfg.rewind}: a transfer experiment trains its tickets from step 0 (their start "
-                               "weights are the source's); use rewind=0it")
-        directory = transfer.source_directory(cfg, data.fingerprint)
-        cfg = OmegaConf.create(OmegaConf.to_container(cfg))  # a copy: the caller's config stays as given
-        cfg.transfer.source = directory  # hashed by its config.yaml, recorded as resolved
-        source = transfer.Source(directory, cfg.transfer.weights)
+    cfg = transfer.resolve(cfg, data.fingerprint, rewind)  # a transfer's source by its directory
     directory = paths.experiment_directory(cfg, data.fingerprint)
     tracker = tracking.Tracker(cfg, directory, enabled=hosts.primary())  # process 0 logs for all
     experiment = Experiment(cfg, trainer, prunable, end, rewind, finetune_steps, eval_every, checkpoint_every,
-                            data.input_shape, data.num_classes, directory, tracker, data.fingerprint, data.examples,
-                            transfer=source)
+                            data.input_shape, data.num_classes, directory, tracker, data.fingerprint, data.examples)
     shapes = {name: np.shape(leaf) for name, leaf in masks.flatten(trainer.init_params).items()}
     experiment.structure = structures.Structure(cfg.pruning, prunable, models.units(cfg.model, shapes), shapes)
-    if cfg.early_bird.enabled:
-        early_bird.every(experiment)  # a bad interval is refused now, not after the dense level 0
-    experiment.diet = diets.plan(cfg, len(data.train_x), per_epoch, batch_size, end, rewind, data.fingerprint)
-    if sparse.method(cfg) is not None:
-        if rewind != 0:
-            raise LotteryError(f"rewind={cfg.rewind}: sparsity.method={cfg.sparsity.method} trains each level from θ0; "
-                               "use rewind=0it")
-        every = length("sparsity.update_every", cfg.sparsity.update_every)
-        schedule = sparse.Schedule.of(cfg, end, every)
-        experiment.updates = sparse.Updates(schedule, sparse.groups(cfg, prunable))
-        if sparse.dynamic(cfg):
-            experiment.sparse_trainer = trainer.with_updates(experiment.updates)
-    if source is not None:
-        source.check(cfg.replicates, cfg.levels, {"params": trainer.init_params, "batch_stats": trainer.init_batch_stats},
-                     directory, cfg.pruning.structure)
+    experiment.methods = methods.choose(experiment)
     return experiment

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from lottery.errors import LotteryError
+from lottery.imp.method import Method, Outcome, method
 from lottery.results.store import save_tree
 from lottery.training import trainer as training
 from lottery.training.loop import Network
@@ -98,3 +99,37 @@ def _mean(trees):
     """The elementwise mean of pytrees of host arrays, in float32, summed in order (deterministic)."""
     return jax.tree.map(lambda *leaves: (np.sum(np.stack([np.asarray(l, np.float32) for l in leaves]), axis=0)
                                          / np.float32(len(leaves))).astype(np.asarray(leaves[0]).dtype), *trees)
+
+
+@method
+class Swamp(Method):
+    """Each ticket trained as ``swamp.particles`` particles and replaced by their average."""
+
+    makes_tickets = False  # it changes how IMP's (or a transfer's) tickets train
+
+    def __init__(self, particles: int):
+        self.copies = particles
+
+    @staticmethod
+    def chosen(cfg) -> bool:
+        return cfg.swamp.particles != 1
+
+    @classmethod
+    def build(cls, experiment) -> "Swamp":
+        return cls(experiment.cfg.swamp.particles)
+
+    def extra_networks(self, experiment, replicate: int, level: int, ticket: Network) -> List[Network]:
+        return particles(experiment, replicate, level, ticket)
+
+    def keep_steps(self, experiment, networks, start: int, end: int) -> List[int]:
+        averaging = any(n.kind.startswith(PARTICLE) for n in networks)
+        return snapshot_steps(experiment, start, end) if averaging else []
+
+    def after_training(self, experiment, networks, states, kept, histories, end: int):
+        if not any(n.kind.startswith(PARTICLE) for n in networks):
+            return {}
+        averaged = average(experiment, networks, states, kept, histories)
+        return {i: Outcome(trained=averaged[n.replicate]["trained"], history=averaged[n.replicate]["history"],
+                           record={"swamp": averaged[n.replicate]["record"]},
+                           save=lambda work_dir, a=averaged[n.replicate]: save_particles(work_dir, a))
+                for i, n in enumerate(networks) if n.kind == "ticket" and n.replicate in averaged}

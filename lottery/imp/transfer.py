@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 
 from lottery.config import CONF
 from lottery.errors import LotteryError
+from lottery.imp.method import Method, method
 from lottery.pruning import masks
 from lottery.results import paths
 from lottery.results.identity import read_source_identity, source_hash
@@ -155,7 +156,7 @@ class Source:
         return load_tree(ticket, template, then=REPAIR)["mask"]
 
     def start_weights(self, replicate: int, templates: dict) -> dict:
-        """What the pruned levels rewind to (``levels.rewound``): the source's θk and its batch
+        """What the pruned levels rewind to (``Transfer.rewound``): the source's θk and its batch
         statistics (level 0's rewind_point/, without its optimizer state: another optimizer's), so
         that a ticket starts bitwise from the source's saved start; with ``transfer.weights=init``,
         the source's θ0 (``templates``: this experiment's params and batch_stats; with a mask for init)."""
@@ -172,3 +173,59 @@ class Source:
             return None
         return {"source": self.directory, "hash": source_hash(self.directory), "replicate": replicate, "level": level,
                 "weights": self.weights}
+
+
+def resolve(cfg, data_fingerprint: str, rewind: int):
+    """The config with ``transfer.source`` resolved to the source's directory (a copy; the caller's
+    stays as given), or ``cfg`` itself without a transfer."""
+    if cfg.transfer.source is None:
+        return cfg
+    if rewind != 0:
+        raise LotteryError(f"rewind={cfg.rewind}: a transfer experiment trains its tickets from step 0 (their start "
+                           "weights are the source's); use rewind=0it")
+    directory = source_directory(cfg, data_fingerprint)
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+    cfg.transfer.source = directory  # hashed by its config.yaml, recorded as resolved
+    return cfg
+
+
+@method
+class Transfer(Method):
+    """Each pruned level starts from the source's ticket at that level: no pruning here."""
+
+    between_levels = False  # each level is the source's, not pruned from the last
+
+    def __init__(self, source: Source):
+        self.source = source
+
+    @staticmethod
+    def chosen(cfg) -> bool:
+        return cfg.transfer.source is not None
+
+    @classmethod
+    def build(cls, experiment) -> "Transfer":
+        cfg, trainer = experiment.cfg, experiment.trainer
+        source = Source(cfg.transfer.source, cfg.transfer.weights)
+        source.check(cfg.replicates, cfg.levels, {"params": trainer.init_params, "batch_stats": trainer.init_batch_stats},
+                     experiment.directory, cfg.pruning.structure)
+        return cls(source)
+
+    title = "ticket transfer"
+
+    def mask(self, experiment, replicate: int, level: int):
+        return self.source.mask(replicate, level, experiment.template("ticket"))
+
+    def rewound(self, experiment, replicate: int, mask) -> dict:
+        """The source's start weights under ``mask``, with a fresh optimizer state."""
+        trainer = experiment.trainer
+        templates = {"params": trainer.init_params, "batch_stats": trainer.init_batch_stats,
+                     "ticket": experiment.template("ticket")}
+        start = self.source.start_weights(replicate, templates)
+        return trainer.init_state(start["params"], start["batch_stats"], mask)
+
+    def record(self, experiment, network, level: int, start_state: dict, finished: dict) -> dict:
+        origin = self.source.recorded(network.replicate, level)
+        return {} if origin is None else {"transfer": origin}
+
+    def cost(self, experiment, level: int, start: int, end: int, copies: int):
+        return None  # its source's

@@ -1,0 +1,46 @@
+"""Pruning before training (Frankle, Dziugaite, Roy & Carbin 2021, "Pruning neural networks at
+initialization: why are we missing the mark?"), ``pruning.prune_at=start``: each level's mask is
+scored on the weights training starts from (θk; θ0 with rewind=0) by ``pruning.criterion`` (SNIP,
+GraSP, SynFlow, magnitude, random: pruning/criteria.py), straight to IMP's counts at that level, and
+trained once. Levels do not build on each other: level L is one training at IMP level L's density.
+"""
+
+from lottery.imp.method import Method, method
+from lottery.pruning import criteria, masks
+
+
+@method
+class AtStart(Method):
+    between_levels = False  # each level is its own training, not pruned from the last
+
+    @staticmethod
+    def chosen(cfg) -> bool:
+        return cfg.pruning.prune_at == "start"
+
+    @property
+    def title(self):
+        return "pruning before training"
+
+    def mask(self, experiment, replicate: int, level: int):
+        """The mask of ``level`` scored on θk in ``pruning.rounds`` rounds whose counts shrink
+        exponentially from dense to exactly IMP's counts at this level (one round: one shot;
+        SynFlow's schedule with more), each round re-scoring under the mask so far."""
+        cfg = experiment.cfg.pruning
+        theta_k = experiment.rewind_point(replicate)
+        full = masks.full_mask(theta_k["params"])
+        keep = masks.level_counts(full, cfg, experiment.prunable, level)
+        context = experiment.scoring_context(replicate, level, theta_k, full)
+        return criteria.iterate_to_counts(cfg.criterion, context, masks.groups(experiment.prunable, cfg.strategy), keep,
+                                          cfg.rounds)
+
+    def ranking(self, experiment, replicate: int, level: int):
+        """θk, dense, scored: what the first round ranked (the invert control)."""
+        weights = experiment.rewind_point(replicate)
+        survivors = masks.full_mask(weights["params"])
+        scores = criteria.score(experiment.cfg.pruning.criterion,
+                                experiment.scoring_context(replicate, level, weights, survivors))
+        return scores, survivors
+
+    def cost(self, experiment, level: int, start: int, end: int, copies: int):
+        """One training, θk's k steps included."""
+        return experiment.rewind + end - start

@@ -1,0 +1,90 @@
+"""Sparse training from scratch beside IMP (config ``sparsity``; the algorithms: pruning/sparse.py):
+each level L trains one network from θ0 at IMP level L's density -- Static (a random mask kept),
+GMP (Zhu & Gupta 2017: dense, pruned gradually), SET (Mocanu et al. 2018) and RigL (Evci et al.
+2020: a sparse mask whose weights are dropped and regrown during training). Levels do not build on
+each other; ``sparsity.levels`` trains only some. A method whose mask moves trains the ticket
+alone first, with its mask updates in the step: its controls need the mask it ends with, which is
+its ticket (saved on θ0).
+"""
+
+from typing import Optional
+
+import jax
+import numpy as np
+
+from lottery.errors import LotteryError
+from lottery.imp.method import Method, method, theta_k_start
+from lottery.pruning import masks, sparse
+from lottery.step import Step
+from lottery.training import trainer as training
+from lottery.training.loop import Network
+
+
+@method
+class SparseTraining(Method):
+    between_levels = False  # each level is its own training from θ0
+
+    def __init__(self, cfg, updates: sparse.Updates, updating: Optional[training.Trainer]):
+        self.cfg, self.updates, self.updating = cfg, updates, updating
+
+    @staticmethod
+    def chosen(cfg) -> bool:
+        return sparse.method(cfg) is not None
+
+    @classmethod
+    def build(cls, experiment) -> "SparseTraining":
+        cfg = experiment.cfg
+        if experiment.rewind != 0:
+            raise LotteryError(f"rewind={cfg.rewind}: sparsity.method={cfg.sparsity.method} trains each level from θ0; "
+                               "use rewind=0it")
+        every = Step.parse(cfg.sparsity.update_every, experiment.trainer.iterations_per_epoch,
+                           "sparsity.update_every").iteration
+        if every <= 0:
+            raise LotteryError(f"sparsity.update_every={cfg.sparsity.update_every} must be longer than 0 iterations")
+        schedule = sparse.Schedule.of(cfg, experiment.end, every)
+        updates = sparse.Updates(schedule, sparse.groups(cfg, experiment.prunable))
+        return cls(cfg, updates, experiment.trainer.with_updates(updates) if sparse.dynamic(cfg) else None)
+
+    @property
+    def title(self):
+        return f"{self.cfg.sparsity.method} training"
+
+    def trains(self, level: int) -> bool:
+        return sparse.trains(self.cfg, level)
+
+    def ticket(self, experiment, replicate: int, level: int) -> dict:
+        """θ0 under the method's start mask (dense for GMP; the level's counts at random positions
+        for the others), with what its mask updates read: each group's counts at every update and
+        its random key. Once trained, its ticket is the mask it ended with, on θ0 (``saved_start``)."""
+        cfg = self.cfg
+        full = masks.full_mask(experiment.trainer.init_params)
+        targets = sparse.level_targets(cfg, full, experiment.prunable, level)
+        key = experiment.sparse_key(replicate, level)
+        rng = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(key, 0))))
+        mask = sparse.start_mask(cfg, full, experiment.prunable, targets, rng)
+        state = theta_k_start(experiment, replicate, mask)
+        if self.updating is not None:
+            flat = masks.flatten(mask)
+            start = [int(sum(np.sum(flat[name]) for name in group)) for group in self.updates.groups]
+            state["sparse"] = self.updates.state(start, targets, jax.random.fold_in(key, 1))
+        return state
+
+    def record(self, experiment, network: Network, level: int, start_state: dict, finished: dict) -> dict:
+        """The method, its distribution, the ticket's counts at the start and end, its mask updates."""
+        if network.kind != "ticket":
+            return {}
+        remaining = lambda mask: sum(c["remaining"] for c in masks.counts(mask, experiment.prunable).values())
+        events = self.updates.schedule.events
+        return {"sparse_training": {
+            "method": self.cfg.sparsity.method, "distribution": self.cfg.sparsity.distribution,
+            "start_remaining": remaining(start_state["mask"]), "final_remaining": remaining(finished["mask"]),
+            "updates": len(events) if self.updating is not None else 0, "update_steps": [int(e) for e in events]}}
+
+    def saved_start(self, start_state: dict, finished: dict) -> dict:
+        if "sparse" not in start_state:  # trained without mask updates: its ticket is the mask it started with
+            return start_state
+        return {**start_state, "mask": finished["mask"], "params": masks.apply_mask(start_state["params"], finished["mask"])}
+
+    def cost(self, experiment, level: int, start: int, end: int, copies: int):
+        """One training, θk's k steps included (k = 0: sparse training starts from θ0)."""
+        return experiment.rewind + end - start
