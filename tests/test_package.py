@@ -6,9 +6,13 @@ import pathlib
 
 LOTTERY = pathlib.Path(__file__).resolve().parents[1] / "lottery"
 
-# Bottom to top: a module may import from its own layer and the layers below it.
+# Bottom to top: a module may import from its own layer and the layers below it. lottery.compat (the
+# old import paths, for one release) is at the bottom: it imports nothing of lottery, and names the
+# old paths' new homes, of every layer, as strings it imports only when an old path is used
+# (checked below: each is a module of the package).
 LAYERS = (
-    ("lottery", "lottery.errors", "lottery.step", "lottery.units", "lottery.config", "lottery.hosts", "lottery.backend"),
+    ("lottery", "lottery.errors", "lottery.step", "lottery.units", "lottery.config", "lottery.hosts", "lottery.backend",
+     "lottery.compat"),
     ("lottery.results", "lottery.models", "lottery.data", "lottery.pruning"),
     ("lottery.training",),
     ("lottery.analysis", "lottery.tracking"),
@@ -88,6 +92,15 @@ def test_models_do_not_import_pruning():
     found = [f"{a} -> {b}" for a, targets in edges.items() if a == "lottery.models" or a.startswith("lottery.models.")
              for b in targets if b == "lottery.pruning" or b.startswith("lottery.pruning.")]
     assert found == []
+
+
+def test_the_old_paths_lead_to_modules_of_the_package_and_to_no_module_that_is_still_there():
+    from lottery import compat
+
+    known = modules()
+    assert compat.MODULES and all(new in known and old not in known for old, new in compat.MODULES.items())
+    assert all(home in known for names in compat.NAMES.values() for home in names.values())
+    assert imports(known)["lottery.compat"] == set()
 
 
 def test_the_reading_finds_the_imports_it_judges():
