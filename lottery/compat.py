@@ -8,8 +8,9 @@ Each old path still imports, as the very same object as its new home, and says o
   names    ``lottery.pruning.number_to_prune``: the package's ``__getattr__`` (PEP 562) calls
            ``moved(package, name)``
 
-The new homes are named here as strings and imported only when an old path is used, so importing
-lottery stays as light as before and no layer imports from one above it (tests/test_package.py).
+The new homes are named here as strings and imported only when an old path is used: importing
+lottery loads none of them (nor any library), and no layer imports from one above it
+(tests/test_package.py).
 A module split in two (distributed.py, record.py, layout.py) maps to the half git saw it renamed
 to, or the one that kept most of its names.
 """
