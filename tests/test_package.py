@@ -6,9 +6,13 @@ import pathlib
 
 LOTTERY = pathlib.Path(__file__).resolve().parents[1] / "lottery"
 
-# Bottom to top: a module may import from its own layer and the layers below it.
+# Bottom to top: a module may import from its own layer and the layers below it. lottery.compat (the
+# old import paths, for one release) is at the bottom: it imports nothing of lottery, and names the
+# old paths' new homes, of every layer, as strings it imports only when an old path is used
+# (checked below: each is a module of the package).
 LAYERS = (
-    ("lottery", "lottery.errors", "lottery.step", "lottery.config", "lottery.hosts", "lottery.backend"),
+    ("lottery", "lottery.errors", "lottery.step", "lottery.units", "lottery.config", "lottery.hosts", "lottery.backend",
+     "lottery.compat"),
     ("lottery.results", "lottery.models", "lottery.data", "lottery.pruning"),
     ("lottery.training",),
     ("lottery.analysis", "lottery.tracking"),
@@ -81,10 +85,29 @@ def test_there_is_no_import_circle():
     assert circles == []
 
 
+def test_models_do_not_import_pruning():
+    # A model declares its units (lottery/units.py) and pruning reads them: building a network
+    # needs nothing of how it is pruned.
+    edges = imports(modules())
+    found = [f"{a} -> {b}" for a, targets in edges.items() if a == "lottery.models" or a.startswith("lottery.models.")
+             for b in targets if b == "lottery.pruning" or b.startswith("lottery.pruning.")]
+    assert found == []
+
+
+def test_the_old_paths_lead_to_modules_of_the_package_and_to_no_module_that_is_still_there():
+    from lottery import compat
+
+    known = modules()
+    assert compat.MODULES and all(new in known and old not in known for old, new in compat.MODULES.items())
+    assert all(home in known for names in compat.NAMES.values() for home in names.values())
+    assert imports(known)["lottery.compat"] == set()
+
+
 def test_the_reading_finds_the_imports_it_judges():
     # The checks above are only as good as this reading: it must see the imports the code has.
     edges = imports(modules())
     assert "lottery.imp.experiment" in edges["lottery.imp.levels"]
     assert "lottery.pruning.masks" in edges["lottery.pruning.criteria"]
     assert "lottery.imp" in edges["lottery.run"]  # a lazy import inside a function
+    assert "lottery.units" in edges["lottery.models.lenet"] and "lottery.units" in edges["lottery.pruning.structure"]
     assert layer("lottery.imp.levels") > layer("lottery.training.loop") > layer("lottery.results.store")

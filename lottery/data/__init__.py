@@ -1,7 +1,10 @@
 """Data sets as uint8 arrays that are put on the device whole; batches are gathered there.
 
 ``load(cfg)`` returns a ``Dataset`` whose images keep their stored integer values (``scale`` is the
-largest one); normalization and augmentation happen inside the compiled training program.
+largest one); normalization and augmentation happen inside the compiled training program. ``names()``
+are the data sets it knows (digits, MNIST, Fashion-MNIST, CIFAR-10 and its shared subset, CIFAR-100:
+one module per file format), ``fingerprint`` the hash of the examples read (part of an experiment's
+identity).
 """
 
 import dataclasses
@@ -12,6 +15,8 @@ from typing import Callable, Dict, Tuple
 import numpy as np
 
 from lottery.errors import LotteryError
+
+__all__ = ["Dataset", "fingerprint", "load", "names"]
 
 
 @dataclasses.dataclass

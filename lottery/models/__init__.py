@@ -1,4 +1,8 @@
-"""Model registry: ``build(cfg.model, input_shape, num_classes, key)`` returns a Flax NNX module.
+"""The networks tickets are drawn from: LeNet, Conv-2/4/6, CIFAR ResNets, VGG, ViT (one module each).
+
+``build(cfg.model, input_shape, num_classes, key)`` returns a Flax NNX module with its initial
+weights; ``check`` and ``check_input`` refuse a config or data set it cannot be built for in one
+line; ``units(cfg.model, shapes)`` are its units for structured pruning (``Units``, lottery/units.py).
 
 Every model names its last dense layer ``output`` (layerwise pruning gives it its own rate) and its
 conv / dense weights ``kernel`` (the prunable parameters).
@@ -8,6 +12,8 @@ from flax import nnx
 
 from lottery.errors import LotteryError
 from lottery.models import conv, lenet, resnet, vgg, vit
+
+__all__ = ["INITIALIZERS", "VIT_KEYS", "build", "check", "check_input", "names", "units"]
 
 _BUILDERS = {
     "lenet": lenet.build,

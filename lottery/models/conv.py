@@ -28,7 +28,7 @@ import jax
 from flax import nnx
 
 from lottery.models.layers import PAD_3X3
-from lottery.pruning.structure import Units
+from lottery.units import Units
 
 PLANS = {
     "conv2": [64, 64, "M"],

@@ -20,7 +20,7 @@ import math
 import jax
 from flax import nnx
 
-from lottery.pruning.structure import Units
+from lottery.units import Units
 
 
 class LeNet(nnx.Module):

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lottery.models.layers import PAD_3X3, BatchNorm, torch_bias_init
-from lottery.pruning.structure import Units
+from lottery.units import Units
 
 
 class Block(nnx.Module):

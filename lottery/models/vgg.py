@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lottery.models.layers import PAD_3X3, BatchNorm, torch_bias_init
-from lottery.pruning.structure import Units
+from lottery.units import Units
 
 PLANS = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],

@@ -52,6 +52,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lottery.units import Units
+
 LAYER_NORM_EPSILON = 1e-5  # torch's nn.LayerNorm default, as the paper's code
 
 
@@ -153,8 +155,6 @@ def head_width(cfg) -> int:
 def units(shapes, heads: int):
     """Each block's attention heads (query, key and value columns, the output projection's rows; see
     the module docstring) and its MLP's hidden units (pruning/structure.py)."""
-    from lottery.pruning.structure import Units
-
     blocks = sorted({int(name.split("/")[1]) for name in shapes if name.startswith("blocks/")})
     out = []
     for i in blocks:

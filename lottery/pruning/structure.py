@@ -5,8 +5,8 @@
             of the kernel) and its outgoing ones (its row of the next layer's) go together
   channels  whole output channels of conv layers (their filter, and the next layer's input
             channel: every row of it, after a flatten too) and the neurons of fc hidden layers: every
-            unit a layer computes. A network's units are its model's to declare (``Units``,
-            lottery/models: ``units``): where a channel feeds a residual sum it is not a unit
+            unit a layer computes. A network's units are its model's to declare (``Units`` of
+            lottery/units.py, each model's ``units``): where a channel feeds a residual sum it is not a unit
             (ResNet: the first conv of each block only, Li et al. 2017, Sec. 3.3)
   heads     whole attention heads: their query, key and value columns and their rows of the
             output projection (Michel et al. 2019; Chen et al. 2021's structured ViT tickets)
@@ -26,41 +26,17 @@ max(1, round(rate x N_{L-1})), never below the target's N, so 2:4 at the default
 recipe: prune once by magnitude, retrain). Within each block the highest-scored survivors stay.
 """
 
-import dataclasses
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from lottery.errors import LotteryError
 from lottery.pruning import masks
+from lottery.units import Units  # its home before lottery/units.py; still importable from here
 
 UNIT_KINDS = {"neurons": ("neurons",), "channels": ("neurons", "channels"), "heads": ("heads",)}
 _N_M = re.compile(r"^(\d+):(\d+)$")
-
-
-@dataclasses.dataclass(frozen=True)
-class Units:
-    """One layer's units as a model declares them: unit j is columns [j w, (j+1) w) of the last axis
-    of each producer kernel (w = ``width``: 1, or a head's size), and the entries that read it along
-    each consumer kernel's input axis (the second-to-last; after a channels-last flatten, every
-    position's copy). ``companions`` are the per-unit parameters and batch statistics that go with it
-    in a compact network (biases, batch-norm entries), by path."""
-
-    kind: str  # neurons | channels | heads
-    producers: Tuple[str, ...]
-    consumers: Tuple[str, ...]
-    count: int
-    width: int = 1
-    companions: Tuple[str, ...] = ()
-
-    def produced(self, kernel):
-        """A producer kernel as (everything else, unit, width)."""
-        return np.reshape(kernel, (-1, self.count, self.width))
-
-    def consumed(self, kernel):
-        """A consumer kernel as (positions, unit, width, outputs)."""
-        return np.reshape(kernel, (-1, self.count, self.width, np.shape(kernel)[-1]))
 
 
 def parse(text: str):

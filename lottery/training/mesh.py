@@ -85,15 +85,14 @@ class MeshTrainer:
         block, every = P("members"), P()
         key = jax.random.wrap_key_data  # a PRNG key travels as its raw uint32 data
         self._train = self._program(
-            lambda state, data, order, k, *rest: trainer._train_impl(state, data, order, key(k), *rest, data_axis=axis),
+            lambda state, data, order, k, *rest: trainer.train_steps(state, data, order, key(k), *rest, data_axis=axis),
             (block, every, block, block, every, every, block), (block, block))
         self._train_step = self._program(
-            lambda state, data, order, k, *rest: trainer._train_step_impl(state, data, order, key(k), *rest,
-                                                                          data_axis=axis),
+            lambda state, data, order, k, *rest: trainer.train_step(state, data, order, key(k), *rest, data_axis=axis),
             (block, every, block, block, every, block), (block, block))
-        self._evaluate = self._program(lambda *a: trainer._evaluate_impl(*a, data_axis=axis),
+        self._evaluate = self._program(lambda *a: trainer.evaluate_batches(*a, data_axis=axis),
                                        (block, block, every), (block, block))
-        self._evaluate_batch = self._program(lambda *a: trainer._evaluate_batch_impl(*a, data_axis=axis),
+        self._evaluate_batch = self._program(lambda *a: trainer.evaluate_batch(*a, data_axis=axis),
                                              (block, block, every), (block, block))
         self._replicated = {}
 
@@ -141,7 +140,7 @@ class MeshTrainer:
             for step, end, epoch, subset in trainer.epochs(start, stop):  # one compiled loop per epoch touched, as on one device
                 if check:
                     check()
-                orders = to_global(np.stack([np.asarray(trainer._order(data_key[i], epoch, subset)) for i in ids]),
+                orders = to_global(np.stack([np.asarray(trainer.data_order(data_key[i], epoch, subset)) for i in ids]),
                                    self.mesh, P("members"))
                 if trainer.host_loop:
                     for j in range(step, end):

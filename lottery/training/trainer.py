@@ -86,7 +86,18 @@ def mask_optimizer_state(tx, opt_state, mask):
 
 
 class Trainer:
-    """Compiled training and evaluation of one model on one data set."""
+    """Compiled training and evaluation of one model on one data set.
+
+    The program interface, one network's functions before compilation (this trainer jits them,
+    vmapped over a block of ``width`` members; mesh.MeshTrainer shards them over a mesh, splitting
+    each batch over ``data_axis``):
+
+      train_steps       steps [start, stop) of one epoch in one loop, the losses added to loss_sum
+      train_step        one step: its batch, the masked update, its loss added to loss_sum
+      evaluate_batches  mean loss and accuracy over a split's padded batches
+      evaluate_batch    summed loss and number correct on one batch
+      data_order        the training examples' order in an epoch (on the device, computed once)
+    """
 
     def __init__(self, model: nnx.Module, tx, schedule, data: Dataset, batch_size: int,
                  eval_batch_size: int, augment: bool, loop: str = "auto", masked: bool = True, mesh=None,
@@ -128,16 +139,16 @@ class Trainer:
 
     def _compile(self):
         """The jitted programs: each single-member, or its vmap over a block of ``width``."""
-        train, step = jax.jit(self._train_impl, donate_argnums=(0,)), jax.jit(self._train_step_impl, donate_argnums=(0,))
-        evaluate, evaluate_batch = jax.jit(self._evaluate_impl), jax.jit(self._evaluate_batch_impl)
+        train, step = jax.jit(self.train_steps, donate_argnums=(0,)), jax.jit(self.train_step, donate_argnums=(0,))
+        evaluate, evaluate_batch = jax.jit(self.evaluate_batches), jax.jit(self.evaluate_batch)
         if self.width > 1:
             block, shared = 0, None
-            train = jax.jit(jax.vmap(self._train_impl, in_axes=(block, shared, block, block, shared, shared, block)),
+            train = jax.jit(jax.vmap(self.train_steps, in_axes=(block, shared, block, block, shared, shared, block)),
                             donate_argnums=(0,))
-            step = jax.jit(jax.vmap(self._train_step_impl, in_axes=(block, shared, block, block, shared, block)),
+            step = jax.jit(jax.vmap(self.train_step, in_axes=(block, shared, block, block, shared, block)),
                            donate_argnums=(0,))
-            evaluate = jax.jit(jax.vmap(self._evaluate_impl, in_axes=(block, block, shared)))
-            evaluate_batch = jax.jit(jax.vmap(self._evaluate_batch_impl, in_axes=(block, block, shared)))
+            evaluate = jax.jit(jax.vmap(self.evaluate_batches, in_axes=(block, block, shared)))
+            evaluate_batch = jax.jit(jax.vmap(self.evaluate_batch, in_axes=(block, block, shared)))
         self._train, self._train_step, self._evaluate, self._evaluate_batch = train, step, evaluate, evaluate_batch
 
     def with_updates(self, updates) -> "Trainer":
@@ -272,14 +283,14 @@ class Trainer:
         return _member(stacked, ids[0]) if self.width == 1 else _gather(stacked, np.asarray(ids))
 
     def _take_orders(self, data_keys, epoch: int, subset: bool = False):
-        orders = [self._order(key, epoch, subset) for key in data_keys]
+        orders = [self.data_order(key, epoch, subset) for key in data_keys]
         return orders[0] if self.width == 1 else jnp.stack(orders)
 
     def _join(self, blocks, members: int):
         """Blocks back into one stack of ``members`` (padding dropped), on the device."""
         return _stack(blocks) if self.width == 1 else _concatenate(blocks, members)
 
-    def _order(self, data_key, epoch: int, subset: bool = False):
+    def data_order(self, data_key, epoch: int, subset: bool = False):
         """The indices of the training examples in ``epoch``'s order (``subset``: of a diet's
         subset's epoch), computed on the device once."""
         key = (epoch, subset, np.asarray(jax.random.key_data(data_key)).tobytes())
@@ -298,13 +309,12 @@ class Trainer:
         key = jax.random.fold_in(augment_key, step) if self.augment else None
         return _split(self.inputs(images[index], key), data_axis), _split(labels[index], data_axis)
 
-    def _train_impl(self, state, train_data, order, augment_key, start, stop, loss_sum, data_axis=None):
+    def train_steps(self, state, train_data, order, augment_key, start, stop, loss_sum, data_axis=None):
         """Steps [start, stop) of one epoch in one compiled loop, adding the losses to loss_sum."""
-        body = lambda step, carry: self._train_step_impl(carry[0], train_data, order, augment_key, step, carry[1],
-                                                         data_axis)
+        body = lambda step, carry: self.train_step(carry[0], train_data, order, augment_key, step, carry[1], data_axis)
         return jax.lax.fori_loop(start, stop, body, (state, loss_sum))
 
-    def _train_step_impl(self, state, train_data, order, augment_key, step, loss_sum, data_axis=None):
+    def train_step(self, state, train_data, order, augment_key, step, loss_sum, data_axis=None):
         """One step: its batch, the masked update, and its loss added to loss_sum."""
         state, loss = self._step(state, *self._batch(train_data, order, augment_key, step, data_axis), step)
         return state, loss_sum + loss
@@ -357,7 +367,7 @@ class Trainer:
         loss, accuracy = (np.concatenate(column)[:members] for column in zip(*results))
         return loss, accuracy
 
-    def _evaluate_batch_impl(self, params, batch_stats, batch, data_axis=None):
+    def evaluate_batch(self, params, batch_stats, batch, data_axis=None):
         """Summed loss and number correct on one batch (padding has weight 0)."""
         images, labels, weights = (_split(a, data_axis) for a in batch)
         logits, _ = self.apply(params, batch_stats, self.inputs(images), train=False)
@@ -365,8 +375,9 @@ class Trainer:
         correct = jnp.argmax(logits, -1) == labels
         return jnp.sum(losses * weights), jnp.sum(correct * weights)
 
-    def _evaluate_impl(self, params, batch_stats, batches, data_axis=None):
-        losses, corrects = jax.lax.map(lambda batch: self._evaluate_batch_impl(params, batch_stats, batch, data_axis),
+    def evaluate_batches(self, params, batch_stats, batches, data_axis=None):
+        """Mean loss and accuracy over a split's batches, in one loop (padding has weight 0)."""
+        losses, corrects = jax.lax.map(lambda batch: self.evaluate_batch(params, batch_stats, batch, data_axis),
                                        batches)
         total = jnp.sum(batches[2])
         return jnp.sum(losses) / total, jnp.sum(corrects) / total
