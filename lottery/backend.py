@@ -69,7 +69,7 @@ def fallback_warning() -> Optional[str]:
         error = str(getattr(xla_bridge, "_backend_errors", {}).get("cuda", "")).strip().splitlines()
         why = f"{plugin} is installed but its backend did not start" + (f" ({error[0]})" if error else
                                                                        " (JAX_PLATFORMS=cuda shows why)")
-    return f"warning: this machine seems to have an NVIDIA GPU, but JAX computes on the CPU: {why} (README: GPU)"
+    return f"warning: this machine seems to have an NVIDIA GPU, but JAX computes on the CPU: {why} (docs/gpu.md)"
 
 
 def announce(say: Callable[[str], None]) -> None:

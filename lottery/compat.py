@@ -12,7 +12,9 @@ The new homes are named here as strings and imported only when an old path is us
 lottery loads none of them (nor any library), and no layer imports from one above it
 (tests/test_package.py).
 A module split in two (distributed.py, record.py, layout.py) maps to the half git saw it renamed
-to, or the one that kept most of its names.
+to, or the one that kept most of its names. Names that were renamed, not moved, have no shim:
+imp.py's ``rewound`` is ``imp.method.theta_k_start`` (a transfer's ``Transfer.rewound``) and its
+``pruned_at_start`` is ``imp.at_start.AtStart.mask``, since the level protocol (imp/method.py).
 """
 
 import importlib
@@ -42,12 +44,13 @@ _MASKS = ("STRATEGIES", "check", "counts", "decimal", "density", "exponential_co
           "prunable", "prune_by_scores", "prune_to_counts", "random_mask", "unflatten")
 _TRAINER = ("LOOPS", "OPTIMIZERS", "Trainer", "epoch_order", "make_optimizer", "make_schedule", "mask_optimizer_state",
             "member", "members_of", "stack", "unstack", "use_host_loop")
-_LEVELS = ("collect", "dense_level", "lmc_start", "pruned_at_start", "record_sweep_job", "rewound", "run_locked",
-           "ticket_start", "warn_at_chance", "warn_collapse")
+_LEVELS = ("dense_level", "lmc_start", "run_locked", "ticket_start")
+_FINISH = ("collect", "record_sweep_job", "warn_at_chance", "warn_collapse")
 NAMES = {
     "lottery.pruning": {**dict.fromkeys(_MASKS, "lottery.pruning.masks"), "prune": "lottery.pruning.criteria"},
     "lottery.training": {**dict.fromkeys(_TRAINER, "lottery.training.trainer"), "apply_mask": "lottery.pruning.masks"},
-    "lottery.imp": {**dict.fromkeys(_LEVELS, "lottery.imp.levels"), "MAX_NAME": "lottery.imp.experiment",
+    "lottery.imp": {**dict.fromkeys(_LEVELS, "lottery.imp.levels"), **dict.fromkeys(_FINISH, "lottery.imp.finish"),
+                    "MAX_NAME": "lottery.imp.experiment",
                     "RETRAIN": "lottery.imp.experiment", "experiment_directory": "lottery.results.paths"},
 }
 

@@ -63,7 +63,7 @@ def test_a_network_in_a_stack_does_not_depend_on_its_stack_mates_or_position(sma
     # The width is part of the program each invocation records; one network at a time is not.
     (start, *_), = [[e for e in invocations.read(alone.directory) if e["event"] == "start"]]
     assert start["program"]["stack"] == 4 and start["settings"]["training.stack"] == "4"
-    # ... and it changes bits: a width is like a backend (README: Reproducibility).
+    # ... and it changes bits: a width is like a backend (docs/reproducibility.md).
     one = run(small_config, tmp_path, "one", "training.stack=1", "controls=[random_prune]")
     assert "stack" not in invocations.read(one.directory)[0]["program"]
     assert not same(arrays(one, 0), arrays(alone, 0))

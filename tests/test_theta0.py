@@ -44,4 +44,4 @@ def test_the_quickstarts_initial_weights_are_the_stored_bits(tmp_path):
         f"θ0 of the quickstart changed ({versions}): {', '.join(changed)} differ from the stored digests. The "
         "initializers now draw other bits, so results would not be bitwise those of earlier runs (and the README's "
         "tables would not be reproduced): bound the version that changed it in setup.cfg, or, if the change is "
-        "intended, update THETA_0 here and say so (README: Reproducibility)")
+        "intended, update THETA_0 here and say so (docs/reproducibility.md)")

@@ -31,7 +31,7 @@ The tickets come from ``--results <experiment dir>`` (an existing results tree: 
 level, trained weights; ``--data-root`` must hold its data set) or, by default, from a short IMP
 run trained here first: LeNet-300-100 on MNIST, ``--steps`` per level, 50% of the weights pruned
 per level for ``--levels`` levels (F&C's 10% for the output layer), into ``--output`` (default: a
-temporary directory, removed at the end). Conv models are out of scope (see README.md).
+temporary directory, removed at the end). Conv models are out of scope (see docs/benchmarks.md).
 
     python experiments/bench/sparse_inference.py [--levels 9] [--steps 2000it] [--batch 1024]
         [--repeats 9] [--blas-threads 1] [--data-root ../shared/data] [--output DIR] [--results DIR] [--smoke]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Structured tickets against unstructured ones, with their random controls, and what each buys at
-# inference (lottery/pruning/structure.py; README "Structured tickets"):
+# inference (lottery/pruning/structure.py; docs/methods.md, "Structured tickets"):
 #   LeNet-300-100 on MNIST (conv/exp/lenet.yaml, reset to θ0): single weights (20% of the hidden
 #   layers' weights, 10% of the output layer's per level), whole neurons (20% of each hidden layer's
 #   units per level), and 2:4 (3:4 at level 1, 2:4 at level 2);

@@ -205,7 +205,7 @@ def same_arrays(dense: Dense, replicate: int, relink: Tuple[str, dict], digests:
     if all(digests[w]["arrays"] == recorded[w]["arrays"] for w in recorded):
         return
     level_0 = dense.experiment.level_dir(replicate, 0)
-    if trained:  # another loop, stack width or mesh rounds otherwise (README: Reproducibility)
+    if trained:  # another loop, stack width or mesh rounds otherwise (docs/reproducibility.md)
         raise LotteryError(f"{level_0}/{what}: damaged, and the dense store trained it again with other bits (another "
                            f"program?): delete {os.path.dirname(level_0)} to train this replicate again")
     raise LotteryError(f"{level_0}/{what}: damaged, and the dense store's copy differs from what was linked "
@@ -221,7 +221,7 @@ def announce_other_programs(dense: Dense, invocation, say) -> None:
         described = "; ".join(", ".join(f"{key} {value}" for key, value in p.items()) for p in others)
         now = ", ".join(f"{key} {value}" for key, value in invocation.program.items())
         say(f"note: the dense runs in {dense.directory} were also trained by another program ({described}); "
-            f"this invocation trains with {now}: their bits are not comparable (README: Reproducibility)")
+            f"this invocation trains with {now}: their bits are not comparable (docs/reproducibility.md)")
 
 
 def lock_store(dense: Dense, say):

@@ -103,7 +103,7 @@ def run_locked(experiment: Experiment, console: Console) -> Results:
         others = "; ".join(", ".join(f"{k} {v}" for k, v in p.items()) for p in invocation.other_programs())
         now = ", ".join(f"{k} {v}" for k, v in invocation.program.items())
         console.print(f"note: results in {experiment.directory} were also trained by another program ({others}); "
-                      f"this invocation trains with {now}: their bits are not comparable (README: Reproducibility)")
+                      f"this invocation trains with {now}: their bits are not comparable (docs/reproducibility.md)")
     finish.record_sweep_job(experiment.directory)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     trained = 0  # networks trained by this invocation
