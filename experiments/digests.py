@@ -4,7 +4,9 @@ network's ticket/, trained/, rewind_point/, early_bird/, swamp/ and lmc/ trees, 
 arrays, not as files: orbax's metadata holds times) and of its metrics.json files without the
 wall times. Run it at two commits and diff the outputs; nothing may differ.
 
-    python experiments/digests.py OUT_DIR > after.txt      # in each checkout (PYTHONPATH=that checkout)
+    python experiments/digests.py OUT_DIR [NAME ...] > after.txt   # in each checkout (PYTHONPATH=that checkout)
+
+(LOTTERY_DATA_DIR must hold cifar10-subset/ for the ResNet; NAME: only these experiments.)
 
 Each experiment is a `python -m lottery.run` command with its overrides (a fresh process, as a user
 runs it), all in OUT_DIR/runs (shared dense runs and diet scores, as in one user's runs/).
@@ -37,8 +39,9 @@ EXPERIMENTS = {
     "diet-el2n": [*QUICK, "diet.score=el2n", "diet.networks=2", "rewind=20it", "diet.keep=0.5"],
     "snip-at-start": [*QUICK, "pruning.prune_at=start", "pruning.criterion=snip", "controls=[invert]"],
     "lr-rewind": [*QUICK, "retrain=lr_rewind", "rewind=20it"],
-    "transfer": [*QUICK, "transfer.source='training.steps=60it training.eval_every=20it checkpoint_every=20it levels=2 "
-                 "optimizer=adam optimizer.lr=0.001'", "controls=[random_prune,random_reinit]"],
+    "source": [*QUICK, "optimizer.lr=0.002"],  # the transfer's source, run first
+    "transfer": [*QUICK, "transfer.source='name=source training.steps=60it training.eval_every=20it checkpoint_every=20it "
+                 "levels=2 optimizer.lr=0.002'", "controls=[random_prune,random_reinit]"],
 }
 TIMES = ("wall_time_s", "seconds", "time", "wall_time", "started", "finished")
 
@@ -84,11 +87,12 @@ def digest(directory: str) -> dict:
     return out
 
 
-def main(out: str) -> None:
+def main(out: str, names=()) -> None:
     os.makedirs(out, exist_ok=True)
     env = {**os.environ, "WANDB_MODE": "disabled"}
     for name, overrides in EXPERIMENTS.items():
-        before = set(os.listdir(os.path.join(out, "runs"))) if os.path.isdir(os.path.join(out, "runs")) else set()
+        if names and name not in names:
+            continue
         command = [sys.executable, "-m", "lottery.run", f"name={name}", "progress=false", "compilation_cache=", *overrides]
         done = subprocess.run(command, cwd=out, env=env, capture_output=True, text=True)
         if done.returncode:
@@ -99,8 +103,7 @@ def main(out: str) -> None:
             print(f"{name}: {directory}", flush=True)
             for path, value in digest(os.path.join(out, "runs", directory)).items():
                 print(f"  {path} {value}", flush=True)
-        del before
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])

@@ -9,12 +9,37 @@ Values that need the data set to check (points in training, batch size) are chec
 import dataclasses
 import math
 import os
-from typing import List, Optional
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Tuple
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")  # conf/ of the checkout
+
+
+# --- what each group declares beside its schema ----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Rules:
+    """What a config group declares beside its keys (a ``RULES`` class variable of its dataclass):
+    how it joins an experiment's identity, which results/identity.py applies without knowing the
+    group, and when it is in use, which ``check_unused`` applies: a key of a group that is not in
+    use (a method not chosen) is refused the same way for every group."""
+
+    hashed: bool = True  # False: none of its keys change what is computed (recorded per invocation)
+    not_hashed: Tuple[str, ...] = ()  # keys that change nothing computed (recorded per invocation)
+    # Keys added after experiments existed, at the value that computes what those experiments
+    # computed: left out of the identity at that value, so that adding them changed no hash.
+    hashed_unless: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # A method's group: in use (and in the identity: absent otherwise, so that adding the method
+    # changed no earlier hash) only when this holds of its values.
+    in_use: Optional[Callable[[Mapping], bool]] = None
+    unused: str = ""  # what is true when it is not in use, and how to use it: for the refusal
+    switches: Tuple[str, ...] = ()  # its keys that choose whether it is in use (never "left over")
+    by_content: Tuple[str, ...] = ()  # keys naming a file: hashed by its content, not its path
+    by_experiment: Tuple[str, ...] = ()  # keys naming an experiment's directory: hashed by its hash
+    unused_keys: Optional[Callable[[Mapping], Tuple[str, ...]]] = None  # keys its own settings make moot
 
 
 @dataclasses.dataclass
@@ -32,6 +57,10 @@ class ModelConfig:
     head_dim: Optional[int] = None  # width of one head; null: dim / heads
     mlp_dim: Optional[int] = None  # hidden units of each block's MLP
 
+    # the ViT's sizes: unset (null) for every other model; head_dim also for a ViT whose heads are dim / heads wide
+    RULES: ClassVar[Rules] = Rules(hashed_unless={"patch": None, "dim": None, "heads": None, "head_dim": None,
+                                                  "mlp_dim": None})
+
 
 @dataclasses.dataclass
 class DatasetConfig:
@@ -47,6 +76,9 @@ class DatasetConfig:
     # superclasses). Every other data set has one kind, fine. Hashed unless fine (and the labels
     # read are in the data fingerprint either way).
     labels: str = "fine"
+
+    # root is replaced by the fingerprint of the data read from it
+    RULES: ClassVar[Rules] = Rules(not_hashed=("root", "download"), hashed_unless={"subset": None, "labels": "fine"})
 
 
 @dataclasses.dataclass
@@ -88,6 +120,9 @@ class PruningConfig:
     # consecutive weights along a kernel's input axis). Hashed unless weights.
     structure: str = "weights"
 
+    RULES: ClassVar[Rules] = Rules(hashed_unless={"criterion": "magnitude", "prune_at": "trained", "rounds": 1,
+                                                  "examples": 100, "structure": "weights"})
+
 
 @dataclasses.dataclass
 class TrainingConfig:
@@ -111,6 +146,11 @@ class TrainingConfig:
     # state and loss in float32 (mixed precision, Micikevicius et al. 2018). Hashed when not float32.
     precision: str = "float32"
 
+    # loop is recorded with the backend in each invocation (a conv model's host and device loops round
+    # differently, like two backends) and a change is announced; so is stack (a network's bits depend
+    # on the stack's width, as on a backend, never on its stack-mates)
+    RULES: ClassVar[Rules] = Rules(not_hashed=("loop", "stack"), hashed_unless={"precision": "float32"})
+
 
 @dataclasses.dataclass
 class SparsityConfig:
@@ -126,6 +166,11 @@ class SparsityConfig:
     end: float = 0.75  # fraction of training after which the mask stays (RigL: 0.75; GMP: t0 + nΔt)
     levels: List[int] = dataclasses.field(default_factory=list)  # train only these levels ([]: all); not hashed
 
+    RULES: ClassVar[Rules] = Rules(
+        not_hashed=("levels",), in_use=lambda group: group["method"] != "imp", switches=("method",),
+        unused="sparsity.method is imp (IMP: each level pruned from the last, no sparse training): choose a "
+               "sparse-training method (sparsity=static, gmp, set or rigl)")
+
 
 @dataclasses.dataclass
 class SwampConfig:
@@ -134,6 +179,10 @@ class SwampConfig:
 
     particles: int = 1  # copies of each level's ticket trained from its start, averaged before pruning
     average_from: float = 1.0  # each particle averages its epoch-end weights from this fraction of training (SWA)
+
+    RULES: ClassVar[Rules] = Rules(in_use=lambda group: group["particles"] != 1, switches=("particles",),
+                                   unused="swamp.particles is 1 (plain IMP, no weight averaging): set "
+                                          "swamp.particles >= 2")
 
 
 @dataclasses.dataclass
@@ -145,6 +194,9 @@ class EarlyBirdConfig:
     epsilon: float = 0.1  # the mask distance (fraction of prunable weights that differ) below which masks settle
     window: int = 5  # consecutive distances below epsilon (You et al.'s FIFO queue of 5)
     every: str = "1ep"  # steps between checks (You et al.: every epoch)
+
+    RULES: ClassVar[Rules] = Rules(in_use=lambda group: group["enabled"], switches=("enabled",),
+                                   unused="early_bird.enabled is false: set early_bird.enabled=true")
 
 
 @dataclasses.dataclass
@@ -172,6 +224,14 @@ class DietConfig:
     balance: bool = False  # keep each class's share of the set, from each class's own ranking
     pretrain: Optional[str] = None  # steps [0, pretrain) of level 0 on the subset (null: the rewind step k)
 
+    RULES: ClassVar[Rules] = Rules(
+        hashed_unless={"balance": False}, in_use=lambda group: group["score"] is not None or group["scores"] is not None,
+        switches=("score", "scores"), by_content=("scores",),
+        unused="no diet is: set diet.score (el2n, grand, random) or diet.scores (a file)",
+        # a scores file or random scores: no scoring networks
+        unused_keys=lambda group: ("score_at", "networks") if group["scores"] is not None or group["score"] == "random"
+        else ())
+
 
 @dataclasses.dataclass
 class LMCConfig:
@@ -184,6 +244,10 @@ class LMCConfig:
     # line from level L-1's trained weights pruned to level L's mask to level L's trained weights.
     between_levels: bool = False
 
+    # levels only add networks; points is recorded in each LMC result, which is re-measured from its
+    # saved copies when asked for another count
+    RULES: ClassVar[Rules] = Rules(hashed=False)
+
 
 @dataclasses.dataclass
 class MeshConfig:
@@ -193,6 +257,9 @@ class MeshConfig:
 
     members: int = 0  # devices that train different networks, with no communication
     data: int = 0  # devices that split one network's batch, gradients averaged by XLA
+
+    # member-parallel is bitwise one device, data-parallel sums gradients in another order: recorded
+    RULES: ClassVar[Rules] = Rules(hashed=False)
 
 
 @dataclasses.dataclass
@@ -205,6 +272,8 @@ class DistributedConfig:
     num_processes: Optional[int] = None
     process_id: Optional[int] = None
 
+    RULES: ClassVar[Rules] = Rules(hashed=False)
+
 
 @dataclasses.dataclass
 class TransferConfig:
@@ -214,6 +283,10 @@ class TransferConfig:
 
     source: Optional[str] = None  # the source experiment's directory, or the overrides that run it
     weights: str = "ticket"  # ticket: the source ticket's start weights (θk ⊙ mask) | init: the source's θ0 ⊙ mask
+
+    RULES: ClassVar[Rules] = Rules(in_use=lambda group: group["source"] is not None, switches=("source",),
+                                   by_experiment=("source",),
+                                   unused="transfer.source is not set: set it to the experiment whose tickets to train")
 
 
 @dataclasses.dataclass
@@ -225,6 +298,8 @@ class WandbConfig:
     entity: Optional[str] = None
     tags: List[str] = dataclasses.field(default_factory=list)
     log_ticket: bool = False  # upload the last level's ticket (mask + starting weights) as an artifact
+
+    RULES: ClassVar[Rules] = Rules(hashed=False)
 
 
 @dataclasses.dataclass
@@ -239,6 +314,9 @@ class ObjectiveConfig:
     level: Optional[int] = None  # this level; None (and no `remaining`): the last level
     remaining: Optional[float] = None  # % of weights remaining: the level closest to it (auc: up to it)
     kind: str = "ticket"  # ticket, or a control in `controls` (CONTROLS)
+
+    # read from the finished results, after training, and changes none of them
+    RULES: ClassVar[Rules] = Rules(hashed=False)
 
 
 @dataclasses.dataclass
@@ -277,6 +355,53 @@ class Config:
     progress: bool = True  # progress bar
     # JAX's persistent compilation cache: a repeated run skips XLA compilation ("" turns it off).
     compilation_cache: str = "${oc.env:LOTTERY_JAX_CACHE,'~/.cache/lottery/jax'}"
+
+
+# Keys of the top level that change nothing computed: `levels`, `replicates` and `controls` only add
+# networks (a network's bits do not depend on what it is trained beside); `checkpoint_every` does
+# not change bits (resume is bitwise); `deterministic` is GPU only and recorded; the rest are
+# names, places and display. Each group's own are in its RULES.
+NOT_HASHED = ("name", "levels", "replicates", "controls", "output_dir", "progress", "compilation_cache",
+              "checkpoint_every", "deterministic")
+
+
+def group_rules() -> Dict[str, Rules]:
+    """Every config group's declared rules (a group without RULES: hashed whole, always in use)."""
+    return {field.name: getattr(field.type, "RULES", Rules()) for field in dataclasses.fields(Config)
+            if dataclasses.is_dataclass(field.type)}
+
+
+def not_hashed() -> Tuple[str, ...]:
+    """Every key left out of the identity, dotted: the top level's and each group's."""
+    out = list(NOT_HASHED)
+    for group, rules in group_rules().items():
+        out += [group] if not rules.hashed else [f"{group}.{key}" for key in rules.not_hashed]
+    return tuple(out)
+
+
+def check_unused(cfg) -> None:
+    """A key of a group not in use (a method not chosen) set away from its default does nothing:
+    refused, the same way for every group that declares when it is in use."""
+    from lottery.errors import LotteryError
+
+    schema = Config()
+    for group, rules in group_rules().items():
+        if rules.in_use is None:
+            continue
+        values, defaults = cfg[group], dataclasses.asdict(getattr(schema, group))
+        used = rules.in_use(values)
+        moot = () if not used else (rules.unused_keys(values) if rules.unused_keys else ())
+        for key, default in defaults.items():
+            if key in rules.switches or (used and key not in moot):
+                continue
+            value = values[key]
+            value = list(value) if isinstance(default, list) else value
+            if value != default:
+                if used:
+                    raise LotteryError(f"{group}.{key}={value} does nothing with these {group} settings; leave it "
+                                       f"at {default}")
+                raise LotteryError(f"{group}.{key}={value} is set, but {rules.unused}, or leave {group}'s other keys "
+                                   "alone")
 
 
 def levels_to_reach(remaining: float, rate: float) -> int:

@@ -63,7 +63,6 @@ import numpy as np
 import optax
 
 from lottery import backend, hosts
-from lottery.config import DietConfig
 from lottery.errors import LotteryError
 from lottery.imp.method import Method, method
 from lottery.results import paths
@@ -92,13 +91,7 @@ def enabled(cfg) -> bool:
 def check(cfg) -> None:
     """The diet's settings that need no data."""
     d = cfg.diet
-    if not enabled(cfg):
-        defaults = DietConfig()
-        changed = [key for key in ("score_at", "networks", "keep", "subset", "offset", "pretrain", "balance")
-                   if d[key] != getattr(defaults, key)]
-        if changed:
-            raise LotteryError(f"diet.{changed[0]}={d[changed[0]]} is set, but no diet is: set diet.score (el2n, grand, "
-                               "random) or diet.scores (a file), or leave the diet's other keys alone")
+    if not enabled(cfg):  # its keys left over: refused by config.check_unused
         return
     if d.score is not None and d.scores is not None:
         raise LotteryError(f"diet.score={d.score} and diet.scores={d.scores}: set one (scores computed here, or "

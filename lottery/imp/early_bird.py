@@ -46,9 +46,12 @@ def check(cfg) -> None:
     e = cfg.early_bird
     if not e.enabled:
         return
-    if not 0 < e.epsilon <= 1 or e.window < 1:
-        raise LotteryError(f"early_bird.epsilon={e.epsilon} must be in (0, 1] and early_bird.window={e.window} 1 or "
-                           "more (You et al.: 0.1 and 5)")
+    if not 0 < e.epsilon <= 1:
+        raise LotteryError(f"early_bird.epsilon={e.epsilon} must be in (0, 1]: the fraction of prunable weights on "
+                           "which two masks may differ and still count as settled (You et al.: 0.1)")
+    if e.window < 1:
+        raise LotteryError(f"early_bird.window={e.window} must be 1 or more: the consecutive mask distances below "
+                           "early_bird.epsilon that settle the masks (You et al.: 5)")
     if cfg.pruning.prune_at != "trained" or cfg.sparsity.method != "imp" or cfg.transfer.source is not None \
             or cfg.pruning.structure != "weights" or cfg.pruning.criterion != "magnitude" or cfg.swamp.particles != 1:
         raise LotteryError("early_bird.enabled=true: an early-bird draw is IMP's magnitude pruning of single weights "
@@ -79,6 +82,10 @@ def every(experiment) -> int:
                        "early_bird.every").iteration
     if value <= 0:
         raise LotteryError(f"early_bird.every={experiment.cfg.early_bird.every} must be longer than 0 iterations")
+    if value >= experiment.end:  # the end itself is the last check: with no check before it, nothing is drawn early
+        raise LotteryError(f"early_bird.every={experiment.cfg.early_bird.every} ({value} iterations) leaves no check "
+                           f"before the end of training (training.steps={experiment.cfg.training.steps}, "
+                           f"{experiment.end} iterations); use a shorter interval")
     return value
 
 

@@ -17,6 +17,7 @@ from flax import nnx
 from lottery import data as datasets
 from lottery import hosts, models, tracking
 from lottery.analysis import objective
+from lottery.config import check_unused
 from lottery.errors import LotteryError
 from lottery.imp import at_start, iterative, sparse_training  # noqa: F401 (each registers its method)
 from lottery.imp import diet as diets
@@ -163,6 +164,7 @@ class Experiment:
 def check(cfg) -> None:
     """Every check of the config that needs no data: cheap enough to run on each job of a sweep
     before the first one starts."""
+    check_unused(cfg)  # a key of a group not in use (a method not chosen): refused alike for every group
     masks.check(cfg.pruning)
     models.check(cfg.model)
     training.make_optimizer(cfg.optimizer)

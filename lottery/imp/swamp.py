@@ -39,9 +39,6 @@ def check(cfg) -> None:
     if not 0 < s.average_from <= 1:
         raise LotteryError(f"swamp.average_from={s.average_from} must be in (0, 1]: the fraction of training after "
                            "which each particle averages its epoch-end weights (1: final weights only)")
-    if s.particles == 1 and s.average_from != 1:
-        raise LotteryError(f"swamp.average_from={s.average_from}: averaging needs swamp.particles >= 2 (with one "
-                           "particle the level is plain IMP)")
     if s.particles > 1 and (cfg.sparsity.method != "imp" or cfg.pruning.prune_at != "trained"):
         raise LotteryError(f"swamp.particles={s.particles}: weight averaging is IMP's (the average is what the next "
                            "level prunes); this experiment's levels are trained independently")

@@ -86,10 +86,7 @@ def check(cfg) -> None:
     s = cfg.sparsity
     if s.method not in METHODS:
         raise LotteryError(f"sparsity.method={s.method!r} is not a method; choose one of: {', '.join(METHODS)}")
-    if s.method == "imp":
-        if s.levels:
-            raise LotteryError(f"sparsity.levels={list(s.levels)}: IMP trains every level, each pruned from the last; "
-                               "sparsity.levels chooses the levels of a sparse-training method")
+    if s.method == "imp":  # its keys left over (sparsity.levels, distribution, ...): refused by config.check_unused
         return
     if s.distribution not in DISTRIBUTIONS:
         raise LotteryError(f"sparsity.distribution={s.distribution!r} is not a distribution; choose one of: "
@@ -104,7 +101,9 @@ def check(cfg) -> None:
     where = f"sparsity.method={s.method} trains each level from θ0 at IMP's density"
     for key, value, default in (("retrain", cfg.retrain, "rewind"), ("pruning.prune_at", cfg.pruning.prune_at, "trained"),
                                 ("pruning.criterion", cfg.pruning.criterion, "magnitude"),
-                                ("transfer.source", cfg.transfer.source, None)):
+                                ("transfer.source", cfg.transfer.source, None),
+                                # θ0's optimizer state is a fresh one: rewinding it would change nothing
+                                ("rewind_optimizer", cfg.rewind_optimizer, False)):
         if value != default:
             raise LotteryError(f"{key}={value}: {where}; leave {key} at {default}")
     if "invert" in cfg.controls:
@@ -118,7 +117,7 @@ def check(cfg) -> None:
             raise LotteryError(f"sparsity.distribution={s.distribution}: GMP with pruning.strategy=global ranks every "
                                "layer together; use sparsity.distribution=imp or pruning.strategy=layerwise")
         if s.method != "gmp" and s.distribution == "imp":
-            raise LotteryError(f"sparsity.distribution=imp: global IMP has no per-layer counts before it runs; use "
+            raise LotteryError("sparsity.distribution=imp: global IMP has no per-layer counts before it runs; use "
                                "sparsity.distribution=erk or uniform, or pruning.strategy=layerwise")
     if any(level < 1 for level in s.levels):
         raise LotteryError(f"sparsity.levels={list(s.levels)} must be pruned levels (1 or more)")

@@ -15,7 +15,7 @@ from typing import List
 
 from omegaconf import DictConfig, OmegaConf
 
-from lottery.config import Config
+from lottery.config import NOT_HASHED, Config, group_rules, not_hashed
 from lottery.errors import LotteryError
 from lottery.results.store import write_whole
 
@@ -23,21 +23,8 @@ CONFIG = "config.yaml"
 
 
 # Keys that do not change what is computed, so they stay out of the experiment's identity and its
-# hash. Each is safe for a finished result: `levels`, `replicates`, `controls` and `lmc.levels` only
-# add networks (a network's bits do not depend on what it is trained beside); `lmc.points` is
-# recorded in each LMC result, which is re-measured from its saved copies when asked for another
-# count; `checkpoint_every` does not change bits (resume is bitwise); `dataset.root` is replaced by
-# the fingerprint of the data read from it; `training.loop` is recorded with the backend in each
-# invocation (a conv model's host and device loops round differently, like two backends) and a
-# change is announced; so are `training.stack` (a network's bits depend on the stack's width, as
-# on a backend, never on its stack-mates), `deterministic` (GPU only), `mesh` and `distributed` (member-parallel is bitwise one device,
-# data-parallel sums gradients in another order); `objective` is read from the finished results,
-# after training, and changes none of them (a search asks the same experiment for several); the
-# rest are names, places and display.
-_NOT_HASHED = ("name", "levels", "replicates", "controls", "lmc", "objective", "output_dir", "progress", "wandb",
-               "compilation_cache", "checkpoint_every",
-               "dataset.root", "dataset.download", "training.loop", "training.stack", "mesh", "distributed",
-               "deterministic", "sparsity.levels")
+# hash: declared by each config group (config.py: ``NOT_HASHED`` and each group's ``RULES``, with why).
+_NOT_HASHED = not_hashed()
 
 
 # What determines the dense level 0 (lottery/imp/dense.py): how the network is built, the data, the
@@ -58,56 +45,28 @@ def unhashed_settings(cfg: DictConfig) -> dict:
     return out
 
 
-# Keys added after experiments existed, at the value that computes what those experiments computed:
-# left out of the identity at that value, so that adding them changed no experiment's hash.
-_HASHED_UNLESS = {"pruning.criterion": "magnitude", "pruning.prune_at": "trained", "pruning.rounds": 1,
-                  "pruning.examples": 100, "pruning.structure": "weights", "training.precision": "float32", "dataset.subset": None,
-                  # the ViT's sizes: unset (null) for every other model; head_dim also for a ViT whose
-                  # heads are dim / heads wide
-                  "model.patch": None, "model.dim": None, "model.heads": None, "model.head_dim": None,
-                  "model.mlp_dim": None, "dataset.labels": "fine", "diet.balance": False}
-
-
 def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
-    """What determines an experiment's results: the resolved config without the keys in
-    ``_NOT_HASHED`` (and those of ``_HASHED_UNLESS`` at their value), and the fingerprint of the
+    """What determines an experiment's results: the resolved config as each group's declared rules
+    hash it (config.py ``Rules``: keys left out, keys left out at their old value, a method's group
+    only while it is in use, files and experiments by their content), and the fingerprint of the
     data's content (``lottery.data.fingerprint``)."""
     content = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in _NOT_HASHED + tuple(_HASHED_UNLESS):
-        *parents, leaf = dotted.split(".")
-        node = content
-        for parent in parents:
-            node = node[parent]
-        if dotted in _HASHED_UNLESS and node.get(leaf) != _HASHED_UNLESS[dotted]:
+    for key in NOT_HASHED:
+        content.pop(key, None)
+    for name, rules in group_rules().items():
+        group = content.pop(name, None)
+        if group is None or not rules.hashed:
             continue
-        node.pop(leaf, None)
+        group = {k: v for k, v in group.items() if k not in rules.not_hashed
+                 and not (k in rules.hashed_unless and v == rules.hashed_unless[k])}
+        if rules.in_use is not None and not rules.in_use(group):
+            continue  # absent unless in use: every hash from before the method unchanged
+        moot = rules.unused_keys(group) if rules.unused_keys else ()
+        content[name] = {k: (file_digest(os.path.abspath(os.path.expanduser(v)), f"{name}.{k}") if k in rules.by_content
+                             and v is not None else source_hash(v) if k in rules.by_experiment and v is not None else v)
+                         for k, v in group.items() if k not in moot}
     content["dataset"]["fingerprint"] = data_fingerprint
-    early_bird = content.pop("early_bird", None)  # absent unless enabled: every earlier hash unchanged
-    if early_bird is not None and early_bird.get("enabled"):
-        content["early_bird"] = early_bird
-    swamp = content.pop("swamp", None)  # absent without weight averaging: every earlier hash unchanged
-    if swamp is not None and swamp.get("particles") != 1:
-        content["swamp"] = swamp
-    sparsity = content.pop("sparsity", None)  # absent for IMP: every earlier hash unchanged
-    if sparsity is not None and sparsity.get("method") != "imp":
-        content["sparsity"] = sparsity
-    diet = content.pop("diet", None)  # absent without a data diet: every earlier hash unchanged
-    if diet is not None and (diet.get("score") is not None or diet.get("scores") is not None):
-        content["diet"] = diet_identity(diet)
-    transfer = content.pop("transfer", None)  # absent unless set: every earlier hash unchanged
-    if transfer is not None and transfer.get("source") is not None:
-        content["transfer"] = {**transfer, "source": source_hash(transfer["source"])}  # by its hash, not its path
     return content
-
-
-def diet_identity(diet: dict) -> dict:
-    """A data diet as it is hashed: a scores file by its content (not its path), and without the
-    scoring settings it does not use (lottery/imp/diet.py)."""
-    if diet.get("scores") is not None:
-        diet = {**diet, "scores": file_digest(os.path.abspath(os.path.expanduser(diet["scores"])), "diet.scores")}
-    if diet.get("scores") is not None or diet.get("score") == "random":
-        diet = {key: value for key, value in diet.items() if key not in ("score_at", "networks")}
-    return diet
 
 
 def file_digest(path: str, key: str) -> str:
