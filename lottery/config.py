@@ -122,7 +122,7 @@ class SparsityConfig:
     update_every: str = "100it"  # ΔT between mask updates (SET, RigL), Δt between pruning steps (GMP)
     drop_fraction: float = 0.3  # α (RigL) / ζ (SET): the fraction of each layer's weights updated at first
     decay: str = "cosine"  # of the drop fraction: cosine (to 0 at `end`) | constant
-    begin: float = 0.0  # fraction of training before the first update (GMP: t0)
+    begin: float = 0.0  # fraction of training before the first update (GMP: t0; SET/RigL: the first update iteration)
     end: float = 0.75  # fraction of training after which the mask stays (RigL: 0.75; GMP: t0 + nΔt)
     levels: List[int] = dataclasses.field(default_factory=list)  # train only these levels ([]: all); not hashed
 
