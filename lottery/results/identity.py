@@ -91,6 +91,8 @@ def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
     sparsity = content.pop("sparsity", None)  # absent for IMP: every earlier hash unchanged
     if sparsity is not None and sparsity.get("method") != "imp":
         content["sparsity"] = sparsity
+        if sparsity.get("method") in ("set", "rigl"):  # drop_grow (pruning/sparse.py): an update iteration skips
+            content["sparsity"]["update_step"] = "skip"  # the optimizer step (Evci et al. 2020, Alg. 1), new bits
     diet = content.pop("diet", None)  # absent without a data diet: every earlier hash unchanged
     if diet is not None and (diet.get("score") is not None or diet.get("scores") is not None):
         content["diet"] = diet_identity(diet)
