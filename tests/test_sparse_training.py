@@ -130,9 +130,9 @@ def test_rigl_inside_the_step_regrows_at_zero_keeps_counts_and_compiles_once(rig
     experiment, make, targets = rigl
     trainer, keys = experiment.method.updating, experiment.keys(0)
     data_key, augment_key = keys["data"][None], keys["augment"][None]
-    state = training.stack([make()])
+    state, _ = trainer.train(training.stack([make()]), data_key, augment_key, 0, 7)  # an update at step 0
     before = jax.device_get(state)
-    state, _ = trainer.train(state, data_key, augment_key, 0, 7)  # step 0 is an update iteration
+    state, _ = trainer.train(state, data_key, augment_key, 7, 8)  # step 7 is the next update iteration
     after = jax.device_get(state)
     changed = 0
     for name, target in zip(experiment.prunable, targets):
