@@ -40,6 +40,9 @@ class Rules:
     by_content: Tuple[str, ...] = ()  # keys naming a file: hashed by its content, not its path
     by_experiment: Tuple[str, ...] = ()  # keys naming an experiment's directory: hashed by its hash
     unused_keys: Optional[Callable[[Mapping], Tuple[str, ...]]] = None  # keys its own settings make moot
+    # What the group adds to its identity beside its keys: a rule of the code that changed bits, so
+    # that no directory mixes results of the old and the new rule.
+    rule_keys: Optional[Callable[[Mapping], Dict[str, Any]]] = None
 
 
 @dataclasses.dataclass
@@ -162,12 +165,15 @@ class SparsityConfig:
     update_every: str = "100it"  # ΔT between mask updates (SET, RigL), Δt between pruning steps (GMP)
     drop_fraction: float = 0.3  # α (RigL) / ζ (SET): the fraction of each layer's weights updated at first
     decay: str = "cosine"  # of the drop fraction: cosine (to 0 at `end`) | constant
-    begin: float = 0.0  # fraction of training before the first update (GMP: t0)
+    begin: float = 0.0  # fraction of training before the first update (GMP: t0; SET/RigL: the first update iteration)
     end: float = 0.75  # fraction of training after which the mask stays (RigL: 0.75; GMP: t0 + nΔt)
     levels: List[int] = dataclasses.field(default_factory=list)  # train only these levels ([]: all); not hashed
 
     RULES: ClassVar[Rules] = Rules(
         not_hashed=("levels",), in_use=lambda group: group["method"] != "imp", switches=("method",),
+        # SET and RigL (drop_grow, pruning/sparse.py): an update iteration skips the optimizer step
+        # (Evci et al. 2020, Alg. 1), bits other than before that rule
+        rule_keys=lambda group: {"update_step": "skip"} if group["method"] in ("set", "rigl") else {},
         unused="sparsity.method is imp (IMP: each level pruned from the last, no sparse training): choose a "
                "sparse-training method (sparsity=static, gmp, set or rigl)")
 

@@ -13,6 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 from rich.console import Console
 
+from conftest import compose_config
 from lottery import analysis, imp
 from lottery.results import identity, invocations
 from lottery.imp import dense as dense_store
@@ -141,3 +142,23 @@ def test_an_experiment_an_older_version_hashed_with_a_removed_key_is_named_not_s
     shutil.copytree(experiment.level_dir(0, 0), os.path.join(older, "replicate_0", "level_0"))
     df = analysis.load_runs(os.path.dirname(experiment.directory))
     assert len(df) == 2 and "parallel" not in df.columns and isinstance(df, pd.DataFrame)
+
+
+def test_set_and_rigl_have_a_new_identity_for_skipping_the_optimizer_step_and_the_rest_keep_theirs():
+    """SET's and RigL's update iteration skips the optimizer step (Evci et al. 2020, Alg. 1; issue 35),
+    which changes their bits: their hash is no longer the earlier rule's (the identity without
+    ``sparsity.update_step``). Static, GMP and IMP hash as they did."""
+    def old_rule(content):  # the identity as the earlier rule hashed it
+        content = json.loads(json.dumps(content))
+        content.get("sparsity", {}).pop("update_step", None)
+        return content
+
+    for method in ("set", "rigl", "static", "gmp", "imp"):
+        cfg = compose_config([f"sparsity={method}"])
+        content = identity.identity(cfg, "sha256:0")
+        if method in ("set", "rigl"):
+            assert content["sparsity"]["update_step"] == "skip"
+            assert identity.experiment_hash(cfg, "sha256:0") != identity.digest(old_rule(content))
+        else:
+            assert "update_step" not in content.get("sparsity", {})
+            assert identity.experiment_hash(cfg, "sha256:0") == identity.digest(old_rule(content))

@@ -10,6 +10,7 @@ from fractions import Fraction
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from conftest import compose_config
@@ -45,7 +46,8 @@ def test_gmp_follows_the_cubic_schedule_and_ends_at_imps_counts():
 def test_rigl_drop_fraction_decays_by_cosine_and_stops_at_three_quarters():
     cfg = compose_config(["sparsity=rigl", "sparsity.drop_fraction=0.3"])
     schedule = sparse.Schedule.of(cfg, end=1000, every=100)
-    assert schedule.events.tolist() == [100, 200, 300, 400, 500, 600, 700]  # t_end = 750
+    # update iterations t = 0, ΔT, ... <= t_end = 750 (rigl's is_mask_update_iter: from begin_step 0)
+    assert schedule.events.tolist() == [0, 100, 200, 300, 400, 500, 600, 700]
     for t, fraction in zip(schedule.events, schedule.fractions):
         assert fraction == pytest.approx(0.15 * (1 + math.cos(math.pi * t / 750)), abs=1e-15)
     table = schedule.counts([300, 80], [300, 80])
@@ -128,9 +130,9 @@ def test_rigl_inside_the_step_regrows_at_zero_keeps_counts_and_compiles_once(rig
     experiment, make, targets = rigl
     trainer, keys = experiment.method.updating, experiment.keys(0)
     data_key, augment_key = keys["data"][None], keys["augment"][None]
-    state = training.stack([make()])
+    state, _ = trainer.train(training.stack([make()]), data_key, augment_key, 0, 7)  # an update at step 0
     before = jax.device_get(state)
-    state, _ = trainer.train(state, data_key, augment_key, 0, 7)  # the 7th step is followed by an update
+    state, _ = trainer.train(state, data_key, augment_key, 7, 8)  # step 7 is the next update iteration
     after = jax.device_get(state)
     changed = 0
     for name, target in zip(experiment.prunable, targets):
@@ -152,6 +154,96 @@ def test_rigl_inside_the_step_regrows_at_zero_keeps_counts_and_compiles_once(rig
     for a, b in zip(jax.tree.leaves(jax.device_get(whole)), jax.tree.leaves(jax.device_get(split))):
         np.testing.assert_array_equal(a, b)
     assert trainer._train._cache_size() == 1
+
+
+def _start(cfg):
+    """A sparse-training experiment and a network's start at level 3's counts (one member stacked)."""
+    experiment = prepare(cfg)
+    theta_0 = experiment.initial_weights(experiment.keys(0)["init"])
+    full = masks.full_mask(theta_0["params"])
+    targets = sparse.level_targets(cfg, full, experiment.prunable, 3)
+    mask = sparse.start_mask(cfg, full, experiment.prunable, targets, np.random.default_rng(1))
+    state = experiment.method.updating.init_state(theta_0["params"], theta_0["batch_stats"], mask,
+                                                  sparse=experiment.method.updates.state(targets, targets,
+                                                                                         jax.random.key(5)))
+    return experiment, training.stack([state]), targets
+
+
+def _reference_update(experiment, trainer, state, t, data_key, augment_key, alpha, t_end):
+    """Evci et al. 2020's Algorithm 1 at update iteration ``t`` (rigl's SparseRigLOptimizerBase.
+    apply_gradients), in NumPy on member 0's state before it: no optimizer step; of each layer's
+    active weights the k = floor(α_t x active) smallest |θ_t| go, then of the inactive the k with the
+    largest |∇L(θ_t)| of batch t (RigL) or the largest uniform score (SET) come; dropped and new
+    weights are 0, their optimizer moments 0; every other weight and moment, and Adam's count, as
+    before. Only the gradient (jax, the trainer's model and batch) and SET's scores (its documented
+    key) are taken from the library."""
+    before = jax.device_get(training.member(state, 0))
+    (_, _, epoch, subset), = trainer.epochs(t, t + 1)
+    order = trainer.data_order(data_key, epoch, subset)
+    x, y = trainer._batch(trainer.train_data, order, augment_key, jnp.int32(t))
+
+    def loss(params):
+        logits, _ = trainer.apply(params, before["batch_stats"], x, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    grads = masks.flatten(jax.device_get(jax.jit(jax.grad(loss))(before["params"])))
+    method = experiment.cfg.sparsity.method
+    alpha_t = alpha / 2 * (1 + math.cos(math.pi * t / t_end))
+    key = jax.random.fold_in(jax.random.wrap_key_data(before["sparse"]["key"]), t)
+    weights, mask = masks.flatten(before["params"]), masks.flatten(before["mask"])
+    new_weights, new_mask = dict(weights), dict(mask)
+    for g, name in enumerate(experiment.prunable):
+        w, m = np.asarray(weights[name]).ravel(), np.asarray(mask[name]).ravel()
+        k = math.floor(alpha_t * int(m.sum()))
+        scores = np.abs(grads[name].ravel()) if method == "rigl" else \
+            np.asarray(jax.random.uniform(jax.random.fold_in(key, g), w.shape))
+        new = _numpy_drop_and_grow(w, m, scores, k)
+        new_weights[name] = np.where(new & m, w, 0.0).astype(w.dtype).reshape(weights[name].shape)
+        new_mask[name] = new.reshape(mask[name].shape)
+    expected = {**before, "params": masks.unflatten(before["params"], new_weights),
+                "mask": masks.unflatten(before["mask"], new_mask)}
+    adam = before["opt_state"][0]
+    moments = {}
+    for moment in ("mu", "nu"):
+        flat = dict(masks.flatten(adam._asdict()[moment]))
+        for name in experiment.prunable:
+            flat[name] = np.where(new_mask[name], flat[name], 0.0).astype(flat[name].dtype)
+        moments[moment] = masks.unflatten(adam._asdict()[moment], flat)
+    expected["opt_state"] = (adam._replace(**moments), *before["opt_state"][1:])
+    return expected
+
+
+@pytest.mark.parametrize("method", ["rigl", "set"])
+def test_an_update_iteration_replaces_the_optimizer_step_as_evcis_algorithm_1(method, tmp_path):
+    """On an update iteration (rigl's is_mask_update_iter: from step 0, every ΔT) the trainer's
+    step equals the NumPy reference bit for bit: weights ranked as they were before the step, no
+    optimizer step, and the mask changes; a step between updates is an optimizer step."""
+    cfg = compose_config([*SMALL, f"sparsity={method}", "sparsity.update_every=7it", "sparsity.end=1.0",
+                          f"output_dir={tmp_path}"])
+    experiment, state, targets = _start(cfg)
+    trainer, keys = experiment.method.updating, experiment.keys(0)
+    data_key, augment_key = keys["data"][None], keys["augment"][None]
+    assert experiment.method.updates.schedule.events.tolist()[:3] == [0, 7, 14]  # rigl's first update: step 0
+    reference = lambda state, t: _reference_update(experiment, trainer, state, t, keys["data"], keys["augment"],
+                                                   cfg.sparsity.drop_fraction, experiment.end)
+    for t in (0, 7):
+        if t:  # steps 1..t-1 lie between updates: optimizer steps, the mask as it was
+            stepped, _ = trainer.train(state, data_key, augment_key, 1, t)
+            moved, still = (masks.flatten(jax.device_get(s)["params"]) for s in (stepped, state))
+            assert all(np.any(moved[n] != still[n]) for n in experiment.prunable)
+            for a, b in zip(*(jax.tree.leaves(jax.device_get(s)["mask"]) for s in (stepped, state))):
+                np.testing.assert_array_equal(a, b)
+            state = stepped
+        expected = reference(state, t)
+        before = masks.flatten(jax.device_get(training.member(state, 0))["mask"])
+        state, _ = trainer.train(state, data_key, augment_key, t, t + 1)
+        after = jax.device_get(training.member(state, 0))
+        for name, target in zip(experiment.prunable, targets):
+            assert masks.flatten(after["mask"])[name].sum() == target
+        assert any(np.any(masks.flatten(after["mask"])[n] != before[n]) for n in experiment.prunable)
+        assert jax.tree.structure(expected) == jax.tree.structure(after)
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(after), jax.tree.leaves(expected)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +283,8 @@ def test_each_level_trains_from_scratch_to_imps_counts_and_reports_its_cost(pipe
     rigl_ticket, rigl_metrics = _ticket(rigl_dir, 2)
     assert rigl_metrics["remaining"] == sum(masks.level_counts(full, imp.cfg.pruning, imp.prunable, 2))  # ERK: IMP's total
     record = rigl_metrics["sparse_training"]
-    assert record["updates"] == 3 and record["start_remaining"] == record["final_remaining"] == rigl_metrics["remaining"]
+    assert record["updates"] == 4 and record["update_steps"] == [0, 20, 40, 60]  # update iterations from step 0
+    assert record["start_remaining"] == record["final_remaining"] == rigl_metrics["remaining"]
     trained = _read(rigl_dir, 2, "trained", ("params",))["params"]
     reinit = _read(rigl_dir, 2, os.path.join("random_reinit", "ticket"), ("mask",))["mask"]
     for name, m in rigl_ticket["mask"].items():
@@ -211,7 +304,7 @@ def test_each_level_trains_from_scratch_to_imps_counts_and_reports_its_cost(pipe
 
 
 def test_a_rigl_level_stopped_between_updates_resumes_bitwise(pipeline, tmp_path, monkeypatch, capfd):
-    """Stopped (as by SIGTERM) at step 30 of level 2, between the updates after steps 20 and 40,
+    """Stopped (as by SIGTERM) at step 30 of level 2, between the update iterations 20 and 40,
     with a checkpoint; the same command resumes it and ends bitwise where the uninterrupted run did."""
     from lottery.errors import Preempted
     from lottery.training import loop

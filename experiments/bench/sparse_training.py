@@ -28,7 +28,7 @@ from lottery.training import trainer as training
 
 
 def updates_for(name, events, trainer, density):
-    """A method's compiled updates with update events at ``events`` (steps done)."""
+    """A method's compiled updates at ``events`` (GMP: steps done before a pruning; SET/RigL: update iterations)."""
     cfg = compose_config([f"sparsity={name}", "sparsity.distribution=erk", "pruning.strategy=layerwise"])
     method = sparse.METHODS[name]
     schedule = sparse.Schedule(method, np.asarray(events, np.int64), np.full(len(events), 0.3))

@@ -23,6 +23,29 @@ active count) with α_t = α/2 (1 + cos(π t / t_end)) (``decay=cosine``; ``cons
 update keeps its value (their code); a new connection starts at 0 with zero optimizer moments
 (Evci et al. 2020, Sec. 3); a dropped weight is 0 and its moments are zeroed.
 
+An update iteration is a mask update *instead of* an optimizer step (Evci et al. 2020, Algorithm 1:
+"if t mod ΔT = 0 and t < T_end: update the mask, else θ ← θ - α∇L"): the iteration t with t steps
+before it, for t = t_begin, t_begin + ΔT, ... <= t_end, ranks the weights as they are before it
+(|θ_t|, drop) and the dense gradient of its own batch at θ_t (RigL, growth), then changes the mask;
+the weights and the optimizer state stay those before it (Adam's count included), but for the
+zeroed moments of dropped and new connections. The batch norm statistics of its forward pass are
+kept (their code runs the batch norm updates before either branch). As rigl's
+``SparseRigLOptimizerBase.apply_gradients`` (rigl/sparse_optimizers_base.py: ``tf.cond(
+is_mask_update_iter, mask_update_op, apply_gradient_op)``, whose ``is_mask_update_iter`` is
+``begin_step <= t <= end_step`` and ``last_update_step + frequency <= t`` from ``last_update_step =
+-frequency``, so the first update is at t = begin_step, step 0 by default) and jaxpruner's
+``wrap_optax`` (jaxpruner/base_updater.py: ``skip_gradients``, True for its SET and RigL,
+algorithms/sparse_trainers.py). Two differences, both documented: rigl's TF SET
+(``SparseSETOptimizerBase.apply_gradients``) still takes the optimizer step and updates the mask
+after it; SET here skips it as RigL does (jaxpruner's SET), so the two differ only in growth. And
+rigl's TF skip does not advance ``global_step`` (the optimizer's ``apply_gradients`` increments it),
+so their update iterations take extra batches; here, as in jaxpruner, an update iteration is one of
+training's steps (its batch, its step number), so every method trains the same steps on the same
+batches. Results under the earlier rule (optimizer step, then a mask update ranking the stepped
+weights after steps ΔT, 2ΔT, ...) are another experiment: SET and RigL are hashed with
+``sparsity.update_step`` (lottery/results/identity.py). GMP is Zhu & Gupta's pruning after a step,
+as before.
+
 Counts are exact, as everywhere here: each update drops and grows exactly k per layer (ties by
 position: the earlier weight is dropped first, as in masks.py, and the earlier inactive weight is
 grown first); every count is computed on the host in exact arithmetic (``Schedule``) and handed to
@@ -214,10 +237,11 @@ def start_mask(cfg, mask, names: List[str], targets: List[int], rng: np.random.G
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-    """When the mask changes: after ``events`` steps of training (ascending), the same at every level."""
+    """When the mask changes, the same at every level: GMP, after the step that makes ``events`` steps
+    done; SET and RigL, at the iterations ``events`` (steps done before them), instead of their step."""
 
     method: Method
-    events: np.ndarray  # int64: an update follows the step that makes this many steps done
+    events: np.ndarray  # int64, ascending: GMP, steps done before a pruning; SET/RigL, update iterations
     fractions: np.ndarray  # SET/RigL: the drop fraction α_t at each event; GMP: j/n
 
     @classmethod
@@ -235,8 +259,9 @@ class Schedule:
             return cls(found, events, np.arange(1, n + 1) / n)
         if found.updates == "none":
             return cls(found, np.zeros(0, np.int64), np.zeros(0))
-        events = np.arange(every, min(last, end - 1) + 1, every, dtype=np.int64)
-        events = events[events > begin]
+        # rigl's is_mask_update_iter: begin_step <= t <= end_step, every ΔT from begin_step (step 0
+        # by default), t < end: an iteration of training
+        events = np.arange(begin, min(last, end - 1) + 1, every, dtype=np.int64)
         if not len(events):
             raise LotteryError(f"sparsity.update_every={s.update_every}: no mask update fits between sparsity.begin "
                                f"({begin} steps) and sparsity.end ({last} steps); use a shorter interval")
@@ -319,14 +344,34 @@ class Updates:
         return {"counts": jnp.asarray(self.schedule.counts(start, targets)),
                 "key": jax.random.key_data(key)}
 
-    def apply(self, params, mask, opt_state, grads, done, sparse, mask_opt_state):
-        """After ``done`` steps: the update of that event if there is one, else everything as it is."""
+    def step(self, optimizer_step, params, mask, opt_state, grads, step, sparse, mask_opt_state):
+        """Training step ``step`` with the method's updates. ``optimizer_step()`` is the masked
+        optimizer step from ``params`` and ``opt_state`` (the new params and state); ``grads`` the
+        step's dense gradient at ``params``. Returns the params, mask and optimizer state after it."""
+        if self.schedule.method.updates == "drop_grow":
+            # Evci et al. 2020, Algorithm 1 (rigl's apply_gradients): the mask update replaces the
+            # optimizer step, on the weights and gradient before it
+            return self.apply(params, mask, opt_state, grads, step, sparse, mask_opt_state, otherwise=optimizer_step)
+        params, opt_state = optimizer_step()  # GMP (Zhu & Gupta 2017) prunes after the step
+        return self.apply(params, mask, opt_state, grads, step + 1, sparse, mask_opt_state)
+
+    def apply(self, params, mask, opt_state, grads, at, sparse, mask_opt_state, otherwise=None):
+        """At ``at`` (GMP: steps done; SET/RigL: the iteration): the update of that event if there is
+        one, else ``otherwise()``'s params and optimizer state (None: everything as it is)."""
+        unchanged = (lambda: (*otherwise(), mask)) if otherwise is not None else lambda: (params, opt_state, mask)
         if not len(self.events):
+            params, opt_state, mask = unchanged()
             return params, mask, opt_state
         events = jnp.asarray(self.events)
-        row = jnp.minimum(jnp.searchsorted(events, done), len(self.events) - 1)
-        update = lambda: self._update(params, mask, opt_state, grads, done, sparse, row, mask_opt_state)
-        return jax.lax.cond(events[row] == done, update, lambda: (params, mask, opt_state))
+        row = jnp.minimum(jnp.searchsorted(events, at), len(self.events) - 1)
+
+        def update():
+            new_params, new_mask, new_opt_state = self._update(params, mask, opt_state, grads, at, sparse, row,
+                                                               mask_opt_state)
+            return new_params, new_opt_state, new_mask
+
+        params, opt_state, mask = jax.lax.cond(events[row] == at, update, unchanged)
+        return params, mask, opt_state
 
     def _update(self, params, mask, opt_state, grads, done, sparse, row, mask_opt_state):
         flat_w, flat_m, flat_g = masks.flatten(params), masks.flatten(mask), masks.flatten(grads)

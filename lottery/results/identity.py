@@ -65,6 +65,7 @@ def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
         content[name] = {k: (file_digest(os.path.abspath(os.path.expanduser(v)), f"{name}.{k}") if k in rules.by_content
                              and v is not None else source_hash(v) if k in rules.by_experiment and v is not None else v)
                          for k, v in group.items() if k not in moot}
+        content[name].update(rules.rule_keys(group) if rules.rule_keys else {})
     content["dataset"]["fingerprint"] = data_fingerprint
     return content
 

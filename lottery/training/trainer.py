@@ -13,6 +13,10 @@ the mask. Masking is part of the step, so nothing outside it has to re-apply a m
 - the updated weights are selected with ``where(mask, w, 0.0)``, so a pruned weight is exactly
   0.0 after every step, whatever the optimizer computed.
 
+A sparse-training method's mask updates are part of the step too (``Updates.step``): GMP prunes
+after the optimizer step; SET and RigL update the mask instead of it on an update iteration (Evci
+et al. 2020, Algorithm 1).
+
 The learning rate is applied here from an optax schedule indexed by the *global* training step,
 not by the optimizer's own step count: a level that restarts at the rewind step k with a fresh
 optimizer state still continues the schedule from k (Frankle et al. 2020).
@@ -327,17 +331,24 @@ class Trainer:
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), batch_stats
 
         (loss, batch_stats), dense_grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        grads = apply_mask(dense_grads, mask) if self.masked else dense_grads
-        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-        lr = self.schedule(step)
-        if self.masked:
-            params = jax.tree.map(lambda p, u, m: jnp.where(m, p - lr * u, jnp.zeros_like(p)),
-                                  state["params"], updates, mask)
-        else:
-            params = jax.tree.map(lambda p, u: p - lr * u, state["params"], updates)
-        if self.updates is not None:  # after the step that makes step + 1 done, the mask may change
-            params, mask, opt_state = self.updates.apply(params, mask, opt_state, dense_grads, step + 1, state["sparse"],
-                                                         lambda o, m: mask_optimizer_state(self.tx, o, m))
+
+        def optimizer_step():
+            grads = apply_mask(dense_grads, mask) if self.masked else dense_grads
+            updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+            lr = self.schedule(step)
+            if self.masked:
+                params = jax.tree.map(lambda p, u, m: jnp.where(m, p - lr * u, jnp.zeros_like(p)),
+                                      state["params"], updates, mask)
+            else:
+                params = jax.tree.map(lambda p, u: p - lr * u, state["params"], updates)
+            return params, opt_state
+
+        if self.updates is None:
+            params, opt_state = optimizer_step()
+        else:  # a sparse-training method's step: the optimizer's, and its mask update (pruning/sparse.py)
+            params, mask, opt_state = self.updates.step(optimizer_step, state["params"], mask, state["opt_state"],
+                                                        dense_grads, step, state["sparse"],
+                                                        lambda o, m: mask_optimizer_state(self.tx, o, m))
         return {**state, "params": params, "batch_stats": batch_stats, "opt_state": opt_state, "mask": mask}, loss
 
     # --- evaluation -------------------------------------------------------------------------
