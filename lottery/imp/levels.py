@@ -72,7 +72,8 @@ def run(cfg, console: Console = None) -> Results:
     backend.deterministic(cfg.deterministic)  # before JAX's first computation, as:
     hosts.initialize(cfg.distributed)
     if cfg.compilation_cache:
-        jax.config.update("jax_compilation_cache_dir", backend.compilation_cache(cfg.compilation_cache))
+        jax.config.update("jax_compilation_cache_dir", backend.compilation_cache(cfg.compilation_cache,
+                                                                                 backend.cache_key(cfg)))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     backend.announce(console.print)  # what the run computes on; a warning when a GPU machine computes on its CPU
     experiment = prepare(cfg)
