@@ -155,9 +155,10 @@ def deterministic(wanted: bool, environ=os.environ) -> bool:
     return True
 
 
-def compilation_cache(setting: str) -> str:
+def compilation_cache(setting: str, key: str = "compilation_cache") -> str:
     """The directory of JAX's persistent compilation cache, made if missing: one that cannot be
-    written is refused here, where JAX would warn at every compilation and carry on without it."""
+    written is refused here, where JAX would warn at every compilation and carry on without it,
+    naming ``key``, where the setting came from (``cache_key``)."""
     from lottery.errors import LotteryError
 
     directory = os.path.abspath(os.path.expanduser(setting))
@@ -167,6 +168,16 @@ def compilation_cache(setting: str) -> str:
             raise PermissionError(errno.EACCES, "not writable")
     except OSError as error:
         reason = "a file, not a directory" if os.path.isfile(directory) else error.strerror or str(error)
-        raise LotteryError(f"compilation_cache={setting}: {reason}; choose a writable directory, or "
+        raise LotteryError(f"{key}={setting}: {reason}; choose a writable directory, or "
                            "compilation_cache='' to compile without the cache") from None
     return directory
+
+
+def cache_key(cfg) -> str:
+    """Where config ``compilation_cache`` came from: the environment variable LOTTERY_JAX_CACHE (its
+    default, conf's interpolation, left as it is), or the key itself (set in a config or override)."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_interpolation(cfg, "compilation_cache") and os.environ.get("LOTTERY_JAX_CACHE") is not None:
+        return "LOTTERY_JAX_CACHE"
+    return "compilation_cache"

@@ -52,7 +52,8 @@ kernel columns, bias and batch-norm entries and the next layer's input rows, so 
 narrower and the logits are the masked network's. The masks in the file are then all True but for
 weights pruned inside kept units. An N:M ticket needs no compact form: ``--layout torch`` writes
 each Linear weight as (out, in) with N of every M along ``in``, the dense layout that PyTorch's
-``torch.sparse.to_sparse_semi_structured`` compresses (2:4, on an Ampere or newer GPU).
+``torch.sparse.to_sparse_semi_structured`` compresses (2:4, on an Ampere or newer GPU). A ticket with no unit pruned whole (weights, N:M)
+has no smaller network: ``--compact`` refuses it in one line rather than write the full one.
 
 The file is written to ``FILE.partial`` and renamed into place, and an existing FILE is kept
 unless ``--force``. Bad input is one line ``error: ...`` and exit code 2, with nothing written.
@@ -253,9 +254,10 @@ def destination(path: str, force: bool) -> None:
         raise LotteryError(f"{path}: the directory {parent} does not exist; make it first or choose another file")
 
 
-def compacted(network: dict) -> dict:
+def compacted(network: dict, level_dir: str) -> dict:
     """``network`` (``load``) as its compact network (``--compact``; pruning/structure.py: pruned units
-    removed, every kept weight and logit the same), with the kept units of each layer."""
+    removed, every kept weight and logit the same), with the kept units of each layer. A ticket with
+    no unit pruned whole (weights, N:M) has no smaller network: refused, rather than written full."""
     from omegaconf import OmegaConf
 
     from lottery import models
@@ -267,6 +269,10 @@ def compacted(network: dict) -> dict:
     units = models.units(OmegaConf.create(network["config"]["model"]), {n: a.shape for n, a in mask.items()})
     trees = {f"{g}/{c}": slash(network[g][c]) for g in ("start", "trained") for c in ("params", "batch_stats")}
     mask, trees, kept = structure.compact(mask, trees, units)
+    if all(len(kept[layer.producers[0]]) == layer.count for layer in units):
+        raise LotteryError(f"{level_dir}: --compact: no unit (neuron, channel, head) of this ticket is pruned whole "
+                           "(its weights are pruned one by one, or N of every M): its compact network is the full "
+                           "one; export it without --compact")
     out = {**network, "mask": dot(mask), "compact": {name.replace("/", "."): k for name, k in kept.items()}}
     for group in ("start", "trained"):
         out[group] = {c: dot(trees[f"{group}/{c}"]) for c in ("params", "batch_stats")}
@@ -284,7 +290,7 @@ def export(level_dir: str, path: str, weights: str = "both", layout: str = "flax
     destination(path, force)
     network = load(level_dir)
     if compact:
-        network = compacted(network)
+        network = compacted(network, level_dir)
     out = {name: np.ascontiguousarray(a) for name, a in tensors(network, weights, layout).items()}  # safetensors
     # writes an array's memory as it is: one in another order (a compact network's slices) would be scrambled
     notes = flatten_notes(network["start"]["params"]) if layout == "torch" else []

@@ -231,7 +231,7 @@ def cli() -> None:
                    "raise hydra.sweeper.n_trials to run more", 2)
     jobs, failed = sweeps.summary()  # from every job's status file, whichever process ran it
     if failed:
-        finish(f"error: {len(failed)} of {jobs} sweep jobs did not finish (the others did): " + "; ".join(failed), 2)
+        finish(sweeps.failed_line(jobs, failed), 2)
     if sweeps.SweepJobs.directory and not jobs and not sweeps.SweepJobs.searched:
         finish("error: the sweep has no job: its overrides expand to no value (an empty choice or glob)", 2)
 

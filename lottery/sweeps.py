@@ -61,3 +61,13 @@ def summary() -> Tuple[int, List[str]]:
         else:
             failed.append(f"{entry.get('job')}: {entry.get('error') or entry.get('status')}")
     return jobs, failed
+
+
+def failed_line(jobs: int, failed: List[str]) -> str:
+    """The sweep's last line where ``failed`` (``summary``) is not empty: how many of the ``jobs`` did
+    not finish, and whether any did."""
+    named = "; ".join(failed)
+    if len(failed) >= jobs:
+        return (f"error: the sweep's one job did not finish: {named}" if jobs == 1 else
+                f"error: none of the {jobs} sweep jobs finished: {named}")
+    return f"error: {len(failed)} of {jobs} sweep jobs did not finish (the others did): {named}"

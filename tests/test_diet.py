@@ -229,8 +229,8 @@ def bad_file(tmp_path, kind):
 
 @pytest.mark.parametrize("kind, message", [
     ("missing", "No such file"), ("short", "holds 10 scores; the training split has 1257"),
-    ("pickled", "cannot be read as a NumPy .npy array"), ("2-d", "of shape (1257, 2), not one real score"),
-    ("nan", "1257 scores that are not finite"), ("text", "cannot be read as a NumPy .npy array"),
+    ("pickled", "holds Python objects (a pickled object array)"), ("2-d", "of shape (1257, 2), not one real score"),
+    ("nan", "1257 scores that are not finite"), ("text", "not a NumPy .npy file"),
     ("other data", "scores of other data")])
 def test_a_bad_scores_file_is_one_line(tmp_path, kind, message):
     path = tmp_path / "none.npy" if kind == "missing" else bad_file(tmp_path, kind)
@@ -238,6 +238,7 @@ def test_a_bad_scores_file_is_one_line(tmp_path, kind, message):
         experiment = prepare(compose_config(TINY + [f"diet.scores={path}", f"output_dir={tmp_path}"]))
         diet.scores(experiment)
     assert message in str(error.value) and "\n" not in str(error.value)
+    assert "allow_pickle" not in str(error.value) and "trust" not in str(error.value)  # not NumPy's advice
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -258,3 +259,65 @@ def test_settings_that_mean_nothing_are_one_line(overrides, message):
     with pytest.raises(LotteryError) as error:
         prepare(compose_config(TINY + overrides))
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_replaced_scores_file_in_the_store_is_named_never_used_and_a_finished_experiment_says_so(dieted, tmp_path):
+    experiment, _, store, _ = dieted
+    made = json.load(open(store.metrics))
+    assert made["scores_digest"] == json.load(open(os.path.join(experiment.directory, diet.RECORD)))["scores_digest"]
+    saved = np.load(store.scores)
+    np.save(store.scores, saved[::-1].copy())  # replaced (or damaged) after it was computed
+    try:
+        # a new experiment of the same scores refuses them, in one line naming the file, and leaves no
+        # empty experiment directory behind
+        root = os.path.dirname(os.path.dirname(store.directory))
+        common = ["model.hidden=[32,16]", "training.steps=3ep", "training.eval_every=1ep", "levels=1",
+                  "progress=false", "rewind=20it", "diet.score=el2n", "diet.networks=2", "diet.score_at=20it",
+                  f"output_dir={root}"]
+        new = compose_config(common + ["diet.keep=0.25"])
+        with pytest.raises(LotteryError) as error:
+            levels.run(new)
+        assert f"{store.scores}: replaced or damaged since it was computed" in str(error.value)
+        assert "\n" not in str(error.value)
+        assert not os.path.exists(prepare(new).directory)
+        # the experiment built on the scores the store held then says so when asked again
+        said = []
+        diet.record(experiment, Dense(experiment).directory, say=said.append)
+        assert len(said) == 1 and said[0].startswith(f"note: {os.path.join(experiment.directory, diet.RECORD)}: ")
+        assert f"{store.scores} now holds others" in said[0]
+    finally:
+        np.save(store.scores, saved)
+    said = []
+    diet.record(experiment, Dense(experiment).directory, say=said.append)
+    assert said == []
+
+
+def test_an_interrupted_scoring_keeps_the_networks_it_trained_and_resumes_bitwise(tmp_path, monkeypatch):
+    common = TINY + ["diet.score=el2n", "diet.networks=3", "diet.score_at=20it"]
+    whole = diet.scores(prepare(compose_config(common + [f"output_dir={tmp_path / 'whole'}"])), say=lambda line: None)
+    experiment = prepare(compose_config(common + [f"output_dir={tmp_path / 'stopped'}"]))
+    store = diet.Store(experiment)
+    scored, calls = diet.example_scores, []
+
+    def ctrl_c_at_the_second(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return scored(*args)
+
+    monkeypatch.setattr(diet, "example_scores", ctrl_c_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        diet.scores(experiment, say=lambda line: None)
+    assert not store.complete() and os.path.isfile(os.path.join(store.networks, "0.npy"))
+    assert all(os.path.isdir(os.path.join(store.networks, str(i))) for i in range(3))  # every network trained: kept
+    monkeypatch.setattr(diet, "example_scores", scored)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the scoring networks were trained again")
+
+    monkeypatch.setattr(loop, "train", no_training)
+    said = []
+    resumed = diet.scores(experiment, say=said.append)
+    assert "resuming with 3 networks already trained" in said[0]
+    assert np.array_equal(resumed, whole) and resumed.tobytes() == whole.tobytes()
+    assert store.complete() and not os.path.exists(store.networks)  # what scoring kept on the way is gone

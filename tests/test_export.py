@@ -310,3 +310,13 @@ def test_an_existing_file_is_kept_unless_forced(run, tmp_path, capsys):
     assert "exists; it is kept" in capsys.readouterr().err and path.read_text() == "someone's file"
     assert export.main([run.level_dir(0, 1), str(path), "--force"]) == 0
     assert export.read(str(path))["metadata"]["kind"] == "ticket" and os.listdir(tmp_path) == ["t.safetensors"]
+
+
+def test_compact_of_a_ticket_with_no_unit_pruned_whole_is_one_line_and_nothing_written(run, tmp_path, capsys):
+    level = run.level_dir(0, 1)  # weights pruned one by one: no neuron goes whole, no smaller network
+    out = tmp_path / "t.safetensors"
+    assert export.main([level, str(out), "--compact"]) == 2
+    stdout, stderr = capsys.readouterr()
+    assert not stdout and stderr.count("\n") == 1, stderr
+    assert stderr.startswith(f"error: {level}: --compact: no unit (neuron, channel, head) of this ticket is pruned whole")
+    assert not glob.glob(str(tmp_path / "t.safetensors*"))

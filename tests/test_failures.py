@@ -347,6 +347,17 @@ def test_a_compilation_cache_that_cannot_be_made_is_one_line_before_anything_run
     assert not os.path.exists(tmp_path / "runs")
 
 
+def test_a_compilation_cache_from_the_environment_is_named_by_its_variable(small_config, tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("LOTTERY_JAX_CACHE", str(tmp_path / "a_file"))
+    with pytest.raises(LotteryError) as error:
+        imp.run(small_config("levels=0"), console=QUIET)
+    assert str(error.value).startswith(f"LOTTERY_JAX_CACHE={tmp_path / 'a_file'}: a file, not a directory; ")
+    with pytest.raises(LotteryError) as error:  # set as a key, the key is named, whatever the environment says
+        imp.run(small_config("levels=0", f"compilation_cache={tmp_path / 'a_file'}"), console=QUIET)
+    assert str(error.value).startswith(f"compilation_cache={tmp_path / 'a_file'}: a file, not a directory; ")
+
+
 def test_a_network_at_chance_is_reported(small_config, capfd):
     imp.run(small_config("levels=0", "optimizer.lr=1e6"), console=QUIET)
     err = capfd.readouterr().err
@@ -367,11 +378,22 @@ def test_a_sweeps_summary_names_the_jobs_that_failed_or_never_finished(tmp_path,
                                     f"job 10 (a=3): ended without a word (killed? out of memory? its log: {tmp_path / '10'})"])
 
 
+def test_a_sweeps_last_line_counts_the_jobs_that_finished_rightly():
+    from lottery import sweeps
+
+    failed = ["job 0 (a=1): preempted", "job 1 (a=2): mnist: missing train-images"]
+    assert sweeps.failed_line(2, failed) == ("error: none of the 2 sweep jobs finished: job 0 (a=1): preempted; "
+                                             "job 1 (a=2): mnist: missing train-images")
+    assert sweeps.failed_line(1, failed[:1]) == "error: the sweep's one job did not finish: job 0 (a=1): preempted"
+    assert sweeps.failed_line(3, failed) == ("error: 2 of 3 sweep jobs did not finish (the others did): job 0 (a=1): "
+                                             "preempted; job 1 (a=2): mnist: missing train-images")
+
+
 def test_a_sweep_with_hydra_flags_is_checked_job_by_job_and_bad_flags_are_one_line(tmp_path):
     # --config-name (a flag and its value) is not an override: the pre-check is skipped, the job checks itself.
     result = run_cli("-m", "--config-name", "config", "pruning.rate=1.5", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
-    assert lines(result.stderr)[-1].startswith("error: 1 of 1 sweep jobs did not finish (the others did): job 0 "
+    assert lines(result.stderr)[-1].startswith("error: the sweep's one job did not finish: job 0 "
                                                "(pruning.rate=1.5): pruning.rate=1.5 must be")
     result = run_cli("-m", "--cfg", "job", cwd=tmp_path)  # Hydra refuses the pair: one line, not its traceback
     assert result.returncode == 2 and lines(result.stderr) == [

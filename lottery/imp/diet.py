@@ -35,8 +35,13 @@ the same model, data, optimizer, training, seed and scoring (not keep, subset or
   <output_dir>/diets/<model>-<dataset>-<score>-<hash>/
     diet.yaml      what they are: the dense keys with the data's fingerprint, score, score_at, networks
     scores.npy     one float32 per training example, in the stored order (NumPy's format, no pickle)
-    metrics.json   how they were made: score, step, networks, each network's mean score, the steps
+    metrics.json   how they were made: score, step, networks, each network's mean score, the steps,
+                   and scores.npy's digest (``scores_digest``): a replaced or damaged scores.npy is
+                   named, never used
     lock
+    networks/      while scoring: each scoring network's trained weights (<i>/) and scores (<i>.npy)
+                   as it finishes, so that an interrupted scoring resumes with them (bitwise);
+                   removed once scores.npy is written
 
 ``diet.scores=<file.npy>`` uses any such file instead (another model's scores: Paul et al. 2021
 find scores transfer across architectures), hashed by its content; where a ``metrics.json`` lies
@@ -46,7 +51,8 @@ beside it, its data must be this experiment's. The experiment records what its d
 once per dense run and kept in its directory (``subset``): a resumed dense run, or one asked for
 another rewind step, pre-trains on what it began with, even where the scores were computed again
 since by another program (whose last bits may differ: the scores' ``metrics.json`` names the
-program). One subset serves every replicate (random scores too: a control of the subset's size,
+program; asked again, an experiment whose ``diet.json`` records other scores than the store now
+holds says so). One subset serves every replicate (random scores too: a control of the subset's size,
 not of its draw).
 """
 
@@ -54,6 +60,7 @@ import dataclasses
 import functools
 import math
 import os
+import shutil
 import time
 from typing import Optional
 
@@ -68,7 +75,7 @@ from lottery.imp.method import Method, method
 from lottery.results import paths
 from lottery.results.identity import dense_identity, digest, file_digest, write_once
 from lottery.results.invocations import program
-from lottery.results.store import open_locked, read_json, write_json, write_whole
+from lottery.results.store import load_tree, open_locked, read_json, save_tree, write_json, write_whole
 from lottery.step import Step
 from lottery.training import loop
 from lottery.training import trainer as training
@@ -78,6 +85,7 @@ SCORES = ("el2n", "grand", "random")
 SUBSETS = ("easy", "hard")
 IDENTITY = "diet.yaml"
 RECORD, SUBSET = paths.DIET_RECORD, paths.DIET_SUBSET  # in the experiment's directory
+NPY_MAGIC = b"\x93NUMPY"  # how every .npy file begins (NumPy's format)
 METRICS_KEYS = ("score", "score_at", "networks", "examples", "data_fingerprint")
 # Scoring network i has the PRNG keys (θ0, data order, augmentation) of replicate FIRST + i: the
 # same construction as the experiment's replicates, far from any replicate number in use.
@@ -235,6 +243,7 @@ class Store:
         self.directory = paths.diet_store(experiment.directory, name)
         self.scores = os.path.join(self.directory, "scores.npy")
         self.metrics = os.path.join(self.directory, "metrics.json")
+        self.networks = os.path.join(self.directory, "networks")  # scoring in progress (``compute``)
 
     def complete(self) -> bool:
         return os.path.isfile(self.metrics) and os.path.isfile(self.scores)
@@ -264,8 +273,22 @@ def scores(experiment, say=print) -> np.ndarray:
                 lock.close()
     else:
         write_once(os.path.join(store.directory, IDENTITY), store.identity, "data diet's scores")
-    read_json(store.metrics, METRICS_KEYS)
+    verify(store)
     return read_scores(store.scores, p.examples, experiment.data_fingerprint)
+
+
+def verify(store: Store) -> Optional[str]:
+    """The store's scores.npy must be the file its metrics.json recorded (as the dense store's
+    arrays are checked against their digests): a replaced or damaged one is named, never used.
+    Returns its digest (None where the store was written before digests were recorded)."""
+    recorded = read_json(store.metrics, METRICS_KEYS).get("scores_digest")
+    if recorded is None:
+        return None
+    now = file_digest(store.scores, "diet scores")
+    if now != recorded:
+        raise LotteryError(f"{store.scores}: replaced or damaged since it was computed (digest {now}; "
+                           f"{store.metrics} records {recorded}); delete {store.directory} to compute the scores again")
+    return now
 
 
 def stop_if_asked():
@@ -275,30 +298,72 @@ def stop_if_asked():
 
 def compute(experiment, store: Store, say) -> None:
     """Train ``networks`` dense networks for ``score_at`` steps, score every example with each, and
-    write their mean (scores.npy, then metrics.json: the store is complete once that exists)."""
+    write their mean (scores.npy, then metrics.json: the store is complete once that exists). Each
+    network's trained weights and then its scores are kept in ``networks/`` as they are done, and
+    training is checkpointed: an interrupted scoring (Ctrl-C, kill -9) resumes from what it kept,
+    and the mean is bitwise the one an uninterrupted scoring writes."""
     p, began = plan_of(experiment), time.time()
+    trained_dir = lambda i: os.path.join(store.networks, str(i))
+    scored = lambda i: os.path.join(store.networks, f"{i}.npy")
+    kept = [i for i in range(p.networks) if os.path.isfile(scored(i)) or os.path.isdir(trained_dir(i))]
+    resuming = f"; resuming with {len(kept)} networks already trained" if kept else ""
     say(f"diet: scoring the {p.examples} training examples by {p.score} with {p.networks} dense networks at step "
-        f"{p.score_at} ({os.path.basename(store.directory)})")
-    networks = []
+        f"{p.score_at} ({os.path.basename(store.directory)}){resuming}")
+    train_networks(experiment, store, [i for i in range(p.networks) if i not in kept], trained_dir, say)
+    each = []
     for i in range(p.networks):
-        keys = experiment.keys(FIRST + i)
-        networks.append(Network(FIRST + i, "ticket", store.directory, experiment.dense_start(FIRST + i), keys["data"],
-                                keys["augment"]))
-    states = training.stack([network.state for network in networks])
-    if p.score_at > 0:
-        states, _, _, _ = loop.train(experiment.trainer, states, networks, 0, 0, p.score_at, lambda n: None,
-                                     eval_every=p.score_at, checkpoint_every=p.score_at, evaluate=False)
-    each = [example_scores(experiment.trainer, training.unstack(states, i), p.score) for i in range(p.networks)]
+        if not all(hosts.agree(int(os.path.isfile(scored(i))))):
+            weights = load_tree(trained_dir(i), experiment.template("trained"), owner=trained_dir(i))
+            values = example_scores(experiment.trainer, weights, p.score)
+            if hosts.primary():
+                write_whole(scored(i), lambda partial: _save(partial, values))
+            hosts.barrier(f"diet network {scored(i)}")
+        each.append(read_scores(scored(i), p.examples))
     mean = np.mean(np.stack(each).astype(np.float64), axis=0).astype(np.float32)
     if hosts.primary():
         write_whole(store.scores, lambda partial: _save(partial, mean))
+    hosts.barrier(f"diet scores.npy {store.directory}")
     write_json(store.metrics, {"score": p.score, "score_at": p.score_at, "networks": p.networks,
                                "examples": p.examples, "data_fingerprint": experiment.data_fingerprint,
                                "network_means": [float(np.mean(s)) for s in each],
                                "scoring_steps": p.networks * p.score_at, "seconds": time.time() - began,
                                "program": program(experiment.trainer.host_loop, experiment.cfg.mesh, experiment.trainer.width,
-                                                  backend.deterministic_ops())})
+                                                  backend.deterministic_ops()),
+                               "scores_digest": file_digest(store.scores, "diet scores")})
+    if hosts.primary():  # complete: what scoring kept on the way is not needed any more
+        shutil.rmtree(store.networks, ignore_errors=True)
     hosts.barrier(f"diet scores {store.directory}")
+
+
+def train_networks(experiment, store: Store, numbers, trained_dir, say) -> None:
+    """The scoring networks ``numbers`` trained ``score_at`` steps as one group (checkpointed in the
+    store), each kept as ``networks/<i>/`` (its weights and batch statistics), which appears whole."""
+    if not numbers:
+        return
+    p = plan_of(experiment)
+    networks = []
+    for i in numbers:
+        keys = experiment.keys(FIRST + i)
+        networks.append(Network(FIRST + i, "ticket", trained_dir(i), experiment.dense_start(FIRST + i), keys["data"],
+                                keys["augment"]))
+    states, checkpoints = training.stack([network.state for network in networks]), None
+    if p.score_at > 0:
+        checkpoints = loop.group_checkpoints(store.directory, "scoring", 0, networks, 0, p.score_at)
+        states, _, _, _ = loop.train(experiment.trainer, states, networks, 0, 0, p.score_at, lambda n: None,
+                                     eval_every=p.score_at, checkpoint_every=experiment.checkpoint_every,
+                                     evaluate=False, checkpoints=checkpoints, say=say)
+    for j, network in enumerate(networks):
+        partial = network.directory + ".partial"
+        if hosts.primary() and os.path.isdir(partial):  # an interrupted attempt
+            shutil.rmtree(partial)
+        hosts.barrier(f"diet network {partial}")
+        finished = training.unstack(states, j)
+        save_tree(partial, {key: finished[key] for key in ("params", "batch_stats")})
+        if hosts.primary():
+            os.rename(partial, network.directory)
+    if checkpoints is not None:
+        loop.remove_checkpoints(checkpoints)
+    hosts.barrier(f"diet networks {store.directory}")
 
 
 def _save(partial: str, array: np.ndarray) -> None:
@@ -310,11 +375,22 @@ def read_scores(path: str, examples: int, data_fingerprint: Optional[str] = None
     """A scores file: one finite number per training example (NumPy's .npy, no pickled objects);
     with ``data_fingerprint``, a ``metrics.json`` beside it must name the same data."""
     try:
+        with open(path, "rb") as f:
+            magic = f.read(len(NPY_MAGIC))
+        if magic != NPY_MAGIC:  # np.load would try it as a pickle, and advise trusting it
+            raise LotteryError(f"{path}: not a NumPy .npy file (it does not begin as one: text, a pickle or another "
+                               "format?); give a scores.npy saved by numpy.save, one number per training example")
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise LotteryError(f"diet.scores: {path}: no such file; give a scores.npy (a diet store's, "
                            "<output_dir>/diets/*/scores.npy, or one number per training example)") from None
-    except (OSError, ValueError, EOFError) as error:
+    except ValueError as error:
+        if "allow_pickle" not in str(error):
+            raise LotteryError(f"{path}: cannot be read as a NumPy .npy array of scores (ValueError: "
+                               f"{str(error).splitlines()[0]}); delete it or give another") from None
+        raise LotteryError(f"{path}: holds Python objects (a pickled object array), not numbers; give one real "
+                           "score per training example") from None
+    except (OSError, EOFError) as error:
         raise LotteryError(f"{path}: cannot be read as a NumPy .npy array of scores ({type(error).__name__}: "
                            f"{str(error).splitlines()[0] if str(error) else 'truncated'}); delete it or give another") from None
     if not isinstance(array, np.ndarray) or array.ndim != 1 or not np.issubdtype(array.dtype, np.number) \
@@ -400,6 +476,7 @@ def record(experiment, dense_directory: str, say=print) -> None:
     (the subset its dense run in ``dense_directory`` kept)."""
     path = os.path.join(experiment.directory, RECORD)
     if all(hosts.agree(int(os.path.isfile(path)))):  # every process takes the same path (scores may train)
+        built_on_other_scores(experiment, path, say)
         return
     p = plan_of(experiment)
     values = scores(experiment, say)
@@ -418,6 +495,22 @@ def record(experiment, dense_directory: str, say=print) -> None:
         "classes": {str(c): int(n) for c, n in zip(*np.unique(labels[chosen], return_counts=True))},
         "mean_score": {"subset": float(np.mean(values[chosen])), "all": float(np.mean(values))},
         "scoring_steps": p.networks * p.score_at if trained else 0})
+
+
+def built_on_other_scores(experiment, path: str, say) -> None:
+    """Asked again: where the shared store now holds other scores than those this experiment's
+    diet chose from (computed again since, by another program, or replaced), say so once a run."""
+    recorded = read_json(path, ("scores_digest",))
+    p = plan_of(experiment)
+    if p.file is not None or p.score == "random" or recorded["scores_digest"] is None:
+        return  # a scores file is in the experiment's hash; random scores are the seed's
+    store = Store(experiment)
+    if not os.path.isfile(store.scores):
+        return
+    now = file_digest(store.scores, "diet scores")
+    if now != recorded["scores_digest"]:
+        say(f"note: {path}: this experiment's diet chose its subset from scores {recorded['scores_digest']}; "
+            f"{store.scores} now holds others ({now}): its results are of the former")
 
 
 def plan_of(experiment) -> Plan:

@@ -41,6 +41,7 @@ finished results (analysis/objective.py). The layout is results/paths.py's.
 """
 
 import os
+import shutil
 from typing import List
 
 import jax
@@ -71,7 +72,8 @@ def run(cfg, console: Console = None) -> Results:
     backend.deterministic(cfg.deterministic)  # before JAX's first computation, as:
     hosts.initialize(cfg.distributed)
     if cfg.compilation_cache:
-        jax.config.update("jax_compilation_cache_dir", backend.compilation_cache(cfg.compilation_cache))
+        jax.config.update("jax_compilation_cache_dir", backend.compilation_cache(cfg.compilation_cache,
+                                                                                 backend.cache_key(cfg)))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     backend.announce(console.print)  # what the run computes on; a warning when a GPU machine computes on its CPU
     experiment = prepare(cfg)
@@ -84,12 +86,29 @@ def run(cfg, console: Console = None) -> Results:
                           "since removed); its results stay there, and this one starts afresh in "
                           f"{experiment.directory}")
     identify = lambda: identity.write_identity(experiment.directory, cfg, experiment.data_fingerprint)
+    new = not os.path.isdir(experiment.directory)
     lock = open_locked(experiment.directory, identify, "this experiment")
     try:
         return run_locked(experiment, console)
+    except Exception as error:  # failed; stopped (Ctrl-C, preempted) it keeps the record of its invocation
+        if new and not isinstance(error, Preempted):  # under the lock still: no other process writes there
+            remove_if_nothing(experiment)
+        raise
     finally:
         if lock is not None:
             lock.close()
+
+
+def remove_if_nothing(experiment: Experiment) -> None:
+    """A start that failed before the new experiment's directory held any result (a damaged diet
+    scores store, say): the directory goes, rather than stay as an empty experiment (its identity,
+    lock and the record of an invocation that failed only). One stopped by a signal stays: its
+    record says it was stopped, and the same command continues it."""
+    directory = experiment.directory
+    if not hosts.primary() or not os.path.isdir(directory) or paths.replicates(directory):
+        return
+    if set(os.listdir(directory)) <= {identity.CONFIG, "invocations.jsonl", "lock"}:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def run_locked(experiment: Experiment, console: Console) -> Results:

@@ -11,7 +11,7 @@
       dense.yaml  invocations.jsonl  lock
       replicate_<r>/  metrics.json  ticket/  trained/  rewind_points/<k>/
     <output_dir>/diets/<model>-<dataset>-<score>-<hash>/ a data diet's shared scores (lottery/imp/diet.py)
-      diet.yaml  scores.npy  metrics.json  lock
+      diet.yaml  scores.npy  metrics.json  lock  networks/ (while scoring)
 """
 
 import os
