@@ -44,11 +44,12 @@ EXPERIMENTS = {
                  "levels=2 optimizer.lr=0.002'", "controls=[random_prune,random_reinit]"],
 }
 TIMES = ("wall_time_s", "seconds", "time", "wall_time", "started", "finished")
+NOT_RESULTS = ("provenance",)  # the commit and host that computed a result: not the result
 
 
 def without_times(value):
     if isinstance(value, dict):
-        return {k: without_times(v) for k, v in value.items() if not any(t in k for t in TIMES)}
+        return {k: without_times(v) for k, v in value.items() if not any(t in k for t in TIMES) and k not in NOT_RESULTS}
     if isinstance(value, list):
         return [without_times(v) for v in value]
     return value

@@ -7,6 +7,7 @@ controls, across experiments; lottery/analysis/tickets.py) and the layers prunin
 accuracy_vs_sparsity.png (and early_stopping.png) and layer_density.png there; ``--csv FILE``
 also writes one row per trained network (replicate, level, kind, % remaining, accuracies,
 early-stop iteration, LMC barrier), ``--similarity-csv FILE`` one row per pair of tickets and layer.
+A ticket that cannot be read is named and left out of what needs the masks, the rest reported (exit 2).
 """
 
 import argparse
@@ -33,6 +34,21 @@ def writable(directory: str) -> None:
                            "choose another directory with --output DIR") from None
 
 
+def csv_writable(path: str, option: str) -> None:
+    """Fail before any work if a CSV cannot be written to ``path`` (it is written last, whole:
+    results/store.py's write_whole, a new file beside it renamed over it)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    reason = "it is a directory" if os.path.isdir(path) else None
+    if reason is None:
+        try:
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+    if reason is not None:
+        raise LotteryError(f"{path}: cannot write the CSV there ({reason}); choose another {option} FILE")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lottery.report", description=__doc__.splitlines()[0])
     parser.add_argument("root", help="directory with lottery experiments below it")
@@ -43,6 +59,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     output = args.output or args.root
     try:
+        for path, option in ((args.csv, "--csv"), (args.similarity_csv, "--similarity-csv")):
+            if path:
+                csv_writable(path, option)
         df = runs.load_runs(args.root)
         writable(output)
     except (FileNotFoundError, LotteryError) as error:
@@ -50,11 +69,12 @@ def main(argv=None) -> int:
         return 2
     out = console()
     out.print(results(runs.summarize(df)))
-    pairs = None
+    pairs, damaged = None, {}  # damaged: the tickets that could not be read, left out of what needs masks
     if not args.no_masks:
         try:
-            pairs = tickets.similarity_table(args.root, REPORTED if not args.similarity_csv else tickets.COMPARISONS)
-            collapsed = tickets.collapsed(args.root)
+            pairs = tickets.similarity_table(args.root, REPORTED if not args.similarity_csv else tickets.COMPARISONS,
+                                             damaged=damaged)
+            collapsed = tickets.collapsed(args.root, damaged=damaged)
         except LotteryError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
@@ -77,7 +97,10 @@ def main(argv=None) -> int:
                   f"choose another {option} FILE", file=sys.stderr)
             return 2
         out.print(f"wrote {path}")
-    return 0
+    for error in damaged.values():  # after everything else is reported: one line each
+        print(f"error: {error}; its ticket is left out of the mask comparisons and collapse check (the rest is "
+              "reported; --no-masks reports without reading masks)", file=sys.stderr)
+    return 2 if damaged else 0
 
 
 if __name__ == "__main__":

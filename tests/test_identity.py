@@ -162,3 +162,57 @@ def test_set_and_rigl_have_a_new_identity_for_skipping_the_optimizer_step_and_th
         else:
             assert "update_step" not in content.get("sparsity", {})
             assert identity.experiment_hash(cfg, "sha256:0") == identity.digest(old_rule(content))
+
+
+def test_experiments_are_named_by_what_they_are_with_the_hash_unchanged(tmp_path):
+    from conftest import compose_config
+    from lottery.results import paths
+
+    def named(*overrides):
+        cfg = compose_config([*overrides, f"output_dir={tmp_path}"])
+        directory = os.path.basename(paths.experiment_directory(cfg, "fingerprint"))
+        name, digest = directory.rsplit("-", 1)
+        assert digest == identity.experiment_hash(cfg, "fingerprint")  # the name is never hashed
+        return name
+
+    assert named() == named("+exp=quickstart") == "quickstart"  # README's runs/quickstart-<hash>
+    assert named("model=vit", "dataset=cifar10") == "vit-cifar10"
+    assert named("sparsity.method=rigl") == "lenet-digits-rigl" and named("swamp.particles=2") == "lenet-digits-swamp"
+    assert named("model=conv2", "dataset=cifar10", "pruning.structure=neurons") == "conv2-cifar10-neurons"
+    assert named("pruning.prune_at=start", "pruning.criterion=snip") == "lenet-digits-snip_at_init"
+    assert named("early_bird.enabled=true", "diet.score=el2n") == "lenet-digits-early_bird-diet"
+    assert named("+exp=lenet_rigl") == "lenet_rigl" and named("name=mine", "model=vit") == "mine"  # set: kept
+    # The quickstart's own directory, as the README and CI name it.
+    cfg = compose_config([])
+    assert paths.experiment_directory(cfg, datasets.load(cfg.dataset).fingerprint) == os.path.join("runs", "quickstart-7c1c387142")
+
+
+def test_an_experiment_under_its_old_name_is_found_not_trained_again(small_config):
+    import glob
+
+    cfg = small_config("levels=0", "pruning.structure=neurons")
+    experiment = imp.prepare(cfg)
+    assert os.path.basename(experiment.directory).startswith("lenet-digits-neurons-")
+    imp.run(cfg, console=QUIET)
+    # As an older version left it: the same hash under the default name, its config.yaml saying so.
+    runs, digest = os.path.dirname(experiment.directory), experiment.directory.rsplit("-", 1)[1]
+    old = os.path.join(runs, f"quickstart-{digest}")
+    os.rename(experiment.directory, old)
+    saved = OmegaConf.load(os.path.join(old, "config.yaml"))
+    saved.name = "quickstart"
+    OmegaConf.save(saved, os.path.join(old, "config.yaml"))
+    assert imp.prepare(cfg).directory == old
+    out = io.StringIO()
+    imp.run(cfg, console=Console(file=out, width=400))
+    notes = [line for line in out.getvalue().splitlines() if line.startswith("note: ")]
+    assert notes == [f"note: {old} holds this experiment under its old name (an older version named every experiment "
+                     "quickstart); it is used, not trained again, and a new one of this kind is named "
+                     "lenet-digits-neurons-<hash>"]
+    assert not os.path.exists(experiment.directory) and len(glob.glob(os.path.join(runs, f"*-{digest}"))) == 1
+    with open(os.path.join(old, "invocations.jsonl")) as f:
+        ends = [entry for entry in map(json.loads, f) if entry["event"] == "end"]
+    assert len(ends) == 2 and ends[-1]["added"] == []  # found finished: nothing trained again
+    assert OmegaConf.load(os.path.join(old, "config.yaml")).name == "quickstart"
+    # Another experiment of the kind, with no old directory, is named by what it is.
+    assert os.path.basename(imp.prepare(small_config("levels=0", "pruning.structure=neurons", "seed=3")).directory) \
+        .startswith("lenet-digits-neurons-")

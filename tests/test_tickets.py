@@ -14,6 +14,7 @@ from scipy import stats
 
 from conftest import compose_config
 from lottery import analysis, report
+from lottery.errors import LotteryError
 from lottery.analysis import tickets
 from lottery.results.store import save_tree
 from lottery.imp import finish, levels
@@ -79,12 +80,15 @@ def test_hypergeometric_window_is_the_distribution():
 LAYERS = {"hidden/0/kernel": (4, 3), "output/kernel": (3, 2)}
 
 
-def network(directory, replicate, level, kind, rng, keep):
-    """A finished network of two layers keeping ``keep`` (fraction) of each, at random; its arrays."""
+def network(directory, replicate, level, kind, rng, keep, given=None):
+    """A finished network of two layers keeping ``keep`` (fraction) of each, at random (``given``:
+    these masks of some layers); its arrays."""
     masks, params = {}, {}
     for name, shape in LAYERS.items():
         size = int(np.prod(shape))
         masks[name] = (np.argsort(rng.random(size)) < round(keep * size)).reshape(shape)
+        if given and name in given:
+            masks[name] = np.asarray(given[name], bool)
         params[name] = (rng.standard_normal(shape) * masks[name]).astype(np.float32)
     nest = lambda flat: {"hidden": {"0": {"kernel": flat["hidden/0/kernel"]}}, "output": {"kernel": flat["output/kernel"]}}
     os.makedirs(directory)
@@ -274,3 +278,74 @@ def test_collapsed_networks_of_a_tree(tmp_path):
     network(directory / "replicate_0" / "level_2", 0, 2, "ticket", rng, 0.0)  # everything pruned
     found = tickets.collapsed(str(tmp_path))
     assert list(found.level) == [2, 2] and set(found.layer) == set(LAYERS) and found["empty"].all()
+
+
+def experiment(root, name, digest, config=None):
+    directory = root / f"{name}-{digest}"
+    os.makedirs(directory)
+    OmegaConf.save(OmegaConf.create({"name": name, **(config or {})}), directory / "config.yaml")
+    return directory
+
+
+def test_the_report_names_each_experiments_method(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    for name, digest, config in (("lenet", "aaaa", {}), ("lenet-digits-swamp", "bbbb", {"swamp": {"particles": 2}}),
+                                 ("lenet-digits-rigl", "cccc", {"sparsity": {"method": "rigl"}}),
+                                 ("lenet-digits-neurons", "dddd", {"pruning": {"structure": "neurons"}})):
+        network(experiment(tmp_path, name, digest, config) / "replicate_0" / "level_1", 0, 1, "ticket", rng, 0.5)
+    df = analysis.load_runs(str(tmp_path))
+    assert dict(zip(df.hash, df.method)) == {"aaaa": "IMP", "bbbb": "SWAMP", "cccc": "RigL", "dddd": "IMP (neurons)"}
+    assert report.main([str(tmp_path), "--no-masks"]) == 0
+    lines = capsys.readouterr().out.replace("┃", "│").splitlines()
+    rows = {cells[0]: cells[1] for cells in ([c.strip() for c in line.split("│")[1:]] for line in lines if "│" in line)}
+    assert rows["experiment"] == "method" and rows["lenet-aaaa"] == "IMP" and rows["lenet-digits-swamp-bbbb"] == "SWAMP"
+    assert rows["lenet-digits-rigl-cccc"] == "RigL" and rows["lenet-digits-neurons-dddd"] == "IMP (neurons)"
+
+
+def test_units_a_structured_ticket_prunes_are_not_collapse(tmp_path):
+    rng = np.random.default_rng(5)
+    half_dead = {"hidden/0/kernel": [[1, 0, 0], [1, 0, 0], [0, 0, 0], [1, 0, 0]]}  # 2 of 3 units without inputs
+    for name, digest, config in (("weights", "aaaa", {}), ("neurons", "bbbb", {"pruning": {"structure": "neurons"}})):
+        directory = experiment(tmp_path, name, digest, config) / "replicate_0"
+        network(directory / "level_1", 0, 1, "ticket", rng, 0.5, given=half_dead)
+        network(directory / "level_2", 0, 2, "ticket", rng, 0.0)  # emptied: collapse under any structure
+    found = tickets.collapsed(str(tmp_path))
+    assert sorted(zip(found.hash, found.level, found.layer)) == [
+        ("aaaa", 1, "hidden/0/kernel"), ("aaaa", 2, "hidden/0/kernel"), ("aaaa", 2, "output/kernel"),
+        ("bbbb", 2, "hidden/0/kernel"), ("bbbb", 2, "output/kernel")]
+
+
+def test_a_damaged_ticket_is_named_and_skipped_and_the_rest_reported(tmp_path, capsys):
+    rng = np.random.default_rng(6)
+    directory = experiment(tmp_path, "lenet", "aaaa")
+    for replicate in range(2):
+        for level in range(3):
+            network(directory / f"replicate_{replicate}" / f"level_{level}", replicate, level, "ticket", rng, 0.5**level)
+    damaged = directory / "replicate_1" / "level_2"
+    for path in (damaged / "ticket").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"\0garbage")
+    csv = tmp_path / "pairs.csv"
+    assert report.main([str(tmp_path), "--output", str(tmp_path), "--similarity-csv", str(csv)]) == 2
+    out, err = capsys.readouterr()
+    assert "ticket masks: overlap (Jaccard)" in out and f"wrote {csv}" in out  # the other tickets' pairs
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"error: {damaged / 'ticket'}: cannot be read as an orbax checkpoint") and "--no-masks" in line
+    pairs = pd.read_csv(csv)
+    assert len(pairs) and not ((pairs.replicate_a == 1) & (pairs.level_a == 2)).any()
+    assert not ((pairs.replicate_b == 1) & (pairs.level_b == 2)).any() and (pairs.level_b == 2).any()
+    assert set(pairs.comparison) == {"replicates", "levels"}
+    with pytest.raises(LotteryError, match="cannot be read as an orbax checkpoint"):
+        tickets.similarity_table(str(tmp_path))  # the API still raises unless asked to skip
+
+
+def test_an_unwritable_similarity_csv_is_refused_before_any_work(tmp_path, capsys):
+    rng = np.random.default_rng(7)
+    network(experiment(tmp_path, "lenet", "aaaa") / "replicate_0" / "level_1", 0, 1, "ticket", rng, 0.5)
+    for option in ("--similarity-csv", "--csv"):
+        for path in (tmp_path / "nowhere" / "pairs.csv", tmp_path):
+            assert report.main([str(tmp_path), "--output", str(tmp_path / "figures"), option, str(path)]) == 2
+            out, err = capsys.readouterr()
+            assert out == "" and not os.path.exists(tmp_path / "figures")
+            (line,) = err.strip().splitlines()
+            assert line.startswith(f"error: {path}: cannot write the CSV there (") and line.endswith(f"choose another {option} FILE")

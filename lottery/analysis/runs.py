@@ -3,7 +3,7 @@
     df = load_runs("runs")                 # every experiment below a directory (or a sweep dir)
     summarize(df)                          # mean and std over replicates per experiment, kind, level
 
-One row per trained network: experiment (name, hash, directory), replicate, level, kind (ticket or
+One row per trained network: experiment (name, hash, directory, method: IMP, RigL, SWAMP, ...), replicate, level, kind (ticket or
 a control), % weights remaining, test accuracy (final and at early stop), early-stop iteration,
 LMC barrier, training cost (the steps behind the network: IMP's levels, or one sparse training), and the config values that differ between the experiments loaded, as columns named
 by their dotted keys (``pruning.rate``, ``rewind``).
@@ -19,7 +19,7 @@ import pandas as pd
 from lottery.errors import LotteryError
 from lottery.pruning import controls
 from lottery.results import paths
-from lottery.results.identity import _NOT_HASHED, legacy, read_identity
+from lottery.results.identity import _NOT_HASHED, legacy, method, read_identity
 from lottery.results.metrics import NETWORK_KEYS
 from lottery.results.store import read_json
 
@@ -52,7 +52,7 @@ def _flatten(tree, prefix=""):
 
 
 def _rows(directory: str, config: dict):
-    kinds = controls.kinds()
+    kinds, label = controls.kinds(), method(config)[0]
     for replicate, level, _, network in paths.networks(directory, kinds):
         metrics_file = os.path.join(network, "metrics.json")
         m = read_json(metrics_file, NETWORK_KEYS)
@@ -69,7 +69,7 @@ def _rows(directory: str, config: dict):
         group = m.get("group_size")  # networks trained together, one after another (absent before it was recorded)
         yield {
             "experiment": config["name"], "hash": os.path.basename(directory).rsplit("-", 1)[-1], "directory": directory,
-            "replicate": m["replicate"], "level": m["level"], "kind": m["kind"],
+            "method": label, "replicate": m["replicate"], "level": m["level"], "kind": m["kind"],
             "percent_remaining": 100 * m["density"], "remaining": m["remaining"],
             "test_accuracy": m["final"]["test_accuracy"],
             "test_accuracy_early_stop": early.get("test_accuracy", np.nan),
@@ -118,8 +118,8 @@ def load_runs(root: str) -> pd.DataFrame:
 
 
 def summarize(df: pd.DataFrame, by: Optional[List[str]] = None) -> pd.DataFrame:
-    """Mean and std over replicates of each metric, per experiment, kind and level."""
-    by = by or ["experiment", "hash", "kind", "level"]
+    """Mean and std over replicates of each metric, per experiment (with its method), kind and level."""
+    by = by or ["experiment", "hash", *["method"] * ("method" in df), "kind", "level"]
     grouped = df.groupby(by, sort=True)
     table = grouped["percent_remaining"].mean().to_frame()
     for metric in METRICS:
@@ -137,7 +137,7 @@ def summarize(df: pd.DataFrame, by: Optional[List[str]] = None) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-STANDARD_COLUMNS = {"experiment", "hash", "directory", "replicate", "level", "kind", "percent_remaining", "remaining",
+STANDARD_COLUMNS = {"experiment", "hash", "directory", "method", "replicate", "level", "kind", "percent_remaining", "remaining",
                     "start_step", "wall_time_s", "train_time_s", "cost_steps", *METRICS}
 
 

@@ -16,12 +16,14 @@ def results(summary, title: str = "lottery results (mean ± std over replicates)
     show_levels = "lmc_levels_barrier" in summary and bool(summary["lmc_levels_barrier"].notna().any())
     show_replicates = bool((summary["replicates"] > 1).any())
     show_cost = "cost_steps" in summary and bool(summary["cost_steps"].notna().any())
-    columns = ["experiment"] * experiment_column + ["level", "kind", "% weights remaining", "test acc (final)",
+    show_method = experiment_column and "method" in summary
+    columns = ["experiment"] * experiment_column + ["method"] * show_method + ["level", "kind", "% weights remaining", "test acc (final)",
                "test acc (early stop)", "early-stop it"] + ["LMC barrier"] * show_lmc + ["barrier from level L-1"] * show_levels + ["train time / network (s)"] \
         + ["training cost (steps)"] * show_cost + ["replicates"] * show_replicates
     out = Table(title=title)
-    for column in columns:
-        out.add_column(column, justify="left" if column in ("experiment", "kind") else "right")
+    for column in columns:  # an experiment's name is what tells it apart: folded where too narrow, never cut
+        out.add_column(column, justify="left" if column in ("experiment", "method", "kind") else "right",
+                       overflow="fold" if column == "experiment" else "ellipsis")
 
     def cell(row, metric, scale=100.0, digits=2):
         """mean ± std over the replicates that have the value, and how many where not all do."""
@@ -32,7 +34,7 @@ def results(summary, title: str = "lottery results (mean ± std over replicates)
         return text + (f" (n={n})" if n < row["replicates"] else "")
 
     for _, row in summary.iterrows():
-        cells = [f"{row['experiment']}-{row['hash']}"] * experiment_column
+        cells = [f"{row['experiment']}-{row['hash']}"] * experiment_column + [row.get("method")] * show_method
         cells += [str(row["level"]), row["kind"], f"{row['percent_remaining']:.2f}", cell(row, "test_accuracy"),
                   cell(row, "test_accuracy_early_stop"), cell(row, "early_stop_iteration", 1, 0)]
         cells += [cell(row, "lmc_barrier")] * show_lmc + [cell(row, "lmc_levels_barrier")] * show_levels + ["-" if np.isnan(row["train_time_s"]) else f"{row['train_time_s']:.1f}"]
@@ -91,5 +93,6 @@ def similarity(summary) -> Table:
 
 
 def console() -> Console:
-    """The terminal's console; logs and pipes get a wide table rather than rich's 80 columns."""
-    return Console() if sys.stdout.isatty() else Console(width=180)
+    """The terminal's console; logs and pipes get a wide table (experiment, method and the
+    metrics on one line) rather than rich's 80 columns."""
+    return Console() if sys.stdout.isatty() else Console(width=220)

@@ -33,7 +33,11 @@ import numpy as np
 import pandas as pd
 
 from lottery.analysis import runs
+from lottery.errors import LotteryError
+from lottery.pruning import controls
+from lottery.pruning.structure import UNIT_KINDS
 from lottery.results import paths
+from lottery.results.identity import read_identity
 from lottery.results.metrics import NETWORK_KEYS
 from lottery.results.store import read_flat, read_json
 
@@ -124,9 +128,28 @@ def read_ticket(directory: str) -> dict:
     metrics = read_json(os.path.join(directory, "metrics.json"), NETWORK_KEYS)
     ticket = read_flat(os.path.join(directory, "ticket"), ("mask", "params", "batch_stats"), separator="/")
     layers = list(metrics["layers"])
+    missing = [name for name in layers if name not in ticket["mask"] or name not in ticket["params"]]
+    if missing:
+        raise LotteryError(f"{os.path.join(directory, 'ticket')}: has no mask or start weights of {', '.join(missing)}, "
+                           "which its metrics.json names; it is corrupt")
     mask = {name: ticket["mask"][name].astype(bool) for name in layers}
     start = {name: np.sign(ticket["params"][name]).astype(np.int8) for name in layers}
     return {"mask": mask, "start": start, "metrics": metrics, "layers": layers}
+
+
+def _reader(damaged: Optional[dict]):
+    """``read_ticket``; with ``damaged`` (a dict), a ticket that cannot be read gives None, its
+    error recorded under its directory, instead of raising."""
+    if damaged is None:
+        return read_ticket
+
+    def read(directory):
+        try:
+            return read_ticket(directory)
+        except LotteryError as error:
+            damaged.setdefault(directory, str(error))
+            return None
+    return read
 
 
 def networks(root: str) -> pd.DataFrame:
@@ -171,16 +194,20 @@ def pairs(found: pd.DataFrame, comparisons: Iterable[str] = COMPARISONS, kinds: 
 
 
 def similarity_table(root: str, comparisons: Iterable[str] = COMPARISONS, kinds: Optional[Iterable[str]] = ("ticket",),
-                     layers: bool = True) -> pd.DataFrame:
+                     layers: bool = True, damaged: Optional[dict] = None) -> pd.DataFrame:
     """The similarity (module docstring) of every pair of tickets below ``root`` that
     ``comparisons`` ask for, one tidy row per pair and layer (``layers=False``: the "all" rows
-    only). Pairs of experiments whose masks differ in shape are left out."""
+    only). Pairs of experiments whose masks differ in shape are left out. A ticket that cannot be
+    read raises a LotteryError naming it; with ``damaged`` (a dict) its pairs are left out and
+    the error is recorded there, by the network's directory."""
     found = networks(root)
     # Pairs come grouped: the largest group (one replicate's levels) held at once, each ticket read once.
     biggest = int(found.groupby(["experiment", "hash", "replicate", "kind"]).size().max()) if len(found) else 0
-    out, read = [], functools.lru_cache(maxsize=max(16, biggest + 1))(read_ticket)
+    out, read = [], functools.lru_cache(maxsize=max(16, biggest + 1))(_reader(damaged))
     for comparison, a, b in pairs(found, comparisons, kinds):
         ta, tb = read(a.directory), read(b.directory)
+        if ta is None or tb is None:
+            continue
         if ta["layers"] != tb["layers"] or any(ta["mask"][n].shape != tb["mask"][n].shape for n in ta["layers"]):
             continue
         described = {"comparison": comparison, **{f"{field}_{side}": row[field] for side, row in (("a", a), ("b", b))
@@ -254,13 +281,29 @@ def describe_collapse(found: List[dict]) -> str:
     return "; ".join(parts)
 
 
-def collapsed(root: str, nearly: float = NEARLY_EMPTY) -> pd.DataFrame:
+def structure(experiment_dir: str) -> str:
+    """What an experiment's levels prune (``pruning.structure`` of its config.yaml; weights where an
+    older one did not say)."""
+    return str((read_identity(experiment_dir).get("pruning") or {}).get("structure", "weights"))
+
+
+def collapsed(root: str, nearly: float = NEARLY_EMPTY, damaged: Optional[dict] = None) -> pd.DataFrame:
     """Every finished network below ``root`` with a collapsed or nearly collapsed layer
-    (``collapse``), one row per such layer."""
-    rows = []
+    (``collapse``), one row per such layer. A structured ticket (neurons, channels, heads) prunes
+    whole units by design: only its emptied layers are collapse (as imp/finish.py warns while
+    training). ``damaged``: as ``similarity_table``'s."""
+    rows, read, structures = [], _reader(damaged), {}
     for _, network in networks(root).iterrows():
-        ticket = read_ticket(network.directory)
+        ticket = read(network.directory)
+        if ticket is None:
+            continue
+        experiment_dir = paths.locate(network.directory, controls.kinds())[0]
+        if experiment_dir not in structures:
+            structures[experiment_dir] = structure(experiment_dir)
+        units = bool(UNIT_KINDS.get(structures[experiment_dir]))
         for found in collapse(ticket["mask"], ticket["layers"], nearly):
+            if units and not found["empty"]:  # its units without inputs are what was pruned
+                continue
             rows.append({**{k: network[k] for k in PAIR},
                          "percent_remaining": 100 * ticket["metrics"]["density"], **found})
     return pd.DataFrame(rows, columns=[*PAIR, "percent_remaining", "layer", "kept", "total", "dead_units", "units", "empty"])

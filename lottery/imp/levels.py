@@ -85,6 +85,10 @@ def run(cfg, console: Console = None) -> Results:
             console.print(f"note: {older} holds this experiment as an older version of lottery hashed it (with keys "
                           "since removed); its results stay there, and this one starts afresh in "
                           f"{experiment.directory}")
+    if hosts.primary() and paths.old_name(cfg, experiment.directory):
+        console.print(f"note: {experiment.directory} holds this experiment under its old name (an older version named "
+                      f"every experiment {identity.DEFAULT_NAME}); it is used, not trained again, and a new one of "
+                      f"this kind is named {identity.experiment_name(cfg)}-<hash>")
     identify = lambda: identity.write_identity(experiment.directory, cfg, experiment.data_fingerprint)
     new = not os.path.isdir(experiment.directory)
     lock = open_locked(experiment.directory, identify, "this experiment")

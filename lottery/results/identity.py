@@ -11,7 +11,7 @@ import glob
 import hashlib
 import json
 import os
-from typing import List
+from typing import List, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -121,10 +121,61 @@ def legacy(dotted: str) -> bool:
     return not any(dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + ".") for key in schema)
 
 
+DEFAULT_NAME = "quickstart"  # conf/config.yaml's name: the quickstart's, and every experiment's that set none
+SPARSE_TRAINING = {"static": "static", "gmp": "GMP", "set": "SET", "rigl": "RigL"}  # pruning/sparse.py's methods
+
+
+def method(cfg) -> Tuple[str, str]:
+    """(label, slug) of an experiment's method, read from its config (the composed one, or a saved
+    config.yaml's, where a key an older version did not write has its default): the label for a
+    reader (IMP, RigL, GMP, static, SET, SWAMP, Early-Bird, transfer, ``<criterion> at init``, with
+    its structure and a diet beside it: ``IMP (neurons)``, ``IMP + diet``), the slug for a name
+    ("" for plain IMP: ``swamp``, ``rigl``, ``snip_at_init``, ``neurons``, ``diet``, joined by -)."""
+    section = lambda key: (cfg.get(key) if hasattr(cfg, "get") else None) or {}
+    pruning, sparsity = section("pruning"), section("sparsity")
+    if section("transfer").get("source"):
+        label, slug = "transfer", "transfer"
+    elif pruning.get("prune_at", "trained") == "start":
+        criterion = pruning.get("criterion", "magnitude")
+        label, slug = f"{criterion} at init", f"{criterion}_at_init"
+    elif sparsity.get("method", "imp") != "imp":
+        label = SPARSE_TRAINING.get(sparsity["method"], sparsity["method"])
+        slug = str(sparsity["method"])
+    elif section("early_bird").get("enabled"):
+        label, slug = "Early-Bird", "early_bird"
+    elif section("swamp").get("particles", 1) != 1:
+        label, slug = "SWAMP", "swamp"
+    else:
+        label, slug = "IMP", ""
+    slugs = [slug]
+    structure = pruning.get("structure", "weights")
+    if structure != "weights":
+        label += f" ({structure})"
+        slugs.append(str(structure).replace(":", "of"))  # 2:4 -> 2of4
+    diet = section("diet")
+    if diet.get("score") is not None or diet.get("scores") is not None:
+        label += " + diet"
+        slugs.append("diet")
+    return label, "-".join(s for s in slugs if s)
+
+
+def experiment_name(cfg) -> str:
+    """The experiment's name, the first part of its directory's: ``name`` as set (an ``+exp``'s, or
+    given), except the default one on an experiment that is not the quickstart: then
+    ``<model>-<dataset>[-<method slug>]`` (``vit-cifar10``, ``lenet-mnist-rigl``), so that a runs
+    directory can be read without opening each config.yaml. The quickstart (LeNet on digits by IMP)
+    keeps its name."""
+    if cfg.name != DEFAULT_NAME:
+        return cfg.name
+    derived = "-".join(part for part in (cfg.model.name, cfg.dataset.name, method(cfg)[1]) if part)
+    return DEFAULT_NAME if derived == "lenet-digits" else derived
+
+
 def write_identity(directory: str, cfg, data_fingerprint: str) -> None:
     """config.yaml, once: the experiment's name and identity."""
-    write_once(os.path.join(directory, CONFIG), {"name": cfg.name, **identity(cfg, data_fingerprint)},
-               "experiment", same=lambda saved, content: {**saved, "name": cfg.name} == content)
+    name = experiment_name(cfg)  # compared without it: a directory under its old name keeps its config.yaml
+    write_once(os.path.join(directory, CONFIG), {"name": name, **identity(cfg, data_fingerprint)},
+               "experiment", same=lambda saved, content: {**saved, "name": name} == content)
 
 
 def read_identity(directory: str, missing: str = None) -> dict:

@@ -1,6 +1,7 @@
 """Where results lie: the one place that composes and parses the results layout.
 
-    <output_dir>/<name>-<hash>/                 an experiment (``experiment_directory``)
+    <output_dir>/<name>-<hash>/                 an experiment (``experiment_directory``; name: its
+                                                own, or <model>-<dataset>[-<method>], or quickstart)
       config.yaml  invocations.jsonl  objectives.json  lock  *.png  (diet.json  diet_subset.npy)
       replicate_<r>/level_<L>/                  the level's ticket (``level_dir``)
         metrics.json  ticket/  trained/  rewind_point/ (level 0)
@@ -18,7 +19,7 @@ import os
 import re
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-from lottery.results.identity import experiment_hash
+from lottery.results.identity import DEFAULT_NAME, experiment_hash, experiment_name
 
 DENSE_STORE = "dense"  # below output_dir
 DIET_STORE = "diets"  # below output_dir: data diets' scores (lottery/imp/diet.py)
@@ -28,10 +29,27 @@ LMC = "lmc"
 LMC_LEVELS = "lmc_levels"  # the path from the previous level's solution (lmc.between_levels)
 
 
+def _named(cfg, name: str, digest: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "experiment"
+    return os.path.join(os.path.expanduser(cfg.output_dir), f"{name}-{digest}")
+
+
 def experiment_directory(cfg, data_fingerprint: str) -> str:
-    """``<output_dir>/<name>-<hash>``: where an experiment keeps its results."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.name).lstrip(".") or "experiment"
-    return os.path.join(os.path.expanduser(cfg.output_dir), f"{name}-{experiment_hash(cfg, data_fingerprint)}")
+    """``<output_dir>/<name>-<hash>``: where an experiment keeps its results (``name``:
+    identity.experiment_name's). An experiment that an older version named by the default name
+    (``quickstart-<hash>``: the same hash, the name is not hashed) is found there while no
+    directory has its own name yet, so that it is never trained twice (``old_name`` says so)."""
+    digest = experiment_hash(cfg, data_fingerprint)
+    directory = _named(cfg, experiment_name(cfg), digest)
+    old = _named(cfg, DEFAULT_NAME, digest)
+    if cfg.name == DEFAULT_NAME and directory != old and not os.path.isdir(directory) and os.path.isdir(old):
+        return old
+    return directory
+
+
+def old_name(cfg, directory: str) -> bool:
+    """Whether ``experiment_directory`` found the experiment of ``cfg`` under the default name, not its own."""
+    return experiment_name(cfg) != DEFAULT_NAME and os.path.basename(directory).rsplit("-", 1)[0] == DEFAULT_NAME
 
 
 def replicate_dir(root: str, replicate: int) -> str:
