@@ -107,18 +107,18 @@ def load(level_dir: str) -> dict:
     """Everything exported from ``level_dir``, checked: its mask, start and trained weights,
     metrics.json, the experiment's config.yaml and where it all is."""
     experiment_dir, replicate, level, kind = locate(level_dir)
-    metrics = read_json(os.path.join(level_dir, "metrics.json"), NETWORK_KEYS)
+    metrics = read_json(paths.metrics_file(level_dir), NETWORK_KEYS)
     said = (metrics["level"], metrics["replicate"], metrics["kind"])
     if said != (level, replicate, kind):
-        raise LotteryError(f"{os.path.join(level_dir, 'metrics.json')}: is of level {said[0]}, replicate {said[1]}, "
+        raise LotteryError(f"{paths.metrics_file(level_dir)}: is of level {said[0]}, replicate {said[1]}, "
                            f"{said[2]}, not of level {level}, replicate {replicate}, {kind} where it lies; "
                            "it was moved or copied there: export the directory it came from")
     config = read_identity(experiment_dir, missing=f"{os.path.join(experiment_dir, 'config.yaml')}: missing; the experiment "
                            f"directory above a level ({experiment_dir}) holds its identity there: export a level inside "
                            "its experiment directory")
 
-    ticket = read_flat(os.path.join(level_dir, "ticket"), ("mask", "params", "batch_stats"))
-    trained = read_flat(os.path.join(level_dir, "trained"), ("params", "batch_stats"))
+    ticket = read_flat(paths.ticket_dir(level_dir), ("mask", "params", "batch_stats"))
+    trained = read_flat(paths.trained_dir(level_dir), ("params", "batch_stats"))
     mask = ticket.pop("mask")
     check(level_dir, mask, ticket, trained, metrics)
     return {"mask": mask, "start": ticket, "trained": trained, "metrics": metrics, "config": config,
@@ -132,7 +132,7 @@ def check(level_dir: str, mask, start, trained, metrics) -> None:
     params = shapes(start["params"])
     if {name: shape for name, (shape, _) in params.items()} != {name: a.shape for name, a in mask.items()} \
             or any(m.dtype != np.bool_ for m in mask.values()):
-        raise LotteryError(f"{os.path.join(level_dir, 'ticket')}: its mask is not one boolean array per parameter, "
+        raise LotteryError(f"{paths.ticket_dir(level_dir)}: its mask is not one boolean array per parameter, "
                            "shaped like it; it is corrupt")
     if shapes(trained["params"]) != params or shapes(trained["batch_stats"]) != shapes(start["batch_stats"]):
         raise LotteryError(f"{os.path.join(level_dir, 'trained')}: its weights are not shaped like those of ticket/ "
@@ -146,13 +146,13 @@ def check(level_dir: str, mask, start, trained, metrics) -> None:
     for layer, count in metrics["layers"].items():
         name = layer.replace("/", ".")
         if name not in mask or (int(mask[name].sum()), mask[name].size) != (count["remaining"], count["total"]):
-            raise LotteryError(f"{os.path.join(level_dir, 'ticket')}: its mask of {layer} does not have metrics.json's "
+            raise LotteryError(f"{paths.ticket_dir(level_dir)}: its mask of {layer} does not have metrics.json's "
                                f"{count['remaining']} of {count['total']} weights; the two are of different networks")
     # The totals the file's metadata copies: the sum of the layers just checked against the mask.
     kept, total = (sum(count[key] for count in metrics["layers"].values()) for key in ("remaining", "total"))
     said = (metrics["remaining"], metrics.get("total", total), metrics["density"])
     if said != (kept, total, kept / total if total else said[2]):
-        raise LotteryError(f"{os.path.join(level_dir, 'metrics.json')}: says {said[0]} of {said[1]} weights remain "
+        raise LotteryError(f"{paths.metrics_file(level_dir)}: says {said[0]} of {said[1]} weights remain "
                            f"(density {said[2]:.6g}), its mask keeps {kept} of {total}; it was edited or damaged")
 
 

@@ -389,12 +389,12 @@ class Tracker:
             directory = paths.network_dir(self.directory, replicate, level, kind)
             if not os.path.isdir(directory):
                 continue
-            metrics = read_json(os.path.join(directory, "metrics.json"), NETWORK_KEYS)
+            metrics = read_json(paths.metrics_file(directory), NETWORK_KEYS)
             rows += [evaluation_row(level, record) for record in metrics["history"]]
             rows.append(level_row(metrics))
             lmc = paths.lmc_dir(self.directory, replicate, level)
             if kind == "ticket" and os.path.isdir(lmc):
-                path = read_json(os.path.join(lmc, "metrics.json"), LMC_KEYS)
+                path = read_json(paths.metrics_file(lmc), LMC_KEYS)
                 rows.append(lmc_row(level, metrics["density"], path))
         return rows
 
@@ -522,7 +522,7 @@ class Tracker:
             level = int(last["level"])
             artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9_.-]", "_", f"ticket-{self.group}-r{replicate}"), type="ticket",
                                       metadata={"level": level, "percent_remaining": float(last["percent_remaining"])})
-            artifact.add_dir(os.path.join(paths.level_dir(self.directory, replicate, level), "ticket"))
+            artifact.add_dir(paths.ticket_dir(paths.level_dir(self.directory, replicate, level)))
             record.run.log_artifact(artifact)
         title = "test accuracy vs % weights remaining" + (f" (replicate {replicate}, {kind})" if self.agent else "")
         tables = {"levels": table,

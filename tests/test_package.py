@@ -111,3 +111,15 @@ def test_the_reading_finds_the_imports_it_judges():
     assert "lottery.imp" in edges["lottery.run"]  # a lazy import inside a function
     assert "lottery.units" in edges["lottery.models.lenet"] and "lottery.units" in edges["lottery.pruning.structure"]
     assert layer("lottery.imp.levels") > layer("lottery.training.loop") > layer("lottery.results.store")
+
+
+def test_result_file_names_are_composed_in_results_paths_only():
+    """A network's files and trees are named in results/paths.py (METRICS, TICKET, TRAINED) and
+    joined there: a layout change is one place (issue 34)."""
+    import re
+
+    composed = re.compile(r"""os\.path\.join\([^)]*["'](metrics\.json|ticket|trained)["']\)""")
+    found = [f"{path.relative_to(LOTTERY.parent)}:{n}" for path in sorted(LOTTERY.rglob("*.py")) if path.name != "paths.py"
+             for n, line in enumerate(path.read_text().splitlines(), 1) if composed.search(line) or "'metrics.json'" in line
+             or '"metrics.json"' in line]
+    assert found == []

@@ -54,15 +54,15 @@ def _flatten(tree, prefix=""):
 def _rows(directory: str, config: dict):
     kinds, label = controls.kinds(), method(config)[0]
     for replicate, level, _, network in paths.networks(directory, kinds):
-        metrics_file = os.path.join(network, "metrics.json")
+        metrics_file = paths.metrics_file(network)
         m = read_json(metrics_file, NETWORK_KEYS)
         if m["kind"] not in kinds:
             raise LotteryError(f"{metrics_file}: kind {m['kind']!r} is not one of {', '.join(kinds)}; it is corrupt")
-        lmc_file = os.path.join(paths.lmc_dir(directory, replicate, level), "metrics.json")
+        lmc_file = paths.metrics_file(paths.lmc_dir(directory, replicate, level))
         barrier = levels_barrier = np.nan
         if m["kind"] == "ticket" and os.path.exists(lmc_file):
             barrier = read_json(lmc_file, ("barrier",))["barrier"]
-        levels_file = os.path.join(paths.lmc_levels_dir(directory, replicate, level), "metrics.json")
+        levels_file = paths.metrics_file(paths.lmc_levels_dir(directory, replicate, level))
         if m["kind"] == "ticket" and os.path.exists(levels_file):  # from level L-1's solution (lmc.between_levels)
             levels_barrier = read_json(levels_file, ("barrier",))["barrier"]
         early = m.get("early_stop") or {}

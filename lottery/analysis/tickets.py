@@ -125,8 +125,8 @@ def read_ticket(directory: str) -> dict:
     """A finished network's mask and the signs of its start weights (``ticket/``; int8, all that
     sign agreement needs), by prunable layer (named as in metrics.json: ``hidden/0/kernel``), and
     its metrics.json."""
-    metrics = read_json(os.path.join(directory, "metrics.json"), NETWORK_KEYS)
-    ticket = read_flat(os.path.join(directory, "ticket"), ("mask", "params", "batch_stats"), separator="/")
+    metrics = read_json(paths.metrics_file(directory), NETWORK_KEYS)
+    ticket = read_flat(paths.ticket_dir(directory), ("mask", "params", "batch_stats"), separator="/")
     layers = list(metrics["layers"])
     missing = [name for name in layers if name not in ticket["mask"] or name not in ticket["params"]]
     if missing:
@@ -161,7 +161,7 @@ def networks(root: str) -> pd.DataFrame:
         df = pd.DataFrame(columns=["experiment", "hash", "replicate", "level", "kind", "directory"])
     df = df[df.level > 0]
     found = df[list(PAIR)].assign(directory=[network_dir(row) for _, row in df.iterrows()])
-    return found[[os.path.isdir(os.path.join(d, "ticket")) for d in found.directory]].reset_index(drop=True)
+    return found[[os.path.isdir(paths.ticket_dir(d)) for d in found.directory]].reset_index(drop=True)
 
 
 def pairs(found: pd.DataFrame, comparisons: Iterable[str] = COMPARISONS, kinds: Optional[Iterable[str]] = ("ticket",)):
@@ -237,7 +237,7 @@ def layer_densities(df: pd.DataFrame) -> pd.DataFrame:
     the layer's density and its share of the weights the network keeps, read from metrics.json."""
     rows = []
     for _, network in df.iterrows():
-        layers = read_json(os.path.join(network_dir(network), "metrics.json"), NETWORK_KEYS)["layers"]
+        layers = read_json(paths.metrics_file(network_dir(network)), NETWORK_KEYS)["layers"]
         kept = sum(c["remaining"] for c in layers.values())
         for name, c in layers.items():
             rows.append({"experiment": network["experiment"], "hash": network["hash"], "replicate": network["replicate"],

@@ -139,8 +139,8 @@ LINKS = "linked.json"
 
 def sources(dense: Dense, replicate: int) -> Dict[str, str]:
     """Where the store keeps the trees an experiment's level_0/ links (``LINKED``)."""
-    return {"ticket": os.path.join(dense.replicate_dir(replicate), "ticket"),
-            "trained": os.path.join(dense.replicate_dir(replicate), "trained"),
+    return {"ticket": paths.ticket_dir(dense.replicate_dir(replicate)),
+            "trained": paths.trained_dir(dense.replicate_dir(replicate)),
             "rewind_point": dense.rewind_dir(replicate, dense.experiment.rewind)}
 
 
@@ -151,7 +151,7 @@ def verify(dense: Dense, replicate: int, relink: Optional[Tuple[str, dict]] = No
     the experiment's level_0/linked.json records: ``damaged`` compares with them later."""
     experiment, digests = dense.experiment, {}
     try:
-        read_json(os.path.join(dense.replicate_dir(replicate), "metrics.json"), NETWORK_KEYS)
+        read_json(paths.metrics_file(dense.replicate_dir(replicate)), NETWORK_KEYS)
         for what, path in sources(dense, replicate).items():
             if what != "rewind_point" or os.path.isdir(path):  # θk may still be to compute
                 owner = path if what == "rewind_point" else None  # deleting the step alone computes it again
@@ -263,9 +263,9 @@ def train_dense(dense: Dense, replicates: List[int], invocation, progress) -> No
     for i, network in enumerate(networks):
         work_dir = fresh(network.directory + ".partial")
         start = jax.device_get(network.state)
-        save_tree(os.path.join(work_dir, "ticket"), {key: start[key] for key in ("mask", "params", "batch_stats")})
+        save_tree(paths.ticket_dir(work_dir), {key: start[key] for key in ("mask", "params", "batch_stats")})
         finished = training.unstack(states, i)
-        save_tree(os.path.join(work_dir, "trained"), {key: finished[key] for key in ("params", "batch_stats")})
+        save_tree(paths.trained_dir(work_dir), {key: finished[key] for key in ("params", "batch_stats")})
         if hosts.primary():
             os.makedirs(os.path.join(work_dir, "rewind_points"))
         for step, snapshots in kept.items():
@@ -274,7 +274,7 @@ def train_dense(dense: Dense, replicates: List[int], invocation, progress) -> No
                                    masks.counts(start["mask"], experiment.prunable), seconds)
         metrics.update(data_fingerprint=experiment.data_fingerprint, examples=experiment.data_examples,
                        group_size=len(networks))
-        write_json(os.path.join(work_dir, "metrics.json"), metrics)
+        write_json(paths.metrics_file(work_dir), metrics)
         if hosts.primary():
             os.rename(work_dir, network.directory)
         invocation.add(replicate=network.replicate, trained=end, kept=sorted(kept))
@@ -295,7 +295,7 @@ def keep_rewind_point(dense: Dense, replicates: List[int], invocation, progress)
         networks = []
         for r in group:
             keys = experiment.keys(r)
-            ticket = load_tree(os.path.join(dense.replicate_dir(r), "ticket"), experiment.template("ticket"))
+            ticket = load_tree(paths.ticket_dir(dense.replicate_dir(r)), experiment.template("ticket"))
             opt_state = None
             if start in dense.kept_steps(r):
                 kept = dense.rewind_dir(r, start)
@@ -330,7 +330,7 @@ def link_replicate(dense: Dense, replicate: int, digests: Dict[str, dict]) -> di
     ``digests`` of what it links; its metrics."""
     experiment = dense.experiment
     source, destination = dense.replicate_dir(replicate), experiment.level_dir(replicate, 0)
-    metrics = read_json(os.path.join(source, "metrics.json"), NETWORK_KEYS)
+    metrics = read_json(paths.metrics_file(source), NETWORK_KEYS)
     # Counted by this experiment's rule (pruning.ignore decides what is prunable, not the dense run).
     full = masks.full_mask(experiment.trainer.init_params)
     metrics.update(result_metrics.count_fields(masks.counts(full, experiment.prunable)))
@@ -339,7 +339,7 @@ def link_replicate(dense: Dense, replicate: int, digests: Dict[str, dict]) -> di
     if hosts.primary():
         for what, path in sources(dense, replicate).items():
             link_tree(path, os.path.join(work_dir, what))
-        write_json(os.path.join(work_dir, "metrics.json"), metrics)
+        write_json(paths.metrics_file(work_dir), metrics)
         write_json(os.path.join(work_dir, LINKS), digests)
         os.rename(work_dir, destination)
     hosts.barrier(f"level 0 {destination}")
@@ -364,4 +364,4 @@ def relink_replicate(dense: Dense, replicate: int, digests: Dict[str, dict]) -> 
             shutil.rmtree(tree + ".damaged")
         write_json(os.path.join(level_0, LINKS), digests)
     hosts.barrier(f"level 0 relinked {level_0}")
-    return read_json(os.path.join(level_0, "metrics.json"), NETWORK_KEYS)
+    return read_json(paths.metrics_file(level_0), NETWORK_KEYS)

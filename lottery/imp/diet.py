@@ -242,7 +242,7 @@ class Store:
         name = f"{cfg.model.name}-{cfg.dataset.name}-{p.score}-{digest(self.identity)}"
         self.directory = paths.diet_store(experiment.directory, name)
         self.scores = os.path.join(self.directory, "scores.npy")
-        self.metrics = os.path.join(self.directory, "metrics.json")
+        self.metrics = paths.metrics_file(self.directory)
         self.networks = os.path.join(self.directory, "networks")  # scoring in progress (``compute``)
 
     def complete(self) -> bool:
@@ -402,7 +402,7 @@ def read_scores(path: str, examples: int, data_fingerprint: Optional[str] = None
                            "another data set?)")
     if not np.all(np.isfinite(array)):
         raise LotteryError(f"{path}: holds {int(np.sum(~np.isfinite(array)))} scores that are not finite numbers")
-    beside = os.path.join(os.path.dirname(path), "metrics.json")
+    beside = paths.metrics_file(os.path.dirname(path))
     if data_fingerprint is not None and os.path.isfile(beside):
         made = read_json(beside, METRICS_KEYS)
         if made["data_fingerprint"] != data_fingerprint:

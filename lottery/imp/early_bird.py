@@ -37,6 +37,7 @@ from lottery.step import Step
 from lottery.training import loop
 from lottery.training import trainer as training
 from lottery.training.loop import Network
+from lottery.results import paths
 
 DIRECTORY = "early_bird"
 KEYS = ("step", "reached", "checks", "distances", "saved_steps")
@@ -135,7 +136,7 @@ def save(directory: str, mask, record: dict) -> None:
     target = os.path.join(directory, DIRECTORY)
     work = fresh(target + ".partial")
     save_tree(os.path.join(work, "mask"), mask)
-    write_json(os.path.join(work, "metrics.json"), record)
+    write_json(paths.metrics_file(work), record)
     os.rename(work, target)
 
 
@@ -144,7 +145,7 @@ def load(experiment, level_dir: str):
     target = os.path.join(level_dir, DIRECTORY)
     if not os.path.isdir(target):
         return None
-    read_json(os.path.join(target, "metrics.json"), KEYS)
+    read_json(paths.metrics_file(target), KEYS)
     return load_tree(os.path.join(target, "mask"), masks.full_mask(experiment.trainer.init_params))
 
 

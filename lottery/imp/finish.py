@@ -109,9 +109,9 @@ def collect(experiment: Experiment) -> List[dict]:
     results = []
     for level in range(experiment.cfg.levels + 1):
         for replicate in range(experiment.cfg.replicates):
-            lmc_file = os.path.join(paths.lmc_dir(experiment.directory, replicate, level), "metrics.json")
+            lmc_file = paths.metrics_file(paths.lmc_dir(experiment.directory, replicate, level))
             for kind in controls.kinds():
-                metrics_file = os.path.join(paths.network_dir(experiment.directory, replicate, level, kind), "metrics.json")
+                metrics_file = paths.metrics_file(paths.network_dir(experiment.directory, replicate, level, kind))
                 if os.path.exists(metrics_file):
                     metrics = read_json(metrics_file, NETWORK_KEYS)
                     if kind == "ticket" and os.path.exists(lmc_file):

@@ -175,7 +175,7 @@ def dense_level(experiment: Experiment, progress: Progress) -> int:
     for r in range(experiment.cfg.replicates):
         directory = experiment.level_dir(r, 0)
         if os.path.isdir(directory):  # finished work must be readable before more is built on it
-            read_json(os.path.join(directory, "metrics.json"), NETWORK_KEYS)
+            read_json(paths.metrics_file(directory), NETWORK_KEYS)
             found = dense.damaged(experiment, r, progress.console.print)  # through its links to the store
             if found is not None:
                 relink[r] = found
@@ -223,7 +223,7 @@ def level_networks(experiment: Experiment, replicate: int, level: int) -> List[N
     ticket_done = os.path.isdir(directory("ticket"))
     to_train = [c for c in cfg.controls if not os.path.isdir(directory(c))]
     for kind in ["ticket"] * ticket_done + [c for c in cfg.controls if c not in to_train]:
-        read_json(os.path.join(directory(kind), "metrics.json"), NETWORK_KEYS)  # finished work must be readable
+        read_json(paths.metrics_file(directory(kind)), NETWORK_KEYS)  # finished work must be readable
     if ticket_done and not to_train:
         return []
     keys = experiment.keys(replicate)
@@ -309,8 +309,8 @@ def save_network(experiment: Experiment, network: Network, level: int, start: in
     start_state = jax.device_get(network.state)
     method_records = [m.record(experiment, network, level, start_state, finished) for m in experiment.methods]
     start_state = experiment.method.saved_start(start_state, finished)
-    save_tree(os.path.join(work_dir, "ticket"), {key: start_state[key] for key in ("mask", "params", "batch_stats")})
-    save_tree(os.path.join(work_dir, "trained"), {key: finished[key] for key in ("params", "batch_stats")})
+    save_tree(paths.ticket_dir(work_dir), {key: start_state[key] for key in ("mask", "params", "batch_stats")})
+    save_tree(paths.trained_dir(work_dir), {key: finished[key] for key in ("params", "batch_stats")})
     layer_counts = masks.counts(start_state["mask"], experiment.prunable)
     metrics = result_metrics.summarize(level, network.replicate, network.kind, start, history, layer_counts, seconds)
     metrics["data_fingerprint"] = experiment.data_fingerprint
@@ -326,7 +326,7 @@ def save_network(experiment: Experiment, network: Network, level: int, start: in
         metrics["structure"] = structured
     for record in method_records:
         metrics.update(record)
-    write_json(os.path.join(work_dir, "metrics.json"), metrics)
+    write_json(paths.metrics_file(work_dir), metrics)
     if hosts.primary():
         os.rename(work_dir, network.directory)
         experiment.invocation.add(level=level, replicate=network.replicate, kind=network.kind)

@@ -134,7 +134,7 @@ def measure(experiment: Experiment, level: int, replicate: int, start: int, a, b
     with the number of points to ``directory``/metrics.json, and its plot."""
     path = error_along_path(experiment.trainer, a, b, experiment.cfg.lmc.points)
     path.update(level=level, replicate=replicate, start_step=start, points=experiment.cfg.lmc.points)
-    write_json(os.path.join(directory, "metrics.json"), path)
+    write_json(paths.metrics_file(directory), path)
     if hosts.primary():
         plot([path], os.path.join(directory, "path.png"), f"level {level}, replicate {replicate}: from step {start}")
     return path
@@ -146,7 +146,7 @@ def between_levels(experiment: Experiment, level: int, say=print) -> int:
     points, measured = experiment.cfg.lmc.points, 0
     for replicate in range(experiment.cfg.replicates):
         directory = paths.lmc_levels_dir(experiment.directory, replicate, level)
-        metrics_file = os.path.join(directory, "metrics.json")
+        metrics_file = paths.metrics_file(directory)
         if os.path.exists(metrics_file) and read_json(metrics_file, LMC_KEYS).get("points") == points:
             continue
         this_level = experiment.level_dir(replicate, level)
@@ -157,7 +157,7 @@ def between_levels(experiment: Experiment, level: int, say=print) -> int:
         path.update(level=level, replicate=replicate, start_step=experiment.segment(level)[0], points=points,
                     endpoints=[f"level {level - 1} trained, pruned to level {level}'s mask", f"level {level} trained"])
         work_dir = fresh(directory + ".partial")
-        write_json(os.path.join(work_dir, "metrics.json"), path)
+        write_json(paths.metrics_file(work_dir), path)
         if hosts.primary():
             plot([path], os.path.join(work_dir, "path.png"), f"replicate {replicate}: level {level - 1} -> {level}")
             if os.path.isdir(directory):  # measured at another number of points: the new one replaces it
@@ -175,7 +175,7 @@ def remeasure(experiment: Experiment, level: int, replicate: int, directory: str
     """A finished LMC measurement asked for at another number of points: measure the path again
     from its saved copies (the copies, trained once, are the result; the path records its points)."""
     points = experiment.cfg.lmc.points
-    measured = read_json(os.path.join(directory, "metrics.json"), LMC_KEYS)
+    measured = read_json(paths.metrics_file(directory), LMC_KEYS)
     had = measured.get("points", len(measured.get("alphas", [])))
     if had == points:
         return

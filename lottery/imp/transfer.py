@@ -117,8 +117,8 @@ class Source:
         for replicate in range(replicates):
             for level in range(levels + 1):  # level 0: θ0 and θk, the controls' start weights
                 directory = paths.level_dir(source, replicate, level)
-                metrics_file = os.path.join(directory, "metrics.json")
-                if not (os.path.isfile(metrics_file) and os.path.isdir(os.path.join(directory, "ticket"))):
+                metrics_file = paths.metrics_file(directory)
+                if not (os.path.isfile(metrics_file) and os.path.isdir(paths.ticket_dir(directory))):
                     raise LotteryError(f"transfer.source: {directory} is not a finished level; the source must have levels "
                                        f"0..{levels} of replicates 0..{replicates - 1} (run it with at least "
                                        f"levels={levels} replicates={replicates})")
@@ -127,7 +127,7 @@ class Source:
                 except LotteryError:
                     raise LotteryError(f"transfer.source: {metrics_file}: not a readable lottery result; the source is "
                                        f"damaged there: delete {directory} and run the source experiment again") from None
-        for metrics_file in sorted(glob.glob(os.path.join(paths.level_dir(experiment_dir, "*", "*"), "metrics.json"))):
+        for metrics_file in sorted(glob.glob(paths.metrics_file(paths.level_dir(experiment_dir, "*", "*")))):
             try:
                 origin = json.load(open(metrics_file)).get("transfer")
             except (OSError, ValueError):
@@ -139,7 +139,7 @@ class Source:
         if levels < 1:
             return
         first = paths.level_dir(source, 0, 1)
-        found = read_flat(os.path.join(first, "ticket"), ("mask", "params", "batch_stats"), separator="/", then=REPAIR)
+        found = read_flat(paths.ticket_dir(first), ("mask", "params", "batch_stats"), separator="/", then=REPAIR)
         for group in ("params", "batch_stats"):
             mine = {name: tuple(a.shape) for name, a in masks.flatten(templates[group]).items()}
             theirs = {name: tuple(a.shape) for name, a in found[group].items()}
@@ -152,7 +152,7 @@ class Source:
 
     def mask(self, replicate: int, level: int, template: dict):
         """The mask of the source's ticket at ``level`` (``template``: a saved ticket's structure)."""
-        ticket = os.path.join(paths.level_dir(self.directory, replicate, level), "ticket")
+        ticket = paths.ticket_dir(paths.level_dir(self.directory, replicate, level))
         return load_tree(ticket, template, then=REPAIR)["mask"]
 
     def start_weights(self, replicate: int, templates: dict) -> dict:
@@ -162,7 +162,7 @@ class Source:
         the source's θ0 (``templates``: this experiment's params and batch_stats; with a mask for init)."""
         level_0 = paths.level_dir(self.directory, replicate, 0)
         if self.weights == "init":
-            return load_tree(os.path.join(level_0, "ticket"), templates["ticket"], then=REPAIR)  # θ0, dense
+            return load_tree(paths.ticket_dir(level_0), templates["ticket"], then=REPAIR)  # θ0, dense
         found = read_flat(os.path.join(level_0, "rewind_point"), ("params", "batch_stats"), exact=False, separator="/",
                           then=REPAIR)
         return {group: masks.unflatten(templates[group], found[group]) for group in ("params", "batch_stats")}

@@ -25,6 +25,10 @@ DENSE_STORE = "dense"  # below output_dir
 DIET_STORE = "diets"  # below output_dir: data diets' scores (lottery/imp/diet.py)
 DIET_RECORD, DIET_SUBSET = "diet.json", "diet_subset.npy"  # in an experiment's directory: what its diet chose
 CHECKPOINTS = "checkpoints"
+# The files and trees of a network's directory (and of an LMC measurement, a draw, a store): named
+# here, joined by the functions below, never composed elsewhere.
+METRICS = "metrics.json"
+TICKET, TRAINED, REWIND_POINT = "ticket", "trained", "rewind_point"  # orbax trees: start, end, θk
 LMC = "lmc"
 LMC_LEVELS = "lmc_levels"  # the path from the previous level's solution (lmc.between_levels)
 
@@ -131,3 +135,18 @@ def locate(path: str, kinds: Sequence[str]) -> Optional[Tuple[str, int, int, str
     if level is None or replicate is None:
         return None
     return os.path.dirname(os.path.dirname(level_path)), int(replicate.group(1)), int(level.group(1)), kind
+
+
+def metrics_file(directory: str) -> str:
+    """``<directory>/metrics.json``: a network's results (an LMC measurement's, a draw's, a store's record)."""
+    return os.path.join(directory, METRICS)
+
+
+def ticket_dir(directory: str) -> str:
+    """A network's ticket: its mask and the weights training started from (orbax)."""
+    return os.path.join(directory, TICKET)
+
+
+def trained_dir(directory: str) -> str:
+    """A network's weights and batch statistics after training (orbax)."""
+    return os.path.join(directory, TRAINED)
