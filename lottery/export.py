@@ -135,7 +135,7 @@ def check(level_dir: str, mask, start, trained, metrics) -> None:
         raise LotteryError(f"{paths.ticket_dir(level_dir)}: its mask is not one boolean array per parameter, "
                            "shaped like it; it is corrupt")
     if shapes(trained["params"]) != params or shapes(trained["batch_stats"]) != shapes(start["batch_stats"]):
-        raise LotteryError(f"{os.path.join(level_dir, 'trained')}: its weights are not shaped like those of ticket/ "
+        raise LotteryError(f"{paths.trained_dir(level_dir)}: its weights are not shaped like those of ticket/ "
                            "beside it; the two are of different networks")
     for group, weights in (("ticket", start["params"]), ("trained", trained["params"])):
         for name, m in mask.items():

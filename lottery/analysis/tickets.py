@@ -130,7 +130,7 @@ def read_ticket(directory: str) -> dict:
     layers = list(metrics["layers"])
     missing = [name for name in layers if name not in ticket["mask"] or name not in ticket["params"]]
     if missing:
-        raise LotteryError(f"{os.path.join(directory, 'ticket')}: has no mask or start weights of {', '.join(missing)}, "
+        raise LotteryError(f"{paths.ticket_dir(directory)}: has no mask or start weights of {', '.join(missing)}, "
                            "which its metrics.json names; it is corrupt")
     mask = {name: ticket["mask"][name].astype(bool) for name in layers}
     start = {name: np.sign(ticket["params"][name]).astype(np.int8) for name in layers}
