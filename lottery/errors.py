@@ -21,6 +21,17 @@ class Preempted(Exception):
         self.signal, self.code = signal, code
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGUSR2 outside training (loading data, compiling, writing figures), where no
+    checkpoint is due: the command stops at once (raised by run.py's handler, which the training
+    loop's own replaces while it trains). A BaseException, as KeyboardInterrupt is, so that no
+    ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signal: str, code: int):
+        super().__init__(signal)
+        self.signal, self.code = signal, code
+
+
 # What to do about an operating-system error, by errno. Results are written to `.partial` paths and
 # renamed into place, and checkpoints are kept two at a time, so none of these loses finished work.
 _ADVICE = {

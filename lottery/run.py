@@ -4,6 +4,8 @@ With no experiment it runs the quickstart (``conf/exp/quickstart.yaml`` equals t
 Bad input (an unknown key or name, a wrongly typed or out-of-range value, missing or corrupt data,
 a results directory that cannot be written) ends with one line ``error: ...`` on stderr and exit
 code 2. SIGTERM writes a checkpoint and ends with one line ``preempted: ...`` and exit code 143
+(outside training -- loading data, compiling, writing the report -- it stops at once, with the same
+line and code)
 (SIGUSR2, submitit's time-limit notice: the same, 140, or in a submitit job a requeue);
 Ctrl-C does the same with ``interrupted: ...`` and 130 (twice: at once). The same command
 continues the run. In a sweep (``-m``) every job's config is checked before the first starts, a
@@ -17,6 +19,7 @@ import functools
 import logging
 import os
 import re
+import signal
 import sys
 import traceback
 from typing import List, Optional
@@ -31,7 +34,7 @@ from omegaconf.errors import OmegaConfBaseException
 from lottery import config  # noqa: F401  (registers the structured config schema)
 from lottery import sweeps
 from lottery.config import CONF  # conf/: the experiments
-from lottery.errors import LotteryError, Preempted, describe
+from lottery.errors import LotteryError, Preempted, Terminated, describe
 
 # JAX probes for a TPU and warns when there is none; that is not news on CPU or GPU machines.
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
@@ -68,6 +71,10 @@ def main(cfg: DictConfig) -> Optional[float]:
         if status:
             status(word)
         finish(f"{word}: {preempted}", preempted.code)
+    except Terminated as terminated:  # SIGTERM / SIGUSR2 outside training (loading data, compiling, figures)
+        if status:
+            status("preempted")
+        finish(stopped_outside_training(terminated), terminated.code)
     except KeyboardInterrupt:  # a second Ctrl-C in training, or one before or after it (loading data, figures)
         if status:
             status("interrupted")
@@ -87,6 +94,20 @@ def main(cfg: DictConfig) -> Optional[float]:
         finish(message, 2)
     print(f"{message} [{label}]", file=sys.stderr)
     status("failed", error=message[len("error: "):])  # the sweep goes on; cli() sums up
+
+
+OUTSIDE = (signal.SIGTERM, signal.SIGUSR2)  # a scheduler's notices; Ctrl-C is Python's KeyboardInterrupt
+
+
+def stop_outside_training(signum, frame):
+    """SIGTERM or SIGUSR2 where the training loop's handler is not installed: stop at once (there
+    is no checkpoint to write: before training nothing is trained, after it everything is saved)."""
+    raise Terminated(signal.Signals(signum).name, 128 + signum)
+
+
+def stopped_outside_training(terminated: Terminated) -> str:
+    return (f"preempted: {terminated.signal} outside training (loading data, compiling, or writing the report); "
+            "finished results are intact: run the same command to continue")
 
 
 def finish(line: str, code: int) -> None:
@@ -200,6 +221,9 @@ def cli() -> None:
     # Let Hydra raise instead of printing its own multi-line report, so every error is one line.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     tolerate_closed_event_loops()
+    for number in OUTSIDE:  # a handler of a launcher (submitit) or of an embedding program stays
+        if signal.getsignal(number) is signal.SIG_DFL:
+            signal.signal(number, stop_outside_training)
     arguments = sys.argv[1:]
     try:
         check_overrides(arguments)
@@ -219,6 +243,8 @@ def cli() -> None:
         finish(f"error: {one_line(error)}", 2)
     except KeyboardInterrupt:  # before any level started (loading data, compiling)
         finish("interrupted: stopped before training began; nothing was lost", 130)
+    except Terminated as terminated:  # SIGTERM / SIGUSR2 outside a job's run (Hydra composing, a sweep's set-up)
+        finish(stopped_outside_training(terminated), terminated.code)
     except ValueError as error:  # Hydra's refusal of its flags, or the Optuna sweeper's report of the best trial
         from lottery import search  # of a study that has none
 

@@ -401,3 +401,43 @@ def test_a_sweep_with_hydra_flags_is_checked_job_by_job_and_bad_flags_are_one_li
     result = run_cli("-m", "model=glob(nothing*)", cwd=tmp_path)  # a sweep of no job is not a success
     assert result.returncode == 2 and lines(result.stderr)[-1] == \
         "error: the sweep has no job: its overrides expand to no value (an empty choice or glob)"
+
+
+SIGTERM_AT = """
+import os, runpy, signal, sys
+import lottery.imp.finish, lottery.imp.levels
+
+where = sys.argv.pop(1)
+def term_then(function):  # SIGTERM to this process as ``function`` starts, as a scheduler would send it
+    def wrapped(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return function(*args, **kwargs)
+    return wrapped
+if where == "start-up":  # loading data and building the model: before any level
+    lottery.imp.levels.prepare = term_then(lottery.imp.levels.prepare)
+else:  # every level trained, the report (objective, figures, table) being written
+    lottery.imp.finish.finish = term_then(lottery.imp.finish.finish)
+sys.argv = ["lottery.run", *sys.argv[1:]]
+runpy.run_module("lottery.run", run_name="__main__", alter_sys=True)  # python -m lottery.run, patched
+"""
+
+
+@pytest.mark.parametrize("where", ["start-up", "after training"])
+def test_sigterm_outside_training_ends_with_the_preempted_line_and_143_and_the_same_command_continues(tmp_path, where):
+    """Inside training SIGTERM writes a checkpoint (the test above); before it and after it there
+    is none to write: the command stops at once with the same line and exit code (issue 35; it
+    was killed silently, exit -15)."""
+    from conftest import child_env
+
+    command = [sys.executable, "-c", SIGTERM_AT, where, *FAST]
+    stopped = subprocess.run(command, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=600)
+    assert stopped.returncode == 143, stopped.stderr
+    (line,) = lines(stopped.stderr)
+    assert line == ("preempted: SIGTERM outside training (loading data, compiling, or writing the report); finished "
+                    "results are intact: run the same command to continue")
+    trained = glob.glob(f"{tmp_path}/runs/quickstart-*/replicate_0/level_*/metrics.json")
+    assert len(trained) == (0 if where == "start-up" else 2)  # after training: every level kept
+    again = run_cli(*FAST, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert len(glob.glob(f"{tmp_path}/runs/quickstart-*/replicate_0/level_*/metrics.json")) == 2
+    assert "level" in again.stdout and os.path.isfile(glob.glob(f"{tmp_path}/runs/quickstart-*/accuracy_vs_sparsity.png")[0])
