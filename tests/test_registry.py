@@ -48,3 +48,50 @@ def test_a_control_registered_alone_in_a_test_module_trains_beside_the_ticket_an
     finally:
         del controls.CONTROLS["negated"]
     assert "negated" not in controls.kinds()
+
+
+def test_a_method_registered_alone_in_a_test_module_trains_reports_and_exports(small_config, tmp_path):
+    """imp/method.py: a method is one class under @method, overriding the seams it changes; nothing
+    else is touched for the levels to train its tickets, record what it adds, report and export them
+    (issue 34). The toy keeps the weights IMP would prune: each level the smallest trained magnitudes."""
+    from lottery.imp import iterative, method as methods
+
+    @methods.method
+    class SmallestFirst(iterative.IMP):
+        fallback = False  # chosen over IMP, as any method that makes tickets
+
+        @staticmethod
+        def chosen(cfg) -> bool:
+            return cfg.name == "smallest-first"
+
+        def mask(self, experiment, replicate, level):
+            scores, survivors = self.ranking(experiment, replicate, level)
+            return experiment.structure.prune(jax.tree.map(np.negative, scores), survivors, level)
+
+        def record(self, experiment, network, level, start_state, finished):
+            return {"toy": {"kept": "smallest"}} if network.kind == "ticket" and level > 0 else {}
+
+    try:
+        cfg = small_config("levels=1", "controls=[random_prune]", "name=smallest-first")
+        results = imp.run(cfg, console=Console(file=io.StringIO(), width=300))
+        experiment = imp.prepare(cfg)
+        assert isinstance(experiment.method, SmallestFirst)
+        assert [(r["level"], r["kind"], r.get("toy")) for r in results] == [
+            (0, "ticket", None), (1, "ticket", {"kept": "smallest"}), (1, "random_prune", None)]
+        trained = masks.flatten(experiment.load(experiment.level_dir(0, 0), "trained")["params"])
+        kept = masks.flatten(experiment.load(experiment.level_dir(0, 1), "ticket")["mask"])
+        for name in experiment.prunable:  # every kept weight is no larger than every pruned one, layer by layer
+            magnitude, mask = np.abs(np.asarray(trained[name])), np.asarray(kept[name]).astype(bool)
+            assert 0 < mask.sum() < mask.size and magnitude[mask].max() <= magnitude[~mask].min()
+        ticket_counts = masks.counts(kept, experiment.prunable)
+        imp_counts = masks.counts(masks.prune_by_scores(
+            {n: np.abs(np.asarray(a)) for n, a in trained.items()}, masks.full_mask(experiment.trainer.init_params),
+            cfg.pruning, experiment.prunable), experiment.prunable)
+        assert ticket_counts == imp_counts  # IMP's counts, the other end of the ranking
+        df = analysis.load_runs(experiment.directory)
+        assert sorted(df.kind) == ["random_prune", "ticket", "ticket"]
+        exported = export.export(experiment.level_dir(0, 1), str(tmp_path / "toy.safetensors"))
+        assert exported["kind"] == "ticket" and exported["level"] == 1
+    finally:
+        methods.REGISTRY.remove(SmallestFirst)
+    assert imp.prepare(small_config("levels=1")).method.__class__ is iterative.IMP
