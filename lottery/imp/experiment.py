@@ -8,6 +8,7 @@ starts); ``prepare`` loads the data, builds the trainer and names the directory,
 import dataclasses
 import math
 import os
+import shutil
 from typing import Dict, List, Optional, Tuple
 
 import jax
@@ -26,7 +27,7 @@ from lottery.imp import method as methods
 from lottery.imp.method import Method
 from lottery.pruning import controls, criteria, masks, sparse
 from lottery.pruning import structure as structures
-from lottery.results import paths
+from lottery.results import identity, paths
 from lottery.results.invocations import Invocation
 from lottery.results.store import load_tree
 from lottery.step import Step
@@ -153,6 +154,30 @@ class Experiment:
     def rewind_point(self, replicate: int) -> dict:
         """θk of ``replicate``: the dense level 0's state at the rewind step."""
         return self.load(self.level_dir(replicate, 0), "rewind_point")
+
+    def announce_other_directories(self, say) -> None:
+        """Where this experiment's results may already lie under another directory: an older
+        version's hash (keys since removed) or its old name (every experiment was once quickstart)."""
+        cfg = self.cfg
+        if not os.path.isdir(self.directory):
+            for older in identity.older_versions(self.directory, cfg, self.data_fingerprint):
+                say(f"note: {older} holds this experiment as an older version of lottery hashed it (with keys "
+                    f"since removed); its results stay there, and this one starts afresh in {self.directory}")
+        if paths.old_name(cfg, self.directory):
+            say(f"note: {self.directory} holds this experiment under its old name (an older version named "
+                f"every experiment {identity.DEFAULT_NAME}); it is used, not trained again, and a new one of "
+                f"this kind is named {identity.experiment_name(cfg)}-<hash>")
+
+    def remove_if_empty(self) -> None:
+        """A start that failed before the new experiment's directory held any result (a damaged diet
+        scores store, say): the directory goes, rather than stay as an empty experiment (its identity,
+        lock and the record of an invocation that failed only). One stopped by a signal stays: its
+        record says it was stopped, and the same command continues it."""
+        directory = self.directory
+        if not hosts.primary() or not os.path.isdir(directory) or paths.replicates(directory):
+            return
+        if set(os.listdir(directory)) <= {identity.CONFIG, "invocations.jsonl", "lock"}:
+            shutil.rmtree(directory, ignore_errors=True)
 
     def train(self, states, networks, level: int, start: int, end: int, advance, trainer=None, **options):
         """``loop.train`` with this experiment's trainer (or ``trainer``), evaluation and checkpoint

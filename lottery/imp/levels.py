@@ -41,7 +41,6 @@ finished results (analysis/objective.py). The layout is results/paths.py's.
 """
 
 import os
-import shutil
 from typing import List
 
 import jax
@@ -80,15 +79,8 @@ def run(cfg, console: Console = None) -> Results:
     cfg = experiment.cfg  # as prepared (a transfer's source resolved)
     if not hosts.primary():  # process 0 reports for all
         console = Console(quiet=True)
-    if hosts.primary() and not os.path.isdir(experiment.directory):
-        for older in identity.older_versions(experiment.directory, cfg, experiment.data_fingerprint):
-            console.print(f"note: {older} holds this experiment as an older version of lottery hashed it (with keys "
-                          "since removed); its results stay there, and this one starts afresh in "
-                          f"{experiment.directory}")
-    if hosts.primary() and paths.old_name(cfg, experiment.directory):
-        console.print(f"note: {experiment.directory} holds this experiment under its old name (an older version named "
-                      f"every experiment {identity.DEFAULT_NAME}); it is used, not trained again, and a new one of "
-                      f"this kind is named {identity.experiment_name(cfg)}-<hash>")
+    if hosts.primary():
+        experiment.announce_other_directories(console.print)
     identify = lambda: identity.write_identity(experiment.directory, cfg, experiment.data_fingerprint)
     new = not os.path.isdir(experiment.directory)
     lock = open_locked(experiment.directory, identify, "this experiment")
@@ -96,23 +88,11 @@ def run(cfg, console: Console = None) -> Results:
         return run_locked(experiment, console)
     except Exception as error:  # failed; stopped (Ctrl-C, preempted) it keeps the record of its invocation
         if new and not isinstance(error, Preempted):  # under the lock still: no other process writes there
-            remove_if_nothing(experiment)
+            experiment.remove_if_empty()
         raise
     finally:
         if lock is not None:
             lock.close()
-
-
-def remove_if_nothing(experiment: Experiment) -> None:
-    """A start that failed before the new experiment's directory held any result (a damaged diet
-    scores store, say): the directory goes, rather than stay as an empty experiment (its identity,
-    lock and the record of an invocation that failed only). One stopped by a signal stays: its
-    record says it was stopped, and the same command continues it."""
-    directory = experiment.directory
-    if not hosts.primary() or not os.path.isdir(directory) or paths.replicates(directory):
-        return
-    if set(os.listdir(directory)) <= {identity.CONFIG, "invocations.jsonl", "lock"}:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def run_locked(experiment: Experiment, console: Console) -> Results:
