@@ -105,7 +105,8 @@ def test_pruning_at_start_reaches_each_levels_imp_counts_from_theta_0_in_one_run
 @pytest.mark.parametrize("overrides, message", [
     (["pruning.criterion=snap"], "pruning.criterion='snap' is not a criterion; choose one of: "),
     (["pruning.prune_at=init"], "pruning.prune_at='init' is not an option; choose one of: trained, start"),
-    (["pruning.prune_at=start", "retrain=finetune"], "pruning.prune_at=start trains each level from its start weights"),
+    (["pruning.prune_at=start", "retrain=finetune"], "retrain=finetune: pruning before training (pruning.prune_at=start) "
+                                                     "makes this experiment's tickets and does not use it; leave retrain at rewind"),
     (["pruning.rounds=3"], "pruning.rounds=3 applies to pruning before training"),
 ])
 def test_criterion_keys_are_checked_before_anything_runs(overrides, message):

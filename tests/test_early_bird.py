@@ -71,8 +71,15 @@ def test_each_level_is_pruned_from_the_weights_at_its_early_bird_step(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["early_bird.enabled=true", "controls=[invert]"], "controls: invert reverses the ranking of the previous level's"),
-    (["early_bird.enabled=true", "pruning.structure=neurons"], "early_bird.enabled=true: an early-bird draw is IMP's"),
+    (["early_bird.enabled=true", "controls=[invert]"], "controls: invert reverses the ranking that made a ticket, which "
+                                                       "Early-Bird IMP (early_bird.enabled=true) has none of"),
+    (["early_bird.enabled=true", "pruning.structure=neurons"], "pruning.structure=neurons: Early-Bird IMP "
+     "(early_bird.enabled=true) makes this experiment's tickets and does not use it; leave pruning.structure at weights"),
+    (["early_bird.enabled=true", "pruning.criterion=snip"], "pruning.criterion=snip: Early-Bird IMP"),
+    (["early_bird.enabled=true", "swamp.particles=2"], "swamp.particles=2: SWAMP changes how the tickets of IMP or "
+                                                       "ticket transfer train; Early-Bird IMP (early_bird.enabled=true)"),
+    (["early_bird.enabled=true", "sparsity=rigl"], "sparsity.method=rigl and early_bird.enabled=true: each makes the "
+                                                   "levels' tickets"),
     (["swamp.average_from=0.5"], "swamp.average_from=0.5 is set, but swamp.particles is 1 (plain IMP, no weight "
                                  "averaging): set swamp.particles >= 2"),
     (["sparsity.levels=[2]"], "sparsity.levels=[2] is set, but sparsity.method is imp"),
@@ -86,7 +93,9 @@ def test_each_level_is_pruned_from_the_weights_at_its_early_bird_step(tmp_path):
     (["early_bird.every=2ep"], "early_bird.every=2ep is set, but early_bird.enabled is false"),
     (["transfer.weights=init"], "transfer.weights=init is set, but transfer.source is not set"),
     (["diet.score=random", "diet.networks=3", "rewind=1ep"], "diet.networks=3 does nothing with these diet settings"),
-    (["sparsity=rigl", "rewind_optimizer=true"], "rewind_optimizer=True: sparsity.method=rigl trains each level from θ0"),
+    (["sparsity=rigl", "rewind_optimizer=true"], "rewind_optimizer=true: sparse training from scratch "
+                                                 "(sparsity.method=rigl) makes this experiment's tickets and does not use it"),
+    (["transfer.source=x", "pruning.criterion=snip"], "pruning.criterion=snip: ticket transfer (transfer.source is set)"),
     (["early_bird.enabled=true", "early_bird.epsilon=0"], "early_bird.epsilon=0.0 must be in (0, 1]"),
     (["early_bird.enabled=true", "early_bird.window=0"], "early_bird.window=0 must be 1 or more"),
 ])

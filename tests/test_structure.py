@@ -173,8 +173,10 @@ def test_the_compact_export_is_smaller_and_computes_the_masked_networks_logits(t
     (["pruning.structure=rows"], "pruning.structure='rows' is not a structure; choose one of: weights, neurons, channels, heads, or N:M"),
     (["pruning.structure=4:2"], "pruning.structure=4:2: N:M needs 0 < N < M, e.g. 2:4"),
     (["pruning.structure=2:4", "levels=3"], "levels=3: pruning.structure=2:4 is reached at level 2 (pruning.rate=0.2); use levels=2"),
-    (["pruning.structure=neurons", "pruning.prune_at=start"], "structured pruning is IMP's here; use pruning.prune_at=trained"),
-    (["pruning.structure=channels", "sparsity=rigl"], "sparsity.method=rigl prunes single weights; use pruning.structure=weights"),
+    (["pruning.structure=neurons", "pruning.prune_at=start"], "pruning.structure=neurons: pruning before training "
+     "(pruning.prune_at=start) makes this experiment's tickets and does not use it; leave pruning.structure at weights"),
+    (["pruning.structure=channels", "sparsity=rigl"], "pruning.structure=channels: sparse training from scratch "
+     "(sparsity.method=rigl) makes this experiment's tickets and does not use it; leave pruning.structure at weights"),
 ])
 def test_structures_that_cannot_run_are_one_line(overrides, message):
     from lottery.errors import LotteryError

@@ -121,7 +121,8 @@ def test_a_source_that_does_not_rewind_is_refused(tmp_path):
     (["replicates=3"], r"replicate_2/level_0 is not a finished level"),
     (["rewind=20it"], r"rewind=20it: a transfer experiment trains its tickets from step 0"),
     (["controls=[invert]"], r"controls: invert reverses the ranking"),
-    (["rewind_optimizer=true"], r"rewind_optimizer=true: a transferred ticket trains with this experiment's optimizer"),
+    (["rewind_optimizer=true"], r"rewind_optimizer=true: ticket transfer \(transfer.source is set\) makes this "
+                                r"experiment's tickets and does not use it; leave rewind_optimizer at false"),
     (["transfer.weights=theta"], r"transfer.weights='theta' is not an option; choose one of: ticket, init"),
     (["pruning.structure=neurons"], r"pruned weights; this experiment has pruning.structure=neurons: set "
                                     r"pruning.structure=weights"),

@@ -11,15 +11,18 @@ from lottery.pruning import criteria, masks
 
 @method
 class AtStart(Method):
+    label = "pruning before training"
     between_levels = False  # each level is its own training, not pruned from the last
+    honours = frozenset({"rewind_optimizer", "pruning.criterion"})  # not retrain: each level from its start weights
+    ranks = True
 
     @staticmethod
     def chosen(cfg) -> bool:
         return cfg.pruning.prune_at == "start"
 
-    @property
-    def title(self):
-        return "pruning before training"
+    @staticmethod
+    def switch(cfg) -> str:
+        return "pruning.prune_at=start"
 
     def mask(self, experiment, replicate: int, level: int):
         """The mask of ``level`` scored on θk in ``pruning.rounds`` rounds whose counts shrink

@@ -115,9 +115,7 @@ def check(cfg) -> None:
     if not 0 <= d.offset < 1 or d.keep + d.offset > 1:
         raise LotteryError(f"diet.offset={d.offset} must be in [0, 1) with diet.keep + diet.offset <= 1 (here "
                            f"{d.keep + d.offset:g}): the fraction left out at the subset's end before keeping")
-    if cfg.sparsity.method != "imp" or cfg.transfer.source is not None:
-        raise LotteryError("diet: a data diet pre-trains the dense network IMP rewinds to; sparse training from "
-                           "scratch and transferred tickets have none (leave diet.score and diet.scores unset)")
+    # the methods it works with: imp/method.py's check (Diet.works_with)
 
 
 @dataclasses.dataclass
@@ -522,7 +520,13 @@ def plan_of(experiment) -> Plan:
 class Diet(Method):
     """A data diet: level 0's first steps on a subset (``diet.score`` or ``diet.scores``)."""
 
+    label = "a data diet"
     makes_tickets = False  # it changes the dense network the tickets rewind to
+    works_with = ("IMP", "AtStart", "EarlyBird")  # those that rewind to the dense network's θk
+
+    @staticmethod
+    def switch(cfg) -> str:
+        return f"diet.score={cfg.diet.score}" if cfg.diet.score is not None else f"diet.scores={cfg.diet.scores}"
 
     def __init__(self, plan: Plan):
         self.plan, self.trainer = plan, None

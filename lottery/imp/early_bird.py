@@ -53,13 +53,7 @@ def check(cfg) -> None:
     if e.window < 1:
         raise LotteryError(f"early_bird.window={e.window} must be 1 or more: the consecutive mask distances below "
                            "early_bird.epsilon that settle the masks (You et al.: 5)")
-    if cfg.pruning.prune_at != "trained" or cfg.sparsity.method != "imp" or cfg.transfer.source is not None \
-            or cfg.pruning.structure != "weights" or cfg.pruning.criterion != "magnitude" or cfg.swamp.particles != 1:
-        raise LotteryError("early_bird.enabled=true: an early-bird draw is IMP's magnitude pruning of single weights "
-                           "during training; leave pruning, sparsity, swamp and transfer at IMP's settings")
-    if "invert" in cfg.controls:
-        raise LotteryError("controls: invert reverses the ranking of the previous level's final weights, and an "
-                           "early-bird mask was drawn from earlier ones; use the other controls")
+    # what it cannot be beside (another criterion or structure, SWAMP, invert): imp/method.py's check
 
 
 def distance(a, b, names: Sequence[str]) -> float:
@@ -175,8 +169,15 @@ def probe_level_0(experiment, replicate: int, dense_directory: str, say=print) -
 class EarlyBird(IMP):
     """IMP whose next mask is drawn during a level's training (``early_bird.enabled``)."""
 
-    title = "Early-Bird IMP"
+    label = "Early-Bird IMP"
     fallback = False
+    # IMP's magnitude pruning of single weights, drawn early: not another criterion or structure
+    honours = frozenset({"retrain", "rewind_optimizer"})
+    ranks = False  # drawn from earlier weights than the previous level's final ones, which invert reverses
+
+    @staticmethod
+    def switch(cfg) -> str:
+        return "early_bird.enabled=true"
 
     @staticmethod
     def chosen(cfg) -> bool:

@@ -203,6 +203,7 @@ def check(cfg) -> None:
     early_bird.check(cfg)
     diets.check(cfg)
     structures.check(cfg)
+    methods.check(cfg)  # what the chosen methods declare they honour and work with: one check
     if any(level > cfg.levels for level in cfg.sparsity.levels):
         raise LotteryError(f"sparsity.levels={list(cfg.sparsity.levels)} must be levels 1..{cfg.levels}")
     if cfg.retrain not in RETRAIN:
@@ -216,10 +217,6 @@ def check(cfg) -> None:
         raise LotteryError(f"lmc.levels={list(cfg.lmc.levels)} must be levels 0..{cfg.levels}")
     if cfg.lmc.points < 2:
         raise LotteryError(f"lmc.points={cfg.lmc.points} must be 2 or more (the path's two ends, and points between)")
-    if cfg.lmc.between_levels and (cfg.pruning.prune_at == "start" or cfg.sparsity.method != "imp"
-                                   or cfg.transfer.source is not None):
-        raise LotteryError("lmc.between_levels=true: connectivity between consecutive levels is IMP's (each level "
-                           "pruned from the last); this experiment's levels are trained independently")
     if not 0 <= cfg.seed < 2**32:  # jax.random.key keeps 32 bits: seed 2**32 would silently be seed 0
         raise LotteryError(f"seed={cfg.seed} must be between 0 and {2**32 - 1}")
     if not 0 < len(cfg.name) <= MAX_NAME:

@@ -15,8 +15,10 @@ from lottery.pruning import criteria
 
 @method
 class IMP(Method):
-    title = "IMP"
+    label = "IMP"
     fallback = True  # chosen unless another method makes the tickets
+    honours = frozenset({"retrain", "rewind_optimizer", "pruning.criterion", "pruning.structure"})
+    ranks = True
 
     @staticmethod
     def chosen(cfg) -> bool:

@@ -20,7 +20,8 @@ answered by one module (its class, a subclass of ``Method``, registered with ``@
   cost(level, start, end)         the training steps behind a network of the level
   level_0(...), level_0_trainer   what a method does to the dense level 0 (a data diet)
   between_levels                  whether each level is pruned from the last (level-to-level LMC)
-  title                           what the results table calls the pruned levels
+  label, switch(cfg)              what the method is called, and the setting that chose it (messages)
+  honours, ranks, works_with      what it gives meaning to: the one compatibility check (``check``)
 
 Exactly one method makes tickets (``makes_tickets``); the others change how they train (SWAMP) or
 how the dense network they rewind to is trained (diets), and are chosen beside it. ``choose`` reads
@@ -53,10 +54,18 @@ class Outcome:
 class Method:
     """The seams of a level, answered as IMP answers them; a method overrides what it changes."""
 
-    title = "IMP"
+    label = "IMP"
     makes_tickets = True  # False: it changes how another method's tickets train (SWAMP, diets)
     fallback = False  # the method that makes tickets when no other is chosen (IMP)
     between_levels = True  # each level pruned from the last (level-to-level LMC means something)
+    honours: frozenset = frozenset()  # the SETTINGS it gives meaning to (any other must stay at its default)
+    ranks = False  # its masks come from a ranking that a control can reverse (invert)
+    works_with: Tuple[str, ...] = ()  # a method that does not make tickets: the makers it changes
+
+    @staticmethod
+    def switch(cfg) -> str:
+        """The setting that chose it, as a user wrote it."""
+        return ""
 
     @staticmethod
     def chosen(cfg) -> bool:
@@ -133,6 +142,7 @@ REGISTRY: List[type] = []  # in the order the modules were imported
 def method(cls: type) -> type:
     """Register a method class: ``choose`` builds it for every config it is ``chosen`` by."""
     REGISTRY.append(cls)
+    REGISTRY_LABELS[cls.__name__] = cls.label
     return cls
 
 
@@ -142,10 +152,54 @@ def choose(experiment) -> Tuple[Method, ...]:
     chosen = [cls for cls in REGISTRY if cls.chosen(experiment.cfg)]
     makers = [cls for cls in chosen if cls.makes_tickets and not cls.fallback] or \
         [cls for cls in chosen if cls.makes_tickets]
-    if len(makers) != 1:  # the config checks refuse these combinations first; this says so if one slips past
+    if len(makers) != 1:  # ``check`` refuses these first; this says so if one slips past
         raise LotteryError(f"{' and '.join(cls.__name__ for cls in makers) or 'no method'} would make this "
                            "experiment's tickets; choose one")
     return tuple(cls.build(experiment) for cls in makers + [cls for cls in chosen if not cls.makes_tickets])
+
+
+# Settings whose meaning belongs to the method that makes the tickets, at the value that means
+# "nothing asked": a method declares those it honours; any other set away from it is refused.
+SETTINGS = {"retrain": "rewind", "rewind_optimizer": False, "pruning.criterion": "magnitude",
+            "pruning.structure": "weights"}
+
+
+def check(cfg) -> None:
+    """The one compatibility check of the methods a config chooses, read from what each declares
+    (``makes_tickets``, ``honours``, ``ranks``, ``works_with``, ``between_levels``): one method makes
+    the tickets; a setting it does not honour stays at its default; a method that changes how
+    tickets train works with the one that makes them; ``invert`` needs a ranking; level-to-level LMC
+    needs levels pruned from the last. No data needed: each job of a sweep is checked before any starts."""
+    from omegaconf import OmegaConf
+
+    text = lambda value: str(value).lower() if isinstance(value, bool) else str(value)
+    chosen = [cls for cls in REGISTRY if cls.chosen(cfg)]
+    makers = [cls for cls in chosen if cls.makes_tickets and not cls.fallback] or \
+        [cls for cls in chosen if cls.makes_tickets]
+    if len(makers) > 1:
+        raise LotteryError(f"{makers[0].switch(cfg)} and {makers[1].switch(cfg)}: each makes the levels' tickets "
+                           f"({makers[0].label}; {makers[1].label}); choose one")
+    maker = makers[0]
+    made_by = f"{maker.label} ({maker.switch(cfg)})" if maker.switch(cfg) else maker.label
+    for key, default in SETTINGS.items():
+        value = OmegaConf.select(cfg, key)
+        if value != default and key not in maker.honours:
+            raise LotteryError(f"{key}={text(value)}: {made_by} makes this experiment's tickets and does not use it; "
+                               f"leave {key} at {text(default)}")
+    for other in chosen:
+        if not other.makes_tickets and maker.__name__ not in other.works_with:
+            raise LotteryError(f"{other.switch(cfg)}: {other.label} changes how the tickets of "
+                               f"{' or '.join(REGISTRY_LABELS[name] for name in other.works_with)} train; "
+                               f"{made_by} makes this experiment's")
+    if "invert" in cfg.controls and not maker.ranks:
+        raise LotteryError(f"controls: invert reverses the ranking that made a ticket, which {made_by} has none of; "
+                           "use the other controls")
+    if cfg.lmc.between_levels and not maker.between_levels:
+        raise LotteryError(f"lmc.between_levels=true: connectivity between consecutive levels is IMP's (each level "
+                           f"pruned from the last); {made_by} trains each level on its own")
+
+
+REGISTRY_LABELS: Dict[str, str] = {}  # class name -> label, for messages
 
 
 # --- the start every method rewinds to unless it has its own ---------------------------------------

@@ -22,7 +22,10 @@ from lottery.training.loop import Network
 
 @method
 class SparseTraining(Method):
+    label = "sparse training from scratch"
     between_levels = False  # each level is its own training from θ0
+    # nothing of IMP's: each level trains once from θ0 (θ0's optimizer state is a fresh one), by its own rule
+    honours = frozenset()
 
     def __init__(self, cfg, updates: sparse.Updates, updating: Optional[training.Trainer]):
         self.cfg, self.updates, self.updating = cfg, updates, updating
@@ -45,9 +48,9 @@ class SparseTraining(Method):
         updates = sparse.Updates(schedule, sparse.groups(cfg, experiment.prunable))
         return cls(cfg, updates, experiment.trainer.with_updates(updates) if sparse.dynamic(cfg) else None)
 
-    @property
-    def title(self):
-        return f"{self.cfg.sparsity.method} training"
+    @staticmethod
+    def switch(cfg) -> str:
+        return f"sparsity.method={cfg.sparsity.method}"
 
     def trains(self, level: int) -> bool:
         return sparse.trains(self.cfg, level)

@@ -39,9 +39,7 @@ def check(cfg) -> None:
     if not 0 < s.average_from <= 1:
         raise LotteryError(f"swamp.average_from={s.average_from} must be in (0, 1]: the fraction of training after "
                            "which each particle averages its epoch-end weights (1: final weights only)")
-    if s.particles > 1 and (cfg.sparsity.method != "imp" or cfg.pruning.prune_at != "trained"):
-        raise LotteryError(f"swamp.particles={s.particles}: weight averaging is IMP's (the average is what the next "
-                           "level prunes); this experiment's levels are trained independently")
+    # the methods it works with: imp/method.py's check (Swamp.works_with)
 
 
 def particles(experiment, replicate: int, level: int, ticket: Network) -> List[Network]:
@@ -102,7 +100,13 @@ def _mean(trees):
 class Swamp(Method):
     """Each ticket trained as ``swamp.particles`` particles and replaced by their average."""
 
+    label = "SWAMP"
     makes_tickets = False  # it changes how IMP's (or a transfer's) tickets train
+    works_with = ("IMP", "Transfer")  # the average is what the next level prunes, or a transferred ticket's
+
+    @staticmethod
+    def switch(cfg) -> str:
+        return f"swamp.particles={cfg.swamp.particles}"
 
     def __init__(self, particles: int):
         self.copies = particles

@@ -48,12 +48,7 @@ def check(cfg) -> None:
         raise LotteryError(f"transfer.weights={transfer.weights!r} is not an option; choose one of: {', '.join(WEIGHTS)}")
     if transfer.source is None:
         return
-    if cfg.retrain != "rewind" or cfg.pruning.prune_at != "trained":
-        raise LotteryError(f"transfer.source is set: the levels start from the source's tickets, so retrain={cfg.retrain} "
-                           f"and pruning.prune_at={cfg.pruning.prune_at} mean nothing here; leave them at rewind, trained")
-    if cfg.rewind_optimizer:
-        raise LotteryError("rewind_optimizer=true: a transferred ticket trains with this experiment's optimizer from a "
-                           "fresh state (the source's optimizer state is another optimizer's); leave it false")
+    # what a transfer cannot be beside (retrain, rewind_optimizer, another method): imp/method.py's check
 
 
 def _compose(overrides):
@@ -193,7 +188,15 @@ def resolve(cfg, data_fingerprint: str, rewind: int):
 class Transfer(Method):
     """Each pruned level starts from the source's ticket at that level: no pruning here."""
 
+    label = "ticket transfer"
     between_levels = False  # each level is the source's, not pruned from the last
+    # the source's tickets under this experiment's training: its structure (checked against the
+    # source's); no retraining rule, criterion or rewound optimizer state of this experiment's
+    honours = frozenset({"pruning.structure"})
+
+    @staticmethod
+    def switch(cfg) -> str:
+        return "transfer.source is set"
 
     def __init__(self, source: Source):
         self.source = source
@@ -209,8 +212,6 @@ class Transfer(Method):
         source.check(cfg.replicates, cfg.levels, {"params": trainer.init_params, "batch_stats": trainer.init_batch_stats},
                      experiment.directory, cfg.pruning.structure)
         return cls(source)
-
-    title = "ticket transfer"
 
     def mask(self, experiment, replicate: int, level: int):
         return self.source.mask(replicate, level, experiment.template("ticket"))

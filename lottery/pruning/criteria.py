@@ -86,9 +86,6 @@ def check(cfg) -> None:
                            "(trained: IMP; start: pruning before training)")
     if p.rounds < 1 or p.examples < 1:
         raise LotteryError(f"pruning.rounds={p.rounds} and pruning.examples={p.examples} must be 1 or more")
-    if p.prune_at == "start" and cfg.retrain != "rewind":
-        raise LotteryError(f"pruning.prune_at=start trains each level from its start weights: retrain={cfg.retrain} "
-                           "(which keeps trained weights) does not apply; use retrain=rewind")
     if p.rounds > 1 and p.prune_at != "start":
         raise LotteryError(f"pruning.rounds={p.rounds} applies to pruning before training (pruning.prune_at=start); "
                            "IMP's rounds are its levels")

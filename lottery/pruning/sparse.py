@@ -121,17 +121,7 @@ def check(cfg) -> None:
     if not 0 <= s.begin < s.end <= 1:
         raise LotteryError(f"sparsity.begin={s.begin} and sparsity.end={s.end} must satisfy 0 <= begin < end <= 1 "
                            "(fractions of training)")
-    where = f"sparsity.method={s.method} trains each level from θ0 at IMP's density"
-    for key, value, default in (("retrain", cfg.retrain, "rewind"), ("pruning.prune_at", cfg.pruning.prune_at, "trained"),
-                                ("pruning.criterion", cfg.pruning.criterion, "magnitude"),
-                                ("transfer.source", cfg.transfer.source, None),
-                                # θ0's optimizer state is a fresh one: rewinding it would change nothing
-                                ("rewind_optimizer", cfg.rewind_optimizer, False)):
-        if value != default:
-            raise LotteryError(f"{key}={value}: {where}; leave {key} at {default}")
-    if "invert" in cfg.controls:
-        raise LotteryError(f"controls: invert reverses IMP's ranking, which {s.method} has none of; use random_reinit, "
-                           "random_prune, shuffle_layer or sign_preserving_reinit")
+    # what it cannot be beside (retrain, criterion, another method): imp/method.py's check
     if METHODS[s.method].updates != "none" and any(level > 0 for level in cfg.lmc.levels):
         raise LotteryError(f"lmc.levels={list(cfg.lmc.levels)}: linear mode connectivity of {s.method} networks is not "
                            "built; measure it at level 0 only")

@@ -58,12 +58,7 @@ def check(cfg) -> None:
     kind, n, m = parse(cfg.pruning.structure)
     if kind == "weights":
         return
-    if cfg.pruning.prune_at != "trained":
-        raise LotteryError(f"pruning.structure={cfg.pruning.structure}: structured pruning is IMP's here; use "
-                           "pruning.prune_at=trained")
-    if cfg.sparsity.method != "imp":
-        raise LotteryError(f"pruning.structure={cfg.pruning.structure}: sparsity.method={cfg.sparsity.method} prunes "
-                           "single weights; use pruning.structure=weights")
+    # which methods prune structures (IMP, transfer): imp/method.py's check
     if kind == "n:m":
         reached = n_schedule(n, m, cfg.pruning.rate, cfg.levels)
         if cfg.levels > len(reached):
