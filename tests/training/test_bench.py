@@ -82,6 +82,6 @@ def test_device_script_smoke_runs_every_section_and_prints_one_table(device_scri
     assert rows["h. rigl step (LeNet, 20%): idle / update cost"] != "n/a", out  # (smoke: RigL only)
     assert rows["a. quickstart bitwise in 2 processes, default"] == "True", out
     assert rows["c. lenet network 0 bitwise beside other mates, every width"] == "True", out
-    # section f (Conv-2 on the CIFAR-10 records) is skipped by --smoke: tests/test_cifar10_subset.py runs its check
+    # section f (Conv-2 on the CIFAR-10 records) is skipped by --smoke: tests/data/test_cifar10_subset.py runs its check
     stack_rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["1"], ["2"]) and line.endswith(("True", "False"))]
     assert [row[0] for row in stack_rows] == ["1", "2"] and all(row[-1] == "True" for row in stack_rows), out

@@ -1,5 +1,5 @@
 """W&B after kill -9 and resume (issue 11): every evaluation and level row once, at one step (the
-kill -9 scenario itself runs in tests/test_reliability.py, which checks its records here)."""
+kill -9 scenario itself runs in tests/results/test_reliability.py, which checks its records here)."""
 
 import glob
 import io
@@ -28,7 +28,7 @@ def row_key(row):
 
 
 def assert_every_row_once(directory, replicates=1):
-    """The W&B records of an experiment of tests/test_reliability.py's RUN (levels 0-2, one
+    """The W&B records of an experiment of tests/results/test_reliability.py's RUN (levels 0-2, one
     replicate, the ticket and random_prune, LMC at level 1), offline, after kill -9 and resumes:
     one record per network to sync (older ones set aside), every evaluation, level and LMC row
     once, in order, at the step the ledger gave it, equal to the results on disk."""

@@ -1,7 +1,7 @@
 """The ViT (lottery/models/vit.py) against its layer list: a NumPy forward pass written from the
 docstring (patches cut by slicing, each head by its columns), the head layout that head pruning
 relies on, the parameter count in closed form, its initializers and configs. Its masked training is
-the trainer's, which knows no model (tests/test_masking.py); a short masked training of a tiny ViT on
+the trainer's, which knows no model (tests/training/test_masking.py); a short masked training of a tiny ViT on
 the CIFAR-10 records was checked when the model came and left out of the suite for its time."""
 
 import math

@@ -29,7 +29,8 @@ from lottery.errors import LotteryError
 # visible differences of weights whose gradients are ~0 (the comparison of layouts would say little).
 RUN = ["model.hidden=[64,32]", "optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "levels=1", "replicates=3", "controls=[random_reinit]", "lmc.levels=[1]",
        "lmc.points=3", "training.steps=4ep", "training.eval_every=25it", "checkpoint_every=20it", "progress=false"]
-TESTS = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.abspath(__file__))  # tests/training: this module (diet_digest)
+TESTS = os.path.dirname(HERE)  # tests: conftest.py
 
 
 def results(root):
@@ -87,7 +88,7 @@ def diet_digest(mesh) -> str:
 
 LAYOUTS = """
 import json, sys
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{tests!r}, {here!r}]
 from rich.console import Console
 from conftest import compose_config
 from lottery import imp
@@ -107,7 +108,7 @@ print(json.dumps({{"members": found(trainer.over_mesh(4).compiled_text()), "data
 
 
 def test_member_data_and_2d_meshes_on_4_devices_match_one_device(request, tmp_path):
-    code = LAYOUTS.format(tests=TESTS, run=RUN, root=str(tmp_path))
+    code = LAYOUTS.format(tests=TESTS, here=HERE, run=RUN, root=str(tmp_path))
     layouts = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=child_env(JAX_NUM_CPU_DEVICES="4"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # The one-device runs train in this process while the 4-device process trains its layouts: the
