@@ -97,6 +97,7 @@ def test_early_stopping_and_instability_plots(tree):
     assert ax.get_legend_handles_labels()[1][0].startswith("level 0")
 
 
+@pytest.mark.slow
 def test_report_prints_the_table_and_writes_figures(tree, capsys):
     assert report.main([str(tree)]) == 0
     out = capsys.readouterr().out
@@ -104,6 +105,7 @@ def test_report_prints_the_table_and_writes_figures(tree, capsys):
     assert os.path.isfile(tree / "accuracy_vs_sparsity.png") and os.path.isfile(tree / "early_stopping.png")
 
 
+@pytest.mark.slow
 def test_report_writes_every_network_to_csv(tree, tmp_path):
     csv = tmp_path / "levels.csv"
     assert report.main([str(tree), "--csv", str(csv)]) == 0
@@ -152,6 +154,7 @@ def test_legends_name_only_what_changes_the_experiment(tmp_path):
     assert [line.get_label() for line in ax.get_lines()] == ["pruning.rate=0.2", "pruning.rate=0.5"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiments", [1, 3, 10])
 def test_figures_are_readable_for_one_to_ten_experiments(tmp_path, experiments):
     import warnings
@@ -182,6 +185,7 @@ def test_figures_are_readable_for_one_to_ten_experiments(tmp_path, experiments):
     assert all(os.path.getsize(f) > 0 for f in files)
 
 
+@pytest.mark.slow
 def test_the_report_of_experiments_that_differ_in_many_keys_prints_no_warning(tmp_path, capsys):
     """Long legend entries (every key that differs: another model, data, optimizer) squeezed the axes
     of a fixed-size figure to nothing, and matplotlib warned "constrained_layout not applied"."""

@@ -24,6 +24,7 @@ def sweep(tmp_path_factory):
     return cwd, sweep_dir
 
 
+@pytest.mark.slow
 def test_multirun_jobs_get_their_own_directories_and_wandb_runs(sweep):
     cwd, sweep_dir = sweep
     experiments = sorted(glob.glob(str(cwd / "runs" / "quickstart-*")))
@@ -52,6 +53,7 @@ def test_multirun_jobs_get_their_own_directories_and_wandb_runs(sweep):
     assert sorted(df["rewind"].unique()) == ["0it", "20it"] and df["lmc_barrier"].notna().sum() == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["analysis", "sweep_analysis"])
 def test_notebook_executes_against_fresh_results(sweep, name, monkeypatch):
     cwd, sweep_dir = sweep
@@ -68,3 +70,10 @@ def test_notebook_executes_against_fresh_results(sweep, name, monkeypatch):
     assert sum("image/png" in o.get("data", {}) for o in outputs) == {"analysis": 4, "sweep_analysis": 2}[name]
     if name == "analysis":  # the mask similarity table, against chance
         assert any("jaccard_above_chance" in o.get("data", {}).get("text/html", "") for o in outputs)
+
+
+@pytest.mark.parametrize("name", ["analysis", "sweep_analysis"])
+def test_notebooks_are_committed_without_outputs(name):
+    notebook = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code and all(cell.outputs == [] and cell.execution_count is None for cell in code)

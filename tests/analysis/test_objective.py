@@ -165,6 +165,7 @@ def test_objectives_live_beside_each_other_and_a_repeat_rewrites_nothing(df, tmp
     assert "time" in written[first.key] and os.listdir(tmp_path) == [objective.FILE]  # no partial file left
 
 
+@pytest.mark.slow
 def test_a_run_prints_writes_and_returns_the_value_of_its_tree(small_config):
     out = io.StringIO()
     cfg = small_config("levels=1", "replicates=2", "training.steps=2ep", "objective.name=accuracy", "objective.remaining=80")

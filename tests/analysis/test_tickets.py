@@ -149,6 +149,7 @@ def test_every_pair_of_a_results_tree_is_compared_and_level_0_never(tree):
         tickets.similarity_table(str(root), ["seeds"])
 
 
+@pytest.mark.slow
 def test_summary_and_report_show_the_similarity(tree, capsys, tmp_path):
     root, _ = tree
     summary = tickets.summarize_similarity(tickets.similarity_table(str(root)))
@@ -287,6 +288,7 @@ def experiment(root, name, digest, config=None):
     return directory
 
 
+@pytest.mark.slow
 def test_the_report_names_each_experiments_method(tmp_path, capsys):
     rng = np.random.default_rng(4)
     for name, digest, config in (("lenet", "aaaa", {}), ("lenet-digits-swamp", "bbbb", {"swamp": {"particles": 2}}),

@@ -62,6 +62,7 @@ def test_announce_says_the_backend_on_stdout_and_warns_on_stderr(monkeypatch, ca
     assert line.startswith("warning: ") and "'.[cuda]'" in line
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(backend.cuda_plugin() is not None, reason="a CUDA plugin is installed: without JAX_PLATFORMS the "
                     "run could compute on a GPU")
 def test_the_command_line_warns_once_when_a_gpu_seems_present_but_jax_computes_on_the_cpu(tmp_path):

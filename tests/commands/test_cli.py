@@ -27,6 +27,7 @@ def quickstart(tmp_path_factory):
     return cwd, result
 
 
+@pytest.mark.slow
 def test_quickstart_writes_levels_metrics_checkpoints_and_a_table(quickstart):
     cwd, result = quickstart
     assert result.returncode == 0, result.stderr
@@ -52,6 +53,7 @@ def test_quickstart_writes_levels_metrics_checkpoints_and_a_table(quickstart):
     assert "test acc" in result.stdout and "early-stop it" in result.stdout and "train time / network (s)" in result.stdout
 
 
+@pytest.mark.slow
 def test_the_readmes_example_results_directory_is_the_quickstarts(quickstart):
     cwd, result = quickstart
     (run_dir,) = glob.glob(str(cwd / "runs" / "quickstart-*"))
@@ -60,6 +62,7 @@ def test_the_readmes_example_results_directory_is_the_quickstarts(quickstart):
     assert shown == {os.path.basename(run_dir).rsplit("-", 1)[1]}, "update the README's example directory"
 
 
+@pytest.mark.slow
 def test_rerunning_skips_finished_levels(quickstart):
     cwd, first = quickstart
     assert first.returncode == 0, first.stderr
@@ -108,6 +111,7 @@ def bad_inputs(quickstart, tmp_path_factory):
         yield {tuple(args): pool.submit(run, args, copy) for (args, _), copy in zip(BAD_INPUTS, copies)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", BAD_INPUTS)
 def test_bad_input_is_one_line_exit_2_and_touches_nothing(bad_inputs, args, message):
     cwd, before, result = bad_inputs[tuple(args)].result()
@@ -116,3 +120,14 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(bad_inputs, args, mess
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert re.search(message, lines[0]), lines[0]
     assert tree_snapshot(cwd) == before
+
+
+def test_an_override_without_a_key_is_refused_and_the_others_pass():
+    from lottery import run
+    from lottery.errors import LotteryError
+
+    run.check_overrides(["-m", "levels=3", "+exp=lenet", "~wandb", "pruning.rate=0.5"])  # nothing to say
+    for argument in ("=5", "+=5", "~=x"):
+        with pytest.raises(LotteryError, match=rf"^override '{re.escape(argument)}' has no key; write key=value, "
+                                               r"e\.g\. pruning\.rate=0\.5$"):
+            run.check_overrides(["levels=3", argument])

@@ -50,6 +50,7 @@ def fake_slurm(directory):
     return child_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", CAPTURE=str(directory))
 
 
+@pytest.mark.slow
 def test_a_slurm_sweep_submits_one_array_job_with_the_resources_and_the_time_limit_signal(tmp_path):
     launcher = {"nodes": 2, "tasks_per_node": 4, "gpus_per_node": 4, "timeout_min": 90, "signal_delay_s": 240,
                 "partition": "gpu"}
@@ -73,6 +74,7 @@ def test_a_slurm_sweep_submits_one_array_job_with_the_resources_and_the_time_lim
     assert command.startswith("srun --unbuffered ") and command.endswith(f"-m submitit.core._submit {submitit_dir}/%j")
 
 
+@pytest.mark.slow
 def test_a_launcher_sweep_checks_every_jobs_config_before_submitting(tmp_path):
     result = run_cli("-m", "hydra/launcher=slurm", "hydra.launcher.nodes=2", "pruning.rate=0.2,1.5", *TINY,
                      f"output_dir={tmp_path / 'runs'}", cwd=tmp_path, env=fake_slurm(tmp_path))
@@ -103,6 +105,7 @@ def experiments(runs):
     return [open(p).read() for p in pointers]
 
 
+@pytest.mark.slow
 def test_a_local_sweep_runs_each_job_to_the_end_and_names_the_jobs_that_failed_in_theirs(tmp_path):
     # A batch larger than the training set passes the pre-check (it needs the data) and fails in its job process.
     result = run_cli("-m", "hydra/launcher=local", "levels=1", "pruning.rate=0.5", "training.batch_size=60,5000",
@@ -136,6 +139,7 @@ def results(directory, cfg):
     return metrics, arrays
 
 
+@pytest.mark.slow
 def test_a_job_signalled_before_its_time_limit_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "lottery.run", "-m", "hydra/launcher=local", *LONG,
                                 f"output_dir={tmp_path / 'runs'}"], cwd=tmp_path, env=child_env(),

@@ -128,6 +128,7 @@ def test_no_experiment_means_quickstart_with_the_same_hash():
     assert experiment_hash(default, DATA) == experiment_hash(explicit, DATA) and default.name == "quickstart"
 
 
+@pytest.mark.slow
 def test_hash_ignores_levels_and_locations_but_not_the_experiment():
     base = experiment_hash(compose_config([]), DATA)
     same = ["levels=9", "output_dir=/elsewhere", "progress=false", "replicates=3", "controls=[random_reinit]",
@@ -180,6 +181,7 @@ def test_pruning_at_initialization_experiments_train_as_their_base(base):
     assert set(at_init.controls) == {"shuffle_layer", "random_reinit", "invert"}
 
 
+@pytest.mark.slow
 def test_the_frankle_2021_script_runs_six_experiments_whose_configs_pass_the_checks(tmp_path):
     """experiments/frankle_2021/reproduce.sh, with a `python` that only records its arguments: every
     run it starts composes and passes the checks (training it is the recorded result's 40 minutes)."""

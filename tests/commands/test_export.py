@@ -94,6 +94,7 @@ def read_without_lottery(tmp_path, *paths):
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_a_level_and_its_control_read_bitwise_by_numpy_alone(run, tmp_path, capsys):
     level = run.level_dir(0, 1)
     control = os.path.join(level, "random_prune")
@@ -126,6 +127,7 @@ def test_a_level_and_its_control_read_bitwise_by_numpy_alone(run, tmp_path, caps
     assert not glob.glob(str(tmp_path / "*.partial"))
 
 
+@pytest.mark.slow
 def test_read_gives_the_trees_lottery_saved(run, tmp_path):
     directory = run.level_dir(0, 1)
     export.export(directory, str(tmp_path / "t.safetensors"))
@@ -140,6 +142,7 @@ def test_read_gives_the_trees_lottery_saved(run, tmp_path):
     assert read["metadata"]["level"] == 1 and read["metadata"]["config"]["name"] == "quickstart"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weights", ["start", "trained"])
 def test_weights_picks_a_group_and_keeps_the_masks(run, tmp_path, weights):
     path = tmp_path / "t.safetensors"
@@ -148,6 +151,7 @@ def test_weights_picks_a_group_and_keeps_the_masks(run, tmp_path, weights):
     assert names == {"mask", weights}
 
 
+@pytest.mark.slow
 def test_torch_layout_computes_the_flax_forward_as_torch_does(run, tmp_path):
     """Linear: y = x W^T + b with W the Flax kernel transposed, bitwise and through the network."""
     directory = run.level_dir(0, 1)
@@ -258,6 +262,7 @@ CASES = {  # what is damaged -> (damage, what the line must say, where the level
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_bad_level_is_one_line_and_nothing_written(run, tmp_path, capsys, case):
     damage, says, where = CASES[case]
@@ -271,6 +276,7 @@ def test_bad_level_is_one_line_and_nothing_written(run, tmp_path, capsys, case):
     assert not os.listdir(out)
 
 
+@pytest.mark.slow
 def test_pruned_weights_that_are_not_zero_are_refused(run, tmp_path, capsys):
     level = damaged(run, tmp_path, unpruned(run))
     assert export.main([level, str(tmp_path / "t.safetensors")]) == 2
@@ -279,6 +285,7 @@ def test_pruned_weights_that_are_not_zero_are_refused(run, tmp_path, capsys):
     assert not glob.glob(str(tmp_path / "t.safetensors*"))
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_is_one_line_from_the_command(run, tmp_path):
     """The real command (orbax's own reports and late tracebacks would show here, not in capsys)."""
     level = damaged(run, tmp_path, lambda level: scramble(os.path.join(level, "trained")))
@@ -289,6 +296,7 @@ def test_a_corrupt_checkpoint_is_one_line_from_the_command(run, tmp_path):
     assert not glob.glob(str(tmp_path / "t.safetensors*"))
 
 
+@pytest.mark.slow
 def test_destinations_that_cannot_be_written(run, tmp_path, capsys):
     level = run.level_dir(0, 1)
     (tmp_path / "a_file").write_text("someone's file")
@@ -303,6 +311,7 @@ def test_destinations_that_cannot_be_written(run, tmp_path, capsys):
     assert not os.path.exists("/proc/t.safetensors.partial") and os.listdir(tmp_path) == ["a_file"]
 
 
+@pytest.mark.slow
 def test_an_existing_file_is_kept_unless_forced(run, tmp_path, capsys):
     path = tmp_path / "t.safetensors"
     path.write_text("someone's file")
@@ -312,6 +321,7 @@ def test_an_existing_file_is_kept_unless_forced(run, tmp_path, capsys):
     assert export.read(str(path))["metadata"]["kind"] == "ticket" and os.listdir(tmp_path) == ["t.safetensors"]
 
 
+@pytest.mark.slow
 def test_compact_of_a_ticket_with_no_unit_pruned_whole_is_one_line_and_nothing_written(run, tmp_path, capsys):
     level = run.level_dir(0, 1)  # weights pruned one by one: no neuron goes whole, no smaller network
     out = tmp_path / "t.safetensors"

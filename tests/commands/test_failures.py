@@ -44,6 +44,7 @@ def experiment_dir(cwd):
 # --- the file system ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_output_dir_that_is_a_file(tmp_path):
     (tmp_path / "runs").write_text("not a directory")
     result = run_cli(*FAST, cwd=tmp_path)
@@ -90,6 +91,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_disk_full_says_where_and_that_the_same_command_continues(small_disk, tmp_path):
     command = ["levels=1", f"output_dir={small_disk}", "training.steps=100it", "checkpoint_every=20it", "progress=false"]
     full = run_cli(*command, cwd=tmp_path)
@@ -111,6 +113,7 @@ class FullDisk(io.StringIO):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
+@pytest.mark.slow
 def test_disk_full_with_wandb_on_names_the_path_and_prints_nothing_of_wandb(small_disk, monkeypatch, capfd, tmp_path):
     """W&B writes its debug.log from this process: on the full disk every record it cannot write
     printed a traceback, and closing the run raised a path-less ENOSPC that hid the checkpoint's.
@@ -153,6 +156,7 @@ def test_disk_full_with_wandb_on_names_the_path_and_prints_nothing_of_wandb(smal
 # --- result files -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content, found", [("1", "holds int"), ("{}", "holds an object without level"),
                                             ('{"level": 1}', "holds an object without replicate")])
 def test_result_files_that_parse_but_are_not_results_are_named(small_config, content, found):
@@ -166,6 +170,7 @@ def test_result_files_that_parse_but_are_not_results_are_named(small_config, con
     assert not os.path.exists(imp.prepare(small_config()).level_dir(0, 2))  # nothing built on it
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage, message", [
     (lambda text: text.replace("name:", "name: [", 1), "cannot be read"),
     (lambda text: text.replace("seed: 0", "seed: 7"), "is not the identity of this experiment"),
@@ -180,6 +185,7 @@ def test_a_damaged_config_yaml_stops_the_run_before_any_work(small_config, damag
     assert not os.path.exists(imp.prepare(small_config()).level_dir(0, 1))
 
 
+@pytest.mark.slow
 def test_a_corrupt_finished_checkpoint_is_one_line(tmp_path):
     imp.run(compose_config([*FAST, f"output_dir={tmp_path / 'runs'}"]), console=Console(quiet=True))  # set-up, here
     trained = experiment_dir(tmp_path) / "replicate_0" / "level_1" / "trained"
@@ -237,6 +243,7 @@ def truncate(checkpoint):
             path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+@pytest.mark.slow
 def test_ctrl_c_writes_a_checkpoint_a_second_one_stops_at_once_and_unreadable_checkpoints_are_one_line(tmp_path):
     code, stdout, stderr, directory = checkpointed(tmp_path, signal.SIGINT)
     assert code == 130, stderr
@@ -307,6 +314,7 @@ def test_a_second_ctrl_c_is_never_raised_into_library_code(monkeypatch):
 # --- sweeps -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_sweep_with_a_bad_config_starts_nothing_and_names_every_bad_job(tmp_path):
     result = run_cli("-m", "pruning.rate=1.5,0.5,2.0", *FAST, cwd=tmp_path)
     assert result.returncode == 2
@@ -316,6 +324,7 @@ def test_a_sweep_with_a_bad_config_starts_nothing_and_names_every_bad_job(tmp_pa
     assert not glob.glob(f"{tmp_path}/runs/quickstart-*")
 
 
+@pytest.mark.slow
 def test_a_failed_sweep_job_does_not_cancel_the_others(tmp_path):
     result = run_cli("-m", "dataset=mnist,digits", "dataset.download=false", f"dataset.root={tmp_path / 'nothing'}",
                      *FAST, cwd=tmp_path)
@@ -330,12 +339,14 @@ def test_a_failed_sweep_job_does_not_cancel_the_others(tmp_path):
 # --- smaller ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_override_without_a_key(tmp_path):
     result = run_cli("=5", cwd=tmp_path)
     assert result.returncode == 2
     assert lines(result.stderr) == ["error: override '=5' has no key; write key=value, e.g. pruning.rate=0.5"]
 
 
+@pytest.mark.slow
 def test_a_compilation_cache_that_cannot_be_made_is_one_line_before_anything_runs(small_config, tmp_path):
     """Not JAX's warning at every compilation (the run went on without the cache)."""
     (tmp_path / "a_file").write_text("")
@@ -347,6 +358,7 @@ def test_a_compilation_cache_that_cannot_be_made_is_one_line_before_anything_run
     assert not os.path.exists(tmp_path / "runs")
 
 
+@pytest.mark.slow
 def test_a_compilation_cache_from_the_environment_is_named_by_its_variable(small_config, tmp_path, monkeypatch):
     (tmp_path / "a_file").write_text("")
     monkeypatch.setenv("LOTTERY_JAX_CACHE", str(tmp_path / "a_file"))
@@ -358,6 +370,7 @@ def test_a_compilation_cache_from_the_environment_is_named_by_its_variable(small
     assert str(error.value).startswith(f"compilation_cache={tmp_path / 'a_file'}: a file, not a directory; ")
 
 
+@pytest.mark.slow
 def test_a_network_at_chance_is_reported(small_config, capfd):
     imp.run(small_config("levels=0", "optimizer.lr=1e6"), console=QUIET)
     err = capfd.readouterr().err
@@ -389,6 +402,7 @@ def test_a_sweeps_last_line_counts_the_jobs_that_finished_rightly():
                                              "preempted; job 1 (a=2): mnist: missing train-images")
 
 
+@pytest.mark.slow
 def test_a_sweep_with_hydra_flags_is_checked_job_by_job_and_bad_flags_are_one_line(tmp_path):
     # --config-name (a flag and its value) is not an override: the pre-check is skipped, the job checks itself.
     result = run_cli("-m", "--config-name", "config", "pruning.rate=1.5", cwd=tmp_path)

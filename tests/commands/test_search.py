@@ -23,6 +23,7 @@ TINY = ["levels=1", "objective.remaining=null", "model.hidden=[32]", "training.s
         "progress=false", "pruning.rate=interval(0.1,0.9)", "rewind=choice(0it,20it,99it)"]
 
 
+@pytest.mark.slow
 def test_a_search_without_the_plugin_is_one_error_line(tmp_path):
     hide = "import sys; sys.modules['hydra_plugins.hydra_optuna_sweeper'] = None; " \
            "sys.argv = ['lottery.run', '-m', 'hparams_search=quickstart']; from lottery.run import cli; cli()"
@@ -33,6 +34,7 @@ def test_a_search_without_the_plugin_is_one_error_line(tmp_path):
                              "which is not installed: pip install -e '.[search]'\n")
 
 
+@pytest.mark.slow
 def test_a_search_without_multirun_is_refused_not_run_as_one_experiment():
     from lottery import run
     from lottery.errors import LotteryError
@@ -96,6 +98,7 @@ def snapshot(directories):
     return sorted((p, os.stat(p).st_mtime_ns, os.path.getsize(p)) for p in paths)
 
 
+@pytest.mark.slow
 def test_an_optuna_search_resumes_its_study_and_sees_each_trials_objective(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     import optuna
@@ -168,6 +171,7 @@ def study_start(tmp_path, monkeypatch, *searched):
                 callback.lock.close()
 
 
+@pytest.mark.slow
 def test_a_search_space_the_config_or_the_study_cannot_take_is_one_line_before_the_study_is_touched(tmp_path, capsys,
                                                                                                    monkeypatch):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
@@ -193,6 +197,7 @@ def test_a_search_space_the_config_or_the_study_cannot_take_is_one_line_before_t
     assert [t.state for t in trials(tmp_path)] == [TrialState.COMPLETE]
 
 
+@pytest.mark.slow
 def test_an_error_in_the_sweeper_leaves_no_trial_of_the_sweep_running(tmp_path, monkeypatch):
     """The sweeper asks for a trial before it configures and launches it: an error in between (not an
     interruption, whose trials run again first) must not leave the trial running."""

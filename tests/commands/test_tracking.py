@@ -19,6 +19,7 @@ def offline_runs(directory):
     return {os.path.basename(d).split("-r0-")[-1]: d for d in glob.glob(os.path.join(directory, "wandb", "offline-run-*"))}
 
 
+@pytest.mark.slow
 def test_offline_run_logs_levels_evaluations_and_tables(small_config):
     cfg = small_config("wandb.mode=offline", "levels=1", "controls=[random_reinit]", "lmc.levels=[1]", "lmc.points=3")
     results = imp.run(cfg, console=QUIET)
@@ -53,6 +54,7 @@ def test_offline_run_logs_levels_evaluations_and_tables(small_config):
     assert barriers == [results[1]["lmc"]["barrier"]]
 
 
+@pytest.mark.slow
 def test_log_ticket_uploads_the_last_levels_ticket_as_an_artifact(small_config):
     from wandb_records import records
 
@@ -64,6 +66,7 @@ def test_log_ticket_uploads_the_last_levels_ticket_as_an_artifact(small_config):
     assert "_CHECKPOINT_METADATA" in [entry.path for entry in ticket.manifest.contents]  # the orbax ticket directory
 
 
+@pytest.mark.slow
 def test_disabled_mode_writes_nothing(small_config):
     cfg = small_config("wandb.mode=disabled", "levels=0")
     imp.run(cfg, console=QUIET)
@@ -90,6 +93,7 @@ def test_unknown_mode_is_named(small_config, tmp_path):
         tracking.Tracker(small_config("wandb.mode=cloud"), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_w_and_b_staging_files_stay_in_the_experiment(small_config, monkeypatch, tmp_path):
     # Tables are staged as artifact files; W&B would leave them, read-only, in the user's data dir.
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data_home"))
@@ -126,6 +130,7 @@ def sweep_agent(monkeypatch, tmp_path):
     wandb.teardown()
 
 
+@pytest.mark.slow
 def test_under_a_sweep_agent_a_trial_logs_one_run_with_the_agents_id_and_its_summary(small_config, sweep_agent, tmp_path):
     import wandb
 

@@ -1,6 +1,7 @@
 """W&B after kill -9 and resume (issue 11): every evaluation and level row once, at one step (the
 kill -9 scenario itself runs in tests/results/test_reliability.py, which checks its records here)."""
 
+import pytest
 import glob
 import io
 import json
@@ -86,6 +87,7 @@ class FakeRun:
         pass
 
 
+@pytest.mark.slow
 def test_online_resume_sends_only_the_rows_past_the_servers_history(small_config, monkeypatch):
     overrides = ("levels=1", "lmc.levels=[1]", "lmc.points=3")
     cfg = small_config("wandb.mode=offline", *overrides)
@@ -148,6 +150,7 @@ def current_dir(directory, kind):
     return path
 
 
+@pytest.mark.slow
 def test_a_run_a_killed_process_left_incomplete_is_restated_when_the_experiment_finishes(small_config):
     cfg = small_config("wandb.mode=offline", "levels=1", "controls=[random_reinit]")
     results = imp.run(cfg, console=QUIET)
@@ -168,6 +171,7 @@ def test_a_run_a_killed_process_left_incomplete_is_restated_when_the_experiment_
     assert len([row for row in history if "levels/path" in row]) == 1
 
 
+@pytest.mark.slow
 def test_a_run_continued_after_wandb_sync_logs_only_what_the_server_lacks(small_config):
     cfg = small_config("wandb.mode=offline", "levels=0")
     imp.run(cfg, console=QUIET)

@@ -59,6 +59,7 @@ def test_the_shared_records_are_never_taken_for_the_whole_of_cifar10(shared_subs
         datasets.load(cfg)
 
 
+@pytest.mark.slow
 def test_conv2_learns_the_shared_records_end_to_end(shared_subset, tmp_path):
     """Conv-2 (F&C 2019) for 20 iterations: 29% ± 2% test accuracy over 4 seeds (chance: 10%)."""
     cfg = compose_config(["+exp=conv2", "dataset=cifar10_subset", f"dataset.root={DATA_ROOT}", "training.steps=20it",

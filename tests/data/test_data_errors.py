@@ -96,6 +96,7 @@ def test_corrupt_real_mnist_gz_is_named_with_what_to_do(real_mnist, how):
         datasets.load(dataset_config("mnist", real_mnist))
 
 
+@pytest.mark.slow
 def test_a_flipped_byte_in_real_mnist_is_one_line_and_exit_code_2_on_the_command_line(real_mnist):
     path = real_mnist / "mnist" / "t10k-labels-idx1-ubyte.gz"
     flip(path, 20)
@@ -281,6 +282,7 @@ def test_part_of_cifar10_that_cannot_be_used_is_one_line_naming_the_file_and_wha
     assert "\n" not in str(caught.value) and len(str(caught.value).replace(str(directory), "/work/shared/data/cifar10-subset")) < 200
 
 
+@pytest.mark.slow
 def test_a_missing_cifar10_test_file_is_one_line_and_exit_code_2_on_the_command_line(cifar_subset):
     root, directory = cifar_subset
     (directory / "test_batch.first4.bin").unlink()

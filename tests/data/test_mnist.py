@@ -9,11 +9,13 @@ import os
 import signal
 import subprocess
 
+import numpy as np
 import pandas as pd
 import pytest
 from rich.console import Console
 
 from conftest import REPO, child_env, compose_config
+from lottery import data as datasets
 from lottery import imp
 
 DATA_ROOT = os.environ.get("LOTTERY_DATA_DIR", os.path.expanduser("~/.cache/lottery"))
@@ -29,6 +31,7 @@ def mnist():
         pytest.skip(f"MNIST not found in {DATA_ROOT}/mnist")
 
 
+@pytest.mark.slow
 def test_lenet_on_real_mnist(mnist, tmp_path):
     cfg = compose_config(["+exp=lenet", "training.steps=300it", "levels=1", "progress=false",
                           f"dataset.root={DATA_ROOT}", "dataset.download=false", f"output_dir={tmp_path}"])
@@ -68,6 +71,7 @@ def reproduce(request, tmp_path_factory):
                 os.killpg(process.pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_the_frankle_carbin_reproduce_script_runs_end_to_end(mnist, reproduce):
     """experiments/frankle_carbin_2019/reproduce.sh, shortened: tickets and random reinit for 3
     replicates, then the CSV and both figures, written where RESULTS says (not over the record)."""
@@ -81,3 +85,11 @@ def test_the_frankle_carbin_reproduce_script_runs_end_to_end(mnist, reproduce):
     assert (df["early_stop_iteration"] == 100).all() and (df["wall_time_s"] > 0).all()
     for figure in ("accuracy_vs_sparsity.png", "early_stopping.png"):
         assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_real_mnist_loads_checked_in_frankle_and_carbins_split(mnist):
+    cfg = compose_config(["+exp=lenet", f"dataset.root={DATA_ROOT}", "dataset.download=false"])
+    data = datasets.load(cfg.dataset)  # the loader checks the files' content checksums
+    assert (len(data.train_x), len(data.val_x), len(data.test_x)) == (55_000, 5_000, 10_000)
+    assert data.train_x.shape[1:3] == (28, 28) and data.train_x.dtype == np.uint8
+    assert sorted(set(data.train_y.tolist())) == sorted(set(data.test_y.tolist())) == list(range(10))

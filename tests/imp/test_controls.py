@@ -31,6 +31,7 @@ def tobytes(tree):
     return [np.asarray(leaf).tobytes() for leaf in jax.tree.leaves(tree)]
 
 
+@pytest.mark.slow
 def test_controls_have_the_tickets_counts_and_their_own_weights_or_masks(small_config):
     cfg = small_config("controls=[random_reinit,random_prune]", "rewind=20it")
     results = imp.run(cfg, console=QUIET)
@@ -77,6 +78,7 @@ def test_global_random_prune_keeps_the_overall_count_spread_at_random():
     assert pruning.counts(layerwise, names) == ticket_counts
 
 
+@pytest.mark.slow
 def test_replicates_are_independent_trajectories(small_config):
     cfg = small_config("replicates=2", "levels=1")
     imp.run(cfg, console=QUIET)
@@ -99,6 +101,7 @@ def saved(experiment, directory):
     return metrics, arrays
 
 
+@pytest.mark.slow
 def test_a_networks_bits_do_not_depend_on_what_it_was_trained_beside(small_config, tmp_path):
     # Alone: one replicate, no controls; controls and a second replicate added by later runs.
     alone = small_config("levels=1", f"output_dir={tmp_path / 'alone'}")
@@ -125,6 +128,7 @@ def test_a_networks_bits_do_not_depend_on_what_it_was_trained_beside(small_confi
     assert compared == 6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("retrain", ["lr_rewind", "finetune"])
 def test_lr_rewind_and_finetune_start_from_the_trained_weights(small_config, retrain):
     cfg = small_config(f"retrain={retrain}", "rewind=40it", "finetune_steps=2ep")
@@ -142,6 +146,7 @@ def test_lr_rewind_and_finetune_start_from_the_trained_weights(small_config, ret
         assert metrics["start_step"] == start and metrics["history"][-1]["step"] == end
 
 
+@pytest.mark.slow
 def test_adding_controls_later_keeps_the_finished_tickets(small_config):
     imp.run(small_config("levels=1"), console=QUIET)
     experiment = imp.prepare(small_config("levels=1"))
@@ -152,6 +157,7 @@ def test_adding_controls_later_keeps_the_finished_tickets(small_config):
     assert [r["kind"] for r in results] == ["ticket", "ticket", "random_prune"]
 
 
+@pytest.mark.slow
 def test_lmc_barrier_is_zero_for_copies_with_the_same_data_order(small_config):
     experiment = imp.prepare(small_config())
     trainer = experiment.trainer
@@ -167,6 +173,7 @@ def test_lmc_barrier_is_zero_for_copies_with_the_same_data_order(small_config):
     assert path["test_error"][0] == pytest.approx(1 - accuracy_a[0])
 
 
+@pytest.mark.slow
 def test_lmc_endpoints_are_the_copies_and_the_barrier_is_measured(small_config):
     cfg = small_config("lmc.levels=[0,2]", "lmc.points=5", "rewind=20it", "levels=2")
     results = imp.run(cfg, console=QUIET)
@@ -187,6 +194,7 @@ def test_lmc_endpoints_are_the_copies_and_the_barrier_is_measured(small_config):
     assert path["test_error"][0] == pytest.approx(1 - accuracy[0]) and path["test_error"][-1] == pytest.approx(1 - accuracy[1])
 
 
+@pytest.mark.slow
 def test_rewind_optimizer_reaches_every_network_that_starts_from_theta_k(small_config):
     # Momentum SGD: θk's optimizer state (the momentum trace) is not zero, so a fresh one differs.
     cfg = small_config("optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "rewind=20it",
@@ -218,6 +226,7 @@ def test_rewind_optimizer_reaches_every_network_that_starts_from_theta_k(small_c
     assert all(np.all(leaf == 0) for leaf in trace(reinit))
 
 
+@pytest.mark.slow
 def test_the_ablation_controls_keep_the_tickets_counts_and_change_only_what_they_ablate(small_config):
     cfg = small_config("levels=1", "controls=[shuffle_layer,invert,sign_preserving_reinit]", "pruning=global",
                        "rewind=20it")

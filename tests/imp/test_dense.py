@@ -42,6 +42,7 @@ def assert_bitwise(a, b):
     assert len(a) == len(b) and all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(a, b))
 
 
+@pytest.mark.slow
 def test_a_sweep_trains_level_0_once_and_a_new_rewind_step_trains_only_its_prefix(tmp_path):
     runs = tmp_path / "runs"
     cfg = compose_config([*TINY, "rewind=20it", f"output_dir={runs}"])
@@ -148,6 +149,7 @@ def test_the_store_lock_waits_for_its_holder_and_gives_up_when_asked(tmp_path):
     acquire_lock(str(tmp_path)).close()  # the one that gave up holds nothing
 
 
+@pytest.mark.slow
 def test_each_backend_trains_its_own_dense_runs_and_the_cpus_keep_their_hash(tmp_path, monkeypatch):
     from lottery import backend
 
@@ -174,6 +176,7 @@ def test_each_backend_trains_its_own_dense_runs_and_the_cpus_keep_their_hash(tmp
         assert "backend: gpu" in f.read()
 
 
+@pytest.mark.slow
 def test_damage_to_the_store_is_named_in_experiments_that_link_it_and_repaired_once_retrained(tmp_path):
     """Level 0 of an experiment is hard links into the store: damage done to either is damage to
     both, and a store trained again has new files the older experiments' links do not reach. And

@@ -46,6 +46,7 @@ def numpy_scores(experiment, weights):
     return el2n, np.sqrt(squared)
 
 
+@pytest.mark.slow
 def test_el2n_and_grand_are_a_numpy_computation_of_them():
     experiment = prepare(compose_config(TINY + ["diet.score=el2n"]))
     weights = experiment.initial_weights(jax.random.key(3))
@@ -85,6 +86,7 @@ def test_the_subset_is_its_end_of_the_ranking_after_the_offset():
         == [0, 1, 2, 5]
 
 
+@pytest.mark.slow
 def test_pretraining_on_a_diet_is_training_on_the_subset_alone_then_on_the_whole_set():
     cfg = compose_config(TINY + ["training.batch_size=50"])
     experiment = prepare(cfg)
@@ -126,6 +128,7 @@ def dieted(tmp_path_factory):
     return prepare(first), second, store, before
 
 
+@pytest.mark.slow
 def test_the_scores_are_the_mean_over_the_scoring_networks_and_shared(dieted):
     experiment, other, store, before = dieted
     saved = np.load(store.scores)
@@ -164,6 +167,7 @@ def test_the_scores_are_the_mean_over_the_scoring_networks_and_shared(dieted):
         np.save(store.scores, saved)
 
 
+@pytest.mark.slow
 def test_the_rewind_point_is_pretrained_on_the_subset_and_the_dense_run_is_the_diets(dieted):
     experiment, other, _, _ = dieted
     chosen = np.load(os.path.join(experiment.directory, diet.SUBSET))
@@ -261,6 +265,7 @@ def test_settings_that_mean_nothing_are_one_line(overrides, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_replaced_scores_file_in_the_store_is_named_never_used_and_a_finished_experiment_says_so(dieted, tmp_path):
     experiment, _, store, _ = dieted
     made = json.load(open(store.metrics))
@@ -292,6 +297,7 @@ def test_a_replaced_scores_file_in_the_store_is_named_never_used_and_a_finished_
     assert said == []
 
 
+@pytest.mark.slow
 def test_an_interrupted_scoring_keeps_the_networks_it_trained_and_resumes_bitwise(tmp_path, monkeypatch):
     common = TINY + ["diet.score=el2n", "diet.networks=3", "diet.score_at=20it"]
     whole = diet.scores(prepare(compose_config(common + [f"output_dir={tmp_path / 'whole'}"])), say=lambda line: None)

@@ -41,6 +41,7 @@ def test_the_mask_distance_is_the_similarity_codes_disagreement_and_the_rule_sto
     assert early_bird.settled(distances, 0.15, 1) == 1
 
 
+@pytest.mark.slow
 def test_each_level_is_pruned_from_the_weights_at_its_early_bird_step(tmp_path):
     cfg = compose_config(["model.hidden=[64,32]", "training.steps=10ep", "training.eval_every=20it", "levels=2",
                           "progress=false", "early_bird.enabled=true", "early_bird.every=20it", "early_bird.window=2",

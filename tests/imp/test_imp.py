@@ -1,5 +1,6 @@
 """IMP levels: rewinding to θk, masks carried through the results directory, resuming."""
 
+import pytest
 import io
 import os
 
@@ -19,6 +20,7 @@ def tobytes(tree):
     return [np.asarray(leaf).tobytes() for leaf in jax.tree.leaves(tree)]
 
 
+@pytest.mark.slow
 def test_each_level_starts_from_theta_k_times_its_mask(small_config):
     cfg = small_config("rewind=40it", "rewind_optimizer=true", "optimizer=sgd", "optimizer.lr=0.05")
     results = imp.run(cfg, console=QUIET)
@@ -54,6 +56,7 @@ def test_each_level_starts_from_theta_k_times_its_mask(small_config):
     assert results[0]["start_step"] == 0 and results[2]["density"] < results[1]["density"] < 1.0
 
 
+@pytest.mark.slow
 def test_metrics_report_accuracy_early_stopping_and_exact_densities(small_config):
     results = imp.run(small_config(), console=QUIET)
     sizes = {"hidden/0/kernel": 64 * 64, "hidden/1/kernel": 64 * 32, "output/kernel": 32 * 10}
@@ -72,6 +75,7 @@ def test_metrics_report_accuracy_early_stopping_and_exact_densities(small_config
                      for k, v in remaining.items()}
 
 
+@pytest.mark.slow
 def test_more_levels_continue_skip_finished_ones_and_match_an_uninterrupted_run(small_config, tmp_path):
     first = small_config("levels=1")
     imp.run(first, console=QUIET)
@@ -104,6 +108,7 @@ def test_results_directory_is_named_by_content_hash(small_config):
     assert os.path.basename(d).startswith("_.._etc-") and os.path.dirname(d) == os.path.dirname(a)
 
 
+@pytest.mark.slow
 def test_every_result_records_the_commit_versions_and_machine_that_produced_it(small_config, tmp_path, monkeypatch):
     import subprocess
 

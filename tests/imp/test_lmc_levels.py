@@ -31,6 +31,7 @@ def _error(experiment, weights):
     return wrong / total, total
 
 
+@pytest.mark.slow
 def test_the_path_between_consecutive_levels_against_an_independent_evaluation(tmp_path):
     cfg = compose_config([*SMALL, f"output_dir={tmp_path}"])
     levels.run(cfg)

@@ -2,6 +2,7 @@
 several particles, each averaged over its last epochs, the mean of the averages saved, evaluated
 and pruned by the next level."""
 
+import pytest
 import json
 import os
 
@@ -16,6 +17,7 @@ from lottery.results.store import load_tree
 from lottery.training import trainer as training
 
 
+@pytest.mark.slow
 def test_the_ticket_is_the_masked_mean_of_its_particles_averages(tmp_path):
     cfg = compose_config(["model.hidden=[64,32]", "training.steps=5ep", "training.eval_every=20it", "levels=2",
                           "progress=false", "swamp.particles=3", "swamp.average_from=0.5", f"output_dir={tmp_path}"])

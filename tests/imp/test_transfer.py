@@ -44,6 +44,7 @@ def bitwise(a, b):
     return all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b), strict=True))
 
 
+@pytest.mark.slow
 def test_a_transferred_ticket_starts_from_the_sources_mask_and_weights(source):
     root, found = source
     # The tickets first; the controls added by a second invocation to the finished levels (their
@@ -79,6 +80,7 @@ def test_a_transferred_ticket_starts_from_the_sources_mask_and_weights(source):
     assert {r["level"] for r in results} == {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_init_weights_the_hash_and_the_command_line(source):
     root, found = source
     common = [*TARGET, "controls=[]", "replicates=1", "levels=1", f"output_dir={root}"]
@@ -103,6 +105,7 @@ def test_init_weights_the_hash_and_the_command_line(source):
     assert "transfer" not in config.identity(compose_config(), "x")  # unset: every earlier hash unchanged
 
 
+@pytest.mark.slow
 def test_a_source_that_does_not_rewind_is_refused(tmp_path):
     """A source that retrains from trained weights (finetune) has tickets that do not start from
     θk under their masks: neither they nor random masks on θk would be what they are called."""
@@ -114,6 +117,7 @@ def test_a_source_that_does_not_rewind_is_refused(tmp_path):
                                     f"transfer.source={finetuned}"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides, message", [
     (["model.hidden=[32,32]"], r"ticket has params hidden/0/bias of shape \(64,\), this experiment's model has "
                                r"\(32,\); a ticket transfers to the same model"),
@@ -133,6 +137,7 @@ def test_what_cannot_transfer_is_one_line(source, overrides, message):
         imp.prepare(cfg)
 
 
+@pytest.mark.slow
 def test_a_source_whose_result_is_not_json_is_refused_in_one_line(source, tmp_path):
     root, found = source
     copy = tmp_path / os.path.basename(found.directory)  # the same experiment (by its config.yaml), damaged

@@ -66,6 +66,7 @@ def test_initializations_have_the_papers_scales():
     assert scale.min() >= 0 and scale.max() < 1 and scale.std() > 0.1  # U[0, 1), open_lth
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs", [dict(name="resnet", depth=8, width=4), dict(name="vgg", depth=11), dict(name="conv2")])
 def test_forward_shapes_and_batch_norm_statistics_update_only_in_training(kwargs):
     model = build(abstract=False, **kwargs)

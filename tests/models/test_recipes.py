@@ -182,6 +182,7 @@ def vgg_reference(model, x, plan):
     return x @ value(model.output.kernel) + value(model.output.bias)
 
 
+@pytest.mark.slow
 def test_vgg16_forward_equals_open_lths_layer_list_in_numpy():
     # open_lth's plan for cifar_vgg_16, copied from the source, not from lottery.models.vgg.
     plan = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]

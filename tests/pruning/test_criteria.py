@@ -65,6 +65,7 @@ def test_already_pruned_weights_rank_below_any_score_even_negative_ones():
     assert not (new["hidden/0/kernel"] & ~flat["hidden/0/kernel"]).any() and new["hidden/0/kernel"].sum() == 80
 
 
+@pytest.mark.slow
 def test_pruning_at_start_reaches_each_levels_imp_counts_from_theta_0_in_one_run(small_config):
     import io
 

@@ -1,6 +1,7 @@
 """README "Where things are": a control is one registered function, in any module, and nothing
 else is touched to train it beside the ticket, report it, and export it."""
 
+import pytest
 import io
 
 import jax
@@ -13,6 +14,7 @@ from lottery.pruning import controls, masks
 from lottery.results import paths
 
 
+@pytest.mark.slow
 def test_a_control_registered_alone_in_a_test_module_trains_beside_the_ticket_and_is_reported(small_config, tmp_path):
     @controls.control("negated", stream=99, same_start=True)
     def negated(context: controls.Context) -> dict:
@@ -48,3 +50,20 @@ def test_a_control_registered_alone_in_a_test_module_trains_beside_the_ticket_an
     finally:
         del controls.CONTROLS["negated"]
     assert "negated" not in controls.kinds()
+
+
+def test_a_control_is_registered_under_its_name_and_stream_and_a_taken_stream_is_refused():
+    def negated_fast(context: controls.Context) -> dict:
+        return context.ticket
+
+    controls.control("negated_fast", stream=98, same_start=True)(negated_fast)
+    try:
+        registered = controls.CONTROLS["negated_fast"]
+        assert (registered.start, registered.stream, registered.same_start, registered.transfers) == (negated_fast, 98, True, None)
+        assert "negated_fast" in controls.names() and "negated_fast" in controls.kinds()
+        with pytest.raises(ValueError, match=r"^control 'other': PRNG stream 98 is 'negated_fast''s$"):
+            controls.control("other", stream=98, same_start=False)(negated_fast)
+        assert "other" not in controls.CONTROLS
+    finally:
+        del controls.CONTROLS["negated_fast"]
+    assert "negated_fast" not in controls.names()

@@ -126,6 +126,7 @@ def rigl(tmp_path_factory):
     return experiment, make, targets
 
 
+@pytest.mark.slow
 def test_rigl_inside_the_step_regrows_at_zero_keeps_counts_and_compiles_once(rigl):
     experiment, make, targets = rigl
     trainer, keys = experiment.method.updating, experiment.keys(0)
@@ -213,6 +214,7 @@ def _reference_update(experiment, trainer, state, t, data_key, augment_key, alph
     return expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["rigl", "set"])
 def test_an_update_iteration_replaces_the_optimizer_step_as_evcis_algorithm_1(method, tmp_path):
     """On an update iteration (rigl's is_mask_update_iter: from step 0, every ΔT) the trainer's
@@ -267,6 +269,7 @@ def _ticket(directory, level):
         return _read(directory, level, "ticket"), json.load(f)
 
 
+@pytest.mark.slow
 def test_each_level_trains_from_scratch_to_imps_counts_and_reports_its_cost(pipeline):
     found = {read_identity(d).get("sparsity", {}).get("method", "imp"): d for d in experiment_dirs(str(pipeline))}
     rigl_dir, gmp_dir = found["rigl"], found["gmp"]
@@ -303,6 +306,7 @@ def test_each_level_trains_from_scratch_to_imps_counts_and_reports_its_cost(pipe
     assert os.path.exists(os.path.join(rigl_dir, "accuracy_vs_cost.png"))
 
 
+@pytest.mark.slow
 def test_a_rigl_level_stopped_between_updates_resumes_bitwise(pipeline, tmp_path, monkeypatch, capfd):
     """Stopped (as by SIGTERM) at step 30 of level 2, between the update iterations 20 and 40,
     with a checkpoint; the same command resumes it and ends bitwise where the uninterrupted run did."""

@@ -144,6 +144,7 @@ def _numpy_forward(params, x):
     return x @ params["output.kernel"] + params["output.bias"]
 
 
+@pytest.mark.slow
 def test_the_compact_export_is_smaller_and_computes_the_masked_networks_logits(tmp_path, capfd):
     """Conv-2 with pruned channels (through the flatten into fc/0) and fc neurons, compacted."""
     overrides = ["training.steps=1ep", "training.eval_every=20it", "levels=1", "progress=false", "model=conv2",

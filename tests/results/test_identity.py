@@ -40,6 +40,7 @@ def test_the_fingerprint_is_of_the_content_not_the_files(tmp_path):
     assert datasets.fingerprint(*arrays) == datasets.fingerprint(*[a.copy() for a in arrays])  # a function of content
 
 
+@pytest.mark.slow
 def test_other_data_under_the_same_config_is_another_experiment(small_config, tmp_path):
     make_idx_dataset(tmp_path / "a" / "fashion_mnist")
     make_idx_dataset(tmp_path / "b" / "fashion_mnist", seed=1)
@@ -53,6 +54,7 @@ def test_other_data_under_the_same_config_is_another_experiment(small_config, tm
     assert identity["dataset"]["fingerprint"].startswith("sha256:") and "root" not in identity["dataset"]
 
 
+@pytest.mark.slow
 def test_config_yaml_is_the_identity_and_every_invocation_is_recorded(small_config):
     first = small_config("levels=0")
     imp.run(first, console=QUIET)
@@ -75,6 +77,7 @@ def test_config_yaml_is_the_identity_and_every_invocation_is_recorded(small_conf
     assert all(e["status"] == "finished" for e in entries if e["event"] == "end")
 
 
+@pytest.mark.slow
 def test_another_program_is_announced(small_config):
     cfg = small_config("levels=0")
     imp.run(cfg, console=QUIET)
@@ -91,6 +94,7 @@ def test_another_program_is_announced(small_config):
     assert "note: results in" in out.getvalue() and "backend gpu" in out.getvalue() and "tpu" not in out.getvalue()
 
 
+@pytest.mark.slow
 def test_other_lmc_points_are_measured_again_from_the_saved_copies(small_config):
     cfg = small_config("levels=1", "lmc.levels=[1]", "lmc.points=3")
     first = imp.run(cfg, console=QUIET)[1]["lmc"]
@@ -112,6 +116,7 @@ def test_other_lmc_points_are_measured_again_from_the_saved_copies(small_config)
     assert np.isclose(json.load(open(os.path.join(directory, "metrics.json")))["barrier"], second["barrier"])
 
 
+@pytest.mark.slow
 def test_checkpoint_every_does_not_change_a_bit(small_config, tmp_path):
     from test_controls import saved
 
@@ -124,6 +129,7 @@ def test_checkpoint_every_does_not_change_a_bit(small_config, tmp_path):
     assert runs["7it"] == runs["10ep"]
 
 
+@pytest.mark.slow
 def test_an_experiment_an_older_version_hashed_with_a_removed_key_is_named_not_silently_redone(small_config):
     import pandas as pd
 
@@ -164,6 +170,7 @@ def test_set_and_rigl_have_a_new_identity_for_skipping_the_optimizer_step_and_th
             assert identity.experiment_hash(cfg, "sha256:0") == identity.digest(old_rule(content))
 
 
+@pytest.mark.slow
 def test_experiments_are_named_by_what_they_are_with_the_hash_unchanged(tmp_path):
     from conftest import compose_config
     from lottery.results import paths
@@ -187,6 +194,7 @@ def test_experiments_are_named_by_what_they_are_with_the_hash_unchanged(tmp_path
     assert paths.experiment_directory(cfg, datasets.load(cfg.dataset).fingerprint) == os.path.join("runs", "quickstart-7c1c387142")
 
 
+@pytest.mark.slow
 def test_an_experiment_under_its_old_name_is_found_not_trained_again(small_config):
     import glob
 

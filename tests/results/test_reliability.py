@@ -107,6 +107,7 @@ def stop_and_resume(cwd, system_tmp):
     assert "level 2: resuming 2 networks from the checkpoint at step" in stdout
 
 
+@pytest.mark.slow
 def test_kill_9_and_sigterm_at_any_moment_then_resume_is_bitwise_the_uninterrupted_run(tmp_path):
     """One experiment stopped at every kind of moment, W&B offline: each resume continues where the
     last left off; the end is bitwise the uninterrupted run, and every W&B row is logged once
@@ -135,6 +136,7 @@ def test_kill_9_and_sigterm_at_any_moment_then_resume_is_bitwise_the_uninterrupt
     assert_every_row_once(glob.glob(str(runs))[0])
 
 
+@pytest.mark.slow
 def test_a_second_process_on_the_same_experiment_refuses(tmp_path):
     cfg = compose_config([*RUN, f"output_dir={tmp_path / 'runs'}"])
     directory = imp.prepare(cfg).directory
@@ -172,6 +174,7 @@ def test_unreadable_checkpoint_falls_back_to_the_previous_one(tmp_path, capfd):
         LevelCheckpoints(str(tmp_path / "ck")).latest(lambda meta: like)
 
 
+@pytest.mark.slow
 def test_corrupt_results_are_named_and_never_silently_redone(small_config, tmp_path):
     cfg = small_config("levels=1")
     import io
@@ -196,6 +199,7 @@ def test_corrupt_results_are_named_and_never_silently_redone(small_config, tmp_p
         imp.run(cfg, console=Console(file=io.StringIO()))
 
 
+@pytest.mark.slow
 def test_a_corrupt_finished_control_is_named_before_anything_is_added(small_config, tmp_path):
     """A control's metrics.json that parses but is not a result: named, whatever reads it next."""
     import io
@@ -211,6 +215,7 @@ def test_a_corrupt_finished_control_is_named_before_anything_is_added(small_conf
     assert not os.path.exists(os.path.join(imp.prepare(cfg).level_dir(0, 1), "random_prune"))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_level_with_a_message(tmp_path):
     result = run_cli("optimizer=sgd", "optimizer.lr=1e12", "levels=1", "progress=false", cwd=tmp_path)
     assert result.returncode == 2
@@ -264,6 +269,7 @@ def test_no_pickle_anywhere_in_the_package():
                 assert getattr(node.value, "value", None) is False, path
 
 
+@pytest.mark.slow
 def test_wall_time_of_a_resumed_level_sums_every_process_that_trained_it(small_config, monkeypatch):
     import io
     import types

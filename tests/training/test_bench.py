@@ -6,9 +6,10 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from conftest import REPO, child_env
+from conftest import REPO, child_env, compose_config
 
 
 DEVICE = "test_device_script_smoke_runs_every_section_and_prints_one_table"
@@ -34,6 +35,7 @@ def device_script(request, tmp_path_factory):
                 os.killpg(process.pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_mesh_benchmark_runs_and_member_parallel_is_bitwise_one_device():
     result = subprocess.run([sys.executable, "mesh.py", "--smoke"], cwd=REPO / "experiments" / "bench",
                             env=child_env(), capture_output=True, text=True, timeout=600)
@@ -43,6 +45,7 @@ def test_mesh_benchmark_runs_and_member_parallel_is_bitwise_one_device():
     assert rows["members x2"][-1] == "True", result.stdout  # each device runs the one-network program
 
 
+@pytest.mark.slow
 def test_sparse_inference_benchmark_runs_and_sparse_accuracies_equal_dense():
     result = subprocess.run([sys.executable, "sparse_inference.py", "--smoke"], cwd=REPO / "experiments" / "bench",
                             env=child_env(), capture_output=True, text=True, timeout=600)
@@ -59,6 +62,7 @@ def test_sparse_inference_benchmark_runs_and_sparse_accuracies_equal_dense():
     assert "where sparse wins" in result.stdout
 
 
+@pytest.mark.slow
 def test_structured_inference_benchmark_runs_and_compact_networks_give_the_same_logits():
     result = subprocess.run([sys.executable, "structured_inference.py", "--smoke"], cwd=REPO / "experiments" / "bench",
                             env=child_env(), capture_output=True, text=True, timeout=600)
@@ -67,6 +71,7 @@ def test_structured_inference_benchmark_runs_and_compact_networks_give_the_same_
     assert len(rows) == 8 and all(row[-1] == "True" for row in rows), result.stdout
 
 
+@pytest.mark.slow
 def test_device_script_smoke_runs_every_section_and_prints_one_table(device_script):
     """experiments/bench/device.sh --smoke on the CPU: every section runs (GPU-only or torch figures
     may be n/a), the summary has each section's rows, and stacks.py's rows are there, network 0
@@ -85,3 +90,16 @@ def test_device_script_smoke_runs_every_section_and_prints_one_table(device_scri
     # section f (Conv-2 on the CIFAR-10 records) is skipped by --smoke: tests/data/test_cifar10_subset.py runs its check
     stack_rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["1"], ["2"]) and line.endswith(("True", "False"))]
     assert [row[0] for row in stack_rows] == ["1", "2"] and all(row[-1] == "True" for row in stack_rows), out
+
+
+def test_the_benchmarks_compose_the_commands_config_and_make_data_of_a_real_sets_shape():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_common", REPO / "experiments" / "bench" / "common.py")
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    assert common.compose_config(["+exp=lenet", "levels=3"]) == compose_config(["+exp=lenet", "levels=3"])
+    data = common.synthetic((32, 32, 3), n_train=100, n_test=10)
+    assert data.train_x.shape == (100, 32, 32, 3) and data.train_x.dtype == np.uint8
+    assert data.test_x.shape == (10, 32, 32, 3) and len(data.val_x) == 0
+    assert set(data.train_y.tolist()) <= set(range(10))

@@ -107,6 +107,7 @@ print(json.dumps({{"members": found(trainer.over_mesh(4).compiled_text()), "data
 """
 
 
+@pytest.mark.slow
 def test_member_data_and_2d_meshes_on_4_devices_match_one_device(request, tmp_path):
     code = LAYOUTS.format(tests=TESTS, here=HERE, run=RUN, root=str(tmp_path))
     layouts = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=child_env(JAX_NUM_CPU_DEVICES="4"),
@@ -189,6 +190,7 @@ def joined(coordinator, process_id, num_processes=2):
                            f"distributed.process_id={process_id}"]).distributed
 
 
+@pytest.mark.slow
 def test_each_process_of_a_run_on_one_host_takes_its_own_device():
     # A coordinator on the loopback: every process is on this host, one device each, by process id.
     for address in ("127.0.0.1:1234", "localhost:1234", "[::1]:1234"):
@@ -235,6 +237,7 @@ def test_joining_settles_memory_and_devices_before_jax_starts(monkeypatch):
     assert calls[-1][2] == "true" and os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "true"
 
 
+@pytest.mark.slow
 def test_nothing_starts_jaxs_backend_before_a_run_joins_its_processes(tmp_path):
     # imp.run calls hosts.initialize first: importing the command line and the library, and checking
     # a config (what a sweep does before its jobs start), must not have started the backend, or the
@@ -250,6 +253,7 @@ def test_nothing_starts_jaxs_backend_before_a_run_joins_its_processes(tmp_path):
     assert done.stdout.split() == ["False"]
 
 
+@pytest.mark.slow
 def test_two_processes_sigterm_to_one_stops_both_and_the_resumed_run_is_bitwise(reference, tmp_path):
     port = free_port()
     processes = [process for i in range(2) for process in launch(

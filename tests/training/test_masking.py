@@ -45,6 +45,7 @@ def bits(x):
     return np.asarray(x).view(np.uint32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_pruned_weights_and_their_moments_stay_zero_at_every_step(small_config, name):
     experiment, dense = dense_warmup(small_config(*OPTIMIZERS[name]))

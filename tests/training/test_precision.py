@@ -18,6 +18,7 @@ from lottery.training.trainer import stack, unstack
 from test_masking import member_keys, random_mask
 
 
+@pytest.mark.slow
 def test_bfloat16_computes_in_bfloat16_keeps_float32_state_and_pruned_weights_exactly_zero(small_config):
     fp32, bf16 = imp.prepare(small_config()), imp.prepare(small_config("training.precision=bfloat16"))
     assert experiment_hash(fp32.cfg, fp32.data_fingerprint) != experiment_hash(bf16.cfg, bf16.data_fingerprint)
@@ -50,6 +51,7 @@ def test_bad_precision_is_one_line(small_config):
         imp.check(small_config("training.precision=half"))
 
 
+@pytest.mark.slow
 def test_deterministic_sets_xla_flags_before_the_backend_starts_and_is_recorded(tmp_path):
     env = {k: v for k, v in child_env().items() if k != "XLA_FLAGS"}
     done = subprocess.run([sys.executable, "-m", "lottery.run", "levels=0", "training.steps=20it", "progress=false",

@@ -50,6 +50,7 @@ def run(small_config, tmp_path, name, *overrides):
     return imp.prepare(cfg)
 
 
+@pytest.mark.slow
 def test_a_network_in_a_stack_does_not_depend_on_its_stack_mates_or_position(small_config, tmp_path):
     # Width 4. Alone: replicate 0's ticket and control fill a block with padding. Crowded: three
     # replicates and two controls, so replicate 0's networks share blocks with others, and its
@@ -77,6 +78,7 @@ def test_auto_is_one_network_at_a_time_on_cpu_and_bad_widths_are_one_line(small_
             imp.check(small_config(f"training.stack={bad}"))
 
 
+@pytest.mark.slow
 def test_a_conv_model_stack_on_the_host_loop_is_independent_of_its_mates(small_config):
     # Conv models on CPU dispatch one compiled step at a time (the host loop): its vmapped step too.
     experiment = imp.prepare(small_config("model=conv2", "training.stack=3"))

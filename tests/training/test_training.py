@@ -24,6 +24,7 @@ def train_with(small_config, loop, *overrides):
     return trainer, state, losses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", [[], ["model=resnet", "model.depth=8", "model.width=4", "dataset.augment=true"]])
 def test_host_and_device_loops_train_the_same(small_config, model):
     device_trainer, device, device_losses = train_with(small_config, "device", *model)
