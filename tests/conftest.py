@@ -18,13 +18,22 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 import lottery.config  # noqa: F401,E402  (registers the schema that conf/config.yaml starts from)
 
-# W&B stays off in tests unless a test asks for offline runs itself (tests/test_tracking.py).
+# W&B stays off in tests unless a test asks for offline runs itself (tests/commands/test_tracking.py).
 os.environ.setdefault("WANDB_MODE", "disabled")
 # The compilation cache of the tests' runs stays out of the user's home.
 os.environ.setdefault("LOTTERY_JAX_CACHE", os.path.join(tempfile.gettempdir(), "lottery-tests-jax-cache"))
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+TESTS = pathlib.Path(__file__).resolve().parent
+REPO = TESTS.parent
 CONF = REPO / "conf"
+
+# tests/ mirrors the package (tests/imp/, tests/data/, ...; docs/tests.md). Test modules import
+# helpers and fixtures from each other across folders (``from test_data import make_idx_dataset``),
+# whichever folder pytest collects first or alone: every folder is on the path, as tests/ is (this
+# file's folder, for ``from conftest import ...`` and ``wandb_records``). Basenames stay unique.
+for _folder in sorted(TESTS.iterdir()):
+    if _folder.is_dir() and not _folder.name.startswith((".", "_")) and str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 
 # A small, fast experiment on the bundled digits: a few hundred steps per level.
 SMALL = ["model.hidden=[64,32]", "training.steps=5ep", "training.eval_every=20it", "levels=2", "progress=false"]

@@ -71,12 +71,14 @@ def expect_once(found, old, new):
     assert found["files"] == ["<string>"]  # the warning points at the code that used the old path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["import", "from"])
 @pytest.mark.parametrize("old", sorted(MODULES))
 def test_an_old_module_path_is_its_new_module_and_warns_once(seen, old, how):
     expect_once(seen["module", how][old], old, MODULES[old])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["from", "attribute"])
 @pytest.mark.parametrize("old", sorted(NAMES))
 def test_an_old_name_of_a_package_is_its_new_object_and_warns_once(seen, old, how):
@@ -106,6 +108,7 @@ def test_a_name_that_never_existed_fails_as_usual():
         __import__("lottery.imp").imp.no_such_name
 
 
+@pytest.mark.slow
 def test_importing_lottery_loads_neither_the_old_paths_nor_a_library():
     code = "import sys, lottery; print(sorted(m for m in sys.modules if m.startswith(('lottery', 'jax', 'numpy'))))"
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}

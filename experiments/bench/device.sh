@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything a GPU run of lottery needs measured, in one script (under 8 minutes on one H200; on a
-# CPU with --smoke, tiny sizes, under a minute: tests/test_bench.py runs it so it never rots).
+# CPU with --smoke, tiny sizes, under a minute: tests/training/test_bench.py runs it so it never rots).
 #
 #   bash experiments/bench/device.sh [--smoke]          (from the repository root)
 #
@@ -86,7 +86,7 @@ quickstart() {
   local sizes=(levels=3)  # 4 levels of the quickstart's 11: the question is bits, not accuracy
   [[ $SMOKE == 1 ]] && sizes=(levels=0 training.steps=10it training.eval_every=5it)
   local runs=(default:1 default:2 deterministic:1 deterministic:2 highest:1 highest:2)
-  [[ $SMOKE == 1 ]] && runs=(default:1 default:2)  # smoke: two processes (deterministic=true: tests/test_precision.py)
+  [[ $SMOKE == 1 ]] && runs=(default:1 default:2)  # smoke: two processes (deterministic=true: tests/training/test_precision.py)
   local cache=(compilation_cache="")  # timings compile afresh; smoke reuses the caller's cache
   [[ $SMOKE == 1 ]] && cache=()
   for run in "${runs[@]}"; do
@@ -136,7 +136,7 @@ cifar() {
     [[ -n $candidate && -d $candidate/cifar10-subset ]] && { data=$candidate; break; }
   done
   [[ -d $data/cifar10-subset ]] || { echo "no cifar10-subset/ in \$LOTTERY_DATA_DIR, .data or ../shared/data"; exit 1; }
-  [[ $SMOKE == 1 ]] && { echo "skipped by --smoke: tests/test_cifar10_subset.py trains Conv-2 on these records and runs this section's check (device.py cifar)"; exit 0; }
+  [[ $SMOKE == 1 ]] && { echo "skipped by --smoke: tests/data/test_cifar10_subset.py trains Conv-2 on these records and runs this section's check (device.py cifar)"; exit 0; }
   local sizes=(training.steps=800it levels=1)
   (cd "$ROOT" && "$PY" -m lottery.run +exp=conv2 dataset=cifar10_subset dataset.root="$data" "${sizes[@]}" \
     output_dir="$WORK/conv2" progress=false wandb.mode=disabled > "$WORK/conv2.log" 2>&1) || { tail -3 "$WORK/conv2.log"; exit 1; }

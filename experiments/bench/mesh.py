@@ -75,7 +75,7 @@ def main():
     print(f"lenet, {args.networks} networks x {args.steps} steps, {args.repeats} timings each (median [min-max] s)")
     print(f"{'layout':>12s} {'seconds':>22s} {'speed-up':>9s} {'bitwise one device':>19s}")
     base = None
-    layouts = LAYOUTS[:2] if args.smoke else LAYOUTS  # smoke: the script runs (data-parallel: tests/test_distributed.py)
+    layouts = LAYOUTS[:2] if args.smoke else LAYOUTS  # smoke: the script runs (data-parallel: tests/training/test_distributed.py)
     for name, devices, members, data in layouts:
         env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices)}  # CPU; a GPU host uses the first `devices` GPUs
         done = subprocess.run([sys.executable, __file__, "--child", f"--networks={args.networks}",
