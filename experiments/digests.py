@@ -23,12 +23,32 @@ import numpy as np
 QUICK = ["training.steps=60it", "training.eval_every=20it", "checkpoint_every=20it", "levels=2"]
 EXPERIMENTS = {
     "quickstart": [],
-    "mlp-controls-lmc": [*QUICK, "controls=[random_reinit,random_prune,shuffle_layer,invert,sign_preserving_reinit]",
-                         "lmc.levels=[0,1,2]", "lmc.points=3", "rewind=20it", "lmc.between_levels=true"],
-    "resnet-cifar": ["model=resnet", "model.depth=8", "model.width=4", "dataset=cifar10_subset", "dataset.validation=0",
-                     "optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "training.batch_size=64",
-                     "training.steps=12it", "training.eval_every=6it", "checkpoint_every=6it", "levels=1",
-                     "pruning.strategy=global", "controls=[random_reinit]", "rewind=6it"],
+    "mlp-controls-lmc": [
+        *QUICK,
+        "controls=[random_reinit,random_prune,shuffle_layer,invert,sign_preserving_reinit]",
+        "lmc.levels=[0,1,2]",
+        "lmc.points=3",
+        "rewind=20it",
+        "lmc.between_levels=true",
+    ],
+    "resnet-cifar": [
+        "model=resnet",
+        "model.depth=8",
+        "model.width=4",
+        "dataset=cifar10_subset",
+        "dataset.validation=0",
+        "optimizer=sgd",
+        "optimizer.lr=0.05",
+        "optimizer.momentum=0.9",
+        "training.batch_size=64",
+        "training.steps=12it",
+        "training.eval_every=6it",
+        "checkpoint_every=6it",
+        "levels=1",
+        "pruning.strategy=global",
+        "controls=[random_reinit]",
+        "rewind=6it",
+    ],
     "gmp": [*QUICK, "sparsity=gmp", "sparsity.update_every=10it"],
     "rigl": [*QUICK, "sparsity=rigl", "sparsity.update_every=10it", "controls=[random_prune]"],
     "static-levels": [*QUICK, "sparsity=static", "sparsity.levels=[2]"],
@@ -40,8 +60,12 @@ EXPERIMENTS = {
     "snip-at-start": [*QUICK, "pruning.prune_at=start", "pruning.criterion=snip", "controls=[invert]"],
     "lr-rewind": [*QUICK, "retrain=lr_rewind", "rewind=20it"],
     "source": [*QUICK, "optimizer.lr=0.002"],  # the transfer's source, run first
-    "transfer": [*QUICK, "transfer.source='name=source training.steps=60it training.eval_every=20it checkpoint_every=20it "
-                 "levels=2 optimizer.lr=0.002'", "controls=[random_prune,random_reinit]"],
+    "transfer": [
+        *QUICK,
+        "transfer.source='name=source training.steps=60it training.eval_every=20it checkpoint_every=20it "
+        "levels=2 optimizer.lr=0.002'",
+        "controls=[random_prune,random_reinit]",
+    ],
 }
 TIMES = ("wall_time_s", "seconds", "time", "wall_time", "started", "finished")
 NOT_RESULTS = ("provenance",)  # the commit and host that computed a result: not the result
@@ -49,7 +73,9 @@ NOT_RESULTS = ("provenance",)  # the commit and host that computed a result: not
 
 def without_times(value):
     if isinstance(value, dict):
-        return {k: without_times(v) for k, v in value.items() if not any(t in k for t in TIMES) and k not in NOT_RESULTS}
+        return {
+            k: without_times(v) for k, v in value.items() if not any(t in k for t in TIMES) and k not in NOT_RESULTS
+        }
     if isinstance(value, list):
         return [without_times(v) for v in value]
     return value
@@ -60,7 +86,7 @@ def tree_digest(directory: str) -> str:
 
     tree = ocp.StandardCheckpointer().restore(os.path.abspath(directory))
     h = hashlib.sha256()
-    for path, leaf in sorted(((str(p), l) for p, l in __import__("jax").tree_util.tree_flatten_with_path(tree)[0])):
+    for path, leaf in sorted(((str(p), v) for p, v in __import__("jax").tree_util.tree_flatten_with_path(tree)[0])):
         array = np.asarray(leaf)
         h.update(path.encode() + str(array.dtype).encode() + str(array.shape).encode() + array.tobytes())
     return h.hexdigest()[:16]
@@ -73,8 +99,11 @@ def digest(directory: str) -> dict:
         relative = os.path.relpath(root, directory)
         if any(part in ("wandb", "checkpoints") for part in relative.split(os.sep)):
             continue
-        if "_CHECKPOINT_METADATA" in files or any(f.endswith(".ocdbt") or f == "manifest.ocdbt" for f in files) \
-                or "_METADATA" in files:
+        if (
+            "_CHECKPOINT_METADATA" in files
+            or any(f.endswith(".ocdbt") or f == "manifest.ocdbt" for f in files)
+            or "_METADATA" in files
+        ):
             out[relative] = tree_digest(root)
             dirs[:] = []
             continue
@@ -82,7 +111,9 @@ def digest(directory: str) -> dict:
             path = os.path.join(root, name)
             if name == "metrics.json" or name == "diet.json":
                 content = without_times(json.load(open(path)))
-                out[os.path.join(relative, name)] = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+                out[os.path.join(relative, name)] = hashlib.sha256(
+                    json.dumps(content, sort_keys=True).encode()
+                ).hexdigest()[:16]
             elif name.endswith(".npy"):
                 out[os.path.join(relative, name)] = hashlib.sha256(np.load(path).tobytes()).hexdigest()[:16]
     return out
@@ -94,7 +125,15 @@ def main(out: str, names=()) -> None:
     for name, overrides in EXPERIMENTS.items():
         if names and name not in names:
             continue
-        command = [sys.executable, "-m", "lottery.run", f"name={name}", "progress=false", "compilation_cache=", *overrides]
+        command = [
+            sys.executable,
+            "-m",
+            "lottery.run",
+            f"name={name}",
+            "progress=false",
+            "compilation_cache=",
+            *overrides,
+        ]
         done = subprocess.run(command, cwd=out, env=env, capture_output=True, text=True)
         if done.returncode:
             print(f"{name}: exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}", flush=True)

@@ -61,14 +61,17 @@ def fallback_warning() -> Optional[str]:
         return None
     plugin = cuda_plugin()
     if plugin is None:
-        why = ("JAX's CUDA plugin is not installed; pip install -e '.[cuda]' installs it ('.[cuda12]' for a driver "
-               "older than CUDA 13)")
+        why = (
+            "JAX's CUDA plugin is not installed; pip install -e '.[cuda]' installs it ('.[cuda12]' for a driver "
+            "older than CUDA 13)"
+        )
     else:
         from jax._src import xla_bridge  # the reason JAX kept, where this version keeps one
 
         error = str(getattr(xla_bridge, "_backend_errors", {}).get("cuda", "")).strip().splitlines()
-        why = f"{plugin} is installed but its backend did not start" + (f" ({error[0]})" if error else
-                                                                       " (JAX_PLATFORMS=cuda shows why)")
+        why = f"{plugin} is installed but its backend did not start" + (
+            f" ({error[0]})" if error else " (JAX_PLATFORMS=cuda shows why)"
+        )
     return f"warning: this machine seems to have an NVIDIA GPU, but JAX computes on the CPU: {why} (docs/gpu.md)"
 
 
@@ -115,8 +118,11 @@ def cuda() -> Dict[str, Optional[str]]:
         except Exception:  # a query this plugin version lacks, or a library that cannot be loaded
             return None
 
-    out.update(cuda=_cuda_version(ask("cuda_runtime_get_version")), cuda_driver=_cuda_version(ask("cuda_driver_get_version")),
-               cudnn=_cudnn_version(ask("cudnn_get_version")))
+    out.update(
+        cuda=_cuda_version(ask("cuda_runtime_get_version")),
+        cuda_driver=_cuda_version(ask("cuda_driver_get_version")),
+        cudnn=_cudnn_version(ask("cudnn_get_version")),
+    )
     return out
 
 
@@ -149,8 +155,10 @@ def deterministic(wanted: bool, environ=os.environ) -> bool:
     if not wanted:
         return False
     if started():
-        raise LotteryError(f"deterministic=true: XLA's flags were fixed when this process started JAX without it "
-                           f"(XLA_FLAGS={flags!r}); run it in its own process (a new command, or hydra/launcher=local)")
+        raise LotteryError(
+            f"deterministic=true: XLA's flags were fixed when this process started JAX without it "
+            f"(XLA_FLAGS={flags!r}); run it in its own process (a new command, or hydra/launcher=local)"
+        )
     environ["XLA_FLAGS"] = (flags + " " + DETERMINISTIC).strip()
     return True
 
@@ -168,8 +176,10 @@ def compilation_cache(setting: str, key: str = "compilation_cache") -> str:
             raise PermissionError(errno.EACCES, "not writable")
     except OSError as error:
         reason = "a file, not a directory" if os.path.isfile(directory) else error.strerror or str(error)
-        raise LotteryError(f"{key}={setting}: {reason}; choose a writable directory, or "
-                           "compilation_cache='' to compile without the cache") from None
+        raise LotteryError(
+            f"{key}={setting}: {reason}; choose a writable directory, or "
+            "compilation_cache='' to compile without the cache"
+        ) from None
     return directory
 
 

@@ -39,19 +39,54 @@ MODULES = {
 }
 
 # Names the old modules pruning.py, training.py and imp.py held, now in the packages' modules.
-_MASKS = ("STRATEGIES", "check", "counts", "decimal", "density", "exponential_counts", "flatten", "full_mask", "groups",
-          "keep_at_density", "layer_kind", "layerwise_rates", "level_counts", "number_to_prune", "path_names",
-          "prunable", "prune_by_scores", "prune_to_counts", "random_mask", "unflatten")
-_TRAINER = ("LOOPS", "OPTIMIZERS", "Trainer", "epoch_order", "make_optimizer", "make_schedule", "mask_optimizer_state",
-            "member", "members_of", "stack", "unstack", "use_host_loop")
+_MASKS = (
+    "STRATEGIES",
+    "check",
+    "counts",
+    "decimal",
+    "density",
+    "exponential_counts",
+    "flatten",
+    "full_mask",
+    "groups",
+    "keep_at_density",
+    "layer_kind",
+    "layerwise_rates",
+    "level_counts",
+    "number_to_prune",
+    "path_names",
+    "prunable",
+    "prune_by_scores",
+    "prune_to_counts",
+    "random_mask",
+    "unflatten",
+)
+_TRAINER = (
+    "LOOPS",
+    "OPTIMIZERS",
+    "Trainer",
+    "epoch_order",
+    "make_optimizer",
+    "make_schedule",
+    "mask_optimizer_state",
+    "member",
+    "members_of",
+    "stack",
+    "unstack",
+    "use_host_loop",
+)
 _LEVELS = ("dense_level", "lmc_start", "run_locked", "ticket_start")
 _FINISH = ("collect", "record_sweep_job", "warn_at_chance", "warn_collapse")
 NAMES = {
     "lottery.pruning": {**dict.fromkeys(_MASKS, "lottery.pruning.masks"), "prune": "lottery.pruning.criteria"},
     "lottery.training": {**dict.fromkeys(_TRAINER, "lottery.training.trainer"), "apply_mask": "lottery.pruning.masks"},
-    "lottery.imp": {**dict.fromkeys(_LEVELS, "lottery.imp.levels"), **dict.fromkeys(_FINISH, "lottery.imp.finish"),
-                    "MAX_NAME": "lottery.imp.experiment",
-                    "RETRAIN": "lottery.imp.experiment", "experiment_directory": "lottery.results.paths"},
+    "lottery.imp": {
+        **dict.fromkeys(_LEVELS, "lottery.imp.levels"),
+        **dict.fromkeys(_FINISH, "lottery.imp.finish"),
+        "MAX_NAME": "lottery.imp.experiment",
+        "RETRAIN": "lottery.imp.experiment",
+        "experiment_directory": "lottery.results.paths",
+    },
 }
 
 _warned = set()
@@ -61,8 +96,9 @@ def _warn(old: str, new: str) -> None:
     if old in _warned:
         return
     _warned.add(old)
-    warnings.warn(f"{old} is now {new}; the old path goes in the next release", DeprecationWarning,
-                  stacklevel=_caller())
+    warnings.warn(
+        f"{old} is now {new}; the old path goes in the next release", DeprecationWarning, stacklevel=_caller()
+    )
 
 
 def _caller() -> int:

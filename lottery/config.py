@@ -61,14 +61,16 @@ class ModelConfig:
     mlp_dim: Optional[int] = None  # hidden units of each block's MLP
 
     # the ViT's sizes: unset (null) for every other model; head_dim also for a ViT whose heads are dim / heads wide
-    RULES: ClassVar[Rules] = Rules(hashed_unless={"patch": None, "dim": None, "heads": None, "head_dim": None,
-                                                  "mlp_dim": None})
+    RULES: ClassVar[Rules] = Rules(
+        hashed_unless={"patch": None, "dim": None, "heads": None, "head_dim": None, "mlp_dim": None}
+    )
 
 
 @dataclasses.dataclass
 class DatasetConfig:
     name: str = MISSING  # digits | mnist | fashion_mnist | cifar10 | cifar10_subset | cifar100
-    root: str = "${oc.env:LOTTERY_DATA_DIR,'~/.cache/lottery'}"  # files live in <root>/<name>/ (cifar10_subset: <root>/cifar10-subset/)
+    # files live in <root>/<name>/ (cifar10_subset: <root>/cifar10-subset/)
+    root: str = "${oc.env:LOTTERY_DATA_DIR,'~/.cache/lottery'}"
     validation: int = 5000  # training examples held out for validation (early stopping)
     # Use only the first N training examples (validation included, held out from their end); the test
     # set stays whole. None: all. A subset is other data: another fingerprint, another experiment.
@@ -123,8 +125,15 @@ class PruningConfig:
     # consecutive weights along a kernel's input axis). Hashed unless weights.
     structure: str = "weights"
 
-    RULES: ClassVar[Rules] = Rules(hashed_unless={"criterion": "magnitude", "prune_at": "trained", "rounds": 1,
-                                                  "examples": 100, "structure": "weights"})
+    RULES: ClassVar[Rules] = Rules(
+        hashed_unless={
+            "criterion": "magnitude",
+            "prune_at": "trained",
+            "rounds": 1,
+            "examples": 100,
+            "structure": "weights",
+        }
+    )
 
 
 @dataclasses.dataclass
@@ -170,12 +179,15 @@ class SparsityConfig:
     levels: List[int] = dataclasses.field(default_factory=list)  # train only these levels ([]: all); not hashed
 
     RULES: ClassVar[Rules] = Rules(
-        not_hashed=("levels",), in_use=lambda group: group["method"] != "imp", switches=("method",),
+        not_hashed=("levels",),
+        in_use=lambda group: group["method"] != "imp",
+        switches=("method",),
         # SET and RigL (drop_grow, pruning/sparse.py): an update iteration skips the optimizer step
         # (Evci et al. 2020, Alg. 1), bits other than before that rule
         rule_keys=lambda group: {"update_step": "skip"} if group["method"] in ("set", "rigl") else {},
         unused="sparsity.method is imp (IMP: each level pruned from the last, no sparse training): choose a "
-               "sparse-training method (sparsity=static, gmp, set or rigl)")
+        "sparse-training method (sparsity=static, gmp, set or rigl)",
+    )
 
 
 @dataclasses.dataclass
@@ -186,9 +198,11 @@ class SwampConfig:
     particles: int = 1  # copies of each level's ticket trained from its start, averaged before pruning
     average_from: float = 1.0  # each particle averages its epoch-end weights from this fraction of training (SWA)
 
-    RULES: ClassVar[Rules] = Rules(in_use=lambda group: group["particles"] != 1, switches=("particles",),
-                                   unused="swamp.particles is 1 (plain IMP, no weight averaging): set "
-                                          "swamp.particles >= 2")
+    RULES: ClassVar[Rules] = Rules(
+        in_use=lambda group: group["particles"] != 1,
+        switches=("particles",),
+        unused="swamp.particles is 1 (plain IMP, no weight averaging): set swamp.particles >= 2",
+    )
 
 
 @dataclasses.dataclass
@@ -201,8 +215,11 @@ class EarlyBirdConfig:
     window: int = 5  # consecutive distances below epsilon (You et al.'s FIFO queue of 5)
     every: str = "1ep"  # steps between checks (You et al.: every epoch)
 
-    RULES: ClassVar[Rules] = Rules(in_use=lambda group: group["enabled"], switches=("enabled",),
-                                   unused="early_bird.enabled is false: set early_bird.enabled=true")
+    RULES: ClassVar[Rules] = Rules(
+        in_use=lambda group: group["enabled"],
+        switches=("enabled",),
+        unused="early_bird.enabled is false: set early_bird.enabled=true",
+    )
 
 
 @dataclasses.dataclass
@@ -231,12 +248,16 @@ class DietConfig:
     pretrain: Optional[str] = None  # steps [0, pretrain) of level 0 on the subset (null: the rewind step k)
 
     RULES: ClassVar[Rules] = Rules(
-        hashed_unless={"balance": False}, in_use=lambda group: group["score"] is not None or group["scores"] is not None,
-        switches=("score", "scores"), by_content=("scores",),
+        hashed_unless={"balance": False},
+        in_use=lambda group: group["score"] is not None or group["scores"] is not None,
+        switches=("score", "scores"),
+        by_content=("scores",),
         unused="no diet is: set diet.score (el2n, grand, random) or diet.scores (a file)",
         # a scores file or random scores: no scoring networks
-        unused_keys=lambda group: ("score_at", "networks") if group["scores"] is not None or group["score"] == "random"
-        else ())
+        unused_keys=lambda group: (
+            ("score_at", "networks") if group["scores"] is not None or group["score"] == "random" else ()
+        ),
+    )
 
 
 @dataclasses.dataclass
@@ -290,9 +311,12 @@ class TransferConfig:
     source: Optional[str] = None  # the source experiment's directory, or the overrides that run it
     weights: str = "ticket"  # ticket: the source ticket's start weights (θk ⊙ mask) | init: the source's θ0 ⊙ mask
 
-    RULES: ClassVar[Rules] = Rules(in_use=lambda group: group["source"] is not None, switches=("source",),
-                                   by_experiment=("source",),
-                                   unused="transfer.source is not set: set it to the experiment whose tickets to train")
+    RULES: ClassVar[Rules] = Rules(
+        in_use=lambda group: group["source"] is not None,
+        switches=("source",),
+        by_experiment=("source",),
+        unused="transfer.source is not set: set it to the experiment whose tickets to train",
+    )
 
 
 @dataclasses.dataclass
@@ -367,14 +391,26 @@ class Config:
 # networks (a network's bits do not depend on what it is trained beside); `checkpoint_every` does
 # not change bits (resume is bitwise); `deterministic` is GPU only and recorded; the rest are
 # names, places and display. Each group's own are in its RULES.
-NOT_HASHED = ("name", "levels", "replicates", "controls", "output_dir", "progress", "compilation_cache",
-              "checkpoint_every", "deterministic")
+NOT_HASHED = (
+    "name",
+    "levels",
+    "replicates",
+    "controls",
+    "output_dir",
+    "progress",
+    "compilation_cache",
+    "checkpoint_every",
+    "deterministic",
+)
 
 
 def group_rules() -> Dict[str, Rules]:
     """Every config group's declared rules (a group without RULES: hashed whole, always in use)."""
-    return {field.name: getattr(field.type, "RULES", Rules()) for field in dataclasses.fields(Config)
-            if dataclasses.is_dataclass(field.type)}
+    return {
+        field.name: getattr(field.type, "RULES", Rules())
+        for field in dataclasses.fields(Config)
+        if dataclasses.is_dataclass(field.type)
+    }
 
 
 def not_hashed() -> Tuple[str, ...]:
@@ -404,10 +440,12 @@ def check_unused(cfg) -> None:
             value = list(value) if isinstance(default, list) else value
             if value != default:
                 if used:
-                    raise LotteryError(f"{group}.{key}={value} does nothing with these {group} settings; leave it "
-                                       f"at {default}")
-                raise LotteryError(f"{group}.{key}={value} is set, but {rules.unused}, or leave {group}'s other keys "
-                                   "alone")
+                    raise LotteryError(
+                        f"{group}.{key}={value} does nothing with these {group} settings; leave it at {default}"
+                    )
+                raise LotteryError(
+                    f"{group}.{key}={value} is set, but {rules.unused}, or leave {group}'s other keys alone"
+                )
 
 
 def levels_to_reach(remaining: float, rate: float) -> int:
@@ -417,7 +455,9 @@ def levels_to_reach(remaining: float, rate: float) -> int:
     rate alone: where conv layers or the output layer are pruned more slowly (conv_rate, output_rate)
     the overall density falls more slowly, and a preset should ask for a level or two more."""
     if remaining is None or not 0 < remaining <= 100 or not 0 < rate < 1:
-        raise ValueError(f"lottery.levels_to_reach: needs 0 < remaining <= 100 and 0 < rate < 1, got {remaining}, {rate}")
+        raise ValueError(
+            f"lottery.levels_to_reach: needs 0 < remaining <= 100 and 0 < rate < 1, got {remaining}, {rate}"
+        )
     return max(0, math.ceil(math.log(remaining / 100) / math.log(1 - rate) - 1e-9))
 
 

@@ -36,13 +36,11 @@ class Terminated(BaseException):
 # renamed into place, and checkpoints are kept two at a time, so none of these loses finished work.
 _ADVICE = {
     errno.ENOSPC: "finished results are intact: free some space (or choose another "
-                  "output_dir) and run the same command to continue where it stopped",
+    "output_dir) and run the same command to continue where it stopped",
     errno.EDQUOT: "finished results are intact: free some space (or choose another output_dir) "
-                  "and run the same command to continue where it stopped",
-    errno.EROFS: "choose a writable place with output_dir=... (results) or "
-                 "dataset.root=... (data)",
-    errno.EACCES: "make it writable (readable, for data) or choose another output_dir=... / "
-                  "dataset.root=...",
+    "and run the same command to continue where it stopped",
+    errno.EROFS: "choose a writable place with output_dir=... (results) or dataset.root=... (data)",
+    errno.EACCES: "make it writable (readable, for data) or choose another output_dir=... / dataset.root=...",
     errno.EPERM: "make it writable or choose another output_dir=... / dataset.root=...",
     errno.ENOTDIR: "a part of this path is a file, not a directory; choose another output_dir=... (or move the file)",
     errno.EISDIR: "a directory is in the way of a file; move it away",

@@ -52,8 +52,9 @@ kernel columns, bias and batch-norm entries and the next layer's input rows, so 
 narrower and the logits are the masked network's. The masks in the file are then all True but for
 weights pruned inside kept units. An N:M ticket needs no compact form: ``--layout torch`` writes
 each Linear weight as (out, in) with N of every M along ``in``, the dense layout that PyTorch's
-``torch.sparse.to_sparse_semi_structured`` compresses (2:4, on an Ampere or newer GPU). A ticket with no unit pruned whole (weights, N:M)
-has no smaller network: ``--compact`` refuses it in one line rather than write the full one.
+``torch.sparse.to_sparse_semi_structured`` compresses (2:4, on an Ampere or newer GPU). A ticket
+with no unit pruned whole (weights, N:M) has no smaller network: ``--compact`` refuses it in one
+line rather than write the full one.
 
 The file is written to ``FILE.partial`` and renamed into place, and an existing FILE is kept
 unless ``--force``. Bad input is one line ``error: ...`` and exit code 2, with nothing written.
@@ -84,8 +85,10 @@ WEIGHTS = ("both", "start", "trained")
 LAYOUTS = ("flax", "torch")
 JSON_METADATA = ("level", "replicate", "density", "config", "metrics", "trained_by", "exported_by", "compact")
 TORCH_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
-EXPECTED = ("expected a finished network: <output_dir>/<name>-<hash>/replicate_<r>/level_<L>/ or a control "
-            "inside it ({}), with ticket/, trained/ and metrics.json")
+EXPECTED = (
+    "expected a finished network: <output_dir>/<name>-<hash>/replicate_<r>/level_<L>/ or a control "
+    "inside it ({}), with ticket/, trained/ and metrics.json"
+)
 
 
 # --- the level directory --------------------------------------------------------------------------
@@ -96,7 +99,9 @@ def locate(level_dir: str):
     path = os.path.abspath(level_dir)
     expected = EXPECTED.format(", ".join(c + "/" for c in controls.names()))
     if not os.path.isdir(path):
-        raise LotteryError(f"{level_dir}: {'not a directory' if os.path.exists(path) else 'no such directory'}; {expected}")
+        raise LotteryError(
+            f"{level_dir}: {'not a directory' if os.path.exists(path) else 'no such directory'}; {expected}"
+        )
     found = paths.locate(path, controls.kinds())
     if found is None:
         raise LotteryError(f"{level_dir}: not a level directory; {expected}")
@@ -110,19 +115,30 @@ def load(level_dir: str) -> dict:
     metrics = read_json(paths.metrics_file(level_dir), NETWORK_KEYS)
     said = (metrics["level"], metrics["replicate"], metrics["kind"])
     if said != (level, replicate, kind):
-        raise LotteryError(f"{paths.metrics_file(level_dir)}: is of level {said[0]}, replicate {said[1]}, "
-                           f"{said[2]}, not of level {level}, replicate {replicate}, {kind} where it lies; "
-                           "it was moved or copied there: export the directory it came from")
-    config = read_identity(experiment_dir, missing=f"{os.path.join(experiment_dir, 'config.yaml')}: missing; the experiment "
-                           f"directory above a level ({experiment_dir}) holds its identity there: export a level inside "
-                           "its experiment directory")
+        raise LotteryError(
+            f"{paths.metrics_file(level_dir)}: is of level {said[0]}, replicate {said[1]}, "
+            f"{said[2]}, not of level {level}, replicate {replicate}, {kind} where it lies; "
+            "it was moved or copied there: export the directory it came from"
+        )
+    config = read_identity(
+        experiment_dir,
+        missing=f"{os.path.join(experiment_dir, 'config.yaml')}: missing; the experiment "
+        f"directory above a level ({experiment_dir}) holds its identity there: export a level inside "
+        "its experiment directory",
+    )
 
     ticket = read_flat(paths.ticket_dir(level_dir), ("mask", "params", "batch_stats"))
     trained = read_flat(paths.trained_dir(level_dir), ("params", "batch_stats"))
     mask = ticket.pop("mask")
     check(level_dir, mask, ticket, trained, metrics)
-    return {"mask": mask, "start": ticket, "trained": trained, "metrics": metrics, "config": config,
-            "experiment_dir": experiment_dir}
+    return {
+        "mask": mask,
+        "start": ticket,
+        "trained": trained,
+        "metrics": metrics,
+        "config": config,
+        "experiment_dir": experiment_dir,
+    }
 
 
 def check(level_dir: str, mask, start, trained, metrics) -> None:
@@ -130,30 +146,41 @@ def check(level_dir: str, mask, start, trained, metrics) -> None:
     of the same shapes, every pruned weight exactly 0, and the mask's counts those of metrics.json."""
     shapes = lambda flat: {name: (a.shape, a.dtype) for name, a in flat.items()}
     params = shapes(start["params"])
-    if {name: shape for name, (shape, _) in params.items()} != {name: a.shape for name, a in mask.items()} \
-            or any(m.dtype != np.bool_ for m in mask.values()):
-        raise LotteryError(f"{paths.ticket_dir(level_dir)}: its mask is not one boolean array per parameter, "
-                           "shaped like it; it is corrupt")
+    if {name: shape for name, (shape, _) in params.items()} != {name: a.shape for name, a in mask.items()} or any(
+        m.dtype != np.bool_ for m in mask.values()
+    ):
+        raise LotteryError(
+            f"{paths.ticket_dir(level_dir)}: its mask is not one boolean array per parameter, "
+            "shaped like it; it is corrupt"
+        )
     if shapes(trained["params"]) != params or shapes(trained["batch_stats"]) != shapes(start["batch_stats"]):
-        raise LotteryError(f"{paths.trained_dir(level_dir)}: its weights are not shaped like those of ticket/ "
-                           "beside it; the two are of different networks")
+        raise LotteryError(
+            f"{paths.trained_dir(level_dir)}: its weights are not shaped like those of ticket/ "
+            "beside it; the two are of different networks"
+        )
     for group, weights in (("ticket", start["params"]), ("trained", trained["params"])):
         for name, m in mask.items():
             nonzero = int(np.count_nonzero(weights[name][~m]))
             if nonzero:
-                raise LotteryError(f"{os.path.join(level_dir, group)}: {nonzero} pruned weights of {name} are not 0 "
-                                   "(the mask in ticket/ says they are pruned); it does not hold this ticket")
+                raise LotteryError(
+                    f"{os.path.join(level_dir, group)}: {nonzero} pruned weights of {name} are not 0 "
+                    "(the mask in ticket/ says they are pruned); it does not hold this ticket"
+                )
     for layer, count in metrics["layers"].items():
         name = layer.replace("/", ".")
         if name not in mask or (int(mask[name].sum()), mask[name].size) != (count["remaining"], count["total"]):
-            raise LotteryError(f"{paths.ticket_dir(level_dir)}: its mask of {layer} does not have metrics.json's "
-                               f"{count['remaining']} of {count['total']} weights; the two are of different networks")
+            raise LotteryError(
+                f"{paths.ticket_dir(level_dir)}: its mask of {layer} does not have metrics.json's "
+                f"{count['remaining']} of {count['total']} weights; the two are of different networks"
+            )
     # The totals the file's metadata copies: the sum of the layers just checked against the mask.
     kept, total = (sum(count[key] for count in metrics["layers"].values()) for key in ("remaining", "total"))
     said = (metrics["remaining"], metrics.get("total", total), metrics["density"])
     if said != (kept, total, kept / total if total else said[2]):
-        raise LotteryError(f"{paths.metrics_file(level_dir)}: says {said[0]} of {said[1]} weights remain "
-                           f"(density {said[2]:.6g}), its mask keeps {kept} of {total}; it was edited or damaged")
+        raise LotteryError(
+            f"{paths.metrics_file(level_dir)}: says {said[0]} of {said[1]} weights remain "
+            f"(density {said[2]:.6g}), its mask keeps {kept} of {total}; it was edited or damaged"
+        )
 
 
 # --- names and layouts ----------------------------------------------------------------------------
@@ -174,8 +201,9 @@ def tensors(network: dict, weights: str = "both", layout: str = "flax") -> Dict[
             for name, array in network[group][collection].items():
                 key = f"{group}.{torch_name(name)}"
                 if key in out:
-                    raise LotteryError(f"{name} and another parameter both become {key} in PyTorch's names; "
-                                       "export with --layout flax")
+                    raise LotteryError(
+                        f"{name} and another parameter both become {key} in PyTorch's names; export with --layout flax"
+                    )
                 out[key] = torch_array(name, array)
     return out
 
@@ -184,8 +212,9 @@ def torch_name(name: str) -> str:
     """``hidden.0.kernel`` -> ``hidden.0.weight``, ``bn.mean`` -> ``bn.running_mean``."""
     module, _, leaf = name.rpartition(".")
     if leaf not in TORCH_NAMES:
-        raise LotteryError(f"{name}: no PyTorch name for a Flax {leaf!r} (known: {', '.join(TORCH_NAMES)}); "
-                           "export with --layout flax")
+        raise LotteryError(
+            f"{name}: no PyTorch name for a Flax {leaf!r} (known: {', '.join(TORCH_NAMES)}); export with --layout flax"
+        )
     return f"{module}.{TORCH_NAMES[leaf]}" if module else TORCH_NAMES[leaf]
 
 
@@ -203,12 +232,17 @@ def flatten_notes(params: Dict[str, np.ndarray]):
     """A note for a conv net with Dense layers that may take a flattened feature map (their inputs
     are not the channel count of any conv): in PyTorch their inputs must come in Flax's (H, W, C) order."""
     channels = {a.shape[-1] for name, a in params.items() if name.endswith(".kernel") and a.ndim == 4}
-    dense = [f"{torch_name(name)} {a.shape[0]}" for name, a in params.items()
-             if channels and name.endswith(".kernel") and a.ndim == 2 and a.shape[0] not in channels]
+    dense = [
+        f"{torch_name(name)} {a.shape[0]}"
+        for name, a in params.items()
+        if channels and name.endswith(".kernel") and a.ndim == 2 and a.shape[0] not in channels
+    ]
     if not dense:
         return []
-    return [f"inputs that are not a conv's channel count: {', '.join(dense)}; the layer fed by a flattened conv feature "
-            "map takes it in Flax's (H, W, C) order: in PyTorch flatten with x.permute(0, 2, 3, 1).flatten(1) before it"]
+    return [
+        f"inputs that are not a conv's channel count: {', '.join(dense)}; the layer fed by a flattened conv feature "
+        "map takes it in Flax's (H, W, C) order: in PyTorch flatten with x.permute(0, 2, 3, 1).flatten(1) before it"
+    ]
 
 
 # --- the file -------------------------------------------------------------------------------------
@@ -241,7 +275,9 @@ def metadata(network: dict, level_dir: str, weights: str, layout: str) -> Dict[s
 def destination(path: str, force: bool) -> None:
     """Fail before reading anything if ``path`` cannot be the file written."""
     if os.path.isdir(path):
-        raise LotteryError(f"{path}: is a directory; give the file to write, e.g. {os.path.join(path, 'ticket.safetensors')}")
+        raise LotteryError(
+            f"{path}: is a directory; give the file to write, e.g. {os.path.join(path, 'ticket.safetensors')}"
+        )
     if os.path.lexists(path) and not force:
         raise LotteryError(f"{path}: exists; it is kept: choose another file, or pass --force to replace it")
     parent = os.path.dirname(os.path.abspath(path))
@@ -270,17 +306,20 @@ def compacted(network: dict, level_dir: str) -> dict:
     trees = {f"{g}/{c}": slash(network[g][c]) for g in ("start", "trained") for c in ("params", "batch_stats")}
     mask, trees, kept = structure.compact(mask, trees, units)
     if all(len(kept[layer.producers[0]]) == layer.count for layer in units):
-        raise LotteryError(f"{level_dir}: --compact: no unit (neuron, channel, head) of this ticket is pruned whole "
-                           "(its weights are pruned one by one, or N of every M): its compact network is the full "
-                           "one; export it without --compact")
+        raise LotteryError(
+            f"{level_dir}: --compact: no unit (neuron, channel, head) of this ticket is pruned whole "
+            "(its weights are pruned one by one, or N of every M): its compact network is the full "
+            "one; export it without --compact"
+        )
     out = {**network, "mask": dot(mask), "compact": {name.replace("/", "."): k for name, k in kept.items()}}
     for group in ("start", "trained"):
         out[group] = {c: dot(trees[f"{group}/{c}"]) for c in ("params", "batch_stats")}
     return out
 
 
-def export(level_dir: str, path: str, weights: str = "both", layout: str = "flax", force: bool = False,
-           compact: bool = False) -> dict:
+def export(
+    level_dir: str, path: str, weights: str = "both", layout: str = "flax", force: bool = False, compact: bool = False
+) -> dict:
     """Write the network of ``level_dir`` to the safetensors file ``path`` (module docstring).
     Returns a summary: path, tensors, bytes, kind, level, replicate, density, notes."""
     if weights not in WEIGHTS:
@@ -312,10 +351,20 @@ def export(level_dir: str, path: str, weights: str = "both", layout: str = "flax
     try:
         write_whole(path, write, before=still_free)
     except OSError as error:
-        raise LotteryError(f"{path}: cannot write the file there ({error.strerror or error}); choose another file") from None
+        raise LotteryError(
+            f"{path}: cannot write the file there ({error.strerror or error}); choose another file"
+        ) from None
     metrics = network["metrics"]
-    return {"path": path, "tensors": len(out), "bytes": os.path.getsize(path), "kind": metrics["kind"],
-            "level": metrics["level"], "replicate": metrics["replicate"], "density": metrics["density"], "notes": notes}
+    return {
+        "path": path,
+        "tensors": len(out),
+        "bytes": os.path.getsize(path),
+        "kind": metrics["kind"],
+        "level": metrics["level"],
+        "replicate": metrics["replicate"],
+        "density": metrics["density"],
+        "notes": notes,
+    }
 
 
 def read(path: str) -> dict:
@@ -346,16 +395,29 @@ def read(path: str) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lottery.export", description=__doc__.splitlines()[0])
-    parser.add_argument("level_dir", help="a finished network: <output_dir>/<name>-<hash>/replicate_<r>/level_<L>/ "
-                                          "or a control inside it")
+    parser.add_argument(
+        "level_dir",
+        help="a finished network: <output_dir>/<name>-<hash>/replicate_<r>/level_<L>/ or a control inside it",
+    )
     parser.add_argument("file", help="the safetensors file to write")
-    parser.add_argument("--weights", choices=WEIGHTS, default="both",
-                        help="start (ticket/: θk ⊙ mask), trained (trained/) or both (default); masks are always written")
-    parser.add_argument("--layout", choices=LAYOUTS, default="flax",
-                        help="flax (default: Flax names and layouts) or torch (state_dict names, kernels transposed)")
+    parser.add_argument(
+        "--weights",
+        choices=WEIGHTS,
+        default="both",
+        help="start (ticket/: θk ⊙ mask), trained (trained/) or both (default); masks are always written",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="flax",
+        help="flax (default: Flax names and layouts) or torch (state_dict names, kernels transposed)",
+    )
     parser.add_argument("--force", action="store_true", help="replace FILE if it exists")
-    parser.add_argument("--compact", action="store_true",
-                        help="the smaller dense network a structured ticket is: pruned units removed (same logits)")
+    parser.add_argument(
+        "--compact",
+        action="store_true",
+        help="the smaller dense network a structured ticket is: pruned units removed (same logits)",
+    )
     args = parser.parse_args(argv)
     try:
         summary = export(args.level_dir, args.file, args.weights, args.layout, args.force, args.compact)
@@ -364,8 +426,10 @@ def main(argv=None) -> int:
         return 2
     for note in summary["notes"]:
         print(f"note: {note}", file=sys.stderr)
-    print(f"wrote {summary['path']}: {summary['tensors']} tensors, {summary['bytes']} bytes; level {summary['level']}, "
-          f"replicate {summary['replicate']}, {summary['kind']}, {100 * summary['density']:.2f}% of weights remaining")
+    print(
+        f"wrote {summary['path']}: {summary['tensors']} tensors, {summary['bytes']} bytes; level {summary['level']}, "
+        f"replicate {summary['replicate']}, {summary['kind']}, {100 * summary['density']:.2f}% of weights remaining"
+    )
     return 0
 
 

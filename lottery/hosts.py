@@ -33,21 +33,33 @@ def plan(cfg, environ=os.environ) -> Optional[Dict]:
     if any(v is not None for v in explicit.values()):
         missing = [k for k, v in explicit.items() if v is None]
         if missing:
-            raise LotteryError(f"distributed.{missing[0]} is not set: a multi-process run needs distributed.coordinator "
-                               "(host:port of process 0), distributed.num_processes and distributed.process_id")
+            raise LotteryError(
+                f"distributed.{missing[0]} is not set: a multi-process run needs distributed.coordinator "
+                "(host:port of process 0), distributed.num_processes and distributed.process_id"
+            )
         if not 0 <= explicit["process_id"] < explicit["num_processes"]:
-            raise LotteryError(f"distributed.process_id={explicit['process_id']} must be in [0, "
-                               f"distributed.num_processes={explicit['num_processes']})")
+            raise LotteryError(
+                f"distributed.process_id={explicit['process_id']} must be in [0, "
+                f"distributed.num_processes={explicit['num_processes']})"
+            )
         if explicit["num_processes"] == 1:
             return None
         joining = {"source": "config", **explicit}
     slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
     if joining is None and all(k in environ for k in slurm) and int(environ["SLURM_NTASKS"]) > 1:
-        joining = {"source": "slurm", "num_processes": int(environ["SLURM_NTASKS"]),
-                   "process_id": int(environ["SLURM_PROCID"]), "coordinator": None}
+        joining = {
+            "source": "slurm",
+            "num_processes": int(environ["SLURM_NTASKS"]),
+            "process_id": int(environ["SLURM_PROCID"]),
+            "coordinator": None,
+        }
     if joining is None and "JAX_COORDINATOR_ADDRESS" in environ and int(environ.get("JAX_NUM_PROCESSES", "1")) > 1:
-        joining = {"source": "env", "num_processes": int(environ["JAX_NUM_PROCESSES"]),
-                   "process_id": int(environ.get("JAX_PROCESS_ID", "0")), "coordinator": environ["JAX_COORDINATOR_ADDRESS"]}
+        joining = {
+            "source": "env",
+            "num_processes": int(environ["JAX_NUM_PROCESSES"]),
+            "process_id": int(environ.get("JAX_PROCESS_ID", "0")),
+            "coordinator": environ["JAX_COORDINATOR_ADDRESS"],
+        }
     if joining is not None:
         joining["local_device_ids"] = local_device_ids(joining, environ)
     return joining
@@ -72,8 +84,10 @@ def local_device_ids(joining: Dict, environ=os.environ) -> Optional[List[int]]:
         except ValueError:
             ids = None
         if not ids or any(i < 0 for i in ids):
-            raise LotteryError(f"JAX_LOCAL_DEVICE_IDS={given!r}: expected the numbers of this process's devices "
-                               "separated by commas, e.g. 0 or 0,1")
+            raise LotteryError(
+                f"JAX_LOCAL_DEVICE_IDS={given!r}: expected the numbers of this process's devices "
+                "separated by commas, e.g. 0 or 0,1"
+            )
         return ids
     if joining["source"] == "slurm" or "CUDA_VISIBLE_DEVICES" in environ:
         return None
@@ -117,17 +131,26 @@ def initialize(cfg) -> Optional[Dict]:
     joining = plan(cfg)
     os.environ.update(gpu_memory_environment(joining))  # read when the backend starts, which it has not yet
     if joining is None or _JOINED is not None:
-        if _JOINED is not None and joining is not None and (joining["num_processes"], joining["process_id"]) != (
-                _JOINED["num_processes"], _JOINED["process_id"]):
-            raise LotteryError("distributed: this process already joined a run of "
-                               f"{_JOINED['num_processes']} processes as {_JOINED['process_id']}; one run per process")
+        if (
+            _JOINED is not None
+            and joining is not None
+            and (joining["num_processes"], joining["process_id"]) != (_JOINED["num_processes"], _JOINED["process_id"])
+        ):
+            raise LotteryError(
+                "distributed: this process already joined a run of "
+                f"{_JOINED['num_processes']} processes as {_JOINED['process_id']}; one run per process"
+            )
         return _JOINED
     if joining["source"] == "slurm":
         # JAX's SLURM detection: coordinator on the first node of the step, one GPU per task
         jax.distributed.initialize(local_device_ids=joining["local_device_ids"])
     else:
-        jax.distributed.initialize(joining["coordinator"], joining["num_processes"], joining["process_id"],
-                                   local_device_ids=joining["local_device_ids"])
+        jax.distributed.initialize(
+            joining["coordinator"],
+            joining["num_processes"],
+            joining["process_id"],
+            local_device_ids=joining["local_device_ids"],
+        )
     _JOINED = joining
     return joining
 

@@ -30,8 +30,9 @@ def writable(directory: str) -> None:
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as error:
-        raise LotteryError(f"{directory}: cannot write figures there ({error.strerror}); "
-                           "choose another directory with --output DIR") from None
+        raise LotteryError(
+            f"{directory}: cannot write figures there ({error.strerror}); choose another directory with --output DIR"
+        ) from None
 
 
 def csv_writable(path: str, option: str) -> None:
@@ -54,7 +55,9 @@ def main(argv=None) -> int:
     parser.add_argument("root", help="directory with lottery experiments below it")
     parser.add_argument("--output", help="where to write the figures (default: ROOT)")
     parser.add_argument("--csv", help="also write every trained network's row (load_runs) to this CSV file")
-    parser.add_argument("--similarity-csv", help="also write every compared pair of tickets, per layer, to this CSV file")
+    parser.add_argument(
+        "--similarity-csv", help="also write every compared pair of tickets, per layer, to this CSV file"
+    )
     parser.add_argument("--no-masks", action="store_true", help="leave out what needs the masks (similarity, collapse)")
     args = parser.parse_args(argv)
     output = args.output or args.root
@@ -72,8 +75,9 @@ def main(argv=None) -> int:
     pairs, damaged = None, {}  # damaged: the tickets that could not be read, left out of what needs masks
     if not args.no_masks:
         try:
-            pairs = tickets.similarity_table(args.root, REPORTED if not args.similarity_csv else tickets.COMPARISONS,
-                                             damaged=damaged)
+            pairs = tickets.similarity_table(
+                args.root, REPORTED if not args.similarity_csv else tickets.COMPARISONS, damaged=damaged
+            )
             collapsed = tickets.collapsed(args.root, damaged=damaged)
         except LotteryError as error:
             print(f"error: {error}", file=sys.stderr)
@@ -82,24 +86,34 @@ def main(argv=None) -> int:
         if len(shown):
             out.print(similarity(tickets.summarize_similarity(shown)))
         for _, row in collapsed.iterrows():
-            out.print(f"warning: {row['experiment']}-{row['hash']}, level {row['level']}, replicate {row['replicate']}, "
-                      f"{row['kind']}: layer collapse: {tickets.describe_collapse([row])}")
+            out.print(
+                f"warning: {row['experiment']}-{row['hash']}, level {row['level']}, replicate {row['replicate']}, "
+                f"{row['kind']}: layer collapse: {tickets.describe_collapse([row])}"
+            )
     for figure in figures.save_figures(df, output):
         out.print(f"wrote {figure}")
-    for path, frame, option in ((args.csv, df.drop(columns=["directory"]), "--csv"),
-                                (args.similarity_csv, pairs, "--similarity-csv")):
+    for path, frame, option in (
+        (args.csv, df.drop(columns=["directory"]), "--csv"),
+        (args.similarity_csv, pairs, "--similarity-csv"),
+    ):
         if not path or frame is None:
             continue
         try:
             write_whole(path, lambda partial: frame.to_csv(partial, index=False))  # an older CSV is kept if this fails
         except OSError as error:
-            print(f"error: {path}: cannot write the CSV there ({error.strerror or error}); the figures are written; "
-                  f"choose another {option} FILE", file=sys.stderr)
+            print(
+                f"error: {path}: cannot write the CSV there ({error.strerror or error}); the figures are written; "
+                f"choose another {option} FILE",
+                file=sys.stderr,
+            )
             return 2
         out.print(f"wrote {path}")
     for error in damaged.values():  # after everything else is reported: one line each
-        print(f"error: {error}; its ticket is left out of the mask comparisons and collapse check (the rest is "
-              "reported; --no-masks reports without reading masks)", file=sys.stderr)
+        print(
+            f"error: {error}; its ticket is left out of the mask comparisons and collapse check (the rest is "
+            "reported; --no-masks reports without reading masks)",
+            file=sys.stderr,
+        )
     return 2 if damaged else 0
 
 

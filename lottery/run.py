@@ -43,7 +43,8 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 # A failed trial returns None, its error line said why (lottery/search.py): the Optuna sweeper's two
 # lines that None is not float-castable say nothing more.
 logging.getLogger("hydra_plugins.hydra_optuna_sweeper._impl").addFilter(
-    lambda record: "float-castable. Got 'None'" not in record.getMessage())
+    lambda record: "float-castable. Got 'None'" not in record.getMessage()
+)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -81,8 +82,11 @@ def main(cfg: DictConfig) -> Optional[float]:
         from lottery.training.loop import PREEMPTION
 
         how = "Ctrl-C twice" if PREEMPTION.requested == "SIGINT" else "Ctrl-C outside training"
-        finish(f"interrupted: stopped at once ({how}); finished results and the last checkpoint are intact: "
-               "run the same command to continue", 130)
+        finish(
+            f"interrupted: stopped at once ({how}); finished results and the last checkpoint are intact: "
+            "run the same command to continue",
+            130,
+        )
     except Exception as error:
         line = describe(error)
         if line is None:
@@ -93,7 +97,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     if not status:
         finish(message, 2)
     print(f"{message} [{label}]", file=sys.stderr)
-    status("failed", error=message[len("error: "):])  # the sweep goes on; cli() sums up
+    status("failed", error=message[len("error: ") :])  # the sweep goes on; cli() sums up
 
 
 OUTSIDE = (signal.SIGTERM, signal.SIGUSR2)  # a scheduler's notices; Ctrl-C is Python's KeyboardInterrupt
@@ -106,8 +110,10 @@ def stop_outside_training(signum, frame):
 
 
 def stopped_outside_training(terminated: Terminated) -> str:
-    return (f"preempted: {terminated.signal} outside training (loading data, compiling, or writing the report); "
-            "finished results are intact: run the same command to continue")
+    return (
+        f"preempted: {terminated.signal} outside training (loading data, compiling, or writing the report); "
+        "finished results are intact: run the same command to continue"
+    )
 
 
 def finish(line: str, code: int) -> None:
@@ -160,13 +166,17 @@ def check_search(arguments: List[str]) -> None:
     if not wanted:
         return
     if "-m" not in arguments and "--multirun" not in arguments:
-        raise LotteryError(f"{wanted[0]} is an Optuna search, a sweep: add -m (python -m lottery.run -m {wanted[0]} "
-                           "...); without it one experiment would run, and nothing would be searched")
+        raise LotteryError(
+            f"{wanted[0]} is an Optuna search, a sweep: add -m (python -m lottery.run -m {wanted[0]} "
+            "...); without it one experiment would run, and nothing would be searched"
+        )
     try:
         import hydra_plugins.hydra_optuna_sweeper  # noqa: F401
     except ImportError:
-        raise LotteryError(f"{wanted[0]} needs Hydra's Optuna sweeper (hydra-optuna-sweeper), which is not "
-                           "installed: pip install -e '.[search]'") from None
+        raise LotteryError(
+            f"{wanted[0]} needs Hydra's Optuna sweeper (hydra-optuna-sweeper), which is not "
+            "installed: pip install -e '.[search]'"
+        ) from None
 
 
 def check_sweep(arguments: List[str]) -> None:
@@ -200,8 +210,9 @@ def check_sweep(arguments: List[str]) -> None:
                 message = str(error) if isinstance(error, LotteryError) else one_line(error)
                 problems.append(f"job {number} ({','.join(job) or 'no overrides'}): {message}")
     if problems:
-        raise LotteryError(f"{len(problems)} of {len(jobs)} sweep jobs have a bad config, nothing was started: "
-                           + "; ".join(problems))
+        raise LotteryError(
+            f"{len(problems)} of {len(jobs)} sweep jobs have a bad config, nothing was started: " + "; ".join(problems)
+        )
 
 
 def tolerate_closed_event_loops() -> None:
@@ -253,8 +264,11 @@ def cli() -> None:
         if not search.no_completed_trial(error):
             raise
         if not sweeps.summary()[1]:  # else the line below names the failed jobs
-            finish("error: the Optuna study has no completed trial: every trial failed (their error lines say why); "
-                   "raise hydra.sweeper.n_trials to run more", 2)
+            finish(
+                "error: the Optuna study has no completed trial: every trial failed (their error lines say why); "
+                "raise hydra.sweeper.n_trials to run more",
+                2,
+            )
     jobs, failed = sweeps.summary()  # from every job's status file, whichever process ran it
     if failed:
         finish(sweeps.failed_line(jobs, failed), 2)

@@ -68,9 +68,12 @@ class OptunaStudy(Callback):
             sys.exit(2)
         except Exception as error:  # a damaged or foreign database: optuna's and SQLAlchemy's many types
             storage = config.hydra.sweeper.get("storage")
-            print(f"error: {storage}: cannot be opened as an Optuna study ({type(error).__name__}: "
-                  f"{str(error).splitlines()[0] if str(error) else ''}); move it aside to start the study afresh",
-                  file=sys.stderr, flush=True)
+            print(
+                f"error: {storage}: cannot be opened as an Optuna study ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''}); move it aside to start the study afresh",
+                file=sys.stderr,
+                flush=True,
+            )
             sys.exit(2)
 
     def prepare(self, config: DictConfig) -> None:
@@ -83,7 +86,7 @@ class OptunaStudy(Callback):
         storage, name = str(sweeper.storage), str(sweeper.study_name)
         if storage.startswith(SQLITE) and storage != SQLITE + ":memory:":
             # Absolute, ~ expanded, as output_dir is for experiments: the same study from any directory.
-            database = os.path.abspath(os.path.expanduser(storage[len(SQLITE):]))
+            database = os.path.abspath(os.path.expanduser(storage[len(SQLITE) :]))
             storage = SQLITE + database
             with read_write(sweeper):
                 sweeper.storage = storage
@@ -121,18 +124,24 @@ class OptunaStudy(Callback):
             sweeper.n_trials = left
             if sweeper.sampler.get("seed") is not None:
                 sweeper.sampler.seed = sweeper.sampler.seed + len(trials)
-        print(f"optuna study {name} ({storage}): {len(finished)} of {len(finished) + left} trials finished"
-              + (f", {len(interrupted)} interrupted (run again first)" if interrupted else "")
-              + (f"; running {left} more" if left else "; nothing to run (raise hydra.sweeper.n_trials to add trials)"),
-              flush=True)
+        print(
+            f"optuna study {name} ({storage}): {len(finished)} of {len(finished) + left} trials finished"
+            + (f", {len(interrupted)} interrupted (run again first)" if interrupted else "")
+            + (f"; running {left} more" if left else "; nothing to run (raise hydra.sweeper.n_trials to add trials)"),
+            flush=True,
+        )
         earlier = {k: v for t in finished[-1:] for k, v in t.user_attrs.items() if k != INTERRUPTED}
         fixed = fixed_overrides(config)
         if finished and earlier != fixed:
             differ = sorted(k for k in set(earlier) | set(fixed) if earlier.get(k) != fixed.get(k))
-            print(f"warning: optuna study {name}: its earlier trials ran with other fixed values ("
-                  + ", ".join(f"{k}: {earlier.get(k, '-')} -> {fixed.get(k, '-')}" for k in differ)
-                  + "); the sampler compares them with these as if alike; name another study for another "
-                  "search: hydra.sweeper.study_name=...", file=sys.stderr, flush=True)
+            print(
+                f"warning: optuna study {name}: its earlier trials ran with other fixed values ("
+                + ", ".join(f"{k}: {earlier.get(k, '-')} -> {fixed.get(k, '-')}" for k in differ)
+                + "); the sampler compares them with these as if alike; name another study for another "
+                "search: hydra.sweeper.study_name=...",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.lock is not None:
@@ -171,12 +180,14 @@ def check_space(config: DictConfig) -> Tuple[Dict[str, Any], Dict[str, str]]:
         for value in drawn:
             trial = {**{k: v[0] for k, v in values.items()}, name: value, **fixed}
             try:
-                imp.check(compose(config_name=config.hydra.job.config_name,
-                                  overrides=[f"{k}={v}" for k, v in trial.items()]))
+                imp.check(
+                    compose(config_name=config.hydra.job.config_name, overrides=[f"{k}={v}" for k, v in trial.items()])
+                )
             except (LotteryError, HydraException, OmegaConfBaseException) as error:
                 why = str(error).splitlines()[0] if str(error) else type(error).__name__
-                raise LotteryError(f"{written.get(name, name)}: a trial could draw {value}: {why}; the study was not "
-                                   "touched") from None
+                raise LotteryError(
+                    f"{written.get(name, name)}: a trial could draw {value}: {why}; the study was not touched"
+                ) from None
     return space, written
 
 
@@ -193,8 +204,10 @@ def check_kinds(space: Dict[str, Any], written: Dict[str, str], trials, study: s
                 check_distribution_compatibility(trial.distributions[name], distribution)
             except ValueError:
                 before = spelled(trial.distributions[name])
-                raise LotteryError(f"{written.get(name, name)}: optuna study {study} searched it as {before}; a study "
-                                   "keeps each key's search: name another study (hydra.sweeper.study_name=...)") from None
+                raise LotteryError(
+                    f"{written.get(name, name)}: optuna study {study} searched it as {before}; a study "
+                    "keeps each key's search: name another study (hydra.sweeper.study_name=...)"
+                ) from None
 
 
 def spelled(distribution) -> str:
@@ -228,8 +241,9 @@ def no_completed_trial(error: BaseException) -> bool:
     """Whether ``error`` is optuna's answer to asking a study without a completed trial for its best
     one, which the sweeper does at the end of every sweep (messages differ by storage)."""
     frames = traceback.extract_tb(error.__traceback__)
-    return any(frame.name in ("best_trial", "best_trials") and f"{os.sep}optuna{os.sep}" in frame.filename
-               for frame in frames)
+    return any(
+        frame.name in ("best_trial", "best_trials") and f"{os.sep}optuna{os.sep}" in frame.filename for frame in frames
+    )
 
 
 def fixed_overrides(config: DictConfig) -> dict:
@@ -245,4 +259,4 @@ def fixed_overrides(config: DictConfig) -> dict:
 
 def lock(path: str):
     """An exclusive lock on a study's storage for this process's lifetime (results/lock.py)."""
-    return acquire(path, f"the Optuna storage {path[:-len('.lock')]}")
+    return acquire(path, f"the Optuna storage {path[: -len('.lock')]}")

@@ -23,9 +23,7 @@ class Step:
         """Parse ``500it``, ``2ep`` or ``1ep100it``; ``key`` names the config entry in errors."""
         match = _PATTERN.match(str(text))
         if not match or not any(match.groups()):
-            raise LotteryError(
-                f"{key}={text!r} is not a point in training: expected e.g. 500it, 2ep or 1ep100it"
-            )
+            raise LotteryError(f"{key}={text!r} is not a point in training: expected e.g. 500it, 2ep or 1ep100it")
         epochs, iterations = (int(g) if g else 0 for g in match.groups())
         return cls(epochs * iterations_per_epoch + iterations, iterations_per_epoch)
 

@@ -45,8 +45,10 @@ def summary() -> Tuple[int, List[str]]:
     if SweepJobs.directory is None:
         return 0, []
     jobs, failed = 0, []
-    for path in sorted(glob.glob(os.path.join(SweepJobs.directory, "**", STATUS), recursive=True),
-                       key=lambda p: [int(part) if part.isdigit() else part for part in p.split(os.sep)]):
+    for path in sorted(
+        glob.glob(os.path.join(SweepJobs.directory, "**", STATUS), recursive=True),
+        key=lambda p: [int(part) if part.isdigit() else part for part in p.split(os.sep)],
+    ):
         jobs += 1
         try:
             with open(path) as f:
@@ -57,7 +59,9 @@ def summary() -> Tuple[int, List[str]]:
         if entry.get("status") == "finished":
             continue
         if entry.get("status") == "running":
-            failed.append(f"{entry.get('job')}: ended without a word (killed? out of memory? its log: {os.path.dirname(path)})")
+            failed.append(
+                f"{entry.get('job')}: ended without a word (killed? out of memory? its log: {os.path.dirname(path)})"
+            )
         else:
             failed.append(f"{entry.get('job')}: {entry.get('error') or entry.get('status')}")
     return jobs, failed
@@ -68,6 +72,9 @@ def failed_line(jobs: int, failed: List[str]) -> str:
     not finish, and whether any did."""
     named = "; ".join(failed)
     if len(failed) >= jobs:
-        return (f"error: the sweep's one job did not finish: {named}" if jobs == 1 else
-                f"error: none of the {jobs} sweep jobs finished: {named}")
+        return (
+            f"error: the sweep's one job did not finish: {named}"
+            if jobs == 1
+            else f"error: none of the {jobs} sweep jobs finished: {named}"
+        )
     return f"error: {len(failed)} of {jobs} sweep jobs did not finish (the others did): {named}"

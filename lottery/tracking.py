@@ -73,8 +73,10 @@ def agent_run_id() -> Optional[str]:
     if not os.environ.get("WANDB_SWEEP_ID"):
         return None
     if not os.environ.get("WANDB_RUN_ID"):
-        raise LotteryError("WANDB_SWEEP_ID is set but WANDB_RUN_ID is not: `wandb agent` sets both; outside an agent, "
-                           "unset WANDB_SWEEP_ID (W&B would give every run of the experiment a random id)")
+        raise LotteryError(
+            "WANDB_SWEEP_ID is set but WANDB_RUN_ID is not: `wandb agent` sets both; outside an agent, "
+            "unset WANDB_SWEEP_ID (W&B would give every run of the experiment a random id)"
+        )
     return os.environ["WANDB_RUN_ID"]
 
 
@@ -218,8 +220,9 @@ def level_row(metrics: dict) -> Tuple[tuple, dict]:
         "level/wall_time_s": metrics["wall_time_s"],
     }
     if early:
-        values.update({"level/test_accuracy_early_stop": early["test_accuracy"],
-                       "level/early_stop_iteration": early["step"]})
+        values.update(
+            {"level/test_accuracy_early_stop": early["test_accuracy"], "level/early_stop_iteration": early["step"]}
+        )
     for layer, counts in metrics["layers"].items():
         values[f"level/density/{layer}"] = counts["density"]
     return ("level", metrics["level"]), values
@@ -229,8 +232,12 @@ def lmc_row(level: int, density: float, path: dict) -> Tuple[tuple, dict]:
     """Keyed by the number of points too: a path measured again at another count (imp.remeasure_lmc)
     is a new row, which W&B gets, not one its ledger has seen."""
     points = path.get("points", len(path.get("alphas", [])))
-    return ("lmc", level, points), {"level/index": level, "level/percent_remaining": 100 * density,
-                            "level/lmc_barrier": path["barrier"], "level/lmc_points": points}
+    return ("lmc", level, points), {
+        "level/index": level,
+        "level/percent_remaining": 100 * density,
+        "level/lmc_barrier": path["barrier"],
+        "level/lmc_points": points,
+    }
 
 
 def define_metrics(run, prefix: str) -> None:
@@ -242,7 +249,13 @@ def define_metrics(run, prefix: str) -> None:
     run.define_metric(f"{prefix}level/*", step_metric=f"{prefix}level/percent_remaining")
 
 
-SIMILARITY = ("jaccard", "jaccard_chance", "jaccard_above_chance", "sign_agreement", "sign_chance")  # analysis/tickets.py
+SIMILARITY = (
+    "jaccard",
+    "jaccard_chance",
+    "jaccard_above_chance",
+    "sign_agreement",
+    "sign_chance",
+)  # analysis/tickets.py
 
 
 def import_wandb(temporary: str):
@@ -291,8 +304,11 @@ class Tracker:
         self.group = os.path.basename(directory)
         self.agent = agent_run_id() if self.enabled else None  # the trial's one run, under `wandb agent`
         if self.agent and self.mode == "offline":
-            print(f"warning: a W&B sweep agent started this trial (run {self.agent}) but wandb.mode=offline: the sweep "
-                  f"sees its objective only once `wandb sync` uploads it", file=sys.stderr)
+            print(
+                f"warning: a W&B sweep agent started this trial (run {self.agent}) but wandb.mode=offline: the sweep "
+                f"sees its objective only once `wandb sync` uploads it",
+                file=sys.stderr,
+            )
         self.runs: Dict[tuple, Record] = {}
         self.defined = set()  # (replicate, kind) whose metrics the open agent run has defined
 
@@ -404,8 +420,10 @@ class Tracker:
         artifacts in ~/.cache/wandb), read-only and never removed offline: dozens a day. Unless the
         user chose those places (WANDB_DATA_DIR, WANDB_CACHE_DIR), they go into the experiment's own
         wandb/ directory, next to the runs that need them for `wandb sync`."""
-        own = {"WANDB_DATA_DIR": os.path.join(self.directory, "wandb", "data"),
-               "WANDB_CACHE_DIR": os.path.join(self.directory, "wandb", "cache")}
+        own = {
+            "WANDB_DATA_DIR": os.path.join(self.directory, "wandb", "data"),
+            "WANDB_CACHE_DIR": os.path.join(self.directory, "wandb", "cache"),
+        }
         chosen = {key: os.environ.get(key) for key in own}
         for key, value in own.items():
             os.environ[key] = chosen[key] or value
@@ -434,9 +452,16 @@ class Tracker:
             names = dict(job_type=kind, name=f"{self.group}/r{replicate}/{kind}")
         # Under an agent W&B ignores project, entity and id in favour of the sweep's (the same id).
         arguments = dict(
-            project=self.cfg.wandb.project, entity=self.cfg.wandb.entity, group=self.group, **names,
-            id=self.run_id(replicate, kind), resume="allow", dir=self.directory,
-            config=config, tags=list(self.cfg.wandb.tags), reinit="create_new",
+            project=self.cfg.wandb.project,
+            entity=self.cfg.wandb.entity,
+            group=self.group,
+            **names,
+            id=self.run_id(replicate, kind),
+            resume="allow",
+            dir=self.directory,
+            config=config,
+            tags=list(self.cfg.wandb.tags),
+            reinit="create_new",
             settings=wandb.Settings(silent=True, init_timeout=60),
         )
         try:
@@ -520,24 +545,36 @@ class Tracker:
         if self.cfg.wandb.log_ticket and kind == "ticket" and len(mine):
             last = mine.iloc[-1]
             level = int(last["level"])
-            artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9_.-]", "_", f"ticket-{self.group}-r{replicate}"), type="ticket",
-                                      metadata={"level": level, "percent_remaining": float(last["percent_remaining"])})
+            artifact = wandb.Artifact(
+                re.sub(r"[^A-Za-z0-9_.-]", "_", f"ticket-{self.group}-r{replicate}"),
+                type="ticket",
+                metadata={"level": level, "percent_remaining": float(last["percent_remaining"])},
+            )
             artifact.add_dir(paths.ticket_dir(paths.level_dir(self.directory, replicate, level)))
             record.run.log_artifact(artifact)
         title = "test accuracy vs % weights remaining" + (f" (replicate {replicate}, {kind})" if self.agent else "")
-        tables = {"levels": table,
-                  "accuracy_vs_sparsity": wandb.plot.line(table, "percent_remaining", "test_accuracy", title=title)}
+        tables = {
+            "levels": table,
+            "accuracy_vs_sparsity": wandb.plot.line(table, "percent_remaining", "test_accuracy", title=title),
+        }
         if similar is not None and len(similar):
             rows = []
             for _, pair in similar.iterrows():
                 for me, other in (("a", "b"), ("b", "a")):
                     if (pair[f"replicate_{me}"], pair[f"kind_{me}"]) == (replicate, kind):
-                        rows.append([pair["comparison"], int(pair[f"level_{me}"]),
-                                     f"replicate {pair[f'replicate_{other}']} {pair[f'kind_{other}']}",
-                                     100 * float(pair[f"density_{me}"]), *(float(pair[m]) for m in SIMILARITY)])
+                        rows.append(
+                            [
+                                pair["comparison"],
+                                int(pair[f"level_{me}"]),
+                                f"replicate {pair[f'replicate_{other}']} {pair[f'kind_{other}']}",
+                                100 * float(pair[f"density_{me}"]),
+                                *(float(pair[m]) for m in SIMILARITY),
+                            ]
+                        )
             if rows:
                 tables["mask_similarity"] = wandb.Table(
-                    columns=["comparison", "level", "with", "percent_remaining", *SIMILARITY], data=rows)
+                    columns=["comparison", "level", "with", "percent_remaining", *SIMILARITY], data=rows
+                )
         return tables
 
     def _close(self, record: Record, row: dict, summary: dict) -> None:

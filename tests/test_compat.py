@@ -34,7 +34,9 @@ for old, new in json.loads(sys.argv[1]).items():
     if sys.argv[2] == "import":  # import lottery.criteria
         use = lambda old=old: (exec(f"import {old}", {}), sys.modules[old])[1]
     elif sys.argv[2] == "from":  # from lottery import criteria / from lottery.pruning import number_to_prune
-        use = lambda package=package, name=name: (lambda scope: (exec(f"from {package} import {name}", scope), scope[name])[1])({})
+        use = lambda package=package, name=name: (  # noqa: E731
+            lambda scope: (exec(f"from {package} import {name}", scope), scope[name])[1]
+        )({})
     else:  # lottery.pruning.number_to_prune
         use = lambda package=package, name=name: getattr(importlib.import_module(package), name)
     home, _, attribute = new.rpartition(".") if sys.argv[3] == "name" else (new, "", "")
@@ -44,13 +46,21 @@ print(json.dumps(out))
 """
 
 MODULES = compat.MODULES
-NAMES = {f"{package}.{name}": f"{home}.{name}" for package, names in compat.NAMES.items() for name, home in names.items()}
+NAMES = {
+    f"{package}.{name}": f"{home}.{name}" for package, names in compat.NAMES.items() for name, home in names.items()
+}
 
 
 def run_check(paths, how, kind):
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    result = subprocess.run([sys.executable, "-c", CHECK, json.dumps(paths), how, kind], capture_output=True, text=True,
-                            cwd=ROOT, env=env, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK, json.dumps(paths), how, kind],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -58,10 +68,12 @@ def run_check(paths, how, kind):
 @pytest.fixture(scope="module")
 def seen():
     """Each old path used each way, in a fresh process per way and kind."""
-    return {("module", "import"): run_check(MODULES, "import", "module"),
-            ("module", "from"): run_check(MODULES, "from", "module"),
-            ("name", "from"): run_check(NAMES, "from", "name"),
-            ("name", "attribute"): run_check(NAMES, "attribute", "name")}
+    return {
+        ("module", "import"): run_check(MODULES, "import", "module"),
+        ("module", "from"): run_check(MODULES, "from", "module"),
+        ("name", "from"): run_check(NAMES, "from", "name"),
+        ("name", "attribute"): run_check(NAMES, "attribute", "name"),
+    }
 
 
 def expect_once(found, old, new):

@@ -11,8 +11,16 @@ LOTTERY = pathlib.Path(__file__).resolve().parents[1] / "lottery"
 # old paths' new homes, of every layer, as strings it imports only when an old path is used
 # (checked below: each is a module of the package).
 LAYERS = (
-    ("lottery", "lottery.errors", "lottery.step", "lottery.units", "lottery.config", "lottery.hosts", "lottery.backend",
-     "lottery.compat"),
+    (
+        "lottery",
+        "lottery.errors",
+        "lottery.step",
+        "lottery.units",
+        "lottery.config",
+        "lottery.hosts",
+        "lottery.backend",
+        "lottery.compat",
+    ),
     ("lottery.results", "lottery.models", "lottery.data", "lottery.pruning"),
     ("lottery.training",),
     ("lottery.analysis", "lottery.tracking"),
@@ -40,7 +48,9 @@ def imports(known):
             if isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                    base = ".".join(
+                        package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                    )
                 for alias in node.names:
                     target = f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base
                     if target in known:
@@ -73,7 +83,7 @@ def test_there_is_no_import_circle():
         stack.append(module)
         for target in sorted(edges[module]):
             if state.get(target) == "open":
-                circles.append(" -> ".join(stack[stack.index(target):] + [target]))
+                circles.append(" -> ".join(stack[stack.index(target) :] + [target]))
             elif target not in state:
                 visit(target)
         stack.pop()
@@ -89,8 +99,13 @@ def test_models_do_not_import_pruning():
     # A model declares its units (lottery/units.py) and pruning reads them: building a network
     # needs nothing of how it is pruned.
     edges = imports(modules())
-    found = [f"{a} -> {b}" for a, targets in edges.items() if a == "lottery.models" or a.startswith("lottery.models.")
-             for b in targets if b == "lottery.pruning" or b.startswith("lottery.pruning.")]
+    found = [
+        f"{a} -> {b}"
+        for a, targets in edges.items()
+        if a == "lottery.models" or a.startswith("lottery.models.")
+        for b in targets
+        if b == "lottery.pruning" or b.startswith("lottery.pruning.")
+    ]
     assert found == []
 
 
@@ -119,7 +134,11 @@ def test_result_file_names_are_composed_in_results_paths_only():
     import re
 
     composed = re.compile(r"""os\.path\.join\([^)]*["'](metrics\.json|ticket|trained)["']\)""")
-    found = [f"{path.relative_to(LOTTERY.parent)}:{n}" for path in sorted(LOTTERY.rglob("*.py")) if path.name != "paths.py"
-             for n, line in enumerate(path.read_text().splitlines(), 1) if composed.search(line) or "'metrics.json'" in line
-             or '"metrics.json"' in line]
+    found = [
+        f"{path.relative_to(LOTTERY.parent)}:{n}"
+        for path in sorted(LOTTERY.rglob("*.py"))
+        if path.name != "paths.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if composed.search(line) or "'metrics.json'" in line or '"metrics.json"' in line
+    ]
     assert found == []

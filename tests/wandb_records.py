@@ -53,7 +53,9 @@ def read_run(run_dir):
             for item in record.run.config.update:
                 config[item.key] = json.loads(item.value_json)
         elif kind == "history":
-            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+            history.append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            )
     return run, config, history
 
 

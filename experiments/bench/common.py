@@ -25,8 +25,18 @@ def synthetic(shape, n_train=10_000, n_test=1_000, seed=0) -> Dataset:
     images = lambda n: rng.integers(0, 256, (n, *shape), dtype=np.uint8)
     labels = lambda n: rng.integers(0, 10, n).astype(np.int32)
     channels = shape[-1]
-    return Dataset("synthetic", images(n_train), labels(n_train), images(0), labels(0), images(n_test), labels(n_test),
-                   scale=255.0, mean=(0.5,) * channels, std=(0.25,) * channels)
+    return Dataset(
+        "synthetic",
+        images(n_train),
+        labels(n_train),
+        images(0),
+        labels(0),
+        images(n_test),
+        labels(n_test),
+        scale=255.0,
+        mean=(0.5,) * channels,
+        std=(0.25,) * channels,
+    )
 
 
 def timed(function, *args, repeats=5):

@@ -38,9 +38,19 @@ def child(cache_dir, output_dir):
     jax.config.update("jax_log_compiles", True)
     for name in ("jax._src.interpreters.pxla", "jax._src.dispatch"):
         logging.getLogger(name).addHandler(Counter())
-    jax.monitoring.register_event_listener(lambda event, **kw: hits.__setitem__(0, hits[0] + (event == "/jax/compilation_cache/cache_hits")))
-    cfg = compose_config(["levels=5", "training.steps=10ep", f"output_dir={output_dir}", f"compilation_cache={cache_dir}",
-                          "progress=false", "wandb.mode=disabled"])
+    jax.monitoring.register_event_listener(
+        lambda event, **kw: hits.__setitem__(0, hits[0] + (event == "/jax/compilation_cache/cache_hits"))
+    )
+    cfg = compose_config(
+        [
+            "levels=5",
+            "training.steps=10ep",
+            f"output_dir={output_dir}",
+            f"compilation_cache={cache_dir}",
+            "progress=false",
+            "wandb.mode=disabled",
+        ]
+    )
     start = time.perf_counter()
     imp.run(cfg, console=Console(file=io.StringIO()))
     print(json.dumps({"seconds": time.perf_counter() - start, "compiles": dict(compiles), "cache_hits": hits[0]}))
@@ -50,14 +60,23 @@ def main():
     print("5-level quickstart run (LeNet on digits), two fresh processes, one new cache directory")
     with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as output:
         for attempt in ("cold cache", "warm cache"):
-            out = subprocess.run([sys.executable, __file__, "--child", cache, os.path.join(output, attempt)],
-                                 capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", cache, os.path.join(output, attempt)],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=os.path.dirname(os.path.abspath(__file__)),
+            )
             result = json.loads(out.stdout.strip().splitlines()[-1])
             compiles = result["compiles"]
-            main = {k: v for k, v in compiles.items() if k.startswith(("jit(_train", "jit(_evaluate", "jit(epoch_order"))}
-            print(f"{attempt}: {result['seconds']:.1f} s; main programs compiled: {main}; "
-                  f"{sum(compiles.values()) - sum(main.values())} small eager ops (stack, slices, init) compiled; "
-                  f"{result['cache_hits']} programs found in the persistent cache")
+            main = {
+                k: v for k, v in compiles.items() if k.startswith(("jit(_train", "jit(_evaluate", "jit(epoch_order"))
+            }
+            print(
+                f"{attempt}: {result['seconds']:.1f} s; main programs compiled: {main}; "
+                f"{sum(compiles.values()) - sum(main.values())} small eager ops (stack, slices, init) compiled; "
+                f"{result['cache_hits']} programs found in the persistent cache"
+            )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ def peak_bytes():
 
 # --- digest: are two runs' saved trees the same bits? ---------------------------------------------
 
+
 def digest(directory):
     import jax
     import numpy as np
@@ -41,7 +42,9 @@ def digest(directory):
             checkpointer = ocp.StandardCheckpointer()
             tree = checkpointer.restore(os.path.abspath(root))
             checkpointer.close()
-            for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(tree), key=lambda p: jax.tree_util.keystr(p[0])):
+            for path, leaf in sorted(
+                jax.tree_util.tree_leaves_with_path(tree), key=lambda p: jax.tree_util.keystr(p[0])
+            ):
                 h.update(f"{relative}{jax.tree_util.keystr(path)}".encode())
                 h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
             dirs[:] = []
@@ -56,6 +59,7 @@ def digest(directory):
 
 # --- steps: ms per masked training step against PyTorch -------------------------------------------
 
+
 def steps(args):
     import jax
 
@@ -67,6 +71,7 @@ def steps(args):
         import torch
 
         from torch_reference import torch_step_time
+
         device = "cuda" if torch.cuda.is_available() else "cpu"
     except ImportError:
         torch = None
@@ -76,31 +81,45 @@ def steps(args):
             row = dict(model=name, precision=precision, batch=60 if name == "lenet" else 128)
             row["lottery_ms"] = 1e3 * step_time(make_trainer(name, True, precision=precision), 0.2, count)
             for variant, compiled in (("torch_ms", False), ("torch_compile_ms", True)):
-                if torch is None or (compiled and (args.smoke or precision != "float32")):  # compiling costs ~1 min each
+                if torch is None or (
+                    compiled and (args.smoke or precision != "float32")
+                ):  # compiling costs ~1 min each
                     row[variant] = None
                     continue
                 try:
-                    row[variant] = 1e3 * torch_step_time(name, 0.2, count, device=device, compiled=compiled, precision=precision)
+                    row[variant] = 1e3 * torch_step_time(
+                        name, 0.2, count, device=device, compiled=compiled, precision=precision
+                    )
                 except Exception as error:  # torch.compile needs a compiler toolchain; say so, go on
                     print(f"{name} {precision} {variant}: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
                     row[variant] = None
             rows.append(row)
             fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
-            print(f"{name:9s} {precision:9s} lottery {fmt(row['lottery_ms'])} ms/step, torch eager {fmt(row['torch_ms'])}, "
-                  f"torch.compile {fmt(row['torch_compile_ms'])}", flush=True)
+            print(
+                f"{name:9s} {precision:9s} lottery {fmt(row['lottery_ms'])} ms/step, torch eager "
+                f"{fmt(row['torch_ms'])}, "
+                f"torch.compile {fmt(row['torch_compile_ms'])}",
+                flush=True,
+            )
     with open(args.json, "w") as f:
-        json.dump({"rows": rows, "backend": jax.default_backend(), "peak_bytes": peak_bytes(),
-                   "torch": None if torch is None else f"{torch.__version__} on {device}"}, f)
+        json.dump(
+            {
+                "rows": rows,
+                "backend": jax.default_backend(),
+                "peak_bytes": peak_bytes(),
+                "torch": None if torch is None else f"{torch.__version__} on {device}",
+            },
+            f,
+        )
 
 
 # --- cifar: a shortened Conv-2 run on the real CIFAR-10 records ------------------------------------
 
+
 def cifar(args):
-    import jax
     import numpy as np
 
     from common import compose_config
-    from lottery import models
     from lottery.pruning import masks
 
     levels = sorted(glob.glob(os.path.join(args.directory, "conv2-*", "replicate_0", "level_*", "metrics.json")))
@@ -115,10 +134,21 @@ def cifar(args):
         with open(path) as f:
             m = json.load(f)
         rule = sum(masks.level_counts(ones, cfg.pruning, names, m["level"]))
-        out.append(dict(level=m["level"], remaining=m["remaining"], rule=rule, test_accuracy=m["final"]["test_accuracy"],
-                        steps=m["final"]["step"]))
-        print(f"level {m['level']}: test accuracy {100 * m['final']['test_accuracy']:.2f}% after {m['final']['step']} its; "
-              f"remaining {m['remaining']:,}, counting rule {rule:,}: {'equal' if rule == m['remaining'] else 'DIFFERENT'}")
+        out.append(
+            dict(
+                level=m["level"],
+                remaining=m["remaining"],
+                rule=rule,
+                test_accuracy=m["final"]["test_accuracy"],
+                steps=m["final"]["step"],
+            )
+        )
+        print(
+            f"level {m['level']}: test accuracy {100 * m['final']['test_accuracy']:.2f}% after {m['final']['step']} "
+            "its; "
+            f"remaining {m['remaining']:,}, counting rule {rule:,}: "
+            f"{'equal' if rule == m['remaining'] else 'DIFFERENT'}"
+        )
     with open(args.json, "w") as f:
         json.dump({"levels": out}, f)
 
@@ -135,6 +165,7 @@ def _params(cfg):
 
 # --- summary: the one table ------------------------------------------------------------------------
 
+
 def summary(args):
     work = args.work
     read = lambda name: json.load(open(os.path.join(work, name))) if os.path.exists(os.path.join(work, name)) else None
@@ -143,25 +174,38 @@ def summary(args):
 
     # a. the quickstart twice
     quick = read("quickstart.json") or {}
-    for label, key in (("default", "default"), ("deterministic=true", "deterministic"),
-                       ("matmul precision highest (no TF32)", "highest")):
+    for label, key in (
+        ("default", "default"),
+        ("deterministic=true", "deterministic"),
+        ("matmul precision highest (no TF32)", "highest"),
+    ):
         pair = quick.get(key)
         value = "n/a" if pair is None else "n/a (one run)" if len(pair) < 2 else str(pair[0] == pair[1])
         rows.append((f"a. quickstart bitwise in 2 processes, {label}", value))
     same = [quick.get(k) for k in ("default", "highest")]
-    rows.append(("a. quickstart default == highest precision",
-                 "n/a" if None in same else str(same[0][0] == same[1][0])))
+    rows.append(
+        ("a. quickstart default == highest precision", "n/a" if None in same else str(same[0][0] == same[1][0]))
+    )
 
     # b. ms per step
     step = read("steps.json")
     best = None
     for model in ("resnet20", "vgg16", "lenet"):
         for precision in ("float32", "bfloat16"):
-            row = next((r for r in (step or {}).get("rows", []) if r["model"] == model and r["precision"] == precision), None)
+            row = next(
+                (r for r in (step or {}).get("rows", []) if r["model"] == model and r["precision"] == precision), None
+            )
             if row is None and model == "lenet":
                 continue
-            label = f"b. {model} ms/step batch {128 if model != 'lenet' else 60} {precision}: lottery / torch / torch.compile"
-            value = "n/a" if row is None else " / ".join(fmt(row[k]) for k in ("lottery_ms", "torch_ms", "torch_compile_ms"))
+            label = (
+                f"b. {model} ms/step batch {128 if model != 'lenet' else 60} {precision}: "
+                "lottery / torch / torch.compile"
+            )
+            value = (
+                "n/a"
+                if row is None
+                else " / ".join(fmt(row[k]) for k in ("lottery_ms", "torch_ms", "torch_compile_ms"))
+            )
             rows.append((label, value))
             if row and model == "resnet20" and precision == "float32":
                 best = row["lottery_ms"]
@@ -172,13 +216,21 @@ def summary(args):
         stacks = read(f"stacks_{model}.json")
         value = "n/a"
         if stacks:
-            value = ", ".join(f"w{r['width']} {r['networks_per_s']:.2f}/s ({r['speedup']:.2f}x)" for r in stacks["rows"])
+            value = ", ".join(
+                f"w{r['width']} {r['networks_per_s']:.2f}/s ({r['speedup']:.2f}x)" for r in stacks["rows"]
+            )
             if model == "resnet":
                 top = max(stacks["rows"], key=lambda r: r["networks_per_s"])
-                per_network = top["seconds"] / top["networks"] / top["steps"]  # seconds per network-step at the best width
+                per_network = (
+                    top["seconds"] / top["networks"] / top["steps"]
+                )  # seconds per network-step at the best width
         rows.append((f"c. {model} networks/s by stack width (speed-up over width 1)", value))
-        rows.append((f"c. {model} network 0 bitwise beside other mates, every width",
-                     "n/a" if not stacks else str(all(r["bitwise"] for r in stacks["rows"]))))
+        rows.append(
+            (
+                f"c. {model} network 0 bitwise beside other mates, every width",
+                "n/a" if not stacks else str(all(r["bitwise"] for r in stacks["rows"])),
+            )
+        )
 
     # d. extrapolations
     level = None if best is None else EPOCH_160 * best / 1e3
@@ -186,26 +238,54 @@ def summary(args):
     stacked = None if per_network is None else EPOCH_160 * per_network
     rows.append(("d. the same per network at the best stack width", fmt(stacked, "{:.0f} s")))
     imp = None if (stacked or level) is None else 21 * 3 * (stacked or level)
-    rows.append(("d. 20-level (+ dense), 3-replicate IMP run, training only", fmt(None if imp is None else imp / 3600, "{:.2f} h")))
+    rows.append(
+        (
+            "d. 20-level (+ dense), 3-replicate IMP run, training only",
+            fmt(None if imp is None else imp / 3600, "{:.2f} h"),
+        )
+    )
 
     # e. peak memory
-    peaks = [p for p in [(read(n) or {}).get("peak_bytes") for n in ("steps.json", "stacks_lenet.json", "stacks_resnet.json")] if p]
-    rows.append(("e. peak device memory (max over sections)", fmt(max(peaks) / 2**30, "{:.2f} GiB") if peaks else "n/a"))
+    peaks = [
+        p
+        for p in [(read(n) or {}).get("peak_bytes") for n in ("steps.json", "stacks_lenet.json", "stacks_resnet.json")]
+        if p
+    ]
+    rows.append(
+        ("e. peak device memory (max over sections)", fmt(max(peaks) / 2**30, "{:.2f} GiB") if peaks else "n/a")
+    )
 
     # f. Conv-2 on CIFAR-10
     c2 = read("cifar.json")
     if c2:
         last = c2["levels"][-1]
-        rows.append(("f. Conv-2 on CIFAR-10 records: test acc, last level", f"{100 * last['test_accuracy']:.2f}% after {last['steps']} its"))
-        rows.append(("f. remaining == counting rule, every level", str(all(l["remaining"] == l["rule"] for l in c2["levels"]))))
+        rows.append(
+            (
+                "f. Conv-2 on CIFAR-10 records: test acc, last level",
+                f"{100 * last['test_accuracy']:.2f}% after {last['steps']} its",
+            )
+        )
+        rows.append(
+            (
+                "f. remaining == counting rule, every level",
+                str(all(row["remaining"] == row["rule"] for row in c2["levels"])),
+            )
+        )
     else:
-        rows += [("f. Conv-2 on CIFAR-10 records: test acc, last level", "n/a"), ("f. remaining == counting rule, every level", "n/a")]
+        rows += [
+            ("f. Conv-2 on CIFAR-10 records: test acc, last level", "n/a"),
+            ("f. remaining == counting rule, every level", "n/a"),
+        ]
 
     # g. 2:4 sparse tensor cores
     semi = read("semi.json") or {}
     for row in semi.get("rows") or [{"size": "-"}]:
-        value = "n/a" if "speedup" not in row else \
-            f"{row['dense_ms']:.3f} / {row['sparse_ms']:.3f} ms ({row['speedup']:.2f}x, max |diff| {row['max_diff']:.4f})"
+        value = (
+            "n/a"
+            if "speedup" not in row
+            else f"{row['dense_ms']:.3f} / {row['sparse_ms']:.3f} ms "
+            f"({row['speedup']:.2f}x, max |diff| {row['max_diff']:.4f})"
+        )
         if "why" in row:
             value = f"n/a ({row['why']})"
         rows.append((f"g. 2:4 fp16 linear {row['size']}x{row['size']}: dense / to_sparse_semi_structured", value))
@@ -215,8 +295,12 @@ def summary(args):
     times = dst.get("ms_per_step", {})
     for method in ("gmp", "set", "rigl"):
         idle, update = times.get(f"{method} idle"), times.get(f"{method} update")
-        value = "n/a" if idle is None else \
-            f"idle {idle / times['masked']:.2f}x masked, update +{(update - times['masked']) / times['dense']:.2f} dense steps"
+        value = (
+            "n/a"
+            if idle is None
+            else f"idle {idle / times['masked']:.2f}x masked, "
+            f"update +{(update - times['masked']) / times['dense']:.2f} dense steps"
+        )
         rows.append((f"h. {method} step (LeNet, 20%): idle / update cost", value))
 
     failed = read("failed.json") or {}

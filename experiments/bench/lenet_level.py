@@ -35,21 +35,36 @@ def main():
             out = jax.block_until_ready(method(self, *a, **k))
             seconds[kind] += time.perf_counter() - start
             return out
+
         return wrapper
 
     training.Trainer.train = timed("train", train)
     training.Trainer.evaluate = timed("evaluate", evaluate)
     with tempfile.TemporaryDirectory() as output:
-        cfg = compose_config(["+exp=lenet", "levels=0", f"training.steps={args.steps}", f"dataset.root={args.data_root}",
-                              f"output_dir={output}", "progress=false", "wandb.mode=disabled"])
+        cfg = compose_config(
+            [
+                "+exp=lenet",
+                "levels=0",
+                f"training.steps={args.steps}",
+                f"dataset.root={args.data_root}",
+                f"output_dir={output}",
+                "progress=false",
+                "wandb.mode=disabled",
+            ]
+        )
         began = time.perf_counter()
         experiment = imp.prepare(cfg)
         prepared = time.perf_counter()
         # Compilation: the first call of each program, measured on a throwaway state.
         trainer = experiment.trainer
         keys = experiment.keys(0)
-        state = training.stack([trainer.init_state(trainer.init_params, trainer.init_batch_stats,
-                                                   imp.pruning.full_mask(trainer.init_params))])
+        state = training.stack(
+            [
+                trainer.init_state(
+                    trainer.init_params, trainer.init_batch_stats, imp.pruning.full_mask(trainer.init_params)
+                )
+            ]
+        )
         start = time.perf_counter()
         state, _ = train(trainer, state, jax.numpy.stack([keys["data"]]), jax.numpy.stack([keys["augment"]]), 0, 1)
         jax.block_until_ready(state)
@@ -71,8 +86,11 @@ def main():
     print(f"{'host (metrics, saving)':24s} {host:7.2f} s  ({100 * host / level:.0f}%)")
     print(f"{'level (after compile)':24s} {level:7.2f} s")
     print(f"{'total':24s} {total:7.2f} s")
-    print(f"test accuracy {100 * metrics['final']['test_accuracy']:.2f}% final, "
-          f"{100 * metrics['early_stop']['test_accuracy']:.2f}% at the early-stop iteration {metrics['early_stop']['step']:,}")
+    print(
+        f"test accuracy {100 * metrics['final']['test_accuracy']:.2f}% final, "
+        f"{100 * metrics['early_stop']['test_accuracy']:.2f}% at the early-stop iteration "
+        f"{metrics['early_stop']['step']:,}"
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,18 @@ def make_trainer(name, masked, stack="1", precision="float32"):
     model = models.build(cfg.model, spec["shape"], 10, jax.random.key(0))
     tx = training.make_optimizer(cfg.optimizer)
     schedule = training.make_schedule(cfg.optimizer, cfg.training, len(data.train_x) // cfg.training.batch_size)
-    return training.Trainer(model, tx, schedule, data, cfg.training.batch_size, 1000, cfg.dataset.augment, masked=masked,
-                            stack=stack, precision=precision)
+    return training.Trainer(
+        model,
+        tx,
+        schedule,
+        data,
+        cfg.training.batch_size,
+        1000,
+        cfg.dataset.augment,
+        masked=masked,
+        stack=stack,
+        precision=precision,
+    )
 
 
 def random_mask(trainer, density, seed=0):
@@ -46,7 +56,9 @@ def random_mask(trainer, density, seed=0):
 
 def step_time(trainer, density, steps):
     keys = jax.random.split(jax.random.key(1), 2)
-    state = training.stack([trainer.init_state(trainer.init_params, trainer.init_batch_stats, random_mask(trainer, density))])
+    state = training.stack(
+        [trainer.init_state(trainer.init_params, trainer.init_batch_stats, random_mask(trainer, density))]
+    )
     data_keys, augment_keys = keys[:1], keys[1:]
     holder = {"state": state}
 

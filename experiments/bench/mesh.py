@@ -39,8 +39,10 @@ def measure(args):
 
     trainer = make_trainer("lenet", masked=True)
     trainer.mesh = compose_config([f"mesh.members={args.members}", f"mesh.data={args.data}"]).mesh
-    members = [trainer.init_state(trainer.init_params, trainer.init_batch_stats, random_mask(trainer, 0.2, seed=i))
-               for i in range(args.networks)]
+    members = [
+        trainer.init_state(trainer.init_params, trainer.init_batch_stats, random_mask(trainer, 0.2, seed=i))
+        for i in range(args.networks)
+    ]
     keys = jax.random.split(jax.random.key(0), 2 * args.networks).reshape(2, args.networks)
     times, state = [], None
     for attempt in range(args.repeats + 1):  # the first compiles
@@ -59,7 +61,11 @@ def main():
     parser.add_argument("--networks", type=int, default=8)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--smoke", action="store_true", help="a few steps, 2 networks, one device and members x2: checks the script runs")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a few steps, 2 networks, one device and members x2: checks the script runs",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--members", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--data", type=int, default=1, help=argparse.SUPPRESS)
@@ -75,13 +81,27 @@ def main():
     print(f"lenet, {args.networks} networks x {args.steps} steps, {args.repeats} timings each (median [min-max] s)")
     print(f"{'layout':>12s} {'seconds':>22s} {'speed-up':>9s} {'bitwise one device':>19s}")
     base = None
-    layouts = LAYOUTS[:2] if args.smoke else LAYOUTS  # smoke: the script runs (data-parallel: tests/training/test_distributed.py)
+    layouts = (
+        LAYOUTS[:2] if args.smoke else LAYOUTS
+    )  # smoke: the script runs (data-parallel: tests/training/test_distributed.py)
     for name, devices, members, data in layouts:
         env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices)}  # CPU; a GPU host uses the first `devices` GPUs
-        done = subprocess.run([sys.executable, __file__, "--child", f"--networks={args.networks}",
-                               f"--steps={args.steps}", f"--repeats={args.repeats}", f"--members={members}",
-                               f"--data={data}"], env=env, capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__)))
+        done = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                f"--networks={args.networks}",
+                f"--steps={args.steps}",
+                f"--repeats={args.repeats}",
+                f"--members={members}",
+                f"--data={data}",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        )
         if done.returncode:
             sys.exit(f"{name}: {done.stderr.strip().splitlines()[-1]}")
         result = json.loads(done.stdout.strip().splitlines()[-1])

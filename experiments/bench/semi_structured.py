@@ -8,7 +8,8 @@ two agree. JAX has no N:M kernel in its public API (``jax.experimental.sparse`` 
 where a future jax has one (``nm_*`` in jax.experimental.sparse) it is listed. Without PyTorch on a
 CUDA device every row is n/a, with the reason (the CPU smoke run).
 
-    python experiments/bench/semi_structured.py [--sizes 4096,8192] [--batch 4096] [--repeats 20] [--json FILE] [--smoke]
+    python experiments/bench/semi_structured.py [--sizes 4096,8192] [--batch 4096] [--repeats 20] \
+        [--json FILE] [--smoke]
 """
 
 import argparse
@@ -46,6 +47,7 @@ def main():
     try:
         import torch
         from torch.sparse import to_sparse_semi_structured
+
         if not torch.cuda.is_available():
             why = "no CUDA device for PyTorch"
     except Exception as error:  # no torch, or a torch without semi-structured sparsity
@@ -73,9 +75,20 @@ def main():
                 times.append(start.elapsed_time(end))
         diff = float((torch.nn.functional.linear(x, weight) - torch.nn.functional.linear(x, sparse)).abs().max())
         ratio = float(np.median(np.asarray(dense_ms) / np.asarray(sparse_ms)))
-        print(f"{size:6d} {args.batch:6d} {np.median(dense_ms):9.3f} {np.median(sparse_ms):8.3f} {ratio:8.2f}x {diff:11.4f}")
-        out["rows"].append({"size": size, "batch": args.batch, "dense_ms": float(np.median(dense_ms)),
-                            "sparse_ms": float(np.median(sparse_ms)), "speedup": ratio, "max_diff": diff})
+        print(
+            f"{size:6d} {args.batch:6d} {np.median(dense_ms):9.3f} {np.median(sparse_ms):8.3f} {ratio:8.2f}x "
+            f"{diff:11.4f}"
+        )
+        out["rows"].append(
+            {
+                "size": size,
+                "batch": args.batch,
+                "dense_ms": float(np.median(dense_ms)),
+                "sparse_ms": float(np.median(sparse_ms)),
+                "speedup": ratio,
+                "max_diff": diff,
+            }
+        )
         del y
     if args.json:
         with open(args.json, "w") as f:

@@ -66,15 +66,29 @@ BASELINE = {"BCOO": "JAX dense", "BCSR": "JAX dense", "SciPy CSR": "NumPy dense"
 
 # --- the tickets ------------------------------------------------------------------------------
 
+
 def train_tickets(args, output: str) -> str:
     """Run a short IMP experiment with lottery (resumes where ``output`` already holds it); its directory."""
     if args.smoke:  # the quickstart's LeNet-300-100 on scikit-learn's bundled digits: offline, seconds
         overrides = ["+exp=quickstart", "training.steps=3ep", "training.eval_every=3ep"]
     else:
-        overrides = ["+exp=lenet", f"dataset.root={args.data_root}", "dataset.download=false",
-                     f"training.steps={args.steps}", f"training.eval_every={args.steps}"]
-    cfg = compose_config([*overrides, f"levels={args.levels}", "pruning.rate=0.5", f"output_dir={output}",
-                          "progress=false", "wandb.mode=disabled"])
+        overrides = [
+            "+exp=lenet",
+            f"dataset.root={args.data_root}",
+            "dataset.download=false",
+            f"training.steps={args.steps}",
+            f"training.eval_every={args.steps}",
+        ]
+    cfg = compose_config(
+        [
+            *overrides,
+            f"levels={args.levels}",
+            "pruning.rate=0.5",
+            f"output_dir={output}",
+            "progress=false",
+            "wandb.mode=disabled",
+        ]
+    )
     imp.run(cfg, Console(file=io.StringIO()))
     return imp.prepare(cfg).directory
 
@@ -88,12 +102,16 @@ def open_experiment(directory: str, data_root: str):
     cfg.dataset.root, cfg.dataset.download = data_root, False
     cfg.output_dir, cfg.wandb.mode = os.path.dirname(os.path.abspath(directory)), "disabled"
     if cfg.model.name != "lenet":
-        sys.exit(f"{directory}: model {cfg.model.name} is convolutional; this benchmark covers fully connected "
-                 "models only (see experiments/bench/README.md)")
+        sys.exit(
+            f"{directory}: model {cfg.model.name} is convolutional; this benchmark covers fully connected "
+            "models only (see experiments/bench/README.md)"
+        )
     experiment = imp.prepare(cfg)
     if os.path.abspath(experiment.directory) != os.path.abspath(directory):
-        sys.exit(f"{directory}: its config.yaml with the data under {data_root} hashes to "
-                 f"{os.path.basename(experiment.directory)}: not the same data (or experiment)")
+        sys.exit(
+            f"{directory}: its config.yaml with the data under {data_root} hashes to "
+            f"{os.path.basename(experiment.directory)}: not the same data (or experiment)"
+        )
     return experiment
 
 
@@ -121,6 +139,7 @@ def levels_of(experiment):
 
 
 # --- the five ways to run a ticket ------------------------------------------------------------
+
 
 def sparse_parts(kernel, keep):
     """The kept weights of W^T (out, in) as COO/CSR arrays, in row-major order (sorted, unique):
@@ -154,8 +173,10 @@ def numpy_forward(ws, bs, xt):
 def runners(experiment, layers):
     """name -> (run(x_batch_major, xt_features_major) -> logits, bytes of the weight matrices)."""
     trainer = experiment.trainer
-    params = {"hidden": {i: {"kernel": k, "bias": b} for i, (k, b, _) in enumerate(layers[:-1])},
-              "output": {"kernel": layers[-1][0], "bias": layers[-1][1]}}
+    params = {
+        "hidden": {i: {"kernel": k, "bias": b} for i, (k, b, _) in enumerate(layers[:-1])},
+        "output": {"kernel": layers[-1][0], "bias": layers[-1][1]},
+    }
     params, batch_stats = jax.device_put((params, trainer.init_batch_stats))
     dense = jax.jit(lambda p, x: trainer.apply(p, batch_stats, x, train=False)[0])
 
@@ -164,7 +185,9 @@ def runners(experiment, layers):
     for kernel, _, keep in layers:
         data, rows, cols, indptr = sparse_parts(kernel, keep)
         shape = kernel.T.shape
-        bcoo.append(sparse.BCOO((data, np.stack([rows, cols], 1)), shape=shape, indices_sorted=True, unique_indices=True))
+        bcoo.append(
+            sparse.BCOO((data, np.stack([rows, cols], 1)), shape=shape, indices_sorted=True, unique_indices=True)
+        )
         bcsr.append(sparse.BCSR((data, cols, indptr), shape=shape, indices_sorted=True, unique_indices=True))
         csr.append(scipy.sparse.csr_matrix((data, cols, indptr), shape=shape))
     dense_t = [np.ascontiguousarray(k.T) for k, _, _ in layers]
@@ -178,7 +201,10 @@ def runners(experiment, layers):
         "BCOO": (lambda x, xt: jax_sparse(bcoo, jbiases, xt), sum(nbytes(m.data, m.indices) for m in bcoo)),
         "BCSR": (lambda x, xt: jax_sparse(bcsr, jbiases, xt), sum(nbytes(m.data, m.indices, m.indptr) for m in bcsr)),
         "NumPy dense": (lambda x, xt: numpy_forward(dense_t, biases, xt), nbytes(*dense_t)),
-        "SciPy CSR": (lambda x, xt: numpy_forward(csr, biases, xt), sum(nbytes(m.data, m.indices, m.indptr) for m in csr)),
+        "SciPy CSR": (
+            lambda x, xt: numpy_forward(csr, biases, xt),
+            sum(nbytes(m.data, m.indices, m.indptr) for m in csr),
+        ),
     }
 
 
@@ -189,6 +215,7 @@ def inputs(path: str, x: np.ndarray):
 
 
 # --- measuring --------------------------------------------------------------------------------
+
 
 def timed(paths, x, repeats: int, min_time: float):
     """path -> seconds per forward in each of ``repeats`` rounds. Every path is warmed up
@@ -220,8 +247,7 @@ def speedup(times, path):
 
 
 def logits_on(run, path, images, batch: int):
-    return np.concatenate([np.asarray(run(*inputs(path, images[i:i + batch])))
-                           for i in range(0, len(images), batch)])
+    return np.concatenate([np.asarray(run(*inputs(path, images[i : i + batch]))) for i in range(0, len(images), batch)])
 
 
 def wins_from(densities, speedups):
@@ -247,9 +273,13 @@ def main():
     parser.add_argument("--batch", type=int, default=1024, help="the large batch (throughput)")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--min-time", type=float, default=0.05, help="seconds each repeat lasts at least")
-    parser.add_argument("--blas-threads", type=int, default=1,
-                        help="NumPy dense's BLAS threads (1: as SciPy's sparse products; on a busy 2-core machine "
-                             "a 2-thread BLAS waits on its slower thread and ran up to 17x slower)")
+    parser.add_argument(
+        "--blas-threads",
+        type=int,
+        default=1,
+        help="NumPy dense's BLAS threads (1: as SciPy's sparse products; on a busy 2-core machine "
+        "a 2-thread BLAS waits on its slower thread and ran up to 17x slower)",
+    )
     parser.add_argument("--smoke", action="store_true", help="quickstart-size tickets (digits), few repeats")
     args = parser.parse_args()
     if args.smoke:
@@ -262,7 +292,9 @@ def main():
         output = args.output or tempfile.mkdtemp(prefix="sparse_inference-")
         began = time.perf_counter()
         directory = train_tickets(args, output)
-        print(f"trained {args.levels + 1} levels into {directory} in {time.perf_counter() - began:.0f} s", file=sys.stderr)
+        print(
+            f"trained {args.levels + 1} levels into {directory} in {time.perf_counter() - began:.0f} s", file=sys.stderr
+        )
         experiment = open_experiment(directory, args.data_root)
         levels = levels_of(experiment)
         if not args.output:
@@ -280,13 +312,18 @@ def main():
     densities = [metrics["density"] for _, metrics, _ in levels]
     cfg = experiment.cfg
     print(f"machine: {machine()}")
-    print(f"numpy {np.__version__}, scipy {scipy.__version__}; JAX paths on {jax.default_backend()}, "
-          f"NumPy/SciPy on the host CPU, BLAS on {args.blas_threads} thread(s)")
-    where = experiment.directory + (" (trained here, in a temporary directory since removed)" if not args.results
-                                    and not args.output else "")
-    print(f"tickets: {where}, replicate 0, levels {levels[0][0]}-{levels[-1][0]}: "
-          f"{cfg.model.name} {list(cfg.model.hidden)} on {cfg.dataset.name}, trained {cfg.training.steps} per level, "
-          f"pruning.rate {cfg.pruning.rate}")
+    print(
+        f"numpy {np.__version__}, scipy {scipy.__version__}; JAX paths on {jax.default_backend()}, "
+        f"NumPy/SciPy on the host CPU, BLAS on {args.blas_threads} thread(s)"
+    )
+    where = experiment.directory + (
+        " (trained here, in a temporary directory since removed)" if not args.results and not args.output else ""
+    )
+    print(
+        f"tickets: {where}, replicate 0, levels {levels[0][0]}-{levels[-1][0]}: "
+        f"{cfg.model.name} {list(cfg.model.hidden)} on {cfg.dataset.name}, trained {cfg.training.steps} per level, "
+        f"pruning.rate {cfg.pruning.rate}"
+    )
 
     threadpool_limits(args.blas_threads, user_api="blas")  # after training: NumPy dense and SciPy CSR only
     timings = {}  # (level, batch) -> path -> (median, min, max) seconds per forward
@@ -316,23 +353,32 @@ def speed(seconds, size):
     median, low, high = np.median(seconds), np.min(seconds), np.max(seconds)
     if size == 1:
         return f"{1e3 * median:.3f} [{1e3 * low:.3f}-{1e3 * high:.3f}]"
-    rate = lambda seconds, digits: f"{size / seconds / 1e3:.{digits}g}" if size / seconds < 10 ** (digits + 2) \
-        else f"{size / seconds / 1e3:.0f}"  # no 1.08e+03
+    rate = lambda seconds, digits: (
+        f"{size / seconds / 1e3:.{digits}g}" if size / seconds < 10 ** (digits + 2) else f"{size / seconds / 1e3:.0f}"
+    )  # no 1.08e+03
     return f"{rate(median, 4)} [{rate(high, 3)}-{rate(low, 3)}]"
 
 
 def report(args, levels, densities, batch, n_test, checks, timings, memory):
     print(f"\naccuracy on the {n_test} test examples (number correct); lottery: its metrics.json final.test_accuracy")
-    print(f"{'level':>5s} {'density':>8s} {'lottery':>8s} " + " ".join(f"{p:>11s}" for p in PATHS)
-          + f" {'max |dlogit|':>12s} {'pred. differ':>12s} {'accuracies':>10s}")
+    print(
+        f"{'level':>5s} {'density':>8s} {'lottery':>8s} "
+        + " ".join(f"{p:>11s}" for p in PATHS)
+        + f" {'max |dlogit|':>12s} {'pred. differ':>12s} {'accuracies':>10s}"
+    )
     for level, density, recorded, correct, differ, flips, same in checks:
-        print(f"{level:5d} {100 * density:7.2f}% {recorded:8d} " + " ".join(f"{correct[p]:11d}" for p in PATHS)
-              + f" {differ:12.2e} {flips:12d} {'equal' if same else 'DIFFER':>10s}")
+        print(
+            f"{level:5d} {100 * density:7.2f}% {recorded:8d} "
+            + " ".join(f"{correct[p]:11d}" for p in PATHS)
+            + f" {differ:12.2e} {flips:12d} {'equal' if same else 'DIFFER':>10s}"
+        )
 
     for size in (1, batch):
         unit = "ms per forward" if size == 1 else "thousand examples/s"
-        print(f"\nbatch {size}: {unit}, median [min-max] of {args.repeats} repeats; "
-              "x = speed-up over its dense baseline, median of the rounds' ratios")
+        print(
+            f"\nbatch {size}: {unit}, median [min-max] of {args.repeats} repeats; "
+            "x = speed-up over its dense baseline, median of the rounds' ratios"
+        )
         print(f"{'density':>8s} " + " ".join(f"{p:>24s}" + (f" {'x':>6s}" if p in BASELINE else "") for p in PATHS))
         for (level, _, _), density in zip(levels, densities):
             cells = []
@@ -345,14 +391,19 @@ def report(args, levels, densities, batch, n_test, checks, timings, memory):
     layers = levels[0][2]
     weights = sum(k.size for k, _, _ in layers)
     rows = sum(k.shape[1] + 1 for k, _, _ in layers)  # CSR of W^T: one indptr entry per output, plus one
-    print(f"\nweight matrices of the ticket, KiB (biases, {sum(b.size for _, b, _ in layers)} floats, are dense in "
-          "every format). Dense float32: 4 B per weight; BCOO: 12 B per kept weight (value, row, column), smaller "
-          f"below 33.3% density; CSR: 8 B per kept weight + 4 B per row, smaller below "
-          f"{100 * (4 * weights - 4 * rows) / (8 * weights):.1f}%")
+    print(
+        f"\nweight matrices of the ticket, KiB (biases, {sum(b.size for _, b, _ in layers)} floats, are dense in "
+        "every format). Dense float32: 4 B per weight; BCOO: 12 B per kept weight (value, row, column), smaller "
+        f"below 33.3% density; CSR: 8 B per kept weight + 4 B per row, smaller below "
+        f"{100 * (4 * weights - 4 * rows) / (8 * weights):.1f}%"
+    )
     print(f"{'density':>8s} {'dense f32':>10s} {'BCOO':>10s} {'CSR':>10s} {'BCOO/dense':>11s} {'CSR/dense':>10s}")
     for (level, _, _), density in zip(levels, densities):
         d, coo, csr = (memory[level][p] for p in ("JAX dense", "BCOO", "SciPy CSR"))
-        print(f"{100 * density:7.2f}% {d / 1024:10.1f} {coo / 1024:10.1f} {csr / 1024:10.1f} {coo / d:11.3f} {csr / d:10.3f}")
+        print(
+            f"{100 * density:7.2f}% {d / 1024:10.1f} {coo / 1024:10.1f} {csr / 1024:10.1f} {coo / d:11.3f} "
+            f"{csr / d:10.3f}"
+        )
 
     print("\nwhere sparse wins (median speed-up > 1 at that density and at every lower one measured):")
     for size in (1, batch):

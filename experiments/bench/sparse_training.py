@@ -42,8 +42,9 @@ def updates_for(name, events, trainer, density):
     rng = np.random.default_rng(0)
     mask = full if not method.sparse_start else sparse.start_mask(cfg, full, names, targets, rng)
     start = [int(sum(np.sum(masks.flatten(mask)[n]) for n in g)) for g in groups]
-    state = trainer.init_state(trainer.init_params, trainer.init_batch_stats, mask,
-                               sparse=updates.state(start, targets, jax.random.key(3)))
+    state = trainer.init_state(
+        trainer.init_params, trainer.init_batch_stats, mask, sparse=updates.state(start, targets, jax.random.key(3))
+    )
     return updates, state
 
 
@@ -73,8 +74,10 @@ def main():
     _, idle_state = updates_for("rigl", [10**9], masked, args.density)
     base_mask = idle_state["mask"]
     plain = lambda trainer: trainer.init_state(trainer.init_params, trainer.init_batch_stats, base_mask)
-    times = {"masked": step_time(masked, plain(masked), args.steps, args.repeats),
-             "dense": step_time(dense, plain(dense), args.steps, args.repeats)}
+    times = {
+        "masked": step_time(masked, plain(masked), args.steps, args.repeats),
+        "dense": step_time(dense, plain(dense), args.steps, args.repeats),
+    }
     for name in ("rigl",) if args.smoke else ("gmp", "set", "rigl"):  # smoke: one method's two programs
         for label, events in (("idle", [10**9]), ("update", np.arange(1, args.steps + 1))):
             updates, state = updates_for(name, events, masked, args.density)

@@ -55,21 +55,28 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--json", help="also write the rows to this file (experiments/bench/device.sh)")
-    parser.add_argument("--smoke", action="store_true", help="2 networks, widths 1 and 2, a few steps: checks the script runs")
+    parser.add_argument(
+        "--smoke", action="store_true", help="2 networks, widths 1 and 2, a few steps: checks the script runs"
+    )
     args = parser.parse_args()
     if args.smoke:
         args.networks, args.widths, args.steps, args.repeats = 2, "1,2", 3, 1
     widths = [int(w) for w in args.widths.split(",")]
     n = args.networks
     print(f"machine: {machine()}")
-    print(f"{args.model}, {n} networks x {args.steps} steps, {args.precision}, {args.repeats} timings each "
-          f"(median [min-max] s)")
-    print(f"{'width':>6s} {'seconds':>22s} {'networks/s':>11s} {'speed-up':>9s} {'network 0 bitwise, other mates':>31s}")
+    print(
+        f"{args.model}, {n} networks x {args.steps} steps, {args.precision}, {args.repeats} timings each "
+        f"(median [min-max] s)"
+    )
+    print(
+        f"{'width':>6s} {'seconds':>22s} {'networks/s':>11s} {'speed-up':>9s} {'network 0 bitwise, other mates':>31s}"
+    )
     rows, base = [], None
     for width in widths:
         trainer = make_trainer(MODELS[args.model], masked=True, stack=str(width), precision=args.precision)
-        member = lambda i: trainer.init_state(trainer.init_params, trainer.init_batch_stats,
-                                              random_mask(trainer, 0.2, seed=i))
+        member = lambda i: trainer.init_state(
+            trainer.init_params, trainer.init_batch_stats, random_mask(trainer, 0.2, seed=i)
+        )
         # Keys of networks 0..2N-1: network i has data key i and augmentation key 2N + i.
         keys = jax.random.split(jax.random.key(0), 4 * n).reshape(2, 2 * n)
         members = [member(i) for i in range(n)]
@@ -84,11 +91,25 @@ def main():
         same = first_network(state) == first_network(other)
         median = float(np.median(times))
         base = base or median
-        rows.append(dict(model=args.model, width=width, networks=n, steps=args.steps, seconds=median,
-                         min=min(times), max=max(times), networks_per_s=n / median, speedup=base / median,
-                         bitwise=same, precision=args.precision))
-        print(f"{width:6d} {f'{median:.2f} [{min(times):.2f}-{max(times):.2f}]':>22s} {n / median:11.2f} "
-              f"{base / median:8.2f}x {str(same):>31s}")
+        rows.append(
+            dict(
+                model=args.model,
+                width=width,
+                networks=n,
+                steps=args.steps,
+                seconds=median,
+                min=min(times),
+                max=max(times),
+                networks_per_s=n / median,
+                speedup=base / median,
+                bitwise=same,
+                precision=args.precision,
+            )
+        )
+        print(
+            f"{width:6d} {f'{median:.2f} [{min(times):.2f}-{max(times):.2f}]':>22s} {n / median:11.2f} "
+            f"{base / median:8.2f}x {str(same):>31s}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "peak_bytes": peak_bytes()}, f)

@@ -44,7 +44,7 @@ def network(name, keep_fraction, seed=0):
     keep = {}
     for i, layer in enumerate(found.layers):
         kept = np.zeros(layer.count, bool)
-        kept[rng.permutation(layer.count)[:max(1, round(keep_fraction * layer.count))]] = True
+        kept[rng.permutation(layer.count)[: max(1, round(keep_fraction * layer.count))]] = True
         keep[i] = kept
     mask = found.with_units({n: np.ones(a.shape, bool) for n, a in flat.items()}, keep)
     masked = {n: np.where(mask[n], a, 0).astype(a.dtype) for n, a in flat.items()}
@@ -64,8 +64,9 @@ def forward(name):
 
     def conv2(p, x):
         for i in range(2):
-            x = jax.lax.conv_general_dilated(x, p[f"convs/{i}/kernel"], (1, 1), "SAME",
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            x = jax.lax.conv_general_dilated(
+                x, p[f"convs/{i}/kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
             x = jax.nn.relu(x + p[f"convs/{i}/bias"])
         x = nnx.max_pool(x, (2, 2), strides=(2, 2)).reshape(x.shape[0], -1)
         for i in range(2):
@@ -98,8 +99,10 @@ def main():
     if args.smoke:
         args.batch, args.repeats, args.fractions = 8, 1, "1.0,0.5"
     print(f"machine: {machine()}")
-    print(f"{'model':6s} {'units kept':>10s} {'weights':>8s} {'batch':>6s} {'masked ms':>10s} {'compact ms':>11s} "
-          f"{'speed-up':>9s} {'same logits':>12s}")
+    print(
+        f"{'model':6s} {'units kept':>10s} {'weights':>8s} {'batch':>6s} {'masked ms':>10s} {'compact ms':>11s} "
+        f"{'speed-up':>9s} {'same logits':>12s}"
+    )
     for name in SPECS:
         f = forward(name)
         for fraction in map(float, args.fractions.split(",")):
@@ -110,8 +113,10 @@ def main():
                 x = jnp.asarray(np.random.default_rng(1).standard_normal((batch, *shape)), jnp.float32)
                 same = bool(np.allclose(f(masked, x), f(compact, x), rtol=1e-4, atol=1e-4))
                 tm, tc, ratio = timed_pair(f, masked, compact, x, args.repeats)
-                print(f"{name:6s} {100 * fraction:9.0f}% {100 * density:7.2f}% {batch:6d} {1e3 * tm:10.3f} "
-                      f"{1e3 * tc:11.3f} {ratio:8.2f}x {str(same):>12s}")
+                print(
+                    f"{name:6s} {100 * fraction:9.0f}% {100 * density:7.2f}% {batch:6d} {1e3 * tm:10.3f} "
+                    f"{1e3 * tc:11.3f} {ratio:8.2f}x {str(same):>12s}"
+                )
 
 
 if __name__ == "__main__":

@@ -97,8 +97,11 @@ class PrunedModel(nn.Module):
         super().__init__()
         self.model = model
         generator = torch.Generator().manual_seed(seed)
-        self.masks = {name: (torch.rand(p.shape, generator=generator) < density).float()
-                      for name, p in model.named_parameters() if name.endswith("weight") and p.dim() > 1}
+        self.masks = {
+            name: (torch.rand(p.shape, generator=generator) < density).float()
+            for name, p in model.named_parameters()
+            if name.endswith("weight") and p.dim() > 1
+        }
 
     def forward(self, x):
         with torch.no_grad():
@@ -129,7 +132,7 @@ def torch_step_time(name, density, steps, repeats=3, device="cpu", compiled=Fals
 
     def run(count):
         for step in range(count):
-            index = order[(step * batch) % (n - batch):][:batch]
+            index = order[(step * batch) % (n - batch) :][:batch]
             optimizer.zero_grad()
             with torch.autocast(device.split(":")[0], torch.bfloat16, enabled=precision == "bfloat16"):
                 loss = F.cross_entropy(forward(images[index]), labels[index])

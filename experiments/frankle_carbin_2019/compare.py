@@ -18,18 +18,25 @@ def per_level(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and population std over replicates, one row per (level, kind)."""
     stats = df.groupby(["level", "kind"]).agg(
         percent=("percent_remaining", "mean"),
-        accuracy=(ACCURACY, "mean"), accuracy_std=(ACCURACY, lambda v: v.std(ddof=0)),
-        iteration=(ITERATION, "mean"), iteration_std=(ITERATION, lambda v: v.std(ddof=0)),
-        final=("test_accuracy", "mean"), wall_time_s=("wall_time_s", "mean"), replicates=("replicate", "nunique"))
+        accuracy=(ACCURACY, "mean"),
+        accuracy_std=(ACCURACY, lambda v: v.std(ddof=0)),
+        iteration=(ITERATION, "mean"),
+        iteration_std=(ITERATION, lambda v: v.std(ddof=0)),
+        final=("test_accuracy", "mean"),
+        wall_time_s=("wall_time_s", "mean"),
+        replicates=("replicate", "nunique"),
+    )
     return stats.reset_index()
 
 
 def table(stats: pd.DataFrame) -> str:
     """Markdown: one row per level, ticket and reinit side by side, differences to the dense network."""
     dense = stats[(stats.level == 0) & (stats.kind == "ticket")].iloc[0]
-    rows = ["| level | % weights remaining | ticket: test acc at early stop (%) | Δ vs dense (pp) | random reinit (%) "
-            "| Δ vs dense (pp) | ticket: early-stop it | reinit: early-stop it | ticket final test acc (%) |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| level | % weights remaining | ticket: test acc at early stop (%) | Δ vs dense (pp) | random reinit (%) "
+        "| Δ vs dense (pp) | ticket: early-stop it | reinit: early-stop it | ticket final test acc (%) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for level, group in stats.groupby("level"):
         ticket = group[group.kind == "ticket"].iloc[0]
         reinit = group[group.kind == "random_reinit"]
@@ -37,8 +44,10 @@ def table(stats: pd.DataFrame) -> str:
         acc = lambda r: f"{100 * r.accuracy:.2f} ± {100 * r.accuracy_std:.2f}" if r is not None else "-"
         delta = lambda r: f"{100 * (r.accuracy - dense.accuracy):+.2f}" if r is not None else "-"
         its = lambda r: f"{r.iteration:,.0f} ± {r.iteration_std:,.0f}" if r is not None else "-"
-        rows.append(f"| {level} | {ticket.percent:.1f} | {acc(ticket)} | {delta(ticket)} | {acc(reinit)} | "
-                    f"{delta(reinit)} | {its(ticket)} | {its(reinit)} | {100 * ticket.final:.2f} |")
+        rows.append(
+            f"| {level} | {ticket.percent:.1f} | {acc(ticket)} | {delta(ticket)} | {acc(reinit)} | "
+            f"{delta(reinit)} | {its(ticket)} | {its(reinit)} | {100 * ticket.final:.2f} |"
+        )
     return "\n".join(rows)
 
 
@@ -71,22 +80,28 @@ def findings(stats: pd.DataFrame) -> str:
     for name, kind in (("ticket", tickets), ("random reinit", reinits)):
         level = stays_below(kind)
         if level is not None:
-            lines.append(f"{name} accuracy below dense from {kind.percent[level]:.1f}% remaining on "
-                         f"({100 * (kind.accuracy[level] - dense.accuracy):+.2f} pp there)")
+            lines.append(
+                f"{name} accuracy below dense from {kind.percent[level]:.1f}% remaining on "
+                f"({100 * (kind.accuracy[level] - dense.accuracy):+.2f} pp there)"
+            )
     for level in reinits.index:
         if level in (3, 7, 12, 15, 18):  # the sizes the paper's text names
             ticket, reinit = tickets.loc[level], reinits.loc[level]
-            lines.append(f"at {ticket.percent:.1f}%: reinit / ticket early-stop iteration {reinit.iteration / ticket.iteration:.2f} "
-                         f"(above 1: the ticket learns faster); ticket - reinit accuracy "
-                         f"{100 * (ticket.accuracy - reinit.accuracy):+.2f} pp")
+            lines.append(
+                f"at {ticket.percent:.1f}%: reinit / ticket early-stop iteration "
+                f"{reinit.iteration / ticket.iteration:.2f} "
+                f"(above 1: the ticket learns faster); ticket - reinit accuracy "
+                f"{100 * (ticket.accuracy - reinit.accuracy):+.2f} pp"
+            )
     return "\n".join(f"- {line}" for line in lines)
 
 
 def wall_times(df: pd.DataFrame) -> str:
     """Each level's training wall time (all replicates and kinds of a level are trained as one
     group, so every row of a level carries the group's time)."""
-    per = df.groupby("level").agg(percent=("percent_remaining", "max"), networks=("kind", "size"),
-                                  seconds=("wall_time_s", "first"))
+    per = df.groupby("level").agg(
+        percent=("percent_remaining", "max"), networks=("kind", "size"), seconds=("wall_time_s", "first")
+    )
     rows = ["| level | networks trained together | wall time (s) |", "|---|---|---|"]
     rows += [f"| {level} | {r.networks:.0f} | {r.seconds:.0f} |" for level, r in per.iterrows()]
     return "\n".join(rows) + f"\n\ntotal: {per.seconds.sum() / 60:.1f} min"

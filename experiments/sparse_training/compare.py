@@ -20,7 +20,9 @@ def main(path):
         cells = []
         for method in METHODS:
             rows = at[at["experiment"] == (method if level else "imp")]  # level 0: the one dense network
-            cells.append(f"{stat(rows['test_accuracy_early_stop'])} ({rows['cost_steps'].mean():,.0f})" if len(rows) else "-")
+            cells.append(
+                f"{stat(rows['test_accuracy_early_stop'])} ({rows['cost_steps'].mean():,.0f})" if len(rows) else "-"
+            )
         print(f"| {level} | {at['percent_remaining'].mean():.2f} | " + " | ".join(cells) + " |")
     controls = df[(df["kind"] == "random_reinit")]
     if len(controls):
@@ -28,8 +30,10 @@ def main(path):
         print("| level | set | rigl |")
         print("|---|---|---|")
         for level in sorted(set(controls["level"])):
-            cells = [stat(controls[(controls.level == level) & (controls.experiment == m)]["test_accuracy_early_stop"])
-                     for m in ("set", "rigl")]
+            cells = [
+                stat(controls[(controls.level == level) & (controls.experiment == m)]["test_accuracy_early_stop"])
+                for m in ("set", "rigl")
+            ]
             print(f"| {level} | " + " | ".join(cells) + " |")
 
 

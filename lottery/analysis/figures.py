@@ -1,11 +1,11 @@
 """The standard figures of the field, from ``runs.load_runs``.
 
-    plot_accuracy_vs_sparsity(df)          # test accuracy vs % weights remaining, mean ± std
-    plot_accuracy_vs_cost(df)              # test accuracy vs the training steps behind each network
-    plot_early_stopping(df)                # early-stop iteration vs % weights remaining
-    plot_instability(df, x="rewind")       # LMC error barrier vs a swept config value
-    plot_layer_densities(densities)        # % of each layer's weights remaining (tickets.layer_densities)
-    save_figures(df, directory)            # all of them, as PNGs
+plot_accuracy_vs_sparsity(df)          # test accuracy vs % weights remaining, mean ± std
+plot_accuracy_vs_cost(df)              # test accuracy vs the training steps behind each network
+plot_early_stopping(df)                # early-stop iteration vs % weights remaining
+plot_instability(df, x="rewind")       # LMC error barrier vs a swept config value
+plot_layer_densities(densities)        # % of each layer's weights remaining (tickets.layer_densities)
+save_figures(df, directory)            # all of them, as PNGs
 """
 
 import os
@@ -50,11 +50,16 @@ def _lines(df, y, by, ax, scale=100.0, x="percent_remaining"):
     else:
         rank = lambda item: order.get(item[0][0], -1) if by == "kind" else 0
     groups = sorted(df.groupby(keys, sort=True), key=rank)
-    experiments = {key: i for i, key in enumerate(sorted({(g["experiment"].iloc[0], g["hash"].iloc[0]) for _, g in groups}))}
+    experiments = {
+        key: i for i, key in enumerate(sorted({(g["experiment"].iloc[0], g["hash"].iloc[0]) for _, g in groups}))
+    }
     styles = ("-", "--", ":")  # by experiment: one colour per experiment, one line style per kind
     for _, group in groups:
-        stats = group.groupby("level").agg(x=(x, "mean"), mean=(y, "mean"),
-                                           std=(y, lambda v: v.std(ddof=0))).dropna(subset=["mean"])
+        stats = (
+            group.groupby("level")
+            .agg(x=(x, "mean"), mean=(y, "mean"), std=(y, lambda v: v.std(ddof=0)))
+            .dropna(subset=["mean"])
+        )
         if stats.empty:
             continue
         std = stats["std"].fillna(0) * scale
@@ -62,10 +67,14 @@ def _lines(df, y, by, ax, scale=100.0, x="percent_remaining"):
         style = {}
         if by == "experiment":
             first = group.iloc[0]
-            style = dict(color=f"C{experiments[(first['experiment'], first['hash'])] % 10}",
-                         linestyle=styles[order.get(first["kind"], 0) % len(styles)])
-        line, = ax.plot(stats["x"], stats["mean"] * scale, marker="o", markersize=3, label=label, **style)
-        ax.fill_between(stats["x"], stats["mean"] * scale - std, stats["mean"] * scale + std, color=line.get_color(), alpha=0.2)
+            style = dict(
+                color=f"C{experiments[(first['experiment'], first['hash'])] % 10}",
+                linestyle=styles[order.get(first["kind"], 0) % len(styles)],
+            )
+        (line,) = ax.plot(stats["x"], stats["mean"] * scale, marker="o", markersize=3, label=label, **style)
+        ax.fill_between(
+            stats["x"], stats["mean"] * scale - std, stats["mean"] * scale + std, color=line.get_color(), alpha=0.2
+        )
 
 
 def _sparsity_ticks(high: float, low: float) -> List[float]:
@@ -112,8 +121,16 @@ def _legend(ax, df):
         ax.legend(fontsize="small", title=title, title_fontsize="small")
     else:
         wrapped = [textwrap.fill(label, 60, break_long_words=False) for label in labels]  # many differing keys
-        legend = ax.legend(handles, wrapped, fontsize="small", title=title, title_fontsize="small", loc="upper left",
-                           bbox_to_anchor=(1.02, 1), borderaxespad=0)
+        legend = ax.legend(
+            handles,
+            wrapped,
+            fontsize="small",
+            title=title,
+            title_fontsize="small",
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1),
+            borderaxespad=0,
+        )
         figure = ax.figure
         if getattr(figure, "_lottery_owned", False):  # a figure of ours: the axes keep their width beside the
             box = legend.get_window_extent()  # legend, however long (a caller's figure keeps its size; a fixed
@@ -178,8 +195,14 @@ def plot_instability(df: pd.DataFrame, x: str = "rewind", ax=None):
     for level, group in tickets.groupby("level"):
         stats = group.groupby(x)["lmc_barrier"].agg(["mean", "std"]).reset_index()
         percent = group["percent_remaining"].mean()
-        ax.errorbar(stats[x].astype(str), 100 * stats["mean"], yerr=100 * stats["std"].fillna(0), marker="o",
-                    capsize=3, label=f"level {level} ({percent:.3g}% remaining)")
+        ax.errorbar(
+            stats[x].astype(str),
+            100 * stats["mean"],
+            yerr=100 * stats["std"].fillna(0),
+            marker="o",
+            capsize=3,
+            label=f"level {level} ({percent:.3g}% remaining)",
+        )
     ax.set_xlabel(x)
     ax.set_ylabel("error barrier (%)")
     ax.legend(fontsize="small")
@@ -216,8 +239,12 @@ def save_figures(df: pd.DataFrame, output: str) -> List[str]:
         ax = plot_layer_densities(densities[(densities.experiment == name) & (densities.hash == digest)])
         (directory,) = df[(df.experiment == name) & (df.hash == digest)]["directory"].unique()[:1]
         ax.set_title(f"{os.path.basename(directory)}: weights remaining per layer (tickets)")
-        files.append(os.path.join(output, "layer_density.png" if len(experiments) == 1 else
-                                  f"layer_density_{os.path.basename(directory)}.png"))
+        files.append(
+            os.path.join(
+                output,
+                "layer_density.png" if len(experiments) == 1 else f"layer_density_{os.path.basename(directory)}.png",
+            )
+        )
         ax.figure.savefig(files[-1], dpi=120, bbox_inches="tight")
         plt.close(ax.figure)
     return files

@@ -57,41 +57,60 @@ def check(cfg) -> None:
         raise LotteryError(f"objective.name={spec.name!r} is not an objective; choose one of: {', '.join(NAMES)}")
     if spec.name == "none":
         if spec.level is not None or spec.remaining is not None:
-            where = f"objective.level={spec.level}" if spec.level is not None else f"objective.remaining={spec.remaining}"
-            raise LotteryError(f"{where} is set but objective.name=none computes nothing; choose one of: "
-                               f"{', '.join(NAMES[1:])}")
+            where = (
+                f"objective.level={spec.level}" if spec.level is not None else f"objective.remaining={spec.remaining}"
+            )
+            raise LotteryError(
+                f"{where} is set but objective.name=none computes nothing; choose one of: {', '.join(NAMES[1:])}"
+            )
         return
     if spec.at not in AT:
         raise LotteryError(f"objective.at={spec.at!r} is not an option; choose one of: {', '.join(AT)}")
     if spec.kind not in controls.kinds():
-        raise LotteryError(f"objective.kind={spec.kind!r} is not a kind of network; choose one of: {', '.join(controls.kinds())}")
+        raise LotteryError(
+            f"objective.kind={spec.kind!r} is not a kind of network; choose one of: {', '.join(controls.kinds())}"
+        )
     if spec.kind != "ticket" and spec.kind not in cfg.controls:
-        raise LotteryError(f"objective.kind={spec.kind} is a control this experiment does not train; "
-                           f"add it: controls=[{spec.kind}]")
+        raise LotteryError(
+            f"objective.kind={spec.kind} is a control this experiment does not train; add it: controls=[{spec.kind}]"
+        )
     if spec.kind != "ticket" and cfg.levels == 0:
-        raise LotteryError(f"objective.kind={spec.kind} with levels=0: controls train at pruned levels only; "
-                           "set levels=1 or more")
+        raise LotteryError(
+            f"objective.kind={spec.kind} with levels=0: controls train at pruned levels only; set levels=1 or more"
+        )
     if spec.level is not None and spec.remaining is not None:
-        raise LotteryError(f"objective.level={spec.level} and objective.remaining={spec.remaining} are both set; "
-                           "the objective is at one level: set one of them")
+        raise LotteryError(
+            f"objective.level={spec.level} and objective.remaining={spec.remaining} are both set; "
+            "the objective is at one level: set one of them"
+        )
     if spec.level is not None and not 0 <= spec.level <= cfg.levels:
-        raise LotteryError(f"objective.level={spec.level} must be one of the levels 0..{cfg.levels} (levels={cfg.levels})")
+        raise LotteryError(
+            f"objective.level={spec.level} must be one of the levels 0..{cfg.levels} (levels={cfg.levels})"
+        )
     if spec.remaining is not None and not 0 < spec.remaining <= 100:
-        raise LotteryError(f"objective.remaining={spec.remaining} must be a percentage of weights remaining, "
-                           "more than 0 and at most 100")
+        raise LotteryError(
+            f"objective.remaining={spec.remaining} must be a percentage of weights remaining, "
+            "more than 0 and at most 100"
+        )
     if spec.name == "lmc_barrier":
         if spec.kind != "ticket":
-            raise LotteryError(f"objective.name=lmc_barrier with objective.kind={spec.kind}: linear mode "
-                               "connectivity is measured for tickets only")
+            raise LotteryError(
+                f"objective.name=lmc_barrier with objective.kind={spec.kind}: linear mode "
+                "connectivity is measured for tickets only"
+            )
         level = cfg.levels if spec.level is None else spec.level
         if spec.remaining is None and level not in cfg.lmc.levels:
-            raise LotteryError(f"objective.name=lmc_barrier at level {level}: not measured; add it to "
-                               f"lmc.levels (now {list(cfg.lmc.levels)})")
+            raise LotteryError(
+                f"objective.name=lmc_barrier at level {level}: not measured; add it to "
+                f"lmc.levels (now {list(cfg.lmc.levels)})"
+            )
         if spec.remaining is not None and not cfg.lmc.levels:
             raise LotteryError("objective.name=lmc_barrier needs LMC measurements: set lmc.levels")
     elif spec.at == "early_stop" and cfg.dataset.validation == 0:
-        raise LotteryError("objective.at=early_stop needs a validation set to stop early on (dataset.validation=0); "
-                           "use objective.at=final")
+        raise LotteryError(
+            "objective.at=early_stop needs a validation set to stop early on (dataset.validation=0); "
+            "use objective.at=final"
+        )
 
 
 def check_reach(cfg, densities: List[float]) -> None:
@@ -108,9 +127,11 @@ def check_reach(cfg, densities: List[float]) -> None:
         return
     level = target_level(spec, density)
     if spec.name == "lmc_barrier" and level not in cfg.lmc.levels:
-        raise LotteryError(f"objective.name=lmc_barrier at objective.remaining={spec.remaining:g}: its level, {level} "
-                           f"({100 * density[level]:.3g}% remaining), is not measured; add it to lmc.levels "
-                           f"(now {list(cfg.lmc.levels)})")
+        raise LotteryError(
+            f"objective.name=lmc_barrier at objective.remaining={spec.remaining:g}: its level, {level} "
+            f"({100 * density[level]:.3g}% remaining), is not measured; add it to lmc.levels "
+            f"(now {list(cfg.lmc.levels)})"
+        )
 
 
 def key(spec, last_level: Optional[int] = None) -> str:
@@ -129,8 +150,10 @@ def compute(spec, df: pd.DataFrame, last_level: Optional[int] = None, replicates
     if spec.name not in NAMES[1:]:
         raise LotteryError(f"objective.name={spec.name!r}: nothing to compute; choose one of: {', '.join(NAMES[1:])}")
     if df["directory"].nunique() > 1:
-        raise LotteryError(f"objective ({key(spec)}): the results hold {df['directory'].nunique()} experiments; "
-                           "an objective is computed from one")
+        raise LotteryError(
+            f"objective ({key(spec)}): the results hold {df['directory'].nunique()} experiments; "
+            "an objective is computed from one"
+        )
     rows = df[df["kind"] == spec.kind]
     if last_level is not None:
         rows = rows[rows["level"] <= last_level]
@@ -139,7 +162,9 @@ def compute(spec, df: pd.DataFrame, last_level: Optional[int] = None, replicates
     if rows.empty:
         raise LotteryError(f"objective ({key(spec)}): no finished {spec.kind} networks to read it from")
     if spec.kind != "ticket":  # a control's level 0 is the dense network it shares with the ticket
-        rows = pd.concat([df[(df["kind"] == "ticket") & (df["level"] == 0) & df["replicate"].isin(rows["replicate"])], rows])
+        rows = pd.concat(
+            [df[(df["kind"] == "ticket") & (df["level"] == 0) & df["replicate"].isin(rows["replicate"])], rows]
+        )
     density = rows.groupby("level")["percent_remaining"].mean() / 100  # the same for every replicate
     column = "lmc_barrier" if spec.name == "lmc_barrier" else COLUMN[spec.at]
     values = rows.pivot(index="replicate", columns="level", values=column)  # one network per (replicate, level)
@@ -151,31 +176,48 @@ def compute(spec, df: pd.DataFrame, last_level: Optional[int] = None, replicates
             curve = curve.reindex(levels)
             if curve.isna().any():
                 missing = [int(level) for level in curve.index[curve.isna()]]
-                raise LotteryError(f"objective ({key(spec)}): replicate {replicate} has no {describe_at(spec)} "
-                                   f"accuracy at level(s) {missing}" + no_validation(spec))
+                raise LotteryError(
+                    f"objective ({key(spec)}): replicate {replicate} has no {describe_at(spec)} "
+                    f"accuracy at level(s) {missing}" + no_validation(spec)
+                )
             per_replicate[int(replicate)] = mean_over_log_density(density[levels].to_numpy(), curve.to_numpy(), end)
         upto = f"{spec.remaining:g}%" if spec.remaining is not None else f"{100 * density[levels[-1]]:.4g}%"
-        description = f"auc, mean accuracy over log density from 100% to {upto} remaining, levels 0-{levels[-1]}, " \
+        description = (
+            f"auc, mean accuracy over log density from 100% to {upto} remaining, levels 0-{levels[-1]}, "
             + describe_at(spec)
+        )
     else:
         level = target_level(spec, density)
         levels = [level]
         measured = values[level].dropna() if level in values.columns else pd.Series(dtype=float)
         if measured.empty:
             if spec.name == "lmc_barrier":
-                raise LotteryError(f"objective ({key(spec)}): level {level} ({100 * density[level]:.3g}% remaining) "
-                                   "has no LMC measurement; add it to lmc.levels")
-            raise LotteryError(f"objective ({key(spec)}): no {describe_at(spec)} accuracy at level {level}"
-                               + no_validation(spec))
+                raise LotteryError(
+                    f"objective ({key(spec)}): level {level} ({100 * density[level]:.3g}% remaining) "
+                    "has no LMC measurement; add it to lmc.levels"
+                )
+            raise LotteryError(
+                f"objective ({key(spec)}): no {describe_at(spec)} accuracy at level {level}" + no_validation(spec)
+            )
         per_replicate = {int(r): float(v) for r, v in measured.items()}
-        where = f"{spec.remaining:g}% remaining, level {level} at {100 * density[level]:.4g}%" \
-            if spec.remaining is not None else f"level {level}, {100 * density[level]:.4g}% remaining"
+        where = (
+            f"{spec.remaining:g}% remaining, level {level} at {100 * density[level]:.4g}%"
+            if spec.remaining is not None
+            else f"level {level}, {100 * density[level]:.4g}% remaining"
+        )
         description = f"{spec.name} at {where}" + (f", {describe_at(spec)}" if spec.name == "accuracy" else "")
     n = len(per_replicate)
-    description += (f", {spec.kind}" if spec.kind != "ticket" else "") + \
-        (f", mean of {n} replicates" if n > 1 else ", 1 replicate")
-    return Objective(key(spec, levels[-1]), description, float(np.mean(list(per_replicate.values()))), per_replicate,
-                     [int(level) for level in levels], [float(100 * density[level]) for level in levels])
+    description += (f", {spec.kind}" if spec.kind != "ticket" else "") + (
+        f", mean of {n} replicates" if n > 1 else ", 1 replicate"
+    )
+    return Objective(
+        key(spec, levels[-1]),
+        description,
+        float(np.mean(list(per_replicate.values()))),
+        per_replicate,
+        [int(level) for level in levels],
+        [float(100 * density[level]) for level in levels],
+    )
 
 
 def describe_at(spec) -> str:
@@ -183,7 +225,9 @@ def describe_at(spec) -> str:
 
 
 def no_validation(spec) -> str:
-    return " (early stopping needs dataset.validation > 0; or use objective.at=final)" if spec.at == "early_stop" else ""
+    return (
+        " (early stopping needs dataset.validation > 0; or use objective.at=final)" if spec.at == "early_stop" else ""
+    )
 
 
 def target_level(spec, density: pd.Series) -> int:
@@ -192,8 +236,9 @@ def target_level(spec, density: pd.Series) -> int:
     last = levels[-1]
     if spec.level is not None:
         if spec.level not in levels:
-            raise LotteryError(f"objective.level={spec.level}: not reached; the {spec.kind} networks have levels "
-                               f"{levels[0]}..{last}")
+            raise LotteryError(
+                f"objective.level={spec.level}: not reached; the {spec.kind} networks have levels {levels[0]}..{last}"
+            )
         return spec.level
     if spec.remaining is None:
         return last
@@ -213,9 +258,10 @@ def auc_range(spec, density: pd.Series):
         raise LotteryError(f"objective ({key(spec)}): no dense level 0 to start the area from")
     if spec.level is not None:
         if spec.level not in levels:
-            raise LotteryError(f"objective.level={spec.level}: not reached; the {spec.kind} networks have levels "
-                               f"0..{levels[-1]}")
-        levels = levels[:levels.index(spec.level) + 1]
+            raise LotteryError(
+                f"objective.level={spec.level}: not reached; the {spec.kind} networks have levels 0..{levels[-1]}"
+            )
+        levels = levels[: levels.index(spec.level) + 1]
         return levels, -math.log10(density[levels[-1]])
     if spec.remaining is None:
         return levels, -math.log10(density[levels[-1]])
@@ -224,7 +270,7 @@ def auc_range(spec, density: pd.Series):
         raise not_reached(spec, levels[-1], density[levels[-1]])
     # Every level up to the target, and the first past it (the target's accuracy is interpolated).
     inside = [level for level in levels if -math.log10(density[level]) < end * (1 - 1e-9)]
-    return levels[:len(inside) + 1] if len(inside) < len(levels) else levels, end
+    return levels[: len(inside) + 1] if len(inside) < len(levels) else levels, end
 
 
 def mean_over_log_density(density: np.ndarray, accuracy: np.ndarray, end: float) -> float:
@@ -240,8 +286,10 @@ def mean_over_log_density(density: np.ndarray, accuracy: np.ndarray, end: float)
 
 
 def not_reached(spec, last: int, density: float) -> LotteryError:
-    return LotteryError(f"objective.remaining={spec.remaining:g}: not reached; the last level, {last}, has "
-                        f"{100 * density:.3g}% of weights remaining; add levels (levels=...) or a larger pruning.rate")
+    return LotteryError(
+        f"objective.remaining={spec.remaining:g}: not reached; the last level, {last}, has "
+        f"{100 * density:.3g}% of weights remaining; add levels (levels=...) or a larger pruning.rate"
+    )
 
 
 def measure(cfg, df: pd.DataFrame):
@@ -273,11 +321,18 @@ def write(directory: str, objective: Objective) -> None:
     leaves the file as it was, so re-reading finished work touches nothing."""
     path = os.path.join(directory, FILE)
     entries = read_json(path) if os.path.exists(path) else {}
-    entry = {"value": objective.value, "description": objective.description,
-             "replicates": {str(r): v for r, v in sorted(objective.replicates.items())},
-             "levels": objective.levels, "percent_remaining": objective.percent_remaining}
+    entry = {
+        "value": objective.value,
+        "description": objective.description,
+        "replicates": {str(r): v for r, v in sorted(objective.replicates.items())},
+        "levels": objective.levels,
+        "percent_remaining": objective.percent_remaining,
+    }
     old = entries.get(objective.key)
     if isinstance(old, dict) and {k: old.get(k) for k in entry} == entry:
         return
-    entries[objective.key] = {**entry, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    entries[objective.key] = {
+        **entry,
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
     write_json(path, entries)

@@ -3,10 +3,11 @@
     df = load_runs("runs")                 # every experiment below a directory (or a sweep dir)
     summarize(df)                          # mean and std over replicates per experiment, kind, level
 
-One row per trained network: experiment (name, hash, directory, method: IMP, RigL, SWAMP, ...), replicate, level, kind (ticket or
-a control), % weights remaining, test accuracy (final and at early stop), early-stop iteration,
-LMC barrier, training cost (the steps behind the network: IMP's levels, or one sparse training), and the config values that differ between the experiments loaded, as columns named
-by their dotted keys (``pruning.rate``, ``rewind``).
+One row per trained network: experiment (name, hash, directory, method: IMP, RigL, SWAMP, ...),
+replicate, level, kind (ticket or a control), % weights remaining, test accuracy (final and at
+early stop), early-stop iteration, LMC barrier, training cost (the steps behind the network: IMP's
+levels, or one sparse training), and the config values that differ between the experiments
+loaded, as columns named by their dotted keys (``pruning.rate``, ``rewind``).
 """
 
 import glob
@@ -68,13 +69,22 @@ def _rows(directory: str, config: dict):
         early = m.get("early_stop") or {}
         group = m.get("group_size")  # networks trained together, one after another (absent before it was recorded)
         yield {
-            "experiment": config["name"], "hash": os.path.basename(directory).rsplit("-", 1)[-1], "directory": directory,
-            "method": label, "replicate": m["replicate"], "level": m["level"], "kind": m["kind"],
-            "percent_remaining": 100 * m["density"], "remaining": m["remaining"],
+            "experiment": config["name"],
+            "hash": os.path.basename(directory).rsplit("-", 1)[-1],
+            "directory": directory,
+            "method": label,
+            "replicate": m["replicate"],
+            "level": m["level"],
+            "kind": m["kind"],
+            "percent_remaining": 100 * m["density"],
+            "remaining": m["remaining"],
             "test_accuracy": m["final"]["test_accuracy"],
             "test_accuracy_early_stop": early.get("test_accuracy", np.nan),
             "early_stop_iteration": early.get("step", np.nan),
-            "lmc_barrier": barrier, "lmc_levels_barrier": levels_barrier, "start_step": m["start_step"], "wall_time_s": m.get("wall_time_s", np.nan),
+            "lmc_barrier": barrier,
+            "lmc_levels_barrier": levels_barrier,
+            "start_step": m["start_step"],
+            "wall_time_s": m.get("wall_time_s", np.nan),
             "train_time_s": m["wall_time_s"] / group if group and "wall_time_s" in m else np.nan,
             "cost_steps": cost(m),
         }
@@ -91,8 +101,12 @@ def cost(metrics: dict) -> float:
 def _identity_keys(flat: dict) -> dict:
     """The config values that are part of an experiment's identity (an older config.yaml also held
     levels, replicates, where data lived, ...: those are not what an experiment is)."""
-    return {key: value for key, value in flat.items() if not legacy(key)  # keys an older version had (parallel)
-            and not any(key == dropped or key.startswith(dropped + ".") for dropped in _NOT_HASHED if dropped != "name")}
+    return {
+        key: value
+        for key, value in flat.items()
+        if not legacy(key)  # keys an older version had (parallel)
+        and not any(key == dropped or key.startswith(dropped + ".") for dropped in _NOT_HASHED if dropped != "name")
+    }
 
 
 def load_runs(root: str) -> pd.DataFrame:
@@ -137,8 +151,22 @@ def summarize(df: pd.DataFrame, by: Optional[List[str]] = None) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-STANDARD_COLUMNS = {"experiment", "hash", "directory", "method", "replicate", "level", "kind", "percent_remaining", "remaining",
-                    "start_step", "wall_time_s", "train_time_s", "cost_steps", *METRICS}
+STANDARD_COLUMNS = {
+    "experiment",
+    "hash",
+    "directory",
+    "method",
+    "replicate",
+    "level",
+    "kind",
+    "percent_remaining",
+    "remaining",
+    "start_step",
+    "wall_time_s",
+    "train_time_s",
+    "cost_steps",
+    *METRICS,
+}
 
 
 def diet(directory: str) -> dict:
@@ -148,16 +176,20 @@ def diet(directory: str) -> dict:
     or a file no longer there) and ``scores_file`` (where they were, relative to the output_dir)."""
     record_file = os.path.join(directory, paths.DIET_RECORD)
     if not os.path.isfile(record_file):
-        raise LotteryError(f"{directory}: has no {paths.DIET_RECORD} (not an experiment with a data diet, or its level 0 "
-                           "is not trained yet)")
+        raise LotteryError(
+            f"{directory}: has no {paths.DIET_RECORD} (not an experiment with a data diet, or its level 0 "
+            "is not trained yet)"
+        )
     record = read_json(record_file, ("subset", "examples", "scores"))
 
     def array(path):
         try:
             return np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as error:
-            raise LotteryError(f"{path}: cannot be read as a NumPy .npy array ({type(error).__name__}); delete "
-                               f"{paths.DIET_RECORD} beside it and run the experiment again to write it") from None
+            raise LotteryError(
+                f"{path}: cannot be read as a NumPy .npy array ({type(error).__name__}); delete "
+                f"{paths.DIET_RECORD} beside it and run the experiment again to write it"
+            ) from None
 
     subset = array(os.path.join(directory, paths.DIET_SUBSET))
     scores = None

@@ -43,8 +43,20 @@ from lottery.results.store import read_flat, read_json
 
 COMPARISONS = ("replicates", "levels", "kinds", "experiments")
 PAIR = ("experiment", "hash", "replicate", "level", "kind")  # what names each side of a pair (_a, _b)
-MEASURES = ("layer", "size", "kept_a", "kept_b", "kept_both", "density_a", "density_b", "jaccard", "jaccard_chance",
-            "jaccard_above_chance", "sign_agreement", "sign_chance")  # a row of ``compare``
+MEASURES = (
+    "layer",
+    "size",
+    "kept_a",
+    "kept_b",
+    "kept_both",
+    "density_a",
+    "density_b",
+    "jaccard",
+    "jaccard_chance",
+    "jaccard_above_chance",
+    "sign_agreement",
+    "sign_chance",
+)  # a row of ``compare``
 ALL = "all"  # the layer name of the whole-network rows
 NEARLY_EMPTY = 0.5  # a layer whose output units lost every incoming weight, in at least this fraction
 
@@ -86,8 +98,14 @@ def chance_jaccard(layers: tuple) -> float:
     return float(np.sum(probability * values / (union - values)) / np.sum(probability))
 
 
-def compare(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray], start_a: Dict[str, np.ndarray],
-            start_b: Dict[str, np.ndarray], layers: List[str], per_layer: bool = True) -> List[dict]:
+def compare(
+    a: Dict[str, np.ndarray],
+    b: Dict[str, np.ndarray],
+    start_a: Dict[str, np.ndarray],
+    start_b: Dict[str, np.ndarray],
+    layers: List[str],
+    per_layer: bool = True,
+) -> List[dict]:
     """One row per layer of ``layers`` (``per_layer``) and one for all of them (``layer`` = "all"):
     the similarity of masks ``a`` and ``b`` (module docstring), with start weights ``start_a``,
     ``start_b``. The "all" row's sign chance pools the positive fractions over layers."""
@@ -113,9 +131,25 @@ def _row(layer, counts, size, kept_a, kept_b, kept_both, positive_a, positive_b,
     jaccard = kept_both / union if union else float("nan")
     chance = chance_jaccard(counts)
     p_a, p_b = (positive / kept_both if kept_both else float("nan") for positive in (positive_a, positive_b))
-    return dict(zip(MEASURES, (layer, size, kept_a, kept_b, kept_both, kept_a / size, kept_b / size, jaccard, chance,
-                               (jaccard - chance) / (1 - chance) if chance < 1 else float("nan"),
-                               agree / kept_both if kept_both else float("nan"), p_a * p_b + (1 - p_a) * (1 - p_b))))
+    return dict(
+        zip(
+            MEASURES,
+            (
+                layer,
+                size,
+                kept_a,
+                kept_b,
+                kept_both,
+                kept_a / size,
+                kept_b / size,
+                jaccard,
+                chance,
+                (jaccard - chance) / (1 - chance) if chance < 1 else float("nan"),
+                agree / kept_both if kept_both else float("nan"),
+                p_a * p_b + (1 - p_a) * (1 - p_b),
+            ),
+        )
+    )
 
 
 # --- tickets of a results tree --------------------------------------------------------------------
@@ -130,8 +164,10 @@ def read_ticket(directory: str) -> dict:
     layers = list(metrics["layers"])
     missing = [name for name in layers if name not in ticket["mask"] or name not in ticket["params"]]
     if missing:
-        raise LotteryError(f"{paths.ticket_dir(directory)}: has no mask or start weights of {', '.join(missing)}, "
-                           "which its metrics.json names; it is corrupt")
+        raise LotteryError(
+            f"{paths.ticket_dir(directory)}: has no mask or start weights of {', '.join(missing)}, "
+            "which its metrics.json names; it is corrupt"
+        )
     mask = {name: ticket["mask"][name].astype(bool) for name in layers}
     start = {name: np.sign(ticket["params"][name]).astype(np.int8) for name in layers}
     return {"mask": mask, "start": start, "metrics": metrics, "layers": layers}
@@ -149,6 +185,7 @@ def _reader(damaged: Optional[dict]):
         except LotteryError as error:
             damaged.setdefault(directory, str(error))
             return None
+
     return read
 
 
@@ -173,12 +210,17 @@ def pairs(found: pd.DataFrame, comparisons: Iterable[str] = COMPARISONS, kinds: 
     rows = [row for _, row in found.iterrows()]
     of_kind = [row for row in rows if kinds is None or row.kind in kinds]
     key = lambda *fields: lambda row: tuple(row[f] for f in fields)
-    same = {"replicates": key("experiment", "hash", "level", "kind"), "levels": key("experiment", "hash", "replicate", "kind"),
-            "experiments": key("replicate", "level", "kind")}  # what the two sides of a pair share
+    same = {
+        "replicates": key("experiment", "hash", "level", "kind"),
+        "levels": key("experiment", "hash", "replicate", "kind"),
+        "experiments": key("replicate", "level", "kind"),
+    }  # what the two sides of a pair share
     for comparison in comparisons:
         if comparison == "kinds":
-            groups = itertools.groupby(sorted(rows, key=key("experiment", "hash", "replicate", "level")),
-                                       key("experiment", "hash", "replicate", "level"))
+            groups = itertools.groupby(
+                sorted(rows, key=key("experiment", "hash", "replicate", "level")),
+                key("experiment", "hash", "replicate", "level"),
+            )
             for _, group in groups:
                 group = list(group)
                 for ticket in (r for r in group if r.kind == "ticket"):
@@ -193,8 +235,13 @@ def pairs(found: pd.DataFrame, comparisons: Iterable[str] = COMPARISONS, kinds: 
                 yield comparison, a, b
 
 
-def similarity_table(root: str, comparisons: Iterable[str] = COMPARISONS, kinds: Optional[Iterable[str]] = ("ticket",),
-                     layers: bool = True, damaged: Optional[dict] = None) -> pd.DataFrame:
+def similarity_table(
+    root: str,
+    comparisons: Iterable[str] = COMPARISONS,
+    kinds: Optional[Iterable[str]] = ("ticket",),
+    layers: bool = True,
+    damaged: Optional[dict] = None,
+) -> pd.DataFrame:
     """The similarity (module docstring) of every pair of tickets below ``root`` that
     ``comparisons`` ask for, one tidy row per pair and layer (``layers=False``: the "all" rows
     only). Pairs of experiments whose masks differ in shape are left out. A ticket that cannot be
@@ -210,8 +257,10 @@ def similarity_table(root: str, comparisons: Iterable[str] = COMPARISONS, kinds:
             continue
         if ta["layers"] != tb["layers"] or any(ta["mask"][n].shape != tb["mask"][n].shape for n in ta["layers"]):
             continue
-        described = {"comparison": comparison, **{f"{field}_{side}": row[field] for side, row in (("a", a), ("b", b))
-                                                  for field in PAIR}}
+        described = {
+            "comparison": comparison,
+            **{f"{field}_{side}": row[field] for side, row in (("a", a), ("b", b)) for field in PAIR},
+        }
         for measured in compare(ta["mask"], tb["mask"], ta["start"], tb["start"], ta["layers"], per_layer=layers):
             out.append({**described, **measured})
     return pd.DataFrame(out, columns=["comparison", *(f"{f}_{s}" for s in "ab" for f in PAIR), *MEASURES])
@@ -221,8 +270,15 @@ def summarize_similarity(table: pd.DataFrame) -> pd.DataFrame:
     """The whole-network rows, mean over pairs per comparison, pair of experiments, levels and kinds."""
     rows = table[table.layer == ALL]
     by = ["comparison", "experiment_a", "hash_a", "experiment_b", "hash_b", "level_a", "level_b", "kind_a", "kind_b"]
-    measures = ["density_a", "density_b", "jaccard", "jaccard_chance", "jaccard_above_chance", "sign_agreement",
-                "sign_chance"]
+    measures = [
+        "density_a",
+        "density_b",
+        "jaccard",
+        "jaccard_chance",
+        "jaccard_above_chance",
+        "sign_agreement",
+        "sign_chance",
+    ]
     grouped = rows.groupby(by, sort=True)[measures]
     summary = grouped.mean()
     summary["pairs"] = grouped.size()
@@ -240,13 +296,37 @@ def layer_densities(df: pd.DataFrame) -> pd.DataFrame:
         layers = read_json(paths.metrics_file(network_dir(network)), NETWORK_KEYS)["layers"]
         kept = sum(c["remaining"] for c in layers.values())
         for name, c in layers.items():
-            rows.append({"experiment": network["experiment"], "hash": network["hash"], "replicate": network["replicate"],
-                         "level": network["level"], "kind": network["kind"],
-                         "percent_remaining": network["percent_remaining"], "layer": name, "kept": c["remaining"],
-                         "total": c["total"], "density": c["remaining"] / c["total"],
-                         "share": c["remaining"] / kept if kept else float("nan")})
-    return pd.DataFrame(rows, columns=["experiment", "hash", "replicate", "level", "kind", "percent_remaining", "layer",
-                                       "kept", "total", "density", "share"])
+            rows.append(
+                {
+                    "experiment": network["experiment"],
+                    "hash": network["hash"],
+                    "replicate": network["replicate"],
+                    "level": network["level"],
+                    "kind": network["kind"],
+                    "percent_remaining": network["percent_remaining"],
+                    "layer": name,
+                    "kept": c["remaining"],
+                    "total": c["total"],
+                    "density": c["remaining"] / c["total"],
+                    "share": c["remaining"] / kept if kept else float("nan"),
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "experiment",
+            "hash",
+            "replicate",
+            "level",
+            "kind",
+            "percent_remaining",
+            "layer",
+            "kept",
+            "total",
+            "density",
+            "share",
+        ],
+    )
 
 
 def network_dir(network) -> str:
@@ -269,15 +349,26 @@ def collapse(mask: Dict[str, np.ndarray], layers: List[str], nearly: float = NEA
         m = np.asarray(mask[name], bool)
         dead, units = dead_units(m), m.shape[-1]
         if not m.any() or dead >= nearly * units:
-            found.append({"layer": name, "kept": int(m.sum()), "total": int(m.size), "dead_units": dead, "units": units,
-                          "empty": not m.any()})
+            found.append(
+                {
+                    "layer": name,
+                    "kept": int(m.sum()),
+                    "total": int(m.size),
+                    "dead_units": dead,
+                    "units": units,
+                    "empty": not m.any(),
+                }
+            )
     return found
 
 
 def describe_collapse(found: List[dict]) -> str:
     """One sentence for the layers ``collapse`` found."""
-    parts = [f"{c['layer']} keeps {c['kept']:,} of {c['total']:,} weights" + ("" if c["empty"] else
-             f" ({c['dead_units']} of its {c['units']} units have no input left)") for c in found]
+    parts = [
+        f"{c['layer']} keeps {c['kept']:,} of {c['total']:,} weights"
+        + ("" if c["empty"] else f" ({c['dead_units']} of its {c['units']} units have no input left)")
+        for c in found
+    ]
     return "; ".join(parts)
 
 
@@ -304,6 +395,9 @@ def collapsed(root: str, nearly: float = NEARLY_EMPTY, damaged: Optional[dict] =
         for found in collapse(ticket["mask"], ticket["layers"], nearly):
             if units and not found["empty"]:  # its units without inputs are what was pruned
                 continue
-            rows.append({**{k: network[k] for k in PAIR},
-                         "percent_remaining": 100 * ticket["metrics"]["density"], **found})
-    return pd.DataFrame(rows, columns=[*PAIR, "percent_remaining", "layer", "kept", "total", "dead_units", "units", "empty"])
+            rows.append(
+                {**{k: network[k] for k in PAIR}, "percent_remaining": 100 * ticket["metrics"]["density"], **found}
+            )
+    return pd.DataFrame(
+        rows, columns=[*PAIR, "percent_remaining", "layer", "kept", "total", "dead_units", "units", "empty"]
+    )

@@ -73,21 +73,26 @@ def load(cfg) -> Dataset:
     labels = cfg.get("labels", "fine")
     if labels not in kinds:
         having = [other for other, (_, _, its) in sorted(loaders.items()) if labels in its]
-        raise LotteryError(f"dataset.labels={labels} is not a kind of label of {cfg.name}; choose {' or '.join(kinds)}"
-                           + (f" ({labels} labels: {', '.join(having)})" if having else ""))
+        raise LotteryError(
+            f"dataset.labels={labels} is not a kind of label of {cfg.name}; choose {' or '.join(kinds)}"
+            + (f" ({labels} labels: {', '.join(having)})" if having else "")
+        )
     directory = os.path.join(os.path.expanduser(cfg.root), name)
     options = {"labels": labels} if len(kinds) > 1 else {}
     train_x, train_y, test_x, test_y, stats = loader(directory, download=cfg.download, **options)
     subset = cfg.get("subset")
     if subset is not None:
         if not 1 <= subset <= len(train_x):
-            raise LotteryError(f"dataset.subset={subset}: {directory} holds {len(train_x):,} training examples; ask "
-                               f"for 1 to {len(train_x)}, or leave dataset.subset unset (null) for all of them")
+            raise LotteryError(
+                f"dataset.subset={subset}: {directory} holds {len(train_x):,} training examples; ask "
+                f"for 1 to {len(train_x)}, or leave dataset.subset unset (null) for all of them"
+            )
         train_x, train_y = train_x[:subset], train_y[:subset]  # the first ones, the same in every run
     if not 0 <= cfg.validation < len(train_x):
         raise LotteryError(
             f"dataset.validation={cfg.validation} must be between 0 and the {len(train_x)} training examples"
-            f"{' of dataset.subset' if subset is not None else ''}; set it lower (e.g. dataset.validation={len(train_x) // 10})"
+            f"{' of dataset.subset' if subset is not None else ''}; set it lower (e.g. "
+            f"dataset.validation={len(train_x) // 10})"
         )
     # The last `validation` training examples are held out, the same ones in every run.
     cut = len(train_x) - cfg.validation

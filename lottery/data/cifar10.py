@@ -53,24 +53,34 @@ def read_batch(path: str, whole_file: bool = True):
     content = read_file(path)
     records, extra = divmod(len(content), RECORD)
     if whole_file and records and not extra and records != RECORDS_PER_FILE:  # part of a batch: never taken for it
-        raise LotteryError(f"{path}: {records:,} records, not {RECORDS_PER_FILE:,}: for part of CIFAR-10 use "
-                           "dataset=cifar10_subset (README: Data), else replace it with the official file")
+        raise LotteryError(
+            f"{path}: {records:,} records, not {RECORDS_PER_FILE:,}: for part of CIFAR-10 use "
+            "dataset=cifar10_subset (README: Data), else replace it with the official file"
+        )
     if whole_file and len(content) != RECORD * RECORDS_PER_FILE:
-        raise LotteryError(f"{path}: {len(content)} bytes, expected {RECORD * RECORDS_PER_FILE} ({RECORDS_PER_FILE} "
-                           f"records of {RECORD} bytes): truncated, or not CIFAR-10's binary version; replace it with "
-                           "the official file")
+        raise LotteryError(
+            f"{path}: {len(content)} bytes, expected {RECORD * RECORDS_PER_FILE} ({RECORDS_PER_FILE} "
+            f"records of {RECORD} bytes): truncated, or not CIFAR-10's binary version; replace it with "
+            "the official file"
+        )
     if not whole_file and not records:
-        raise LotteryError(f"{path}: {len(content)} bytes, less than one {RECORD}-byte record; remove it, or replace it "
-                           "with whole records of CIFAR-10's binary version")
+        raise LotteryError(
+            f"{path}: {len(content)} bytes, less than one {RECORD}-byte record; remove it, or replace it "
+            "with whole records of CIFAR-10's binary version"
+        )
     if not whole_file and extra:
-        raise LotteryError(f"{path}: {len(content):,} bytes, not whole {RECORD}-byte records ({records:,} and {extra:,} "
-                           "bytes over): truncated, or not CIFAR-10's binary version; replace it with whole records")
+        raise LotteryError(
+            f"{path}: {len(content):,} bytes, not whole {RECORD}-byte records ({records:,} and {extra:,} "
+            "bytes over): truncated, or not CIFAR-10's binary version; replace it with whole records"
+        )
     records = np.frombuffer(content, np.uint8).reshape(records, RECORD)
     labels = records[:, 0].astype(np.int32)
     if labels.max() > 9:
         first = int(np.argmax(labels > 9))
-        raise LotteryError(f"{path}: label {labels.max()} found (record {first}), CIFAR-10's are 0-9: corrupt, or not "
-                           "the binary version; replace it with a good copy")
+        raise LotteryError(
+            f"{path}: label {labels.max()} found (record {first}), CIFAR-10's are 0-9: corrupt, or not "
+            "the binary version; replace it with a good copy"
+        )
     return images(records[:, 1:]), labels
 
 
@@ -90,8 +100,14 @@ def images(pixels: np.ndarray) -> np.ndarray:
 
 def _download(directory: str) -> None:
     """Fetch the official archive (unless it is there) and unpack the batch files from it."""
-    unpack_archive(URL, os.path.join(directory, ARCHIVE), ARCHIVE_MD5, SUBDIR, TRAIN_FILES + TEST_FILES,
-                   "the CIFAR-10 binary version")
+    unpack_archive(
+        URL,
+        os.path.join(directory, ARCHIVE),
+        ARCHIVE_MD5,
+        SUBDIR,
+        TRAIN_FILES + TEST_FILES,
+        "the CIFAR-10 binary version",
+    )
 
 
 def load(directory: str, download: bool = True):
@@ -103,7 +119,9 @@ def load(directory: str, download: bool = True):
         try:
             _download(directory)
         except DownloadError as error:
-            raise LotteryError(f"cifar10: missing binary batch files in {directory}; {failures([error])}; {where}") from None
+            raise LotteryError(
+                f"cifar10: missing binary batch files in {directory}; {failures([error])}; {where}"
+            ) from None
     train = [read_batch(find(directory, name)) for name in TRAIN_FILES]
     test_x, test_y = read_batch(find(directory, TEST_FILES[0]))
     train_x = np.concatenate([x for x, _ in train])
@@ -128,15 +146,19 @@ def _checksums(directory: str, paths) -> None:
         listed[name] = digest.lower()
     for name in sorted(set(listed) - {os.path.basename(p) for p in paths}):
         if name.endswith(".bin"):
-            raise LotteryError(f"{os.path.join(directory, name)}: listed in {SUMS} but missing (or not named "
-                               f"{SUBSET_TRAIN} / {SUBSET_TEST}); put it back, or remove its line from {SUMS}")
+            raise LotteryError(
+                f"{os.path.join(directory, name)}: listed in {SUMS} but missing (or not named "
+                f"{SUBSET_TRAIN} / {SUBSET_TEST}); put it back, or remove its line from {SUMS}"
+            )
     for path in paths:
         name = os.path.basename(path)
         if name not in listed:
             raise LotteryError(f"{path}: not listed in {sums}; add its sha256 there (sha256sum), or remove {SUMS}")
         if file_digest(path, algorithm="sha256") != listed[name]:
-            raise LotteryError(f"{path}: checksum mismatch (sha256 should be {listed[name]}, from {SUMS}); it is "
-                               "corrupt or not the file listed: replace it with a good copy")
+            raise LotteryError(
+                f"{path}: checksum mismatch (sha256 should be {listed[name]}, from {SUMS}); it is "
+                "corrupt or not the file listed: replace it with a good copy"
+            )
 
 
 def load_subset(directory: str, download: bool = True):
@@ -158,5 +180,10 @@ def load_subset(directory: str, download: bool = True):
     _checksums(directory, train + test)
     train = [read_batch(path, whole_file=False) for path in train]
     test = [read_batch(path, whole_file=False) for path in test]
-    return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
-            np.concatenate([x for x, _ in test]), np.concatenate([y for _, y in test]), dict(STATS))
+    return (
+        np.concatenate([x for x, _ in train]),
+        np.concatenate([y for _, y in train]),
+        np.concatenate([x for x, _ in test]),
+        np.concatenate([y for _, y in test]),
+        dict(STATS),
+    )

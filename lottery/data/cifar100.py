@@ -43,35 +43,49 @@ def read(path: str, records: int, labels: str = "fine"):
     int32), with the ``labels`` ("fine" or "coarse") asked for. Both label bytes are checked."""
     content = read_file(path)
     if len(content) != RECORD * records:
-        raise LotteryError(f"{path}: {len(content):,} bytes, expected {RECORD * records:,} ({records:,} records of "
-                           f"{RECORD:,} bytes): truncated, or not CIFAR-100's binary version; delete it to download "
-                           "it again, or replace it with the official file")
+        raise LotteryError(
+            f"{path}: {len(content):,} bytes, expected {RECORD * records:,} ({records:,} records of "
+            f"{RECORD:,} bytes): truncated, or not CIFAR-100's binary version; delete it to download "
+            "it again, or replace it with the official file"
+        )
     content = np.frombuffer(content, np.uint8).reshape(records, RECORD)
     for column, (kind, classes) in enumerate(LABELS.items()):
         wrong = content[:, column] >= classes
         if wrong.any():
             first = int(np.argmax(wrong))
-            raise LotteryError(f"{path}: {kind} label {content[first, column]} in record {first:,}, CIFAR-100's are "
-                               f"0-{classes - 1}: corrupt, or not the binary version; replace it with a good copy")
+            raise LotteryError(
+                f"{path}: {kind} label {content[first, column]} in record {first:,}, CIFAR-100's are "
+                f"0-{classes - 1}: corrupt, or not the binary version; replace it with a good copy"
+            )
     column = list(LABELS).index(labels)
-    return cifar10.images(content[:, len(LABELS):]), content[:, column].astype(np.int32)
+    return cifar10.images(content[:, len(LABELS) :]), content[:, column].astype(np.int32)
 
 
 def load(directory: str, download: bool = True, labels: str = "fine"):
     missing = [name for name in RECORDS if cifar10.find(directory, name, SUBDIR) is None]
     if missing:
-        where = (f"put the binary version's {', '.join(RECORDS)} ({ARCHIVE}) in {directory} (or its {SUBDIR}/), or "
-                 "set dataset.root / LOTTERY_DATA_DIR")
+        where = (
+            f"put the binary version's {', '.join(RECORDS)} ({ARCHIVE}) in {directory} (or its {SUBDIR}/), or "
+            "set dataset.root / LOTTERY_DATA_DIR"
+        )
         pickled = [os.path.join(directory, name) for name in PICKLED if os.path.exists(os.path.join(directory, name))]
         if pickled:
             where = f"{', '.join(pickled)}: the pickled Python version, which is never read; {where}"
         if not download:
             raise LotteryError(f"cifar100: no {', '.join(missing)} in {directory} and dataset.download=false; {where}")
         try:
-            unpack_archive(URL, os.path.join(directory, ARCHIVE), ARCHIVE_MD5, SUBDIR, tuple(RECORDS),
-                           "the CIFAR-100 binary version")
+            unpack_archive(
+                URL,
+                os.path.join(directory, ARCHIVE),
+                ARCHIVE_MD5,
+                SUBDIR,
+                tuple(RECORDS),
+                "the CIFAR-100 binary version",
+            )
         except DownloadError as error:
-            raise LotteryError(f"cifar100: no {', '.join(missing)} in {directory}; {failures([error])}; {where}") from None
+            raise LotteryError(
+                f"cifar100: no {', '.join(missing)} in {directory}; {failures([error])}; {where}"
+            ) from None
     train_x, train_y = read(cifar10.find(directory, "train.bin", SUBDIR), RECORDS["train.bin"], labels)
     test_x, test_y = read(cifar10.find(directory, "test.bin", SUBDIR), RECORDS["test.bin"], labels)
     return train_x, train_y, test_x, test_y, dict(STATS, num_classes=LABELS[labels])

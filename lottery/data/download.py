@@ -62,7 +62,10 @@ def unreadable(path: str, error: BaseException, kind: str = "gzip file") -> Lott
     elif isinstance(error, PermissionError):
         what, todo = "cannot be read (permission denied)", "make it readable (chmod u+r), or replace it"
     else:
-        what, todo = f"cannot be read ({reason(error)})", "replace it with a good copy, or delete it to download it again"
+        what, todo = (
+            f"cannot be read ({reason(error)})",
+            "replace it with a good copy, or delete it to download it again",
+        )
     return LotteryError(f"{path}: {what}: {todo}")
 
 
@@ -91,7 +94,9 @@ def failures(errors) -> str:
     """The URLs tried, each with its error, as one clause; says so when none could be reached."""
     tried = "; ".join(f"{error.url}: {error.reason}" for error in errors)
     if errors and all(error.offline for error in errors):
-        return f"no connection to {'any mirror' if len(errors) > 1 else 'the server'} (is this machine offline?): {tried}"
+        return (
+            f"no connection to {'any mirror' if len(errors) > 1 else 'the server'} (is this machine offline?): {tried}"
+        )
     return f"download failed ({tried})"
 
 
@@ -163,8 +168,10 @@ def unpack_archive(url: str, archive: str, md5: str, subdir: str, names, what: s
     if not os.path.exists(archive):
         fetch(url, archive, md5=md5)
     elif file_digest(archive) != md5:  # one found here; gzip's own CRC is never read by tarfile
-        raise LotteryError(f"{archive}: checksum mismatch (md5 should be {md5}); the archive is corrupt or not "
-                           "the official one: delete it to download it again")
+        raise LotteryError(
+            f"{archive}: checksum mismatch (md5 should be {md5}); the archive is corrupt or not "
+            "the official one: delete it to download it again"
+        )
     wanted = {f"{subdir}/{name}" for name in names}
     try:
         scratch = tempfile.mkdtemp(dir=directory, prefix=".unpacking-")
@@ -176,7 +183,9 @@ def unpack_archive(url: str, archive: str, md5: str, subdir: str, names, what: s
             tar.extractall(scratch, members=members, filter="data")
         missing = sorted(wanted - {m.name for m in members})
         if missing:
-            raise LotteryError(f"{archive}: holds no {', '.join(missing)}; is it {what}? delete it to download it again")
+            raise LotteryError(
+                f"{archive}: holds no {', '.join(missing)}; is it {what}? delete it to download it again"
+            )
         os.makedirs(os.path.join(directory, subdir), exist_ok=True)
         for member in members:
             os.replace(os.path.join(scratch, member.name), os.path.join(directory, member.name))

@@ -51,7 +51,9 @@ def read_idx(path: str) -> np.ndarray:
 def parse_idx(path: str, content: bytes) -> np.ndarray:
     """The array an IDX file's ``content`` declares; ``path`` names the file in errors."""
     if content[:2] == b"\x1f\x8b":
-        raise LotteryError(f"{path}: gzip-compressed content in a file without .gz: name it {os.path.basename(path)}.gz")
+        raise LotteryError(
+            f"{path}: gzip-compressed content in a file without .gz: name it {os.path.basename(path)}.gz"
+        )
     if len(content) < 4 or content[0] != 0 or content[1] != 0 or content[2] not in _IDX_DTYPES:
         empty = " (the file is empty)" if not content else ""
         raise LotteryError(f"{path}: not an IDX file of unsigned bytes (bad magic number){empty}")
@@ -61,7 +63,9 @@ def parse_idx(path: str, content: bytes) -> np.ndarray:
         raise LotteryError(f"{path}: IDX header of {ndim} dimensions cut short: {len(content)} of {header} bytes")
     shape = tuple(int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if len(content) != header + math.prod(shape):
-        raise LotteryError(f"{path}: IDX header declares shape {shape} but the file holds {len(content) - header} bytes")
+        raise LotteryError(
+            f"{path}: IDX header declares shape {shape} but the file holds {len(content) - header} bytes"
+        )
     return np.frombuffer(content, np.uint8, offset=header).reshape(shape)
 
 

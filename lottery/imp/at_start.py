@@ -33,15 +33,17 @@ class AtStart(Method):
         full = masks.full_mask(theta_k["params"])
         keep = masks.level_counts(full, cfg, experiment.prunable, level)
         context = experiment.scoring_context(replicate, level, theta_k, full)
-        return criteria.iterate_to_counts(cfg.criterion, context, masks.groups(experiment.prunable, cfg.strategy), keep,
-                                          cfg.rounds)
+        return criteria.iterate_to_counts(
+            cfg.criterion, context, masks.groups(experiment.prunable, cfg.strategy), keep, cfg.rounds
+        )
 
     def ranking(self, experiment, replicate: int, level: int):
         """θk, dense, scored: what the first round ranked (the invert control)."""
         weights = experiment.rewind_point(replicate)
         survivors = masks.full_mask(weights["params"])
-        scores = criteria.score(experiment.cfg.pruning.criterion,
-                                experiment.scoring_context(replicate, level, weights, survivors))
+        scores = criteria.score(
+            experiment.cfg.pruning.criterion, experiment.scoring_context(replicate, level, weights, survivors)
+        )
         return scores, survivors
 
     def cost(self, experiment, level: int, start: int, end: int, copies: int):

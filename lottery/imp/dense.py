@@ -42,8 +42,17 @@ from lottery.results import paths
 from lottery.results.identity import dense_identity, digest, write_once
 from lottery.results.invocations import Invocation
 from lottery.results.metrics import NETWORK_KEYS
-from lottery.results.store import (files_digest, fresh, link_tree, load_tree, open_locked, read_json, save_tree,
-                                   tree_digest, write_json)
+from lottery.results.store import (
+    files_digest,
+    fresh,
+    link_tree,
+    load_tree,
+    open_locked,
+    read_json,
+    save_tree,
+    tree_digest,
+    write_json,
+)
 from lottery.training import trainer as training
 from lottery.training import loop
 from lottery.training.loop import Network, group_checkpoints, remove_checkpoints
@@ -60,7 +69,9 @@ class Dense:
         self.identity = dense_identity(cfg, experiment.data_fingerprint, backend.kind())
         for method in experiment.methods:  # a data diet's pre-training (diet.py): a dense run of its own
             self.identity.update(method.dense_identity())
-        self.directory = paths.dense_store(experiment.directory, f"{cfg.model.name}-{cfg.dataset.name}-{digest(self.identity)}")
+        self.directory = paths.dense_store(
+            experiment.directory, f"{cfg.model.name}-{cfg.dataset.name}-{digest(self.identity)}"
+        )
 
     def replicate_dir(self, replicate: int) -> str:
         return paths.replicate_dir(self.directory, replicate)
@@ -74,8 +85,9 @@ class Dense:
         return sorted(int(name) for name in os.listdir(directory) if name.isdigit()) if os.path.isdir(directory) else []
 
 
-def link_level_0(experiment, replicates: List[int], progress,
-                 relink: Optional[Dict[int, Tuple[str, dict]]] = None) -> List[dict]:
+def link_level_0(
+    experiment, replicates: List[int], progress, relink: Optional[Dict[int, Tuple[str, dict]]] = None
+) -> List[dict]:
     """Level 0 of ``replicates`` in the experiment's directory, from the shared dense runs: trains
     the replicates the store lacks and the rewind point k where it lacks it (under the store's
     lock; another process working on it is waited for), then links them in. ``relink``: replicates
@@ -92,7 +104,8 @@ def link_level_0(experiment, replicates: List[int], progress,
     # Directories appear whole (one rename): what is there needs no lock, only what is missing does
     # (a missing dense.yaml too: written again under the lock).
     complete = os.path.isfile(identity_file) and all(
-        os.path.isdir(dense.replicate_dir(r)) and k in dense.kept_steps(r) for r in replicates)
+        os.path.isdir(dense.replicate_dir(r)) and k in dense.kept_steps(r) for r in replicates
+    )
     trained = []  # replicates this invocation trains in the store
     if not all(hosts.agree(int(complete))):  # every process takes the same path
         lock = lock_store(dense, say)
@@ -102,15 +115,23 @@ def link_level_0(experiment, replicates: List[int], progress,
                 if r not in trained:
                     verify(dense, r, relink.get(r))
             if trained or any(k not in dense.kept_steps(r) for r in replicates):
-                invocation = Invocation(dense.directory, experiment.cfg, experiment.invocation.program,
-                                               write=hosts.primary())
+                invocation = Invocation(
+                    dense.directory, experiment.cfg, experiment.invocation.program, write=hosts.primary()
+                )
                 announce_other_programs(dense, invocation, say)
                 try:
                     train_dense(dense, trained, invocation, progress)
-                    keep_rewind_point(dense, [r for r in replicates if k not in dense.kept_steps(r)], invocation, progress)
+                    keep_rewind_point(
+                        dense, [r for r in replicates if k not in dense.kept_steps(r)], invocation, progress
+                    )
                 except BaseException as error:
-                    status = ("interrupted" if isinstance(error, KeyboardInterrupt) else "preempted"
-                              if loop.PREEMPTION.requested else f"failed: {type(error).__name__}: {error}")
+                    status = (
+                        "interrupted"
+                        if isinstance(error, KeyboardInterrupt)
+                        else "preempted"
+                        if loop.PREEMPTION.requested
+                        else f"failed: {type(error).__name__}: {error}"
+                    )
                     invocation.end(status.splitlines()[0])
                     raise
                 invocation.end("finished")
@@ -139,9 +160,11 @@ LINKS = "linked.json"
 
 def sources(dense: Dense, replicate: int) -> Dict[str, str]:
     """Where the store keeps the trees an experiment's level_0/ links (``LINKED``)."""
-    return {"ticket": paths.ticket_dir(dense.replicate_dir(replicate)),
-            "trained": paths.trained_dir(dense.replicate_dir(replicate)),
-            "rewind_point": dense.rewind_dir(replicate, dense.experiment.rewind)}
+    return {
+        "ticket": paths.ticket_dir(dense.replicate_dir(replicate)),
+        "trained": paths.trained_dir(dense.replicate_dir(replicate)),
+        "rewind_point": dense.rewind_dir(replicate, dense.experiment.rewind),
+    }
 
 
 def verify(dense: Dense, replicate: int, relink: Optional[Tuple[str, dict]] = None) -> Dict[str, dict]:
@@ -161,9 +184,11 @@ def verify(dense: Dense, replicate: int, relink: Optional[Tuple[str, dict]] = No
         if relink is None:
             raise
         level_0 = experiment.level_dir(replicate, 0)
-        raise LotteryError(f"{level_0}/{relink[0]}: damaged, and so is the dense store's copy it links to: "
-                           f"delete {dense.replicate_dir(replicate)} and run this again (trained there, relinked "
-                           "here)") from None
+        raise LotteryError(
+            f"{level_0}/{relink[0]}: damaged, and so is the dense store's copy it links to: "
+            f"delete {dense.replicate_dir(replicate)} and run this again (trained there, relinked "
+            "here)"
+        ) from None
     return digests
 
 
@@ -190,15 +215,20 @@ def damaged(experiment, replicate: int, say) -> Optional[Tuple[str, dict]]:
             return what, recorded
         changed[what] = files
     if changed:  # a file orbax does not read, say: nothing to repair, said once
-        say(f"note: {level_0}/{', '.join(changed)}: files changed since they were linked, the arrays they hold did "
-            "not; their digest is recorded again")
-        write_json(os.path.join(level_0, LINKS),
-                   {what: {**digests, "files": changed.get(what, digests["files"])} for what, digests in recorded.items()})
+        say(
+            f"note: {level_0}/{', '.join(changed)}: files changed since they were linked, the arrays they hold did "
+            "not; their digest is recorded again"
+        )
+        write_json(
+            os.path.join(level_0, LINKS),
+            {what: {**digests, "files": changed.get(what, digests["files"])} for what, digests in recorded.items()},
+        )
     return None
 
 
-def same_arrays(dense: Dense, replicate: int, relink: Tuple[str, dict], digests: Dict[str, dict],
-                trained: bool) -> None:
+def same_arrays(
+    dense: Dense, replicate: int, relink: Tuple[str, dict], digests: Dict[str, dict], trained: bool
+) -> None:
     """A damaged level_0/ is linked again only to the arrays it was linked to: the store's own
     (untouched, a copy was damaged) or the same bits trained again (training is deterministic)."""
     what, recorded = relink
@@ -206,11 +236,15 @@ def same_arrays(dense: Dense, replicate: int, relink: Tuple[str, dict], digests:
         return
     level_0 = dense.experiment.level_dir(replicate, 0)
     if trained:  # another loop, stack width or mesh rounds otherwise (docs/reproducibility.md)
-        raise LotteryError(f"{level_0}/{what}: damaged, and the dense store trained it again with other bits (another "
-                           f"program?): delete {os.path.dirname(level_0)} to train this replicate again")
-    raise LotteryError(f"{level_0}/{what}: damaged, and the dense store's copy differs from what was linked "
-                       f"(damaged too?): delete {dense.replicate_dir(replicate)} and run this again (trained there, "
-                       "relinked here)")
+        raise LotteryError(
+            f"{level_0}/{what}: damaged, and the dense store trained it again with other bits (another "
+            f"program?): delete {os.path.dirname(level_0)} to train this replicate again"
+        )
+    raise LotteryError(
+        f"{level_0}/{what}: damaged, and the dense store's copy differs from what was linked "
+        f"(damaged too?): delete {dense.replicate_dir(replicate)} and run this again (trained there, "
+        "relinked here)"
+    )
 
 
 def announce_other_programs(dense: Dense, invocation, say) -> None:
@@ -220,8 +254,10 @@ def announce_other_programs(dense: Dense, invocation, say) -> None:
     if others and any(os.path.isdir(dense.replicate_dir(r)) for r in range(dense.experiment.cfg.replicates)):
         described = "; ".join(", ".join(f"{key} {value}" for key, value in p.items()) for p in others)
         now = ", ".join(f"{key} {value}" for key, value in invocation.program.items())
-        say(f"note: the dense runs in {dense.directory} were also trained by another program ({described}); "
-            f"this invocation trains with {now}: their bits are not comparable (docs/reproducibility.md)")
+        say(
+            f"note: the dense runs in {dense.directory} were also trained by another program ({described}); "
+            f"this invocation trains with {now}: their bits are not comparable (docs/reproducibility.md)"
+        )
 
 
 def lock_store(dense: Dense, say):
@@ -239,8 +275,13 @@ def lock_store(dense: Dense, say):
             say(f"note: {path} was missing; written again (the identity its directory's hash is of)")
         write_once(path, dense.identity, "dense run")
 
-    return open_locked(dense.directory, identify, "the shared dense level 0",
-                              wait=lambda line: say(f"level 0: {line}"), stop=stop_if_asked)
+    return open_locked(
+        dense.directory,
+        identify,
+        "the shared dense level 0",
+        wait=lambda line: say(f"level 0: {line}"),
+        stop=stop_if_asked,
+    )
 
 
 def train_dense(dense: Dense, replicates: List[int], invocation, progress) -> None:
@@ -253,13 +294,26 @@ def train_dense(dense: Dense, replicates: List[int], invocation, progress) -> No
     networks = []
     for r in replicates:
         keys = experiment.keys(r)
-        networks.append(Network(r, "ticket", dense.replicate_dir(r), experiment.dense_start(r), keys["data"], keys["augment"]))
+        networks.append(
+            Network(r, "ticket", dense.replicate_dir(r), experiment.dense_start(r), keys["data"], keys["augment"])
+        )
     states = training.stack([network.state for network in networks])
-    task = progress.add_task(f"level 0 (dense, shared: {os.path.basename(dense.directory)}): {len(networks)} x ticket", total=end)
+    task = progress.add_task(
+        f"level 0 (dense, shared: {os.path.basename(dense.directory)}): {len(networks)} x ticket", total=end
+    )
     checkpoints = group_checkpoints(dense.directory, "train", 0, networks, 0, end)
-    states, histories, kept, seconds = experiment.train(states, networks, 0, 0, end, lambda n: progress.advance(task, n),
-                                                        trainer=experiment.level_0_trainer(dense.directory, progress.console.print),
-                                                        keep=[k], checkpoints=checkpoints, say=progress.console.print)
+    states, histories, kept, seconds = experiment.train(
+        states,
+        networks,
+        0,
+        0,
+        end,
+        lambda n: progress.advance(task, n),
+        trainer=experiment.level_0_trainer(dense.directory, progress.console.print),
+        keep=[k],
+        checkpoints=checkpoints,
+        say=progress.console.print,
+    )
     for i, network in enumerate(networks):
         work_dir = fresh(network.directory + ".partial")
         start = jax.device_get(network.state)
@@ -270,10 +324,12 @@ def train_dense(dense: Dense, replicates: List[int], invocation, progress) -> No
             os.makedirs(os.path.join(work_dir, "rewind_points"))
         for step, snapshots in kept.items():
             save_tree(os.path.join(work_dir, "rewind_points", str(step)), training.unstack(snapshots, i))
-        metrics = result_metrics.summarize(0, network.replicate, "ticket", 0, histories[i],
-                                   masks.counts(start["mask"], experiment.prunable), seconds)
-        metrics.update(data_fingerprint=experiment.data_fingerprint, examples=experiment.data_examples,
-                       group_size=len(networks))
+        metrics = result_metrics.summarize(
+            0, network.replicate, "ticket", 0, histories[i], masks.counts(start["mask"], experiment.prunable), seconds
+        )
+        metrics.update(
+            data_fingerprint=experiment.data_fingerprint, examples=experiment.data_examples, group_size=len(networks)
+        )
         write_json(paths.metrics_file(work_dir), metrics)
         if hosts.primary():
             os.rename(work_dir, network.directory)
@@ -305,12 +361,22 @@ def keep_rewind_point(dense: Dense, replicates: List[int], invocation, progress)
             state = trainer.init_state(ticket["params"], ticket["batch_stats"], ticket["mask"], opt_state)
             networks.append(Network(r, "ticket", dense.rewind_dir(r, k), state, keys["data"], keys["augment"]))
         states = training.stack([network.state for network in networks])
-        task = progress.add_task(f"level 0 (dense): rewind point {k} from step {start}, {len(networks)} networks",
-                                 total=k - start)
+        task = progress.add_task(
+            f"level 0 (dense): rewind point {k} from step {start}, {len(networks)} networks", total=k - start
+        )
         checkpoints = group_checkpoints(dense.directory, f"rewind_point_{k}", 0, networks, start, k)
-        states, _, _, _ = experiment.train(states, networks, 0, start, k, lambda n: progress.advance(task, n),
-                                           trainer=experiment.level_0_trainer(dense.directory, progress.console.print),
-                                           evaluate=False, checkpoints=checkpoints, say=progress.console.print)
+        states, _, _, _ = experiment.train(
+            states,
+            networks,
+            0,
+            start,
+            k,
+            lambda n: progress.advance(task, n),
+            trainer=experiment.level_0_trainer(dense.directory, progress.console.print),
+            evaluate=False,
+            checkpoints=checkpoints,
+            say=progress.console.print,
+        )
         for i, network in enumerate(networks):
             partial = network.directory + ".partial"
             if hosts.primary() and os.path.isdir(partial):  # an interrupted attempt

@@ -24,8 +24,9 @@ training set at the ``diet.subset`` end of the ranking (easy: lowest scores; har
 leaving out the ``diet.offset`` fraction at that end (Paul et al. 2021, Sec. 4, keep the hardest
 but the very hardest, which are often mislabelled); with ``diet.balance``, from each class's own
 ranking, each class kept in its share of the set (an easy end is otherwise far from balanced: on
-MNIST the easiest tenth by EL2N is half zeros). Then on the whole set from the step it reached. The subset's epochs are its own (len(subset) // batch size steps, each a seeded
-permutation of the subset); the whole set's epochs continue as if the pre-training had been on it,
+MNIST the easiest tenth by EL2N is half zeros). Then on the whole set from the step it reached.
+The subset's epochs are its own (len(subset) // batch size steps, each a seeded permutation of the
+subset); the whole set's epochs continue as if the pre-training had been on it,
 so steps [pretrain, T) see the batches of the run without a diet. The learning-rate schedule is the
 global step's, as everywhere.
 
@@ -102,8 +103,9 @@ def check(cfg) -> None:
     if not enabled(cfg):  # its keys left over: refused by config.check_unused
         return
     if d.score is not None and d.scores is not None:
-        raise LotteryError(f"diet.score={d.score} and diet.scores={d.scores}: set one (scores computed here, or "
-                           "read from a file)")
+        raise LotteryError(
+            f"diet.score={d.score} and diet.scores={d.scores}: set one (scores computed here, or read from a file)"
+        )
     if d.score is not None and d.score not in SCORES:
         raise LotteryError(f"diet.score={d.score!r} is not a score; choose one of: {', '.join(SCORES)}")
     if d.subset not in SUBSETS:
@@ -113,8 +115,10 @@ def check(cfg) -> None:
     if not 0 < d.keep <= 1:
         raise LotteryError(f"diet.keep={d.keep} must be in (0, 1]: the fraction of the training set pre-trained on")
     if not 0 <= d.offset < 1 or d.keep + d.offset > 1:
-        raise LotteryError(f"diet.offset={d.offset} must be in [0, 1) with diet.keep + diet.offset <= 1 (here "
-                           f"{d.keep + d.offset:g}): the fraction left out at the subset's end before keeping")
+        raise LotteryError(
+            f"diet.offset={d.offset} must be in [0, 1) with diet.keep + diet.offset <= 1 (here "
+            f"{d.keep + d.offset:g}): the fraction left out at the subset's end before keeping"
+        )
     # the methods it works with: imp/method.py's check (Diet.works_with)
 
 
@@ -138,16 +142,27 @@ class Plan:
     def dense(self) -> dict:
         """What the diet adds to the dense level 0's identity (dense.py): pretrain as a step count
         (null there would depend on the rewind step, which is not part of it)."""
-        scores = ({"scores": self.digest} if self.file else
-                  {"score": self.score} if self.score == "random" else
-                  {"score": self.score, "score_at": self.score_at, "networks": self.networks})
+        scores = (
+            {"scores": self.digest}
+            if self.file
+            else {"score": self.score}
+            if self.score == "random"
+            else {"score": self.score, "score_at": self.score_at, "networks": self.networks}
+        )
         balance = {"balance": True} if self.balance else {}  # absent unless set, as in the experiment's hash
-        return {**scores, "kept": self.kept, "skipped": self.skipped, "subset": self.subset, "pretrain": self.pretrain,
-                **balance}
+        return {
+            **scores,
+            "kept": self.kept,
+            "skipped": self.skipped,
+            "subset": self.subset,
+            "pretrain": self.pretrain,
+            **balance,
+        }
 
 
-def plan(cfg, examples: int, per_epoch: int, batch_size: int, end: int, rewind: int,
-         data_fingerprint: str) -> Optional[Plan]:
+def plan(
+    cfg, examples: int, per_epoch: int, batch_size: int, end: int, rewind: int, data_fingerprint: str
+) -> Optional[Plan]:
     """The diet's counts and steps, checked against the data and training (None without a diet);
     a scores file is read and checked now, before anything is written."""
     if not enabled(cfg):
@@ -155,18 +170,26 @@ def plan(cfg, examples: int, per_epoch: int, batch_size: int, end: int, rewind: 
     d = cfg.diet
     pretrain = rewind if d.pretrain is None else Step.parse(d.pretrain, per_epoch, "diet.pretrain").iteration
     if rewind == 0:
-        raise LotteryError("diet: pre-training on a subset needs a rewind step after it (rewind=0it rewinds to θ0); "
-                           "set rewind, e.g. rewind=1ep")
+        raise LotteryError(
+            "diet: pre-training on a subset needs a rewind step after it (rewind=0it rewinds to θ0); "
+            "set rewind, e.g. rewind=1ep"
+        )
     if not 0 < pretrain <= rewind:
-        raise LotteryError(f"diet.pretrain={d.pretrain} must be between 1 iteration and the rewind step "
-                           f"(rewind={cfg.rewind}, {rewind} iterations): every level rewinds to a pre-trained point")
+        raise LotteryError(
+            f"diet.pretrain={d.pretrain} must be between 1 iteration and the rewind step "
+            f"(rewind={cfg.rewind}, {rewind} iterations): every level rewinds to a pre-trained point"
+        )
     score_at = end // 10 if d.score_at is None else Step.parse(d.score_at, per_epoch, "diet.score_at").iteration
     if score_at > end:
-        raise LotteryError(f"diet.score_at={d.score_at} is past the end of training (training.steps={cfg.training.steps})")
+        raise LotteryError(
+            f"diet.score_at={d.score_at} is past the end of training (training.steps={cfg.training.steps})"
+        )
     kept, skipped = math.floor(d.keep * examples + 1e-9), math.floor(d.offset * examples + 1e-9)
     if kept < batch_size:
-        raise LotteryError(f"diet.keep={d.keep} keeps {kept} of the {examples} training examples, fewer than a batch "
-                           f"(training.batch_size={batch_size}); keep at least {math.ceil(batch_size / examples * 1000) / 1000}")
+        raise LotteryError(
+            f"diet.keep={d.keep} keeps {kept} of the {examples} training examples, fewer than a batch "
+            f"(training.batch_size={batch_size}); keep at least {math.ceil(batch_size / examples * 1000) / 1000}"
+        )
     file = digest_now = None
     if d.scores is not None:
         file = os.path.abspath(os.path.expanduser(d.scores))
@@ -193,7 +216,7 @@ def grand(trainer, params, batch_stats, images, labels):
         return optax.softmax_cross_entropy_with_integer_labels(logits, label[None])[0]
 
     grads = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(params, images, labels)
-    return jnp.sqrt(sum(jnp.sum(g.reshape(g.shape[0], -1)**2, axis=1) for g in jax.tree.leaves(grads)))
+    return jnp.sqrt(sum(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1) for g in jax.tree.leaves(grads)))
 
 
 SCORE_FUNCTIONS = {"el2n": el2n, "grand": grand}
@@ -210,11 +233,11 @@ def example_scores(trainer, weights: dict, score: str) -> np.ndarray:
     function = _scorer(trainer, score)
     out = []
     for first in range(0, len(images), size):  # the last batch padded to the same shape, then cut
-        x, y = images[first:first + size], labels[first:first + size]
+        x, y = images[first : first + size], labels[first : first + size]
         pad = size - len(x)
         x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
         y = np.concatenate([y, np.zeros(pad, y.dtype)]) if pad else y
-        out.append(np.asarray(function(weights["params"], weights["batch_stats"], x, y))[:size - pad])
+        out.append(np.asarray(function(weights["params"], weights["batch_stats"], x, y))[: size - pad])
     return np.concatenate(out).astype(np.float32)
 
 
@@ -235,8 +258,10 @@ class Store:
 
     def __init__(self, experiment):
         cfg, p = experiment.cfg, plan_of(experiment)
-        self.identity = {**dense_identity(cfg, experiment.data_fingerprint, backend.kind()),
-                         "diet": {"score": p.score, "score_at": p.score_at, "networks": p.networks}}
+        self.identity = {
+            **dense_identity(cfg, experiment.data_fingerprint, backend.kind()),
+            "diet": {"score": p.score, "score_at": p.score_at, "networks": p.networks},
+        }
         name = f"{cfg.model.name}-{cfg.dataset.name}-{p.score}-{digest(self.identity)}"
         self.directory = paths.diet_store(experiment.directory, name)
         self.scores = os.path.join(self.directory, "scores.npy")
@@ -253,16 +278,22 @@ def scores(experiment, say=print) -> np.ndarray:
     p = plan_of(experiment)
     if p.file is not None:
         if file_digest(p.file, "diet.scores") != p.digest:  # the experiment's hash holds the content it began with
-            raise LotteryError(f"diet.scores: {p.file}: changed since this run began (its content is part of the "
-                               "experiment's hash); run again to use the new scores as another experiment")
+            raise LotteryError(
+                f"diet.scores: {p.file}: changed since this run began (its content is part of the "
+                "experiment's hash); run again to use the new scores as another experiment"
+            )
         return read_scores(p.file, p.examples, experiment.data_fingerprint)
     if p.score == "random":
         return random_scores(experiment.cfg, p.examples)
     store = Store(experiment)
     if not all(hosts.agree(int(store.complete()))):
-        lock = open_locked(store.directory, lambda: write_once(os.path.join(store.directory, IDENTITY), store.identity,
-                                                               "data diet's scores"),
-                           "the data diet's scores", wait=lambda line: say(f"diet: {line}"), stop=stop_if_asked)
+        lock = open_locked(
+            store.directory,
+            lambda: write_once(os.path.join(store.directory, IDENTITY), store.identity, "data diet's scores"),
+            "the data diet's scores",
+            wait=lambda line: say(f"diet: {line}"),
+            stop=stop_if_asked,
+        )
         try:
             if not all(hosts.agree(int(store.complete()))):
                 compute(experiment, store, say)
@@ -284,8 +315,10 @@ def verify(store: Store) -> Optional[str]:
         return None
     now = file_digest(store.scores, "diet scores")
     if now != recorded:
-        raise LotteryError(f"{store.scores}: replaced or damaged since it was computed (digest {now}; "
-                           f"{store.metrics} records {recorded}); delete {store.directory} to compute the scores again")
+        raise LotteryError(
+            f"{store.scores}: replaced or damaged since it was computed (digest {now}; "
+            f"{store.metrics} records {recorded}); delete {store.directory} to compute the scores again"
+        )
     return now
 
 
@@ -305,8 +338,10 @@ def compute(experiment, store: Store, say) -> None:
     scored = lambda i: os.path.join(store.networks, f"{i}.npy")
     kept = [i for i in range(p.networks) if os.path.isfile(scored(i)) or os.path.isdir(trained_dir(i))]
     resuming = f"; resuming with {len(kept)} networks already trained" if kept else ""
-    say(f"diet: scoring the {p.examples} training examples by {p.score} with {p.networks} dense networks at step "
-        f"{p.score_at} ({os.path.basename(store.directory)}){resuming}")
+    say(
+        f"diet: scoring the {p.examples} training examples by {p.score} with {p.networks} dense networks at step "
+        f"{p.score_at} ({os.path.basename(store.directory)}){resuming}"
+    )
     train_networks(experiment, store, [i for i in range(p.networks) if i not in kept], trained_dir, say)
     each = []
     for i in range(p.networks):
@@ -321,13 +356,23 @@ def compute(experiment, store: Store, say) -> None:
     if hosts.primary():
         write_whole(store.scores, lambda partial: _save(partial, mean))
     hosts.barrier(f"diet scores.npy {store.directory}")
-    write_json(store.metrics, {"score": p.score, "score_at": p.score_at, "networks": p.networks,
-                               "examples": p.examples, "data_fingerprint": experiment.data_fingerprint,
-                               "network_means": [float(np.mean(s)) for s in each],
-                               "scoring_steps": p.networks * p.score_at, "seconds": time.time() - began,
-                               "program": program(experiment.trainer.host_loop, experiment.cfg.mesh, experiment.trainer.width,
-                                                  backend.deterministic_ops()),
-                               "scores_digest": file_digest(store.scores, "diet scores")})
+    write_json(
+        store.metrics,
+        {
+            "score": p.score,
+            "score_at": p.score_at,
+            "networks": p.networks,
+            "examples": p.examples,
+            "data_fingerprint": experiment.data_fingerprint,
+            "network_means": [float(np.mean(s)) for s in each],
+            "scoring_steps": p.networks * p.score_at,
+            "seconds": time.time() - began,
+            "program": program(
+                experiment.trainer.host_loop, experiment.cfg.mesh, experiment.trainer.width, backend.deterministic_ops()
+            ),
+            "scores_digest": file_digest(store.scores, "diet scores"),
+        },
+    )
     if hosts.primary():  # complete: what scoring kept on the way is not needed any more
         shutil.rmtree(store.networks, ignore_errors=True)
     hosts.barrier(f"diet scores {store.directory}")
@@ -342,14 +387,28 @@ def train_networks(experiment, store: Store, numbers, trained_dir, say) -> None:
     networks = []
     for i in numbers:
         keys = experiment.keys(FIRST + i)
-        networks.append(Network(FIRST + i, "ticket", trained_dir(i), experiment.dense_start(FIRST + i), keys["data"],
-                                keys["augment"]))
+        networks.append(
+            Network(
+                FIRST + i, "ticket", trained_dir(i), experiment.dense_start(FIRST + i), keys["data"], keys["augment"]
+            )
+        )
     states, checkpoints = training.stack([network.state for network in networks]), None
     if p.score_at > 0:
         checkpoints = loop.group_checkpoints(store.directory, "scoring", 0, networks, 0, p.score_at)
-        states, _, _, _ = loop.train(experiment.trainer, states, networks, 0, 0, p.score_at, lambda n: None,
-                                     eval_every=p.score_at, checkpoint_every=experiment.checkpoint_every,
-                                     evaluate=False, checkpoints=checkpoints, say=say)
+        states, _, _, _ = loop.train(
+            experiment.trainer,
+            states,
+            networks,
+            0,
+            0,
+            p.score_at,
+            lambda n: None,
+            eval_every=p.score_at,
+            checkpoint_every=experiment.checkpoint_every,
+            evaluate=False,
+            checkpoints=checkpoints,
+            say=say,
+        )
     for j, network in enumerate(networks):
         partial = network.directory + ".partial"
         if hosts.primary() and os.path.isdir(partial):  # an interrupted attempt
@@ -376,36 +435,56 @@ def read_scores(path: str, examples: int, data_fingerprint: Optional[str] = None
         with open(path, "rb") as f:
             magic = f.read(len(NPY_MAGIC))
         if magic != NPY_MAGIC:  # np.load would try it as a pickle, and advise trusting it
-            raise LotteryError(f"{path}: not a NumPy .npy file (it does not begin as one: text, a pickle or another "
-                               "format?); give a scores.npy saved by numpy.save, one number per training example")
+            raise LotteryError(
+                f"{path}: not a NumPy .npy file (it does not begin as one: text, a pickle or another "
+                "format?); give a scores.npy saved by numpy.save, one number per training example"
+            )
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
-        raise LotteryError(f"diet.scores: {path}: no such file; give a scores.npy (a diet store's, "
-                           "<output_dir>/diets/*/scores.npy, or one number per training example)") from None
+        raise LotteryError(
+            f"diet.scores: {path}: no such file; give a scores.npy (a diet store's, "
+            "<output_dir>/diets/*/scores.npy, or one number per training example)"
+        ) from None
     except ValueError as error:
         if "allow_pickle" not in str(error):
-            raise LotteryError(f"{path}: cannot be read as a NumPy .npy array of scores (ValueError: "
-                               f"{str(error).splitlines()[0]}); delete it or give another") from None
-        raise LotteryError(f"{path}: holds Python objects (a pickled object array), not numbers; give one real "
-                           "score per training example") from None
+            raise LotteryError(
+                f"{path}: cannot be read as a NumPy .npy array of scores (ValueError: "
+                f"{str(error).splitlines()[0]}); delete it or give another"
+            ) from None
+        raise LotteryError(
+            f"{path}: holds Python objects (a pickled object array), not numbers; give one real "
+            "score per training example"
+        ) from None
     except (OSError, EOFError) as error:
-        raise LotteryError(f"{path}: cannot be read as a NumPy .npy array of scores ({type(error).__name__}: "
-                           f"{str(error).splitlines()[0] if str(error) else 'truncated'}); delete it or give another") from None
-    if not isinstance(array, np.ndarray) or array.ndim != 1 or not np.issubdtype(array.dtype, np.number) \
-            or np.issubdtype(array.dtype, np.complexfloating):
-        raise LotteryError(f"{path}: holds {getattr(array, 'dtype', type(array).__name__)} of shape "
-                           f"{getattr(array, 'shape', '?')}, not one real score per training example")
+        raise LotteryError(
+            f"{path}: cannot be read as a NumPy .npy array of scores ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'truncated'}); delete it or give another"
+        ) from None
+    if (
+        not isinstance(array, np.ndarray)
+        or array.ndim != 1
+        or not np.issubdtype(array.dtype, np.number)
+        or np.issubdtype(array.dtype, np.complexfloating)
+    ):
+        raise LotteryError(
+            f"{path}: holds {getattr(array, 'dtype', type(array).__name__)} of shape "
+            f"{getattr(array, 'shape', '?')}, not one real score per training example"
+        )
     if len(array) != examples:
-        raise LotteryError(f"{path}: holds {len(array)} scores; the training split has {examples} examples (scores of "
-                           "another data set?)")
+        raise LotteryError(
+            f"{path}: holds {len(array)} scores; the training split has {examples} examples (scores of "
+            "another data set?)"
+        )
     if not np.all(np.isfinite(array)):
         raise LotteryError(f"{path}: holds {int(np.sum(~np.isfinite(array)))} scores that are not finite numbers")
     beside = paths.metrics_file(os.path.dirname(path))
     if data_fingerprint is not None and os.path.isfile(beside):
         made = read_json(beside, METRICS_KEYS)
         if made["data_fingerprint"] != data_fingerprint:
-            raise LotteryError(f"{path}: scores of other data ({beside}: data_fingerprint {made['data_fingerprint']}, "
-                               f"this experiment's {data_fingerprint}); give scores of this data set")
+            raise LotteryError(
+                f"{path}: scores of other data ({beside}: data_fingerprint {made['data_fingerprint']}, "
+                f"this experiment's {data_fingerprint}); give scores of this data set"
+            )
     return array.astype(np.float32)
 
 
@@ -419,17 +498,17 @@ def choose(scores: np.ndarray, p: Plan, labels: Optional[np.ndarray] = None) -> 
     remainders, the lower class first on a tie) from its own ranking, after its share of ``skipped``
     (rounded down)."""
     if not p.balance:
-        return np.sort(_ranking(scores, p.subset)[p.skipped:p.skipped + p.kept]).astype(np.int32)
+        return np.sort(_ranking(scores, p.subset)[p.skipped : p.skipped + p.kept]).astype(np.int32)
     classes, counts = np.unique(labels, return_counts=True)
     share = p.kept * counts / len(scores)
     quota = np.floor(share + 1e-9).astype(int)
-    leftover = np.lexsort((classes, -(share - quota)))[:p.kept - int(quota.sum())]
+    leftover = np.lexsort((classes, -(share - quota)))[: p.kept - int(quota.sum())]
     quota[leftover] += 1
     chosen = []
     for c, count, q in zip(classes, counts, quota):
         members = np.flatnonzero(labels == c)
         skip = min(int(np.floor(p.skipped * count / len(scores) + 1e-9)), count - q)
-        chosen.append(members[_ranking(scores[members], p.subset)[skip:skip + q]])
+        chosen.append(members[_ranking(scores[members], p.subset)[skip : skip + q]])
     return np.sort(np.concatenate(chosen)).astype(np.int32)
 
 
@@ -460,12 +539,20 @@ def read_subset(path: str, p: Plan) -> np.ndarray:
     except (OSError, ValueError, EOFError) as error:
         chosen, reason = None, f"cannot be read as a NumPy .npy array ({type(error).__name__})"
     if chosen is not None:
-        valid = (chosen.ndim == 1 and np.issubdtype(chosen.dtype, np.integer) and len(chosen) == p.kept
-                 and np.all(np.diff(chosen) > 0) and chosen[0] >= 0 and chosen[-1] < p.examples)
+        valid = (
+            chosen.ndim == 1
+            and np.issubdtype(chosen.dtype, np.integer)
+            and len(chosen) == p.kept
+            and np.all(np.diff(chosen) > 0)
+            and chosen[0] >= 0
+            and chosen[-1] < p.examples
+        )
         reason = None if valid else f"holds no subset of {p.kept} of the {p.examples} training examples"
     if reason is not None:
-        raise LotteryError(f"{path}: {reason}; it is the subset the dense run beside it pre-trained on: delete "
-                           f"{os.path.dirname(path)} to train that dense run again")
+        raise LotteryError(
+            f"{path}: {reason}; it is the subset the dense run beside it pre-trained on: delete "
+            f"{os.path.dirname(path)} to train that dense run again"
+        )
     return chosen.astype(np.int32)
 
 
@@ -484,15 +571,25 @@ def record(experiment, dense_directory: str, say=print) -> None:
         write_whole(os.path.join(experiment.directory, SUBSET), lambda partial: _save(partial, chosen))
     source = p.file if p.file is not None else None if p.score == "random" else Store(experiment).scores
     trained = source is not None and p.file is None  # scoring networks trained for these scores
-    write_json(path, {
-        "score": p.score, "scores": None if source is None else os.path.relpath(source, os.path.dirname(experiment.directory)),
-        "scores_digest": None if source is None else file_digest(source, "diet scores"),
-        "score_at": p.score_at if trained else None, "networks": p.networks if trained else None,
-        "subset": p.subset, "balance": p.balance, "examples": p.kept, "skipped": p.skipped,
-        "of": p.examples, "pretrain": p.pretrain,
-        "classes": {str(c): int(n) for c, n in zip(*np.unique(labels[chosen], return_counts=True))},
-        "mean_score": {"subset": float(np.mean(values[chosen])), "all": float(np.mean(values))},
-        "scoring_steps": p.networks * p.score_at if trained else 0})
+    write_json(
+        path,
+        {
+            "score": p.score,
+            "scores": None if source is None else os.path.relpath(source, os.path.dirname(experiment.directory)),
+            "scores_digest": None if source is None else file_digest(source, "diet scores"),
+            "score_at": p.score_at if trained else None,
+            "networks": p.networks if trained else None,
+            "subset": p.subset,
+            "balance": p.balance,
+            "examples": p.kept,
+            "skipped": p.skipped,
+            "of": p.examples,
+            "pretrain": p.pretrain,
+            "classes": {str(c): int(n) for c, n in zip(*np.unique(labels[chosen], return_counts=True))},
+            "mean_score": {"subset": float(np.mean(values[chosen])), "all": float(np.mean(values))},
+            "scoring_steps": p.networks * p.score_at if trained else 0,
+        },
+    )
 
 
 def built_on_other_scores(experiment, path: str, say) -> None:
@@ -507,8 +604,10 @@ def built_on_other_scores(experiment, path: str, say) -> None:
         return
     now = file_digest(store.scores, "diet scores")
     if now != recorded["scores_digest"]:
-        say(f"note: {path}: this experiment's diet chose its subset from scores {recorded['scores_digest']}; "
-            f"{store.scores} now holds others ({now}): its results are of the former")
+        say(
+            f"note: {path}: this experiment's diet chose its subset from scores {recorded['scores_digest']}; "
+            f"{store.scores} now holds others ({now}): its results are of the former"
+        )
 
 
 def plan_of(experiment) -> Plan:
@@ -538,8 +637,17 @@ class Diet(Method):
     @classmethod
     def build(cls, experiment) -> "Diet":
         trainer = experiment.trainer
-        return cls(plan(experiment.cfg, len(trainer.train_host[0]), trainer.iterations_per_epoch, trainer.batch_size,
-                        experiment.end, experiment.rewind, experiment.data_fingerprint))
+        return cls(
+            plan(
+                experiment.cfg,
+                len(trainer.train_host[0]),
+                trainer.iterations_per_epoch,
+                trainer.batch_size,
+                experiment.end,
+                experiment.rewind,
+                experiment.data_fingerprint,
+            )
+        )
 
     def dense_identity(self) -> dict:
         return {"diet": self.plan.dense}

@@ -48,11 +48,15 @@ def check(cfg) -> None:
     if not e.enabled:
         return
     if not 0 < e.epsilon <= 1:
-        raise LotteryError(f"early_bird.epsilon={e.epsilon} must be in (0, 1]: the fraction of prunable weights on "
-                           "which two masks may differ and still count as settled (You et al.: 0.1)")
+        raise LotteryError(
+            f"early_bird.epsilon={e.epsilon} must be in (0, 1]: the fraction of prunable weights on "
+            "which two masks may differ and still count as settled (You et al.: 0.1)"
+        )
     if e.window < 1:
-        raise LotteryError(f"early_bird.window={e.window} must be 1 or more: the consecutive mask distances below "
-                           "early_bird.epsilon that settle the masks (You et al.: 5)")
+        raise LotteryError(
+            f"early_bird.window={e.window} must be 1 or more: the consecutive mask distances below "
+            "early_bird.epsilon that settle the masks (You et al.: 5)"
+        )
     # what it cannot be beside (another criterion or structure, SWAMP, invert): imp/method.py's check
 
 
@@ -67,20 +71,23 @@ def settled(distances: Sequence[float], epsilon: float, window: int) -> Optional
     """The first check at which the last ``window`` consecutive distances are all below ``epsilon``
     (the index into the checks; distance i is between checks i and i+1), or None."""
     for i in range(window - 1, len(distances)):
-        if all(d < epsilon for d in distances[i - window + 1:i + 1]):
+        if all(d < epsilon for d in distances[i - window + 1 : i + 1]):
             return i + 1
     return None
 
 
 def every(experiment) -> int:
-    value = Step.parse(experiment.cfg.early_bird.every, experiment.trainer.iterations_per_epoch,
-                       "early_bird.every").iteration
+    value = Step.parse(
+        experiment.cfg.early_bird.every, experiment.trainer.iterations_per_epoch, "early_bird.every"
+    ).iteration
     if value <= 0:
         raise LotteryError(f"early_bird.every={experiment.cfg.early_bird.every} must be longer than 0 iterations")
     if value >= experiment.end:  # the end itself is the last check: with no check before it, nothing is drawn early
-        raise LotteryError(f"early_bird.every={experiment.cfg.early_bird.every} ({value} iterations) leaves no check "
-                           f"before the end of training (training.steps={experiment.cfg.training.steps}, "
-                           f"{experiment.end} iterations); use a shorter interval")
+        raise LotteryError(
+            f"early_bird.every={experiment.cfg.early_bird.every} ({value} iterations) leaves no check "
+            f"before the end of training (training.steps={experiment.cfg.training.steps}, "
+            f"{experiment.end} iterations); use a shorter interval"
+        )
     return value
 
 
@@ -110,9 +117,15 @@ class Draws:
         """The mask drawn (the settled one, else the last) and the record of the draw."""
         index = self.found if self.found is not None else len(self.masks) - 1
         cfg = self.experiment.cfg.early_bird
-        return self.masks[index], {"step": self.steps[index], "reached": self.found is not None, "checks": self.steps,
-                                   "distances": self.distances, "saved_steps": end - self.steps[index],
-                                   "epsilon": cfg.epsilon, "window": cfg.window}
+        return self.masks[index], {
+            "step": self.steps[index],
+            "reached": self.found is not None,
+            "checks": self.steps,
+            "distances": self.distances,
+            "saved_steps": end - self.steps[index],
+            "epsilon": cfg.epsilon,
+            "window": cfg.window,
+        }
 
 
 def draw(experiment, survivors, weights: Sequence[Tuple[int, dict]], end: int) -> Tuple[dict, dict]:
@@ -148,21 +161,39 @@ def probe_level_0(experiment, replicate: int, dense_directory: str, say=print) -
     check by check, until its masks settle (or to the end), its early-bird mask saved in
     ``level_0/early_bird/``."""
     end, keys = experiment.end, experiment.keys(replicate)
-    network = Network(replicate, "ticket", experiment.level_dir(replicate, 0), experiment.dense_start(replicate),
-                      keys["data"], keys["augment"])
+    network = Network(
+        replicate,
+        "ticket",
+        experiment.level_dir(replicate, 0),
+        experiment.dense_start(replicate),
+        keys["data"],
+        keys["augment"],
+    )
     state, step = training.stack([network.state]), 0
     draws = Draws(experiment, masks.full_mask(experiment.trainer.init_params))
     trainer = experiment.level_0_trainer(dense_directory, say)  # with a data diet's pre-training (diet.py)
     for stop in check_steps(experiment, 0, end) + [end]:
-        state, _, _, _ = loop.train(trainer, state, [network], 0, step, stop, lambda n: None,
-                                    eval_every=end, checkpoint_every=end, evaluate=False)
+        state, _, _, _ = loop.train(
+            trainer,
+            state,
+            [network],
+            0,
+            step,
+            stop,
+            lambda n: None,
+            eval_every=end,
+            checkpoint_every=end,
+            evaluate=False,
+        )
         step = stop
         if draws.add(step, jax.device_get(training.unstack(state, 0)["params"])):
             break
     mask, record = draws.result(end)
     save(experiment.level_dir(replicate, 0), mask, record)
-    say(f"level 0, replicate {replicate}: early-bird mask drawn at step {record['step']} of {end}"
-        + ("" if record["reached"] else " (the masks never settled: the end of training)"))
+    say(
+        f"level 0, replicate {replicate}: early-bird mask drawn at step {record['step']} of {end}"
+        + ("" if record["reached"] else " (the masks never settled: the end of training)")
+    )
 
 
 @method
@@ -197,8 +228,10 @@ class EarlyBird(IMP):
             probe_level_0(experiment, replicate, dense.Dense(experiment).directory)
             mask = load(experiment, previous)
         if mask is None:
-            raise LotteryError(f"{previous}: has no early_bird/ draw (trained without early_bird.enabled); delete it and "
-                               "run this again to train it with the draw")
+            raise LotteryError(
+                f"{previous}: has no early_bird/ draw (trained without early_bird.enabled); delete it and "
+                "run this again to train it with the draw"
+            )
         return mask
 
     def keep_steps(self, experiment, networks, start: int, end: int) -> List[int]:
@@ -210,8 +243,11 @@ class EarlyBird(IMP):
         for i, network in enumerate(networks):
             if network.kind == "ticket":
                 finished = training.unstack(states, i)
-                weights = [(s, training.unstack(kept[s], i)["params"]) for s in sorted(kept)] + [(end, finished["params"])]
+                weights = [(s, training.unstack(kept[s], i)["params"]) for s in sorted(kept)] + [
+                    (end, finished["params"])
+                ]
                 drawn_mask, record = draw(experiment, network.state["mask"], weights, end)
-                out[i] = Outcome(record={"early_bird": record},
-                                 save=lambda work_dir, m=drawn_mask, r=record: save(work_dir, m, r))
+                out[i] = Outcome(
+                    record={"early_bird": record}, save=lambda work_dir, m=drawn_mask, r=record: save(work_dir, m, r)
+                )
         return out

@@ -82,10 +82,15 @@ class Experiment:
         examples of the stored training split (data-dependent criteria) and a generator (random)."""
         x, y = self.trainer.train_host
         n = self.cfg.pruning.examples
-        return criteria.Context(weights["params"], mask, self.prunable, self.scoring_rng(replicate, level),
-                                apply=criteria.model_apply(self.trainer, weights["batch_stats"]),
-                                batch=(np.asarray(self.trainer.inputs(x[:n])), np.asarray(y[:n])),
-                                input_shape=tuple(self.input_shape))
+        return criteria.Context(
+            weights["params"],
+            mask,
+            self.prunable,
+            self.scoring_rng(replicate, level),
+            apply=criteria.model_apply(self.trainer, weights["batch_stats"]),
+            batch=(np.asarray(self.trainer.inputs(x[:n])), np.asarray(y[:n])),
+            input_shape=tuple(self.input_shape),
+        )
 
     def sparse_key(self, replicate: int, level: int) -> jax.Array:
         """Sparse training's key at ``level``: its random start mask and SET's random growth."""
@@ -107,8 +112,10 @@ class Experiment:
 
     def initial_weights(self, key):
         model = models.build(self.cfg.model, self.input_shape, self.num_classes, key)
-        return {"params": nnx.to_pure_dict(nnx.state(model, nnx.Param)),
-                "batch_stats": nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))}
+        return {
+            "params": nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+            "batch_stats": nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)),
+        }
 
     def dense_start(self, replicate: int) -> dict:
         """The training state level 0 starts from: θ0 of ``replicate``, dense."""
@@ -161,12 +168,16 @@ class Experiment:
         cfg = self.cfg
         if not os.path.isdir(self.directory):
             for older in identity.older_versions(self.directory, cfg, self.data_fingerprint):
-                say(f"note: {older} holds this experiment as an older version of lottery hashed it (with keys "
-                    f"since removed); its results stay there, and this one starts afresh in {self.directory}")
+                say(
+                    f"note: {older} holds this experiment as an older version of lottery hashed it (with keys "
+                    f"since removed); its results stay there, and this one starts afresh in {self.directory}"
+                )
         if paths.old_name(cfg, self.directory):
-            say(f"note: {self.directory} holds this experiment under its old name (an older version named "
+            say(
+                f"note: {self.directory} holds this experiment under its old name (an older version named "
                 f"every experiment {identity.DEFAULT_NAME}); it is used, not trained again, and a new one of "
-                f"this kind is named {identity.experiment_name(cfg)}-<hash>")
+                f"this kind is named {identity.experiment_name(cfg)}-<hash>"
+            )
 
     def remove_if_empty(self) -> None:
         """A start that failed before the new experiment's directory held any result (a damaged diet
@@ -182,8 +193,19 @@ class Experiment:
     def train(self, states, networks, level: int, start: int, end: int, advance, trainer=None, **options):
         """``loop.train`` with this experiment's trainer (or ``trainer``), evaluation and checkpoint
         intervals, and log."""
-        return loop.train(trainer or self.trainer, states, networks, level, start, end, advance, eval_every=self.eval_every,
-                          checkpoint_every=self.checkpoint_every, log=self.tracker, **options)
+        return loop.train(
+            trainer or self.trainer,
+            states,
+            networks,
+            level,
+            start,
+            end,
+            advance,
+            eval_every=self.eval_every,
+            checkpoint_every=self.checkpoint_every,
+            log=self.tracker,
+            **options,
+        )
 
 
 def check(cfg) -> None:
@@ -220,8 +242,10 @@ def check(cfg) -> None:
     if not 0 <= cfg.seed < 2**32:  # jax.random.key keeps 32 bits: seed 2**32 would silently be seed 0
         raise LotteryError(f"seed={cfg.seed} must be between 0 and {2**32 - 1}")
     if not 0 < len(cfg.name) <= MAX_NAME:
-        raise LotteryError(f"name is {len(cfg.name)} characters long; use 1 to {MAX_NAME} (it names the results "
-                           "directory and the W&B runs)")
+        raise LotteryError(
+            f"name is {len(cfg.name)} characters long; use 1 to {MAX_NAME} (it names the results "
+            "directory and the W&B runs)"
+        )
     objective.check(cfg)
 
 
@@ -232,10 +256,14 @@ def prepare(cfg) -> Experiment:
     data = datasets.load(cfg.dataset)
     batch_size = cfg.training.batch_size
     if not 1 <= batch_size <= len(data.train_x):
-        raise LotteryError(f"training.batch_size={batch_size} must be between 1 and the {len(data.train_x)} training examples")
+        raise LotteryError(
+            f"training.batch_size={batch_size} must be between 1 and the {len(data.train_x)} training examples"
+        )
     if cfg.pruning.criterion in criteria.ON_DATA and cfg.pruning.examples > len(data.train_x):  # x[:n] quietly fewer
-        raise LotteryError(f"pruning.examples={cfg.pruning.examples} is more than the {len(data.train_x)} training "
-                           f"examples of {cfg.dataset.name}; set it to at most {len(data.train_x)}")
+        raise LotteryError(
+            f"pruning.examples={cfg.pruning.examples} is more than the {len(data.train_x)} training "
+            f"examples of {cfg.dataset.name}; set it to at most {len(data.train_x)}"
+        )
     if cfg.training.eval_batch_size < 1:
         raise LotteryError(f"training.eval_batch_size={cfg.training.eval_batch_size} must be positive")
     per_epoch = len(data.train_x) // batch_size
@@ -249,7 +277,9 @@ def prepare(cfg) -> Experiment:
     end = length("training.steps", cfg.training.steps)
     rewind = Step.parse(cfg.rewind, per_epoch, "rewind").iteration
     if rewind >= end:
-        raise LotteryError(f"rewind={cfg.rewind} is at or past the end of training (training.steps={cfg.training.steps})")
+        raise LotteryError(
+            f"rewind={cfg.rewind} is at or past the end of training (training.steps={cfg.training.steps})"
+        )
     finetune_steps = end - rewind if cfg.finetune_steps is None else length("finetune_steps", cfg.finetune_steps)
     eval_every = length("training.eval_every", cfg.training.eval_every)
     checkpoint_every = length("checkpoint_every", cfg.checkpoint_every)
@@ -258,9 +288,19 @@ def prepare(cfg) -> Experiment:
     models.check_input(cfg.model, data.input_shape, cfg.dataset.name)
     model = models.build(cfg.model, data.input_shape, data.num_classes, jax.random.key(0))  # a template
     mesh.check(cfg.mesh, jax.device_count())
-    trainer = training.Trainer(model, tx, schedule, data, batch_size, cfg.training.eval_batch_size,
-                               cfg.dataset.augment, cfg.training.loop, mesh=cfg.mesh, stack=cfg.training.stack,
-                               precision=cfg.training.precision)
+    trainer = training.Trainer(
+        model,
+        tx,
+        schedule,
+        data,
+        batch_size,
+        cfg.training.eval_batch_size,
+        cfg.dataset.augment,
+        cfg.training.loop,
+        mesh=cfg.mesh,
+        stack=cfg.training.stack,
+        precision=cfg.training.precision,
+    )
     prunable = masks.prunable(trainer.init_params, cfg.pruning.ignore)
     if cfg.transfer.source is None and cfg.pruning.structure == "weights":  # a transfer's levels have its source's
         # densities; a structured experiment's follow its units (checked after training, as they are reached)
@@ -269,8 +309,22 @@ def prepare(cfg) -> Experiment:
     cfg = transfer.resolve(cfg, data.fingerprint, rewind)  # a transfer's source by its directory
     directory = paths.experiment_directory(cfg, data.fingerprint)
     tracker = tracking.Tracker(cfg, directory, enabled=hosts.primary())  # process 0 logs for all
-    experiment = Experiment(cfg, trainer, prunable, end, rewind, finetune_steps, eval_every, checkpoint_every,
-                            data.input_shape, data.num_classes, directory, tracker, data.fingerprint, data.examples)
+    experiment = Experiment(
+        cfg,
+        trainer,
+        prunable,
+        end,
+        rewind,
+        finetune_steps,
+        eval_every,
+        checkpoint_every,
+        data.input_shape,
+        data.num_classes,
+        directory,
+        tracker,
+        data.fingerprint,
+        data.examples,
+    )
     shapes = {name: np.shape(leaf) for name, leaf in masks.flatten(trainer.init_params).items()}
     experiment.structure = structures.Structure(cfg.pruning, prunable, models.units(cfg.model, shapes), shapes)
     experiment.methods = methods.choose(experiment)

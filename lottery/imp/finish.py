@@ -52,8 +52,9 @@ def finish(experiment, console: Console, trained: int) -> Results:
     if trained or not os.path.exists(figure):  # a re-run of finished work rewrites nothing
         figures.save_figures(df, experiment.directory)
     summary = runs.summarize(df)
-    console.print(tables.results(summary, title=f"{tables.method(cfg)} results: {experiment.directory}",
-                                 experiment_column=False))
+    console.print(
+        tables.results(summary, title=f"{tables.method(cfg)} results: {experiment.directory}", experiment_column=False)
+    )
     console.print(f"figures: {os.path.join(experiment.directory, '*.png')}")
     results.objective = objective.report(measured, experiment.directory, console)  # prints, writes; raises if missing
     return results
@@ -83,10 +84,14 @@ def warn_collapse(experiment: Experiment, metrics: dict, mask) -> None:
         cfg = experiment.cfg.pruning
         cause = "the layer's pruning rate empties it before the others"
         if cfg.strategy == "global":
-            cause = "global ranking does this at high sparsity (pruning.strategy=layerwise keeps every layer" + \
-                (", as pruning.rounds>1 does for data-free criteria at start)" if cfg.prune_at == "start" else ")")
-        print(f"warning: level {metrics['level']}, replicate {metrics['replicate']}, {metrics['kind']}: layer collapse: "
-              f"{tickets.describe_collapse(found)}; {cause}", file=sys.stderr)
+            cause = "global ranking does this at high sparsity (pruning.strategy=layerwise keeps every layer" + (
+                ", as pruning.rounds>1 does for data-free criteria at start)" if cfg.prune_at == "start" else ")"
+            )
+        print(
+            f"warning: level {metrics['level']}, replicate {metrics['replicate']}, {metrics['kind']}: layer collapse: "
+            f"{tickets.describe_collapse(found)}; {cause}",
+            file=sys.stderr,
+        )
 
 
 def warn_at_chance(experiment: Experiment, metrics: dict) -> None:
@@ -98,10 +103,13 @@ def warn_at_chance(experiment: Experiment, metrics: dict) -> None:
         return
     chance = 1 / experiment.num_classes
     if accuracy <= chance + 3 * (chance * (1 - chance) / tested) ** 0.5:
-        print(f"warning: level {metrics['level']}, replicate {metrics['replicate']}, {metrics['kind']}: test accuracy "
-              f"{accuracy:.1%} is at chance ({chance:.0%} for {experiment.num_classes} classes): the network learned "
-              f"nothing; a learning rate too large for it (optimizer.lr={experiment.cfg.optimizer.lr}) is the usual "
-              "cause, or pruning emptied a layer", file=sys.stderr)
+        print(
+            f"warning: level {metrics['level']}, replicate {metrics['replicate']}, {metrics['kind']}: test accuracy "
+            f"{accuracy:.1%} is at chance ({chance:.0%} for {experiment.num_classes} classes): the network learned "
+            f"nothing; a learning rate too large for it (optimizer.lr={experiment.cfg.optimizer.lr}) is the usual "
+            "cause, or pruning emptied a layer",
+            file=sys.stderr,
+        )
 
 
 def collect(experiment: Experiment) -> List[dict]:

@@ -33,14 +33,18 @@ class IMP(Method):
         previous = experiment.level_dir(replicate, level - 1)
         survivors = experiment.load(previous, "ticket")["mask"]
         weights = experiment.load(previous, "trained")
-        scores = criteria.score(experiment.cfg.pruning.criterion,
-                                experiment.scoring_context(replicate, level, weights, survivors))
+        scores = criteria.score(
+            experiment.cfg.pruning.criterion, experiment.scoring_context(replicate, level, weights, survivors)
+        )
         return scores, survivors
 
     def start(self, experiment, replicate: int, level: int, mask) -> dict:
         if experiment.cfg.retrain == "rewind":
             return self.rewound(experiment, replicate, mask)
         this_level = experiment.level_dir(replicate, level)  # lr_rewind, finetune: the trained weights kept
-        kept = experiment.load(this_level, "ticket") if os.path.isdir(this_level) else \
-            experiment.load(experiment.level_dir(replicate, level - 1), "trained")
+        kept = (
+            experiment.load(this_level, "ticket")
+            if os.path.isdir(this_level)
+            else experiment.load(experiment.level_dir(replicate, level - 1), "trained")
+        )
         return experiment.trainer.init_state(kept["params"], kept["batch_stats"], mask)

@@ -71,8 +71,9 @@ def run(cfg, console: Console = None) -> Results:
     backend.deterministic(cfg.deterministic)  # before JAX's first computation, as:
     hosts.initialize(cfg.distributed)
     if cfg.compilation_cache:
-        jax.config.update("jax_compilation_cache_dir", backend.compilation_cache(cfg.compilation_cache,
-                                                                                 backend.cache_key(cfg)))
+        jax.config.update(
+            "jax_compilation_cache_dir", backend.compilation_cache(cfg.compilation_cache, backend.cache_key(cfg))
+        )
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     backend.announce(console.print)  # what the run computes on; a warning when a GPU machine computes on its CPU
     experiment = prepare(cfg)
@@ -99,19 +100,33 @@ def run_locked(experiment: Experiment, console: Console) -> Results:
     """Every level in turn, under the experiment's lock, then the results: table, figures, objective."""
     cfg = experiment.cfg
     trainer, deterministic = experiment.trainer, backend.deterministic_ops()  # set by run, before JAX started
-    invocation = experiment.invocation = Invocation(experiment.directory, cfg,
-                                                    program(trainer.host_loop, cfg.mesh, trainer.width, deterministic),
-                                                    write=hosts.primary())
+    invocation = experiment.invocation = Invocation(
+        experiment.directory,
+        cfg,
+        program(trainer.host_loop, cfg.mesh, trainer.width, deterministic),
+        write=hosts.primary(),
+    )
     if invocation.other_programs() and paths.replicates(experiment.directory):
         others = "; ".join(", ".join(f"{k} {v}" for k, v in p.items()) for p in invocation.other_programs())
         now = ", ".join(f"{k} {v}" for k, v in invocation.program.items())
-        console.print(f"note: results in {experiment.directory} were also trained by another program ({others}); "
-                      f"this invocation trains with {now}: their bits are not comparable (docs/reproducibility.md)")
+        console.print(
+            f"note: results in {experiment.directory} were also trained by another program ({others}); "
+            f"this invocation trains with {now}: their bits are not comparable (docs/reproducibility.md)"
+        )
     finish.record_sweep_job(experiment.directory)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     trained = 0  # networks trained by this invocation
     try:
-        with loop.PREEMPTION, Progress(*columns, console=console, disable=not cfg.progress or console.quiet) as progress:
+        with (
+            loop.PREEMPTION,
+            Progress(*columns, console=console, disable=not cfg.progress or console.quiet) as progress,
+        ):
             for level in range(cfg.levels + 1):
                 hosts.barrier(f"level {level}")  # what process 0 finished is on disk for everyone
                 if level == 0:
@@ -164,8 +179,10 @@ def dense_level(experiment: Experiment, progress: Progress) -> int:
     for metrics in dense.link_level_0(experiment, missing, progress, relink):
         r = metrics["replicate"]
         if r in relink:
-            progress.console.print(f"note: {experiment.level_dir(r, 0)}/{relink[r][0]} was damaged; linked again from "
-                                   f"the dense store ({metrics['dense']}), which holds the same arrays")
+            progress.console.print(
+                f"note: {experiment.level_dir(r, 0)}/{relink[r][0]} was damaged; linked again from "
+                f"the dense store ({metrics['dense']}), which holds the same arrays"
+            )
             if hosts.primary():
                 experiment.invocation.add(level=0, replicate=r, kind="ticket", dense=metrics["dense"], relinked=True)
             continue
@@ -187,8 +204,9 @@ def train_level(experiment: Experiment, level: int, progress: Progress) -> int:
     trained = 0
     updating = [n for n in networks if n.kind == "ticket"] if experiment.method.updating is not None else []
     if updating:
-        train_networks(experiment, updating, level, *experiment.segment(level), progress,
-                       trainer=experiment.method.updating)
+        train_networks(
+            experiment, updating, level, *experiment.segment(level), progress, trainer=experiment.method.updating
+        )
         trained += len(updating)
         networks = [n for r in range(cfg.replicates) for n in level_networks(experiment, r, level)]
     train_networks(experiment, networks, level, *experiment.segment(level), progress)
@@ -233,11 +251,15 @@ def control_start(experiment: Experiment, replicate: int, level: int, name: str,
     method = experiment.method
     context = controls.Context(
         ticket=jax.device_get({k: ticket[k] for k in ("mask", "params", "batch_stats")}),
-        names=experiment.prunable, key=key,
+        names=experiment.prunable,
+        key=key,
         rng=np.random.default_rng(np.asarray(jax.random.key_data(key))),
-        fresh_weights=experiment.initial_weights, rewound=lambda mask: method.rewound(experiment, replicate, mask),
-        init_state=experiment.trainer.init_state, ranking=lambda: method.ranking(experiment, replicate, level),
-        structure=experiment.structure)
+        fresh_weights=experiment.initial_weights,
+        rewound=lambda mask: method.rewound(experiment, replicate, mask),
+        init_state=experiment.trainer.init_state,
+        ranking=lambda: method.ranking(experiment, replicate, level),
+        structure=experiment.structure,
+    )
     return controls.start(name, context)
 
 
@@ -251,8 +273,9 @@ def lmc_start(experiment: Experiment, replicate: int, level: int) -> dict:
 # --- training a level's networks together, and recording them -----------------------------------
 
 
-def train_networks(experiment: Experiment, networks: List[Network], level: int, start: int, end: int,
-                   progress: Progress, trainer=None) -> None:
+def train_networks(
+    experiment: Experiment, networks: List[Network], level: int, start: int, end: int, progress: Progress, trainer=None
+) -> None:
     """Train ``networks`` over [start, end) as one group: chunk by chunk, each network by the
     single-member program (its bits do not depend on the others), checkpointed together
     (``trainer``: another than the experiment's, e.g. with sparse training's mask updates)."""
@@ -264,9 +287,18 @@ def train_networks(experiment: Experiment, networks: List[Network], level: int, 
     task = progress.add_task(f"level {level} ({density:.1%} of weights): {len(networks)} x {kinds}", total=end - start)
     checkpoints = group_checkpoints(experiment.directory, "train", level, networks, start, end)
     keep = sorted({s for m in experiment.methods for s in m.keep_steps(experiment, networks, start, end)})
-    states, histories, kept, seconds = experiment.train(states, networks, level, start, end,
-                                                        lambda n: progress.advance(task, n), trainer=trainer, keep=keep,
-                                                        checkpoints=checkpoints, say=progress.console.print)
+    states, histories, kept, seconds = experiment.train(
+        states,
+        networks,
+        level,
+        start,
+        end,
+        lambda n: progress.advance(task, n),
+        trainer=trainer,
+        keep=keep,
+        checkpoints=checkpoints,
+        say=progress.console.print,
+    )
     outcomes = [m.after_training(experiment, networks, states, kept, histories, end) for m in experiment.methods]
     recorded = ("ticket", *experiment.cfg.controls)  # a method's networks beside a ticket are folded into it
     for i, network in sorted(enumerate(networks), key=lambda item: item[1].kind != "ticket"):  # tickets' dirs first
@@ -281,8 +313,17 @@ def train_networks(experiment: Experiment, networks: List[Network], level: int, 
     remove_checkpoints(checkpoints)
 
 
-def save_network(experiment: Experiment, network: Network, level: int, start: int, finished, history, seconds,
-                 group_size: int, outcomes: List[Outcome] = ()):
+def save_network(
+    experiment: Experiment,
+    network: Network,
+    level: int,
+    start: int,
+    finished,
+    history,
+    seconds,
+    group_size: int,
+    outcomes: List[Outcome] = (),
+):
     """Write a network's results to ``<directory>.partial`` and rename it into place, with what
     its methods add (``outcomes`` of training: an early-bird draw, SWAMP's particles)."""
     work_dir = fresh(network.directory + ".partial")

@@ -77,8 +77,12 @@ def plot(paths, file: str, title: str) -> None:
 
     figure, axis = plt.subplots(figsize=(5, 3.5))
     for i, path in enumerate(paths):
-        axis.plot(path["alphas"], 100 * np.asarray(path["test_error"]), marker=".",
-                  label=f"replicate {i}: barrier {100 * path['barrier']:.2f}%")
+        axis.plot(
+            path["alphas"],
+            100 * np.asarray(path["test_error"]),
+            marker=".",
+            label=f"replicate {i}: barrier {100 * path['barrier']:.2f}%",
+        )
     axis.set_xlabel("interpolation α")
     axis.set_ylabel("test error (%)")
     axis.set_title(title)
@@ -111,8 +115,17 @@ def run(experiment: Experiment, level: int, progress, start_state: Callable[[int
     states = training.stack([network.state for network in networks])
     task = progress.add_task(f"level {level}: linear mode connectivity, {len(networks)} copies", total=end - start)
     checkpoints = group_checkpoints(experiment.directory, "lmc", level, networks, start, end)
-    states, _, _, _ = experiment.train(states, networks, level, start, end, lambda n: progress.advance(task, n),
-                                       evaluate=False, checkpoints=checkpoints, say=progress.console.print)
+    states, _, _, _ = experiment.train(
+        states,
+        networks,
+        level,
+        start,
+        end,
+        lambda n: progress.advance(task, n),
+        evaluate=False,
+        checkpoints=checkpoints,
+        say=progress.console.print,
+    )
     for i in range(0, len(networks), 2):
         copies = [training.unstack(states, j) for j in (i, i + 1)]
         a, b = ({key: c[key] for key in ("params", "batch_stats")} for c in copies)
@@ -154,8 +167,13 @@ def between_levels(experiment: Experiment, level: int, say=print) -> int:
         mask = experiment.load(this_level, "ticket")["mask"]
         a = {"params": masks.apply_mask(previous["params"], mask), "batch_stats": previous["batch_stats"]}
         path = error_along_path(experiment.trainer, a, experiment.load(this_level, "trained"), points)
-        path.update(level=level, replicate=replicate, start_step=experiment.segment(level)[0], points=points,
-                    endpoints=[f"level {level - 1} trained, pruned to level {level}'s mask", f"level {level} trained"])
+        path.update(
+            level=level,
+            replicate=replicate,
+            start_step=experiment.segment(level)[0],
+            points=points,
+            endpoints=[f"level {level - 1} trained, pruned to level {level}'s mask", f"level {level} trained"],
+        )
         work_dir = fresh(directory + ".partial")
         write_json(paths.metrics_file(work_dir), path)
         if hosts.primary():
@@ -180,14 +198,19 @@ def remeasure(experiment: Experiment, level: int, replicate: int, directory: str
     if had == points:
         return
     if not os.path.isdir(os.path.join(directory, "copy_a")):
-        raise LotteryError(f"{directory} was measured at {had} points and its copies were not kept (an older "
-                           f"version); ask for lmc.points={had}, or delete that directory to train the copies "
-                           f"again and measure {points} points")
+        raise LotteryError(
+            f"{directory} was measured at {had} points and its copies were not kept (an older "
+            f"version); ask for lmc.points={had}, or delete that directory to train the copies "
+            f"again and measure {points} points"
+        )
     a, b = (experiment.load(directory, what) for what in ("copy_a", "copy_b"))
     path = measure(experiment, level, replicate, measured["start_step"], a, b, directory)
     experiment.invocation.add(level=level, replicate=replicate, kind="lmc", points=points, remeasured_from=had)
-    say(f"level {level}, replicate {replicate}: LMC path measured again at {points} points from its saved copies "
-        f"(was {had}): barrier {100 * path['barrier']:.2f}% (was {100 * measured['barrier']:.2f}%)")
-    density = masks.density(masks.counts(experiment.load(experiment.level_dir(replicate, level), "ticket")["mask"],
-                                         experiment.prunable))
+    say(
+        f"level {level}, replicate {replicate}: LMC path measured again at {points} points from its saved copies "
+        f"(was {had}): barrier {100 * path['barrier']:.2f}% (was {100 * measured['barrier']:.2f}%)"
+    )
+    density = masks.density(
+        masks.counts(experiment.load(experiment.level_dir(replicate, level), "ticket")["mask"], experiment.prunable)
+    )
     experiment.tracker.log_lmc(replicate, level, density, path)

@@ -105,8 +105,9 @@ class Method:
     def keep_steps(self, experiment, networks: List[Network], start: int, end: int) -> List[int]:
         return []
 
-    def after_training(self, experiment, networks: List[Network], states, kept: Dict[int, dict], histories,
-                       end: int) -> Dict[int, Outcome]:
+    def after_training(
+        self, experiment, networks: List[Network], states, kept: Dict[int, dict], histories, end: int
+    ) -> Dict[int, Outcome]:
         return {}
 
     # --- what is recorded ---
@@ -150,18 +151,25 @@ def choose(experiment) -> Tuple[Method, ...]:
     """The methods of ``experiment.cfg``: the one that makes its tickets first (IMP when no other
     does), then those that change how they train."""
     chosen = [cls for cls in REGISTRY if cls.chosen(experiment.cfg)]
-    makers = [cls for cls in chosen if cls.makes_tickets and not cls.fallback] or \
-        [cls for cls in chosen if cls.makes_tickets]
+    makers = [cls for cls in chosen if cls.makes_tickets and not cls.fallback] or [
+        cls for cls in chosen if cls.makes_tickets
+    ]
     if len(makers) != 1:  # ``check`` refuses these first; this says so if one slips past
-        raise LotteryError(f"{' and '.join(cls.__name__ for cls in makers) or 'no method'} would make this "
-                           "experiment's tickets; choose one")
+        raise LotteryError(
+            f"{' and '.join(cls.__name__ for cls in makers) or 'no method'} would make this "
+            "experiment's tickets; choose one"
+        )
     return tuple(cls.build(experiment) for cls in makers + [cls for cls in chosen if not cls.makes_tickets])
 
 
 # Settings whose meaning belongs to the method that makes the tickets, at the value that means
 # "nothing asked": a method declares those it honours; any other set away from it is refused.
-SETTINGS = {"retrain": "rewind", "rewind_optimizer": False, "pruning.criterion": "magnitude",
-            "pruning.structure": "weights"}
+SETTINGS = {
+    "retrain": "rewind",
+    "rewind_optimizer": False,
+    "pruning.criterion": "magnitude",
+    "pruning.structure": "weights",
+}
 
 
 def check(cfg) -> None:
@@ -174,29 +182,40 @@ def check(cfg) -> None:
 
     text = lambda value: str(value).lower() if isinstance(value, bool) else str(value)
     chosen = [cls for cls in REGISTRY if cls.chosen(cfg)]
-    makers = [cls for cls in chosen if cls.makes_tickets and not cls.fallback] or \
-        [cls for cls in chosen if cls.makes_tickets]
+    makers = [cls for cls in chosen if cls.makes_tickets and not cls.fallback] or [
+        cls for cls in chosen if cls.makes_tickets
+    ]
     if len(makers) > 1:
-        raise LotteryError(f"{makers[0].switch(cfg)} and {makers[1].switch(cfg)}: each makes the levels' tickets "
-                           f"({makers[0].label}; {makers[1].label}); choose one")
+        raise LotteryError(
+            f"{makers[0].switch(cfg)} and {makers[1].switch(cfg)}: each makes the levels' tickets "
+            f"({makers[0].label}; {makers[1].label}); choose one"
+        )
     maker = makers[0]
     made_by = f"{maker.label} ({maker.switch(cfg)})" if maker.switch(cfg) else maker.label
     for key, default in SETTINGS.items():
         value = OmegaConf.select(cfg, key)
         if value != default and key not in maker.honours:
-            raise LotteryError(f"{key}={text(value)}: {made_by} makes this experiment's tickets and does not use it; "
-                               f"leave {key} at {text(default)}")
+            raise LotteryError(
+                f"{key}={text(value)}: {made_by} makes this experiment's tickets and does not use it; "
+                f"leave {key} at {text(default)}"
+            )
     for other in chosen:
         if not other.makes_tickets and maker.__name__ not in other.works_with:
-            raise LotteryError(f"{other.switch(cfg)}: {other.label} changes how the tickets of "
-                               f"{' or '.join(REGISTRY_LABELS[name] for name in other.works_with)} train; "
-                               f"{made_by} makes this experiment's")
+            raise LotteryError(
+                f"{other.switch(cfg)}: {other.label} changes how the tickets of "
+                f"{' or '.join(REGISTRY_LABELS[name] for name in other.works_with)} train; "
+                f"{made_by} makes this experiment's"
+            )
     if "invert" in cfg.controls and not maker.ranks:
-        raise LotteryError(f"controls: invert reverses the ranking that made a ticket, which {made_by} has none of; "
-                           "use the other controls")
+        raise LotteryError(
+            f"controls: invert reverses the ranking that made a ticket, which {made_by} has none of; "
+            "use the other controls"
+        )
     if cfg.lmc.between_levels and not maker.between_levels:
-        raise LotteryError(f"lmc.between_levels=true: connectivity between consecutive levels is IMP's (each level "
-                           f"pruned from the last); {made_by} trains each level on its own")
+        raise LotteryError(
+            f"lmc.between_levels=true: connectivity between consecutive levels is IMP's (each level "
+            f"pruned from the last); {made_by} trains each level on its own"
+        )
 
 
 REGISTRY_LABELS: Dict[str, str] = {}  # class name -> label, for messages

@@ -38,10 +38,12 @@ class SparseTraining(Method):
     def build(cls, experiment) -> "SparseTraining":
         cfg = experiment.cfg
         if experiment.rewind != 0:
-            raise LotteryError(f"rewind={cfg.rewind}: sparsity.method={cfg.sparsity.method} trains each level from θ0; "
-                               "use rewind=0it")
-        every = Step.parse(cfg.sparsity.update_every, experiment.trainer.iterations_per_epoch,
-                           "sparsity.update_every").iteration
+            raise LotteryError(
+                f"rewind={cfg.rewind}: sparsity.method={cfg.sparsity.method} trains each level from θ0; use rewind=0it"
+            )
+        every = Step.parse(
+            cfg.sparsity.update_every, experiment.trainer.iterations_per_epoch, "sparsity.update_every"
+        ).iteration
         if every <= 0:
             raise LotteryError(f"sparsity.update_every={cfg.sparsity.update_every} must be longer than 0 iterations")
         schedule = sparse.Schedule.of(cfg, experiment.end, every)
@@ -78,15 +80,25 @@ class SparseTraining(Method):
             return {}
         remaining = lambda mask: sum(c["remaining"] for c in masks.counts(mask, experiment.prunable).values())
         events = self.updates.schedule.events
-        return {"sparse_training": {
-            "method": self.cfg.sparsity.method, "distribution": self.cfg.sparsity.distribution,
-            "start_remaining": remaining(start_state["mask"]), "final_remaining": remaining(finished["mask"]),
-            "updates": len(events) if self.updating is not None else 0, "update_steps": [int(e) for e in events]}}
+        return {
+            "sparse_training": {
+                "method": self.cfg.sparsity.method,
+                "distribution": self.cfg.sparsity.distribution,
+                "start_remaining": remaining(start_state["mask"]),
+                "final_remaining": remaining(finished["mask"]),
+                "updates": len(events) if self.updating is not None else 0,
+                "update_steps": [int(e) for e in events],
+            }
+        }
 
     def saved_start(self, start_state: dict, finished: dict) -> dict:
         if "sparse" not in start_state:  # trained without mask updates: its ticket is the mask it started with
             return start_state
-        return {**start_state, "mask": finished["mask"], "params": masks.apply_mask(start_state["params"], finished["mask"])}
+        return {
+            **start_state,
+            "mask": finished["mask"],
+            "params": masks.apply_mask(start_state["params"], finished["mask"]),
+        }
 
     def cost(self, experiment, level: int, start: int, end: int, copies: int):
         """One training, θk's k steps included (k = 0: sparse training starts from θ0)."""

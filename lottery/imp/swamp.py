@@ -37,8 +37,10 @@ def check(cfg) -> None:
     if s.particles < 1:
         raise LotteryError(f"swamp.particles={s.particles} must be 1 or more (1: no weight averaging)")
     if not 0 < s.average_from <= 1:
-        raise LotteryError(f"swamp.average_from={s.average_from} must be in (0, 1]: the fraction of training after "
-                           "which each particle averages its epoch-end weights (1: final weights only)")
+        raise LotteryError(
+            f"swamp.average_from={s.average_from} must be in (0, 1]: the fraction of training after "
+            "which each particle averages its epoch-end weights (1: final weights only)"
+        )
     # the methods it works with: imp/method.py's check (Swamp.works_with)
 
 
@@ -64,24 +66,36 @@ def average(experiment, networks: List[Network], states, kept: Dict[int, dict], 
     (``trained``), its evaluation (``history``), and each particle's average (``particles``)."""
     out = {}
     for replicate in sorted({n.replicate for n in networks if n.kind == "ticket"}):
-        members = [i for i, n in enumerate(networks) if n.replicate == replicate
-                   and (n.kind == "ticket" or n.kind.startswith(PARTICLE))]
+        members = [
+            i
+            for i, n in enumerate(networks)
+            if n.replicate == replicate and (n.kind == "ticket" or n.kind.startswith(PARTICLE))
+        ]
         averages = []
         for i in members:  # each particle: its epoch-end weights from average_from, and its final ones
             snapshots = [training.unstack(kept[s], i) for s in sorted(kept)] + [training.unstack(states, i)]
             averages.append(_mean([{k: s[k] for k in ("params", "batch_stats")} for s in snapshots]))
         trained = _mean(averages)
         evaluated = {split: experiment.trainer.evaluate(training.stack([trained]), split) for split in ("val", "test")}
-        record = {"step": histories[members[0]][-1]["step"],
-                  "train_loss": float(np.mean([histories[i][-1]["train_loss"] for i in members]))}
+        record = {
+            "step": histories[members[0]][-1]["step"],
+            "train_loss": float(np.mean([histories[i][-1]["train_loss"] for i in members])),
+        }
         for split, result in evaluated.items():
             if result is not None:
                 record[f"{split}_loss"], record[f"{split}_accuracy"] = float(result[0][0]), float(result[1][0])
         tested = experiment.trainer.evaluate(training.stack(averages), "test")  # each particle's average, one call
-        out[replicate] = {"trained": trained, "history": [record], "particles": averages,
-                          "record": {"particles": len(members), "average_from": experiment.cfg.swamp.average_from,
-                                     "snapshots": len(kept) + 1,
-                                     "particle_test_accuracy": None if tested is None else [float(a) for a in tested[1]]}}
+        out[replicate] = {
+            "trained": trained,
+            "history": [record],
+            "particles": averages,
+            "record": {
+                "particles": len(members),
+                "average_from": experiment.cfg.swamp.average_from,
+                "snapshots": len(kept) + 1,
+                "particle_test_accuracy": None if tested is None else [float(a) for a in tested[1]],
+            },
+        }
     return out
 
 
@@ -92,8 +106,12 @@ def save_particles(work_dir: str, averaged: dict) -> None:
 
 def _mean(trees):
     """The elementwise mean of pytrees of host arrays, in float32, summed in order (deterministic)."""
-    return jax.tree.map(lambda *leaves: (np.sum(np.stack([np.asarray(l, np.float32) for l in leaves]), axis=0)
-                                         / np.float32(len(leaves))).astype(np.asarray(leaves[0]).dtype), *trees)
+    return jax.tree.map(
+        lambda *leaves: (
+            np.sum(np.stack([np.asarray(leaf, np.float32) for leaf in leaves]), axis=0) / np.float32(len(leaves))
+        ).astype(np.asarray(leaves[0]).dtype),
+        *trees,
+    )
 
 
 @method
@@ -130,7 +148,13 @@ class Swamp(Method):
         if not any(n.kind.startswith(PARTICLE) for n in networks):
             return {}
         averaged = average(experiment, networks, states, kept, histories)
-        return {i: Outcome(trained=averaged[n.replicate]["trained"], history=averaged[n.replicate]["history"],
-                           record={"swamp": averaged[n.replicate]["record"]},
-                           save=lambda work_dir, a=averaged[n.replicate]: save_particles(work_dir, a))
-                for i, n in enumerate(networks) if n.kind == "ticket" and n.replicate in averaged}
+        return {
+            i: Outcome(
+                trained=averaged[n.replicate]["trained"],
+                history=averaged[n.replicate]["history"],
+                record={"swamp": averaged[n.replicate]["record"]},
+                save=lambda work_dir, a=averaged[n.replicate]: save_particles(work_dir, a),
+            )
+            for i, n in enumerate(networks)
+            if n.kind == "ticket" and n.replicate in averaged
+        }

@@ -45,7 +45,9 @@ def check(cfg) -> None:
     """What a transfer experiment cannot also be (no data needed; controls: controls.check)."""
     transfer = cfg.transfer
     if transfer.weights not in WEIGHTS:
-        raise LotteryError(f"transfer.weights={transfer.weights!r} is not an option; choose one of: {', '.join(WEIGHTS)}")
+        raise LotteryError(
+            f"transfer.weights={transfer.weights!r} is not an option; choose one of: {', '.join(WEIGHTS)}"
+        )
     if transfer.source is None:
         return
     # what a transfer cannot be beside (retrain, rewind_optimizer, another method): imp/method.py's check
@@ -76,13 +78,17 @@ def source_directory(cfg, data_fingerprint: str) -> str:
     try:
         source_cfg = _compose(overrides)
     except Exception as error:  # Hydra's many exception types for a bad override
-        raise LotteryError(f"transfer.source={source!r}: neither a directory nor an experiment's overrides "
-                           f"({type(error).__name__}: {str(error).splitlines()[0]})") from None
+        raise LotteryError(
+            f"transfer.source={source!r}: neither a directory nor an experiment's overrides "
+            f"({type(error).__name__}: {str(error).splitlines()[0]})"
+        ) from None
     if not any(o.lstrip("+~").split("=", 1)[0] == "output_dir" for o in overrides):
         with open_dict(source_cfg):  # set, not composed: a path may hold what overrides cannot (= ,)
             source_cfg.output_dir = cfg.output_dir
     if source_cfg.transfer.source is not None:
-        raise LotteryError(f"transfer.source={source!r}: is itself a transfer; name the experiment that found the tickets")
+        raise LotteryError(
+            f"transfer.source={source!r}: is itself a transfer; name the experiment that found the tickets"
+        )
     same = OmegaConf.to_container(source_cfg.dataset) == OmegaConf.to_container(cfg.dataset)
     fingerprint = data_fingerprint if same else datasets.load(source_cfg.dataset).fingerprint
     return paths.experiment_directory(source_cfg, fingerprint)
@@ -94,42 +100,55 @@ class Source:
     def __init__(self, directory: str, weights: str):
         self.directory, self.weights = directory, weights
 
-    def check(self, replicates: int, levels: int, templates: dict, experiment_dir: str,
-              structure: str = "weights") -> None:
+    def check(
+        self, replicates: int, levels: int, templates: dict, experiment_dir: str, structure: str = "weights"
+    ) -> None:
         """Before anything is written: the source has every ticket this experiment starts from, and
         they have this experiment's parameter shapes (``templates``: its params and batch_stats)."""
         source = self.directory
         saved = read_source_identity(source)
         made_as = (saved.get("pruning") or {}).get("structure", "weights")
         if made_as != structure:  # its controls and warnings are this experiment's structure's
-            raise LotteryError(f"transfer.source: {source} pruned {made_as}; this experiment has "
-                               f"pruning.structure={structure}: set pruning.structure={made_as}")
+            raise LotteryError(
+                f"transfer.source: {source} pruned {made_as}; this experiment has "
+                f"pruning.structure={structure}: set pruning.structure={made_as}"
+            )
         if saved.get("retrain", "rewind") != "rewind" or saved.get("transfer"):
             what = f"retrain={saved['retrain']}" if saved.get("retrain", "rewind") != "rewind" else "itself a transfer"
-            raise LotteryError(f"transfer.source: {source} is {what}: its tickets do not start from its θk (or θ0) under "
-                               "their masks, so neither they nor their controls would be what they are called; transfer "
-                               "from an experiment that rewinds (retrain=rewind)")
+            raise LotteryError(
+                f"transfer.source: {source} is {what}: its tickets do not start from its θk (or θ0) under "
+                "their masks, so neither they nor their controls would be what they are called; transfer "
+                "from an experiment that rewinds (retrain=rewind)"
+            )
         for replicate in range(replicates):
             for level in range(levels + 1):  # level 0: θ0 and θk, the controls' start weights
                 directory = paths.level_dir(source, replicate, level)
                 metrics_file = paths.metrics_file(directory)
                 if not (os.path.isfile(metrics_file) and os.path.isdir(paths.ticket_dir(directory))):
-                    raise LotteryError(f"transfer.source: {directory} is not a finished level; the source must have levels "
-                                       f"0..{levels} of replicates 0..{replicates - 1} (run it with at least "
-                                       f"levels={levels} replicates={replicates})")
+                    raise LotteryError(
+                        f"transfer.source: {directory} is not a finished level; the source must have levels "
+                        f"0..{levels} of replicates 0..{replicates - 1} (run it with at least "
+                        f"levels={levels} replicates={replicates})"
+                    )
                 try:  # a level is finished only with its result (the report, export, similarity read it)
                     read_json(metrics_file, NETWORK_KEYS)
                 except LotteryError:
-                    raise LotteryError(f"transfer.source: {metrics_file}: not a readable lottery result; the source is "
-                                       f"damaged there: delete {directory} and run the source experiment again") from None
+                    raise LotteryError(
+                        f"transfer.source: {metrics_file}: not a readable lottery result; the source is "
+                        f"damaged there: delete {directory} and run the source experiment again"
+                    ) from None
         for metrics_file in sorted(glob.glob(paths.metrics_file(paths.level_dir(experiment_dir, "*", "*")))):
             try:
                 origin = json.load(open(metrics_file)).get("transfer")
             except (OSError, ValueError):
                 continue  # a damaged result is named where it is read
             if origin and os.path.realpath(origin["source"]) != os.path.realpath(source):
-                print(f"note: {metrics_file} was transferred from {origin['source']}; this invocation's source is {source} "
-                      "(the same experiment by its hash, another copy of it)", file=sys.stderr)
+                print(
+                    f"note: {metrics_file} was transferred from {origin['source']}; this invocation's source is "
+                    f"{source} "
+                    "(the same experiment by its hash, another copy of it)",
+                    file=sys.stderr,
+                )
                 break
         if levels < 1:
             return
@@ -143,7 +162,8 @@ class Source:
                     raise LotteryError(
                         f"transfer.source: {first}/ticket has {group} {name} of shape "
                         f"{theirs.get(name, 'none')}, this experiment's model has {mine.get(name, 'none')}; a ticket "
-                        "transfers to the same model on inputs of the same shape")
+                        "transfers to the same model on inputs of the same shape"
+                    )
 
     def mask(self, replicate: int, level: int, template: dict):
         """The mask of the source's ticket at ``level`` (``template``: a saved ticket's structure)."""
@@ -158,16 +178,22 @@ class Source:
         level_0 = paths.level_dir(self.directory, replicate, 0)
         if self.weights == "init":
             return load_tree(paths.ticket_dir(level_0), templates["ticket"], then=REPAIR)  # θ0, dense
-        found = read_flat(os.path.join(level_0, "rewind_point"), ("params", "batch_stats"), exact=False, separator="/",
-                          then=REPAIR)
+        found = read_flat(
+            os.path.join(level_0, "rewind_point"), ("params", "batch_stats"), exact=False, separator="/", then=REPAIR
+        )
         return {group: masks.unflatten(templates[group], found[group]) for group in ("params", "batch_stats")}
 
     def recorded(self, replicate: int, level: int) -> Optional[dict]:
         """What metrics.json says of a transferred network's origin (None on level 0: not transferred)."""
         if level == 0:
             return None
-        return {"source": self.directory, "hash": source_hash(self.directory), "replicate": replicate, "level": level,
-                "weights": self.weights}
+        return {
+            "source": self.directory,
+            "hash": source_hash(self.directory),
+            "replicate": replicate,
+            "level": level,
+            "weights": self.weights,
+        }
 
 
 def resolve(cfg, data_fingerprint: str, rewind: int):
@@ -176,8 +202,10 @@ def resolve(cfg, data_fingerprint: str, rewind: int):
     if cfg.transfer.source is None:
         return cfg
     if rewind != 0:
-        raise LotteryError(f"rewind={cfg.rewind}: a transfer experiment trains its tickets from step 0 (their start "
-                           "weights are the source's); use rewind=0it")
+        raise LotteryError(
+            f"rewind={cfg.rewind}: a transfer experiment trains its tickets from step 0 (their start "
+            "weights are the source's); use rewind=0it"
+        )
     directory = source_directory(cfg, data_fingerprint)
     cfg = OmegaConf.create(OmegaConf.to_container(cfg))
     cfg.transfer.source = directory  # hashed by its config.yaml, recorded as resolved
@@ -209,8 +237,13 @@ class Transfer(Method):
     def build(cls, experiment) -> "Transfer":
         cfg, trainer = experiment.cfg, experiment.trainer
         source = Source(cfg.transfer.source, cfg.transfer.weights)
-        source.check(cfg.replicates, cfg.levels, {"params": trainer.init_params, "batch_stats": trainer.init_batch_stats},
-                     experiment.directory, cfg.pruning.structure)
+        source.check(
+            cfg.replicates,
+            cfg.levels,
+            {"params": trainer.init_params, "batch_stats": trainer.init_batch_stats},
+            experiment.directory,
+            cfg.pruning.structure,
+        )
         return cls(source)
 
     def mask(self, experiment, replicate: int, level: int):
@@ -219,8 +252,11 @@ class Transfer(Method):
     def rewound(self, experiment, replicate: int, mask) -> dict:
         """The source's start weights under ``mask``, with a fresh optimizer state."""
         trainer = experiment.trainer
-        templates = {"params": trainer.init_params, "batch_stats": trainer.init_batch_stats,
-                     "ticket": experiment.template("ticket")}
+        templates = {
+            "params": trainer.init_params,
+            "batch_stats": trainer.init_batch_stats,
+            "ticket": experiment.template("ticket"),
+        }
         start = self.source.start_weights(replicate, templates)
         return trainer.init_state(start["params"], start["batch_stats"], mask)
 

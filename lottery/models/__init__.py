@@ -40,8 +40,15 @@ INITIALIZERS = {
 }
 
 
-_UNITS = {"lenet": lenet.units, "conv2": conv.units, "conv4": conv.units, "conv6": conv.units, "resnet": resnet.units,
-          "vgg": vgg.units, "vit": lambda shapes, cfg: vit.units(shapes, cfg.heads)}
+_UNITS = {
+    "lenet": lenet.units,
+    "conv2": conv.units,
+    "conv4": conv.units,
+    "conv6": conv.units,
+    "resnet": resnet.units,
+    "vgg": vgg.units,
+    "vit": lambda shapes, cfg: vit.units(shapes, cfg.heads),
+}
 
 
 def units(cfg, shapes) -> list:
@@ -61,11 +68,15 @@ def check(cfg) -> None:
     if cfg.name not in _BUILDERS:
         raise LotteryError(f"model.name={cfg.name!r} is not a model; choose one of: {', '.join(names())}")
     if cfg.init not in INITIALIZERS:
-        raise LotteryError(f"model.init={cfg.init!r} is not an initializer; choose one of: {', '.join(sorted(INITIALIZERS))}")
+        raise LotteryError(
+            f"model.init={cfg.init!r} is not an initializer; choose one of: {', '.join(sorted(INITIALIZERS))}"
+        )
     if cfg.name == "resnet" and (cfg.depth < 8 or (cfg.depth - 2) % 6):
         raise LotteryError(f"model.depth={cfg.depth} is not a CIFAR ResNet depth: expected 6n+2, e.g. 20, 56, 110")
     if cfg.name == "vgg" and cfg.depth not in vgg.PLANS:
-        raise LotteryError(f"model.depth={cfg.depth} is not a VGG depth; choose one of: {', '.join(map(str, vgg.PLANS))}")
+        raise LotteryError(
+            f"model.depth={cfg.depth} is not a VGG depth; choose one of: {', '.join(map(str, vgg.PLANS))}"
+        )
     if cfg.name in ("lenet", "resnet") and (min(cfg.hidden, default=1) < 1 or cfg.width < 1):
         raise LotteryError("model.hidden and model.width must be positive")
     if cfg.name == "vit":
@@ -73,18 +84,24 @@ def check(cfg) -> None:
     else:
         for key in VIT_KEYS:
             if getattr(cfg, key, None) is not None:
-                raise LotteryError(f"model.{key}={getattr(cfg, key, None)} is a ViT size; model {cfg.name} does not use it "
-                                   f"(it would name another experiment): leave it unset")
+                raise LotteryError(
+                    f"model.{key}={getattr(cfg, key, None)} is a ViT size; model {cfg.name} does not use it "
+                    f"(it would name another experiment): leave it unset"
+                )
 
 
 def _check_vit(cfg) -> None:
     for key in ("patch", "dim", "heads", "mlp_dim", "depth"):
         value = getattr(cfg, key, None)
         if value is None or value < 1:
-            raise LotteryError(f"model.{key}={value}: the ViT needs a positive {key} (conf/model/vit.yaml sets them all)")
+            raise LotteryError(
+                f"model.{key}={value}: the ViT needs a positive {key} (conf/model/vit.yaml sets them all)"
+            )
     if cfg.head_dim is None and cfg.dim % cfg.heads:
-        raise LotteryError(f"model.dim={cfg.dim} is not a multiple of model.heads={cfg.heads}: each head is dim / heads "
-                           "wide; change one, or set model.head_dim")
+        raise LotteryError(
+            f"model.dim={cfg.dim} is not a multiple of model.heads={cfg.heads}: each head is dim / heads "
+            "wide; change one, or set model.head_dim"
+        )
     if cfg.head_dim is not None and cfg.head_dim < 1:
         raise LotteryError(f"model.head_dim={cfg.head_dim} must be positive (or null: dim / heads)")
 
@@ -96,21 +113,28 @@ def check_input(cfg, input_shape, dataset: str) -> None:
     if cfg.name == "lenet":
         return
     if len(input_shape) != 3:
-        raise LotteryError(f"model {cfg.name} needs images (height, width, channels); dataset {dataset} has inputs of shape {tuple(input_shape)}")
+        raise LotteryError(
+            f"model {cfg.name} needs images (height, width, channels); dataset {dataset} has inputs of shape "
+            f"{tuple(input_shape)}"
+        )
     if cfg.name == "vit":
         height, width = input_shape[:2]
         if height % cfg.patch or width % cfg.patch:
-            raise LotteryError(f"model vit cuts images into {cfg.patch}x{cfg.patch} patches (model.patch); dataset "
-                               f"{dataset} has {height}x{width} images, not a whole number of patches: choose a patch "
-                               f"that divides {height} and {width}")
+            raise LotteryError(
+                f"model vit cuts images into {cfg.patch}x{cfg.patch} patches (model.patch); dataset "
+                f"{dataset} has {height}x{width} images, not a whole number of patches: choose a patch "
+                f"that divides {height} and {width}"
+            )
         return
     plan = conv.PLANS.get(cfg.name) or (vgg.PLANS[cfg.depth] if cfg.name == "vgg" else [])
     pools = plan.count("M")
     height, width = input_shape[:2]
     if min(height, width) < 2**pools:
-        raise LotteryError(f"model {cfg.name}{f' (depth {cfg.depth})' if cfg.name == 'vgg' else ''} halves its input "
-                           f"{pools} times (2x2 max-pooling) and needs images of at least {2**pools}x{2**pools} pixels; "
-                           f"dataset {dataset} has {height}x{width}: the input is too small for this model")
+        raise LotteryError(
+            f"model {cfg.name}{f' (depth {cfg.depth})' if cfg.name == 'vgg' else ''} halves its input "
+            f"{pools} times (2x2 max-pooling) and needs images of at least {2**pools}x{2**pools} pixels; "
+            f"dataset {dataset} has {height}x{width}: the input is too small for this model"
+        )
 
 
 def build(cfg, input_shape, num_classes: int, key) -> nnx.Module:

@@ -70,13 +70,21 @@ class ConvNet(nnx.Module):
 def units(shapes):
     """Each conv layer's output channels (its filters; the next conv's input channels, or after the
     flatten every position's copy in the first fc layer) and each fc hidden layer's neurons."""
-    order = lambda prefix: sorted((n for n in shapes if n.startswith(prefix) and n.endswith("/kernel")),
-                                  key=lambda n: int(n.split("/")[1]))
+    order = lambda prefix: sorted(
+        (n for n in shapes if n.startswith(prefix) and n.endswith("/kernel")), key=lambda n: int(n.split("/")[1])
+    )
     convs, fcs = order("convs/"), order("fc/")
     chain = convs + fcs + ["output/kernel"]
-    return [Units("channels" if name in convs else "neurons", (name,), (following,), shapes[name][-1],
-                  companions=(name[:-len("kernel")] + "bias",))
-            for name, following in zip(chain, chain[1:])]
+    return [
+        Units(
+            "channels" if name in convs else "neurons",
+            (name,),
+            (following,),
+            shapes[name][-1],
+            companions=(name[: -len("kernel")] + "bias",),
+        )
+        for name, following in zip(chain, chain[1:])
+    ]
 
 
 def build(cfg, input_shape, num_classes, init, rngs):

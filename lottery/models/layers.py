@@ -40,8 +40,14 @@ class BatchNorm(nnx.BatchNorm):
     """``nnx.BatchNorm`` (same variables: scale, bias, mean, var) that computes as torch's BatchNorm2d."""
 
     def __init__(self, channels: int, rngs: nnx.Rngs):
-        super().__init__(channels, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, scale_init=BN_SCALE_INIT,
-                         use_fast_variance=False, rngs=rngs)
+        super().__init__(
+            channels,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            scale_init=BN_SCALE_INIT,
+            use_fast_variance=False,
+            rngs=rngs,
+        )
 
     def __call__(self, x, use_running_average: bool):
         if use_running_average:

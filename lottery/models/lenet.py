@@ -26,9 +26,7 @@ from lottery.units import Units
 class LeNet(nnx.Module):
     def __init__(self, in_features: int, hidden, num_classes: int, init, rngs: nnx.Rngs):
         widths = [in_features, *hidden]
-        self.hidden = nnx.List(
-            [nnx.Linear(a, b, kernel_init=init, rngs=rngs) for a, b in zip(widths, widths[1:])]
-        )
+        self.hidden = nnx.List([nnx.Linear(a, b, kernel_init=init, rngs=rngs) for a, b in zip(widths, widths[1:])])
         self.output = nnx.Linear(widths[-1], num_classes, kernel_init=init, rngs=rngs)
 
     def __call__(self, x, train: bool = False):
@@ -40,11 +38,15 @@ class LeNet(nnx.Module):
 
 def units(shapes):
     """Each hidden layer's neurons: its kernel's columns and the next layer's rows (pruning/structure.py)."""
-    hidden = sorted((name for name in shapes if name.startswith("hidden/") and name.endswith("/kernel")),
-                    key=lambda name: int(name.split("/")[1]))
+    hidden = sorted(
+        (name for name in shapes if name.startswith("hidden/") and name.endswith("/kernel")),
+        key=lambda name: int(name.split("/")[1]),
+    )
     after = hidden[1:] + ["output/kernel"]
-    return [Units("neurons", (name,), (following,), shapes[name][-1], companions=(name[:-len("kernel")] + "bias",))
-            for name, following in zip(hidden, after)]
+    return [
+        Units("neurons", (name,), (following,), shapes[name][-1], companions=(name[: -len("kernel")] + "bias",))
+        for name, following in zip(hidden, after)
+    ]
 
 
 def build(cfg, input_shape, num_classes, init, rngs):

@@ -30,15 +30,24 @@ from lottery.units import Units
 class Block(nnx.Module):
     def __init__(self, channels_in: int, channels_out: int, downsample: bool, init, rngs: nnx.Rngs):
         stride = (2, 2) if downsample else (1, 1)
-        conv3x3 = lambda a, b, s: nnx.Conv(a, b, (3, 3), strides=s, padding=PAD_3X3, use_bias=False,
-                                           kernel_init=init, rngs=rngs)
+        conv3x3 = lambda a, b, s: nnx.Conv(
+            a, b, (3, 3), strides=s, padding=PAD_3X3, use_bias=False, kernel_init=init, rngs=rngs
+        )
         self.conv1 = conv3x3(channels_in, channels_out, stride)
         self.bn1 = BatchNorm(channels_out, rngs)
         self.conv2 = conv3x3(channels_out, channels_out, (1, 1))
         self.bn2 = BatchNorm(channels_out, rngs)
         if downsample or channels_in != channels_out:
-            self.shortcut_conv = nnx.Conv(channels_in, channels_out, (1, 1), strides=stride, padding="VALID",
-                                          use_bias=False, kernel_init=init, rngs=rngs)
+            self.shortcut_conv = nnx.Conv(
+                channels_in,
+                channels_out,
+                (1, 1),
+                strides=stride,
+                padding="VALID",
+                use_bias=False,
+                kernel_init=init,
+                rngs=rngs,
+            )
             self.shortcut_bn = BatchNorm(channels_out, rngs)
         else:
             self.shortcut_conv = None
@@ -63,8 +72,9 @@ class ResNet(nnx.Module):
                 blocks.append(Block(channels, out, downsample=stage > 0 and i == 0, init=init, rngs=rngs))
                 channels = out
         self.blocks = nnx.List(blocks)
-        self.output = nnx.Linear(channels, num_classes, kernel_init=init, bias_init=torch_bias_init(channels),
-                                 rngs=rngs)
+        self.output = nnx.Linear(
+            channels, num_classes, kernel_init=init, bias_init=torch_bias_init(channels), rngs=rngs
+        )
 
     def __call__(self, x, train: bool = False):
         x = jax.nn.relu(self.bn(self.conv(x), use_running_average=not train))
@@ -77,10 +87,20 @@ def units(shapes):
     """The output channels of each block's first conv (with their batch-norm entries), read by the
     block's second conv only. Every other conv's channels meet the residual sum, where a pruned
     channel would still carry the shortcut: they are not units (Li et al. 2017, Sec. 3.3)."""
-    firsts = sorted((n for n in shapes if n.startswith("blocks/") and n.endswith("/conv1/kernel")),
-                    key=lambda n: int(n.split("/")[1]))
-    return [Units("channels", (name,), (name.replace("conv1", "conv2"),), shapes[name][-1],
-                  companions=(name.replace("conv1/kernel", "bn1/"),)) for name in firsts]
+    firsts = sorted(
+        (n for n in shapes if n.startswith("blocks/") and n.endswith("/conv1/kernel")),
+        key=lambda n: int(n.split("/")[1]),
+    )
+    return [
+        Units(
+            "channels",
+            (name,),
+            (name.replace("conv1", "conv2"),),
+            shapes[name][-1],
+            companions=(name.replace("conv1/kernel", "bn1/"),),
+        )
+        for name in firsts
+    ]
 
 
 def build(cfg, input_shape, num_classes, init, rngs):

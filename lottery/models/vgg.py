@@ -33,15 +33,25 @@ class VGG(nnx.Module):
         convs, norms, channels = [], [], channels_in
         for entry in plan:
             if entry != "M":
-                convs.append(nnx.Conv(channels, entry, (3, 3), padding=PAD_3X3, kernel_init=init,
-                                      bias_init=torch_bias_init(9 * channels), rngs=rngs))
+                convs.append(
+                    nnx.Conv(
+                        channels,
+                        entry,
+                        (3, 3),
+                        padding=PAD_3X3,
+                        kernel_init=init,
+                        bias_init=torch_bias_init(9 * channels),
+                        rngs=rngs,
+                    )
+                )
                 norms.append(BatchNorm(entry, rngs))
                 channels = entry
         self.plan = tuple(plan)
         self.convs = nnx.List(convs)
         self.norms = nnx.List(norms)
-        self.output = nnx.Linear(channels, num_classes, kernel_init=init, bias_init=torch_bias_init(channels),
-                                 rngs=rngs)
+        self.output = nnx.Linear(
+            channels, num_classes, kernel_init=init, bias_init=torch_bias_init(channels), rngs=rngs
+        )
 
     def __call__(self, x, train: bool = False):
         layers = iter(zip(self.convs, self.norms))
@@ -57,11 +67,20 @@ class VGG(nnx.Module):
 def units(shapes):
     """Each conv layer's output channels with their bias and batch-norm entries: its filters, and the
     next conv's input channels (the last conv's: the output layer's rows, after the mean pooling)."""
-    convs = sorted((n for n in shapes if n.startswith("convs/") and n.endswith("/kernel")), key=lambda n: int(n.split("/")[1]))
+    convs = sorted(
+        (n for n in shapes if n.startswith("convs/") and n.endswith("/kernel")), key=lambda n: int(n.split("/")[1])
+    )
     chain = convs + ["output/kernel"]
-    return [Units("channels", (name,), (following,), shapes[name][-1],
-                  companions=(name[:-len("kernel")] + "bias", f"norms/{name.split('/')[1]}/"))
-            for name, following in zip(chain, chain[1:])]
+    return [
+        Units(
+            "channels",
+            (name,),
+            (following,),
+            shapes[name][-1],
+            companions=(name[: -len("kernel")] + "bias", f"norms/{name.split('/')[1]}/"),
+        )
+        for name, following in zip(chain, chain[1:])
+    ]
 
 
 def build(cfg, input_shape, num_classes, init, rngs):

@@ -117,8 +117,19 @@ class Block(nnx.Module):
 
 
 class ViT(nnx.Module):
-    def __init__(self, input_shape, patch: int, dim: int, depth: int, heads: int, head_dim: int, mlp_dim: int,
-                 num_classes: int, init, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        input_shape,
+        patch: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        head_dim: int,
+        mlp_dim: int,
+        num_classes: int,
+        init,
+        rngs: nnx.Rngs,
+    ):
         height, width, channels = input_shape
         self.patch = patch
         patches = (height // patch) * (width // patch)
@@ -160,13 +171,28 @@ def units(shapes, heads: int):
     for i in blocks:
         attention, mlp = f"blocks/{i}/attention", f"blocks/{i}/mlp"
         width = shapes[f"{attention}/query/kernel"][-1] // heads
-        out.append(Units("heads", tuple(f"{attention}/{p}/kernel" for p in ("query", "key", "value")),
-                         (f"{attention}/out/kernel",), heads, width))
-        out.append(Units("neurons", (f"{mlp}/hidden/kernel",), (f"{mlp}/out/kernel",), shapes[f"{mlp}/hidden/kernel"][-1],
-                         companions=(f"{mlp}/hidden/bias",)))
+        out.append(
+            Units(
+                "heads",
+                tuple(f"{attention}/{p}/kernel" for p in ("query", "key", "value")),
+                (f"{attention}/out/kernel",),
+                heads,
+                width,
+            )
+        )
+        out.append(
+            Units(
+                "neurons",
+                (f"{mlp}/hidden/kernel",),
+                (f"{mlp}/out/kernel",),
+                shapes[f"{mlp}/hidden/kernel"][-1],
+                companions=(f"{mlp}/hidden/bias",),
+            )
+        )
     return out
 
 
 def build(cfg, input_shape, num_classes, init, rngs):
-    return ViT(input_shape, cfg.patch, cfg.dim, cfg.depth, cfg.heads, head_width(cfg), cfg.mlp_dim, num_classes,
-               init, rngs)
+    return ViT(
+        input_shape, cfg.patch, cfg.dim, cfg.depth, cfg.heads, head_width(cfg), cfg.mlp_dim, num_classes, init, rngs
+    )

@@ -119,8 +119,12 @@ def shuffle_layer(context: Context) -> dict:
     return context.rewound(context.structure.random(context.ticket["mask"], context.rng, "layerwise"))
 
 
-@control("invert", stream=3, same_start=True,
-         transfers="reverses the ranking that made a ticket, which a transferred ticket was not made by here")
+@control(
+    "invert",
+    stream=3,
+    same_start=True,
+    transfers="reverses the ranking that made a ticket, which a transferred ticket was not made by here",
+)
 def invert(context: Context) -> dict:
     """The ticket's pruning step with the ranking reversed: in each prunable tensor, of the weights
     the ranking started from (IMP: those the previous level kept, scored on its trained weights;

@@ -48,9 +48,10 @@ def model_apply(trainer, batch_stats, train: bool = False) -> Callable:
 
     ``train=False`` (the default) normalizes with the running statistics (batch norm in eval mode),
     as SynFlow's Algorithm 1 prescribes (step 0: eval mode) and Synaptic-Flow scores every criterion
-    (``prune.py``: ``model.eval()`` unless ``--prune-train-mode``). SynFlow needs it: its input is one all-ones example, whose batch
-    statistics would normalize every channel to its own constant; at initialization the running
-    statistics are (0, 1), so batch norm is the affine map |γ| x + |β| of the |θ| network.
+    (``prune.py``: ``model.eval()`` unless ``--prune-train-mode``). SynFlow needs it: its input is
+    one all-ones example, whose batch statistics would normalize every channel to its own constant; at
+    initialization the running statistics are (0, 1), so batch norm is the affine map |γ| x + |β| of
+    the |θ| network.
     ``train=True`` normalizes with the batch's statistics (GraSP's reference code scores the network in
     train mode), discarding the updated running statistics. Make it once per network and reuse it:
     the criteria compile one program per function."""
@@ -80,15 +81,21 @@ def check(cfg) -> None:
     """The criterion keys of the config (``pruning.*``), before anything runs."""
     p = cfg.pruning
     if p.criterion not in CRITERIA:
-        raise LotteryError(f"pruning.criterion={p.criterion!r} is not a criterion; choose one of: {', '.join(sorted(CRITERIA))}")
+        raise LotteryError(
+            f"pruning.criterion={p.criterion!r} is not a criterion; choose one of: {', '.join(sorted(CRITERIA))}"
+        )
     if p.prune_at not in PRUNE_AT:
-        raise LotteryError(f"pruning.prune_at={p.prune_at!r} is not an option; choose one of: {', '.join(PRUNE_AT)} "
-                           "(trained: IMP; start: pruning before training)")
+        raise LotteryError(
+            f"pruning.prune_at={p.prune_at!r} is not an option; choose one of: {', '.join(PRUNE_AT)} "
+            "(trained: IMP; start: pruning before training)"
+        )
     if p.rounds < 1 or p.examples < 1:
         raise LotteryError(f"pruning.rounds={p.rounds} and pruning.examples={p.examples} must be 1 or more")
     if p.rounds > 1 and p.prune_at != "start":
-        raise LotteryError(f"pruning.rounds={p.rounds} applies to pruning before training (pruning.prune_at=start); "
-                           "IMP's rounds are its levels")
+        raise LotteryError(
+            f"pruning.rounds={p.rounds} applies to pruning before training (pruning.prune_at=start); "
+            "IMP's rounds are its levels"
+        )
 
 
 def score(name: str, context: Context) -> Scores:

@@ -87,17 +87,23 @@ def layerwise_rates(cfg) -> Dict[str, Fraction]:
 
 def check(cfg) -> None:
     if cfg.strategy not in STRATEGIES:
-        raise LotteryError(f"pruning.strategy={cfg.strategy!r} is not a strategy; choose one of: {', '.join(STRATEGIES)}")
+        raise LotteryError(
+            f"pruning.strategy={cfg.strategy!r} is not a strategy; choose one of: {', '.join(STRATEGIES)}"
+        )
     for key in ("rate", "conv_rate", "output_rate"):
         value = getattr(cfg, key)
         if value is not None and not 0 < value < 1:
-            raise LotteryError(f"pruning.{key}={value} must be in (0, 1): the fraction of remaining weights pruned per level")
+            raise LotteryError(
+                f"pruning.{key}={value} must be in (0, 1): the fraction of remaining weights pruned per level"
+            )
     for pattern in cfg.ignore:
         try:
             re.compile(pattern)
         except re.error as error:
-            raise LotteryError(f"pruning.ignore pattern {pattern!r} is not a regular expression ({error}); "
-                               "write e.g. output/kernel or conv_.*/kernel") from None
+            raise LotteryError(
+                f"pruning.ignore pattern {pattern!r} is not a regular expression ({error}); "
+                "write e.g. output/kernel or conv_.*/kernel"
+            ) from None
 
 
 def number_to_prune(rate, remaining: int) -> int:
@@ -164,8 +170,10 @@ def exponential_counts(remaining: int, keep: int, rounds: int) -> List[int]:
     a half, since x^n is an integer), so no platform's pow() can move a count, and round n keeps
     exactly ``keep``."""
     if rounds < 1 or not 0 <= keep <= remaining:
-        raise ValueError(f"an exponential schedule needs rounds >= 1 and 0 <= keep <= remaining, "
-                         f"not rounds={rounds}, keep={keep}, remaining={remaining}")
+        raise ValueError(
+            f"an exponential schedule needs rounds >= 1 and 0 <= keep <= remaining, "
+            f"not rounds={rounds}, keep={keep}, remaining={remaining}"
+        )
     counts = []
     for r in range(1, rounds + 1):
         if keep == 0:

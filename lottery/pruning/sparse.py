@@ -81,13 +81,16 @@ class Method:
     grow: Optional[str] = None  # random | gradient
 
 
-METHODS: Dict[str, Method] = {m.name: m for m in (
-    Method("imp", sparse_start=False, updates="none"),
-    Method("static", sparse_start=True, updates="none"),
-    Method("gmp", sparse_start=False, updates="prune"),
-    Method("set", sparse_start=True, updates="drop_grow", grow="random"),
-    Method("rigl", sparse_start=True, updates="drop_grow", grow="gradient"),
-)}
+METHODS: Dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("imp", sparse_start=False, updates="none"),
+        Method("static", sparse_start=True, updates="none"),
+        Method("gmp", sparse_start=False, updates="prune"),
+        Method("set", sparse_start=True, updates="drop_grow", grow="random"),
+        Method("rigl", sparse_start=True, updates="drop_grow", grow="gradient"),
+    )
+}
 DISTRIBUTIONS = ("imp", "uniform", "erk")
 DECAYS = ("cosine", "constant")
 
@@ -112,32 +115,43 @@ def check(cfg) -> None:
     if s.method == "imp":  # its keys left over (sparsity.levels, distribution, ...): refused by config.check_unused
         return
     if s.distribution not in DISTRIBUTIONS:
-        raise LotteryError(f"sparsity.distribution={s.distribution!r} is not a distribution; choose one of: "
-                           f"{', '.join(DISTRIBUTIONS)}")
+        raise LotteryError(
+            f"sparsity.distribution={s.distribution!r} is not a distribution; choose one of: {', '.join(DISTRIBUTIONS)}"
+        )
     if s.decay not in DECAYS:
         raise LotteryError(f"sparsity.decay={s.decay!r} is not a decay; choose one of: {', '.join(DECAYS)}")
     if not 0 < s.drop_fraction < 1:
         raise LotteryError(f"sparsity.drop_fraction={s.drop_fraction} must be in (0, 1)")
     if not 0 <= s.begin < s.end <= 1:
-        raise LotteryError(f"sparsity.begin={s.begin} and sparsity.end={s.end} must satisfy 0 <= begin < end <= 1 "
-                           "(fractions of training)")
+        raise LotteryError(
+            f"sparsity.begin={s.begin} and sparsity.end={s.end} must satisfy 0 <= begin < end <= 1 "
+            "(fractions of training)"
+        )
     # what it cannot be beside (retrain, criterion, another method): imp/method.py's check
     if METHODS[s.method].updates != "none" and any(level > 0 for level in cfg.lmc.levels):
-        raise LotteryError(f"lmc.levels={list(cfg.lmc.levels)}: linear mode connectivity of {s.method} networks is not "
-                           "built; measure it at level 0 only")
+        raise LotteryError(
+            f"lmc.levels={list(cfg.lmc.levels)}: linear mode connectivity of {s.method} networks is not "
+            "built; measure it at level 0 only"
+        )
     if cfg.pruning.strategy == "global":
         if s.method == "gmp" and s.distribution != "imp":
-            raise LotteryError(f"sparsity.distribution={s.distribution}: GMP with pruning.strategy=global ranks every "
-                               "layer together; use sparsity.distribution=imp or pruning.strategy=layerwise")
+            raise LotteryError(
+                f"sparsity.distribution={s.distribution}: GMP with pruning.strategy=global ranks every "
+                "layer together; use sparsity.distribution=imp or pruning.strategy=layerwise"
+            )
         if s.method != "gmp" and s.distribution == "imp":
-            raise LotteryError("sparsity.distribution=imp: global IMP has no per-layer counts before it runs; use "
-                               "sparsity.distribution=erk or uniform, or pruning.strategy=layerwise")
+            raise LotteryError(
+                "sparsity.distribution=imp: global IMP has no per-layer counts before it runs; use "
+                "sparsity.distribution=erk or uniform, or pruning.strategy=layerwise"
+            )
     if any(level < 1 for level in s.levels):
         raise LotteryError(f"sparsity.levels={list(s.levels)} must be pruned levels (1 or more)")
     skipped = [level for level in cfg.lmc.levels if level > 0 and s.levels and level not in s.levels]
     if skipped:
-        raise LotteryError(f"lmc.levels={list(cfg.lmc.levels)}: level {skipped[0]} is not trained "
-                           f"(sparsity.levels={list(s.levels)}); measure LMC at trained levels")
+        raise LotteryError(
+            f"lmc.levels={list(cfg.lmc.levels)}: level {skipped[0]} is not trained "
+            f"(sparsity.levels={list(s.levels)}); measure LMC at trained levels"
+        )
 
 
 def trains(cfg, level: int) -> bool:
@@ -171,12 +185,15 @@ def erk_densities(shapes: Sequence[tuple], total: int) -> List[Fraction]:
         epsilon = Fraction(budget, sum(sum(shapes[i]) for i in free)) if free else Fraction(0)
         over = {i for i in free if epsilon * Fraction(sum(shapes[i]), sizes[i]) > 1}
         if not over:
-            return [Fraction(1) if i in dense else epsilon * Fraction(sum(shapes[i]), sizes[i]) for i in range(len(shapes))]
+            return [
+                Fraction(1) if i in dense else epsilon * Fraction(sum(shapes[i]), sizes[i]) for i in range(len(shapes))
+            ]
         dense |= over
 
 
-def distribution_counts(distribution: str, shapes: Dict[str, tuple], total: int,
-                        imp_counts: Optional[List[int]] = None) -> List[int]:
+def distribution_counts(
+    distribution: str, shapes: Dict[str, tuple], total: int, imp_counts: Optional[List[int]] = None
+) -> List[int]:
     """How many weights each prunable layer keeps at a level (``shapes``' order), ``total`` in all."""
     names = list(shapes)
     sizes = [math.prod(shapes[n]) for n in names]
@@ -189,8 +206,9 @@ def distribution_counts(distribution: str, shapes: Dict[str, tuple], total: int,
     elif distribution == "erk":
         quotas = [d * size for d, size in zip(erk_densities([shapes[n] for n in names], total), sizes)]
     else:
-        raise LotteryError(f"sparsity.distribution={distribution!r} is not a distribution; choose one of: "
-                           f"{', '.join(DISTRIBUTIONS)}")
+        raise LotteryError(
+            f"sparsity.distribution={distribution!r} is not a distribution; choose one of: {', '.join(DISTRIBUTIONS)}"
+        )
     return largest_remainders(quotas, total)
 
 
@@ -243,8 +261,10 @@ class Schedule:
         if found.updates == "prune":
             n = (last - begin) // every
             if n < 1:
-                raise LotteryError(f"sparsity.update_every={s.update_every}: no pruning step fits between "
-                                   f"sparsity.begin ({begin} steps) and sparsity.end ({last} steps); use a shorter interval")
+                raise LotteryError(
+                    f"sparsity.update_every={s.update_every}: no pruning step fits between "
+                    f"sparsity.begin ({begin} steps) and sparsity.end ({last} steps); use a shorter interval"
+                )
             events = begin + every * np.arange(1, n + 1)
             return cls(found, events, np.arange(1, n + 1) / n)
         if found.updates == "none":
@@ -253,8 +273,10 @@ class Schedule:
         # by default), t < end: an iteration of training
         events = np.arange(begin, min(last, end - 1) + 1, every, dtype=np.int64)
         if not len(events):
-            raise LotteryError(f"sparsity.update_every={s.update_every}: no mask update fits between sparsity.begin "
-                               f"({begin} steps) and sparsity.end ({last} steps); use a shorter interval")
+            raise LotteryError(
+                f"sparsity.update_every={s.update_every}: no mask update fits between sparsity.begin "
+                f"({begin} steps) and sparsity.end ({last} steps); use a shorter interval"
+            )
         if s.decay == "cosine":  # Evci et al. 2020, Eq. 1's α_t (their code: cosine decay to t_end)
             fractions = s.drop_fraction / 2 * (1 + np.cos(np.pi * events / last))
         else:
@@ -331,8 +353,7 @@ class Updates:
 
     def state(self, start: List[int], targets: List[int], key) -> dict:
         """A member's ``state["sparse"]``: its counts table and its key for random growth (SET)."""
-        return {"counts": jnp.asarray(self.schedule.counts(start, targets)),
-                "key": jax.random.key_data(key)}
+        return {"counts": jnp.asarray(self.schedule.counts(start, targets)), "key": jax.random.key_data(key)}
 
     def step(self, optimizer_step, params, mask, opt_state, grads, step, sparse, mask_opt_state):
         """Training step ``step`` with the method's updates. ``optimizer_step()`` is the masked
@@ -356,8 +377,9 @@ class Updates:
         row = jnp.minimum(jnp.searchsorted(events, at), len(self.events) - 1)
 
         def update():
-            new_params, new_mask, new_opt_state = self._update(params, mask, opt_state, grads, at, sparse, row,
-                                                               mask_opt_state)
+            new_params, new_mask, new_opt_state = self._update(
+                params, mask, opt_state, grads, at, sparse, row, mask_opt_state
+            )
             return new_params, new_opt_state, new_mask
 
         params, opt_state, mask = jax.lax.cond(events[row] == at, update, unchanged)
@@ -373,13 +395,16 @@ class Updates:
             if self.schedule.method.updates == "prune":
                 new, grown = prune_to(w, m, count), jnp.zeros_like(m)
             else:
-                scores = jnp.abs(jnp.concatenate([flat_g[n].ravel() for n in group])) \
-                    if self.schedule.method.grow == "gradient" else jax.random.uniform(jax.random.fold_in(key, g), w.shape)
+                scores = (
+                    jnp.abs(jnp.concatenate([flat_g[n].ravel() for n in group]))
+                    if self.schedule.method.grow == "gradient"
+                    else jax.random.uniform(jax.random.fold_in(key, g), w.shape)
+                )
                 new, grown = drop_and_grow(w, m, scores, count)
             w = jnp.where(new & ~grown, w, jnp.zeros_like(w))  # dropped: 0; new connections start at 0
             offsets = np.cumsum([0] + [flat_m[n].size for n in group])
             for i, name in enumerate(group):
-                flat_w[name] = w[offsets[i]:offsets[i + 1]].reshape(flat_w[name].shape)
-                flat_m[name] = new[offsets[i]:offsets[i + 1]].reshape(flat_m[name].shape)
+                flat_w[name] = w[offsets[i] : offsets[i + 1]].reshape(flat_w[name].shape)
+                flat_m[name] = new[offsets[i] : offsets[i + 1]].reshape(flat_m[name].shape)
         new_mask = masks.unflatten(mask, flat_m)
         return masks.unflatten(params, flat_w), new_mask, mask_opt_state(opt_state, new_mask)

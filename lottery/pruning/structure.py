@@ -48,8 +48,10 @@ def parse(text: str):
             raise LotteryError(f"pruning.structure={text}: N:M needs 0 < N < M, e.g. 2:4")
         return "n:m", n, m
     if text not in ("weights", *UNIT_KINDS):
-        raise LotteryError(f"pruning.structure={text!r} is not a structure; choose one of: weights, "
-                           f"{', '.join(UNIT_KINDS)}, or N:M (e.g. 2:4)")
+        raise LotteryError(
+            f"pruning.structure={text!r} is not a structure; choose one of: weights, "
+            f"{', '.join(UNIT_KINDS)}, or N:M (e.g. 2:4)"
+        )
     return text, None, None
 
 
@@ -62,8 +64,10 @@ def check(cfg) -> None:
     if kind == "n:m":
         reached = n_schedule(n, m, cfg.pruning.rate, cfg.levels)
         if cfg.levels > len(reached):
-            raise LotteryError(f"levels={cfg.levels}: pruning.structure={n}:{m} is reached at level {len(reached)} "
-                               f"(pruning.rate={cfg.pruning.rate}); use levels={len(reached)}")
+            raise LotteryError(
+                f"levels={cfg.levels}: pruning.structure={n}:{m} is reached at level {len(reached)} "
+                f"(pruning.rate={cfg.pruning.rate}); use levels={len(reached)}"
+            )
 
 
 def n_schedule(n: int, m: int, rate, levels: int) -> List[int]:
@@ -82,14 +86,22 @@ class Structure:
     def __init__(self, cfg, prunable: List[str], units: List[Units], shapes: Optional[Dict[str, tuple]] = None):
         self.cfg, self.prunable = cfg, prunable
         self.kind, self.n, self.m = parse(cfg.structure)
-        if self.kind == "n:m" and shapes is not None and not self.n_m_kernels({n: np.broadcast_to(np.False_, shapes[n]) for n in prunable}):
-            raise LotteryError(f"pruning.structure={cfg.structure}: no prunable kernel's input size is a multiple of "
-                               f"{self.m} ({', '.join(f'{n} {shapes[n][-2]}' for n in prunable)}); choose another M")
+        if (
+            self.kind == "n:m"
+            and shapes is not None
+            and not self.n_m_kernels({n: np.broadcast_to(np.False_, shapes[n]) for n in prunable})
+        ):
+            raise LotteryError(
+                f"pruning.structure={cfg.structure}: no prunable kernel's input size is a multiple of "
+                f"{self.m} ({', '.join(f'{n} {shapes[n][-2]}' for n in prunable)}); choose another M"
+            )
         kinds = UNIT_KINDS.get(self.kind, ())
         self.layers = [u for u in units if u.kind in kinds and all(p in prunable for p in u.producers)]
         if kinds and not self.layers:
-            raise LotteryError(f"pruning.structure={cfg.structure}: this model has no {cfg.structure} to prune "
-                               f"(its prunable parameters: {', '.join(prunable)})")
+            raise LotteryError(
+                f"pruning.structure={cfg.structure}: this model has no {cfg.structure} to prune "
+                f"(its prunable parameters: {', '.join(prunable)})"
+            )
 
     # --- units ---------------------------------------------------------------------------------
 
@@ -144,13 +156,17 @@ class Structure:
             order = list(alive)
             sizes = np.cumsum([alive[i].size for i in order])[:-1]
             remaining = int(sum(alive[i].sum() for i in order))
-            (kept,) = masks._keep_group([np.concatenate([unit_scores[i] for i in order])],
-                                        [np.concatenate([alive[i] for i in order])],
-                                        remaining - masks.number_to_prune(self.cfg.rate, remaining))
+            (kept,) = masks._keep_group(
+                [np.concatenate([unit_scores[i] for i in order])],
+                [np.concatenate([alive[i] for i in order])],
+                remaining - masks.number_to_prune(self.cfg.rate, remaining),
+            )
             keep = dict(zip(order, np.split(kept, sizes)))
         else:
-            counts = {i: int(a.sum()) - masks.number_to_prune(self.rate(self.layers[i]), int(a.sum()))
-                      for i, a in alive.items()}
+            counts = {
+                i: int(a.sum()) - masks.number_to_prune(self.rate(self.layers[i]), int(a.sum()))
+                for i, a in alive.items()
+            }
             keep = self._keep_units(unit_scores, alive, counts)
         return masks.unflatten(survivors, self.with_units(flat, keep))
 
@@ -199,8 +215,9 @@ class Structure:
         each block), as many per layer as the ticket kept."""
         if self.kind == "weights":  # in each tensor, as many as the ticket kept there (under global too)
             keep = [int(c["remaining"]) for c in masks.counts(ticket_mask, self.prunable).values()]
-            return masks.prune_to_counts({n: -np.asarray(s) for n, s in scores.items()}, survivors,
-                                         [[name] for name in self.prunable], keep)
+            return masks.prune_to_counts(
+                {n: -np.asarray(s) for n, s in scores.items()}, survivors, [[name] for name in self.prunable], keep
+            )
         negated = {k: -np.asarray(v) for k, v in masks.flatten(scores).items()}
         flat, ticket = {k: np.asarray(v) for k, v in masks.flatten(survivors).items()}, masks.flatten(ticket_mask)
         if self.kind == "n:m":
@@ -208,8 +225,9 @@ class Structure:
             return masks.unflatten(survivors, self._n_of_m(negated, flat, keep_n))
         alive = {i: self.alive(flat, layer) for i, layer in enumerate(self.layers)}
         counts = {i: int(self.alive(ticket, layer).sum()) for i, layer in enumerate(self.layers)}
-        keep = self._keep_units({i: self.unit_scores(negated, layer) for i, layer in enumerate(self.layers)}, alive,
-                                counts)
+        keep = self._keep_units(
+            {i: self.unit_scores(negated, layer) for i, layer in enumerate(self.layers)}, alive, counts
+        )
         return masks.unflatten(survivors, self.with_units(flat, keep))
 
     def record(self, mask) -> Optional[dict]:
@@ -218,11 +236,17 @@ class Structure:
             return None
         flat = masks.flatten(mask)
         if self.kind == "n:m":
-            kept = {name: int(_blocks(np.asarray(flat[name]), self.m).sum(axis=-2).max()) for name in self.n_m_kernels(flat)}
+            kept = {
+                name: int(_blocks(np.asarray(flat[name]), self.m).sum(axis=-2).max()) for name in self.n_m_kernels(flat)
+            }
             return {"structure": self.cfg.structure, "n_of_m": kept, "m": self.m}
-        return {"structure": self.cfg.structure,
-                "units": {layer.producers[0]: {"remaining": int(self.alive(flat, layer).sum()), "total": layer.count}
-                          for layer in self.layers}}
+        return {
+            "structure": self.cfg.structure,
+            "units": {
+                layer.producers[0]: {"remaining": int(self.alive(flat, layer).sum()), "total": layer.count}
+                for layer in self.layers
+            },
+        }
 
 
 def compact(mask: Dict[str, np.ndarray], trees: Dict[str, Dict[str, np.ndarray]], units: List[Units]):
@@ -245,13 +269,18 @@ def compact(mask: Dict[str, np.ndarray], trees: Dict[str, Dict[str, np.ndarray]]
                 array = arrays[name]
                 if name in layer.producers:
                     arrays[name] = np.ascontiguousarray(  # (fancy indexing may leave another memory order)
-                        layer.produced(array)[:, index, :].reshape(*array.shape[:-1], index.size * layer.width))
+                        layer.produced(array)[:, index, :].reshape(*array.shape[:-1], index.size * layer.width)
+                    )
                 elif name in layer.consumers:
                     rows = array.shape[-2] // (layer.count * layer.width) * index.size * layer.width
                     arrays[name] = np.ascontiguousarray(
-                        layer.consumed(array)[:, index].reshape(*array.shape[:-2], rows, array.shape[-1]))
-                elif array.ndim == 1 and array.size == layer.count * layer.width and any(
-                        name == c or name.startswith(c) for c in layer.companions):
+                        layer.consumed(array)[:, index].reshape(*array.shape[:-2], rows, array.shape[-1])
+                    )
+                elif (
+                    array.ndim == 1
+                    and array.size == layer.count * layer.width
+                    and any(name == c or name.startswith(c) for c in layer.companions)
+                ):
                     arrays[name] = array.reshape(layer.count, layer.width)[index].reshape(-1)
     return mask, trees, kept
 

@@ -57,14 +57,25 @@ def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
         group = content.pop(name, None)
         if group is None or not rules.hashed:
             continue
-        group = {k: v for k, v in group.items() if k not in rules.not_hashed
-                 and not (k in rules.hashed_unless and v == rules.hashed_unless[k])}
+        group = {
+            k: v
+            for k, v in group.items()
+            if k not in rules.not_hashed and not (k in rules.hashed_unless and v == rules.hashed_unless[k])
+        }
         if rules.in_use is not None and not rules.in_use(group):
             continue  # absent unless in use: every hash from before the method unchanged
         moot = rules.unused_keys(group) if rules.unused_keys else ()
-        content[name] = {k: (file_digest(os.path.abspath(os.path.expanduser(v)), f"{name}.{k}") if k in rules.by_content
-                             and v is not None else source_hash(v) if k in rules.by_experiment and v is not None else v)
-                         for k, v in group.items() if k not in moot}
+        content[name] = {
+            k: (
+                file_digest(os.path.abspath(os.path.expanduser(v)), f"{name}.{k}")
+                if k in rules.by_content and v is not None
+                else source_hash(v)
+                if k in rules.by_experiment and v is not None
+                else v
+            )
+            for k, v in group.items()
+            if k not in moot
+        }
         content[name].update(rules.rule_keys(group) if rules.rule_keys else {})
     content["dataset"]["fingerprint"] = data_fingerprint
     return content
@@ -174,8 +185,12 @@ def experiment_name(cfg) -> str:
 def write_identity(directory: str, cfg, data_fingerprint: str) -> None:
     """config.yaml, once: the experiment's name and identity."""
     name = experiment_name(cfg)  # compared without it: a directory under its old name keeps its config.yaml
-    write_once(os.path.join(directory, CONFIG), {"name": name, **identity(cfg, data_fingerprint)},
-               "experiment", same=lambda saved, content: {**saved, "name": name} == content)
+    write_once(
+        os.path.join(directory, CONFIG),
+        {"name": name, **identity(cfg, data_fingerprint)},
+        "experiment",
+        same=lambda saved, content: {**saved, "name": name} == content,
+    )
 
 
 def read_identity(directory: str, missing: str = None) -> dict:
@@ -186,8 +201,10 @@ def read_identity(directory: str, missing: str = None) -> dict:
     try:
         saved = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as error:  # YAML syntax errors of several types, unreadable files
-        raise LotteryError(f"{path}: cannot be read ({type(error).__name__}: {str(error).splitlines()[0]}); "
-                           "it is the experiment's identity") from None
+        raise LotteryError(
+            f"{path}: cannot be read ({type(error).__name__}: {str(error).splitlines()[0]}); "
+            "it is the experiment's identity"
+        ) from None
     if not isinstance(saved, dict) or "name" not in saved:
         raise LotteryError(f"{path}: holds no experiment config (no name); it is corrupt")
     return saved
@@ -202,11 +219,15 @@ def write_once(path: str, content: dict, what: str, same=lambda saved, content: 
     try:
         saved = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as error:  # YAML syntax errors of several types, unreadable files
-        raise LotteryError(f"{path}: cannot be read ({type(error).__name__}: {str(error).splitlines()[0]}); it is the "
-                           f"{what}'s identity and is written again if you delete it") from None
+        raise LotteryError(
+            f"{path}: cannot be read ({type(error).__name__}: {str(error).splitlines()[0]}); it is the "
+            f"{what}'s identity and is written again if you delete it"
+        ) from None
     if not isinstance(saved, dict) or not same(saved, content):
-        raise LotteryError(f"{path}: is not the identity of this {what} (its values differ from the config "
-                           "that hashes to this directory); it was edited or damaged: delete it and it is written again")
+        raise LotteryError(
+            f"{path}: is not the identity of this {what} (its values differ from the config "
+            "that hashes to this directory); it was edited or damaged: delete it and it is written again"
+        )
 
 
 def older_versions(directory: str, cfg, data_fingerprint: str) -> List[str]:
@@ -223,8 +244,11 @@ def older_versions(directory: str, cfg, data_fingerprint: str) -> List[str]:
             continue
         if not isinstance(saved, dict):
             continue
-        saved = {k: v for k, v in flatten(saved).items() if k != "name" and not any(
-            k == dropped or k.startswith(dropped + ".") for dropped in _NOT_HASHED)}  # older files held these
+        saved = {
+            k: v
+            for k, v in flatten(saved).items()
+            if k != "name" and not any(k == dropped or k.startswith(dropped + ".") for dropped in _NOT_HASHED)
+        }  # older files held these
         old = {k for k in saved if legacy(k)}
         if old and {k: v for k, v in saved.items() if k not in old} == current:
             found.append(os.path.dirname(candidate))
@@ -233,8 +257,11 @@ def older_versions(directory: str, cfg, data_fingerprint: str) -> List[str]:
 
 def read_source_identity(directory: str) -> dict:
     """A transfer source's config.yaml: its name and identity."""
-    return read_identity(directory, missing=f"transfer.source: {directory} holds no experiment (no config.yaml); give "
-                         "an experiment's directory (<output_dir>/<name>-<hash>) or the overrides that run it, and run it first")
+    return read_identity(
+        directory,
+        missing=f"transfer.source: {directory} holds no experiment (no config.yaml); give "
+        "an experiment's directory (<output_dir>/<name>-<hash>) or the overrides that run it, and run it first",
+    )
 
 
 def source_hash(directory: str) -> str:

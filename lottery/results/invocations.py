@@ -30,8 +30,13 @@ def program(host_loop: bool, mesh=None, width: int = 1, deterministic: bool = Fa
     (TF32 on recent NVIDIA GPUs unless set) and XLA's deterministic GPU operations. The last three
     appear only when they are not the default, so earlier invocations' programs compare equal."""
     device = jax.devices()[0]
-    out = {"backend": jax.default_backend(), "device": device.device_kind, "devices": len(jax.devices()),
-           "jax": jax.__version__, "loop": "host" if host_loop else "device"}
+    out = {
+        "backend": jax.default_backend(),
+        "device": device.device_kind,
+        "devices": len(jax.devices()),
+        "jax": jax.__version__,
+        "loop": "host" if host_loop else "device",
+    }
     if width != 1:
         out["stack"] = width
     if jax.config.jax_default_matmul_precision is not None:
@@ -75,8 +80,16 @@ class Invocation:
         settings = unhashed_settings(cfg)
         if cfg.get("transfer") is not None and cfg.transfer.source is not None:
             settings["transfer.source"] = cfg.transfer.source  # the resolved directory (hashed by its identity)
-        self._append({"event": "start", "time": _now(), "argv": sys.argv, "settings": settings,
-                      "program": program_, "code": {k: provenance()[k] for k in ("lottery", "commit", "dirty")}})
+        self._append(
+            {
+                "event": "start",
+                "time": _now(),
+                "argv": sys.argv,
+                "settings": settings,
+                "program": program_,
+                "code": {k: provenance()[k] for k in ("lottery", "commit", "dirty")},
+            }
+        )
 
     def other_programs(self) -> List[dict]:
         """The programs of earlier invocations that differ from this one's and trained something
@@ -98,8 +111,15 @@ class Invocation:
         self.added.append(what)
 
     def end(self, status: str) -> None:
-        self._append({"event": "end", "time": _now(), "status": status, "seconds": round(time.time() - self.started, 3),
-                      "added": self.added})
+        self._append(
+            {
+                "event": "end",
+                "time": _now(),
+                "status": status,
+                "seconds": round(time.time() - self.started, 3),
+                "added": self.added,
+            }
+        )
 
     def _append(self, entry: dict) -> None:
         if not self.write:

@@ -10,7 +10,9 @@ from typing import Callable, Optional
 from lottery.errors import LotteryError, at
 
 
-def acquire(path: str, what: str, wait: Optional[Callable[[str], None]] = None, stop: Callable[[], None] = lambda: None):
+def acquire(
+    path: str, what: str, wait: Optional[Callable[[str], None]] = None, stop: Callable[[], None] = lambda: None
+):
     """An exclusive lock on the file ``path``, which guards ``what`` (named in the messages). Held
     by another process: without ``wait``, an error naming the holder; with ``wait``, say so once
     through ``wait`` and try again every half second (``stop`` is called between tries: it raises
@@ -27,8 +29,10 @@ def acquire(path: str, what: str, wait: Optional[Callable[[str], None]] = None, 
             holder = lock.read().strip() or "unknown"
             if wait is None:
                 lock.close()
-                raise LotteryError(f"{what} is in use by another process ({holder}); "
-                                   "wait for it to finish or stop it, then run the command again") from None
+                raise LotteryError(
+                    f"{what} is in use by another process ({holder}); "
+                    "wait for it to finish or stop it, then run the command again"
+                ) from None
         if not said:
             wait(f"waiting for {what}: another process is working on it ({holder})")
             said = True

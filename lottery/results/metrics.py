@@ -13,8 +13,12 @@ def summarize(level: int, replicate: int, kind: str, start: int, history, layer_
     early_stop = None
     if history and "val_loss" in history[0]:
         best = min(history, key=lambda r: r["val_loss"])
-        early_stop = {"step": best["step"], "val_loss": best["val_loss"],
-                      "test_loss": best["test_loss"], "test_accuracy": best["test_accuracy"]}
+        early_stop = {
+            "step": best["step"],
+            "val_loss": best["val_loss"],
+            "test_loss": best["test_loss"],
+            "test_accuracy": best["test_accuracy"],
+        }
     return {
         "level": level,
         "replicate": replicate,

@@ -1,18 +1,18 @@
 """Where results lie: the one place that composes and parses the results layout.
 
-    <output_dir>/<name>-<hash>/                 an experiment (``experiment_directory``; name: its
-                                                own, or <model>-<dataset>[-<method>], or quickstart)
-      config.yaml  invocations.jsonl  objectives.json  lock  *.png  (diet.json  diet_subset.npy)
-      replicate_<r>/level_<L>/                  the level's ticket (``level_dir``)
-        metrics.json  ticket/  trained/  rewind_point/ (level 0)
-        <control>/                              each control, laid out like the ticket (``network_dir``)
-        lmc/                                    copy_a/, copy_b/, metrics.json, path.png (``lmc_dir``)
-      checkpoints/level_<L>/<group>/            of the networks being trained (``checkpoint_dir``)
-    <output_dir>/dense/<model>-<dataset>-<hash>/ the shared dense level 0 (lottery/imp/dense.py)
-      dense.yaml  invocations.jsonl  lock
-      replicate_<r>/  metrics.json  ticket/  trained/  rewind_points/<k>/
-    <output_dir>/diets/<model>-<dataset>-<score>-<hash>/ a data diet's shared scores (lottery/imp/diet.py)
-      diet.yaml  scores.npy  metrics.json  lock  networks/ (while scoring)
+<output_dir>/<name>-<hash>/                 an experiment (``experiment_directory``; name: its
+                                            own, or <model>-<dataset>[-<method>], or quickstart)
+  config.yaml  invocations.jsonl  objectives.json  lock  *.png  (diet.json  diet_subset.npy)
+  replicate_<r>/level_<L>/                  the level's ticket (``level_dir``)
+    metrics.json  ticket/  trained/  rewind_point/ (level 0)
+    <control>/                              each control, laid out like the ticket (``network_dir``)
+    lmc/                                    copy_a/, copy_b/, metrics.json, path.png (``lmc_dir``)
+  checkpoints/level_<L>/<group>/            of the networks being trained (``checkpoint_dir``)
+<output_dir>/dense/<model>-<dataset>-<hash>/ the shared dense level 0 (lottery/imp/dense.py)
+  dense.yaml  invocations.jsonl  lock
+  replicate_<r>/  metrics.json  ticket/  trained/  rewind_points/<k>/
+<output_dir>/diets/<model>-<dataset>-<score>-<hash>/ a data diet's shared scores (lottery/imp/diet.py)
+  diet.yaml  scores.npy  metrics.json  lock  networks/ (while scoring)
 """
 
 import os

@@ -102,7 +102,9 @@ def unreadable(path: str, error: Exception, owner: Optional[str] = None, then: s
     directory whose deletion redoes it (``path``'s parent unless given: deleting the checkpoint alone
     leaves a finished level or dense run without it) -- and ``then`` what to run."""
     owner = os.path.dirname(os.path.normpath(path)) if owner is None else owner
-    which = "it" if os.path.normpath(owner) == os.path.normpath(path) else f"the {os.path.basename(owner)}/ that holds it"
+    which = (
+        "it" if os.path.normpath(owner) == os.path.normpath(path) else f"the {os.path.basename(owner)}/ that holds it"
+    )
     return LotteryError(f"{path}: cannot be read as a checkpoint ({type(error).__name__}); delete {which} and {then}")
 
 
@@ -140,13 +142,17 @@ def read_json(path: str, keys=()):
         with open(path) as f:
             content = json.load(f)
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise LotteryError(f"{path}: cannot be read as JSON ({error}); it is corrupt: delete the directory "
-                           "that holds it to train that network again") from None
+        raise LotteryError(
+            f"{path}: cannot be read as JSON ({error}); it is corrupt: delete the directory "
+            "that holds it to train that network again"
+        ) from None
     missing = [key for key in keys if not isinstance(content, dict) or key not in content]
     if missing:
         found = type(content).__name__ if not isinstance(content, dict) else f"an object without {', '.join(missing)}"
-        raise LotteryError(f"{path}: holds {found}, not a lottery result; it is corrupt: delete the directory "
-                           "that holds it to train that network again")
+        raise LotteryError(
+            f"{path}: holds {found}, not a lottery result; it is corrupt: delete the directory "
+            "that holds it to train that network again"
+        )
     return content
 
 
@@ -166,8 +172,10 @@ def read_flat(directory: str, keys, exact: bool = True, separator: str = ".", th
     except Exception as error:  # orbax raises many types for missing, truncated or foreign files
         if then is not None:
             raise unreadable(directory, error, then=then) from None
-        raise LotteryError(f"{directory}: cannot be read as an orbax checkpoint ({type(error).__name__}); "
-                           f"expected {what}; it is corrupt") from None
+        raise LotteryError(
+            f"{directory}: cannot be read as an orbax checkpoint ({type(error).__name__}); "
+            f"expected {what}; it is corrupt"
+        ) from None
     checkpointer.close()
     if not isinstance(tree, dict) or (set(tree) != set(keys) if exact else not set(keys) <= set(tree)):
         found = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
@@ -181,8 +189,10 @@ def flat_arrays(tree, directory: str, separator: str = ".", prefix: str = "") ->
     flat = {}
     for key, value in (tree or {}).items():
         if separator in str(key):  # a key holding the separator would make two names one
-            raise LotteryError(f"{directory}: the key {key!r} of {prefix or 'the tree'} holds a {separator!r}, which "
-                               "separates the parts of a path in the names; this tree cannot be read by name")
+            raise LotteryError(
+                f"{directory}: the key {key!r} of {prefix or 'the tree'} holds a {separator!r}, which "
+                "separates the parts of a path in the names; this tree cannot be read by name"
+            )
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             flat.update(flat_arrays(value, directory, separator, name + separator))
@@ -197,15 +207,18 @@ class LevelCheckpoints:
 
     def __init__(self, directory: str):
         self.directory = directory
-        options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=True,
-                                               multiprocessing_options=MULTIPROCESS)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=2, create=True, enable_async_checkpointing=True, multiprocessing_options=MULTIPROCESS
+        )
         self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
     def save(self, step: int, arrays, meta: dict) -> None:
         """Save host copies (the training state's buffers are donated to the next step)."""
         arrays = jax.device_get(arrays)
         with at(self.directory):  # also where an earlier asynchronous save's failure surfaces
-            self.manager.save(step, args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)))
+            self.manager.save(
+                step, args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta))
+            )
 
     def latest(self, like):
         """(step, arrays, meta) of the newest readable checkpoint, or None if there is none.
@@ -219,15 +232,21 @@ class LevelCheckpoints:
                 with _reading():
                     meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
                     target = abstract(like(meta))
-                    arrays = self.manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(target)))["arrays"]
+                    arrays = self.manager.restore(
+                        step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(target))
+                    )["arrays"]
                 for error in errors:  # said only when an older one was read: otherwise the error below says it all
-                    print(f"warning: {self.directory}: checkpoint at {error}; resuming from step {step}", file=sys.stderr)
+                    print(
+                        f"warning: {self.directory}: checkpoint at {error}; resuming from step {step}", file=sys.stderr
+                    )
                 return step, arrays, meta
             except Exception as error:  # truncated or foreign files raise many types (messages: tensorstore's spec)
                 errors.append(f"step {step}: {type(error).__name__}")
         if errors:
-            raise LotteryError(f"{self.directory}: no readable checkpoint ({'; '.join(errors)}); "
-                               "delete this directory to train the level again from its start")
+            raise LotteryError(
+                f"{self.directory}: no readable checkpoint ({'; '.join(errors)}); "
+                "delete this directory to train the level again from its start"
+            )
         return None
 
     def close(self) -> None:
@@ -244,7 +263,9 @@ def acquire_lock(directory: str, wait: Optional[Callable[[str], None]] = None, s
     return lock.acquire(os.path.join(directory, "lock"), directory, wait, stop)
 
 
-def open_locked(directory: str, identify: Callable[[], None], what: str, wait=None, stop: Callable[[], None] = lambda: None):
+def open_locked(
+    directory: str, identify: Callable[[], None], what: str, wait=None, stop: Callable[[], None] = lambda: None
+):
     """Process 0 makes ``directory``, takes its lock (``acquire_lock``) and writes or checks its
     identity (``identify``); every process learns whether it could. Process 0 raises its own error
     (after closing the lock), the others one line. Returns the lock (None off process 0)."""

@@ -108,8 +108,12 @@ class Preemption:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)  # a third ends the process, whatever it is doing
                 return
             with contextlib.suppress(RuntimeError):  # print's, when this interrupts a write to stderr
-                print("\nCtrl-C: stopping at the end of the current chunk with a checkpoint (Ctrl-C again to stop at once)",
-                      file=sys.stderr, flush=True)
+                print(
+                    "\nCtrl-C: stopping at the end of the current chunk with a checkpoint (Ctrl-C again to stop at "
+                    "once)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         self.requested = name
         if signum not in self.received:
             self.received.append(signum)
@@ -128,8 +132,11 @@ class Preemption:
     def stop(self, message: str) -> Preempted:
         """The exception that ends the run after a requested stop."""
         number = signal.Signals[self.requested]
-        return Preempted(f"{message} ({'Ctrl-C' if number == signal.SIGINT else self.requested}); "
-                         "run the same command to continue", self.requested, 128 + number)
+        return Preempted(
+            f"{message} ({'Ctrl-C' if number == signal.SIGINT else self.requested}); run the same command to continue",
+            self.requested,
+            128 + number,
+        )
 
     def __exit__(self, *exc):
         for number, previous in self.previous.items():
@@ -140,7 +147,9 @@ class Preemption:
 PREEMPTION = Preemption()
 
 
-def group_checkpoints(root: str, what: str, level: int, networks: List[Network], start: int, end: int) -> LevelCheckpoints:
+def group_checkpoints(
+    root: str, what: str, level: int, networks: List[Network], start: int, end: int
+) -> LevelCheckpoints:
     """The checkpoints of one group of networks, below ``root`` (an experiment's directory, or
     the dense store's): named by who is in it, so that a group with other members (controls added,
     some finished) never resumes from it."""
@@ -160,9 +169,23 @@ def remove_checkpoints(checkpoints) -> None:
             pass
 
 
-def train(trainer, states, networks: List[Network], level: int, start: int, end: int, advance, *, eval_every: int,
-          checkpoint_every: int, keep: Sequence[int] = (), evaluate: bool = True,
-          checkpoints: Optional[LevelCheckpoints] = None, say=print, log: Log = NoLog()):
+def train(
+    trainer,
+    states,
+    networks: List[Network],
+    level: int,
+    start: int,
+    end: int,
+    advance,
+    *,
+    eval_every: int,
+    checkpoint_every: int,
+    keep: Sequence[int] = (),
+    evaluate: bool = True,
+    checkpoints: Optional[LevelCheckpoints] = None,
+    say=print,
+    log: Log = NoLog(),
+):
     """Train stacked states over [start, end) in compiled chunks that end at each evaluation and
     at each step of ``keep`` (level 0 keeps θk there). Returns the final states, each network's
     evaluation history, the stacked states (params, batch_stats, opt_state) at each step of
@@ -213,8 +236,10 @@ def train(trainer, states, networks: List[Network], level: int, start: int, end:
             loss_sum, record_from = None, step
             for network, loss in zip(networks, train_loss):
                 if not np.isfinite(loss):
-                    raise LotteryError(f"level {level}, replicate {network.replicate}, {network.kind}: training loss is {loss} "
-                                       f"at step {step}; earlier levels are intact")
+                    raise LotteryError(
+                        f"level {level}, replicate {network.replicate}, {network.kind}: training loss is {loss} "
+                        f"at step {step}; earlier levels are intact"
+                    )
             evaluated = {split: trainer.evaluate(states, split) for split in ("val", "test")}
             for i, (network, history) in enumerate(zip(networks, histories)):
                 record = {"step": step, "train_loss": float(train_loss[i])}
@@ -230,8 +255,7 @@ def train(trainer, states, networks: List[Network], level: int, start: int, end:
             arrays = {"states": states, "loss_sum": loss_sum}
             if kept:
                 arrays["kept"] = {str(s): snapshot for s, snapshot in kept.items()}
-            meta = {"histories": histories, "record_from": record_from, "kept": sorted(kept),
-                    "seconds": elapsed()}
+            meta = {"histories": histories, "record_from": record_from, "kept": sorted(kept), "seconds": elapsed()}
             checkpoints.save(step, arrays, meta)
             if stopping:
                 checkpoints.close()

@@ -45,8 +45,10 @@ def shape(cfg, networks: int, devices: int) -> Tuple[int, int]:
     if members == 0 or data == 0:
         given, key = (data, "data") if members == 0 else (members, "members")
         if devices % given:
-            raise LotteryError(f"mesh.{key}={given} does not divide the {devices} devices; give both mesh.members "
-                               "and mesh.data to use fewer devices")
+            raise LotteryError(
+                f"mesh.{key}={given} does not divide the {devices} devices; give both mesh.members "
+                "and mesh.data to use fewer devices"
+            )
         return (devices // given, data) if members == 0 else (members, devices // given)
     if members * data > devices:
         raise LotteryError(f"mesh.members={members} x mesh.data={data} is more than the {devices} devices")
@@ -79,21 +81,28 @@ class MeshTrainer:
     def __init__(self, trainer, members: int, data: int):
         self.trainer, self.members, self.data = trainer, members, data
         devices = jax.devices()[: members * data]
-        self.mesh = jax.make_mesh((members, data), AXES, devices=devices,
-                                  axis_types=(AxisType.Auto, AxisType.Auto))  # Explicit breaks gathers (jax#36562)
+        self.mesh = jax.make_mesh(
+            (members, data), AXES, devices=devices, axis_types=(AxisType.Auto, AxisType.Auto)
+        )  # Explicit breaks gathers (jax#36562)
         axis = "data" if data > 1 else None
         block, every = P("members"), P()
         key = jax.random.wrap_key_data  # a PRNG key travels as its raw uint32 data
         self._train = self._program(
             lambda state, data, order, k, *rest: trainer.train_steps(state, data, order, key(k), *rest, data_axis=axis),
-            (block, every, block, block, every, every, block), (block, block))
+            (block, every, block, block, every, every, block),
+            (block, block),
+        )
         self._train_step = self._program(
             lambda state, data, order, k, *rest: trainer.train_step(state, data, order, key(k), *rest, data_axis=axis),
-            (block, every, block, block, every, block), (block, block))
-        self._evaluate = self._program(lambda *a: trainer.evaluate_batches(*a, data_axis=axis),
-                                       (block, block, every), (block, block))
-        self._evaluate_batch = self._program(lambda *a: trainer.evaluate_batch(*a, data_axis=axis),
-                                             (block, block, every), (block, block))
+            (block, every, block, block, every, block),
+            (block, block),
+        )
+        self._evaluate = self._program(
+            lambda *a: trainer.evaluate_batches(*a, data_axis=axis), (block, block, every), (block, block)
+        )
+        self._evaluate_batch = self._program(
+            lambda *a: trainer.evaluate_batch(*a, data_axis=axis), (block, block, every), (block, block)
+        )
         self._replicated = {}
 
     def _program(self, one_network, in_specs, out_specs):
@@ -105,12 +114,14 @@ class MeshTrainer:
             if width > 1:
                 axes = [0 if spec == P("members") else None for spec in in_specs]
                 return jax.vmap(one_network, in_axes=axes)(*args)
-            args = [jax.tree.map(lambda a: a[0], arg) if spec == P("members") else arg
-                    for arg, spec in zip(args, in_specs)]
+            args = [
+                jax.tree.map(lambda a: a[0], arg) if spec == P("members") else arg for arg, spec in zip(args, in_specs)
+            ]
             return jax.tree.map(lambda a: a[None], one_network(*args))
 
-        return jax.jit(jax.shard_map(per_device, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs,
-                                     axis_names={"members"}))
+        return jax.jit(
+            jax.shard_map(per_device, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, axis_names={"members"})
+        )
 
     def replicated(self, name, host):
         """A host pytree (the data, an evaluation batch) replicated on every device of the mesh,
@@ -125,7 +136,7 @@ class MeshTrainer:
         per_round = self.members * self.trainer.width
         padded = math.ceil(networks / per_round) * per_round
         index = list(range(networks)) + [0] * (padded - networks)
-        return [index[i:i + per_round] for i in range(0, padded, per_round)]
+        return [index[i : i + per_round] for i in range(0, padded, per_round)]
 
     def train(self, state, data_key, augment_key, start: int, stop: int, loss_sum, check=None):
         trainer = self.trainer
@@ -137,11 +148,16 @@ class MeshTrainer:
         out_states, out_sums = [], []
         for ids in self.rounds(len(sums)):
             block, block_sum, keys = members(host, ids), members(sums, ids), members(augment, ids)
-            for step, end, epoch, subset in trainer.epochs(start, stop):  # one compiled loop per epoch touched, as on one device
+            for step, end, epoch, subset in trainer.epochs(
+                start, stop
+            ):  # one compiled loop per epoch touched, as on one device
                 if check:
                     check()
-                orders = to_global(np.stack([np.asarray(trainer.data_order(data_key[i], epoch, subset)) for i in ids]),
-                                   self.mesh, P("members"))
+                orders = to_global(
+                    np.stack([np.asarray(trainer.data_order(data_key[i], epoch, subset)) for i in ids]),
+                    self.mesh,
+                    P("members"),
+                )
                 if trainer.host_loop:
                     for j in range(step, end):
                         block, block_sum = self._train_step(block, data, orders, keys, scalar(j), block_sum)
@@ -161,7 +177,9 @@ class MeshTrainer:
             if trainer.host_loop:
                 count = trainer.eval_host[split][0].shape[0]
                 one = lambda b: self.replicated((split, b), jax.tree.map(lambda a: a[b], trainer.eval_host[split]))
-                sums = [to_host(self._evaluate_batch(block["params"], block["batch_stats"], one(b))) for b in range(count)]
+                sums = [
+                    to_host(self._evaluate_batch(block["params"], block["batch_stats"], one(b))) for b in range(count)
+                ]
                 loss, correct = (np.sum(column, axis=0) for column in zip(*sums))
                 total = float(np.sum(trainer.eval_host[split][2]))
                 out.append((loss / total, correct / total))
@@ -177,11 +195,15 @@ class MeshTrainer:
         one = trainer.init_state(trainer.init_params, trainer.init_batch_stats, masks.full_mask(trainer.init_params))
         n = self.members * trainer.width
         stacked = jax.tree.map(lambda a: np.stack([np.asarray(a)] * n), one)
-        args = (to_global(stacked, self.mesh, P("members")), self.replicated("train", trainer.train_host),
-                to_global(np.zeros((n, len(trainer.train_host[1])), np.int32), self.mesh, P("members")),
-                to_global(np.zeros((n, 2), np.uint32), self.mesh, P("members")),
-                to_global(np.int32(0), self.mesh, P()), to_global(np.int32(1), self.mesh, P()),
-                to_global(np.zeros(n, np.float32), self.mesh, P("members")))
+        args = (
+            to_global(stacked, self.mesh, P("members")),
+            self.replicated("train", trainer.train_host),
+            to_global(np.zeros((n, len(trainer.train_host[1])), np.int32), self.mesh, P("members")),
+            to_global(np.zeros((n, 2), np.uint32), self.mesh, P("members")),
+            to_global(np.int32(0), self.mesh, P()),
+            to_global(np.int32(1), self.mesh, P()),
+            to_global(np.zeros(n, np.float32), self.mesh, P("members")),
+        )
         program = self._train_step if trainer.host_loop else self._train
         if trainer.host_loop:
             args = args[:5] + args[6:]

@@ -103,9 +103,21 @@ class Trainer:
       data_order        the training examples' order in an epoch (on the device, computed once)
     """
 
-    def __init__(self, model: nnx.Module, tx, schedule, data: Dataset, batch_size: int,
-                 eval_batch_size: int, augment: bool, loop: str = "auto", masked: bool = True, mesh=None,
-                 stack: str = "1", precision: str = "float32"):
+    def __init__(
+        self,
+        model: nnx.Module,
+        tx,
+        schedule,
+        data: Dataset,
+        batch_size: int,
+        eval_batch_size: int,
+        augment: bool,
+        loop: str = "auto",
+        masked: bool = True,
+        mesh=None,
+        stack: str = "1",
+        precision: str = "float32",
+    ):
         self.graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
         self.init_params = nnx.to_pure_dict(params)
         self.init_batch_stats = nnx.to_pure_dict(batch_stats)
@@ -147,10 +159,13 @@ class Trainer:
         evaluate, evaluate_batch = jax.jit(self.evaluate_batches), jax.jit(self.evaluate_batch)
         if self.width > 1:
             block, shared = 0, None
-            train = jax.jit(jax.vmap(self.train_steps, in_axes=(block, shared, block, block, shared, shared, block)),
-                            donate_argnums=(0,))
-            step = jax.jit(jax.vmap(self.train_step, in_axes=(block, shared, block, block, shared, block)),
-                           donate_argnums=(0,))
+            train = jax.jit(
+                jax.vmap(self.train_steps, in_axes=(block, shared, block, block, shared, shared, block)),
+                donate_argnums=(0,),
+            )
+            step = jax.jit(
+                jax.vmap(self.train_step, in_axes=(block, shared, block, block, shared, block)), donate_argnums=(0,)
+            )
             evaluate = jax.jit(jax.vmap(self.evaluate_batches, in_axes=(block, block, shared)))
             evaluate_batch = jax.jit(jax.vmap(self.evaluate_batch, in_axes=(block, block, shared)))
         self._train, self._train_step, self._evaluate, self._evaluate_batch = train, step, evaluate, evaluate_batch
@@ -169,11 +184,16 @@ class Trainer:
         permutation of it); later steps from the whole set, as without a diet. Shares its data on
         the device; the compiled programs are the same (an order's length sets its epoch)."""
         if len(indices) < self.batch_size:
-            raise LotteryError(f"a data diet's subset of {len(indices)} examples is smaller than a batch ({self.batch_size})")
+            raise LotteryError(
+                f"a data diet's subset of {len(indices)} examples is smaller than a batch ({self.batch_size})"
+            )
         other = copy.copy(self)
         subset = jnp.asarray(np.asarray(indices, np.int32))
-        other.diet = Diet(until, len(indices) // self.batch_size,
-                          jax.jit(lambda key, epoch: subset[epoch_order(key, epoch, len(indices))]))
+        other.diet = Diet(
+            until,
+            len(indices) // self.batch_size,
+            jax.jit(lambda key, epoch: subset[epoch_order(key, epoch, len(indices))]),
+        )
         other._meshes, other._orders = {}, {}
         return other
 
@@ -250,10 +270,13 @@ class Trainer:
                 order = self._take_orders([data_key[i] for i in ids], epoch, subset)
                 if self.host_loop:
                     for j in range(step, end):
-                        block, block_sum = self._train_step(block, self.train_data, order, augment, jnp.int32(j), block_sum)
+                        block, block_sum = self._train_step(
+                            block, self.train_data, order, augment, jnp.int32(j), block_sum
+                        )
                 else:
-                    block, block_sum = self._train(block, self.train_data, order, augment, jnp.int32(step),
-                                                   jnp.int32(end), block_sum)
+                    block, block_sum = self._train(
+                        block, self.train_data, order, augment, jnp.int32(step), jnp.int32(end), block_sum
+                    )
             states.append(block)
             sums.append(block_sum)
         return self._join(states, members), self._join(sums, members)
@@ -337,8 +360,9 @@ class Trainer:
             updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
             lr = self.schedule(step)
             if self.masked:
-                params = jax.tree.map(lambda p, u, m: jnp.where(m, p - lr * u, jnp.zeros_like(p)),
-                                      state["params"], updates, mask)
+                params = jax.tree.map(
+                    lambda p, u, m: jnp.where(m, p - lr * u, jnp.zeros_like(p)), state["params"], updates, mask
+                )
             else:
                 params = jax.tree.map(lambda p, u: p - lr * u, state["params"], updates)
             return params, opt_state
@@ -346,9 +370,16 @@ class Trainer:
         if self.updates is None:
             params, opt_state = optimizer_step()
         else:  # a sparse-training method's step: the optimizer's, and its mask update (pruning/sparse.py)
-            params, mask, opt_state = self.updates.step(optimizer_step, state["params"], mask, state["opt_state"],
-                                                        dense_grads, step, state["sparse"],
-                                                        lambda o, m: mask_optimizer_state(self.tx, o, m))
+            params, mask, opt_state = self.updates.step(
+                optimizer_step,
+                state["params"],
+                mask,
+                state["opt_state"],
+                dense_grads,
+                step,
+                state["sparse"],
+                lambda o, m: mask_optimizer_state(self.tx, o, m),
+            )
         return {**state, "params": params, "batch_stats": batch_stats, "opt_state": opt_state, "mask": mask}, loss
 
     # --- evaluation -------------------------------------------------------------------------
@@ -367,8 +398,10 @@ class Trainer:
         for ids in self.blocks(members):
             block = self._take(weights, ids)
             if self.host_loop:
-                sums = [self._evaluate_batch(block["params"], block["batch_stats"], jax.tree.map(lambda a: a[b], batches))
-                        for b in range(batches[0].shape[0])]
+                sums = [
+                    self._evaluate_batch(block["params"], block["batch_stats"], jax.tree.map(lambda a: a[b], batches))
+                    for b in range(batches[0].shape[0])
+                ]
                 loss, correct = (np.sum(column, axis=0) for column in zip(*sums))
                 total = float(np.sum(batches[2]))
                 results.append((np.reshape(loss / total, -1), np.reshape(correct / total, -1)))
@@ -388,8 +421,9 @@ class Trainer:
 
     def evaluate_batches(self, params, batch_stats, batches, data_axis=None):
         """Mean loss and accuracy over a split's batches, in one loop (padding has weight 0)."""
-        losses, corrects = jax.lax.map(lambda batch: self.evaluate_batch(params, batch_stats, batch, data_axis),
-                                       batches)
+        losses, corrects = jax.lax.map(
+            lambda batch: self.evaluate_batch(params, batch_stats, batch, data_axis), batches
+        )
         total = jnp.sum(batches[2])
         return jnp.sum(losses) / total, jnp.sum(corrects) / total
 
@@ -430,8 +464,9 @@ def stack(trees):
 _member = jax.jit(member)
 _stack = jax.jit(stack)
 _gather = jax.jit(lambda stacked, ids: jax.tree.map(lambda leaf: leaf[ids], stacked))
-_concatenate = jax.jit(lambda blocks, members: jax.tree.map(lambda *parts: jnp.concatenate(parts)[:members], *blocks),
-                       static_argnums=(1,))
+_concatenate = jax.jit(
+    lambda blocks, members: jax.tree.map(lambda *parts: jnp.concatenate(parts)[:members], *blocks), static_argnums=(1,)
+)
 
 
 def stack_width(text: str) -> int:
@@ -450,7 +485,9 @@ PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 def compute_dtype(precision: str):
     if precision not in PRECISIONS:
-        raise LotteryError(f"training.precision={precision!r} is not a precision; choose one of: {', '.join(PRECISIONS)}")
+        raise LotteryError(
+            f"training.precision={precision!r} is not a precision; choose one of: {', '.join(PRECISIONS)}"
+        )
     return PRECISIONS[precision]
 
 

@@ -14,10 +14,20 @@ from lottery.analysis import figures
 
 def write_metrics(directory, replicate, level, kind, density, accuracy, early_accuracy, early_step):
     os.makedirs(directory, exist_ok=True)
-    metrics = {"level": level, "replicate": replicate, "kind": kind, "remaining": int(density * 1000), "total": 1000,
-               "density": density, "start_step": 0, "final": {"step": 100, "test_accuracy": accuracy, "train_loss": 0.1},
-               "early_stop": {"step": early_step, "test_accuracy": early_accuracy, "val_loss": 0.2, "test_loss": 0.2},
-               "layers": {}, "history": [], "wall_time_s": 1.0}
+    metrics = {
+        "level": level,
+        "replicate": replicate,
+        "kind": kind,
+        "remaining": int(density * 1000),
+        "total": 1000,
+        "density": density,
+        "start_step": 0,
+        "final": {"step": 100, "test_accuracy": accuracy, "train_loss": 0.1},
+        "early_stop": {"step": early_step, "test_accuracy": early_accuracy, "val_loss": 0.2, "test_loss": 0.2},
+        "layers": {},
+        "history": [],
+        "wall_time_s": 1.0,
+    }
     with open(os.path.join(directory, "metrics.json"), "w") as f:
         json.dump(metrics, f)
 
@@ -26,15 +36,28 @@ def make_tree(root, name, digest, rewind, rate, barrier=None, replicates=2, leve
     """An experiment directory with tickets and random_reinit controls; accuracies known in closed form."""
     directory = os.path.join(root, f"{name}-{digest}")
     os.makedirs(directory)
-    OmegaConf.save(OmegaConf.create({"name": name, "seed": 0, "rewind": rewind, "pruning": {"rate": rate}}),
-                   os.path.join(directory, "config.yaml"))
+    OmegaConf.save(
+        OmegaConf.create({"name": name, "seed": 0, "rewind": rewind, "pruning": {"rate": rate}}),
+        os.path.join(directory, "config.yaml"),
+    )
     for r in range(replicates):
         for level in range(levels + 1):
             density = (1 - rate) ** level
             level_dir = os.path.join(directory, f"replicate_{r}", f"level_{level}")
-            write_metrics(level_dir, r, level, "ticket", density, 0.9 + offset + 0.01 * r, 0.95 - 0.01 * level + 0.02 * r, 100 * level + r)
+            write_metrics(
+                level_dir,
+                r,
+                level,
+                "ticket",
+                density,
+                0.9 + offset + 0.01 * r,
+                0.95 - 0.01 * level + 0.02 * r,
+                100 * level + r,
+            )
             if level:
-                write_metrics(os.path.join(level_dir, "random_reinit"), r, level, "random_reinit", density, 0.8, 0.85, 50)
+                write_metrics(
+                    os.path.join(level_dir, "random_reinit"), r, level, "random_reinit", density, 0.8, 0.85, 50
+                )
             if barrier is not None:
                 os.makedirs(os.path.join(level_dir, "lmc"))
                 with open(os.path.join(level_dir, "lmc", "metrics.json"), "w") as f:
@@ -78,7 +101,10 @@ def test_accuracy_vs_sparsity_plot(tree):
     np.testing.assert_allclose(y, [100 * (0.95 - 0.01 * level + 0.01) for level in range(4)])
     assert ax.get_xscale() == "log" and ax.get_xlim()[0] > ax.get_xlim()[1]  # decreasing to the right
     ax = analysis.plot_accuracy_vs_sparsity(df[df.kind == "ticket"], by="experiment")
-    assert [line.get_label() for line in ax.get_lines()] == ["pruning.rate=0.2, rewind=0it", "pruning.rate=0.5, rewind=20it"]
+    assert [line.get_label() for line in ax.get_lines()] == [
+        "pruning.rate=0.2, rewind=0it",
+        "pruning.rate=0.5, rewind=20it",
+    ]
     # experiments with names of their own are named; a value an experiment does not hash is left out
     named = df.assign(experiment=df.hash.map({"aaaa": "imp", "bbbb": "rewound"}))
     ax = analysis.plot_accuracy_vs_sparsity(named[named.kind == "ticket"], by="experiment")
@@ -118,7 +144,10 @@ def test_report_writes_every_network_to_csv(tree, tmp_path):
 def test_report_csv_into_a_missing_directory_is_one_line_and_keeps_nothing_half_written(tree, tmp_path, capsys):
     assert report.main([str(tree), "--csv", str(tmp_path / "missing" / "levels.csv")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
-    assert line.startswith(f"error: {tmp_path / 'missing' / 'levels.csv'}: cannot write the CSV there (") and "(None)" not in line
+    assert (
+        line.startswith(f"error: {tmp_path / 'missing' / 'levels.csv'}: cannot write the CSV there (")
+        and "(None)" not in line
+    )
     assert not (tmp_path / "missing").exists()
 
 
@@ -144,10 +173,22 @@ def test_legends_name_only_what_changes_the_experiment(tmp_path):
     # Older config.yaml files held the whole config: keys outside the identity must not reach legends.
     for i, digest in enumerate(("aaaa", "bbbb")):
         directory = make_tree(tmp_path, "quickstart", digest, "0it", 0.2 + 0.3 * i)
-        OmegaConf.save(OmegaConf.create({"name": "quickstart", "seed": 0, "rewind": "0it", "pruning": {"rate": 0.2 + 0.3 * i},
-                                         "progress": bool(i), "levels": 3 + i, "dataset": {"root": f"/data/{i}"},
-                                         "lmc": {"points": 10 + i}, "wandb": {"mode": "offline"}}),
-                       os.path.join(directory, "config.yaml"))
+        OmegaConf.save(
+            OmegaConf.create(
+                {
+                    "name": "quickstart",
+                    "seed": 0,
+                    "rewind": "0it",
+                    "pruning": {"rate": 0.2 + 0.3 * i},
+                    "progress": bool(i),
+                    "levels": 3 + i,
+                    "dataset": {"root": f"/data/{i}"},
+                    "lmc": {"points": 10 + i},
+                    "wandb": {"mode": "offline"},
+                }
+            ),
+            os.path.join(directory, "config.yaml"),
+        )
     df = analysis.load_runs(str(tmp_path))
     assert [c for c in df.columns if c not in analysis.STANDARD_COLUMNS] == ["pruning.rate"]
     ax = analysis.plot_accuracy_vs_sparsity(df[df.kind == "ticket"], by="experiment")
@@ -193,12 +234,20 @@ def test_the_report_of_experiments_that_differ_in_many_keys_prints_no_warning(tm
 
     for i, digest in enumerate(("aaaa", "bbbb", "cccc")):
         directory = make_tree(tmp_path, "lenet", digest, f"{100 * i}it", 0.2 + 0.1 * i, levels=2)
-        OmegaConf.save(OmegaConf.create({"name": "lenet", "rewind": f"{100 * i}it", "pruning": {"rate": 0.2 + 0.1 * i},
-                                         "model": {"name": "lenet", "hidden": [300 - 50 * i, 100]},
-                                         "optimizer": {"name": ["sgd", "adam", "sgd"][i], "lr": 0.1 / (i + 1)},
-                                         "training": {"steps": f"{5000 * (i + 1)}it", "batch_size": 60 + i},
-                                         "dataset": {"name": "mnist", "fingerprint": f"sha256:{digest * 16}"}}),
-                       os.path.join(directory, "config.yaml"))
+        OmegaConf.save(
+            OmegaConf.create(
+                {
+                    "name": "lenet",
+                    "rewind": f"{100 * i}it",
+                    "pruning": {"rate": 0.2 + 0.1 * i},
+                    "model": {"name": "lenet", "hidden": [300 - 50 * i, 100]},
+                    "optimizer": {"name": ["sgd", "adam", "sgd"][i], "lr": 0.1 / (i + 1)},
+                    "training": {"steps": f"{5000 * (i + 1)}it", "batch_size": 60 + i},
+                    "dataset": {"name": "mnist", "fingerprint": f"sha256:{digest * 16}"},
+                }
+            ),
+            os.path.join(directory, "config.yaml"),
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert report.main([str(tmp_path), "--no-masks"]) == 0
@@ -238,11 +287,14 @@ def test_train_time_is_per_network(tmp_path):
     assert summary.iloc[0]["train_time_s"] == pytest.approx(3.0)  # 12 s / 4 and 3 s / 1
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"level": 0, "repl', "cannot be read as JSON"),
-    ("1", "holds int, not a lottery result"),
-    ("{}", "holds an object without level"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"level": 0, "repl', "cannot be read as JSON"),
+        ("1", "holds int, not a lottery result"),
+        ("{}", "holds an object without level"),
+    ],
+)
 def test_report_names_a_broken_result_file(tree, capsys, content, message):
     path = tree / "quickstart-aaaa" / "replicate_1" / "level_2" / "metrics.json"
     path.write_text(content)
@@ -263,7 +315,10 @@ def test_report_says_to_use_output_when_it_cannot_write_figures(tree, capsys, tm
     blocked.write_text("")
     assert report.main([str(tree), "--output", str(blocked / "figures")]) == 2
     captured = capsys.readouterr()
-    assert captured.err.startswith(f"error: {blocked / 'figures'}: cannot write figures there") and "--output DIR" in captured.err
+    assert (
+        captured.err.startswith(f"error: {blocked / 'figures'}: cannot write figures there")
+        and "--output DIR" in captured.err
+    )
     assert captured.out == ""  # nothing printed before the error
 
 
@@ -279,8 +334,11 @@ def test_by_experiment_each_kind_keeps_its_own_line(tree):
     ax = analysis.plot_accuracy_vs_sparsity(df, by="experiment")
     lines = ax.get_lines()
     assert [line.get_label() for line in lines] == [
-        "pruning.rate=0.2, rewind=0it, ticket", "pruning.rate=0.2, rewind=0it, random_reinit",
-        "pruning.rate=0.5, rewind=20it, ticket", "pruning.rate=0.5, rewind=20it, random_reinit"]
+        "pruning.rate=0.2, rewind=0it, ticket",
+        "pruning.rate=0.2, rewind=0it, random_reinit",
+        "pruning.rate=0.5, rewind=20it, ticket",
+        "pruning.rate=0.5, rewind=20it, random_reinit",
+    ]
     # One colour per experiment, one line style per kind.
     assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color() == lines[3].get_color()
     assert lines[0].get_linestyle() == lines[2].get_linestyle() != lines[1].get_linestyle()

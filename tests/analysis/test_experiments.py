@@ -9,7 +9,9 @@ FC2019 = REPO / "experiments" / "frankle_carbin_2019"
 
 
 def test_frankle_carbin_readme_table_is_what_its_csv_says():
-    out = subprocess.run([sys.executable, str(FC2019 / "compare.py")], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(FC2019 / "compare.py")], capture_output=True, text=True, check=True
+    ).stdout
     table = [line for line in out.splitlines() if line.count("|") == 10]  # the per-level table, header first
     rows = [line for line in table if line.split("|")[1].strip().isdigit()]
     assert len(rows) == 21  # levels 0-20

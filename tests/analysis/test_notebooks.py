@@ -17,8 +17,19 @@ from wandb_records import read_run
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("sweep")
-    result = run_cli("-m", "levels=1", "rewind=0it,20it", "replicates=2", "controls=[random_reinit]", "lmc.levels=[1]",
-                     "lmc.points=3", "training.steps=3ep", "progress=false", "wandb.mode=offline", cwd=cwd)
+    result = run_cli(
+        "-m",
+        "levels=1",
+        "rewind=0it,20it",
+        "replicates=2",
+        "controls=[random_reinit]",
+        "lmc.levels=[1]",
+        "lmc.points=3",
+        "training.steps=3ep",
+        "progress=false",
+        "wandb.mode=offline",
+        cwd=cwd,
+    )
     assert result.returncode == 0, result.stderr
     (sweep_dir,) = glob.glob(str(cwd / "runs" / "multirun" / "*"))
     return cwd, sweep_dir
@@ -44,8 +55,10 @@ def test_multirun_jobs_get_their_own_directories_and_wandb_runs(sweep):
                 similarity = json.load(f)
             replicate, kind = re.search(r"-r(\d+)-(ticket|random_reinit)$", run_dir).groups()
             replicate, other = int(replicate), "random_reinit" if kind == "ticket" else "ticket"
-            assert [row[:3] for row in similarity["data"]] == [["replicates", 1, f"replicate {1 - replicate} {kind}"],
-                                                                ["kinds", 1, f"replicate {replicate} {other}"]]
+            assert [row[:3] for row in similarity["data"]] == [
+                ["replicates", 1, f"replicate {1 - replicate} {kind}"],
+                ["kinds", 1, f"replicate {replicate} {other}"],
+            ]
     assert len(run_ids) == 8
     pointers = sorted(glob.glob(os.path.join(sweep_dir, "*", analysis.POINTER)))
     assert [os.path.basename(os.path.dirname(p)) for p in pointers] == ["0", "1"]
@@ -62,11 +75,13 @@ def test_notebook_executes_against_fresh_results(sweep, name, monkeypatch):
     path = REPO / "notebooks" / f"{name}.ipynb"
     notebook = nbformat.read(path, as_version=4)
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # committed clean
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    # The figures were drawn: analysis (per experiment, early stopping, comparison, layer densities); sweep (one line per
-    # job, instability vs rewind; the heat map needs two swept keys).
+    # The figures were drawn: analysis (per experiment, early stopping, comparison, layer densities);
+    # sweep (one line per job, instability vs rewind; the heat map needs two swept keys).
     assert sum("image/png" in o.get("data", {}) for o in outputs) == {"analysis": 4, "sweep_analysis": 2}[name]
     if name == "analysis":  # the mask similarity table, against chance
         assert any("jaccard_above_chance" in o.get("data", {}).get("text/html", "") for o in outputs)

@@ -35,7 +35,9 @@ def df(tmp_path_factory):
             # final accuracy: the early-stop one - 0.02
             write_metrics(level_dir, r, level, "ticket", density, EARLY[r][level] - 0.02, EARLY[r][level], 100)
             if level:
-                write_metrics(level_dir / "random_reinit", r, level, "random_reinit", density, 0.5, REINIT[r][level - 1], 50)
+                write_metrics(
+                    level_dir / "random_reinit", r, level, "random_reinit", density, 0.5, REINIT[r][level - 1], 50
+                )
             if level in LMC:
                 os.makedirs(level_dir / "lmc")
                 (level_dir / "lmc" / "metrics.json").write_text(json.dumps({"barrier": LMC[level] + 0.001 * r}))
@@ -55,7 +57,9 @@ def test_accuracy_at_a_level_is_the_mean_over_replicates(df):
     final = objective.compute(spec(name="accuracy", at="final"), df)  # neither level nor remaining: the last level
     assert final.value == pytest.approx(0.80) and final.key == "accuracy(at=final,kind=ticket,level=3)"
     # Only this invocation's levels and replicates.
-    assert objective.compute(spec(name="accuracy"), df, last_level=2, replicates=1).replicates == pytest.approx({0: 0.88})
+    assert objective.compute(spec(name="accuracy"), df, last_level=2, replicates=1).replicates == pytest.approx(
+        {0: 0.88}
+    )
 
 
 @pytest.mark.parametrize("remaining, level", [(100, 0), (40, 1), (36, 1), (35, 2), (30, 2), (9, 3), (12.5, 3)])
@@ -97,8 +101,12 @@ def test_auc_is_the_mean_accuracy_over_log_density(df):
     assert result.replicates == pytest.approx(whole) and result.value == pytest.approx(0.9)
     assert result.levels == [0, 1, 2, 3] and result.key == "auc(at=early_stop,kind=ticket,level=3)"
     assert objective.compute(spec(name="auc", remaining=12.5), df).value == pytest.approx(0.9)  # the last level exactly
-    assert objective.compute(spec(name="auc", level=1), df).value == pytest.approx(((0.90 + 0.92) / 2 + (0.94 + 0.96) / 2) / 2)
-    assert objective.compute(spec(name="auc", remaining=100), df).value == pytest.approx(0.92)  # the dense network alone
+    assert objective.compute(spec(name="auc", level=1), df).value == pytest.approx(
+        ((0.90 + 0.92) / 2 + (0.94 + 0.96) / 2) / 2
+    )
+    assert objective.compute(spec(name="auc", remaining=100), df).value == pytest.approx(
+        0.92
+    )  # the dense network alone
 
 
 def test_auc_to_a_target_between_levels_interpolates_its_accuracy(df):
@@ -114,34 +122,63 @@ def test_auc_to_a_target_between_levels_interpolates_its_accuracy(df):
         objective.compute(spec(name="auc", remaining=12), df)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["objective.name=best"], "objective.name='best' is not an objective; choose one of: none, accuracy, auc, lmc_barrier"),
-    (["objective.level=2"], "objective.level=2 is set but objective.name=none computes nothing"),
-    (["objective.name=accuracy", "objective.at=middle"], "objective.at='middle' is not an option"),
-    (["objective.name=accuracy", "levels=2", "objective.level=3"], "objective.level=3 must be one of the levels 0..2"),
-    (["objective.name=accuracy", "objective.level=1", "objective.remaining=3.6"], "are both set"),
-    (["objective.name=accuracy", "objective.remaining=0"], "objective.remaining=0.0 must be a percentage"),
-    (["objective.name=accuracy", "objective.kind=random_prune"], "add it: controls=[random_prune]"),
-    (["objective.name=accuracy", "dataset.validation=0"], "objective.at=early_stop needs a validation set"),
-    (["objective.name=lmc_barrier", "levels=2", "lmc.levels=[1]"], "lmc_barrier at level 2: not measured; add it to lmc.levels"),
-    (["objective.name=lmc_barrier", "objective.remaining=10"], "needs LMC measurements: set lmc.levels"),
-    (["objective.name=lmc_barrier", "controls=[random_reinit]", "objective.kind=random_reinit", "lmc.levels=[1]",
-      "objective.level=1"], "measured for tickets only"),
-    (["objective.name=accuracy", "controls=[random_reinit]", "objective.kind=random_reinit", "levels=0"],
-     "objective.kind=random_reinit with levels=0: controls train at pruned levels only"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["objective.name=best"],
+            "objective.name='best' is not an objective; choose one of: none, accuracy, auc, lmc_barrier",
+        ),
+        (["objective.level=2"], "objective.level=2 is set but objective.name=none computes nothing"),
+        (["objective.name=accuracy", "objective.at=middle"], "objective.at='middle' is not an option"),
+        (
+            ["objective.name=accuracy", "levels=2", "objective.level=3"],
+            "objective.level=3 must be one of the levels 0..2",
+        ),
+        (["objective.name=accuracy", "objective.level=1", "objective.remaining=3.6"], "are both set"),
+        (["objective.name=accuracy", "objective.remaining=0"], "objective.remaining=0.0 must be a percentage"),
+        (["objective.name=accuracy", "objective.kind=random_prune"], "add it: controls=[random_prune]"),
+        (["objective.name=accuracy", "dataset.validation=0"], "objective.at=early_stop needs a validation set"),
+        (
+            ["objective.name=lmc_barrier", "levels=2", "lmc.levels=[1]"],
+            "lmc_barrier at level 2: not measured; add it to lmc.levels",
+        ),
+        (["objective.name=lmc_barrier", "objective.remaining=10"], "needs LMC measurements: set lmc.levels"),
+        (
+            [
+                "objective.name=lmc_barrier",
+                "controls=[random_reinit]",
+                "objective.kind=random_reinit",
+                "lmc.levels=[1]",
+                "objective.level=1",
+            ],
+            "measured for tickets only",
+        ),
+        (
+            ["objective.name=accuracy", "controls=[random_reinit]", "objective.kind=random_reinit", "levels=0"],
+            "objective.kind=random_reinit with levels=0: controls train at pruned levels only",
+        ),
+    ],
+)
 def test_a_bad_spec_is_rejected_before_anything_runs(overrides, message):
     with pytest.raises(LotteryError, match=re.escape(message)):
         imp.check(compose_config(overrides))
 
 
-@pytest.mark.parametrize("overrides, message", [  # fc layers at 0.2 per level, the output at 0.1: 64.8% at level 2
-    (["objective.name=accuracy", "objective.remaining=1"], "objective.remaining=1: not reached; the last level, 2, has "
-                                                            "64.8% of weights remaining; add levels"),
-    (["objective.name=auc", "objective.remaining=40"], "objective.remaining=40: not reached; the last level, 2"),
-    (["objective.name=lmc_barrier", "objective.remaining=70", "lmc.levels=[1]"],
-     "objective.name=lmc_barrier at objective.remaining=70: its level, 2 (64.8% remaining), is not measured"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [  # fc layers at 0.2 per level, the output at 0.1: 64.8% at level 2
+        (
+            ["objective.name=accuracy", "objective.remaining=1"],
+            "objective.remaining=1: not reached; the last level, 2, has 64.8% of weights remaining; add levels",
+        ),
+        (["objective.name=auc", "objective.remaining=40"], "objective.remaining=40: not reached; the last level, 2"),
+        (
+            ["objective.name=lmc_barrier", "objective.remaining=70", "lmc.levels=[1]"],
+            "objective.name=lmc_barrier at objective.remaining=70: its level, 2 (64.8% remaining), is not measured",
+        ),
+    ],
+)
 def test_an_objective_the_levels_cannot_reach_is_refused_before_any_training(small_config, overrides, message):
     cfg = small_config(*overrides)  # levels=2
     with pytest.raises(LotteryError, match=re.escape(message)):
@@ -168,7 +205,9 @@ def test_objectives_live_beside_each_other_and_a_repeat_rewrites_nothing(df, tmp
 @pytest.mark.slow
 def test_a_run_prints_writes_and_returns_the_value_of_its_tree(small_config):
     out = io.StringIO()
-    cfg = small_config("levels=1", "replicates=2", "training.steps=2ep", "objective.name=accuracy", "objective.remaining=80")
+    cfg = small_config(
+        "levels=1", "replicates=2", "training.steps=2ep", "objective.name=accuracy", "objective.remaining=80"
+    )
     results = imp.run(cfg, console=Console(file=out, width=200))
     directory = imp.prepare(cfg).directory
     expected = objective.compute(cfg.objective, analysis.load_runs(directory))
@@ -176,15 +215,21 @@ def test_a_run_prints_writes_and_returns_the_value_of_its_tree(small_config):
     assert expected.levels == [1] and expected.key == "accuracy(at=early_stop,kind=ticket,remaining=80.0)"
     written = json.loads(open(os.path.join(directory, objective.FILE)).read())
     assert written[expected.key]["value"] == expected.value
-    line = f"objective (accuracy at 80% remaining, level 1 at {expected.percent_remaining[0]:.4g}%, early stop, " \
-           f"mean of 2 replicates): {expected.value:.4f}"
+    line = (
+        f"objective (accuracy at 80% remaining, level 1 at {expected.percent_remaining[0]:.4g}%, early stop, "
+        f"mean of 2 replicates): {expected.value:.4f}"
+    )
     assert line in out.getvalue()
     # Asked again for another objective, the finished experiment trains nothing and keeps both.
-    again = imp.run(small_config("levels=1", "replicates=2", "training.steps=2ep", "objective.name=auc"),
-                    console=Console(file=io.StringIO()))
+    again = imp.run(
+        small_config("levels=1", "replicates=2", "training.steps=2ep", "objective.name=auc"),
+        console=Console(file=io.StringIO()),
+    )
     assert again.objective == objective.compute(spec(name="auc"), analysis.load_runs(directory)).value
     assert set(json.loads(open(os.path.join(directory, objective.FILE)).read())) == {
-        expected.key, "auc(at=early_stop,kind=ticket,level=1)"}
+        expected.key,
+        "auc(at=early_stop,kind=ticket,level=1)",
+    }
     with open(os.path.join(directory, "invocations.jsonl")) as f:
         last = json.loads(f.readlines()[-1])
     assert last["event"] == "end" and last["added"] == []

@@ -17,7 +17,7 @@ from lottery import analysis, report
 from lottery.errors import LotteryError
 from lottery.analysis import tickets
 from lottery.results.store import save_tree
-from lottery.imp import finish, levels
+from lottery.imp import finish
 
 
 def by_layer(rows):
@@ -54,7 +54,9 @@ def test_similarity_of_hand_made_masks():
     assert np.isnan(by_layer(tickets.compare(empty, empty, start_a, start_a, ["x"]))["all"]["jaccard"])
 
 
-@pytest.mark.parametrize("layers", [((40, 10, 25),), ((40, 10, 25), (100, 30, 60), (7, 0, 3)), ((12, 11, 11), (5, 5, 1))])
+@pytest.mark.parametrize(
+    "layers", [((40, 10, 25),), ((40, 10, 25), (100, 30, 60), (7, 0, 3)), ((12, 11, 11), (5, 5, 1))]
+)
 def test_chance_overlap_against_simulation(layers):
     rng = np.random.default_rng(0)
     draws, both, union = 100_000, 0, 0
@@ -90,14 +92,30 @@ def network(directory, replicate, level, kind, rng, keep, given=None):
         if given and name in given:
             masks[name] = np.asarray(given[name], bool)
         params[name] = (rng.standard_normal(shape) * masks[name]).astype(np.float32)
-    nest = lambda flat: {"hidden": {"0": {"kernel": flat["hidden/0/kernel"]}}, "output": {"kernel": flat["output/kernel"]}}
+    nest = lambda flat: {
+        "hidden": {"0": {"kernel": flat["hidden/0/kernel"]}},
+        "output": {"kernel": flat["output/kernel"]},
+    }
     os.makedirs(directory)
     save_tree(os.path.join(directory, "ticket"), {"mask": nest(masks), "params": nest(params), "batch_stats": {}})
-    layers = {name: {"remaining": int(m.sum()), "total": int(m.size), "density": float(m.mean())} for name, m in masks.items()}
+    layers = {
+        name: {"remaining": int(m.sum()), "total": int(m.size), "density": float(m.mean())} for name, m in masks.items()
+    }
     remaining = sum(c["remaining"] for c in layers.values())
-    metrics = {"level": level, "replicate": replicate, "kind": kind, "remaining": remaining, "total": 18,
-               "density": remaining / 18, "layers": layers, "start_step": 0, "history": [], "wall_time_s": 1.0,
-               "final": {"step": 10, "test_accuracy": 0.9}, "early_stop": {"step": 10, "test_accuracy": 0.9}}
+    metrics = {
+        "level": level,
+        "replicate": replicate,
+        "kind": kind,
+        "remaining": remaining,
+        "total": 18,
+        "density": remaining / 18,
+        "layers": layers,
+        "start_step": 0,
+        "history": [],
+        "wall_time_s": 1.0,
+        "final": {"step": 10, "test_accuracy": 0.9},
+        "early_stop": {"step": 10, "test_accuracy": 0.9},
+    }
     with open(os.path.join(directory, "metrics.json"), "w") as f:
         json.dump(metrics, f)
     return masks, params
@@ -117,8 +135,9 @@ def tree(tmp_path_factory):
                 level_dir = directory / f"replicate_{r}" / f"level_{level}"
                 arrays[digest, r, level, "ticket"] = network(level_dir, r, level, "ticket", rng, 0.5**level)
                 if level:
-                    arrays[digest, r, level, "random_prune"] = network(level_dir / "random_prune", r, level,
-                                                                       "random_prune", rng, 0.5**level)
+                    arrays[digest, r, level, "random_prune"] = network(
+                        level_dir / "random_prune", r, level, "random_prune", rng, 0.5**level
+                    )
     return root, arrays
 
 
@@ -192,7 +211,11 @@ def test_experiments_at_different_densities_show_both(tmp_path, capsys):
         network(directory / "replicate_0" / "level_1", 0, 1, "ticket", rng, keep)
     summary = tickets.summarize_similarity(tickets.similarity_table(str(tmp_path)))
     (row,) = summary.itertuples()
-    assert (row.comparison, 18 * row.density_a, 18 * row.density_b) == ("experiments", pytest.approx(9), pytest.approx(5))
+    assert (row.comparison, 18 * row.density_a, 18 * row.density_b) == (
+        "experiments",
+        pytest.approx(9),
+        pytest.approx(5),
+    )
     assert report.main([str(tmp_path), "--output", str(tmp_path)]) == 0
     (line,) = [line for line in capsys.readouterr().out.splitlines() if "lenet-dddd vs lenet-eeee" in line]
     assert [cell.strip() for cell in line.split("│")][5] == "50.00 vs 27.78"  # the % weights remaining column
@@ -209,11 +232,26 @@ def test_reading_a_damaged_ticket_leaves_no_event_loop_tracebacks(tmp_path, monk
 
     directory = tmp_path / "lenet-ffff" / "replicate_0" / "level_1"
     layers = [f"layer{i}" for i in range(10)]  # 20 arrays: many reads in flight
-    save_tree(str(directory / "ticket"), {"mask": {n: np.ones(12, bool) for n in layers},
-                                          "params": {n: np.ones(12, np.float32) for n in layers}, "batch_stats": {}})
-    metrics = {"level": 1, "replicate": 0, "kind": "ticket", "remaining": 120, "total": 120, "density": 1.0,
-               "layers": {n: {"remaining": 12, "total": 12, "density": 1.0} for n in layers}, "start_step": 0,
-               "history": [], "final": {"step": 10, "test_accuracy": 0.9}}
+    save_tree(
+        str(directory / "ticket"),
+        {
+            "mask": {n: np.ones(12, bool) for n in layers},
+            "params": {n: np.ones(12, np.float32) for n in layers},
+            "batch_stats": {},
+        },
+    )
+    metrics = {
+        "level": 1,
+        "replicate": 0,
+        "kind": "ticket",
+        "remaining": 120,
+        "total": 120,
+        "density": 1.0,
+        "layers": {n: {"remaining": 12, "total": 12, "density": 1.0} for n in layers},
+        "start_step": 0,
+        "history": [],
+        "final": {"step": 10, "test_accuracy": 0.9},
+    }
     (directory / "metrics.json").write_text(json.dumps(metrics))
     for path in (directory / "ticket").rglob("*"):
         if path.is_file() and path.parent.name == "d":  # the arrays' data, not the metadata
@@ -230,8 +268,13 @@ def test_reading_a_damaged_ticket_leaves_no_event_loop_tracebacks(tmp_path, monk
 def test_per_layer_densities_from_the_results(tree):
     root, arrays = tree
     densities = tickets.layer_densities(analysis.load_runs(str(root)))
-    row = densities[(densities.hash == "bbbb") & (densities.replicate == 1) & (densities.level == 2) &
-                    (densities.kind == "ticket") & (densities.layer == "hidden/0/kernel")].iloc[0]
+    row = densities[
+        (densities.hash == "bbbb")
+        & (densities.replicate == 1)
+        & (densities.level == 2)
+        & (densities.kind == "ticket")
+        & (densities.layer == "hidden/0/kernel")
+    ].iloc[0]
     mask = arrays["bbbb", 1, 2, "ticket"][0]
     assert (row.kept, row.total) == (mask["hidden/0/kernel"].sum(), 12)
     assert row.density == pytest.approx(mask["hidden/0/kernel"].mean())
@@ -245,10 +288,12 @@ def test_per_layer_densities_from_the_results(tree):
 
 def test_layer_collapse_empty_and_nearly_empty(capsys):
     layers = ["a", "b", "c", "d"]
-    mask = {"a": np.zeros((4, 3), bool),  # empty
-            "b": np.array([[1, 0, 0, 0], [1, 0, 0, 0]], bool),  # 3 of 4 output units have no input
-            "c": np.array([[1, 1, 0, 0], [0, 0, 0, 0]], bool),  # 2 of 4: exactly half
-            "d": np.array([[1, 1, 1, 0], [0, 0, 0, 0]], bool)}  # 1 of 4
+    mask = {
+        "a": np.zeros((4, 3), bool),  # empty
+        "b": np.array([[1, 0, 0, 0], [1, 0, 0, 0]], bool),  # 3 of 4 output units have no input
+        "c": np.array([[1, 1, 0, 0], [0, 0, 0, 0]], bool),  # 2 of 4: exactly half
+        "d": np.array([[1, 1, 1, 0], [0, 0, 0, 0]], bool),
+    }  # 1 of 4
     conv = np.ones((3, 3, 2, 5), bool)
     conv[..., 1:] = False  # HWIO: 4 of 5 output channels dead
     assert tickets.dead_units(conv) == 4 and tickets.dead_units(mask["b"]) == 3
@@ -258,15 +303,22 @@ def test_layer_collapse_empty_and_nearly_empty(capsys):
     assert set(c["layer"] for c in tickets.collapse(mask, layers, nearly=0.75)) == {"a", "b"}
     # Training says so once per network, naming the layers, on stderr.
     nested = {"hidden": {"0": {"kernel": mask["a"]}}, "output": {"kernel": np.ones((3, 2), bool)}}
-    experiment = types.SimpleNamespace(prunable=["hidden/0/kernel", "output/kernel"],
-                                       cfg=compose_config(["pruning=global"]), structure=types.SimpleNamespace(layers=[]))
+    experiment = types.SimpleNamespace(
+        prunable=["hidden/0/kernel", "output/kernel"],
+        cfg=compose_config(["pruning=global"]),
+        structure=types.SimpleNamespace(layers=[]),
+    )
     finish.warn_collapse(experiment, {"level": 7, "replicate": 1, "kind": "ticket"}, nested)
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("warning: level 7, replicate 1, ticket: layer collapse: "
-                                               "hidden/0/kernel keeps 0 of 12 weights")
+    assert len(err) == 1 and err[0].startswith(
+        "warning: level 7, replicate 1, ticket: layer collapse: hidden/0/kernel keeps 0 of 12 weights"
+    )
     assert err[0].endswith("global ranking does this at high sparsity (pruning.strategy=layerwise keeps every layer)")
-    finish.warn_collapse(experiment, {"level": 7, "replicate": 1, "kind": "ticket"},
-                      {"hidden": {"0": {"kernel": np.ones((4, 3), bool)}}, "output": {"kernel": np.ones((3, 2), bool)}})
+    finish.warn_collapse(
+        experiment,
+        {"level": 7, "replicate": 1, "kind": "ticket"},
+        {"hidden": {"0": {"kernel": np.ones((4, 3), bool)}}, "output": {"kernel": np.ones((3, 2), bool)}},
+    )
     assert capsys.readouterr().err == ""
 
 
@@ -291,9 +343,12 @@ def experiment(root, name, digest, config=None):
 @pytest.mark.slow
 def test_the_report_names_each_experiments_method(tmp_path, capsys):
     rng = np.random.default_rng(4)
-    for name, digest, config in (("lenet", "aaaa", {}), ("lenet-digits-swamp", "bbbb", {"swamp": {"particles": 2}}),
-                                 ("lenet-digits-rigl", "cccc", {"sparsity": {"method": "rigl"}}),
-                                 ("lenet-digits-neurons", "dddd", {"pruning": {"structure": "neurons"}})):
+    for name, digest, config in (
+        ("lenet", "aaaa", {}),
+        ("lenet-digits-swamp", "bbbb", {"swamp": {"particles": 2}}),
+        ("lenet-digits-rigl", "cccc", {"sparsity": {"method": "rigl"}}),
+        ("lenet-digits-neurons", "dddd", {"pruning": {"structure": "neurons"}}),
+    ):
         network(experiment(tmp_path, name, digest, config) / "replicate_0" / "level_1", 0, 1, "ticket", rng, 0.5)
     df = analysis.load_runs(str(tmp_path))
     assert dict(zip(df.hash, df.method)) == {"aaaa": "IMP", "bbbb": "SWAMP", "cccc": "RigL", "dddd": "IMP (neurons)"}
@@ -313,8 +368,12 @@ def test_units_a_structured_ticket_prunes_are_not_collapse(tmp_path):
         network(directory / "level_2", 0, 2, "ticket", rng, 0.0)  # emptied: collapse under any structure
     found = tickets.collapsed(str(tmp_path))
     assert sorted(zip(found.hash, found.level, found.layer)) == [
-        ("aaaa", 1, "hidden/0/kernel"), ("aaaa", 2, "hidden/0/kernel"), ("aaaa", 2, "output/kernel"),
-        ("bbbb", 2, "hidden/0/kernel"), ("bbbb", 2, "output/kernel")]
+        ("aaaa", 1, "hidden/0/kernel"),
+        ("aaaa", 2, "hidden/0/kernel"),
+        ("aaaa", 2, "output/kernel"),
+        ("bbbb", 2, "hidden/0/kernel"),
+        ("bbbb", 2, "output/kernel"),
+    ]
 
 
 def test_a_damaged_ticket_is_named_and_skipped_and_the_rest_reported(tmp_path, capsys):
@@ -322,7 +381,9 @@ def test_a_damaged_ticket_is_named_and_skipped_and_the_rest_reported(tmp_path, c
     directory = experiment(tmp_path, "lenet", "aaaa")
     for replicate in range(2):
         for level in range(3):
-            network(directory / f"replicate_{replicate}" / f"level_{level}", replicate, level, "ticket", rng, 0.5**level)
+            network(
+                directory / f"replicate_{replicate}" / f"level_{level}", replicate, level, "ticket", rng, 0.5**level
+            )
     damaged = directory / "replicate_1" / "level_2"
     for path in (damaged / "ticket").rglob("*"):
         if path.is_file():
@@ -332,7 +393,9 @@ def test_a_damaged_ticket_is_named_and_skipped_and_the_rest_reported(tmp_path, c
     out, err = capsys.readouterr()
     assert "ticket masks: overlap (Jaccard)" in out and f"wrote {csv}" in out  # the other tickets' pairs
     (line,) = err.strip().splitlines()
-    assert line.startswith(f"error: {damaged / 'ticket'}: cannot be read as an orbax checkpoint") and "--no-masks" in line
+    assert (
+        line.startswith(f"error: {damaged / 'ticket'}: cannot be read as an orbax checkpoint") and "--no-masks" in line
+    )
     pairs = pd.read_csv(csv)
     assert len(pairs) and not ((pairs.replicate_a == 1) & (pairs.level_a == 2)).any()
     assert not ((pairs.replicate_b == 1) & (pairs.level_b == 2)).any() and (pairs.level_b == 2).any()
@@ -350,4 +413,6 @@ def test_an_unwritable_similarity_csv_is_refused_before_any_work(tmp_path, capsy
             out, err = capsys.readouterr()
             assert out == "" and not os.path.exists(tmp_path / "figures")
             (line,) = err.strip().splitlines()
-            assert line.startswith(f"error: {path}: cannot write the CSV there (") and line.endswith(f"choose another {option} FILE")
+            assert line.startswith(f"error: {path}: cannot write the CSV there (") and line.endswith(
+                f"choose another {option} FILE"
+            )

@@ -23,12 +23,15 @@ def test_a_run_says_what_it_computes_on():
     assert backend.describe() == f"backend: cpu ({len(jax.devices())} x cpu)"
 
 
-@pytest.mark.parametrize("gpu, chosen, plugin, expected", [
-    (False, None, None, None),  # a CPU machine: nothing to say
-    (True, "cpu", None, None),  # the user chose the CPU (JAX_PLATFORMS=cpu)
-    (True, None, None, "JAX's CUDA plugin is not installed; pip install -e '.[cuda]' installs it"),
-    (True, None, "jax-cuda13-plugin 0.11.2", "jax-cuda13-plugin 0.11.2 is installed but its backend did not start"),
-])
+@pytest.mark.parametrize(
+    "gpu, chosen, plugin, expected",
+    [
+        (False, None, None, None),  # a CPU machine: nothing to say
+        (True, "cpu", None, None),  # the user chose the CPU (JAX_PLATFORMS=cpu)
+        (True, None, None, "JAX's CUDA plugin is not installed; pip install -e '.[cuda]' installs it"),
+        (True, None, "jax-cuda13-plugin 0.11.2", "jax-cuda13-plugin 0.11.2 is installed but its backend did not start"),
+    ],
+)
 def test_a_gpu_machine_computing_on_its_cpu_is_warned_in_one_line(monkeypatch, gpu, chosen, plugin, expected):
     monkeypatch.setattr(backend, "gpu_present", lambda: gpu)
     monkeypatch.setattr(backend, "platforms_chosen", lambda: chosen)
@@ -63,17 +66,33 @@ def test_announce_says_the_backend_on_stdout_and_warns_on_stderr(monkeypatch, ca
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(backend.cuda_plugin() is not None, reason="a CUDA plugin is installed: without JAX_PLATFORMS the "
-                    "run could compute on a GPU")
+@pytest.mark.skipif(
+    backend.cuda_plugin() is not None,
+    reason="a CUDA plugin is installed: without JAX_PLATFORMS the run could compute on a GPU",
+)
 def test_the_command_line_warns_once_when_a_gpu_seems_present_but_jax_computes_on_the_cpu(tmp_path):
     fake = tmp_path / "bin" / "nvidia-smi"  # the probe finds the driver's command on PATH
     fake.parent.mkdir()
     fake.write_text("#!/bin/sh\nexit 0\n")
     fake.chmod(0o755)
     env = child_env(JAX_PLATFORMS="", PATH=f"{fake.parent}:{child_env()['PATH']}")
-    done = subprocess.run([sys.executable, "-m", "lottery.run", *SMALL, "levels=0", "training.steps=20it",
-                           "training.eval_every=10it", f"output_dir={tmp_path / 'runs'}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lottery.run",
+            *SMALL,
+            "levels=0",
+            "training.steps=20it",
+            "training.eval_every=10it",
+            f"output_dir={tmp_path / 'runs'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "backend: cpu (1 x cpu)"
     warnings = [line for line in done.stderr.splitlines() if "NVIDIA GPU" in line]
@@ -92,8 +111,9 @@ def test_provenance_records_the_accelerators_libraries_and_the_matmul_precision(
 def test_on_a_gpu_the_cuda_versions_are_read_from_jaxs_plugin(monkeypatch):
     from jax._src import lib
 
-    versions = types.SimpleNamespace(cuda_runtime_get_version=lambda: 13000, cuda_driver_get_version=lambda: 13010,
-                                     cudnn_get_version=lambda: 91000)  # no other query: they are asked one by one
+    versions = types.SimpleNamespace(
+        cuda_runtime_get_version=lambda: 13000, cuda_driver_get_version=lambda: 13010, cudnn_get_version=lambda: 91000
+    )  # no other query: they are asked one by one
     monkeypatch.setattr(lib, "cuda_versions", versions, raising=False)
     monkeypatch.setattr(backend, "kind", lambda: "gpu")
     found = backend.cuda()

@@ -15,7 +15,9 @@ from conftest import REPO, run_cli
 def tree_snapshot(root):
     """Every file and directory with its mtime and size; the lock file (which records the pid of
     the process holding the experiment) and the record of invocations are bookkeeping, not results."""
-    paths = [p for p in glob.glob(f"{root}/**", recursive=True) if os.path.basename(p) not in ("lock", "invocations.jsonl")]
+    paths = [
+        p for p in glob.glob(f"{root}/**", recursive=True) if os.path.basename(p) not in ("lock", "invocations.jsonl")
+    ]
     return sorted((p, os.stat(p).st_mtime_ns, os.path.getsize(p)) for p in paths)
 
 
@@ -50,7 +52,9 @@ def test_quickstart_writes_levels_metrics_checkpoints_and_a_table(quickstart):
         assert f"{metrics['wall_time_s']:.1f}" in row  # training time per level
     assert os.path.isdir(os.path.join(run_dir, "replicate_0", "level_0", "rewind_point"))
     assert densities[0] == 1.0 and all(a > b for a, b in zip(densities, densities[1:]))
-    assert "test acc" in result.stdout and "early-stop it" in result.stdout and "train time / network (s)" in result.stdout
+    assert (
+        "test acc" in result.stdout and "early-stop it" in result.stdout and "train time / network (s)" in result.stdout
+    )
 
 
 @pytest.mark.slow
@@ -85,14 +89,19 @@ BAD_INPUTS = [
     (["pruning.rate=abc"], r"Value 'abc' of type 'str' could not be converted to Float"),
     (["+exp=nope"], r"Could not find 'exp/nope'; Available options in 'exp': conv2, conv4, conv6, lenet"),
     (["model.name=foo"], r"model\.name='foo' is not a model; choose one of: conv2, .*vgg"),
-    (["dataset.name=imagenet"], r"dataset\.name='imagenet' is not a data set; choose one of: cifar10, cifar100, cifar10_subset, digits"),
+    (
+        ["dataset.name=imagenet"],
+        r"dataset\.name='imagenet' is not a data set; choose one of: cifar10, cifar100, cifar10_subset, digits",
+    ),
     (["rewind=30ep"], r"rewind=30ep is at or past the end of training \(training\.steps=30ep\)"),
     (["rewind=500"], r"rewind='500' is not a point in training"),
     (["training.steps=0it"], r"training\.steps=0it must be longer than 0 iterations"),
     (["training.batch_size=5000"], r"training\.batch_size=5000 must be between 1 and the 1257 training examples"),
     (["pruning.ignore=[head/kernel]"], r"pruning\.ignore pattern 'head/kernel' matches no prunable parameter"),
-    (["dataset=mnist", "dataset.root=empty", "dataset.download=false"],
-     r"mnist: missing train-images-idx3-ubyte\[\.gz\] in .*empty/mnist and dataset\.download=false"),
+    (
+        ["dataset=mnist", "dataset.root=empty", "dataset.download=false"],
+        r"mnist: missing train-images-idx3-ubyte\[\.gz\] in .*empty/mnist and dataset\.download=false",
+    ),
 ]
 
 
@@ -128,6 +137,9 @@ def test_an_override_without_a_key_is_refused_and_the_others_pass():
 
     run.check_overrides(["-m", "levels=3", "+exp=lenet", "~wandb", "pruning.rate=0.5"])  # nothing to say
     for argument in ("=5", "+=5", "~=x"):
-        with pytest.raises(LotteryError, match=rf"^override '{re.escape(argument)}' has no key; write key=value, "
-                                               r"e\.g\. pruning\.rate=0\.5$"):
+        with pytest.raises(
+            LotteryError,
+            match=rf"^override '{re.escape(argument)}' has no key; write key=value, "
+            r"e\.g\. pruning\.rate=0\.5$",
+        ):
             run.check_overrides(["levels=3", argument])

@@ -29,14 +29,21 @@ TINY = ["training.steps=20it", "training.eval_every=10it", "progress=false", "wa
 # (so the launcher stops at once instead of polling the queue); srun only has to exist (submitit
 # looks for it to decide that it is on a SLURM cluster).
 FAKE_SLURM = {
-    "sbatch": 'cp "$1" "$CAPTURE/script.sh"\necho "sbatch: error: fake cluster, script kept, job refused" >&2\nexit 1\n',
+    "sbatch": 'cp "$1" "$CAPTURE/script.sh"\n'
+    'echo "sbatch: error: fake cluster, script kept, job refused" >&2\nexit 1\n',
     "srun": 'echo "fake srun: no cluster here" >&2\nexit 1\n',
 }
 
 
 def run_cli(*args, cwd, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "lottery.run", *args], cwd=cwd, env=env or child_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "lottery.run", *args],
+        cwd=cwd,
+        env=env or child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def fake_slurm(directory):
@@ -52,19 +59,39 @@ def fake_slurm(directory):
 
 @pytest.mark.slow
 def test_a_slurm_sweep_submits_one_array_job_with_the_resources_and_the_time_limit_signal(tmp_path):
-    launcher = {"nodes": 2, "tasks_per_node": 4, "gpus_per_node": 4, "timeout_min": 90, "signal_delay_s": 240,
-                "partition": "gpu"}
-    result = run_cli("-m", "hydra/launcher=slurm", *[f"hydra.launcher.{k}={v}" for k, v in launcher.items()],
-                     "levels=0", "pruning.rate=0.2,0.5", *TINY,
-                     f"output_dir={tmp_path / 'runs'}", cwd=tmp_path, env=fake_slurm(tmp_path))
+    launcher = {
+        "nodes": 2,
+        "tasks_per_node": 4,
+        "gpus_per_node": 4,
+        "timeout_min": 90,
+        "signal_delay_s": 240,
+        "partition": "gpu",
+    }
+    result = run_cli(
+        "-m",
+        "hydra/launcher=slurm",
+        *[f"hydra.launcher.{k}={v}" for k, v in launcher.items()],
+        "levels=0",
+        "pruning.rate=0.2,0.5",
+        *TINY,
+        f"output_dir={tmp_path / 'runs'}",
+        cwd=tmp_path,
+        env=fake_slurm(tmp_path),
+    )
     assert result.returncode != 0 and "fake cluster, script kept, job refused" in result.stderr, result.stderr
     script = (tmp_path / "script.sh").read_text()
     flags = {line for line in script.splitlines() if line.startswith("#SBATCH ")}
-    for flag in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--cpus-per-task=8", "--partition=gpu",
-                 "--time=90",  # minutes
-                 "--signal=USR2@240",  # SIGUSR2 to every task 240 s before the limit: checkpoint, then requeue
-                 "--requeue",  # lets the job's own `scontrol requeue` work where the cluster's default forbids it
-                 "--array=0-1%2"):  # one job per point of the sweep, all allowed to run at once
+    for flag in (
+        "--nodes=2",
+        "--ntasks-per-node=4",
+        "--gpus-per-node=4",
+        "--cpus-per-task=8",
+        "--partition=gpu",
+        "--time=90",  # minutes
+        "--signal=USR2@240",  # SIGUSR2 to every task 240 s before the limit: checkpoint, then requeue
+        "--requeue",  # lets the job's own `scontrol requeue` work where the cluster's default forbids it
+        "--array=0-1%2",
+    ):  # one job per point of the sweep, all allowed to run at once
         assert f"#SBATCH {flag}" in flags, script
     assert not any(flag.startswith("#SBATCH --gpus-per-task") for flag in flags)
     (sweep_dir,) = glob.glob(str(tmp_path / "runs" / "multirun" / "*"))
@@ -76,8 +103,16 @@ def test_a_slurm_sweep_submits_one_array_job_with_the_resources_and_the_time_lim
 
 @pytest.mark.slow
 def test_a_launcher_sweep_checks_every_jobs_config_before_submitting(tmp_path):
-    result = run_cli("-m", "hydra/launcher=slurm", "hydra.launcher.nodes=2", "pruning.rate=0.2,1.5", *TINY,
-                     f"output_dir={tmp_path / 'runs'}", cwd=tmp_path, env=fake_slurm(tmp_path))
+    result = run_cli(
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.nodes=2",
+        "pruning.rate=0.2,1.5",
+        *TINY,
+        f"output_dir={tmp_path / 'runs'}",
+        cwd=tmp_path,
+        env=fake_slurm(tmp_path),
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("error: 1 of 2 sweep jobs have a bad config, nothing was started: "), result.stderr
     assert not (tmp_path / "script.sh").exists() and not (tmp_path / "runs").exists()
@@ -108,8 +143,16 @@ def experiments(runs):
 @pytest.mark.slow
 def test_a_local_sweep_runs_each_job_to_the_end_and_names_the_jobs_that_failed_in_theirs(tmp_path):
     # A batch larger than the training set passes the pre-check (it needs the data) and fails in its job process.
-    result = run_cli("-m", "hydra/launcher=local", "levels=1", "pruning.rate=0.5", "training.batch_size=60,5000",
-                     *TINY, f"output_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    result = run_cli(
+        "-m",
+        "hydra/launcher=local",
+        "levels=1",
+        "pruning.rate=0.5",
+        "training.batch_size=60,5000",
+        *TINY,
+        f"output_dir={tmp_path / 'runs'}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stderr
     summary = result.stderr.strip().splitlines()[-1]
     assert summary.startswith("error: 1 of 2 sweep jobs did not finish (the others did): job 1 (")
@@ -123,8 +166,14 @@ def test_a_local_sweep_runs_each_job_to_the_end_and_names_the_jobs_that_failed_i
 
 
 # Level 0 only, 200 steps with a checkpoint every 20: long enough for the signal to land in training.
-LONG = ["levels=0", "training.steps=200it", "training.eval_every=50it", "checkpoint_every=20it", "progress=false",
-        "wandb.mode=disabled"]
+LONG = [
+    "levels=0",
+    "training.steps=200it",
+    "training.eval_every=50it",
+    "checkpoint_every=20it",
+    "progress=false",
+    "wandb.mode=disabled",
+]
 
 
 def results(directory, cfg):
@@ -134,19 +183,29 @@ def results(directory, cfg):
     with open(os.path.join(level_dir, "metrics.json")) as f:
         metrics = json.load(f)
     metrics.pop("wall_time_s")
-    arrays = {what: [np.asarray(a).tobytes() for a in jax.tree.leaves(experiment.load(level_dir, what))]
-              for what in ("ticket", "trained")}
+    arrays = {
+        what: [np.asarray(a).tobytes() for a in jax.tree.leaves(experiment.load(level_dir, what))]
+        for what in ("ticket", "trained")
+    }
     return metrics, arrays
 
 
 @pytest.mark.slow
 def test_a_job_signalled_before_its_time_limit_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
-    process = subprocess.Popen([sys.executable, "-m", "lottery.run", "-m", "hydra/launcher=local", *LONG,
-                                f"output_dir={tmp_path / 'runs'}"], cwd=tmp_path, env=child_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lottery.run", "-m", "hydra/launcher=local", *LONG, f"output_dir={tmp_path / 'runs'}"],
+        cwd=tmp_path,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 120
-        while not glob.glob(str(tmp_path / "runs" / "dense" / "*" / "checkpoints" / "level_0" / "*" / "*")):  # level 0: shared
+        while not glob.glob(
+            str(tmp_path / "runs" / "dense" / "*" / "checkpoints" / "level_0" / "*" / "*")
+        ):  # level 0: shared
             assert process.poll() is None and time.time() < deadline, "training never reached its first checkpoint"
             time.sleep(0.01)
         # What submitit's local controller does signal_delay_s before timeout_min (to every task of

@@ -24,8 +24,14 @@ from lottery.results.store import save_tree
 from lottery.errors import LotteryError
 
 # A level and a control after it, trained for 20 iterations: a real results tree in a few seconds.
-TINY = ["model.hidden=[64,32]", "training.steps=20it", "training.eval_every=20it", "levels=1", "controls=[random_prune]",
-        "progress=false"]
+TINY = [
+    "model.hidden=[64,32]",
+    "training.steps=20it",
+    "training.eval_every=20it",
+    "levels=1",
+    "controls=[random_prune]",
+    "progress=false",
+]
 
 # Reads the files given as arguments with safetensors and NumPy only; lottery, JAX, Flax and orbax
 # cannot be imported. Checks what needs no run (pruned weights are 0, the density is the mask's) and
@@ -56,8 +62,8 @@ for path in sys.argv[1:]:
                 assert np.array_equal(weights * mask, weights) and np.all(weights[~mask] == 0.0), name
     masks = [tensors["mask." + layer.replace("/", ".")] for layer in metrics["layers"]]
     assert float(metadata["density"]) == sum(int(m.sum()) for m in masks) / sum(m.size for m in masks)
-    out[path] = {"metadata": metadata, "tensors": {name: [a.dtype.str, list(a.shape), base64.b64encode(a.tobytes()).decode()]
-                                                   for name, a in tensors.items()}}
+    out[path] = {"metadata": metadata, "tensors": {
+        name: [a.dtype.str, list(a.shape), base64.b64encode(a.tobytes()).decode()] for name, a in tensors.items()}}
 assert not any(m.split(".")[0] in ("lottery", "jax", "flax", "orbax") for m in sys.modules), sorted(sys.modules)
 print(json.dumps(out))
 """
@@ -88,8 +94,9 @@ def read_without_lottery(tmp_path, *paths):
     cwd = tmp_path / "elsewhere"
     cwd.mkdir(exist_ok=True)
     env = {k: v for k, v in child_env().items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", READER, *map(str, paths)], cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", READER, *map(str, paths)], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -110,7 +117,9 @@ def test_a_level_and_its_control_read_bitwise_by_numpy_alone(run, tmp_path, caps
         assert sorted(got) == sorted(expected)
         for name, array in expected.items():
             dtype, shape, data = got[name]
-            assert (dtype, tuple(shape)) == (array.dtype.str, array.shape) and base64.b64decode(data) == array.tobytes(), name
+            assert (dtype, tuple(shape)) == (array.dtype.str, array.shape) and base64.b64decode(
+                data
+            ) == array.tobytes(), name
         assert got["mask.hidden.0.kernel"][0] == "|b1"  # bool, as NumPy and PyTorch (torch.bool) load it
 
         metadata = read[str(path)]["metadata"]
@@ -132,8 +141,11 @@ def test_read_gives_the_trees_lottery_saved(run, tmp_path):
     directory = run.level_dir(0, 1)
     export.export(directory, str(tmp_path / "t.safetensors"))
     read = export.read(str(tmp_path / "t.safetensors"))
-    saved = {"mask": run.load(directory, "ticket")["mask"], "start": run.load(directory, "ticket"),
-             "trained": run.load(directory, "trained")}
+    saved = {
+        "mask": run.load(directory, "ticket")["mask"],
+        "start": run.load(directory, "ticket"),
+        "trained": run.load(directory, "trained"),
+    }
     saved["start"].pop("mask")
     for key in ("mask", "start", "trained"):
         assert jax.tree.structure(read[key]) == jax.tree.structure(saved[key])
@@ -161,7 +173,10 @@ def test_torch_layout_computes_the_flax_forward_as_torch_does(run, tmp_path):
     flat = {name: a for name, a in pruning.flatten({k: v for k, v in tensors.items() if k != "metadata"}).items()}
     expected = expected_tensors(run, directory)
     for name in ("hidden.0", "hidden.1", "output"):
-        assert flat[f"trained/{name.replace('.', '/')}/weight"].tobytes() == expected[f"trained.params.{name}.kernel"].T.copy().tobytes()
+        assert (
+            flat[f"trained/{name.replace('.', '/')}/weight"].tobytes()
+            == expected[f"trained.params.{name}.kernel"].T.copy().tobytes()
+        )
         assert np.array_equal(flat[f"mask/{name.replace('.', '/')}/weight"], expected[f"mask.{name}.kernel"].T)
     assert set(tensors["trained"]) == {"hidden", "output"} and tensors["metadata"]["layout"] == "torch"
 
@@ -188,11 +203,21 @@ def test_torch_layout_of_a_conv_is_oihw_and_batch_norm_gets_torch_names():
     np.testing.assert_allclose(torch_out, flax_out, rtol=1e-5, atol=1e-5)
 
     names = {n: export.torch_name(n) for n in ("bn.scale", "bn.bias", "bn.mean", "bn.var", "fc.0.kernel")}
-    assert names == {"bn.scale": "bn.weight", "bn.bias": "bn.bias", "bn.mean": "bn.running_mean",
-                     "bn.var": "bn.running_var", "fc.0.kernel": "fc.0.weight"}
+    assert names == {
+        "bn.scale": "bn.weight",
+        "bn.bias": "bn.bias",
+        "bn.mean": "bn.running_mean",
+        "bn.var": "bn.running_var",
+        "fc.0.kernel": "fc.0.weight",
+    }
     # Conv-2's first fc layer takes a flattened (H, W, C) feature map: said; a global-pooled output is not.
-    notes = export.flatten_notes({"convs.1.kernel": np.zeros((3, 3, 64, 64)), "fc.0.kernel": np.zeros((16 * 64, 256)),
-                                  "output.kernel": np.zeros((256, 10))})
+    notes = export.flatten_notes(
+        {
+            "convs.1.kernel": np.zeros((3, 3, 64, 64)),
+            "fc.0.kernel": np.zeros((16 * 64, 256)),
+            "output.kernel": np.zeros((256, 10)),
+        }
+    )
     assert len(notes) == 1 and "not a conv's channel count: fc.0.weight 1024, output.weight 256;" in notes[0]
     assert not export.flatten_notes({"conv.kernel": np.zeros((3, 3, 16, 64)), "output.kernel": np.zeros((64, 10))})
     with pytest.raises(LotteryError, match="embed.embedding: no PyTorch name"):
@@ -230,6 +255,7 @@ def unpruned(run):
         ticket["params"]["hidden"][0]["kernel"] = kernel
         shutil.rmtree(os.path.join(level, "ticket"))
         save_tree(os.path.join(level, "ticket"), ticket)
+
     return damage
 
 
@@ -253,12 +279,32 @@ CASES = {  # what is damaged -> (damage, what the line must say, where the level
     "not a level": (lambda level: None, "not a level directory; expected a finished network", ".."),
     "no such directory": (lambda level: None, "no such directory", "../level_9"),
     "ticket missing": (lambda level: remove(os.path.join(level, "ticket")), "ticket: missing; expected the orbax", "."),
-    "ticket corrupt": (lambda level: scramble(os.path.join(level, "ticket")), "ticket: cannot be read as an orbax checkpoint", "."),
-    "trained missing": (lambda level: remove(os.path.join(level, "trained")), "trained: missing; expected the orbax", "."),
-    "config.yaml missing": (lambda level: remove(os.path.join(level, "..", "..", "config.yaml")), "config.yaml: missing", "."),
-    "metrics.json missing": (lambda level: remove(os.path.join(level, "metrics.json")), "metrics.json: cannot be read", "."),
+    "ticket corrupt": (
+        lambda level: scramble(os.path.join(level, "ticket")),
+        "ticket: cannot be read as an orbax checkpoint",
+        ".",
+    ),
+    "trained missing": (
+        lambda level: remove(os.path.join(level, "trained")),
+        "trained: missing; expected the orbax",
+        ".",
+    ),
+    "config.yaml missing": (
+        lambda level: remove(os.path.join(level, "..", "..", "config.yaml")),
+        "config.yaml: missing",
+        ".",
+    ),
+    "metrics.json missing": (
+        lambda level: remove(os.path.join(level, "metrics.json")),
+        "metrics.json: cannot be read",
+        ".",
+    ),
     "metrics disagree": (recount, "its mask of hidden/1/kernel does not have metrics.json's 1639 of 2048 weights", "."),
-    "remaining disagrees": (overcount, "metrics.json: says 5204 of 6464 weights remain (density 0.80492), its mask keeps 5203 of 6464", "."),
+    "remaining disagrees": (
+        overcount,
+        "metrics.json: says 5204 of 6464 weights remain (density 0.80492), its mask keeps 5203 of 6464",
+        ".",
+    ),
 }
 
 
@@ -281,7 +327,11 @@ def test_pruned_weights_that_are_not_zero_are_refused(run, tmp_path, capsys):
     level = damaged(run, tmp_path, unpruned(run))
     assert export.main([level, str(tmp_path / "t.safetensors")]) == 2
     stderr = capsys.readouterr().err
-    assert stderr.count("\n") == 1 and f"error: {level}/ticket: " in stderr and "pruned weights of hidden.0.kernel are not 0" in stderr
+    assert (
+        stderr.count("\n") == 1
+        and f"error: {level}/ticket: " in stderr
+        and "pruned weights of hidden.0.kernel are not 0" in stderr
+    )
     assert not glob.glob(str(tmp_path / "t.safetensors*"))
 
 
@@ -289,10 +339,18 @@ def test_pruned_weights_that_are_not_zero_are_refused(run, tmp_path, capsys):
 def test_a_corrupt_checkpoint_is_one_line_from_the_command(run, tmp_path):
     """The real command (orbax's own reports and late tracebacks would show here, not in capsys)."""
     level = damaged(run, tmp_path, lambda level: scramble(os.path.join(level, "trained")))
-    result = subprocess.run([sys.executable, "-m", "lottery.export", level, str(tmp_path / "t.safetensors")], cwd=REPO,
-                            env=child_env(), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "lottery.export", level, str(tmp_path / "t.safetensors")],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and not result.stdout
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {level}/trained: cannot be read"), result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {level}/trained: cannot be read"), (
+        result.stderr
+    )
     assert not glob.glob(str(tmp_path / "t.safetensors*"))
 
 
@@ -300,8 +358,11 @@ def test_a_corrupt_checkpoint_is_one_line_from_the_command(run, tmp_path):
 def test_destinations_that_cannot_be_written(run, tmp_path, capsys):
     level = run.level_dir(0, 1)
     (tmp_path / "a_file").write_text("someone's file")
-    cases = [(tmp_path, "is a directory"), (tmp_path / "no" / "t.safetensors", "does not exist"),
-             (tmp_path / "a_file" / "t.safetensors", f"{tmp_path / 'a_file'} is a file, not a directory; choose another")]
+    cases = [
+        (tmp_path, "is a directory"),
+        (tmp_path / "no" / "t.safetensors", "does not exist"),
+        (tmp_path / "a_file" / "t.safetensors", f"{tmp_path / 'a_file'} is a file, not a directory; choose another"),
+    ]
     if os.path.isdir("/proc"):  # no file can be made there, not even by root
         cases.append(("/proc/t.safetensors", "cannot write the file there"))
     for path, says in cases:
@@ -328,5 +389,7 @@ def test_compact_of_a_ticket_with_no_unit_pruned_whole_is_one_line_and_nothing_w
     assert export.main([level, str(out), "--compact"]) == 2
     stdout, stderr = capsys.readouterr()
     assert not stdout and stderr.count("\n") == 1, stderr
-    assert stderr.startswith(f"error: {level}: --compact: no unit (neuron, channel, head) of this ticket is pruned whole")
+    assert stderr.startswith(
+        f"error: {level}: --compact: no unit (neuron, channel, head) of this ticket is pruned whole"
+    )
     assert not glob.glob(str(tmp_path / "t.safetensors*"))

@@ -51,16 +51,24 @@ def test_output_dir_that_is_a_file(tmp_path):
     assert result.returncode == 2
     (line,) = lines(result.stderr)
     assert line.startswith(f"error: {os.path.join('runs', 'quickstart-')}")
-    assert line.endswith(": Not a directory; a part of this path is a file, not a directory; choose another output_dir=... "
-                         "(or move the file)")
+    assert line.endswith(
+        ": Not a directory; a part of this path is a file, not a directory; choose another output_dir=... "
+        "(or move the file)"
+    )
 
 
-@pytest.mark.parametrize("number, advice", [
-    (errno.ENOSPC, "finished results are intact: free some space (or choose another output_dir) and run the same command"),
-    (errno.EROFS, "choose a writable place with output_dir=..."),
-    (errno.EACCES, "make it writable"),
-    (errno.ENAMETOOLONG, "choose a shorter name=..."),
-])
+@pytest.mark.parametrize(
+    "number, advice",
+    [
+        (
+            errno.ENOSPC,
+            "finished results are intact: free some space (or choose another output_dir) and run the same command",
+        ),
+        (errno.EROFS, "choose a writable place with output_dir=..."),
+        (errno.EACCES, "make it writable"),
+        (errno.ENAMETOOLONG, "choose a shorter name=..."),
+    ],
+)
 def test_operating_system_errors_become_one_line_with_the_path_and_what_to_do(number, advice):
     direct = OSError(number, os.strerror(number), "/results/x")
     assert describe(direct) == f"/results/x: {os.strerror(number)}; " + describe(direct).split("; ", 1)[1]
@@ -74,8 +82,10 @@ def test_operating_system_errors_become_one_line_with_the_path_and_what_to_do(nu
         assert describe(wrapped) == describe(direct)
     # Quoted in a message only: Python's form and tensorstore's (behind orbax).
     assert describe(RuntimeError(f"failed: [Errno {number}] {os.strerror(number)}: '/results/x'")) == describe(direct)
-    tensorstore = ValueError(f'RESOURCE_EXHAUSTED: Error writing "a/0" in OCDBT database at local file "/results/x/": '
-                             f"Failed to write 10 bytes to file 11: {os.strerror(number)} [os_error_code='{number}']")
+    tensorstore = ValueError(
+        f'RESOURCE_EXHAUSTED: Error writing "a/0" in OCDBT database at local file "/results/x/": '
+        f"Failed to write 10 bytes to file 11: {os.strerror(number)} [os_error_code='{number}']"
+    )
     assert describe(tensorstore) == describe(direct)
     assert describe(ValueError("nothing of the operating system")) is None
 
@@ -93,12 +103,22 @@ def small_disk(tmp_path):
 
 @pytest.mark.slow
 def test_disk_full_says_where_and_that_the_same_command_continues(small_disk, tmp_path):
-    command = ["levels=1", f"output_dir={small_disk}", "training.steps=100it", "checkpoint_every=20it", "progress=false"]
+    command = [
+        "levels=1",
+        f"output_dir={small_disk}",
+        "training.steps=100it",
+        "checkpoint_every=20it",
+        "progress=false",
+    ]
     full = run_cli(*command, cwd=tmp_path)
     assert full.returncode == 2, full.stderr
     (line,) = lines(full.stderr)  # nothing but the line: no orbax or asyncio tracebacks
-    assert line.startswith(f"error: {small_disk}/dense/lenet-digits-") and ": No space left on device; finished results are " \
-        "intact: free some space (or choose another output_dir) and run the same command to continue" in line
+    assert (
+        line.startswith(f"error: {small_disk}/dense/lenet-digits-")
+        and ": No space left on device; finished results are "
+        "intact: free some space (or choose another output_dir) and run the same command to continue"
+        in line
+    )
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     again = run_cli(*command, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
@@ -139,8 +159,16 @@ def test_disk_full_with_wandb_on_names_the_path_and_prints_nothing_of_wandb(smal
     wandb_logger.addHandler(foreign)
     others = {h: h.stream for h in wandb_logger.handlers if isinstance(h, logging.StreamHandler)}
     monkeypatch.setattr(tracking.Tracker, "_start", debug_log_on_the_full_disk)
-    cfg = compose_config(["levels=1", f"output_dir={small_disk}", "training.steps=100it", "checkpoint_every=20it",
-                          "progress=false", "wandb.mode=offline"])
+    cfg = compose_config(
+        [
+            "levels=1",
+            f"output_dir={small_disk}",
+            "training.steps=100it",
+            "checkpoint_every=20it",
+            "progress=false",
+            "wandb.mode=offline",
+        ]
+    )
     with pytest.raises(Exception) as failed:
         imp.run(cfg, console=QUIET)
     assert patched, "W&B's debug log of the run was not found on the small disk"
@@ -157,13 +185,21 @@ def test_disk_full_with_wandb_on_names_the_path_and_prints_nothing_of_wandb(smal
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("content, found", [("1", "holds int"), ("{}", "holds an object without level"),
-                                            ('{"level": 1}', "holds an object without replicate")])
+@pytest.mark.parametrize(
+    "content, found",
+    [
+        ("1", "holds int"),
+        ("{}", "holds an object without level"),
+        ('{"level": 1}', "holds an object without replicate"),
+    ],
+)
 def test_result_files_that_parse_but_are_not_results_are_named(small_config, content, found):
     imp.run(small_config("levels=1"), console=QUIET)
     metrics = os.path.join(imp.prepare(small_config()).level_dir(0, 1), "metrics.json")
     pathlib.Path(metrics).write_text(content)
-    with pytest.raises(LotteryError, match=rf"{metrics}: {found}.*not a lottery result; it is corrupt: delete the directory"):
+    with pytest.raises(
+        LotteryError, match=rf"{metrics}: {found}.*not a lottery result; it is corrupt: delete the directory"
+    ):
         imp.run(small_config("levels=1"), console=QUIET)  # nothing trained: finished work re-read only
     with pytest.raises(LotteryError, match=rf"{metrics}: {found}"):
         imp.run(small_config("levels=2"), console=QUIET)
@@ -171,10 +207,13 @@ def test_result_files_that_parse_but_are_not_results_are_named(small_config, con
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damage, message", [
-    (lambda text: text.replace("name:", "name: [", 1), "cannot be read"),
-    (lambda text: text.replace("seed: 0", "seed: 7"), "is not the identity of this experiment"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda text: text.replace("name:", "name: [", 1), "cannot be read"),
+        (lambda text: text.replace("seed: 0", "seed: 7"), "is not the identity of this experiment"),
+    ],
+)
 def test_a_damaged_config_yaml_stops_the_run_before_any_work(small_config, damage, message):
     imp.run(small_config("levels=0"), console=QUIET)
     directory = imp.prepare(small_config()).directory
@@ -195,28 +234,46 @@ def test_a_corrupt_finished_checkpoint_is_one_line(tmp_path):
     result = run_cli(*FAST[1:], "levels=2", cwd=tmp_path)
     assert result.returncode == 2
     (line,) = lines(result.stderr)  # not followed by "RuntimeError: Event loop is closed"
-    assert re.fullmatch(rf"error: {trained.relative_to(tmp_path)}: cannot be read as a checkpoint \(\w+\); delete the "
-                        "level_1/ that holds it and run the same command to train it again", line) and len(line) < 200
+    assert (
+        re.fullmatch(
+            rf"error: {trained.relative_to(tmp_path)}: cannot be read as a checkpoint \(\w+\); delete the "
+            "level_1/ that holds it and run the same command to train it again",
+            line,
+        )
+        and len(line) < 200
+    )
     # In the shared dense store: the replicate is what to delete (its trained/ alone would be missing next time).
     (store,) = glob.glob(f"{tmp_path}/runs/dense/*/replicate_0")
     truncate(pathlib.Path(store, "trained"))
     other = compose_config([*FAST, "levels=0", "pruning.rate=0.5", f"output_dir={tmp_path / 'runs'}"])
-    with pytest.raises(LotteryError, match=rf"^{store}/trained: cannot be read as a checkpoint \(\w+\); delete the "
-                       "replicate_0/ that holds it and run the same command to train it again$"):
+    with pytest.raises(
+        LotteryError,
+        match=rf"^{store}/trained: cannot be read as a checkpoint \(\w+\); delete the "
+        "replicate_0/ that holds it and run the same command to train it again$",
+    ):
         imp.run(other, console=QUIET)
     shutil.rmtree(store)
     imp.run(other, console=QUIET)  # as it said: trained again
     # In a transfer's source: not this command's to train again.
     source = trained.parents[2]
     truncate(source / "replicate_0" / "level_1" / "ticket")
-    with pytest.raises(LotteryError, match=rf"^{source}/replicate_0/level_1/ticket: cannot be read as a checkpoint "
-                       r"\(\w+\); delete the level_1/ that holds it and rerun the transfer source, then this command$"):
+    with pytest.raises(
+        LotteryError,
+        match=rf"^{source}/replicate_0/level_1/ticket: cannot be read as a checkpoint "
+        r"\(\w+\); delete the level_1/ that holds it and rerun the transfer source, then this command$",
+    ):
         imp.prepare(compose_config([*FAST, f"transfer.source={source}", f"output_dir={tmp_path / 'runs'}"]))
 
 
 def start(cwd, *args):
-    return subprocess.Popen([sys.executable, "-m", "lottery.run", *args], cwd=cwd, env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lottery.run", *args],
+        cwd=cwd,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 # One evaluation, at the end: chunks end at checkpoints only (a resume with checkpoint_every=4000ep
@@ -247,8 +304,9 @@ def truncate(checkpoint):
 def test_ctrl_c_writes_a_checkpoint_a_second_one_stops_at_once_and_unreadable_checkpoints_are_one_line(tmp_path):
     code, stdout, stderr, directory = checkpointed(tmp_path, signal.SIGINT)
     assert code == 130, stderr
-    assert lines(stderr)[-1].startswith("interrupted: checkpoint written at level 0, step ") and \
-        lines(stderr)[-1].endswith("(Ctrl-C); run the same command to continue")
+    assert lines(stderr)[-1].startswith("interrupted: checkpoint written at level 0, step ") and lines(stderr)[
+        -1
+    ].endswith("(Ctrl-C); run the same command to continue")
     assert "Traceback" not in stderr and any(p.name.isdigit() for p in directory.iterdir())
     record = [json.loads(line) for line in open(experiment_dir(tmp_path) / "invocations.jsonl")]
     assert record[-1]["event"] == "end" and record[-1]["status"] == "preempted"
@@ -267,7 +325,8 @@ def test_ctrl_c_writes_a_checkpoint_a_second_one_stops_at_once_and_unreadable_ch
     assert lines(stderr) == [  # no traceback: JAX's gc callback once caught the KeyboardInterrupt and printed one
         "Ctrl-C: stopping at the end of the current chunk with a checkpoint (Ctrl-C again to stop at once)",
         "interrupted: stopped at once (Ctrl-C twice); finished results and the last checkpoint are intact: "
-        "run the same command to continue"]
+        "run the same command to continue",
+    ]
     assert sorted(p.name for p in directory.iterdir() if p.name.isdigit()) == steps  # the checkpoints, no new one
     assert not glob.glob(f"{tmp_path}/runs/dense/*/replicate_0")  # the chunk (and level) did not run to its end
     record = [json.loads(line) for line in open(experiment_dir(tmp_path) / "invocations.jsonl")]
@@ -326,8 +385,14 @@ def test_a_sweep_with_a_bad_config_starts_nothing_and_names_every_bad_job(tmp_pa
 
 @pytest.mark.slow
 def test_a_failed_sweep_job_does_not_cancel_the_others(tmp_path):
-    result = run_cli("-m", "dataset=mnist,digits", "dataset.download=false", f"dataset.root={tmp_path / 'nothing'}",
-                     *FAST, cwd=tmp_path)
+    result = run_cli(
+        "-m",
+        "dataset=mnist,digits",
+        "dataset.download=false",
+        f"dataset.root={tmp_path / 'nothing'}",
+        *FAST,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     first, summary = lines(result.stderr)
     assert first.startswith("error: mnist: missing train-images-idx3-ubyte[.gz]") and "[job 0 (" in first
@@ -350,11 +415,16 @@ def test_an_override_without_a_key(tmp_path):
 def test_a_compilation_cache_that_cannot_be_made_is_one_line_before_anything_runs(small_config, tmp_path):
     """Not JAX's warning at every compilation (the run went on without the cache)."""
     (tmp_path / "a_file").write_text("")
-    for place, reason in ((tmp_path / "a_file" / "cache", "Not a directory"), (tmp_path / "a_file", "a file, not a directory")):
+    for place, reason in (
+        (tmp_path / "a_file" / "cache", "Not a directory"),
+        (tmp_path / "a_file", "a file, not a directory"),
+    ):
         with pytest.raises(LotteryError) as error:
             imp.run(small_config("levels=0", f"compilation_cache={place}"), console=QUIET)
-        assert str(error.value) == (f"compilation_cache={place}: {reason}; choose a writable directory, or "
-                                    "compilation_cache='' to compile without the cache")
+        assert str(error.value) == (
+            f"compilation_cache={place}: {reason}; choose a writable directory, or "
+            "compilation_cache='' to compile without the cache"
+        )
     assert not os.path.exists(tmp_path / "runs")
 
 
@@ -387,19 +457,28 @@ def test_a_sweeps_summary_names_the_jobs_that_failed_or_never_finished(tmp_path,
     sweeps.write(str(tmp_path / "1"), "failed", label="job 1 (a=2)", error="mnist: missing train-images")
     sweeps.write(str(tmp_path / "10"), "running", label="job 10 (a=3)")  # killed: it never wrote its end
     sweeps.write(str(tmp_path / "2"), "preempted", label="job 2 (a=4)")
-    assert sweeps.summary() == (4, ["job 1 (a=2): mnist: missing train-images", "job 2 (a=4): preempted",
-                                    f"job 10 (a=3): ended without a word (killed? out of memory? its log: {tmp_path / '10'})"])
+    assert sweeps.summary() == (
+        4,
+        [
+            "job 1 (a=2): mnist: missing train-images",
+            "job 2 (a=4): preempted",
+            f"job 10 (a=3): ended without a word (killed? out of memory? its log: {tmp_path / '10'})",
+        ],
+    )
 
 
 def test_a_sweeps_last_line_counts_the_jobs_that_finished_rightly():
     from lottery import sweeps
 
     failed = ["job 0 (a=1): preempted", "job 1 (a=2): mnist: missing train-images"]
-    assert sweeps.failed_line(2, failed) == ("error: none of the 2 sweep jobs finished: job 0 (a=1): preempted; "
-                                             "job 1 (a=2): mnist: missing train-images")
+    assert sweeps.failed_line(2, failed) == (
+        "error: none of the 2 sweep jobs finished: job 0 (a=1): preempted; job 1 (a=2): mnist: missing train-images"
+    )
     assert sweeps.failed_line(1, failed[:1]) == "error: the sweep's one job did not finish: job 0 (a=1): preempted"
-    assert sweeps.failed_line(3, failed) == ("error: 2 of 3 sweep jobs did not finish (the others did): job 0 (a=1): "
-                                             "preempted; job 1 (a=2): mnist: missing train-images")
+    assert sweeps.failed_line(3, failed) == (
+        "error: 2 of 3 sweep jobs did not finish (the others did): job 0 (a=1): "
+        "preempted; job 1 (a=2): mnist: missing train-images"
+    )
 
 
 @pytest.mark.slow
@@ -407,14 +486,19 @@ def test_a_sweep_with_hydra_flags_is_checked_job_by_job_and_bad_flags_are_one_li
     # --config-name (a flag and its value) is not an override: the pre-check is skipped, the job checks itself.
     result = run_cli("-m", "--config-name", "config", "pruning.rate=1.5", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
-    assert lines(result.stderr)[-1].startswith("error: the sweep's one job did not finish: job 0 "
-                                               "(pruning.rate=1.5): pruning.rate=1.5 must be")
+    assert lines(result.stderr)[-1].startswith(
+        "error: the sweep's one job did not finish: job 0 (pruning.rate=1.5): pruning.rate=1.5 must be"
+    )
     result = run_cli("-m", "--cfg", "job", cwd=tmp_path)  # Hydra refuses the pair: one line, not its traceback
     assert result.returncode == 2 and lines(result.stderr) == [
-        "error: Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified"]
+        "error: Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified"
+    ]
     result = run_cli("-m", "model=glob(nothing*)", cwd=tmp_path)  # a sweep of no job is not a success
-    assert result.returncode == 2 and lines(result.stderr)[-1] == \
-        "error: the sweep has no job: its overrides expand to no value (an empty choice or glob)"
+    assert (
+        result.returncode == 2
+        and lines(result.stderr)[-1]
+        == "error: the sweep has no job: its overrides expand to no value (an empty choice or glob)"
+    )
 
 
 SIGTERM_AT = """
@@ -448,11 +532,15 @@ def test_sigterm_outside_training_ends_with_the_preempted_line_and_143_and_the_s
     stopped = subprocess.run(command, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=600)
     assert stopped.returncode == 143, stopped.stderr
     (line,) = lines(stopped.stderr)
-    assert line == ("preempted: SIGTERM outside training (loading data, compiling, or writing the report); finished "
-                    "results are intact: run the same command to continue")
+    assert line == (
+        "preempted: SIGTERM outside training (loading data, compiling, or writing the report); finished "
+        "results are intact: run the same command to continue"
+    )
     trained = glob.glob(f"{tmp_path}/runs/quickstart-*/replicate_0/level_*/metrics.json")
     assert len(trained) == (0 if where == "start-up" else 2)  # after training: every level kept
     again = run_cli(*FAST, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert len(glob.glob(f"{tmp_path}/runs/quickstart-*/replicate_0/level_*/metrics.json")) == 2
-    assert "level" in again.stdout and os.path.isfile(glob.glob(f"{tmp_path}/runs/quickstart-*/accuracy_vs_sparsity.png")[0])
+    assert "level" in again.stdout and os.path.isfile(
+        glob.glob(f"{tmp_path}/runs/quickstart-*/accuracy_vs_sparsity.png")[0]
+    )

@@ -16,7 +16,9 @@ QUIET = Console(file=io.StringIO())
 
 
 def offline_runs(directory):
-    return {os.path.basename(d).split("-r0-")[-1]: d for d in glob.glob(os.path.join(directory, "wandb", "offline-run-*"))}
+    return {
+        os.path.basename(d).split("-r0-")[-1]: d for d in glob.glob(os.path.join(directory, "wandb", "offline-run-*"))
+    }
 
 
 @pytest.mark.slow
@@ -33,22 +35,39 @@ def test_offline_run_logs_levels_evaluations_and_tables(small_config):
         mine = [m for m in results if m["kind"] == kind]
         # Evaluations inside each level, with `level` and `iteration` keys.
         evaluations = [row for row in history if "train/loss" in row]
-        expected = [(m["level"], r["step"], r["train_loss"], r["test_accuracy"], r["val_loss"]) for m in mine for r in m["history"]]
-        assert [(row["level"], row["iteration"], row["train/loss"], row["test/accuracy"], row["val/loss"])
-                for row in evaluations] == expected
+        expected = [
+            (m["level"], r["step"], r["train_loss"], r["test_accuracy"], r["val_loss"])
+            for m in mine
+            for r in m["history"]
+        ]
+        assert [
+            (row["level"], row["iteration"], row["train/loss"], row["test/accuracy"], row["val/loss"])
+            for row in evaluations
+        ] == expected
         # Per level, against % weights remaining.
         levels = [row for row in history if "level/test_accuracy" in row]
-        assert [(row["level/index"], row["level/percent_remaining"], row["level/test_accuracy"],
-                 row["level/early_stop_iteration"], row["level/wall_time_s"]) for row in levels] == \
-            [(m["level"], 100 * m["density"], m["final"]["test_accuracy"], m["early_stop"]["step"], m["wall_time_s"])
-             for m in mine]
+        assert [
+            (
+                row["level/index"],
+                row["level/percent_remaining"],
+                row["level/test_accuracy"],
+                row["level/early_stop_iteration"],
+                row["level/wall_time_s"],
+            )
+            for row in levels
+        ] == [
+            (m["level"], 100 * m["density"], m["final"]["test_accuracy"], m["early_stop"]["step"], m["wall_time_s"])
+            for m in mine
+        ]
         assert all(f"level/density/{layer}" in levels[0] for layer in experiment.prunable)
         # At the end: the table of level results (read back from the run's files) and its line plot.
         (final,) = [row for row in history if "levels/path" in row]
         assert final["levels/nrows"] == len(mine) and "accuracy_vs_sparsity_table/path" in final
         with open(os.path.join(run_dir, "files", final["levels/path"])) as f:
             table = json.load(f)
-        assert [row[:3] for row in table["data"]] == [[m["level"], 100 * m["density"], m["final"]["test_accuracy"]] for m in mine]
+        assert [row[:3] for row in table["data"]] == [
+            [m["level"], 100 * m["density"], m["final"]["test_accuracy"]] for m in mine
+        ]
     _, _, ticket_history = read_run(runs["ticket"])
     barriers = [row["level/lmc_barrier"] for row in ticket_history if "level/lmc_barrier" in row]
     assert barriers == [results[1]["lmc"]["barrier"]]
@@ -61,7 +80,9 @@ def test_log_ticket_uploads_the_last_levels_ticket_as_an_artifact(small_config):
     cfg = small_config("wandb.mode=offline", "levels=2", "wandb.log_ticket=true")
     results = imp.run(cfg, console=QUIET)
     (path,) = glob.glob(os.path.join(offline_runs(imp.prepare(cfg).directory)["ticket"], "*.wandb"))
-    (ticket,) = [r.artifact for r in records(path) if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "ticket"]
+    (ticket,) = [
+        r.artifact for r in records(path) if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "ticket"
+    ]
     assert json.loads(ticket.metadata) == {"level": 2, "percent_remaining": 100 * results[-1]["density"]}
     assert "_CHECKPOINT_METADATA" in [entry.path for entry in ticket.manifest.contents]  # the orbax ticket directory
 
@@ -105,8 +126,12 @@ def test_w_and_b_staging_files_stay_in_the_experiment(small_config, monkeypatch,
     directory = imp.prepare(cfg).directory
     staged = glob.glob(os.path.join(directory, "wandb", "data", "**", "*"), recursive=True)
     assert any(os.path.isfile(path) for path in staged)  # the tables' staging files, with the experiment
-    home = [p for root in ("data_home", "cache_home") for p in glob.glob(str(tmp_path / root / "**" / "*"), recursive=True)
-            if os.path.isfile(p) and "artifacts" in p]
+    home = [
+        p
+        for root in ("data_home", "cache_home")
+        for p in glob.glob(str(tmp_path / root / "**" / "*"), recursive=True)
+        if os.path.isfile(p) and "artifacts" in p
+    ]
     assert home == []
     assert "WANDB_DATA_DIR" not in os.environ  # the process's environment is left as it was
 
@@ -122,8 +147,12 @@ def sweep_agent(monkeypatch, tmp_path):
 
     parameters = str(tmp_path / "agent" / "wandb" / "sweep-sweep123" / "config-trial7.yaml")
     config_util.save_config_file_from_dict(parameters, {"pruning.rate": {"value": 0.2}})
-    for key, value in {"WANDB_SWEEP_ID": "sweep123", "WANDB_RUN_ID": "trial7", "WANDB_DIR": str(tmp_path / "agent"),
-                       "WANDB_SWEEP_PARAM_PATH": parameters}.items():
+    for key, value in {
+        "WANDB_SWEEP_ID": "sweep123",
+        "WANDB_RUN_ID": "trial7",
+        "WANDB_DIR": str(tmp_path / "agent"),
+        "WANDB_SWEEP_PARAM_PATH": parameters,
+    }.items():
         monkeypatch.setenv(key, value)
     wandb.teardown()
     yield "trial7"
@@ -131,7 +160,9 @@ def sweep_agent(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_under_a_sweep_agent_a_trial_logs_one_run_with_the_agents_id_and_its_summary(small_config, sweep_agent, tmp_path):
+def test_under_a_sweep_agent_a_trial_logs_one_run_with_the_agents_id_and_its_summary(
+    small_config, sweep_agent, tmp_path
+):
     import wandb
 
     from wandb_records import read_summary
@@ -147,10 +178,17 @@ def test_under_a_sweep_agent_a_trial_logs_one_run_with_the_agents_id_and_its_sum
     (run_dir,) = glob.glob(os.path.join(directory, "wandb", "offline-run-*"))  # one run, not one per network
     assert run_dir.endswith(f"-{sweep_agent}") and run_dir != first
     assert os.listdir(os.path.join(directory, "wandb", "superseded")) == [os.path.basename(first)]
-    assert not glob.glob(str(tmp_path / "agent" / "**" / "offline-run-*"), recursive=True)  # not in the agent's directory
+    assert not glob.glob(
+        str(tmp_path / "agent" / "**" / "offline-run-*"), recursive=True
+    )  # not in the agent's directory
 
     run, config, history = read_run(run_dir)
-    assert (run.run_id, run.sweep_id, run.run_group, run.job_type) == ("trial7", "sweep123", os.path.basename(directory), "trial")
+    assert (run.run_id, run.sweep_id, run.run_group, run.job_type) == (
+        "trial7",
+        "sweep123",
+        os.path.basename(directory),
+        "trial",
+    )
     assert config["pruning.rate"] == 0.2 and config["pruning"]["rate"] == 0.2 and "replicate" not in config
     steps = [row["_step"] for row in history]
     assert steps == sorted(set(steps))
@@ -159,10 +197,16 @@ def test_under_a_sweep_agent_a_trial_logs_one_run_with_the_agents_id_and_its_sum
     for replicate in range(2):
         p = f"replicate_{replicate}/ticket/"
         mine = [m for m in results if m["replicate"] == replicate]
-        assert [(row[p + "level"], row[p + "iteration"], row[p + "test/accuracy"]) for row in history if p + "train/loss" in row] == \
-            [(m["level"], r["step"], r["test_accuracy"]) for m in mine for r in m["history"]]
-        assert [(row[p + "level/index"], row[p + "level/test_accuracy"]) for row in history if p + "level/test_accuracy" in row] == \
-            [(m["level"], m["final"]["test_accuracy"]) for m in mine]
+        assert [
+            (row[p + "level"], row[p + "iteration"], row[p + "test/accuracy"])
+            for row in history
+            if p + "train/loss" in row
+        ] == [(m["level"], r["step"], r["test_accuracy"]) for m in mine for r in m["history"]]
+        assert [
+            (row[p + "level/index"], row[p + "level/test_accuracy"])
+            for row in history
+            if p + "level/test_accuracy" in row
+        ] == [(m["level"], m["final"]["test_accuracy"]) for m in mine]
     (final,) = [row for row in history if "replicate_0/ticket/levels/path" in row]
     assert final["replicate_1/ticket/levels/nrows"] == 2
     written = json.loads(open(os.path.join(directory, objective.FILE)).read())  # what the run wrote and printed
@@ -200,11 +244,17 @@ def test_outside_an_agent_the_summary_goes_to_every_run_the_invocation_finished(
     tracker = tracking.Tracker(small_config("wandb.mode=online"), str(tmp_path / "quickstart-abc"))
     for kind in ("ticket", "random_reinit"):
         tracker.record(0, kind)
-    df = pd.DataFrame([{"replicate": 0, "kind": kind, "level": 1, "percent_remaining": 80.0, **{m: 0.5 for m in METRICS}}
-                       for kind in ("ticket", "random_reinit")])
+    df = pd.DataFrame(
+        [
+            {"replicate": 0, "kind": kind, "level": 1, "percent_remaining": 80.0, **{m: 0.5 for m in METRICS}}
+            for kind in ("ticket", "random_reinit")
+        ]
+    )
     tracker.finish(df, summary={"objective": 0.97})
-    assert {run_id: run.summary for run_id, run in runs.items()} == \
-        {"quickstart-abc-r0-ticket": {"objective": 0.97}, "quickstart-abc-r0-random_reinit": {"objective": 0.97}}
+    assert {run_id: run.summary for run_id, run in runs.items()} == {
+        "quickstart-abc-r0-ticket": {"objective": 0.97},
+        "quickstart-abc-r0-random_reinit": {"objective": 0.97},
+    }
 
 
 def test_a_sweep_id_without_a_run_id_is_named(small_config, monkeypatch, tmp_path):
@@ -224,13 +274,21 @@ def test_the_sample_sweep_file_runs_lottery_run_with_overrides_that_compose():
 
     sweep = yaml.safe_load((REPO / "experiments" / "wandb_sweep.yaml").read_text())
     assert sweep["metric"] == {"name": "objective", "goal": "maximize"} and sweep["program"] == "lottery/run.py"
-    sample = {name: {"value": p["value"] if "value" in p else p["values"][-1] if "values" in p else p["max"]}
-              for name, p in sweep["parameters"].items()}
+    sample = {
+        name: {"value": p["value"] if "value" in p else p["values"][-1] if "values" in p else p["max"]}
+        for name, p in sweep["parameters"].items()
+    }
     macros = {**create_sweep_command_args({"args": sample}), "env": ["/usr/bin/env"]}
     command = [word for c in sweep["command"] for word in (macros[c[2:-1]] if c.startswith("${") else [c])]
     assert command[:4] == ["/usr/bin/env", "python", "-m", "lottery.run"]
     assert "rewind=2000it" in command and "optimizer.lr=0.003" in command and "objective.remaining=3.6" in command
     cfg = compose_config(command[4:])
     assert (cfg.objective.name, cfg.objective.remaining) == ("accuracy", 3.6)
-    assert (cfg.name, cfg.rewind, cfg.pruning.rate, cfg.optimizer.lr, cfg.levels, cfg.wandb.mode) == \
-        ("lenet", "2000it", 0.5, 0.003, 15, "online")
+    assert (cfg.name, cfg.rewind, cfg.pruning.rate, cfg.optimizer.lr, cfg.levels, cfg.wandb.mode) == (
+        "lenet",
+        "2000it",
+        0.5,
+        0.003,
+        15,
+        "online",
+    )

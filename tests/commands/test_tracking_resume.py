@@ -56,14 +56,45 @@ def assert_every_row_once(directory, replicates=1):
                     metrics.append(json.load(open(f"{level_dir}/metrics.json")))
                 elif level > 0:
                     metrics.append(json.load(open(f"{level_dir}/{kind}/metrics.json")))
-            evaluations = [(row["level"], row["iteration"], row["train/loss"], row["val/loss"], row["val/accuracy"],
-                            row["test/loss"], row["test/accuracy"]) for row in history if "train/loss" in row]
-            assert evaluations == [(m["level"], r["step"], r["train_loss"], r["val_loss"], r["val_accuracy"],
-                                    r["test_loss"], r["test_accuracy"]) for m in metrics for r in m["history"]]
-            levels = [(row["level/index"], row["level/percent_remaining"], row["level/test_accuracy"],
-                       row["level/wall_time_s"]) for row in history if "level/test_accuracy" in row]
-            assert levels == [(m["level"], 100 * m["density"], m["final"]["test_accuracy"], m["wall_time_s"])
-                              for m in metrics]
+            evaluations = [
+                (
+                    row["level"],
+                    row["iteration"],
+                    row["train/loss"],
+                    row["val/loss"],
+                    row["val/accuracy"],
+                    row["test/loss"],
+                    row["test/accuracy"],
+                )
+                for row in history
+                if "train/loss" in row
+            ]
+            assert evaluations == [
+                (
+                    m["level"],
+                    r["step"],
+                    r["train_loss"],
+                    r["val_loss"],
+                    r["val_accuracy"],
+                    r["test_loss"],
+                    r["test_accuracy"],
+                )
+                for m in metrics
+                for r in m["history"]
+            ]
+            levels = [
+                (
+                    row["level/index"],
+                    row["level/percent_remaining"],
+                    row["level/test_accuracy"],
+                    row["level/wall_time_s"],
+                )
+                for row in history
+                if "level/test_accuracy" in row
+            ]
+            assert levels == [
+                (m["level"], 100 * m["density"], m["final"]["test_accuracy"], m["wall_time_s"]) for m in metrics
+            ]
             barriers = [(row["level/index"], row["level/lmc_barrier"]) for row in history if "level/lmc_barrier" in row]
             lmc = json.load(open(f"{directory}/replicate_{replicate}/level_1/lmc/metrics.json"))
             assert barriers == ([(1, lmc["barrier"])] if kind == "ticket" else [])
@@ -165,8 +196,9 @@ def test_a_run_a_killed_process_left_incomplete_is_restated_when_the_experiment_
     assert os.path.isdir(f"{directory}/wandb/superseded/{os.path.basename(ticket)}")
     _, _, history = read_run(current_dir(directory, "ticket"))
     mine = [m for m in results if m["kind"] == "ticket"]
-    assert [(row["level"], row["iteration"]) for row in history if "train/loss" in row] == \
-        [(m["level"], r["step"]) for m in mine for r in m["history"]]
+    assert [(row["level"], row["iteration"]) for row in history if "train/loss" in row] == [
+        (m["level"], r["step"]) for m in mine for r in m["history"]
+    ]
     assert [row["level/index"] for row in history if "level/test_accuracy" in row] == [0, 1]
     assert len([row for row in history if "levels/path" in row]) == 1
 
@@ -181,8 +213,9 @@ def test_a_run_continued_after_wandb_sync_logs_only_what_the_server_lacks(small_
     open(glob.glob(f"{synced}/*.wandb")[0] + ".synced", "w").close()  # as `wandb sync` marks what it uploaded
     results = imp.run(small_config("wandb.mode=offline", "levels=1"), console=QUIET)  # one more level
     _, _, after = read_run(current_dir(directory, "ticket"))
-    assert [(row["level"], row["iteration"]) for row in after if "train/loss" in row] == \
-        [(1, r["step"]) for r in results[1]["history"]]
+    assert [(row["level"], row["iteration"]) for row in after if "train/loss" in row] == [
+        (1, r["step"]) for r in results[1]["history"]
+    ]
     assert [row["level/index"] for row in after if "level/test_accuracy" in row] == [1]
     assert min(row["_step"] for row in after) > max(row["_step"] for row in before)
 

@@ -33,8 +33,8 @@ def write_records(path, images, coarse, fine):
     """Records byte by byte as the data set's page describes them: <coarse><fine><1024 red><1024
     green><1024 blue>, each plane row-major."""
     with open(path, "wb") as f:
-        for image, c, l in zip(images, coarse, fine):
-            f.write(bytes([c, l]))
+        for image, c, label in zip(images, coarse, fine):
+            f.write(bytes([c, label]))
             for channel in range(3):
                 f.write(image[:, :, channel].astype(np.uint8).tobytes())  # rows of 32, top to bottom
 
@@ -45,8 +45,11 @@ def make_files(directory, seed=0):
     os.makedirs(directory, exist_ok=True)
     written = {}
     for name, records in SMALL.items():
-        arrays = (rng.integers(0, 256, (records, 32, 32, 3), dtype=np.uint8), rng.integers(0, 20, records),
-                  rng.integers(0, 100, records))
+        arrays = (
+            rng.integers(0, 256, (records, 32, 32, 3), dtype=np.uint8),
+            rng.integers(0, 20, records),
+            rng.integers(0, 100, records),
+        )
         write_records(directory / name, *arrays)
         written[name] = arrays
     return written
@@ -96,13 +99,15 @@ def test_one_record_by_its_byte_offsets(tmp_path):
 def test_fine_and_coarse_are_other_data_other_experiments_and_other_output_layers(small):
     root, directory = small
     make_files(directory)
-    fine, coarse = (datasets.load(dataset_config("cifar100", root, labels=labels, validation=10))
-                    for labels in ("fine", "coarse"))
+    fine, coarse = (
+        datasets.load(dataset_config("cifar100", root, labels=labels, validation=10)) for labels in ("fine", "coarse")
+    )
     assert fine.fingerprint != coarse.fingerprint
     assert fine.fingerprint == datasets.load(dataset_config("cifar100", root, validation=10)).fingerprint  # the default
     cfg = compose_config(["+exp=resnet_cifar100"])
-    assert experiment_hash(cfg, fine.fingerprint) != experiment_hash(compose_config(["+exp=resnet_cifar100",
-                                                                                      "dataset.labels=coarse"]), coarse.fingerprint)
+    assert experiment_hash(cfg, fine.fingerprint) != experiment_hash(
+        compose_config(["+exp=resnet_cifar100", "dataset.labels=coarse"]), coarse.fingerprint
+    )
     for data, classes in ((fine, 100), (coarse, 20)):  # as lottery.imp.experiment.prepare builds it
         model = nnx.eval_shape(lambda: models.build(cfg.model, data.input_shape, data.num_classes, jax.random.key(0)))
         assert model.output.kernel.shape == (64, classes)
@@ -136,8 +141,10 @@ def test_a_truncated_or_corrupt_file_is_one_line_naming_it_and_what_to_do(small)
     path.write_bytes(content[:-1000])
     with pytest.raises(LotteryError) as error:
         datasets.load(dataset_config("cifar100", root))
-    assert one_line(error) == (f"{path}: 183,440 bytes, expected 184,440 (60 records of 3,074 bytes): truncated, or not "
-                               "CIFAR-100's binary version; delete it to download it again, or replace it with the official file")
+    assert one_line(error) == (
+        f"{path}: 183,440 bytes, expected 184,440 (60 records of 3,074 bytes): truncated, or not "
+        "CIFAR-100's binary version; delete it to download it again, or replace it with the official file"
+    )
     images, coarse, fine = written["train.bin"]
     for kind, column, value in (("coarse", 0, 20), ("fine", 1, 100)):
         labels = [coarse.copy(), fine.copy()]
@@ -145,14 +152,18 @@ def test_a_truncated_or_corrupt_file_is_one_line_naming_it_and_what_to_do(small)
         write_records(path, images, *labels)
         with pytest.raises(LotteryError) as error:
             datasets.load(dataset_config("cifar100", root))  # fine labels asked for: the coarse byte is checked too
-        assert one_line(error) == (f"{path}: {kind} label {value} in record 7, CIFAR-100's are 0-{value - 1}: corrupt, "
-                                   "or not the binary version; replace it with a good copy")
+        assert one_line(error) == (
+            f"{path}: {kind} label {value} in record 7, CIFAR-100's are 0-{value - 1}: corrupt, "
+            "or not the binary version; replace it with a good copy"
+        )
 
 
 def test_the_official_sizes_are_required_without_the_tests_records(tmp_path):
     # RECORDS as shipped: 50,000 and 10,000 records of 3,074 bytes (153,700,000 and 30,740,000 bytes).
     assert {name: records * cifar100.RECORD for name, records in cifar100.RECORDS.items()} == {
-        "train.bin": 153_700_000, "test.bin": 30_740_000}
+        "train.bin": 153_700_000,
+        "test.bin": 30_740_000,
+    }
     make_files(tmp_path / "cifar100")  # 60 and 20 records, in the directory itself
     with pytest.raises(LotteryError, match=r"train\.bin: 184,440 bytes, expected 153,700,000 \(50,000 records"):
         datasets.load(dataset_config("cifar100", tmp_path))
@@ -165,9 +176,11 @@ def test_missing_files_and_the_pickled_version_are_named(small):
     with pytest.raises(LotteryError) as error:
         datasets.load(dataset_config("cifar100", root))
     where = root / "cifar100"
-    assert one_line(error) == (f"cifar100: no test.bin in {where} and dataset.download=false; put the binary version's "
-                               f"train.bin, test.bin (cifar-100-binary.tar.gz) in {where} (or its cifar-100-binary/), or "
-                               "set dataset.root / LOTTERY_DATA_DIR")
+    assert one_line(error) == (
+        f"cifar100: no test.bin in {where} and dataset.download=false; put the binary version's "
+        f"train.bin, test.bin (cifar-100-binary.tar.gz) in {where} (or its cifar-100-binary/), or "
+        "set dataset.root / LOTTERY_DATA_DIR"
+    )
     os.remove(directory / "train.bin")
     pickled = where / "cifar-100-python"  # as cifar-100-python.tar.gz unpacks: pickles, never read
     os.makedirs(pickled)
@@ -175,8 +188,10 @@ def test_missing_files_and_the_pickled_version_are_named(small):
         (pickled / name).write_bytes(b"\x80\x02}q\x00.")
     with pytest.raises(LotteryError) as error:
         datasets.load(dataset_config("cifar100", root))
-    assert one_line(error).startswith(f"cifar100: no train.bin, test.bin in {where} and dataset.download=false; "
-                                      f"{pickled}: the pickled Python version, which is never read; put the binary ")
+    assert one_line(error).startswith(
+        f"cifar100: no train.bin, test.bin in {where} and dataset.download=false; "
+        f"{pickled}: the pickled Python version, which is never read; put the binary "
+    )
 
 
 def test_labels_are_fine_or_coarse_and_coarse_only_where_there_are_coarse_labels(small):
@@ -187,4 +202,7 @@ def test_labels_are_fine_or_coarse_and_coarse_only_where_there_are_coarse_labels
     assert one_line(error) == "dataset.labels=superclass is not a kind of label of cifar100; choose fine or coarse"
     with pytest.raises(LotteryError) as error:
         datasets.load(dataset_config("cifar10", root, labels="coarse"))
-    assert one_line(error) == "dataset.labels=coarse is not a kind of label of cifar10; choose fine (coarse labels: cifar100)"
+    assert (
+        one_line(error)
+        == "dataset.labels=coarse is not a kind of label of cifar10; choose fine (coarse labels: cifar100)"
+    )

@@ -42,7 +42,9 @@ def test_the_shared_records_load_checked_with_cifar10s_statistics(shared_subset)
         counts = np.bincount(labels)
         assert len(counts) == 10 and counts.min() > 0.8 * len(labels) / 10  # every class, roughly balanced
     # The fingerprint is of the records read: fewer of them are other data, another experiment.
-    shorter = datasets.load(compose_config(["dataset=cifar10_subset", f"dataset.root={DATA_ROOT}", "dataset.subset=3999"]).dataset)
+    shorter = datasets.load(
+        compose_config(["dataset=cifar10_subset", f"dataset.root={DATA_ROOT}", "dataset.subset=3999"]).dataset
+    )
     assert shorter.examples["train"] == 3599 and shorter.fingerprint != data.fingerprint
 
 
@@ -54,16 +56,29 @@ def test_the_shared_records_are_never_taken_for_the_whole_of_cifar10(shared_subs
         os.symlink(os.path.join(SUBSET, FILES[0]), directory / name)
     os.symlink(os.path.join(SUBSET, FILES[1]), directory / "test_batch.bin")
     cfg = compose_config(["+exp=conv2", f"dataset.root={tmp_path}", "dataset.download=false"]).dataset
-    with pytest.raises(LotteryError, match=r"data_batch_1\.bin: 4,000 records, not 10,000: for part of CIFAR-10 use "
-                                           r"dataset=cifar10_subset"):
+    with pytest.raises(
+        LotteryError,
+        match=r"data_batch_1\.bin: 4,000 records, not 10,000: for part of CIFAR-10 use "
+        r"dataset=cifar10_subset",
+    ):
         datasets.load(cfg)
 
 
 @pytest.mark.slow
 def test_conv2_learns_the_shared_records_end_to_end(shared_subset, tmp_path):
     """Conv-2 (F&C 2019) for 20 iterations: 29% ± 2% test accuracy over 4 seeds (chance: 10%)."""
-    cfg = compose_config(["+exp=conv2", "dataset=cifar10_subset", f"dataset.root={DATA_ROOT}", "training.steps=20it",
-                          "training.eval_every=20it", "levels=1", "progress=false", f"output_dir={tmp_path}"])
+    cfg = compose_config(
+        [
+            "+exp=conv2",
+            "dataset=cifar10_subset",
+            f"dataset.root={DATA_ROOT}",
+            "training.steps=20it",
+            "training.eval_every=20it",
+            "levels=1",
+            "progress=false",
+            f"output_dir={tmp_path}",
+        ]
+    )
     level_0, _ = imp.run(cfg, console=Console(file=io.StringIO()))
     fingerprint = datasets.load(shared_subset).fingerprint
     assert level_0["examples"] == {"train": 3600, "validation": 400, "test": 1000}
@@ -71,7 +86,12 @@ def test_conv2_learns_the_shared_records_end_to_end(shared_subset, tmp_path):
     assert level_0["final"]["test_accuracy"] > 0.15
     (directory,) = [d for d in tmp_path.iterdir() if d.name.startswith("conv2-")]
     identity = OmegaConf.to_container(OmegaConf.load(directory / "config.yaml"))
-    assert identity["dataset"] == {"name": "cifar10_subset", "validation": 400, "augment": False, "fingerprint": fingerprint}
+    assert identity["dataset"] == {
+        "name": "cifar10_subset",
+        "validation": 400,
+        "augment": False,
+        "fingerprint": fingerprint,
+    }
     # experiments/bench/device.sh's section f, on this run (its --smoke skips it): each level's
     # remaining count against the counting rule, from the results alone
     import importlib
@@ -87,4 +107,4 @@ def test_conv2_learns_the_shared_records_end_to_end(shared_subset, tmp_path):
         sys.path.remove(str(REPO / "experiments" / "bench"))
     with open(tmp_path / "cifar.json") as f:
         levels = json.load(f)["levels"]
-    assert [level["level"] for level in levels] == [0, 1] and all(l["remaining"] == l["rule"] for l in levels)
+    assert [level["level"] for level in levels] == [0, 1] and all(row["remaining"] == row["rule"] for row in levels)

@@ -27,8 +27,12 @@ def write_idx(path, array, compress):
 
 def make_idx_dataset(directory, n_train=50, n_test=20, seed=0, compress=(True, False, True, False)):
     rng = np.random.default_rng(seed)
-    arrays = (rng.integers(0, 256, (n_train, 28, 28)), rng.integers(0, 10, n_train),
-              rng.integers(0, 256, (n_test, 28, 28)), rng.integers(0, 10, n_test))
+    arrays = (
+        rng.integers(0, 256, (n_train, 28, 28)),
+        rng.integers(0, 10, n_train),
+        rng.integers(0, 256, (n_test, 28, 28)),
+        rng.integers(0, 10, n_test),
+    )
     os.makedirs(directory, exist_ok=True)
     for name, array, gz in zip(mnist.FILES, arrays, compress):
         write_idx(os.path.join(directory, name), array, gz)
@@ -53,7 +57,9 @@ def test_idx_files_raw_and_gzip_load_with_a_validation_split(tmp_path):
 
 def test_mnist_content_checksum_mismatch_names_the_file(tmp_path):
     make_idx_dataset(tmp_path / "mnist")
-    with pytest.raises(LotteryError, match=r"train-images-idx3-ubyte\.gz: checksum mismatch \(md5 of the decompressed content"):
+    with pytest.raises(
+        LotteryError, match=r"train-images-idx3-ubyte\.gz: checksum mismatch \(md5 of the decompressed content"
+    ):
         datasets.load(dataset_config("mnist", tmp_path))
 
 
@@ -63,7 +69,9 @@ def test_truncated_or_foreign_idx_files_are_rejected_by_name(tmp_path):
     path = os.path.join(directory, "train-labels-idx1-ubyte")
     with open(path, "r+b") as f:
         f.truncate(20)
-    with pytest.raises(LotteryError, match=r"train-labels-idx1-ubyte: IDX header declares shape \(50,\) but the file holds 12 bytes"):
+    with pytest.raises(
+        LotteryError, match=r"train-labels-idx1-ubyte: IDX header declares shape \(50,\) but the file holds 12 bytes"
+    ):
         datasets.load(dataset_config("fashion_mnist", tmp_path))
     with open(path, "wb") as f:
         f.write(b"PK\x03\x04 not an idx file")
@@ -168,7 +176,9 @@ def test_cifar10_subset_reads_whole_records_of_every_batch_file_in_name_order(tm
 
 
 def test_cifar10_subset_files_may_sit_in_cifar_10_batches_bin(tmp_path):
-    write_cifar_subset(tmp_path / cifar10.SUBSET_DIRECTORY / cifar10.SUBDIR, {"data_batch_1.bin": 6, "test_batch.bin": 2})
+    write_cifar_subset(
+        tmp_path / cifar10.SUBSET_DIRECTORY / cifar10.SUBDIR, {"data_batch_1.bin": 6, "test_batch.bin": 2}
+    )
     data = datasets.load(dataset_config("cifar10_subset", tmp_path, validation=0))
     assert data.examples == {"train": 6, "validation": 0, "test": 2}
 
@@ -177,8 +187,11 @@ def test_cifar10_refuses_a_batch_of_fewer_records_and_says_to_ask_for_the_subset
     # A truncated official file is never taken for the whole set: the opt-in is dataset=cifar10_subset.
     root, directory, batches = small_cifar
     write_cifar_batch(directory / "data_batch_5.bin", *(a[:5] for a in batches["data_batch_5.bin"]))
-    with pytest.raises(LotteryError, match=r"data_batch_5\.bin: 5 records, not 8: for part of CIFAR-10 use "
-                                           r"dataset=cifar10_subset \(README: Data\), else replace it with the official file$"):
+    with pytest.raises(
+        LotteryError,
+        match=r"data_batch_5\.bin: 5 records, not 8: for part of CIFAR-10 use "
+        r"dataset=cifar10_subset \(README: Data\), else replace it with the official file$",
+    ):
         datasets.load(dataset_config("cifar10", root, validation=4))
 
 
@@ -186,18 +199,26 @@ def test_cifar10_subset_checks_the_sha256sums_it_finds(tmp_path):
     directory = tmp_path / cifar10.SUBSET_DIRECTORY
     write_cifar_subset(directory, {"data_batch_1.first6.bin": 6, "test_batch.first2.bin": 2})
     sha = lambda name: hashlib.sha256((directory / name).read_bytes()).hexdigest()
-    lines = [f"{sha('data_batch_1.first6.bin')}  data_batch_1.first6.bin", f"{sha('test_batch.first2.bin')} *test_batch.first2.bin"]
+    lines = [
+        f"{sha('data_batch_1.first6.bin')}  data_batch_1.first6.bin",
+        f"{sha('test_batch.first2.bin')} *test_batch.first2.bin",
+    ]
     (directory / "SHA256SUMS").write_text("\n".join(lines) + "\n")
     cfg = dataset_config("cifar10_subset", tmp_path, validation=1)
     assert datasets.load(cfg).examples == {"train": 5, "validation": 1, "test": 2}
     other = np.fromfile(directory / "test_batch.first2.bin", np.uint8)
     other[5] ^= 1  # a pixel: the file still parses
     other.tofile(directory / "test_batch.first2.bin")
-    with pytest.raises(LotteryError, match=r"test_batch\.first2\.bin: checksum mismatch \(sha256 should be [0-9a-f]{64}, "
-                                           r"from SHA256SUMS\); it is corrupt or not the file listed: replace it"):
+    with pytest.raises(
+        LotteryError,
+        match=r"test_batch\.first2\.bin: checksum mismatch \(sha256 should be [0-9a-f]{64}, "
+        r"from SHA256SUMS\); it is corrupt or not the file listed: replace it",
+    ):
         datasets.load(cfg)
     (directory / "SHA256SUMS").write_text(lines[0] + "\n")
-    with pytest.raises(LotteryError, match=r"test_batch\.first2\.bin: not listed in .*SHA256SUMS; add its sha256 there"):
+    with pytest.raises(
+        LotteryError, match=r"test_batch\.first2\.bin: not listed in .*SHA256SUMS; add its sha256 there"
+    ):
         datasets.load(cfg)
     (directory / "SHA256SUMS").write_text("\n".join(lines) + "\n")
     os.remove(directory / "test_batch.first2.bin")
@@ -264,4 +285,3 @@ def test_idx_download_uses_the_mirrors_and_verifies(local_server, tmp_path, monk
     data = datasets.load(cfg)
     np.testing.assert_array_equal(data.test_x[..., 0], arrays[2])
     assert sorted(os.listdir(tmp_path / "root" / "fashion_mnist")) == sorted(f"{n}.gz" for n in mnist.FILES)
-

@@ -81,8 +81,10 @@ GZIP_REASONS = {
 
 
 def gzip_message(path, how):
-    return (rf"^{re.escape(str(path))}: not a readable gzip file \({GZIP_REASONS[how]}.*\); it is corrupt or "
-            r"truncated: delete it to download it again, or replace it with a good copy$")
+    return (
+        rf"^{re.escape(str(path))}: not a readable gzip file \({GZIP_REASONS[how]}.*\); it is corrupt or "
+        r"truncated: delete it to download it again, or replace it with a good copy$"
+    )
 
 
 # --- corrupt and truncated .gz files ------------------------------------------------------------
@@ -100,8 +102,16 @@ def test_corrupt_real_mnist_gz_is_named_with_what_to_do(real_mnist, how):
 def test_a_flipped_byte_in_real_mnist_is_one_line_and_exit_code_2_on_the_command_line(real_mnist):
     path = real_mnist / "mnist" / "t10k-labels-idx1-ubyte.gz"
     flip(path, 20)
-    result = run_cli("+exp=lenet", f"dataset.root={real_mnist}", "dataset.download=false", "levels=0",
-                     "training.steps=10it", "progress=false", f"output_dir={real_mnist / 'runs'}", cwd=real_mnist)
+    result = run_cli(
+        "+exp=lenet",
+        f"dataset.root={real_mnist}",
+        "dataset.download=false",
+        "levels=0",
+        "training.steps=10it",
+        "progress=false",
+        f"output_dir={real_mnist / 'runs'}",
+        cwd=real_mnist,
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: {path}: not a readable gzip file (Error -3 while decompressing data")
@@ -170,12 +180,16 @@ def test_an_mnist_file_that_is_a_directory_or_unreadable_is_named(tmp_path, deny
     path = directory / "train-images-idx3-ubyte.gz"
     os.remove(path)
     os.makedirs(path)
-    with pytest.raises(LotteryError, match=rf"^{re.escape(str(path))}: cannot be read \(it is a directory\): remove it"):
+    with pytest.raises(
+        LotteryError, match=rf"^{re.escape(str(path))}: cannot be read \(it is a directory\): remove it"
+    ):
         datasets.load(dataset_config("mnist", tmp_path))
     os.rmdir(path)
     make_idx_dataset(directory)
     deny(path)
-    with pytest.raises(LotteryError, match=rf"^{re.escape(str(path))}: cannot be read \(permission denied\): make it readable"):
+    with pytest.raises(
+        LotteryError, match=rf"^{re.escape(str(path))}: cannot be read \(permission denied\): make it readable"
+    ):
         datasets.load(dataset_config("mnist", tmp_path))
 
 
@@ -201,22 +215,36 @@ def idx_bytes(array):
     return header + array.astype(np.uint8).tobytes()
 
 
-@pytest.mark.parametrize("case", ["gzip_without_gz", "empty", "header_cut_short", "label_out_of_range",
-                                  "image_sizes_differ", "no_test_examples"])
+@pytest.mark.parametrize(
+    "case",
+    ["gzip_without_gz", "empty", "header_cut_short", "label_out_of_range", "image_sizes_differ", "no_test_examples"],
+)
 def test_idx_files_that_parse_but_cannot_be_used_are_named(tmp_path, case):
     directory = tmp_path / "fashion_mnist"
     make_idx_dataset(directory, compress=(False,) * 4)
     name, content, message = {
-        "gzip_without_gz": ("train-labels-idx1-ubyte", gzip.compress(idx_bytes(np.zeros(50))),
-                            r"train-labels-idx1-ubyte: gzip-compressed content in a file without \.gz: "
-                            r"name it train-labels-idx1-ubyte\.gz"),
+        "gzip_without_gz": (
+            "train-labels-idx1-ubyte",
+            gzip.compress(idx_bytes(np.zeros(50))),
+            r"train-labels-idx1-ubyte: gzip-compressed content in a file without \.gz: "
+            r"name it train-labels-idx1-ubyte\.gz",
+        ),
         "empty": ("t10k-images-idx3-ubyte", b"", r"t10k-images-idx3-ubyte: not an IDX file .*\(the file is empty\)"),
-        "header_cut_short": ("t10k-labels-idx1-ubyte", bytes([0, 0, 0x08, 3, 0, 0]),
-                             r"t10k-labels-idx1-ubyte: IDX header of 3 dimensions cut short: 6 of 16 bytes"),
-        "label_out_of_range": ("train-labels-idx1-ubyte", idx_bytes(np.full(50, 10)),
-                               r"train-labels-idx1-ubyte: label 10 found, labels are 0-9"),
-        "image_sizes_differ": ("t10k-images-idx3-ubyte", idx_bytes(np.zeros((20, 32, 32))),
-                               r"fashion_mnist: train images are 28x28 but t10k images 32x32"),
+        "header_cut_short": (
+            "t10k-labels-idx1-ubyte",
+            bytes([0, 0, 0x08, 3, 0, 0]),
+            r"t10k-labels-idx1-ubyte: IDX header of 3 dimensions cut short: 6 of 16 bytes",
+        ),
+        "label_out_of_range": (
+            "train-labels-idx1-ubyte",
+            idx_bytes(np.full(50, 10)),
+            r"train-labels-idx1-ubyte: label 10 found, labels are 0-9",
+        ),
+        "image_sizes_differ": (
+            "t10k-images-idx3-ubyte",
+            idx_bytes(np.zeros((20, 32, 32))),
+            r"fashion_mnist: train images are 28x28 but t10k images 32x32",
+        ),
         "no_test_examples": ("t10k-images-idx3-ubyte", idx_bytes(np.zeros((0, 28, 28))), None),
     }[case]
     (directory / name).write_bytes(content)
@@ -242,27 +270,44 @@ def record_bytes(n, label=0):
     return (bytes([label]) + bytes(cifar10.RECORD - 1)) * n
 
 
-@pytest.mark.parametrize("case", ["not_whole_records", "empty", "label_out_of_range", "no_test_file", "no_training_file",
-                                  "no_directory", "subset_too_large", "validation_too_large"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "not_whole_records",
+        "empty",
+        "label_out_of_range",
+        "no_test_file",
+        "no_training_file",
+        "no_directory",
+        "subset_too_large",
+        "validation_too_large",
+    ],
+)
 def test_part_of_cifar10_that_cannot_be_used_is_one_line_naming_the_file_and_what_to_do(cifar_subset, case):
     root, directory = cifar_subset
     train, test = directory / "data_batch_1.first10.bin", directory / "test_batch.first4.bin"
     settings = dict(validation=2)
     if case == "not_whole_records":
         train.write_bytes(record_bytes(3) + b"\0" * 100)  # a copy cut short
-        message = (rf"{re.escape(str(train))}: 9,319 bytes, not whole 3073-byte records \(3 and 100 bytes over\): "
-                   r"truncated, or not CIFAR-10's binary version; replace it with whole records$")
+        message = (
+            rf"{re.escape(str(train))}: 9,319 bytes, not whole 3073-byte records \(3 and 100 bytes over\): "
+            r"truncated, or not CIFAR-10's binary version; replace it with whole records$"
+        )
     elif case == "empty":
         test.write_bytes(b"")
         message = rf"{re.escape(str(test))}: 0 bytes, less than one 3073-byte record; remove it, or replace it"
     elif case == "label_out_of_range":  # a label byte no CIFAR-10 record has
         test.write_bytes(record_bytes(2) + record_bytes(2, label=57))
-        message = (rf"{re.escape(str(test))}: label 57 found \(record 2\), CIFAR-10's are 0-9: corrupt, or not the "
-                   r"binary version; replace it with a good copy$")
+        message = (
+            rf"{re.escape(str(test))}: label 57 found \(record 2\), CIFAR-10's are 0-9: corrupt, or not the "
+            r"binary version; replace it with a good copy$"
+        )
     elif case == "no_test_file":
         test.unlink()
-        message = (rf"{re.escape(str(directory / 'test_batch*.bin'))}: no such file \(test records\); put CIFAR-10 binary "
-                   r"records there as data_batch_\*\.bin and test_batch\*\.bin files, or set dataset\.root$")
+        message = (
+            rf"{re.escape(str(directory / 'test_batch*.bin'))}: no such file \(test records\); put CIFAR-10 binary "
+            r"records there as data_batch_\*\.bin and test_batch\*\.bin files, or set dataset\.root$"
+        )
     elif case == "no_training_file":
         train.rename(directory / "train.bin")  # not named as a training batch
         message = rf"{re.escape(str(directory / 'data_batch_*.bin'))}: no such file \(training records\); put CIFAR-10"
@@ -271,23 +316,39 @@ def test_part_of_cifar10_that_cannot_be_used_is_one_line_naming_the_file_and_wha
         message = rf"{re.escape(str(directory))}: no such directory; put CIFAR-10 binary records there as data_batch_"
     elif case == "subset_too_large":
         settings = dict(validation=2, subset=11)
-        message = (rf"dataset\.subset=11: {re.escape(str(directory))} holds 10 training examples; ask for 1 to 10, or "
-                   r"leave dataset\.subset unset \(null\) for all of them")
+        message = (
+            rf"dataset\.subset=11: {re.escape(str(directory))} holds 10 training examples; ask for 1 to 10, or "
+            r"leave dataset\.subset unset \(null\) for all of them"
+        )
     else:  # Conv-2's 5,000 of the full set, on a subset
         settings = dict(validation=10)
-        message = (r"dataset\.validation=10 must be between 0 and the 10 training examples; set it lower "
-                   r"\(e\.g\. dataset\.validation=1\)")
+        message = (
+            r"dataset\.validation=10 must be between 0 and the 10 training examples; set it lower "
+            r"\(e\.g\. dataset\.validation=1\)"
+        )
     with pytest.raises(LotteryError, match=f"^{message}") as caught:
         datasets.load(dataset_config("cifar10_subset", root, **settings))
-    assert "\n" not in str(caught.value) and len(str(caught.value).replace(str(directory), "/work/shared/data/cifar10-subset")) < 200
+    assert (
+        "\n" not in str(caught.value)
+        and len(str(caught.value).replace(str(directory), "/work/shared/data/cifar10-subset")) < 200
+    )
 
 
 @pytest.mark.slow
 def test_a_missing_cifar10_test_file_is_one_line_and_exit_code_2_on_the_command_line(cifar_subset):
     root, directory = cifar_subset
     (directory / "test_batch.first4.bin").unlink()
-    result = run_cli("+exp=conv2", "dataset=cifar10_subset", f"dataset.root={root}", "dataset.validation=2", "levels=0",
-                     "training.steps=1it", "progress=false", f"output_dir={root / 'runs'}", cwd=root)
+    result = run_cli(
+        "+exp=conv2",
+        "dataset=cifar10_subset",
+        f"dataset.root={root}",
+        "dataset.validation=2",
+        "levels=0",
+        "training.steps=1it",
+        "progress=false",
+        f"output_dir={root / 'runs'}",
+        cwd=root,
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: {directory / 'test_batch*.bin'}: no such file (test records); put ")
@@ -321,7 +382,9 @@ def test_a_cifar10_archive_found_in_place_is_checked_then_unpacked(cifar_archive
     root, directory, archive = cifar_archive
     good = archive.read_bytes()
     flip(archive, len(good) // 2)  # inside a batch's bytes: tarfile alone would unpack it silently
-    with pytest.raises(LotteryError, match=rf"^{re.escape(str(archive))}: checksum mismatch \(md5 should be .*delete it"):
+    with pytest.raises(
+        LotteryError, match=rf"^{re.escape(str(archive))}: checksum mismatch \(md5 should be .*delete it"
+    ):
         datasets.load(dataset_config("cifar10", root, download=True, validation=4))
     archive.write_bytes(good)
     data = datasets.load(dataset_config("cifar10", root, download=True, validation=4))
@@ -338,8 +401,11 @@ def test_an_unreadable_cifar10_archive_is_named_and_leaves_no_partial_batch(cifa
         os.makedirs(archive)
         message = r"cannot be read \(it is a directory\)"
     else:
-        bad = {"truncated": good[: len(good) * 3 // 4], "not_gzip": os.urandom(5000),
-               "gzip_not_tar": gzip.compress(b"\1" * 5000)}[how]
+        bad = {
+            "truncated": good[: len(good) * 3 // 4],
+            "not_gzip": os.urandom(5000),
+            "gzip_not_tar": gzip.compress(b"\1" * 5000),
+        }[how]
         archive.write_bytes(bad)
         # The checksum passes (as for an archive with the official md5), so reading it is what fails.
         monkeypatch.setattr(cifar10, "ARCHIVE_MD5", hashlib.md5(bad).hexdigest())
@@ -352,7 +418,9 @@ def test_an_unreadable_cifar10_archive_is_named_and_leaves_no_partial_batch(cifa
 def test_a_cifar10_archive_without_a_batch_file_says_which(cifar_archive, monkeypatch):
     root, directory, archive = cifar_archive
     monkeypatch.setattr(cifar10, "ARCHIVE_MD5", make_archive(archive, root / "batches", leave_out=("test_batch.bin",)))
-    with pytest.raises(LotteryError, match=rf"^{re.escape(str(archive))}: holds no cifar-10-batches-bin/test_batch\.bin"):
+    with pytest.raises(
+        LotteryError, match=rf"^{re.escape(str(archive))}: holds no cifar-10-batches-bin/test_batch\.bin"
+    ):
         datasets.load(dataset_config("cifar10", root, download=True))
 
 
@@ -433,14 +501,18 @@ def test_a_download_that_outlasts_its_deadline_stops_and_leaves_nothing(slow_ser
     monkeypatch.setattr(download, "DEADLINE", 0.6)
     monkeypatch.setattr(download, "TIMEOUT", 5.0)  # each byte comes well within it
     start = time.monotonic()
-    with pytest.raises(download.DownloadError, match=rf"could not download {slow_server}{path}: not finished after 0\.6 s"):
+    with pytest.raises(
+        download.DownloadError, match=rf"could not download {slow_server}{path}: not finished after 0\.6 s"
+    ):
         download.fetch(f"{slow_server}{path}", str(tmp_path / "root" / "mnist" / "file.gz"))
     assert time.monotonic() - start < 2.5
     assert os.listdir(tmp_path) == []  # no partial file, and not the directories fetch created
 
 
-@pytest.mark.parametrize("path, message", [("/silent", r"no response for 0\.3 s"),
-                                           ("/short", r"the connection closed after 10 of 1,000 bytes")])
+@pytest.mark.parametrize(
+    "path, message",
+    [("/silent", r"no response for 0\.3 s"), ("/short", r"the connection closed after 10 of 1,000 bytes")],
+)
 def test_a_download_that_stalls_or_ends_early_is_a_clear_error(slow_server, tmp_path, monkeypatch, path, message):
     monkeypatch.setattr(download, "TIMEOUT", 0.3)
     with pytest.raises(download.DownloadError, match=rf"could not download {slow_server}{path}: {message}$"):
@@ -482,18 +554,26 @@ def test_mirrors_that_fail_differently_are_all_named(closed_port, local_server, 
     _, url = local_server
     monkeypatch.setattr(mnist, "FASHION_MIRRORS", (f"{closed_port}/", f"{url}/absent/"))
     cfg = OmegaConf.structured(DatasetConfig(name="fashion_mnist", root=str(tmp_path / "root")))
-    with pytest.raises(LotteryError, match=(
+    with pytest.raises(
+        LotteryError,
+        match=(
             rf"; download failed \({closed_port}/train-images-idx3-ubyte\.gz: Connection refused; "
-            rf"{url}/absent/train-images-idx3-ubyte\.gz: HTTP 404 File not found\); put the IDX files")):
+            rf"{url}/absent/train-images-idx3-ubyte\.gz: HTTP 404 File not found\); put the IDX files"
+        ),
+    ):
         datasets.load(cfg)
     assert not (tmp_path / "root").exists()
 
 
 def test_cifar10_download_failure_says_so_and_leaves_no_directory(closed_port, tmp_path, monkeypatch):
     monkeypatch.setattr(cifar10, "URL", f"{closed_port}/cifar-10-binary.tar.gz")
-    with pytest.raises(LotteryError, match=(
+    with pytest.raises(
+        LotteryError,
+        match=(
             rf"^cifar10: missing binary batch files in {re.escape(str(tmp_path / 'cifar10'))}; no connection to the "
-            rf"server \(is this machine offline\?\): {closed_port}/cifar-10-binary\.tar\.gz: Connection refused; put ")):
+            rf"server \(is this machine offline\?\): {closed_port}/cifar-10-binary\.tar\.gz: Connection refused; put "
+        ),
+    ):
         datasets.load(dataset_config("cifar10", tmp_path, download=True))
     assert os.listdir(tmp_path) == []
 
@@ -502,7 +582,9 @@ def test_a_data_root_that_cannot_hold_a_directory_is_a_clear_error(local_server,
     _, url = local_server
     monkeypatch.setattr(mnist, "FASHION_MIRRORS", (f"{url}/",))
     (tmp_path / "root").write_text("a file, not a directory")
-    with pytest.raises(LotteryError, match=r"train-images-idx3-ubyte\.gz: cannot write in .*root/fashion_mnist \(Not a directory\)"):
+    with pytest.raises(
+        LotteryError, match=r"train-images-idx3-ubyte\.gz: cannot write in .*root/fashion_mnist \(Not a directory\)"
+    ):
         datasets.load(dataset_config("fashion_mnist", tmp_path / "root", download=True))
 
 

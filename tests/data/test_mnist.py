@@ -20,7 +20,8 @@ from lottery import imp
 
 DATA_ROOT = os.environ.get("LOTTERY_DATA_DIR", os.path.expanduser("~/.cache/lottery"))
 HAVE_MNIST = os.path.exists(os.path.join(DATA_ROOT, "mnist", "train-images-idx3-ubyte.gz")) or os.path.exists(
-    os.path.join(DATA_ROOT, "mnist", "train-images-idx3-ubyte"))
+    os.path.join(DATA_ROOT, "mnist", "train-images-idx3-ubyte")
+)
 
 
 @pytest.fixture
@@ -33,8 +34,17 @@ def mnist():
 
 @pytest.mark.slow
 def test_lenet_on_real_mnist(mnist, tmp_path):
-    cfg = compose_config(["+exp=lenet", "training.steps=300it", "levels=1", "progress=false",
-                          f"dataset.root={DATA_ROOT}", "dataset.download=false", f"output_dir={tmp_path}"])
+    cfg = compose_config(
+        [
+            "+exp=lenet",
+            "training.steps=300it",
+            "levels=1",
+            "progress=false",
+            f"dataset.root={DATA_ROOT}",
+            "dataset.download=false",
+            f"output_dir={tmp_path}",
+        ]
+    )
     level_0, level_1 = imp.run(cfg, console=Console(file=io.StringIO()))
     # F&C's protocol: 55K/5K train/validation, evaluation every 100 iterations.
     assert [r["step"] for r in level_0["history"]] == [100, 200, 300]
@@ -59,10 +69,24 @@ def reproduce(request, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("reproduce")
     script = REPO / "experiments" / "frankle_carbin_2019" / "reproduce.sh"
     env = child_env(RESULTS=str(tmp_path))
-    process = subprocess.Popen(["bash", str(script), str(tmp_path / "runs"), "training.steps=100it", "levels=2",
-                                f"dataset.root={DATA_ROOT}", "dataset.download=false", "progress=false"],
-                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [
+            "bash",
+            str(script),
+            str(tmp_path / "runs"),
+            "training.steps=100it",
+            "levels=2",
+            f"dataset.root={DATA_ROOT}",
+            "dataset.download=false",
+            "progress=false",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     with concurrent.futures.ThreadPoolExecutor(1) as pool:  # read as it runs
         try:
             yield pool.submit(process.communicate), process, tmp_path

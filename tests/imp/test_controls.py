@@ -37,8 +37,14 @@ def test_controls_have_the_tickets_counts_and_their_own_weights_or_masks(small_c
     results = imp.run(cfg, console=QUIET)
     experiment = imp.prepare(cfg)
     assert [(r["level"], r["kind"]) for r in results] == [
-        (0, "ticket"), (1, "ticket"), (1, "random_reinit"), (1, "random_prune"),
-        (2, "ticket"), (2, "random_reinit"), (2, "random_prune")]
+        (0, "ticket"),
+        (1, "ticket"),
+        (1, "random_reinit"),
+        (1, "random_prune"),
+        (2, "ticket"),
+        (2, "random_reinit"),
+        (2, "random_prune"),
+    ]
     theta_k = load(experiment, 0, 0, "rewind_point")
     theta_0 = load(experiment, 0, 0, "ticket")["params"]
     for level in (1, 2):
@@ -106,11 +112,19 @@ def test_a_networks_bits_do_not_depend_on_what_it_was_trained_beside(small_confi
     # Alone: one replicate, no controls; controls and a second replicate added by later runs.
     alone = small_config("levels=1", f"output_dir={tmp_path / 'alone'}")
     imp.run(alone, console=QUIET)
-    imp.run(small_config("levels=1", "controls=[random_reinit,random_prune]", f"output_dir={tmp_path / 'alone'}"), console=QUIET)
+    imp.run(
+        small_config("levels=1", "controls=[random_reinit,random_prune]", f"output_dir={tmp_path / 'alone'}"),
+        console=QUIET,
+    )
     imp.run(small_config("levels=1", "replicates=2", f"output_dir={tmp_path / 'alone'}"), console=QUIET)
     # Together: both replicates, both controls and LMC copies in the same groups from the start.
-    together = small_config("levels=1", "replicates=2", "controls=[random_reinit,random_prune]", "lmc.levels=[0,1]",
-                            f"output_dir={tmp_path / 'together'}")
+    together = small_config(
+        "levels=1",
+        "replicates=2",
+        "controls=[random_reinit,random_prune]",
+        "lmc.levels=[0,1]",
+        f"output_dir={tmp_path / 'together'}",
+    )
     imp.run(together, console=QUIET)
     a, b = imp.prepare(alone), imp.prepare(together)
     assert os.path.basename(a.directory) == os.path.basename(b.directory)  # one experiment
@@ -123,7 +137,9 @@ def test_a_networks_bits_do_not_depend_on_what_it_was_trained_beside(small_confi
                 relative = os.path.relpath(a.level_dir(replicate, level), a.directory)
                 if kind != "ticket":
                     relative = os.path.join(relative, kind)
-                assert saved(a, os.path.join(a.directory, relative)) == saved(b, os.path.join(b.directory, relative)), relative
+                assert saved(a, os.path.join(a.directory, relative)) == saved(b, os.path.join(b.directory, relative)), (
+                    relative
+                )
                 compared += 1
     assert compared == 6
 
@@ -182,7 +198,9 @@ def test_lmc_endpoints_are_the_copies_and_the_barrier_is_measured(small_config):
     for level in (0, 2):
         path = results[level]["lmc"]
         assert len(path["test_error"]) == 5 and path["start_step"] == 20
-        assert path["barrier"] == pytest.approx(max(path["test_error"]) - (path["test_error"][0] + path["test_error"][-1]) / 2)
+        assert path["barrier"] == pytest.approx(
+            max(path["test_error"]) - (path["test_error"][0] + path["test_error"][-1]) / 2
+        )
         assert os.path.isfile(os.path.join(experiment.level_dir(0, level), "lmc", "path.png"))
     assert "lmc" not in results[1]
     # Two copies from different data orders end in different places; the path's endpoints are
@@ -191,18 +209,28 @@ def test_lmc_endpoints_are_the_copies_and_the_barrier_is_measured(small_config):
     b = jax.tree.map(lambda x: x * np.float32(0.5), a)
     path = lmc.error_along_path(trainer, a, b, points=3)
     _, accuracy = trainer.evaluate(stack([a, b]), "test")
-    assert path["test_error"][0] == pytest.approx(1 - accuracy[0]) and path["test_error"][-1] == pytest.approx(1 - accuracy[1])
+    assert path["test_error"][0] == pytest.approx(1 - accuracy[0]) and path["test_error"][-1] == pytest.approx(
+        1 - accuracy[1]
+    )
 
 
 @pytest.mark.slow
 def test_rewind_optimizer_reaches_every_network_that_starts_from_theta_k(small_config):
     # Momentum SGD: θk's optimizer state (the momentum trace) is not zero, so a fresh one differs.
-    cfg = small_config("optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "rewind=20it",
-                       "rewind_optimizer=true", "levels=1", "controls=[random_reinit,random_prune]", "lmc.levels=[0,1]",
-                       "lmc.points=3")
+    cfg = small_config(
+        "optimizer=sgd",
+        "optimizer.lr=0.05",
+        "optimizer.momentum=0.9",
+        "rewind=20it",
+        "rewind_optimizer=true",
+        "levels=1",
+        "controls=[random_reinit,random_prune]",
+        "lmc.levels=[0,1]",
+        "lmc.points=3",
+    )
     imp.run(cfg, console=QUIET)
     experiment = imp.prepare(cfg)
-    trainer, theta_k = experiment.trainer, load(experiment, 0, 0, "rewind_point")
+    theta_k = load(experiment, 0, 0, "rewind_point")
     assert any(np.any(leaf != 0) for leaf in jax.tree.leaves(theta_k["opt_state"]))
 
     def momentum(opt_state):  # the momentum trace inside optax.chain(add_decayed_weights, trace)
@@ -210,7 +238,9 @@ def test_rewind_optimizer_reaches_every_network_that_starts_from_theta_k(small_c
         return trace
 
     def expected(mask):  # θk's trace, zero where pruned
-        return jax.tree.leaves(jax.tree.map(lambda v, m: np.where(m, v, np.float32(0)), momentum(theta_k["opt_state"]), mask))
+        return jax.tree.leaves(
+            jax.tree.map(lambda v, m: np.where(m, v, np.float32(0)), momentum(theta_k["opt_state"]), mask)
+        )
 
     def trace(state):
         return [np.asarray(leaf) for leaf in jax.tree.leaves(momentum(state["opt_state"]))]
@@ -220,7 +250,9 @@ def test_rewind_optimizer_reaches_every_network_that_starts_from_theta_k(small_c
     assert tobytes(prune["mask"]) != tobytes(ticket["mask"])
     for state in (ticket, prune, levels.lmc_start(experiment, 0, 1)):
         assert tobytes(trace(state)) == tobytes(expected(state["mask"]))
-    assert tobytes(trace(levels.lmc_start(experiment, 0, 0))) == tobytes(jax.tree.leaves(momentum(theta_k["opt_state"])))
+    assert tobytes(trace(levels.lmc_start(experiment, 0, 0))) == tobytes(
+        jax.tree.leaves(momentum(theta_k["opt_state"]))
+    )
     # Random reinitialization has no state at k of its own: it starts fresh (zero momentum).
     reinit = levels.control_start(experiment, 0, 1, "random_reinit", ticket)
     assert all(np.all(leaf == 0) for leaf in trace(reinit))
@@ -228,14 +260,17 @@ def test_rewind_optimizer_reaches_every_network_that_starts_from_theta_k(small_c
 
 @pytest.mark.slow
 def test_the_ablation_controls_keep_the_tickets_counts_and_change_only_what_they_ablate(small_config):
-    cfg = small_config("levels=1", "controls=[shuffle_layer,invert,sign_preserving_reinit]", "pruning=global",
-                       "rewind=20it")
+    cfg = small_config(
+        "levels=1", "controls=[shuffle_layer,invert,sign_preserving_reinit]", "pruning=global", "rewind=20it"
+    )
     imp.run(cfg, console=QUIET)
     experiment = imp.prepare(cfg)
     ticket = load(experiment, 0, 1, "ticket")
     theta_k = load(experiment, 0, 0, "rewind_point")
     counts = pruning.counts(ticket["mask"], experiment.prunable)
-    start = {kind: load(experiment, 0, 1, "ticket", kind) for kind in ("shuffle_layer", "invert", "sign_preserving_reinit")}
+    start = {
+        kind: load(experiment, 0, 1, "ticket", kind) for kind in ("shuffle_layer", "invert", "sign_preserving_reinit")
+    }
     for kind, state in start.items():  # every ablation has the ticket's per-layer counts, even under global pruning
         assert pruning.counts(state["mask"], experiment.prunable) == counts, kind
     # invert: exactly the complement ranking -- in each layer, of the previous level's trained

@@ -23,8 +23,14 @@ from lottery.results.store import acquire_lock, load_tree
 from lottery.errors import LotteryError
 
 # Tiny runs: 60 steps, evaluations every 20; the rewind point at 20 (the sweep) and 40 (later).
-TINY = ["model.hidden=[32,16]", "training.steps=60it", "training.eval_every=20it", "levels=1", "replicates=2",
-        "progress=false"]
+TINY = [
+    "model.hidden=[32,16]",
+    "training.steps=60it",
+    "training.eval_every=20it",
+    "levels=1",
+    "replicates=2",
+    "progress=false",
+]
 
 
 def invocations(directory):
@@ -52,7 +58,12 @@ def test_a_sweep_trains_level_0_once_and_a_new_rewind_step_trains_only_its_prefi
     holder = acquire_lock(store)
     sweep = subprocess.Popen(
         [sys.executable, "-m", "lottery.run", "-m", "pruning.rate=0.2,0.5", *TINY, "rewind=20it", f"output_dir={runs}"],
-        cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=tmp_path,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     for line in sweep.stdout:
         lines.append(line)
@@ -76,25 +87,35 @@ def test_a_sweep_trains_level_0_once_and_a_new_rewind_step_trains_only_its_prefi
     experiments = sorted(glob.glob(str(runs / "quickstart-*")))
     assert len(experiments) == 2 and glob.glob(str(runs / "dense" / "*")) == [store]
     experiment = imp.prepare(cfg)
-    shared = {what: [leaves(experiment, os.path.join(store, f"replicate_{r}"), what) for r in (0, 1)]
-              for what in ("ticket", "trained")}
+    shared = {
+        what: [leaves(experiment, os.path.join(store, f"replicate_{r}"), what) for r in (0, 1)]
+        for what in ("ticket", "trained")
+    }
     for directory in experiments:
         added = [a for entry in invocations(directory) if entry["event"] == "end" for a in entry["added"]]
         assert [a for a in added if a["level"] == 0] == [
-            {"level": 0, "replicate": r, "kind": "ticket", "dense": os.path.relpath(store, runs)} for r in (0, 1)]
+            {"level": 0, "replicate": r, "kind": "ticket", "dense": os.path.relpath(store, runs)} for r in (0, 1)
+        ]
         for r in (0, 1):
             level_0 = os.path.join(directory, f"replicate_{r}", "level_0")
             for what in ("ticket", "trained"):
                 assert_bitwise(leaves(experiment, level_0, what), shared[what][r])
-            assert_bitwise(leaves(experiment, level_0, "rewind_point"),
-                           leaves(experiment, None, "rewind_point", os.path.join(store, f"replicate_{r}", "rewind_points", "20")))
+            assert_bitwise(
+                leaves(experiment, level_0, "rewind_point"),
+                leaves(experiment, None, "rewind_point", os.path.join(store, f"replicate_{r}", "rewind_points", "20")),
+            )
             with open(os.path.join(level_0, "metrics.json")) as f:
                 assert json.load(f)["dense"] == os.path.relpath(store, runs)
         # The files are the store's (hard links), not copies of its bytes.
-        (some_file,) = [f for f in glob.glob(os.path.join(directory, "replicate_0", "level_0", "trained", "**"),
-                                             recursive=True) if f.endswith("manifest.ocdbt")][:1]
-        assert os.path.samefile(some_file, some_file.replace(os.path.join(directory, "replicate_0", "level_0"),
-                                                             os.path.join(store, "replicate_0")))
+        (some_file,) = [
+            f
+            for f in glob.glob(os.path.join(directory, "replicate_0", "level_0", "trained", "**"), recursive=True)
+            if f.endswith("manifest.ocdbt")
+        ][:1]
+        assert os.path.samefile(
+            some_file,
+            some_file.replace(os.path.join(directory, "replicate_0", "level_0"), os.path.join(store, "replicate_0")),
+        )
 
     # A later experiment with a new rewind step (and another rule of what is prunable) reuses the
     # dense run: only the prefix 20 -> 40 is trained.
@@ -104,22 +125,28 @@ def test_a_sweep_trains_level_0_once_and_a_new_rewind_step_trains_only_its_prefi
     assert last["added"] == [{"replicate": r, "rewind_point": 40, "from_step": 20} for r in (0, 1)]
     # ... and its level 0 and level 1 are bitwise what it trains alone, with a store of its own.
     together, apart = imp.prepare(later), imp.prepare(alone)
-    assert together.directory != apart.directory and os.path.basename(together.directory) == os.path.basename(apart.directory)
+    assert together.directory != apart.directory and os.path.basename(together.directory) == os.path.basename(
+        apart.directory
+    )
     for r in (0, 1):
         for level, whats in ((0, ("ticket", "trained", "rewind_point")), (1, ("ticket", "trained"))):
             for what in whats:
-                assert_bitwise(leaves(together, together.level_dir(r, level), what),
-                               leaves(apart, apart.level_dir(r, level), what))
+                assert_bitwise(
+                    leaves(together, together.level_dir(r, level), what), leaves(apart, apart.level_dir(r, level), what)
+                )
         # Level 0 is counted by the experiment's own rule: the output layer is not prunable here.
         counted = [json.load(open(os.path.join(e.level_dir(r, 0), "metrics.json"))) for e in (together, apart)]
-        assert [(m["remaining"], m["total"], sorted(m["layers"])) for m in counted] == \
-            [(counted[1]["total"], counted[1]["total"], ["hidden/0/kernel", "hidden/1/kernel"])] * 2
+        assert [(m["remaining"], m["total"], sorted(m["layers"])) for m in counted] == [
+            (counted[1]["total"], counted[1]["total"], ["hidden/0/kernel", "hidden/1/kernel"])
+        ] * 2
         with open(os.path.join(store, f"replicate_{r}", "metrics.json")) as f:
             assert "output/kernel" in json.load(f)["layers"]
 
     # A file damaged in place through an experiment's link is damaged in the store: the next experiment
     # that needs it is told where, in the store, before it links the damage again.
-    (damaged,) = [f for f in glob.glob(os.path.join(together.level_dir(1, 0), "trained", "**", "*.ocdbt"), recursive=True)][:1]
+    (damaged,) = [
+        f for f in glob.glob(os.path.join(together.level_dir(1, 0), "trained", "**", "*.ocdbt"), recursive=True)
+    ][:1]
     with open(damaged, "wb"):
         pass
     third = compose_config([*TINY, "rewind=40it", "pruning.rate=0.7", f"output_dir={runs}"])
@@ -166,12 +193,15 @@ def test_each_backend_trains_its_own_dense_runs_and_the_cpus_keep_their_hash(tmp
     # a level 0 of its own in a store of its own instead of building on the CPU's.
     monkeypatch.setattr(backend, "kind", lambda: "gpu")
     gpu = compose_config([*cpu, "pruning.rate=0.5"])
-    assert dense.Dense(imp.prepare(gpu)).identity == {**dense.Dense(imp.prepare(compose_config(cpu))).identity,
-                                                      "backend": "gpu"}
+    assert dense.Dense(imp.prepare(gpu)).identity == {
+        **dense.Dense(imp.prepare(compose_config(cpu))).identity,
+        "backend": "gpu",
+    }
     imp.run(gpu, console=Console(file=io.StringIO()))
     (on_gpu,) = set(glob.glob(str(runs / "dense" / "*"))) - {on_cpu}
     assert [a for entry in invocations(on_gpu) if entry["event"] == "end" for a in entry["added"]] == [
-        {"replicate": 0, "trained": 60, "kept": [0]}]
+        {"replicate": 0, "trained": 60, "kept": [0]}
+    ]
     with open(os.path.join(on_gpu, "dense.yaml")) as f:
         assert "backend: gpu" in f.read()
 
@@ -190,7 +220,10 @@ def test_damage_to_the_store_is_named_in_experiments_that_link_it_and_repaired_o
     with open(identity) as f:
         written = f.read()
     # Another experiment with the same level 0 only links it: a damaged dense.yaml is refused...
-    for damage, says in ((": : not yaml [", "cannot be read (ParserError"), ("model: {name: conv2}\n", "is not the identity")):
+    for damage, says in (
+        (": : not yaml [", "cannot be read (ParserError"),
+        ("model: {name: conv2}\n", "is not the identity"),
+    ):
         with open(identity, "w") as f:
             f.write(damage)
         with pytest.raises(LotteryError, match=f"^{identity}: {re.escape(says)}"):
@@ -212,8 +245,10 @@ def test_damage_to_the_store_is_named_in_experiments_that_link_it_and_repaired_o
     with pytest.raises(LotteryError) as error:
         imp.run(older, console=Console(file=io.StringIO()))
     replicate = os.path.join(store, "replicate_0")
-    assert str(error.value) == (f"{level_0}/trained: damaged, and so is the dense store's copy it links to: delete "
-                                f"{replicate} and run this again (trained there, relinked here)")
+    assert str(error.value) == (
+        f"{level_0}/trained: damaged, and so is the dense store's copy it links to: delete "
+        f"{replicate} and run this again (trained there, relinked here)"
+    )
     # Done as said: the store trains it again (the same bits) and each experiment's level 0 is linked to the
     # new files when it next runs (once it kept the damaged ones).
     shutil.rmtree(replicate)
@@ -224,10 +259,13 @@ def test_damage_to_the_store_is_named_in_experiments_that_link_it_and_repaired_o
     assert f"note: {level_0}/trained was damaged; linked again from the dense store" in out.getvalue()
     with open(os.path.join(level_0, "lmc", "metrics.json")) as f:
         assert f.read() == lmc  # the rest of level 0 is kept
-    assert_bitwise(leaves(experiment, level_0, "trained"),
-                   leaves(experiment, None, "trained", os.path.join(replicate, "trained")))
-    assert os.path.samefile(glob.glob(os.path.join(level_0, "trained", "manifest.ocdbt"))[0],
-                            os.path.join(replicate, "trained", "manifest.ocdbt"))
+    assert_bitwise(
+        leaves(experiment, level_0, "trained"), leaves(experiment, None, "trained", os.path.join(replicate, "trained"))
+    )
+    assert os.path.samefile(
+        glob.glob(os.path.join(level_0, "trained", "manifest.ocdbt"))[0],
+        os.path.join(replicate, "trained", "manifest.ocdbt"),
+    )
     out = io.StringIO()
     imp.run(compose_config([*tiny, "pruning.rate=0.5"]), console=Console(file=out, width=300))
     assert "/level_0/trained was damaged; linked again" in out.getvalue()

@@ -41,8 +41,12 @@ def numpy_scores(experiment, weights):
     error = e / e.sum(1, keepdims=True) - np.eye(logits.shape[1])[labels]  # d loss / d logits, per example
     el2n = np.linalg.norm(error, axis=1)
     back = (error @ w2.T) * (pre > 0)  # d loss / d pre-activation
-    squared = (np.sum(h**2, 1) * np.sum(error**2, 1)  # |outer(h, error)|^2 = |h|^2 |error|^2
-               + np.sum(error**2, 1) + np.sum(x**2, 1) * np.sum(back**2, 1) + np.sum(back**2, 1))
+    squared = (
+        np.sum(h**2, 1) * np.sum(error**2, 1)  # |outer(h, error)|^2 = |h|^2 |error|^2
+        + np.sum(error**2, 1)
+        + np.sum(x**2, 1) * np.sum(back**2, 1)
+        + np.sum(back**2, 1)
+    )
     return el2n, np.sqrt(squared)
 
 
@@ -52,11 +56,21 @@ def test_el2n_and_grand_are_a_numpy_computation_of_them():
     weights = experiment.initial_weights(jax.random.key(3))
     # a few steps of training first: scores of weights that are not the initialization's symmetry
     keys = experiment.keys(0)
-    start = experiment.trainer.init_state(weights["params"], weights["batch_stats"],
-                                          jax.tree.map(lambda a: np.ones(a.shape, bool), weights["params"]))
-    state, _, _, _ = loop.train(experiment.trainer, training.stack([start]),
-                                [Network(0, "ticket", "", start, keys["data"], keys["augment"])], 0, 0, 15,
-                                lambda n: None, eval_every=15, checkpoint_every=15, evaluate=False)
+    start = experiment.trainer.init_state(
+        weights["params"], weights["batch_stats"], jax.tree.map(lambda a: np.ones(a.shape, bool), weights["params"])
+    )
+    state, _, _, _ = loop.train(
+        experiment.trainer,
+        training.stack([start]),
+        [Network(0, "ticket", "", start, keys["data"], keys["augment"])],
+        0,
+        0,
+        15,
+        lambda n: None,
+        eval_every=15,
+        checkpoint_every=15,
+        evaluate=False,
+    )
     trained = training.unstack(state, 0)
     el2n, grand = numpy_scores(experiment, trained)
     assert np.allclose(diet.example_scores(experiment.trainer, trained, "el2n"), el2n, rtol=1e-5, atol=1e-6)
@@ -77,13 +91,23 @@ def test_the_subset_is_its_end_of_the_ranking_after_the_offset():
     # three: one each, the leftover to class 0's larger remainder), from its own ranking after its skip
     labels = np.array([0, 0, 1, 0, 1, 0, 0, 1])
     balanced = lambda subset, kept, skipped: dataclasses.replace(plan(subset, kept, skipped), balance=True)
-    easiest = lambda c, skip, n: sorted(sorted(np.flatnonzero(labels == c), key=lambda i: (scores[i], i))[skip:skip + n])
-    assert list(diet.choose(scores, balanced("easy", 3, 0), labels)) == sorted(easiest(0, 0, 2) + easiest(1, 0, 1)) \
+    easiest = lambda c, skip, n: sorted(
+        sorted(np.flatnonzero(labels == c), key=lambda i: (scores[i], i))[skip : skip + n]
+    )
+    assert (
+        list(diet.choose(scores, balanced("easy", 3, 0), labels))
+        == sorted(easiest(0, 0, 2) + easiest(1, 0, 1))
         == [1, 3, 7]
+    )
     # 4: 2.5 and 1.5, remainders tied -> class 0 first: 3 and 1; skipping 2: 1.25 -> 1 of class 0, 0.75 -> 0
-    hardest = lambda c, skip, n: sorted(sorted(np.flatnonzero(labels == c), key=lambda i: (-scores[i], i))[skip:skip + n])
-    assert list(diet.choose(scores, balanced("hard", 4, 2), labels)) == sorted(hardest(0, 1, 3) + hardest(1, 0, 1)) \
+    hardest = lambda c, skip, n: sorted(
+        sorted(np.flatnonzero(labels == c), key=lambda i: (-scores[i], i))[skip : skip + n]
+    )
+    assert (
+        list(diet.choose(scores, balanced("hard", 4, 2), labels))
+        == sorted(hardest(0, 1, 3) + hardest(1, 0, 1))
         == [0, 1, 2, 5]
+    )
 
 
 @pytest.mark.slow
@@ -95,9 +119,15 @@ def test_pretraining_on_a_diet_is_training_on_the_subset_alone_then_on_the_whole
     until = 11  # 2 epochs of the 230-example subset (4 steps each) and 3 steps into a third
     dieting = trainer.with_diet(chosen, until)
     data = datasets.load(cfg.dataset)
-    alone = training.Trainer(models.build(cfg.model, experiment.input_shape, experiment.num_classes, jax.random.key(0)), trainer.tx, trainer.schedule,
-                             dataclasses.replace(data, train_x=data.train_x[chosen], train_y=data.train_y[chosen]),
-                             50, cfg.training.eval_batch_size, False)
+    alone = training.Trainer(
+        models.build(cfg.model, experiment.input_shape, experiment.num_classes, jax.random.key(0)),
+        trainer.tx,
+        trainer.schedule,
+        dataclasses.replace(data, train_x=data.train_x[chosen], train_y=data.train_y[chosen]),
+        50,
+        cfg.training.eval_batch_size,
+        False,
+    )
     start = experiment.dense_start(0)
     train = lambda t, state, a, b: t.train(training.stack([state]), keys["data"][None], keys["augment"][None], a, b)[0]
     subset_only = train(alone, start, 0, until)
@@ -107,8 +137,12 @@ def test_pretraining_on_a_diet_is_training_on_the_subset_alone_then_on_the_whole
     after = train(trainer, training.member(on_the_diet, 0), until, 40)
     split = train(dieting, training.member(train(dieting, start, 0, 7), 0), 7, 40)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(split)))
-    assert not all(np.array_equal(a, b) for a, b in  # and the diet did change something
-                   zip(jax.tree.leaves(after), jax.tree.leaves(train(trainer, start, 0, 40))))
+    assert not all(
+        np.array_equal(a, b)
+        for a, b in zip(  # and the diet did change something
+            jax.tree.leaves(after), jax.tree.leaves(train(trainer, start, 0, 40))
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +150,18 @@ def dieted(tmp_path_factory):
     """One small IMP run on a diet (EL2N of 2 networks at step 20, the easiest fifth, rewind to 20),
     and the choice of a second that differs only in the subset kept, from the scores it shares."""
     root = tmp_path_factory.mktemp("diet")
-    common = ["model.hidden=[32,16]", "training.steps=3ep", "training.eval_every=1ep", "levels=1", "progress=false",
-              "rewind=20it", "diet.score=el2n", "diet.networks=2", "diet.score_at=20it", f"output_dir={root}"]
+    common = [
+        "model.hidden=[32,16]",
+        "training.steps=3ep",
+        "training.eval_every=1ep",
+        "levels=1",
+        "progress=false",
+        "rewind=20it",
+        "diet.score=el2n",
+        "diet.networks=2",
+        "diet.score_at=20it",
+        f"output_dir={root}",
+    ]
     first = compose_config(common + ["diet.keep=0.2"])
     levels.run(first)
     second = prepare(compose_config(common + ["diet.keep=0.3", "diet.subset=hard"]))
@@ -136,9 +180,18 @@ def test_the_scores_are_the_mean_over_the_scoring_networks_and_shared(dieted):
     for i in range(2):  # independently: networks from the keys of replicates FIRST + i, trained 20 steps
         keys = experiment.keys(diet.FIRST + i)
         start = experiment.dense_start(diet.FIRST + i)
-        state, _, _, _ = loop.train(experiment.trainer, training.stack([start]),
-                                    [Network(0, "ticket", "", start, keys["data"], keys["augment"])], 0, 0, 20,
-                                    lambda n: None, eval_every=20, checkpoint_every=20, evaluate=False)
+        state, _, _, _ = loop.train(
+            experiment.trainer,
+            training.stack([start]),
+            [Network(0, "ticket", "", start, keys["data"], keys["augment"])],
+            0,
+            0,
+            20,
+            lambda n: None,
+            eval_every=20,
+            checkpoint_every=20,
+            evaluate=False,
+        )
         each.append(diet.example_scores(experiment.trainer, training.unstack(state, 0), "el2n"))
     assert np.allclose(saved, np.mean(each, axis=0), rtol=1e-6, atol=1e-7)
     # the second experiment read them: the file is the one the first wrote
@@ -147,7 +200,9 @@ def test_the_scores_are_the_mean_over_the_scoring_networks_and_shared(dieted):
     with open(os.path.join(experiment.directory, diet.RECORD)) as f:
         record = json.load(f)
     chosen = np.load(os.path.join(experiment.directory, diet.SUBSET))
-    assert list(chosen) == list(diet.choose(saved, diet.plan_of(experiment))) and len(chosen) == record["examples"] == 251
+    assert (
+        list(chosen) == list(diet.choose(saved, diet.plan_of(experiment))) and len(chosen) == record["examples"] == 251
+    )
     labels = experiment.trainer.train_host[1][chosen]
     assert record["classes"] == {str(c): int(np.sum(labels == c)) for c in np.unique(labels)}
     assert record["mean_score"]["subset"] < record["mean_score"]["all"]  # the easiest fifth
@@ -173,26 +228,41 @@ def test_the_rewind_point_is_pretrained_on_the_subset_and_the_dense_run_is_the_d
     chosen = np.load(os.path.join(experiment.directory, diet.SUBSET))
     cfg = experiment.cfg
     data = datasets.load(cfg.dataset)
-    alone = training.Trainer(models.build(cfg.model, experiment.input_shape, experiment.num_classes, jax.random.key(0)), experiment.trainer.tx, experiment.trainer.schedule,
-                             dataclasses.replace(data, train_x=data.train_x[chosen], train_y=data.train_y[chosen]),
-                             cfg.training.batch_size, cfg.training.eval_batch_size, False)
+    alone = training.Trainer(
+        models.build(cfg.model, experiment.input_shape, experiment.num_classes, jax.random.key(0)),
+        experiment.trainer.tx,
+        experiment.trainer.schedule,
+        dataclasses.replace(data, train_x=data.train_x[chosen], train_y=data.train_y[chosen]),
+        cfg.training.batch_size,
+        cfg.training.eval_batch_size,
+        False,
+    )
     keys = experiment.keys(0)
-    state, _ = alone.train(training.stack([experiment.dense_start(0)]), keys["data"][None], keys["augment"][None], 0, 20)
+    state, _ = alone.train(
+        training.stack([experiment.dense_start(0)]), keys["data"][None], keys["augment"][None], 0, 20
+    )
     point = experiment.rewind_point(0)
-    assert all(np.array_equal(a, b) for a, b in
-               zip(jax.tree.leaves(point["params"]), jax.tree.leaves(training.unstack(state, 0)["params"])))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(point["params"]), jax.tree.leaves(training.unstack(state, 0)["params"]))
+    )
     # each diet's dense level 0 is its own; the experiment without a diet has another hash
     assert json.load(open(os.path.join(experiment.level_dir(0, 0), "metrics.json")))["dense"].endswith(
-        os.path.basename(Dense(experiment).directory))
+        os.path.basename(Dense(experiment).directory)
+    )
     assert Dense(experiment).directory != Dense(other).directory
     plain = compose_config([f"{k}={v}" for k, v in (("model.hidden", "[32,16]"), ("rewind", "20it"))])
-    assert experiment_hash(plain, experiment.data_fingerprint) != experiment_hash(experiment.cfg, experiment.data_fingerprint)
+    assert experiment_hash(plain, experiment.data_fingerprint) != experiment_hash(
+        experiment.cfg, experiment.data_fingerprint
+    )
 
 
 def test_random_scores_need_no_networks_and_a_scores_file_is_hashed_by_content(tmp_path):
     experiment = prepare(compose_config(TINY + ["diet.score=random", f"output_dir={tmp_path}"]))
     drawn = diet.scores(experiment)
-    assert np.array_equal(drawn, diet.random_scores(experiment.cfg, len(drawn))) and not os.path.exists(tmp_path / "diets")
+    assert np.array_equal(drawn, diet.random_scores(experiment.cfg, len(drawn))) and not os.path.exists(
+        tmp_path / "diets"
+    )
     fp = experiment.data_fingerprint
     networks = compose_config(TINY + ["diet.score=random", "diet.networks=7"])  # unused by random scores
     assert experiment_hash(networks, fp) == experiment_hash(experiment.cfg, fp)
@@ -226,16 +296,26 @@ def bad_file(tmp_path, kind):
         path.write_text("0.1\n" * 1257)
     elif kind == "other data":
         np.save(path, np.zeros(1257, np.float32))
-        (tmp_path / "metrics.json").write_text(json.dumps({"score": "el2n", "score_at": 0, "networks": 1, "examples": 1257,
-                                                           "data_fingerprint": "sha256:other"}))
+        (tmp_path / "metrics.json").write_text(
+            json.dumps(
+                {"score": "el2n", "score_at": 0, "networks": 1, "examples": 1257, "data_fingerprint": "sha256:other"}
+            )
+        )
     return path
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("missing", "No such file"), ("short", "holds 10 scores; the training split has 1257"),
-    ("pickled", "holds Python objects (a pickled object array)"), ("2-d", "of shape (1257, 2), not one real score"),
-    ("nan", "1257 scores that are not finite"), ("text", "not a NumPy .npy file"),
-    ("other data", "scores of other data")])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("missing", "No such file"),
+        ("short", "holds 10 scores; the training split has 1257"),
+        ("pickled", "holds Python objects (a pickled object array)"),
+        ("2-d", "of shape (1257, 2), not one real score"),
+        ("nan", "1257 scores that are not finite"),
+        ("text", "not a NumPy .npy file"),
+        ("other data", "scores of other data"),
+    ],
+)
 def test_a_bad_scores_file_is_one_line(tmp_path, kind, message):
     path = tmp_path / "none.npy" if kind == "missing" else bad_file(tmp_path, kind)
     with pytest.raises(LotteryError) as error:
@@ -245,20 +325,26 @@ def test_a_bad_scores_file_is_one_line(tmp_path, kind, message):
     assert "allow_pickle" not in str(error.value) and "trust" not in str(error.value)  # not NumPy's advice
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["diet.score=loss"], "diet.score='loss' is not a score"),
-    (["diet.keep=0.5"], "diet.keep=0.5 is set, but no diet is"),
-    (["diet.score=el2n", "diet.subset=middle"], "diet.subset='middle' is not a subset"),
-    (["diet.score=el2n", "diet.keep=0"], "diet.keep=0"),
-    (["diet.score=el2n", "diet.keep=0.8", "diet.offset=0.3"], "diet.keep + diet.offset <= 1"),
-    (["diet.score=el2n", "diet.networks=0"], "diet.networks=0"),
-    (["diet.score=el2n", "diet.scores=x.npy"], "set one"),
-    (["diet.score=el2n", "rewind=0it"], "needs a rewind step after it"),
-    (["diet.score=el2n", "diet.pretrain=21it"], "diet.pretrain=21it must be between 1 iteration and the rewind step"),
-    (["diet.score=el2n", "diet.keep=0.01"], "fewer than a batch"),
-    (["diet.score=el2n", "diet.score_at=100ep"], "diet.score_at=100ep is past the end"),
-    (["diet.score=el2n", "sparsity=rigl", "rewind=0it"], "sparse training from scratch"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["diet.score=loss"], "diet.score='loss' is not a score"),
+        (["diet.keep=0.5"], "diet.keep=0.5 is set, but no diet is"),
+        (["diet.score=el2n", "diet.subset=middle"], "diet.subset='middle' is not a subset"),
+        (["diet.score=el2n", "diet.keep=0"], "diet.keep=0"),
+        (["diet.score=el2n", "diet.keep=0.8", "diet.offset=0.3"], "diet.keep + diet.offset <= 1"),
+        (["diet.score=el2n", "diet.networks=0"], "diet.networks=0"),
+        (["diet.score=el2n", "diet.scores=x.npy"], "set one"),
+        (["diet.score=el2n", "rewind=0it"], "needs a rewind step after it"),
+        (
+            ["diet.score=el2n", "diet.pretrain=21it"],
+            "diet.pretrain=21it must be between 1 iteration and the rewind step",
+        ),
+        (["diet.score=el2n", "diet.keep=0.01"], "fewer than a batch"),
+        (["diet.score=el2n", "diet.score_at=100ep"], "diet.score_at=100ep is past the end"),
+        (["diet.score=el2n", "sparsity=rigl", "rewind=0it"], "sparse training from scratch"),
+    ],
+)
 def test_settings_that_mean_nothing_are_one_line(overrides, message):
     with pytest.raises(LotteryError) as error:
         prepare(compose_config(TINY + overrides))
@@ -276,9 +362,18 @@ def test_a_replaced_scores_file_in_the_store_is_named_never_used_and_a_finished_
         # a new experiment of the same scores refuses them, in one line naming the file, and leaves no
         # empty experiment directory behind
         root = os.path.dirname(os.path.dirname(store.directory))
-        common = ["model.hidden=[32,16]", "training.steps=3ep", "training.eval_every=1ep", "levels=1",
-                  "progress=false", "rewind=20it", "diet.score=el2n", "diet.networks=2", "diet.score_at=20it",
-                  f"output_dir={root}"]
+        common = [
+            "model.hidden=[32,16]",
+            "training.steps=3ep",
+            "training.eval_every=1ep",
+            "levels=1",
+            "progress=false",
+            "rewind=20it",
+            "diet.score=el2n",
+            "diet.networks=2",
+            "diet.score_at=20it",
+            f"output_dir={root}",
+        ]
         new = compose_config(common + ["diet.keep=0.25"])
         with pytest.raises(LotteryError) as error:
             levels.run(new)

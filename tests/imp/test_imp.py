@@ -71,8 +71,9 @@ def test_metrics_report_accuracy_early_stopping_and_exact_densities(small_config
         assert metrics["early_stop"]["step"] == best["step"]
         assert metrics["early_stop"]["test_accuracy"] == best["test_accuracy"]
         assert metrics["final"] == history[-1] and 0.5 < metrics["final"]["test_accuracy"] <= 1.0
-        remaining = {k: v - int(np.floor((0.1 if k.startswith("output") else 0.2) * v + 0.5))
-                     for k, v in remaining.items()}
+        remaining = {
+            k: v - int(np.floor((0.1 if k.startswith("output") else 0.2) * v + 0.5)) for k, v in remaining.items()
+        }
 
 
 @pytest.mark.slow
@@ -115,8 +116,12 @@ def test_every_result_records_the_commit_versions_and_machine_that_produced_it(s
     import lottery
     from lottery.results import provenance
 
-    git = lambda *args: subprocess.run(["git", "-C", str(tmp_path / "src"), "-c", "user.name=t", "-c", "user.email=t@t",
-                                        *args], check=True, capture_output=True, text=True).stdout.strip()
+    git = lambda *args: subprocess.run(
+        ["git", "-C", str(tmp_path / "src"), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     (tmp_path / "src" / "lottery").mkdir(parents=True)
     (tmp_path / "src" / "lottery" / "__init__.py").write_text("")
     git("init", "-q")
@@ -133,7 +138,11 @@ def test_every_result_records_the_commit_versions_and_machine_that_produced_it(s
     seen = []
     clean = recorded()
     assert clean["commit"] == git("rev-parse", "HEAD") and clean["dirty"] is False
-    assert clean["jax"] == jax.__version__ and clean["backend"] == jax.default_backend() and clean["cpus"] == os.cpu_count()
+    assert (
+        clean["jax"] == jax.__version__
+        and clean["backend"] == jax.default_backend()
+        and clean["cpus"] == os.cpu_count()
+    )
     (tmp_path / "src" / "lottery" / "__init__.py").write_text("# edited")
     assert recorded()["dirty"] is True
     monkeypatch.setattr(lottery, "__file__", str(tmp_path / "elsewhere" / "__init__.py"))  # not a checkout

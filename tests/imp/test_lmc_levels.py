@@ -15,8 +15,15 @@ from lottery.imp import levels
 from lottery.imp.experiment import check, prepare
 from lottery.pruning import masks
 
-SMALL = ["model.hidden=[64,32]", "training.steps=3ep", "training.eval_every=20it", "levels=2", "progress=false",
-         "lmc.between_levels=true", "lmc.points=5"]
+SMALL = [
+    "model.hidden=[64,32]",
+    "training.steps=3ep",
+    "training.eval_every=20it",
+    "levels=2",
+    "progress=false",
+    "lmc.between_levels=true",
+    "lmc.points=5",
+]
 
 
 def _error(experiment, weights):
@@ -24,8 +31,9 @@ def _error(experiment, weights):
     images, labels, weight = experiment.trainer.eval_host["test"]
     wrong = total = 0.0
     for x, y, w in zip(images, labels, weight):
-        logits, _ = experiment.trainer.apply(weights["params"], weights["batch_stats"], experiment.trainer.inputs(x),
-                                             train=False)
+        logits, _ = experiment.trainer.apply(
+            weights["params"], weights["batch_stats"], experiment.trainer.inputs(x), train=False
+        )
         wrong += float(np.sum((np.argmax(np.asarray(logits), -1) != y) * w))
         total += float(np.sum(w))
     return wrong / total, total
@@ -42,21 +50,34 @@ def test_the_path_between_consecutive_levels_against_an_independent_evaluation(t
         previous = experiment.load(experiment.level_dir(0, level - 1), "trained")
         current = experiment.load(experiment.level_dir(0, level), "trained")
         mask = masks.flatten(experiment.load(experiment.level_dir(0, level), "ticket")["mask"])
-        pruned = {"params": masks.unflatten(previous["params"], {n: np.where(mask[n], a, 0) for n, a in
-                                                                 masks.flatten(previous["params"]).items()}),
-                  "batch_stats": previous["batch_stats"]}
+        pruned = {
+            "params": masks.unflatten(
+                previous["params"], {n: np.where(mask[n], a, 0) for n, a in masks.flatten(previous["params"]).items()}
+            ),
+            "batch_stats": previous["batch_stats"],
+        }
         assert path["alphas"] == [0.0, 0.25, 0.5, 0.75, 1.0]
         for alpha, error in zip(path["alphas"], path["test_error"]):
-            mix = {"params": masks.unflatten(current["params"], {
-                n: (1 - np.float32(alpha)) * a + np.float32(alpha) * b for (n, a), b in
-                zip(masks.flatten(pruned["params"]).items(), masks.flatten(current["params"]).values())}),
-                "batch_stats": current["batch_stats"]}
+            mix = {
+                "params": masks.unflatten(
+                    current["params"],
+                    {
+                        n: (1 - np.float32(alpha)) * a + np.float32(alpha) * b
+                        for (n, a), b in zip(
+                            masks.flatten(pruned["params"]).items(), masks.flatten(current["params"]).values()
+                        )
+                    },
+                ),
+                "batch_stats": current["batch_stats"],
+            }
             independent, examples = _error(experiment, mix)
             assert abs(error - independent) <= 1 / examples + 1e-9  # at most one example apart (rounding at a tie)
         with open(os.path.join(experiment.level_dir(0, level), "metrics.json")) as f:
             final = json.load(f)["final"]["test_accuracy"]
         assert path["test_error"][-1] == pytest.approx(1 - final, abs=1e-6)  # α = 1 is level L's network
-        assert path["barrier"] == pytest.approx(max(path["test_error"]) - (path["test_error"][0] + path["test_error"][-1]) / 2)
+        assert path["barrier"] == pytest.approx(
+            max(path["test_error"]) - (path["test_error"][0] + path["test_error"][-1]) / 2
+        )
     table = summarize(load_runs(str(tmp_path)))
     assert table[(table.level == 2) & (table.kind == "ticket")]["lmc_levels_barrier"].notna().all()
     assert table[table.level == 0]["lmc_levels_barrier"].isna().all()

@@ -19,15 +19,27 @@ from lottery.training import trainer as training
 
 @pytest.mark.slow
 def test_the_ticket_is_the_masked_mean_of_its_particles_averages(tmp_path):
-    cfg = compose_config(["model.hidden=[64,32]", "training.steps=5ep", "training.eval_every=20it", "levels=2",
-                          "progress=false", "swamp.particles=3", "swamp.average_from=0.5", f"output_dir={tmp_path}"])
+    cfg = compose_config(
+        [
+            "model.hidden=[64,32]",
+            "training.steps=5ep",
+            "training.eval_every=20it",
+            "levels=2",
+            "progress=false",
+            "swamp.particles=3",
+            "swamp.average_from=0.5",
+            f"output_dir={tmp_path}",
+        ]
+    )
     levels.run(cfg)
     experiment = prepare(cfg)
     for level in (1, 2):
         directory = experiment.level_dir(0, level)
         trained = experiment.load(directory, "trained")
-        particles = [load_tree(os.path.join(directory, "swamp", f"particle_{p}"), experiment.template("trained"))
-                     for p in range(3)]
+        particles = [
+            load_tree(os.path.join(directory, "swamp", f"particle_{p}"), experiment.template("trained"))
+            for p in range(3)
+        ]
         for name, leaf in masks.flatten(trained["params"]).items():
             stack = np.stack([masks.flatten(p["params"])[name] for p in particles])
             np.testing.assert_allclose(leaf, stack.mean(axis=0), rtol=1e-6, atol=1e-7)

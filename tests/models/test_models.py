@@ -67,7 +67,9 @@ def test_initializations_have_the_papers_scales():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kwargs", [dict(name="resnet", depth=8, width=4), dict(name="vgg", depth=11), dict(name="conv2")])
+@pytest.mark.parametrize(
+    "kwargs", [dict(name="resnet", depth=8, width=4), dict(name="vgg", depth=11), dict(name="conv2")]
+)
 def test_forward_shapes_and_batch_norm_statistics_update_only_in_training(kwargs):
     model = build(abstract=False, **kwargs)
     x = jax.random.normal(jax.random.key(1), (3, 32, 32, 3))
@@ -81,11 +83,14 @@ def test_forward_shapes_and_batch_norm_statistics_update_only_in_training(kwargs
     assert all(changed) if changed else kwargs["name"] == "conv2"
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(name="resnet", depth=21), r"model\.depth=21 is not a CIFAR ResNet depth"),
-    (dict(name="vgg", depth=12), r"model\.depth=12 is not a VGG depth; choose one of: 11, 13, 16, 19"),
-    (dict(name="lenet", init="orthogonal"), r"model\.init='orthogonal' is not an initializer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(name="resnet", depth=21), r"model\.depth=21 is not a CIFAR ResNet depth"),
+        (dict(name="vgg", depth=12), r"model\.depth=12 is not a VGG depth; choose one of: 11, 13, 16, 19"),
+        (dict(name="lenet", init="orthogonal"), r"model\.init='orthogonal' is not an initializer"),
+    ],
+)
 def test_bad_model_configs_are_named(kwargs, message):
     with pytest.raises(Exception, match=message):
         models.check(OmegaConf.structured(ModelConfig(**kwargs)))

@@ -53,6 +53,7 @@ def value(variable):
 
 # --- numpy reference layers (NHWC images, HWIO kernels) ------------------------------------------
 
+
 def np_conv(x, kernel, bias=None, stride=1, pad=0):
     """torch.nn.functional.conv2d: output (i, j) = sum over taps (a, b) of padded x[s*i + a, s*j + b]."""
     x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
@@ -61,7 +62,7 @@ def np_conv(x, kernel, bias=None, stride=1, pad=0):
     out = np.zeros((x.shape[0], oh, ow, kernel.shape[3]))
     for a in range(kh):
         for b in range(kw):
-            out += x[:, a:a + stride * (oh - 1) + 1:stride, b:b + stride * (ow - 1) + 1:stride] @ kernel[a, b]
+            out += x[:, a : a + stride * (oh - 1) + 1 : stride, b : b + stride * (ow - 1) + 1 : stride] @ kernel[a, b]
     return out if bias is None else out + bias
 
 
@@ -93,6 +94,7 @@ def randomize_batch_norms(model, seed=0):
 
 # --- data ------------------------------------------------------------------------------------------
 
+
 def test_cifar10_is_normalized_with_open_lths_imagenet_constants(small_cifar):  # noqa: F811
     # open_lth datasets/cifar10.py: Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), the
     # ImageNet channel statistics as torchvision publishes them; pixels first scaled by 1/255 (ToTensor).
@@ -104,6 +106,7 @@ def test_cifar10_is_normalized_with_open_lths_imagenet_constants(small_cifar):  
 
 
 # --- ResNet (open_lth models/cifar_resnet.py) ------------------------------------------------------
+
 
 def test_resnet_stride_2_convolution_pads_one_pixel_on_each_side_as_torch():
     block = build(**RESNET20).blocks[3]  # first block of stage 2: conv1 3x3 stride 2, shortcut 1x1 stride 2
@@ -127,8 +130,9 @@ def test_resnet_stride_2_convolution_pads_one_pixel_on_each_side_as_torch():
     # And on a random image, against the explicitly padded convolution (numpy and XLA's own).
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 16)).astype(np.float32)
     np.testing.assert_allclose(block.conv1(x), np_conv(x, k, stride=2, pad=1), rtol=1e-4, atol=1e-5)
-    lax = jax.lax.conv_general_dilated(x, k.astype(np.float32), (2, 2), ((1, 1), (1, 1)),
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    lax = jax.lax.conv_general_dilated(
+        x, k.astype(np.float32), (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     np.testing.assert_allclose(block.conv1(x), lax, rtol=1e-5, atol=1e-6)
 
 
@@ -168,6 +172,7 @@ def test_resnet20_forward_equals_open_lths_layer_list_in_numpy():
 
 # --- VGG (open_lth models/cifar_vgg.py) ------------------------------------------------------------
 
+
 def vgg_reference(model, x, plan):
     """open_lth cifar_vgg.Model.forward: ConvModule = conv 3x3 pad 1 (bias) - BN - ReLU; 'M' = MaxPool2d(2, 2);
     then AvgPool2d(2), flatten, fc 512 -> 10."""
@@ -194,6 +199,7 @@ def test_vgg16_forward_equals_open_lths_layer_list_in_numpy():
 
 
 # --- Conv-2/4/6 and LeNet (Frankle & Carbin 2019, Fig. 2) ------------------------------------------
+
 
 def test_conv2_forward_is_padded_3x3_convs_then_max_pool_then_fc_in_numpy():
     model = build(**CONV2)
@@ -249,6 +255,7 @@ def test_lenet_forward_is_fc_relu_fc_relu_fc_in_numpy():
 
 # --- parameter counts, by hand from the sources' layer lists ---------------------------------------
 
+
 def parameter_count(model):
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
@@ -292,6 +299,7 @@ def test_which_layers_have_biases():
 
 
 # --- initialization --------------------------------------------------------------------------------
+
 
 def check_normal(w, variance):
     """Mean 0, the given variance (4 standard errors: sqrt(2/n) relative) and untruncated tails:

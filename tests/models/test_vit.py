@@ -64,8 +64,11 @@ def numpy_vit(p, images, patch, head_dim):
     query kernel's width / head_dim, so a compacted network (heads removed) runs here too."""
     images = np.asarray(images, np.float64)
     batch, height, width, _ = images.shape
-    patches = [images[:, r:r + patch, c:c + patch, :].reshape(batch, -1)  # (row, column, channel) order
-               for r in range(0, height, patch) for c in range(0, width, patch)]  # row-major over the grid
+    patches = [
+        images[:, r : r + patch, c : c + patch, :].reshape(batch, -1)  # (row, column, channel) order
+        for r in range(0, height, patch)
+        for c in range(0, width, patch)
+    ]  # row-major over the grid
     x = np.stack(patches, 1) @ p["embedding/kernel"] + p["embedding/bias"]
     x = np.concatenate([np.broadcast_to(p["class_token"], (batch, 1, x.shape[-1])), x], 1) + p["position"]
     depth = len({name.split("/")[1] for name in p if name.startswith("blocks/")})
@@ -99,7 +102,7 @@ def test_a_heads_columns_and_rows_are_that_head_alone(tiny):
     # columns [h*hd, (h+1)*hd) of query, key and value and those rows of out, nothing else.
     params, images, forward = tiny
     head_dim, block = 6, "blocks/0/attention"
-    head_1, kept = slice(head_dim, 2 * head_dim), np.r_[0:head_dim, 2 * head_dim:3 * head_dim]  # heads 0, 2 kept
+    head_1, kept = slice(head_dim, 2 * head_dim), np.r_[0:head_dim, 2 * head_dim : 3 * head_dim]  # heads 0, 2 kept
     masked, compact = {k: v.copy() for k, v in params.items()}, dict(params)
     for name in ("query", "key", "value"):
         masked[f"{block}/{name}/kernel"][:, head_1] = 0
@@ -135,8 +138,10 @@ def test_parameter_count_is_the_closed_form():
     assert closed_form_count(4, 192, 9, 12, 16, 384) == 9_408 + 192 + 12_480 + 9 * 296_448 + 384 + 1_930 == 2_692_426
     assert parameter_count(cfg) == 2_692_426
     # DeiT-Tiny's sizes (Touvron et al. 2021) at patch 4, and 6 heads of 16 (96 wide in all, not 192)
-    for overrides, sizes in ((dict(depth=12, heads=3, mlp_dim=768), (4, 192, 12, 3, 64, 768)),
-                             (dict(heads=6, head_dim=16), (4, 192, 9, 6, 16, 384))):
+    for overrides, sizes in (
+        (dict(depth=12, heads=3, mlp_dim=768), (4, 192, 12, 3, 64, 768)),
+        (dict(heads=6, head_dim=16), (4, 192, 9, 6, 16, 384)),
+    ):
         assert parameter_count(OmegaConf.merge(cfg, overrides)) == closed_form_count(*sizes)
 
 
@@ -144,9 +149,16 @@ def test_prunable_kernels_and_initializers():
     model = vit((32, 32, 3), depth=1)  # the smoke test's sizes below: their initializers are compiled once
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     names = masks.prunable(params)
-    assert names == ["blocks/0/attention/key/kernel", "blocks/0/attention/out/kernel", "blocks/0/attention/query/kernel",
-                     "blocks/0/attention/value/kernel", "blocks/0/mlp/hidden/kernel", "blocks/0/mlp/out/kernel",
-                     "embedding/kernel", "output/kernel"]
+    assert names == [
+        "blocks/0/attention/key/kernel",
+        "blocks/0/attention/out/kernel",
+        "blocks/0/attention/query/kernel",
+        "blocks/0/attention/value/kernel",
+        "blocks/0/mlp/hidden/kernel",
+        "blocks/0/mlp/out/kernel",
+        "embedding/kernel",
+        "output/kernel",
+    ]
     flat = masks.flatten(params)
     assert [masks.layer_kind(n, flat[n]) for n in names] == ["fc"] * 7 + ["output"]
     assert np.ravel(flat["position"]).size == 65 * 16  # 8 x 8 patches and the class token
@@ -165,13 +177,18 @@ def test_prunable_kernels_and_initializers():
             assert np.all(np.asarray(value) == 1), name
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(dim=20, heads=3), r"model\.dim=20 is not a multiple of model\.heads=3"),
-    (dict(patch=None), r"model\.patch=None: the ViT needs a positive patch"),
-    (dict(mlp_dim=0), r"model\.mlp_dim=0: the ViT needs a positive mlp_dim"),
-    (dict(name="resnet", depth=20, dim=None, patch=None, heads=None, mlp_dim=None, head_dim=8),
-     r"model\.head_dim=8 is a ViT size; model resnet does not use it"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(dim=20, heads=3), r"model\.dim=20 is not a multiple of model\.heads=3"),
+        (dict(patch=None), r"model\.patch=None: the ViT needs a positive patch"),
+        (dict(mlp_dim=0), r"model\.mlp_dim=0: the ViT needs a positive mlp_dim"),
+        (
+            dict(name="resnet", depth=20, dim=None, patch=None, heads=None, mlp_dim=None, head_dim=8),
+            r"model\.head_dim=8 is a ViT size; model resnet does not use it",
+        ),
+    ],
+)
 def test_bad_vit_configs_are_named(overrides, message):
     with pytest.raises(LotteryError, match=message):
         models.check(OmegaConf.structured(ModelConfig(**{**TINY, **overrides})))
@@ -188,8 +205,17 @@ def test_images_must_be_whole_patches():
 
 def test_vit_sizes_name_vit_experiments_only():
     base = compose_config(["+exp=vit"])
-    assert identity(base, DATA)["model"] == {"name": "vit", "hidden": [300, 100], "depth": 9, "width": 16,
-                                              "init": "glorot_normal", "patch": 4, "dim": 192, "heads": 12, "mlp_dim": 384}
+    assert identity(base, DATA)["model"] == {
+        "name": "vit",
+        "hidden": [300, 100],
+        "depth": 9,
+        "width": 16,
+        "init": "glorot_normal",
+        "patch": 4,
+        "dim": 192,
+        "heads": 12,
+        "mlp_dim": 384,
+    }
     for change in ("model.dim=96", "model.heads=6", "model.head_dim=8", "model.patch=8", "model.mlp_dim=768"):
         assert experiment_hash(compose_config(["+exp=vit", change]), DATA) != experiment_hash(base, DATA), change
     assert "patch" not in identity(compose_config(["+exp=resnet"]), DATA)["model"]  # unset: not hashed

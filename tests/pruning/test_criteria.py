@@ -9,13 +9,14 @@ from omegaconf import OmegaConf
 from lottery.pruning import criteria
 from lottery.pruning import masks as pruning
 from lottery.errors import LotteryError
-from lottery.imp import levels
 
 
 def setup(seed=0):
     rng = np.random.default_rng(seed)
-    params = {"hidden": {"0": {"kernel": rng.normal(size=(20, 10)), "bias": np.zeros(10)}},
-              "output": {"kernel": rng.normal(size=(10, 4)), "bias": np.zeros(4)}}
+    params = {
+        "hidden": {"0": {"kernel": rng.normal(size=(20, 10)), "bias": np.zeros(10)}},
+        "output": {"kernel": rng.normal(size=(10, 4)), "bias": np.zeros(4)},
+    }
     return params, pruning.full_mask(params), ["hidden/0/kernel", "output/kernel"]
 
 
@@ -51,7 +52,10 @@ def test_random_scores_give_exact_nested_counts_and_an_unknown_criterion_is_name
             assert not (a[name] & ~b[name]).any()  # nested
             rate = 0.25 if name == "output/kernel" else 0.5
             assert a[name].sum() == b[name].sum() - pruning.number_to_prune(rate, int(b[name].sum()))
-    with pytest.raises(LotteryError, match="pruning criterion .snap. is not one; choose one of: grasp, magnitude, random, snip, synflow"):
+    with pytest.raises(
+        LotteryError,
+        match="pruning criterion .snap. is not one; choose one of: grasp, magnitude, random, snip, synflow",
+    ):
         criteria.score("snap", criteria.Context(params, mask, names))
 
 
@@ -88,7 +92,9 @@ def test_pruning_at_start_reaches_each_levels_imp_counts_from_theta_0_in_one_run
         for name in experiment.prunable:  # magnitude at initialization: the largest |θ0| of each layer, one shot
             values = np.abs(theta_0[name]).ravel()
             assert values[mask[name].ravel()].min() > values[~mask[name].ravel()].max()
-        inverted = pruning.flatten(experiment.load(os.path.join(experiment.level_dir(0, level), "invert"), "ticket")["mask"])
+        inverted = pruning.flatten(
+            experiment.load(os.path.join(experiment.level_dir(0, level), "invert"), "ticket")["mask"]
+        )
         for name in experiment.prunable:  # the control: the smallest |θ0|, the same counts
             values = np.abs(theta_0[name]).ravel()
             assert inverted[name].sum() == mask[name].sum()
@@ -103,13 +109,19 @@ def test_pruning_at_start_reaches_each_levels_imp_counts_from_theta_0_in_one_run
         assert all(np.array_equal(one[n], three[n]) for n in experiment.prunable)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["pruning.criterion=snap"], "pruning.criterion='snap' is not a criterion; choose one of: "),
-    (["pruning.prune_at=init"], "pruning.prune_at='init' is not an option; choose one of: trained, start"),
-    (["pruning.prune_at=start", "retrain=finetune"], "retrain=finetune: pruning before training (pruning.prune_at=start) "
-                                                     "makes this experiment's tickets and does not use it; leave retrain at rewind"),
-    (["pruning.rounds=3"], "pruning.rounds=3 applies to pruning before training"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["pruning.criterion=snap"], "pruning.criterion='snap' is not a criterion; choose one of: "),
+        (["pruning.prune_at=init"], "pruning.prune_at='init' is not an option; choose one of: trained, start"),
+        (
+            ["pruning.prune_at=start", "retrain=finetune"],
+            "retrain=finetune: pruning before training (pruning.prune_at=start) "
+            "makes this experiment's tickets and does not use it; leave retrain at rewind",
+        ),
+        (["pruning.rounds=3"], "pruning.rounds=3 applies to pruning before training"),
+    ],
+)
 def test_criterion_keys_are_checked_before_anything_runs(overrides, message):
     from conftest import compose_config
     from lottery import imp

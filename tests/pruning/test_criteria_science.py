@@ -36,8 +36,10 @@ def mlp(params, x):
 
 
 def kaiming(rng, sizes, dtype=np.float64):
-    return {f"l{i + 1}": {"kernel": (rng.normal(size=(a, b)) * np.sqrt(2 / a)).astype(dtype)}
-            for i, (a, b) in enumerate(zip(sizes, sizes[1:]))}
+    return {
+        f"l{i + 1}": {"kernel": (rng.normal(size=(a, b)) * np.sqrt(2 / a)).astype(dtype)}
+        for i, (a, b) in enumerate(zip(sizes, sizes[1:]))
+    }
 
 
 def softmax(z):
@@ -80,8 +82,9 @@ def test_scores_of_a_two_layer_linear_network_match_their_closed_forms():
     for name in PRUNING_AT_INIT:
         assert sorted(got[name]) == names
         for tensor in names:
-            np.testing.assert_allclose(got[name][tensor], expected[name][tensor], rtol=1e-5, atol=1e-12,
-                                       err_msg=f"{name} {tensor}")
+            np.testing.assert_allclose(
+                got[name][tensor], expected[name][tensor], rtol=1e-5, atol=1e-12, err_msg=f"{name} {tensor}"
+            )
             pruned = ~pruning.flatten(mask)[tensor]
             assert (got[name][tensor][pruned] == 0).all()  # a pruned weight scores as a zero weight
 
@@ -92,8 +95,10 @@ def test_snip_gradient_and_grasp_hessian_gradient_product_match_central_differen
     a function of the surviving weights alone, φ, the pruned ones held at zero. Its g and H g come
     from central differences of its loss and gradient in φ, not from the full network's."""
     rng = np.random.default_rng(1)
-    params = {"l1": {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=4)},
-              "l2": {"kernel": rng.normal(size=(4, 3)), "bias": rng.normal(size=3)}}
+    params = {
+        "l1": {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=4)},
+        "l2": {"kernel": rng.normal(size=(4, 3)), "bias": rng.normal(size=3)},
+    }
     names = ["l1/kernel", "l2/kernel"]
     mask = pruning.full_mask(params)
     mask["l1"]["kernel"], mask["l2"]["kernel"] = rng.random((3, 4)) < density, rng.random((4, 3)) < density
@@ -150,8 +155,10 @@ def test_iterative_synflow_avoids_the_layer_collapse_of_single_shot_pruning():
     names = [f"l{i}/kernel" for i in range(1, 5)]
     context = criteria.Context(params, pruning.full_mask(params), names, apply=mlp, input_shape=(16,))
     keep = 40  # of 18,984 weights: density 0.2%
-    masks = {(name, rounds): criteria.iterate_to_counts(name, context, [names], [keep], rounds)
-             for name, rounds in (("magnitude", 1), ("synflow", 1), ("synflow", 100))}
+    masks = {
+        (name, rounds): criteria.iterate_to_counts(name, context, [names], [keep], rounds)
+        for name, rounds in (("magnitude", 1), ("synflow", 1), ("synflow", 100))
+    }
     for (name, rounds), mask in masks.items():
         kept = [c["remaining"] for c in pruning.counts(mask, names).values()]
         assert sum(kept) == keep
@@ -170,15 +177,21 @@ def cfg(strategy, rate=0.5):
 @pytest.mark.parametrize("strategy", ["layerwise", "global"])
 def test_every_criterion_gives_exact_nested_counts(strategy):
     rng = np.random.default_rng(2)
-    params = {"hidden": {"kernel": rng.normal(size=(6, 8)).astype(np.float32), "bias": np.zeros(8, np.float32)},
-              "output": {"kernel": rng.normal(size=(8, 3)).astype(np.float32), "bias": np.zeros(3, np.float32)}}
+    params = {
+        "hidden": {"kernel": rng.normal(size=(6, 8)).astype(np.float32), "bias": np.zeros(8, np.float32)},
+        "output": {"kernel": rng.normal(size=(8, 3)).astype(np.float32), "bias": np.zeros(3, np.float32)},
+    }
     names = ["hidden/kernel", "output/kernel"]
 
     def apply(p, x):
-        return jax.nn.relu(x @ p["hidden"]["kernel"] + p["hidden"]["bias"]) @ p["output"]["kernel"] + p["output"]["bias"]
+        return (
+            jax.nn.relu(x @ p["hidden"]["kernel"] + p["hidden"]["bias"]) @ p["output"]["kernel"] + p["output"]["bias"]
+        )
 
     x, y = rng.normal(size=(8, 6)).astype(np.float32), rng.integers(0, 3, 8)
-    base = criteria.Context(params, pruning.full_mask(params), names, rng=np.random.default_rng(3), apply=apply, batch=(x, y))
+    base = criteria.Context(
+        params, pruning.full_mask(params), names, rng=np.random.default_rng(3), apply=apply, batch=(x, y)
+    )
     groups = pruning.groups(names, strategy)
     for name in ("magnitude", "random", *PRUNING_AT_INIT):
         # Levels of prune_by_scores: each removes round(rate x remaining) of each group, nested.
@@ -235,6 +248,6 @@ def test_keeping_by_count_is_a_stable_sort_with_already_pruned_weights_never_bac
         alive = np.flatnonzero(np.concatenate([m.ravel() for m in masks]))
         for keep in range(alive.size + 1):
             expected = np.zeros(values.size, dtype=bool)
-            expected[alive[np.argsort(values[alive], kind="stable")[alive.size - keep:]]] = True
+            expected[alive[np.argsort(values[alive], kind="stable")[alive.size - keep :]]] = True
             got = np.concatenate([m.ravel() for m in pruning._keep_group(scores, masks, keep)])
             assert (got == expected).all()

@@ -70,8 +70,10 @@ def test_layerwise_counts_follow_the_closed_form_and_masks_nest():
     assert names == list(LENET_SHAPES)
     mask = pruning.full_mask(params)
     levels = 20
-    expected = {name: iterate_rounding(int(np.prod(shape)), 10 if name.startswith("output") else 20, levels)
-                for name, shape in LENET_SHAPES.items()}
+    expected = {
+        name: iterate_rounding(int(np.prod(shape)), 10 if name.startswith("output") else 20, levels)
+        for name, shape in LENET_SHAPES.items()
+    }
     for level in range(1, levels + 1):
         # Fresh weights every level, as after retraining: nesting must come from the mask alone.
         new_mask = criteria.prune(lenet_like(level), mask, cfg, names)
@@ -146,9 +148,11 @@ def test_zero_valued_surviving_weights_outrank_pruned_ones():
 
 def test_conv_rate_applies_to_4d_kernels():
     rng = np.random.default_rng(3)
-    params = {"conv": {"kernel": rng.normal(size=(3, 3, 4, 10)).astype(np.float32)},
-              "fc": {"kernel": rng.normal(size=(10, 10)).astype(np.float32)},
-              "output": {"kernel": rng.normal(size=(10, 10)).astype(np.float32)}}
+    params = {
+        "conv": {"kernel": rng.normal(size=(3, 3, 4, 10)).astype(np.float32)},
+        "fc": {"kernel": rng.normal(size=(10, 10)).astype(np.float32)},
+        "output": {"kernel": rng.normal(size=(10, 10)).astype(np.float32)},
+    }
     names = pruning.prunable(params)
     cfg = pruning_config(rate=0.2, conv_rate=0.1, output_rate=0.5)
     counts = pruning.counts(criteria.prune(params, pruning.full_mask(params), cfg, names), names)
@@ -171,7 +175,9 @@ def test_ignore_pattern_matching_nothing_is_an_error():
         pruning.prunable(lenet_like(5), ignore=["head/kernel"])
 
 
-@pytest.mark.parametrize("key, value", [("rate", 0.0), ("rate", 1.0), ("rate", 1.5), ("conv_rate", -0.1), ("output_rate", 1.0)])
+@pytest.mark.parametrize(
+    "key, value", [("rate", 0.0), ("rate", 1.0), ("rate", 1.5), ("conv_rate", -0.1), ("output_rate", 1.0)]
+)
 def test_rates_outside_the_open_unit_interval_are_rejected(key, value):
     with pytest.raises(LotteryError, match=rf"^pruning\.{key}={value} must be in \(0, 1\)"):
         pruning.check(pruning_config(**{key: value}))

@@ -23,12 +23,17 @@ def test_a_control_registered_alone_in_a_test_module_trains_beside_the_ticket_an
         return context.init_state(params, context.ticket["batch_stats"], context.ticket["mask"])
 
     try:
-        cfg = small_config("levels=1", "controls=[random_prune,negated]", "objective.name=accuracy",
-                           "objective.kind=negated")
+        cfg = small_config(
+            "levels=1", "controls=[random_prune,negated]", "objective.name=accuracy", "objective.kind=negated"
+        )
         results = imp.run(cfg, console=Console(file=io.StringIO(), width=300))
         experiment = imp.prepare(cfg)
-        assert [(r["level"], r["kind"]) for r in results] == [(0, "ticket"), (1, "ticket"), (1, "random_prune"),
-                                                              (1, "negated")]
+        assert [(r["level"], r["kind"]) for r in results] == [
+            (0, "ticket"),
+            (1, "ticket"),
+            (1, "random_prune"),
+            (1, "negated"),
+        ]
         ticket = experiment.load(paths.network_dir(experiment.directory, 0, 1, "ticket"), "ticket")
         control = experiment.load(paths.network_dir(experiment.directory, 0, 1, "negated"), "ticket")
         for name, mask in masks.flatten(ticket["mask"]).items():  # its mask is the ticket's ...
@@ -40,12 +45,16 @@ def test_a_control_registered_alone_in_a_test_module_trains_beside_the_ticket_an
         assert masks.counts(control["mask"], experiment.prunable) == masks.counts(ticket["mask"], experiment.prunable)
         df = analysis.load_runs(experiment.directory)
         assert df[df.kind == "negated"].level.tolist() == [1]
-        assert results.objective == df[df.kind == "negated"].test_accuracy_early_stop.iloc[0]  # objective.kind accepts it
+        assert (
+            results.objective == df[df.kind == "negated"].test_accuracy_early_stop.iloc[0]
+        )  # objective.kind accepts it
         pairs = tickets.similarity_table(experiment.directory, ("kinds",))
         assert set(pairs.kind_b) == {"random_prune", "negated"}
         same = pairs[(pairs.kind_b == "negated") & (pairs.layer == "all")]
         assert same.jaccard.tolist() == [1.0]  # the ticket's own mask
-        exported = export.export(paths.network_dir(experiment.directory, 0, 1, "negated"), str(tmp_path / "negated.safetensors"))
+        exported = export.export(
+            paths.network_dir(experiment.directory, 0, 1, "negated"), str(tmp_path / "negated.safetensors")
+        )
         assert exported["kind"] == "negated"
     finally:
         del controls.CONTROLS["negated"]
@@ -80,16 +89,25 @@ def test_a_method_registered_alone_in_a_test_module_trains_reports_and_exports(s
         experiment = imp.prepare(cfg)
         assert isinstance(experiment.method, SmallestFirst)
         assert [(r["level"], r["kind"], r.get("toy")) for r in results] == [
-            (0, "ticket", None), (1, "ticket", {"kept": "smallest"}), (1, "random_prune", None)]
+            (0, "ticket", None),
+            (1, "ticket", {"kept": "smallest"}),
+            (1, "random_prune", None),
+        ]
         trained = masks.flatten(experiment.load(experiment.level_dir(0, 0), "trained")["params"])
         kept = masks.flatten(experiment.load(experiment.level_dir(0, 1), "ticket")["mask"])
         for name in experiment.prunable:  # every kept weight is no larger than every pruned one, layer by layer
             magnitude, mask = np.abs(np.asarray(trained[name])), np.asarray(kept[name]).astype(bool)
             assert 0 < mask.sum() < mask.size and magnitude[mask].max() <= magnitude[~mask].min()
         ticket_counts = masks.counts(kept, experiment.prunable)
-        imp_counts = masks.counts(masks.prune_by_scores(
-            {n: np.abs(np.asarray(a)) for n, a in trained.items()}, masks.full_mask(experiment.trainer.init_params),
-            cfg.pruning, experiment.prunable), experiment.prunable)
+        imp_counts = masks.counts(
+            masks.prune_by_scores(
+                {n: np.abs(np.asarray(a)) for n, a in trained.items()},
+                masks.full_mask(experiment.trainer.init_params),
+                cfg.pruning,
+                experiment.prunable,
+            ),
+            experiment.prunable,
+        )
         assert ticket_counts == imp_counts  # IMP's counts, the other end of the ranking
         df = analysis.load_runs(experiment.directory)
         assert sorted(df.kind) == ["random_prune", "ticket", "ticket"]
@@ -107,7 +125,12 @@ def test_a_control_is_registered_under_its_name_and_stream_and_a_taken_stream_is
     controls.control("negated_fast", stream=98, same_start=True)(negated_fast)
     try:
         registered = controls.CONTROLS["negated_fast"]
-        assert (registered.start, registered.stream, registered.same_start, registered.transfers) == (negated_fast, 98, True, None)
+        assert (registered.start, registered.stream, registered.same_start, registered.transfers) == (
+            negated_fast,
+            98,
+            True,
+            None,
+        )
         assert "negated_fast" in controls.names() and "negated_fast" in controls.kinds()
         with pytest.raises(ValueError, match=r"^control 'other': PRNG stream 98 is 'negated_fast''s$"):
             controls.control("other", stream=98, same_start=False)(negated_fast)

@@ -113,16 +113,26 @@ def test_drop_and_grow_and_gmp_pruning_against_numpy_with_ties():
 @pytest.fixture(scope="module")
 def rigl(tmp_path_factory):
     """A RigL experiment's trainer and a network's start, with an update every 7 steps."""
-    cfg = compose_config([*SMALL, "sparsity=rigl", "sparsity.update_every=7it", "sparsity.end=1.0",
-                          f"output_dir={tmp_path_factory.mktemp('rigl')}"])
+    cfg = compose_config(
+        [
+            *SMALL,
+            "sparsity=rigl",
+            "sparsity.update_every=7it",
+            "sparsity.end=1.0",
+            f"output_dir={tmp_path_factory.mktemp('rigl')}",
+        ]
+    )
     experiment = prepare(cfg)
     theta_0 = experiment.initial_weights(experiment.keys(0)["init"])
     full = masks.full_mask(theta_0["params"])
     targets = sparse.level_targets(cfg, full, experiment.prunable, 3)
     mask = sparse.start_mask(cfg, full, experiment.prunable, targets, np.random.default_rng(1))
     make = lambda: experiment.method.updating.init_state(
-        theta_0["params"], theta_0["batch_stats"], mask,
-        sparse=experiment.method.updates.state(targets, targets, jax.random.key(5)))
+        theta_0["params"],
+        theta_0["batch_stats"],
+        mask,
+        sparse=experiment.method.updates.state(targets, targets, jax.random.key(5)),
+    )
     return experiment, make, targets
 
 
@@ -164,9 +174,12 @@ def _start(cfg):
     full = masks.full_mask(theta_0["params"])
     targets = sparse.level_targets(cfg, full, experiment.prunable, 3)
     mask = sparse.start_mask(cfg, full, experiment.prunable, targets, np.random.default_rng(1))
-    state = experiment.method.updating.init_state(theta_0["params"], theta_0["batch_stats"], mask,
-                                                  sparse=experiment.method.updates.state(targets, targets,
-                                                                                         jax.random.key(5)))
+    state = experiment.method.updating.init_state(
+        theta_0["params"],
+        theta_0["batch_stats"],
+        mask,
+        sparse=experiment.method.updates.state(targets, targets, jax.random.key(5)),
+    )
     return experiment, training.stack([state]), targets
 
 
@@ -179,7 +192,7 @@ def _reference_update(experiment, trainer, state, t, data_key, augment_key, alph
     before. Only the gradient (jax, the trainer's model and batch) and SET's scores (its documented
     key) are taken from the library."""
     before = jax.device_get(training.member(state, 0))
-    (_, _, epoch, subset), = trainer.epochs(t, t + 1)
+    ((_, _, epoch, subset),) = trainer.epochs(t, t + 1)
     order = trainer.data_order(data_key, epoch, subset)
     x, y = trainer._batch(trainer.train_data, order, augment_key, jnp.int32(t))
 
@@ -196,13 +209,19 @@ def _reference_update(experiment, trainer, state, t, data_key, augment_key, alph
     for g, name in enumerate(experiment.prunable):
         w, m = np.asarray(weights[name]).ravel(), np.asarray(mask[name]).ravel()
         k = math.floor(alpha_t * int(m.sum()))
-        scores = np.abs(grads[name].ravel()) if method == "rigl" else \
-            np.asarray(jax.random.uniform(jax.random.fold_in(key, g), w.shape))
+        scores = (
+            np.abs(grads[name].ravel())
+            if method == "rigl"
+            else np.asarray(jax.random.uniform(jax.random.fold_in(key, g), w.shape))
+        )
         new = _numpy_drop_and_grow(w, m, scores, k)
         new_weights[name] = np.where(new & m, w, 0.0).astype(w.dtype).reshape(weights[name].shape)
         new_mask[name] = new.reshape(mask[name].shape)
-    expected = {**before, "params": masks.unflatten(before["params"], new_weights),
-                "mask": masks.unflatten(before["mask"], new_mask)}
+    expected = {
+        **before,
+        "params": masks.unflatten(before["params"], new_weights),
+        "mask": masks.unflatten(before["mask"], new_mask),
+    }
     adam = before["opt_state"][0]
     moments = {}
     for moment in ("mu", "nu"):
@@ -220,14 +239,16 @@ def test_an_update_iteration_replaces_the_optimizer_step_as_evcis_algorithm_1(me
     """On an update iteration (rigl's is_mask_update_iter: from step 0, every ΔT) the trainer's
     step equals the NumPy reference bit for bit: weights ranked as they were before the step, no
     optimizer step, and the mask changes; a step between updates is an optimizer step."""
-    cfg = compose_config([*SMALL, f"sparsity={method}", "sparsity.update_every=7it", "sparsity.end=1.0",
-                          f"output_dir={tmp_path}"])
+    cfg = compose_config(
+        [*SMALL, f"sparsity={method}", "sparsity.update_every=7it", "sparsity.end=1.0", f"output_dir={tmp_path}"]
+    )
     experiment, state, targets = _start(cfg)
     trainer, keys = experiment.method.updating, experiment.keys(0)
     data_key, augment_key = keys["data"][None], keys["augment"][None]
     assert experiment.method.updates.schedule.events.tolist()[:3] == [0, 7, 14]  # rigl's first update: step 0
-    reference = lambda state, t: _reference_update(experiment, trainer, state, t, keys["data"], keys["augment"],
-                                                   cfg.sparsity.drop_fraction, experiment.end)
+    reference = lambda state, t: _reference_update(
+        experiment, trainer, state, t, keys["data"], keys["augment"], cfg.sparsity.drop_fraction, experiment.end
+    )
     for t in (0, 7):
         if t:  # steps 1..t-1 lie between updates: optimizer steps, the mask as it was
             stepped, _ = trainer.train(state, data_key, augment_key, 1, t)
@@ -279,12 +300,15 @@ def test_each_level_trains_from_scratch_to_imps_counts_and_reports_its_cost(pipe
     for level in (1, 2):
         gmp_ticket, gmp_metrics = _ticket(gmp_dir, level)
         # GMP with distribution=imp ends at IMP's counts layer by layer, from a dense start
-        assert [gmp_metrics["layers"][n]["remaining"] for n in imp.prunable] == \
-               masks.level_counts(full, imp.cfg.pruning, imp.prunable, level)
+        assert [gmp_metrics["layers"][n]["remaining"] for n in imp.prunable] == masks.level_counts(
+            full, imp.cfg.pruning, imp.prunable, level
+        )
         assert gmp_metrics["sparse_training"]["start_remaining"] == gmp_metrics["total"]
         assert gmp_metrics["cost_steps"] == 100 and imp.cost(level) == 100 * (level + 1)
     rigl_ticket, rigl_metrics = _ticket(rigl_dir, 2)
-    assert rigl_metrics["remaining"] == sum(masks.level_counts(full, imp.cfg.pruning, imp.prunable, 2))  # ERK: IMP's total
+    assert rigl_metrics["remaining"] == sum(
+        masks.level_counts(full, imp.cfg.pruning, imp.prunable, 2)
+    )  # ERK: IMP's total
     record = rigl_metrics["sparse_training"]
     assert record["updates"] == 4 and record["update_steps"] == [0, 20, 40, 60]  # update iterations from step 0
     assert record["start_remaining"] == record["final_remaining"] == rigl_metrics["remaining"]
@@ -313,8 +337,16 @@ def test_a_rigl_level_stopped_between_updates_resumes_bitwise(pipeline, tmp_path
     from lottery.errors import Preempted
     from lottery.training import loop
 
-    overrides = [*SMALL, "levels=2", "sparsity=rigl", "sparsity.update_every=20it", "controls=[random_reinit]",
-                 "sparsity.levels=[2]", "checkpoint_every=30it", f"output_dir={tmp_path}"]
+    overrides = [
+        *SMALL,
+        "levels=2",
+        "sparsity=rigl",
+        "sparsity.update_every=20it",
+        "controls=[random_reinit]",
+        "sparsity.levels=[2]",
+        "checkpoint_every=30it",
+        f"output_dir={tmp_path}",
+    ]
     train = training.Trainer.train
 
     def stop_once_past_30(self, state, data_key, augment_key, start, stop, *rest, **options):
@@ -330,8 +362,15 @@ def test_a_rigl_level_stopped_between_updates_resumes_bitwise(pipeline, tmp_path
     levels.run(compose_config(overrides))
     assert "level 2: resuming 1 networks from the checkpoint at step 30" in capfd.readouterr().out
     (resumed,) = experiment_dirs(str(tmp_path))
-    reference = next(d for d in experiment_dirs(str(pipeline)) if read_identity(d).get("sparsity", {}).get("method") == "rigl")
-    for what in ("ticket", "trained", os.path.join("random_reinit", "ticket"), os.path.join("random_reinit", "trained")):
+    reference = next(
+        d for d in experiment_dirs(str(pipeline)) if read_identity(d).get("sparsity", {}).get("method") == "rigl"
+    )
+    for what in (
+        "ticket",
+        "trained",
+        os.path.join("random_reinit", "ticket"),
+        os.path.join("random_reinit", "trained"),
+    ):
         keys = ("params",) if what.endswith("trained") else ("mask", "params")
         a, b = _read(resumed, 2, what, keys), _read(reference, 2, what, keys)
         for key in keys:

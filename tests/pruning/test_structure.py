@@ -22,8 +22,9 @@ def _setup(*overrides, shape=(8, 8, 1)):
     cfg = compose_config(["model.hidden=[64,32]", *overrides])
     model = nnx.eval_shape(lambda: models.build(cfg.model, shape, 10, jax.random.key(0)))  # shapes suffice
     rng = np.random.default_rng(7)
-    params = jax.tree.map(lambda a: rng.standard_normal(a.shape).astype(np.float32),
-                          nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    params = jax.tree.map(
+        lambda a: rng.standard_normal(a.shape).astype(np.float32), nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    )
     names = masks.prunable(params, cfg.pruning.ignore)
     shapes = {n: np.shape(a) for n, a in masks.flatten(params).items()}
     return cfg, params, structure.Structure(cfg.pruning, names, models.units(cfg.model, shapes))
@@ -45,8 +46,10 @@ def test_neurons_follow_the_counting_rule_nest_and_are_cut_from_both_sides():
             assert not np.any(flat[name] & ~old[name])  # nested
         for layer, count in zip(found.layers, (64, 32)):
             alive = found.alive(flat, layer)
-            assert alive.sum() == {1: {64: 51, 32: 26}, 2: {64: 41, 32: 21}, 3: {64: 33, 32: 17},
-                                   4: {64: 26, 32: 14}}[level][count]  # round(0.2 x remaining), halves up, per level
+            assert (
+                alive.sum()
+                == {1: {64: 51, 32: 26}, 2: {64: 41, 32: 21}, 3: {64: 33, 32: 17}, 4: {64: 26, 32: 14}}[level][count]
+            )  # round(0.2 x remaining), halves up, per level
             producer, consumer = flat[layer.producers[0]], flat[layer.consumers[0]]
             assert not producer[:, ~alive].any() and not consumer[~alive, :].any()  # in and out cut
         mask = new
@@ -100,8 +103,11 @@ def test_n_of_m_holds_exactly_n_in_every_block_and_its_controls_keep_it():
             assert (blocks.sum(axis=1) == n).all()
             assert not np.any(flat[name] & ~masks.flatten(mask)[name])
             kept_scores = np.where(blocks, np.asarray(masks.flatten(scores)[name]).reshape(blocks.shape), np.inf)
-            dropped = np.where(~blocks & masks.flatten(mask)[name].reshape(blocks.shape),
-                               np.asarray(masks.flatten(scores)[name]).reshape(blocks.shape), -np.inf)
+            dropped = np.where(
+                ~blocks & masks.flatten(mask)[name].reshape(blocks.shape),
+                np.asarray(masks.flatten(scores)[name]).reshape(blocks.shape),
+                -np.inf,
+            )
             assert (kept_scores.min(axis=1) >= dropped.max(axis=1)).all()  # the highest-scored survivors stay
         random = masks.flatten(found.random(new, rng))
         inverted = masks.flatten(found.inverted(scores, mask, new))
@@ -116,7 +122,10 @@ def test_structured_controls_keep_each_layers_unit_count():
     scores = _random_scores(params, np.random.default_rng(3))
     ticket = found.prune(scores, masks.full_mask(params), 1)
     flat = masks.flatten(ticket)
-    for other in (found.random(ticket, np.random.default_rng(4)), found.inverted(scores, masks.full_mask(params), ticket)):
+    for other in (
+        found.random(ticket, np.random.default_rng(4)),
+        found.inverted(scores, masks.full_mask(params), ticket),
+    ):
         other = masks.flatten(other)
         for layer in found.layers:
             assert found.alive(other, layer).sum() == found.alive(flat, layer).sum()
@@ -132,7 +141,7 @@ def _numpy_forward(params, x):
         kernel, bias = params[f"convs.{i}.kernel"], params[f"convs.{i}.bias"]
         padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
         h, w = x.shape[1:3]
-        x = sum(padded[:, dy:dy + h, dx:dx + w] @ kernel[dy, dx] for dy in range(3) for dx in range(3)) + bias
+        x = sum(padded[:, dy : dy + h, dx : dx + w] @ kernel[dy, dx] for dy in range(3) for dx in range(3)) + bias
         x = np.maximum(x, 0)
     b, h, w, c = x.shape
     x = x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
@@ -147,8 +156,17 @@ def _numpy_forward(params, x):
 @pytest.mark.slow
 def test_the_compact_export_is_smaller_and_computes_the_masked_networks_logits(tmp_path, capfd):
     """Conv-2 with pruned channels (through the flatten into fc/0) and fc neurons, compacted."""
-    overrides = ["training.steps=1ep", "training.eval_every=20it", "levels=1", "progress=false", "model=conv2",
-                 "pruning.structure=channels", "pruning.rate=0.5", "controls=[random_prune]", f"output_dir={tmp_path}"]
+    overrides = [
+        "training.steps=1ep",
+        "training.eval_every=20it",
+        "levels=1",
+        "progress=false",
+        "model=conv2",
+        "pruning.structure=channels",
+        "pruning.rate=0.5",
+        "controls=[random_prune]",
+        f"output_dir={tmp_path}",
+    ]
     cfg = compose_config(overrides)
     levels.run(cfg)
     experiment = prepare(cfg)
@@ -156,29 +174,47 @@ def test_the_compact_export_is_smaller_and_computes_the_masked_networks_logits(t
     with open(os.path.join(level_dir, "metrics.json")) as f:
         record = json.load(f)["structure"]
     assert [u["remaining"] for u in record["units"].values()] == [u["total"] // 2 for u in record["units"].values()]
-    assert "layer collapse" not in capfd.readouterr().err  # half the units pruned whole is the structure, not a collapse
+    assert (
+        "layer collapse" not in capfd.readouterr().err
+    )  # half the units pruned whole is the structure, not a collapse
     summary = export.export(level_dir, str(tmp_path / "compact.safetensors"), compact=True)
     compact = safetensors.numpy.load_file(summary["path"])
-    trained = {k[len("trained.params."):]: v for k, v in compact.items() if k.startswith("trained.params.")}
+    trained = {k[len("trained.params.") :]: v for k, v in compact.items() if k.startswith("trained.params.")}
     full = export.load(level_dir)["trained"]["params"]
     assert sum(a.size for a in trained.values()) < sum(a.size for a in full.values())
     assert trained["convs.0.kernel"].shape[-1] == experiment.trainer.init_params["convs"][0]["kernel"].shape[-1] // 2
     x = np.asarray(experiment.trainer.inputs(experiment.trainer.eval_host["test"][0][0][:50]))
     saved = experiment.load(level_dir, "trained")
     logits, _ = experiment.trainer.apply(saved["params"], saved["batch_stats"], x, train=False)
-    np.testing.assert_allclose(_numpy_forward(trained, x.astype(np.float64)), np.asarray(logits),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_numpy_forward(trained, x.astype(np.float64)), np.asarray(logits), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["pruning.structure=rows"], "pruning.structure='rows' is not a structure; choose one of: weights, neurons, channels, heads, or N:M"),
-    (["pruning.structure=4:2"], "pruning.structure=4:2: N:M needs 0 < N < M, e.g. 2:4"),
-    (["pruning.structure=2:4", "levels=3"], "levels=3: pruning.structure=2:4 is reached at level 2 (pruning.rate=0.2); use levels=2"),
-    (["pruning.structure=neurons", "pruning.prune_at=start"], "pruning.structure=neurons: pruning before training "
-     "(pruning.prune_at=start) makes this experiment's tickets and does not use it; leave pruning.structure at weights"),
-    (["pruning.structure=channels", "sparsity=rigl"], "pruning.structure=channels: sparse training from scratch "
-     "(sparsity.method=rigl) makes this experiment's tickets and does not use it; leave pruning.structure at weights"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["pruning.structure=rows"],
+            "pruning.structure='rows' is not a structure; choose one of: weights, neurons, channels, heads, or N:M",
+        ),
+        (["pruning.structure=4:2"], "pruning.structure=4:2: N:M needs 0 < N < M, e.g. 2:4"),
+        (
+            ["pruning.structure=2:4", "levels=3"],
+            "levels=3: pruning.structure=2:4 is reached at level 2 (pruning.rate=0.2); use levels=2",
+        ),
+        (
+            ["pruning.structure=neurons", "pruning.prune_at=start"],
+            "pruning.structure=neurons: pruning before training "
+            "(pruning.prune_at=start) makes this experiment's tickets and does not use it; leave pruning.structure at "
+            "weights",
+        ),
+        (
+            ["pruning.structure=channels", "sparsity=rigl"],
+            "pruning.structure=channels: sparse training from scratch "
+            "(sparsity.method=rigl) makes this experiment's tickets and does not use it; leave pruning.structure at "
+            "weights",
+        ),
+    ],
+)
 def test_structures_that_cannot_run_are_one_line(overrides, message):
     from lottery.errors import LotteryError
     from lottery.imp.experiment import check
@@ -202,8 +238,17 @@ def test_a_model_without_the_units_asked_for_is_one_line():
 def test_heads_are_cut_whole_and_the_compact_vit_computes_the_same_logits():
     from test_vit import numpy_vit
 
-    cfg, params, found = _setup("model=vit", "model.dim=16", "model.depth=2", "model.heads=4", "model.mlp_dim=32",
-                                "model.patch=4", "pruning.structure=heads", "pruning.rate=0.5", shape=(16, 16, 3))
+    cfg, params, found = _setup(
+        "model=vit",
+        "model.dim=16",
+        "model.depth=2",
+        "model.heads=4",
+        "model.mlp_dim=32",
+        "model.patch=4",
+        "pruning.structure=heads",
+        "pruning.rate=0.5",
+        shape=(16, 16, 3),
+    )
     assert [u.kind for u in found.layers] == ["heads", "heads"] and found.layers[0].width == 4
     mask = found.prune(_random_scores(params, np.random.default_rng(5)), masks.full_mask(params), 1)
     flat = masks.flatten(mask)
@@ -220,5 +265,9 @@ def test_heads_are_cut_whole_and_the_compact_vit_computes_the_same_logits():
     compact = trees["params"]
     assert compact["blocks/0/attention/query/kernel"].shape == (16, 8)
     images = np.random.default_rng(6).standard_normal((3, 16, 16, 3))
-    np.testing.assert_allclose(numpy_vit(compact, images, patch=4, head_dim=4),
-                               numpy_vit(weights, images, patch=4, head_dim=4), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        numpy_vit(compact, images, patch=4, head_dim=4),
+        numpy_vit(weights, images, patch=4, head_dim=4),
+        rtol=1e-6,
+        atol=1e-6,
+    )

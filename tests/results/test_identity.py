@@ -22,16 +22,25 @@ from lottery.errors import LotteryError
 from test_data import make_idx_dataset
 
 QUIET = Console(file=io.StringIO())
-FASHION = ["dataset=fashion_mnist", "dataset.download=false", "dataset.validation=10", "training.batch_size=10",
-           "training.steps=8it", "training.eval_every=4it", "model.hidden=[16]", "levels=0"]
+FASHION = [
+    "dataset=fashion_mnist",
+    "dataset.download=false",
+    "dataset.validation=10",
+    "training.batch_size=10",
+    "training.steps=8it",
+    "training.eval_every=4it",
+    "model.hidden=[16]",
+    "levels=0",
+]
 
 
 def test_the_fingerprint_is_of_the_content_not_the_files(tmp_path):
     arrays = make_idx_dataset(tmp_path / "gz" / "fashion_mnist", compress=(True, True, True, True))
     make_idx_dataset(tmp_path / "raw" / "fashion_mnist", compress=(False, False, False, False))
     make_idx_dataset(tmp_path / "other" / "fashion_mnist", seed=1)
-    load = lambda root: datasets.load(OmegaConf.create({"name": "fashion_mnist", "root": str(tmp_path / root),
-                                                        "download": False, "validation": 10}))
+    load = lambda root: datasets.load(
+        OmegaConf.create({"name": "fashion_mnist", "root": str(tmp_path / root), "download": False, "validation": 10})
+    )
     gz, raw, other = load("gz"), load("raw"), load("other")
     assert gz.fingerprint == raw.fingerprint != other.fingerprint
     changed = [a.copy() for a in arrays]
@@ -70,10 +79,19 @@ def test_config_yaml_is_the_identity_and_every_invocation_is_recorded(small_conf
     assert entries[2]["settings"]["controls"] == ["random_reinit"] and entries[2]["settings"]["lmc"]["points"] == 3
     assert entries[0]["program"] == invocations.program(experiment.trainer.host_loop)
     dense = os.path.relpath(dense_store.Dense(experiment).directory, os.path.dirname(experiment.directory))
-    assert entries[1]["added"] == [{"level": 0, "replicate": 0, "kind": "ticket", "dense": dense}]  # from the shared level 0
+    assert entries[1]["added"] == [
+        {"level": 0, "replicate": 0, "kind": "ticket", "dense": dense}
+    ]  # from the shared level 0
     added = sorted((a["level"], a["replicate"], a["kind"]) for a in entries[3]["added"])
-    assert added == [(0, 1, "ticket"), (1, 0, "lmc"), (1, 0, "random_reinit"), (1, 0, "ticket"),
-                     (1, 1, "lmc"), (1, 1, "random_reinit"), (1, 1, "ticket")]
+    assert added == [
+        (0, 1, "ticket"),
+        (1, 0, "lmc"),
+        (1, 0, "random_reinit"),
+        (1, 0, "ticket"),
+        (1, 1, "lmc"),
+        (1, 1, "random_reinit"),
+        (1, 1, "ticket"),
+    ]
     assert all(e["status"] == "finished" for e in entries if e["event"] == "end")
 
 
@@ -102,7 +120,9 @@ def test_other_lmc_points_are_measured_again_from_the_saved_copies(small_config)
     directory = os.path.join(experiment.level_dir(0, 1), "lmc")
     copies = {what: os.stat(os.path.join(directory, what)).st_mtime_ns for what in ("copy_a", "copy_b")}
     out = io.StringIO()
-    second = imp.run(small_config("levels=1", "lmc.levels=[1]", "lmc.points=5"), console=Console(file=out, width=400))[1]["lmc"]
+    second = imp.run(small_config("levels=1", "lmc.levels=[1]", "lmc.points=5"), console=Console(file=out, width=400))[
+        1
+    ]["lmc"]
     assert first["points"] == 3 and second["points"] == 5 and len(second["alphas"]) == 5
     assert {what: os.stat(os.path.join(directory, what)).st_mtime_ns for what in copies} == copies  # not retrained
     # The same two copies: the endpoints of both paths are the same networks.
@@ -137,13 +157,20 @@ def test_an_experiment_an_older_version_hashed_with_a_removed_key_is_named_not_s
     experiment = imp.prepare(cfg)
     older = os.path.join(os.path.dirname(experiment.directory), "quickstart-0123456789")
     os.makedirs(os.path.join(older, "replicate_0"))
-    saved = {"name": "quickstart", **identity.identity(cfg, experiment.data_fingerprint), "parallel": "vmap",
-             "levels": 3}  # `parallel` was hashed once; old files also held levels
+    saved = {
+        "name": "quickstart",
+        **identity.identity(cfg, experiment.data_fingerprint),
+        "parallel": "vmap",
+        "levels": 3,
+    }  # `parallel` was hashed once; old files also held levels
     OmegaConf.save(OmegaConf.create(saved), os.path.join(older, "config.yaml"))
     out = io.StringIO()
     imp.run(cfg, console=Console(file=out, width=400))
     assert f"note: {older} holds this experiment as an older version of lottery hashed it" in out.getvalue()
-    assert identity.older_versions(experiment.directory, small_config("levels=0", "seed=1"), experiment.data_fingerprint) == []
+    assert (
+        identity.older_versions(experiment.directory, small_config("levels=0", "seed=1"), experiment.data_fingerprint)
+        == []
+    )
     # The results API does not show the removed key as something that tells experiments apart.
     shutil.copytree(experiment.level_dir(0, 0), os.path.join(older, "replicate_0", "level_0"))
     df = analysis.load_runs(os.path.dirname(experiment.directory))
@@ -154,6 +181,7 @@ def test_set_and_rigl_have_a_new_identity_for_skipping_the_optimizer_step_and_th
     """SET's and RigL's update iteration skips the optimizer step (Evci et al. 2020, Alg. 1; issue 35),
     which changes their bits: their hash is no longer the earlier rule's (the identity without
     ``sparsity.update_step``). Static, GMP and IMP hash as they did."""
+
     def old_rule(content):  # the identity as the earlier rule hashed it
         content = json.loads(json.dumps(content))
         content.get("sparsity", {}).pop("update_step", None)
@@ -191,7 +219,9 @@ def test_experiments_are_named_by_what_they_are_with_the_hash_unchanged(tmp_path
     assert named("+exp=lenet_rigl") == "lenet_rigl" and named("name=mine", "model=vit") == "mine"  # set: kept
     # The quickstart's own directory, as the README and CI name it.
     cfg = compose_config([])
-    assert paths.experiment_directory(cfg, datasets.load(cfg.dataset).fingerprint) == os.path.join("runs", "quickstart-7c1c387142")
+    assert paths.experiment_directory(cfg, datasets.load(cfg.dataset).fingerprint) == os.path.join(
+        "runs", "quickstart-7c1c387142"
+    )
 
 
 @pytest.mark.slow
@@ -213,14 +243,17 @@ def test_an_experiment_under_its_old_name_is_found_not_trained_again(small_confi
     out = io.StringIO()
     imp.run(cfg, console=Console(file=out, width=400))
     notes = [line for line in out.getvalue().splitlines() if line.startswith("note: ")]
-    assert notes == [f"note: {old} holds this experiment under its old name (an older version named every experiment "
-                     "quickstart); it is used, not trained again, and a new one of this kind is named "
-                     "lenet-digits-neurons-<hash>"]
+    assert notes == [
+        f"note: {old} holds this experiment under its old name (an older version named every experiment "
+        "quickstart); it is used, not trained again, and a new one of this kind is named "
+        "lenet-digits-neurons-<hash>"
+    ]
     assert not os.path.exists(experiment.directory) and len(glob.glob(os.path.join(runs, f"*-{digest}"))) == 1
     with open(os.path.join(old, "invocations.jsonl")) as f:
         ends = [entry for entry in map(json.loads, f) if entry["event"] == "end"]
     assert len(ends) == 2 and ends[-1]["added"] == []  # found finished: nothing trained again
     assert OmegaConf.load(os.path.join(old, "config.yaml")).name == "quickstart"
     # Another experiment of the kind, with no old directory, is named by what it is.
-    assert os.path.basename(imp.prepare(small_config("levels=0", "pruning.structure=neurons", "seed=3")).directory) \
-        .startswith("lenet-digits-neurons-")
+    assert os.path.basename(
+        imp.prepare(small_config("levels=0", "pruning.structure=neurons", "seed=3")).directory
+    ).startswith("lenet-digits-neurons-")

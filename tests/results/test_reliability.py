@@ -26,14 +26,29 @@ from lottery.errors import LotteryError
 # Long enough per level (160 steps, 5 checkpoints) for a kill to land inside training; checkpoints
 # between evaluations (every 30 and 40 steps), so the running loss sum is part of what must be
 # restored. LMC at level 1. (Was 300 steps, evaluations every 50: the same moments, twice the time.)
-RUN = ["levels=2", "replicates=1", "controls=[random_prune]", "training.eval_every=40it", "checkpoint_every=30it",
-       "lmc.levels=[1]", "lmc.points=3", "training.steps=160it", "progress=false"]
+RUN = [
+    "levels=2",
+    "replicates=1",
+    "controls=[random_prune]",
+    "training.eval_every=40it",
+    "checkpoint_every=30it",
+    "lmc.levels=[1]",
+    "lmc.points=3",
+    "training.steps=160it",
+    "progress=false",
+]
 
 
 def start(cwd, *extra, **env):
     env = child_env(**env)
-    return subprocess.Popen([sys.executable, "-m", "lottery.run", *RUN, *extra], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lottery.run", *RUN, *extra],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(pattern, process, timeout=300):
@@ -133,6 +148,7 @@ def test_kill_9_and_sigterm_at_any_moment_then_resume_is_bitwise_the_uninterrupt
     assert not glob.glob(str(system_tmp / "tmp*wandb-*"))
     assert os.listdir(glob.glob(f"{runs}/wandb/tmp")[0]) == []
     from test_tracking_resume import assert_every_row_once
+
     assert_every_row_once(glob.glob(str(runs))[0])
 
 
@@ -147,7 +163,10 @@ def test_a_second_process_on_the_same_experiment_refuses(tmp_path):
         lock.flush()
         result = run_cli(*RUN, cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().startswith(f"error: {os.path.join('runs', os.path.basename(directory))} is in use by another process (pid 12345 on elsewhere)")
+    assert result.stderr.strip().startswith(
+        f"error: {os.path.join('runs', os.path.basename(directory))} is in use by another process (pid 12345 on "
+        "elsewhere)"
+    )
     assert sorted(os.listdir(directory)) == ["lock"]  # nothing written
 
 
@@ -164,13 +183,16 @@ def test_unreadable_checkpoint_falls_back_to_the_previous_one(tmp_path, capfd):
     step, arrays, meta = LevelCheckpoints(str(tmp_path / "ck")).latest(lambda meta: like)
     assert step == 10 and meta == {"step": 10} and np.all(np.asarray(arrays["w"]) == 1.0)
     out, err = capfd.readouterr()  # one warning, on stderr, and none of orbax's own reports
-    assert [line for line in err.splitlines() if line] == [line for line in err.splitlines() if line.startswith(
-        f"warning: {tmp_path / 'ck'}: checkpoint at step 20: ")] and len(err.splitlines()) == 1
+    assert [line for line in err.splitlines() if line] == [
+        line for line in err.splitlines() if line.startswith(f"warning: {tmp_path / 'ck'}: checkpoint at step 20: ")
+    ] and len(err.splitlines()) == 1
     assert err.rstrip().endswith("resuming from step 10") and "Failed to json parse" not in out + err
     for path in pathlib.Path(tmp_path / "ck" / "10").rglob("*"):
         if path.is_file():
             path.write_bytes(b"\0garbage")
-    with pytest.raises(LotteryError, match=r"ck: no readable checkpoint \(step 20: .*; step 10: .*delete this directory"):
+    with pytest.raises(
+        LotteryError, match=r"ck: no readable checkpoint \(step 20: .*; step 10: .*delete this directory"
+    ):
         LevelCheckpoints(str(tmp_path / "ck")).latest(lambda meta: like)
 
 
@@ -195,7 +217,9 @@ def test_corrupt_results_are_named_and_never_silently_redone(small_config, tmp_p
     os.remove(metrics)  # level 1 now unfinished: it needs level 0's trained weights
     os.rename(experiment.level_dir(0, 1), experiment.level_dir(0, 1) + "_moved")
     # Emptied through level 0's hard links into the dense store: named with what to do (dense.damaged).
-    with pytest.raises(LotteryError, match=rf"{trained}: damaged, and so is the dense store's copy it links to: delete "):
+    with pytest.raises(
+        LotteryError, match=rf"{trained}: damaged, and so is the dense store's copy it links to: delete "
+    ):
         imp.run(cfg, console=Console(file=io.StringIO()))
 
 
@@ -223,35 +247,47 @@ def test_nan_loss_stops_the_level_with_a_message(tmp_path):
     assert not glob.glob(f"{tmp_path}/runs/quickstart-*/replicate_0/level_0")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("checkpoint_every=0it", r"checkpoint_every=0it must be longer than 0 iterations"),
-    ("training.eval_every=0it", r"training\.eval_every=0it must be longer than 0 iterations"),
-    ("training.steps=-5it", r"training\.steps='-5it' is not a point in training"),
-    ("levels=-1", r"levels=-1 must be 0 or more"),
-    ("replicates=0", r"replicates=0 must be 1 or more"),
-    ("lmc.levels=[11]", r"lmc\.levels=\[11\] must be levels 0\.\.10"),
-    ("lmc.points=1", r"lmc\.points=1 must be 2 or more"),
-    ("pruning.criterion=snip pruning.examples=100000", r"pruning\.examples=100000 is more than the 1257 training examples of digits; set it "
-                                r"to at most 1257"),
-    ("controls=[bogus]", r"controls: 'bogus' is not a control; choose from: random_reinit, random_prune"),
-    ("retrain=bogus", r"retrain='bogus' is not an option; choose one of: rewind, lr_rewind, finetune"),
-    ("training.eval_batch_size=0", r"training\.eval_batch_size=0 must be positive"),
-    ("optimizer.lr=-1", r"optimizer\.lr=-1\.0 must be a positive number"),
-    ("optimizer.lr=nan", r"optimizer\.lr=nan must be a positive number"),
-    ("optimizer.lr=inf", r"optimizer\.lr=inf must be a positive number"),
-    ("optimizer.momentum=1.5", r"optimizer\.momentum=1\.5 must be in \[0, 1\)"),
-    ("training.gamma=nan", r"training\.gamma=nan must be a positive number"),
-    ("seed=4294967296", r"seed=4294967296 must be between 0 and 4294967295"),
-    ("seed=-1", r"seed=-1 must be between 0 and 4294967295"),
-    ("name=" + "x" * 300, r"name is 300 characters long; use 1 to 100"),
-    ("model=vgg", r"model vgg \(depth 16\) halves its input 4 times .* at least 16x16 pixels; dataset digits has 8x8: "
-                  r"the input is too small for this model"),
-    ("pruning.ignore=[output/kernel,nothing/here]", r"pruning\.ignore pattern 'nothing/here' matches no prunable parameter"),
-    ("pruning.ignore=['conv(']", r"pruning\.ignore pattern 'conv\(' is not a regular expression \(missing \)"),
-    ("mesh.members=3", r"mesh\.members=3 does not divide the 1 devices"),
-    ("mesh.data=-1", r"mesh\.data=-1 must be a number of devices, or 0 for the rest"),
-    ("mesh.members=2 mesh.data=2", r"mesh\.members=2 x mesh\.data=2 is more than the 1 devices"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("checkpoint_every=0it", r"checkpoint_every=0it must be longer than 0 iterations"),
+        ("training.eval_every=0it", r"training\.eval_every=0it must be longer than 0 iterations"),
+        ("training.steps=-5it", r"training\.steps='-5it' is not a point in training"),
+        ("levels=-1", r"levels=-1 must be 0 or more"),
+        ("replicates=0", r"replicates=0 must be 1 or more"),
+        ("lmc.levels=[11]", r"lmc\.levels=\[11\] must be levels 0\.\.10"),
+        ("lmc.points=1", r"lmc\.points=1 must be 2 or more"),
+        (
+            "pruning.criterion=snip pruning.examples=100000",
+            r"pruning\.examples=100000 is more than the 1257 training examples of digits; set it "
+            r"to at most 1257",
+        ),
+        ("controls=[bogus]", r"controls: 'bogus' is not a control; choose from: random_reinit, random_prune"),
+        ("retrain=bogus", r"retrain='bogus' is not an option; choose one of: rewind, lr_rewind, finetune"),
+        ("training.eval_batch_size=0", r"training\.eval_batch_size=0 must be positive"),
+        ("optimizer.lr=-1", r"optimizer\.lr=-1\.0 must be a positive number"),
+        ("optimizer.lr=nan", r"optimizer\.lr=nan must be a positive number"),
+        ("optimizer.lr=inf", r"optimizer\.lr=inf must be a positive number"),
+        ("optimizer.momentum=1.5", r"optimizer\.momentum=1\.5 must be in \[0, 1\)"),
+        ("training.gamma=nan", r"training\.gamma=nan must be a positive number"),
+        ("seed=4294967296", r"seed=4294967296 must be between 0 and 4294967295"),
+        ("seed=-1", r"seed=-1 must be between 0 and 4294967295"),
+        ("name=" + "x" * 300, r"name is 300 characters long; use 1 to 100"),
+        (
+            "model=vgg",
+            r"model vgg \(depth 16\) halves its input 4 times .* at least 16x16 pixels; dataset digits has 8x8: "
+            r"the input is too small for this model",
+        ),
+        (
+            "pruning.ignore=[output/kernel,nothing/here]",
+            r"pruning\.ignore pattern 'nothing/here' matches no prunable parameter",
+        ),
+        ("pruning.ignore=['conv(']", r"pruning\.ignore pattern 'conv\(' is not a regular expression \(missing \)"),
+        ("mesh.members=3", r"mesh\.members=3 does not divide the 1 devices"),
+        ("mesh.data=-1", r"mesh\.data=-1 must be a number of devices, or 0 for the rest"),
+        ("mesh.members=2 mesh.data=2", r"mesh\.members=2 x mesh\.data=2 is more than the 1 devices"),
+    ],
+)
 def test_bad_configuration_is_named(override, message, tmp_path):
     with pytest.raises(LotteryError, match=message):
         imp.prepare(compose_config([*override.split(), f"output_dir={tmp_path}"]))
@@ -264,7 +300,9 @@ def test_no_pickle_anywhere_in_the_package():
         for node in ast.walk(tree):
             names = [a.name for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
             module = getattr(node, "module", None) or ""
-            assert not any(n.split(".")[0] in ("pickle", "cPickle", "dill", "cloudpickle") for n in names + [module]), path
+            assert not any(n.split(".")[0] in ("pickle", "cPickle", "dill", "cloudpickle") for n in names + [module]), (
+                path
+            )
             if isinstance(node, ast.keyword) and node.arg == "allow_pickle":
                 assert getattr(node.value, "value", None) is False, path
 

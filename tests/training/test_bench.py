@@ -24,9 +24,15 @@ def device_script(request, tmp_path_factory):
         yield None
         return
     out = tmp_path_factory.mktemp("device")
-    process = subprocess.Popen(["bash", "experiments/bench/device.sh", "--smoke"], cwd=REPO,
-                               env=child_env(PYTHON=sys.executable, OUT=str(out)), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        ["bash", "experiments/bench/device.sh", "--smoke"],
+        cwd=REPO,
+        env=child_env(PYTHON=sys.executable, OUT=str(out)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     with concurrent.futures.ThreadPoolExecutor(1) as pool:  # read as it runs (to the end of its tee)
         try:
             yield pool.submit(process.communicate, timeout=600), process, out
@@ -37,8 +43,14 @@ def device_script(request, tmp_path_factory):
 
 @pytest.mark.slow
 def test_mesh_benchmark_runs_and_member_parallel_is_bitwise_one_device():
-    result = subprocess.run([sys.executable, "mesh.py", "--smoke"], cwd=REPO / "experiments" / "bench",
-                            env=child_env(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "mesh.py", "--smoke"],
+        cwd=REPO / "experiments" / "bench",
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     rows = {line[:13].strip(): line.split() for line in result.stdout.splitlines() if line.endswith(("True", "False"))}
     assert set(rows) == {"one device", "members x2"}, result.stdout
@@ -47,8 +59,14 @@ def test_mesh_benchmark_runs_and_member_parallel_is_bitwise_one_device():
 
 @pytest.mark.slow
 def test_sparse_inference_benchmark_runs_and_sparse_accuracies_equal_dense():
-    result = subprocess.run([sys.executable, "sparse_inference.py", "--smoke"], cwd=REPO / "experiments" / "bench",
-                            env=child_env(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "sparse_inference.py", "--smoke"],
+        cwd=REPO / "experiments" / "bench",
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     checks = [line.split() for line in lines if line.split()[:1] and line.split()[0].isdigit()]
@@ -64,8 +82,14 @@ def test_sparse_inference_benchmark_runs_and_sparse_accuracies_equal_dense():
 
 @pytest.mark.slow
 def test_structured_inference_benchmark_runs_and_compact_networks_give_the_same_logits():
-    result = subprocess.run([sys.executable, "structured_inference.py", "--smoke"], cwd=REPO / "experiments" / "bench",
-                            env=child_env(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "structured_inference.py", "--smoke"],
+        cwd=REPO / "experiments" / "bench",
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if line.split()[:1] in (["lenet"], ["conv2"])]
     assert len(rows) == 8 and all(row[-1] == "True" for row in rows), result.stdout
@@ -81,14 +105,22 @@ def test_device_script_smoke_runs_every_section_and_prints_one_table(device_scri
     assert process.returncode == 0, out + err
     assert not [line for line in out.splitlines() if "FAILED" in line and not line.startswith("section f")], out
     assert (tmp_path / "device.log").read_text().strip().endswith(f"log: {tmp_path / 'device.log'}")
-    table = out[out.index("== summary =="):].splitlines()
-    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in table if line.startswith("| ") and "what" not in line}
+    table = out[out.index("== summary ==") :].splitlines()
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2].strip()
+        for line in table
+        if line.startswith("| ") and "what" not in line
+    }
     assert {label.split(".")[0] for label in rows} == set("abcdefgh"), out
     assert rows["h. rigl step (LeNet, 20%): idle / update cost"] != "n/a", out  # (smoke: RigL only)
     assert rows["a. quickstart bitwise in 2 processes, default"] == "True", out
     assert rows["c. lenet network 0 bitwise beside other mates, every width"] == "True", out
     # section f (Conv-2 on the CIFAR-10 records) is skipped by --smoke: tests/data/test_cifar10_subset.py runs its check
-    stack_rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["1"], ["2"]) and line.endswith(("True", "False"))]
+    stack_rows = [
+        line.split()
+        for line in out.splitlines()
+        if line.split()[:1] in (["1"], ["2"]) and line.endswith(("True", "False"))
+    ]
     assert [row[0] for row in stack_rows] == ["1", "2"] and all(row[-1] == "True" for row in stack_rows), out
 
 

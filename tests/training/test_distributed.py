@@ -27,8 +27,21 @@ from lottery.errors import LotteryError
 # and LMC copies (4 more); checkpoints between evaluations, so resuming restores the running loss sum.
 # SGD: Adam divides by sqrt(v) + 1e-8, which turns the float rounding of data-parallel sums into
 # visible differences of weights whose gradients are ~0 (the comparison of layouts would say little).
-RUN = ["model.hidden=[64,32]", "optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "levels=1", "replicates=3", "controls=[random_reinit]", "lmc.levels=[1]",
-       "lmc.points=3", "training.steps=4ep", "training.eval_every=25it", "checkpoint_every=20it", "progress=false"]
+RUN = [
+    "model.hidden=[64,32]",
+    "optimizer=sgd",
+    "optimizer.lr=0.05",
+    "optimizer.momentum=0.9",
+    "levels=1",
+    "replicates=3",
+    "controls=[random_reinit]",
+    "lmc.levels=[1]",
+    "lmc.points=3",
+    "training.steps=4ep",
+    "training.eval_every=25it",
+    "checkpoint_every=20it",
+    "progress=false",
+]
 HERE = os.path.dirname(os.path.abspath(__file__))  # tests/training: this module (diet_digest)
 TESTS = os.path.dirname(HERE)  # tests: conftest.py
 
@@ -52,7 +65,8 @@ def results(root):
 
 def bitwise(a, b) -> bool:
     return a.keys() == b.keys() and all(
-        (all(np.array_equal(x, y) for x, y in zip(a[k], b[k])) if isinstance(a[k], list) else a[k] == b[k]) for k in a)
+        (all(np.array_equal(x, y) for x, y in zip(a[k], b[k])) if isinstance(a[k], list) else a[k] == b[k]) for k in a
+    )
 
 
 def close(a, b, atol=1e-4) -> None:
@@ -81,9 +95,16 @@ def diet_digest(mesh) -> str:
     experiment = imp.prepare(compose_config([*RUN, *mesh]))  # writes nothing
     trainer = experiment.trainer.with_diet(np.arange(0, len(experiment.trainer.train_host[0]), 3), 30)
     keys = [experiment.keys(r) for r in range(4)]
-    states, _ = trainer.train(training.stack([experiment.dense_start(r) for r in range(4)]),
-                              jax.numpy.stack([k["data"] for k in keys]), jax.numpy.stack([k["augment"] for k in keys]), 0, 45)
-    return hashlib.sha256(b"".join(np.asarray(a).tobytes() for a in jax.tree.leaves(jax.device_get(states)))).hexdigest()
+    states, _ = trainer.train(
+        training.stack([experiment.dense_start(r) for r in range(4)]),
+        jax.numpy.stack([k["data"] for k in keys]),
+        jax.numpy.stack([k["augment"] for k in keys]),
+        0,
+        45,
+    )
+    return hashlib.sha256(
+        b"".join(np.asarray(a).tobytes() for a in jax.tree.leaves(jax.device_get(states)))
+    ).hexdigest()
 
 
 LAYOUTS = """
@@ -101,7 +122,8 @@ for name, mesh in [("members", ["mesh=members"]), ("data", ["mesh=data"]), ("gri
 trainer = imp.prepare(compose_config([*run, "output_dir=" + root + "/members"])).trainer
 found = lambda text: [c for c in COLLECTIVES if c in text]
 from test_distributed import diet_digest
-print(json.dumps({{"members": found(trainer.over_mesh(4).compiled_text()), "data": found(trainer.over_mesh(1).compiled_text()),
+print(json.dumps({{"members": found(trainer.over_mesh(4).compiled_text()),
+                  "data": found(trainer.over_mesh(1).compiled_text()),
                   "shapes": [list(trainer.over_mesh(n).mesh.devices.shape) for n in (1, 3, 4, 6)],
                   "diet": diet_digest(["mesh=members"])}}))
 """
@@ -110,8 +132,14 @@ print(json.dumps({{"members": found(trainer.over_mesh(4).compiled_text()), "data
 @pytest.mark.slow
 def test_member_data_and_2d_meshes_on_4_devices_match_one_device(request, tmp_path):
     code = LAYOUTS.format(tests=TESTS, here=HERE, run=RUN, root=str(tmp_path))
-    layouts = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=child_env(JAX_NUM_CPU_DEVICES="4"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    layouts = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=child_env(JAX_NUM_CPU_DEVICES="4"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     # The one-device runs train in this process while the 4-device process trains its layouts: the
     # two overlap on the machine's cores.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -159,35 +187,62 @@ def free_port(low=1024, high=65535) -> int:
 def launch(cwd, environments, *extra):
     """One process per environment, each with 2 virtual devices, running the same command (without
     the LMC copies, to keep it short: 4 processes share the test machine's cores)."""
-    return [subprocess.Popen([sys.executable, "-m", "lottery.run", *RUN, "mesh=members", "output_dir=runs",
-                              "lmc.levels=[]", *extra],
-                             cwd=cwd, env=child_env(JAX_NUM_CPU_DEVICES="2", **env), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for env in environments]
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "lottery.run", *RUN, "mesh=members", "output_dir=runs", "lmc.levels=[]", *extra],
+            cwd=cwd,
+            env=child_env(JAX_NUM_CPU_DEVICES="2", **env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for env in environments
+    ]
 
 
 def slurm(port: int, tasks: int):
     """A faked SLURM job step of ``tasks`` tasks on this host; JAX derives its coordinator port from
     the job id (ephemeral range 61440..65535), so the id is chosen to land on ``port``."""
-    return [{"SLURM_JOB_ID": str(port - 61440 + 4096), "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NTASKS": str(tasks),
-             "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i), "SLURM_STEP_NUM_NODES": "1"} for i in range(tasks)]
+    return [
+        {
+            "SLURM_JOB_ID": str(port - 61440 + 4096),
+            "SLURM_STEP_NODELIST": "127.0.0.1",
+            "SLURM_NTASKS": str(tasks),
+            "SLURM_PROCID": str(i),
+            "SLURM_LOCALID": str(i),
+            "SLURM_STEP_NUM_NODES": "1",
+        }
+        for i in range(tasks)
+    ]
 
 
 def test_a_faked_slurm_step_is_detected():
     assert hosts.plan(compose_config().distributed, {}) is None
     env = slurm(61450, 2)[1]
     assert hosts.plan(compose_config().distributed, env) == {
-        "source": "slurm", "num_processes": 2, "process_id": 1, "coordinator": None, "local_device_ids": None}
+        "source": "slurm",
+        "num_processes": 2,
+        "process_id": 1,
+        "coordinator": None,
+        "local_device_ids": None,
+    }
     assert hosts.plan(compose_config().distributed, {**env, "SLURM_NTASKS": "1"}) is None  # one task: no join
-    explicit = compose_config(["distributed.coordinator=10.0.0.1:1234", "distributed.num_processes=4",
-                               "distributed.process_id=3"]).distributed
+    explicit = compose_config(
+        ["distributed.coordinator=10.0.0.1:1234", "distributed.num_processes=4", "distributed.process_id=3"]
+    ).distributed
     assert hosts.plan(explicit, env)["source"] == "config"  # config keys win
     with pytest.raises(LotteryError, match=r"distributed\.coordinator is not set"):
         hosts.plan(compose_config(["distributed.num_processes=2"]).distributed, {})
 
 
 def joined(coordinator, process_id, num_processes=2):
-    return compose_config([f"distributed.coordinator='{coordinator}'", f"distributed.num_processes={num_processes}",
-                           f"distributed.process_id={process_id}"]).distributed
+    return compose_config(
+        [
+            f"distributed.coordinator='{coordinator}'",
+            f"distributed.num_processes={num_processes}",
+            f"distributed.process_id={process_id}",
+        ]
+    ).distributed
 
 
 @pytest.mark.slow
@@ -200,10 +255,14 @@ def test_each_process_of_a_run_on_one_host_takes_its_own_device():
     # JAX's own variable says which, whatever the source; CUDA_VISIBLE_DEVICES: whoever set it chose.
     assert hosts.plan(joined("10.0.0.1:1234", 1), {"JAX_LOCAL_DEVICE_IDS": "2,3"})["local_device_ids"] == [2, 3]
     assert hosts.plan(joined("127.0.0.1:1234", 1), {"CUDA_VISIBLE_DEVICES": "5"})["local_device_ids"] is None
-    assert hosts.plan(compose_config().distributed, slurm(61450, 2)[1])["local_device_ids"] is None  # JAX: SLURM_LOCALID
+    assert (
+        hosts.plan(compose_config().distributed, slurm(61450, 2)[1])["local_device_ids"] is None
+    )  # JAX: SLURM_LOCALID
     env = {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "3", "JAX_PROCESS_ID": "2"}
     assert hosts.plan(compose_config().distributed, env)["local_device_ids"] == [2]
-    with pytest.raises(LotteryError, match=r"^JAX_LOCAL_DEVICE_IDS='0,x': expected the numbers of this process's devices"):
+    with pytest.raises(
+        LotteryError, match=r"^JAX_LOCAL_DEVICE_IDS='0,x': expected the numbers of this process's devices"
+    ):
         hosts.plan(joined("127.0.0.1:1234", 0), {"JAX_LOCAL_DEVICE_IDS": "0,x"})
 
 
@@ -242,13 +301,21 @@ def test_nothing_starts_jaxs_backend_before_a_run_joins_its_processes(tmp_path):
     # imp.run calls hosts.initialize first: importing the command line and the library, and checking
     # a config (what a sweep does before its jobs start), must not have started the backend, or the
     # memory setting and the devices would come too late.
-    code = ("from conftest import compose_config\n"
-            "import lottery.run, lottery.imp\n"
-            "from jax._src import xla_bridge\n"
-            "lottery.imp.check(compose_config(['+exp=resnet']))\n"
-            "print(xla_bridge.backends_are_initialized())")
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=child_env(PYTHONPATH=os.pathsep.join(
-        [TESTS, os.environ.get("PYTHONPATH", "")])), capture_output=True, text=True, timeout=300)
+    code = (
+        "from conftest import compose_config\n"
+        "import lottery.run, lottery.imp\n"
+        "from jax._src import xla_bridge\n"
+        "lottery.imp.check(compose_config(['+exp=resnet']))\n"
+        "print(xla_bridge.backends_are_initialized())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=child_env(PYTHONPATH=os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False"]
 
@@ -256,9 +323,18 @@ def test_nothing_starts_jaxs_backend_before_a_run_joins_its_processes(tmp_path):
 @pytest.mark.slow
 def test_two_processes_sigterm_to_one_stops_both_and_the_resumed_run_is_bitwise(reference, tmp_path):
     port = free_port()
-    processes = [process for i in range(2) for process in launch(
-        tmp_path, [{}], "replicates=2", f"distributed.coordinator=127.0.0.1:{port}", "distributed.num_processes=2",
-        f"distributed.process_id={i}")]
+    processes = [
+        process
+        for i in range(2)
+        for process in launch(
+            tmp_path,
+            [{}],
+            "replicates=2",
+            f"distributed.coordinator=127.0.0.1:{port}",
+            "distributed.num_processes=2",
+            f"distributed.process_id={i}",
+        )
+    ]
     deadline = time.time() + 300
     while not glob.glob(f"{tmp_path}/runs/quickstart-*/checkpoints/level_1/*/*") and time.time() < deadline:
         assert all(p.poll() is None for p in processes), [p.communicate()[1] for p in processes]
@@ -277,7 +353,9 @@ def test_two_processes_sigterm_to_one_stops_both_and_the_resumed_run_is_bitwise(
     assert [p.returncode for p in resumed] == [0, 0], [stderr for _, stderr in outputs]
     assert "level 1: resuming" in outputs[0][0]
     found = results(str(tmp_path / "runs"))
-    assert found and bitwise(found, {key: reference[key] for key in found})  # 2 processes x 2 devices: bitwise one device
+    assert found and bitwise(
+        found, {key: reference[key] for key in found}
+    )  # 2 processes x 2 devices: bitwise one device
 
     # Process 0 alone wrote: one start and one end line per invocation, its pid in the lock.
     (directory,) = glob.glob(f"{tmp_path}/runs/quickstart-*")

@@ -14,8 +14,14 @@ OPTIMIZERS = {
     "sgd-momentum-wd": ["optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "optimizer.weight_decay=1e-3"],
     "sgd-nesterov": ["optimizer=sgd", "optimizer.lr=0.05", "optimizer.nesterov=true"],
     "adam": ["optimizer=adam", "optimizer.weight_decay=1e-4"],
-    "resnet-bn-sgd": ["model=resnet", "model.depth=8", "model.width=4", "optimizer=sgd", "optimizer.lr=0.05",
-                      "dataset.augment=true"],
+    "resnet-bn-sgd": [
+        "model=resnet",
+        "model.depth=8",
+        "model.width=4",
+        "optimizer=sgd",
+        "optimizer.lr=0.05",
+        "dataset.augment=true",
+    ],
 }
 
 
@@ -65,12 +71,20 @@ def test_pruned_weights_and_their_moments_stay_zero_at_every_step(small_config, 
     # Optimizer state of pruned weights is exactly 0; of surviving weights it is not.
     opt_state = unstack(state["opt_state"], 0)
     pruned_zero = optax.tree_map_params(
-        trainer.tx, lambda v, m: bool(np.all(np.asarray(v)[~m] == 0)), opt_state, mask,
-        transform_non_params=lambda _: True)
+        trainer.tx,
+        lambda v, m: bool(np.all(np.asarray(v)[~m] == 0)),
+        opt_state,
+        mask,
+        transform_non_params=lambda _: True,
+    )
     assert all(jax.tree.leaves(pruned_zero))
     moment_leaves = optax.tree_map_params(
-        trainer.tx, lambda v, m: float(np.abs(np.asarray(v)[m]).sum()), opt_state, mask,
-        transform_non_params=lambda _: None)
+        trainer.tx,
+        lambda v, m: float(np.abs(np.asarray(v)[m]).sum()),
+        opt_state,
+        mask,
+        transform_non_params=lambda _: None,
+    )
     assert sum(jax.tree.leaves(moment_leaves)) > 0
 
     # Surviving weights did train.
@@ -95,8 +109,16 @@ def test_the_step_itself_zeroes_pruned_weights_even_with_dense_moments(small_con
 
 
 def test_schedule_is_indexed_by_global_step_with_warmup_and_milestones(small_config):
-    cfg = small_config("optimizer=sgd", "optimizer.lr=0.1", "training.milestones=[100it,1ep]",
-                       "training.gamma=0.5", "training.warmup=10it")
+    cfg = small_config(
+        "optimizer=sgd",
+        "optimizer.lr=0.1",
+        "training.milestones=[100it,1ep]",
+        "training.gamma=0.5",
+        "training.warmup=10it",
+    )
     schedule = training.make_schedule(cfg.optimizer, cfg.training, iterations_per_epoch=150)
-    np.testing.assert_allclose([float(schedule(s)) for s in (0, 5, 10, 99, 100, 149, 150, 10_000)],
-                               [0.0, 0.05, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025], rtol=1e-6)
+    np.testing.assert_allclose(
+        [float(schedule(s)) for s in (0, 5, 10, 99, 100, 149, 150, 10_000)],
+        [0.0, 0.05, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025],
+        rtol=1e-6,
+    )

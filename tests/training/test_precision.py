@@ -47,16 +47,32 @@ def test_bfloat16_computes_in_bfloat16_keeps_float32_state_and_pruned_weights_ex
 
 
 def test_bad_precision_is_one_line(small_config):
-    with pytest.raises(LotteryError, match=r"training.precision='half' is not a precision; choose one of: float32, bfloat16"):
+    with pytest.raises(
+        LotteryError, match=r"training.precision='half' is not a precision; choose one of: float32, bfloat16"
+    ):
         imp.check(small_config("training.precision=half"))
 
 
 @pytest.mark.slow
 def test_deterministic_sets_xla_flags_before_the_backend_starts_and_is_recorded(tmp_path):
     env = {k: v for k, v in child_env().items() if k != "XLA_FLAGS"}
-    done = subprocess.run([sys.executable, "-m", "lottery.run", "levels=0", "training.steps=20it", "progress=false",
-                           "deterministic=true", f"output_dir={tmp_path}"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lottery.run",
+            "levels=0",
+            "training.steps=20it",
+            "progress=false",
+            "deterministic=true",
+            f"output_dir={tmp_path}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     (directory,) = [d for d in tmp_path.iterdir() if d.name.startswith("quickstart-")]
     assert invocations.read(str(directory))[0]["program"]["deterministic"] is True

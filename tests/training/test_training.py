@@ -36,7 +36,9 @@ def test_host_and_device_loops_train_the_same(small_config, model):
         # near-zero gradients; a different data order would move weights by ~lr * steps = 0.06.
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=5e-4)
     for split in ("val", "test"):
-        np.testing.assert_allclose(host_trainer.evaluate(host, split), device_trainer.evaluate(device, split), rtol=1e-4)
+        np.testing.assert_allclose(
+            host_trainer.evaluate(host, split), device_trainer.evaluate(device, split), rtol=1e-4
+        )
 
 
 def test_auto_uses_the_host_loop_only_for_conv_models_on_cpu(small_config):
@@ -46,6 +48,8 @@ def test_auto_uses_the_host_loop_only_for_conv_models_on_cpu(small_config):
 
 
 def test_unknown_loop_placement_is_named(small_config):
-    with pytest.raises(LotteryError, match=r"training\.loop='gpu' is not a loop placement; choose one of: auto, device, host"):
+    with pytest.raises(
+        LotteryError, match=r"training\.loop='gpu' is not a loop placement; choose one of: auto, device, host"
+    ):
         imp.prepare(small_config("training.loop=gpu"))
     assert training.LOOPS == ("auto", "device", "host")
