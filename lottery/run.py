@@ -109,6 +109,11 @@ def stop_outside_training(signum, frame):
     raise Terminated(signal.Signals(signum).name, 128 + signum)
 
 
+stop_outside_training.outside_training = (
+    True  # not a launcher's handler: the training loop does not pass signals on to it
+)
+
+
 def stopped_outside_training(terminated: Terminated) -> str:
     return (
         f"preempted: {terminated.signal} outside training (loading data, compiling, or writing the report); "

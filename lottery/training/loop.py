@@ -123,10 +123,12 @@ class Preemption:
         Python handler this run displaced. In a submitit job (hydra/launcher=slurm or local) SIGUSR2's
         is submitit's, and it is what requeues the job (``scontrol requeue``; locally, exit code 144)
         and exits: without this call the job would end with our exit code and never come back.
-        Outside submitit there is no such handler and nothing happens."""
+        Outside submitit there is no such handler and nothing happens; nor is the command line's own
+        handler for signals outside training (``outside_training``: run.py), which would stop the
+        run a second time, as if the signal had come outside training."""
         for number in self.received:
             handler = self.previous.get(number)
-            if number != signal.SIGINT and callable(handler):
+            if number != signal.SIGINT and callable(handler) and not getattr(handler, "outside_training", False):
                 handler(number, None)
 
     def stop(self, message: str) -> Preempted:
