@@ -173,6 +173,13 @@ def dieted(tmp_path_factory):
 
 
 @pytest.mark.slow
+def restore(path, saved, before):
+    """The module's shared scores file as the store wrote it, times included: another test of the
+    module checks the file is the one the store wrote (inode and time), whatever ran before it."""
+    np.save(path, saved)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
 def test_the_scores_are_the_mean_over_the_scoring_networks_and_shared(dieted):
     experiment, other, store, before = dieted
     saved = np.load(store.scores)
@@ -219,7 +226,7 @@ def test_the_scores_are_the_mean_over_the_scoring_networks_and_shared(dieted):
         assert np.array_equal(diet.subset(experiment, dense_dir), chosen)
         assert not np.array_equal(diet.choose(np.load(store.scores), diet.plan_of(experiment)), chosen)
     finally:
-        np.save(store.scores, saved)
+        restore(store.scores, saved, before)
 
 
 @pytest.mark.slow
@@ -353,7 +360,7 @@ def test_settings_that_mean_nothing_are_one_line(overrides, message):
 
 @pytest.mark.slow
 def test_a_replaced_scores_file_in_the_store_is_named_never_used_and_a_finished_experiment_says_so(dieted, tmp_path):
-    experiment, _, store, _ = dieted
+    experiment, _, store, before = dieted
     made = json.load(open(store.metrics))
     assert made["scores_digest"] == json.load(open(os.path.join(experiment.directory, diet.RECORD)))["scores_digest"]
     saved = np.load(store.scores)
@@ -386,7 +393,7 @@ def test_a_replaced_scores_file_in_the_store_is_named_never_used_and_a_finished_
         assert len(said) == 1 and said[0].startswith(f"note: {os.path.join(experiment.directory, diet.RECORD)}: ")
         assert f"{store.scores} now holds others" in said[0]
     finally:
-        np.save(store.scores, saved)
+        restore(store.scores, saved, before)
     said = []
     diet.record(experiment, Dense(experiment).directory, say=said.append)
     assert said == []
