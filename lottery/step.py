@@ -27,6 +27,14 @@ class Step:
         epochs, iterations = (int(g) if g else 0 for g in match.groups())
         return cls(epochs * iterations_per_epoch + iterations, iterations_per_epoch)
 
+    @classmethod
+    def length(cls, text: str, iterations_per_epoch: int, key: str) -> int:
+        """``text`` as a number of iterations that must be more than 0 (a length or an interval)."""
+        iterations = cls.parse(text, iterations_per_epoch, key).iteration
+        if iterations <= 0:
+            raise LotteryError(f"{key}={text} must be longer than 0 iterations")
+        return iterations
+
     @property
     def ep(self) -> int:
         return self.iteration // self.iterations_per_epoch

@@ -77,11 +77,7 @@ def settled(distances: Sequence[float], epsilon: float, window: int) -> Optional
 
 
 def every(experiment) -> int:
-    value = Step.parse(
-        experiment.cfg.early_bird.every, experiment.trainer.iterations_per_epoch, "early_bird.every"
-    ).iteration
-    if value <= 0:
-        raise LotteryError(f"early_bird.every={experiment.cfg.early_bird.every} must be longer than 0 iterations")
+    value = Step.length(experiment.cfg.early_bird.every, experiment.trainer.iterations_per_epoch, "early_bird.every")
     if value >= experiment.end:  # the end itself is the last check: with no check before it, nothing is drawn early
         raise LotteryError(
             f"early_bird.every={experiment.cfg.early_bird.every} ({value} iterations) leaves no check "

@@ -28,7 +28,8 @@ from lottery.imp.method import Method
 from lottery.pruning import controls, criteria, masks, sparse
 from lottery.pruning import structure as structures
 from lottery.results import identity, paths
-from lottery.results.invocations import Invocation
+from lottery.results.invocations import INVOCATIONS, Invocation
+from lottery.results.lock import LOCK
 from lottery.results.store import load_tree
 from lottery.step import Step
 from lottery.training import loop, mesh, trainer as training
@@ -187,7 +188,7 @@ class Experiment:
         directory = self.directory
         if not hosts.primary() or not os.path.isdir(directory) or paths.replicates(directory):
             return
-        if set(os.listdir(directory)) <= {identity.CONFIG, "invocations.jsonl", "lock"}:
+        if set(os.listdir(directory)) <= {identity.CONFIG, INVOCATIONS, LOCK}:
             shutil.rmtree(directory, ignore_errors=True)
 
     def train(self, states, networks, level: int, start: int, end: int, advance, trainer=None, **options):
@@ -269,10 +270,7 @@ def prepare(cfg) -> Experiment:
     per_epoch = len(data.train_x) // batch_size
 
     def length(key: str, text: str) -> int:
-        iterations = Step.parse(text, per_epoch, key).iteration
-        if iterations <= 0:
-            raise LotteryError(f"{key}={text} must be longer than 0 iterations")
-        return iterations
+        return Step.length(text, per_epoch, key)
 
     end = length("training.steps", cfg.training.steps)
     rewind = Step.parse(cfg.rewind, per_epoch, "rewind").iteration

@@ -31,11 +31,9 @@ register by being imported (experiment.py imports each).
 """
 
 import dataclasses
-import os
 from typing import Callable, Dict, List, Optional, Tuple
 
 from lottery.errors import LotteryError
-from lottery.pruning import masks
 from lottery.training import trainer as training
 from lottery.training.loop import Network
 
@@ -235,13 +233,3 @@ def theta_k_start(experiment, replicate: int, mask) -> dict:
     if experiment.cfg.rewind_optimizer:
         opt_state = training.mask_optimizer_state(trainer.tx, theta_k["opt_state"], mask)
     return trainer.init_state(theta_k["params"], theta_k["batch_stats"], mask, opt_state)
-
-
-def finished_mask(experiment, replicate: int, level: int):
-    """The mask a finished level's ticket trained under (None: the level is not finished)."""
-    this_level = experiment.level_dir(replicate, level)
-    return experiment.load(this_level, "ticket")["mask"] if os.path.isdir(this_level) else None
-
-
-def dense_mask(experiment):
-    return masks.full_mask(experiment.trainer.init_params)

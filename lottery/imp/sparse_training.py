@@ -41,11 +41,7 @@ class SparseTraining(Method):
             raise LotteryError(
                 f"rewind={cfg.rewind}: sparsity.method={cfg.sparsity.method} trains each level from θ0; use rewind=0it"
             )
-        every = Step.parse(
-            cfg.sparsity.update_every, experiment.trainer.iterations_per_epoch, "sparsity.update_every"
-        ).iteration
-        if every <= 0:
-            raise LotteryError(f"sparsity.update_every={cfg.sparsity.update_every} must be longer than 0 iterations")
+        every = Step.length(cfg.sparsity.update_every, experiment.trainer.iterations_per_epoch, "sparsity.update_every")
         schedule = sparse.Schedule.of(cfg, experiment.end, every)
         updates = sparse.Updates(schedule, sparse.groups(cfg, experiment.prunable))
         return cls(cfg, updates, experiment.trainer.with_updates(updates) if sparse.dynamic(cfg) else None)

@@ -65,20 +65,21 @@ def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
         if rules.in_use is not None and not rules.in_use(group):
             continue  # absent unless in use: every hash from before the method unchanged
         moot = rules.unused_keys(group) if rules.unused_keys else ()
-        content[name] = {
-            k: (
-                file_digest(os.path.abspath(os.path.expanduser(v)), f"{name}.{k}")
-                if k in rules.by_content and v is not None
-                else source_hash(v)
-                if k in rules.by_experiment and v is not None
-                else v
-            )
-            for k, v in group.items()
-            if k not in moot
-        }
+        content[name] = {k: hashed_value(rules, name, k, v) for k, v in group.items() if k not in moot}
         content[name].update(rules.rule_keys(group) if rules.rule_keys else {})
     content["dataset"]["fingerprint"] = data_fingerprint
     return content
+
+
+def hashed_value(rules, group: str, key: str, value):
+    """A value as the identity holds it: a file by its content, an experiment by its hash (not paths)."""
+    if value is None:
+        return value
+    if key in rules.by_content:
+        return file_digest(os.path.abspath(os.path.expanduser(value)), f"{group}.{key}")
+    if key in rules.by_experiment:
+        return source_hash(value)
+    return value
 
 
 def file_digest(path: str, key: str) -> str:

@@ -9,6 +9,8 @@ from typing import Callable, Optional
 
 from lottery.errors import LotteryError, at
 
+LOCK = "lock"  # the lock file of a directory that one process at a time writes (an experiment, a store)
+
 
 def acquire(
     path: str, what: str, wait: Optional[Callable[[str], None]] = None, stop: Callable[[], None] = lambda: None

@@ -260,7 +260,7 @@ class LevelCheckpoints:
 
 def acquire_lock(directory: str, wait: Optional[Callable[[str], None]] = None, stop: Callable[[], None] = lambda: None):
     """An exclusive lock on ``directory`` (its ``lock`` file: lock.py) for this process's lifetime, or until closed."""
-    return lock.acquire(os.path.join(directory, "lock"), directory, wait, stop)
+    return lock.acquire(os.path.join(directory, lock.LOCK), directory, wait, stop)
 
 
 def open_locked(
