@@ -183,6 +183,14 @@ def compilation_cache(setting: str, key: str = "compilation_cache") -> str:
     return directory
 
 
+def use_compilation_cache(cfg) -> None:
+    """JAX's persistent compilation cache in config ``compilation_cache`` (none where it is empty),
+    for programs that take 0.2 s or more to compile."""
+    if cfg.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", compilation_cache(cfg.compilation_cache, cache_key(cfg)))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
 def cache_key(cfg) -> str:
     """Where config ``compilation_cache`` came from: the environment variable LOTTERY_JAX_CACHE (its
     default, conf's interpolation, left as it is), or the key itself (set in a config or override)."""

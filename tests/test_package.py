@@ -2,6 +2,7 @@
 layer above its own. Read from the source with ast, lazy imports inside functions included."""
 
 import ast
+import dataclasses
 import pathlib
 
 LOTTERY = pathlib.Path(__file__).resolve().parents[1] / "lottery"
@@ -142,3 +143,33 @@ def test_result_file_names_are_composed_in_results_paths_only():
         if composed.search(line) or "'metrics.json'" in line or '"metrics.json"' in line
     ]
     assert found == []
+
+
+def test_a_method_reads_only_its_context_and_is_registered_by_its_module_alone():
+    """imp/method.py (issue 34): a method module imports neither the experiment nor the story that
+    runs it (levels, finish), its seams take no experiment (what it reads is ``Context``), and no
+    module names a method module for it to register: ``method.load`` imports each."""
+    import inspect
+
+    from lottery.imp import experiment, method
+
+    method.load()
+    ours = [cls for cls in method.REGISTRY if cls.__module__.startswith("lottery.imp.")]
+    homes = {cls.__module__ for cls in ours}
+    assert homes == {
+        f"lottery.imp.{m}"
+        for m in ("iterative", "at_start", "sparse_training", "transfer", "early_bird", "swamp", "diet")
+    }
+    edges = imports(modules())
+    for home in homes:
+        assert not edges[home] & {"lottery.imp.experiment", "lottery.imp.levels", "lottery.imp.finish"}, home
+    seams = [name for name, value in vars(method.Method).items() if inspect.isfunction(value)]
+    assert {"mask", "start", "ticket", "rewound", "ranking", "after_training", "record", "cost"} <= set(seams)
+    for cls in ours:
+        for name in seams:
+            parameters = inspect.signature(getattr(cls, name)).parameters
+            assert "experiment" not in parameters, f"{cls.__name__}.{name}"
+    importers = {name for name, targets in edges.items() if name not in homes and targets & homes}
+    assert importers == set()  # nothing names a method module (EarlyBird, IMP drawn early, imports iterative's class)
+    assert {f.name for f in dataclasses.fields(method.Context)}.isdisjoint({"tracker", "invocation", "methods"})
+    assert not hasattr(experiment, "at_start") and not hasattr(experiment, "diets")  # no registration imports

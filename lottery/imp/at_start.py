@@ -24,28 +24,28 @@ class AtStart(Method):
     def switch(cfg) -> str:
         return "pruning.prune_at=start"
 
-    def mask(self, experiment, replicate: int, level: int):
+    def mask(self, replicate: int, level: int):
         """The mask of ``level`` scored on θk in ``pruning.rounds`` rounds whose counts shrink
         exponentially from dense to exactly IMP's counts at this level (one round: one shot;
         SynFlow's schedule with more), each round re-scoring under the mask so far."""
-        cfg = experiment.cfg.pruning
-        theta_k = experiment.rewind_point(replicate)
+        c = self.context
+        cfg = c.cfg.pruning
+        theta_k = c.rewind_point(replicate)
         full = masks.full_mask(theta_k["params"])
-        keep = masks.level_counts(full, cfg, experiment.prunable, level)
-        context = experiment.scoring_context(replicate, level, theta_k, full)
+        keep = masks.level_counts(full, cfg, c.prunable, level)
+        context = c.scoring_context(replicate, level, theta_k, full)
         return criteria.iterate_to_counts(
-            cfg.criterion, context, masks.groups(experiment.prunable, cfg.strategy), keep, cfg.rounds
+            cfg.criterion, context, masks.groups(c.prunable, cfg.strategy), keep, cfg.rounds
         )
 
-    def ranking(self, experiment, replicate: int, level: int):
+    def ranking(self, replicate: int, level: int):
         """θk, dense, scored: what the first round ranked (the invert control)."""
-        weights = experiment.rewind_point(replicate)
+        c = self.context
+        weights = c.rewind_point(replicate)
         survivors = masks.full_mask(weights["params"])
-        scores = criteria.score(
-            experiment.cfg.pruning.criterion, experiment.scoring_context(replicate, level, weights, survivors)
-        )
+        scores = criteria.score(c.cfg.pruning.criterion, c.scoring_context(replicate, level, weights, survivors))
         return scores, survivors
 
-    def cost(self, experiment, level: int, start: int, end: int, copies: int):
+    def cost(self, level: int, start: int, end: int, copies: int):
         """One training, θk's k steps included."""
-        return experiment.rewind + end - start
+        return self.context.rewind + end - start

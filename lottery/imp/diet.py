@@ -256,14 +256,14 @@ def random_scores(cfg, examples: int) -> np.ndarray:
 class Store:
     """The shared scores of one (model, data, optimizer, training, seed, score, step, networks)."""
 
-    def __init__(self, experiment):
-        cfg, p = experiment.cfg, plan_of(experiment)
+    def __init__(self, d: "Diet"):
+        cfg, p = d.context.cfg, d.plan
         self.identity = {
-            **dense_identity(cfg, experiment.data_fingerprint, backend.kind()),
+            **dense_identity(cfg, d.context.data_fingerprint, backend.kind()),
             "diet": {"score": p.score, "score_at": p.score_at, "networks": p.networks},
         }
         name = f"{cfg.model.name}-{cfg.dataset.name}-{p.score}-{digest(self.identity)}"
-        self.directory = paths.diet_store(experiment.directory, name)
+        self.directory = paths.diet_store(d.context.directory, name)
         self.scores = os.path.join(self.directory, "scores.npy")
         self.metrics = paths.metrics_file(self.directory)
         self.networks = os.path.join(self.directory, "networks")  # scoring in progress (``compute``)
@@ -272,20 +272,20 @@ class Store:
         return os.path.isfile(self.metrics) and os.path.isfile(self.scores)
 
 
-def scores(experiment, say=print) -> np.ndarray:
+def scores(d: "Diet", say=print) -> np.ndarray:
     """The experiment's scores: read from ``diet.scores``, drawn (random), or the shared store's
     (computed there first where it has none, under its lock)."""
-    p = plan_of(experiment)
+    p = d.plan
     if p.file is not None:
         if file_digest(p.file, "diet.scores") != p.digest:  # the experiment's hash holds the content it began with
             raise LotteryError(
                 f"diet.scores: {p.file}: changed since this run began (its content is part of the "
                 "experiment's hash); run again to use the new scores as another experiment"
             )
-        return read_scores(p.file, p.examples, experiment.data_fingerprint)
+        return read_scores(p.file, p.examples, d.context.data_fingerprint)
     if p.score == "random":
-        return random_scores(experiment.cfg, p.examples)
-    store = Store(experiment)
+        return random_scores(d.context.cfg, p.examples)
+    store = Store(d)
     if not all(hosts.agree(int(store.complete()))):
         lock = open_locked(
             store.directory,
@@ -296,14 +296,14 @@ def scores(experiment, say=print) -> np.ndarray:
         )
         try:
             if not all(hosts.agree(int(store.complete()))):
-                compute(experiment, store, say)
+                compute(d, store, say)
         finally:
             if lock is not None:
                 lock.close()
     else:
         write_once(os.path.join(store.directory, IDENTITY), store.identity, "data diet's scores")
     verify(store)
-    return read_scores(store.scores, p.examples, experiment.data_fingerprint)
+    return read_scores(store.scores, p.examples, d.context.data_fingerprint)
 
 
 def verify(store: Store) -> Optional[str]:
@@ -327,13 +327,13 @@ def stop_if_asked():
         raise loop.PREEMPTION.stop("stopped while waiting for the data diet's scores")
 
 
-def compute(experiment, store: Store, say) -> None:
+def compute(d: "Diet", store: Store, say) -> None:
     """Train ``networks`` dense networks for ``score_at`` steps, score every example with each, and
     write their mean (scores.npy, then metrics.json: the store is complete once that exists). Each
     network's trained weights and then its scores are kept in ``networks/`` as they are done, and
     training is checkpointed: an interrupted scoring (Ctrl-C, kill -9) resumes from what it kept,
     and the mean is bitwise the one an uninterrupted scoring writes."""
-    p, began = plan_of(experiment), time.time()
+    p, began = d.plan, time.time()
     trained_dir = lambda i: os.path.join(store.networks, str(i))
     scored = lambda i: os.path.join(store.networks, f"{i}.npy")
     kept = [i for i in range(p.networks) if os.path.isfile(scored(i)) or os.path.isdir(trained_dir(i))]
@@ -342,12 +342,12 @@ def compute(experiment, store: Store, say) -> None:
         f"diet: scoring the {p.examples} training examples by {p.score} with {p.networks} dense networks at step "
         f"{p.score_at} ({os.path.basename(store.directory)}){resuming}"
     )
-    train_networks(experiment, store, [i for i in range(p.networks) if i not in kept], trained_dir, say)
+    train_networks(d, store, [i for i in range(p.networks) if i not in kept], trained_dir, say)
     each = []
     for i in range(p.networks):
         if not all(hosts.agree(int(os.path.isfile(scored(i))))):
-            weights = load_tree(trained_dir(i), experiment.template("trained"), owner=trained_dir(i))
-            values = example_scores(experiment.trainer, weights, p.score)
+            weights = load_tree(trained_dir(i), d.context.template("trained"), owner=trained_dir(i))
+            values = example_scores(d.context.trainer, weights, p.score)
             if hosts.primary():
                 write_whole(scored(i), lambda partial: _save(partial, values))
             hosts.barrier(f"diet network {scored(i)}")
@@ -363,12 +363,12 @@ def compute(experiment, store: Store, say) -> None:
             "score_at": p.score_at,
             "networks": p.networks,
             "examples": p.examples,
-            "data_fingerprint": experiment.data_fingerprint,
+            "data_fingerprint": d.context.data_fingerprint,
             "network_means": [float(np.mean(s)) for s in each],
             "scoring_steps": p.networks * p.score_at,
             "seconds": time.time() - began,
             "program": program(
-                experiment.trainer.host_loop, experiment.cfg.mesh, experiment.trainer.width, backend.deterministic_ops()
+                d.context.trainer.host_loop, d.context.cfg.mesh, d.context.trainer.width, backend.deterministic_ops()
             ),
             "scores_digest": file_digest(store.scores, "diet scores"),
         },
@@ -378,25 +378,25 @@ def compute(experiment, store: Store, say) -> None:
     hosts.barrier(f"diet scores {store.directory}")
 
 
-def train_networks(experiment, store: Store, numbers, trained_dir, say) -> None:
+def train_networks(d: "Diet", store: Store, numbers, trained_dir, say) -> None:
     """The scoring networks ``numbers`` trained ``score_at`` steps as one group (checkpointed in the
     store), each kept as ``networks/<i>/`` (its weights and batch statistics), which appears whole."""
     if not numbers:
         return
-    p = plan_of(experiment)
+    p = d.plan
     networks = []
     for i in numbers:
-        keys = experiment.keys(FIRST + i)
+        keys = d.context.keys(FIRST + i)
         networks.append(
             Network(
-                FIRST + i, "ticket", trained_dir(i), experiment.dense_start(FIRST + i), keys["data"], keys["augment"]
+                FIRST + i, "ticket", trained_dir(i), d.context.dense_start(FIRST + i), keys["data"], keys["augment"]
             )
         )
     states, checkpoints = training.stack([network.state for network in networks]), None
     if p.score_at > 0:
         checkpoints = loop.group_checkpoints(store.directory, "scoring", 0, networks, 0, p.score_at)
         states, _, _, _ = loop.train(
-            experiment.trainer,
+            d.context.trainer,
             states,
             networks,
             0,
@@ -404,7 +404,7 @@ def train_networks(experiment, store: Store, numbers, trained_dir, say) -> None:
             p.score_at,
             lambda n: None,
             eval_every=p.score_at,
-            checkpoint_every=experiment.checkpoint_every,
+            checkpoint_every=d.context.checkpoint_every,
             evaluate=False,
             checkpoints=checkpoints,
             say=say,
@@ -517,15 +517,15 @@ def _ranking(scores: np.ndarray, subset: str) -> np.ndarray:
     return np.lexsort((np.arange(len(scores)), scores if subset == "easy" else -scores.astype(np.float64)))
 
 
-def subset(experiment, directory: str, say=print) -> np.ndarray:
+def subset(d: "Diet", directory: str, say=print) -> np.ndarray:
     """The examples the dense run in ``directory`` pre-trains on: chosen from the scores the first
     time and kept there (``SUBSET``), read from there after, so that a dense run resumed, or asked
     for another rewind step, pre-trains on what it began with whatever happened to the scores since
     (recomputed by another program, say). Not kept where ``directory`` does not exist."""
     path = os.path.join(directory, SUBSET)
     if all(hosts.agree(int(os.path.isfile(path)))):
-        return read_subset(path, plan_of(experiment))
-    chosen = choose(scores(experiment, say), plan_of(experiment), experiment.trainer.train_host[1])
+        return read_subset(path, d.plan)
+    chosen = choose(scores(d, say), d.plan, d.context.trainer.train_host[1])
     if hosts.primary() and os.path.isdir(directory):
         write_whole(path, lambda partial: _save(partial, chosen))
     hosts.barrier(f"diet subset {path}")
@@ -556,26 +556,26 @@ def read_subset(path: str, p: Plan) -> np.ndarray:
     return chosen.astype(np.int32)
 
 
-def record(experiment, dense_directory: str, say=print) -> None:
+def record(d: "Diet", dense_directory: str, say=print) -> None:
     """``diet.json`` and ``diet_subset.npy`` in the experiment's directory, once: what its diet chose
     (the subset its dense run in ``dense_directory`` kept)."""
-    path = os.path.join(experiment.directory, RECORD)
+    path = os.path.join(d.context.directory, RECORD)
     if all(hosts.agree(int(os.path.isfile(path)))):  # every process takes the same path (scores may train)
-        built_on_other_scores(experiment, path, say)
+        built_on_other_scores(d, path, say)
         return
-    p = plan_of(experiment)
-    values = scores(experiment, say)
-    labels = np.asarray(experiment.trainer.train_host[1])
-    chosen = subset(experiment, dense_directory, say)
+    p = d.plan
+    values = scores(d, say)
+    labels = np.asarray(d.context.trainer.train_host[1])
+    chosen = subset(d, dense_directory, say)
     if hosts.primary():  # the indices first: diet.json, written last, says both are there
-        write_whole(os.path.join(experiment.directory, SUBSET), lambda partial: _save(partial, chosen))
-    source = p.file if p.file is not None else None if p.score == "random" else Store(experiment).scores
+        write_whole(os.path.join(d.context.directory, SUBSET), lambda partial: _save(partial, chosen))
+    source = p.file if p.file is not None else None if p.score == "random" else Store(d).scores
     trained = source is not None and p.file is None  # scoring networks trained for these scores
     write_json(
         path,
         {
             "score": p.score,
-            "scores": None if source is None else os.path.relpath(source, os.path.dirname(experiment.directory)),
+            "scores": None if source is None else os.path.relpath(source, os.path.dirname(d.context.directory)),
             "scores_digest": None if source is None else file_digest(source, "diet scores"),
             "score_at": p.score_at if trained else None,
             "networks": p.networks if trained else None,
@@ -592,14 +592,14 @@ def record(experiment, dense_directory: str, say=print) -> None:
     )
 
 
-def built_on_other_scores(experiment, path: str, say) -> None:
+def built_on_other_scores(d: "Diet", path: str, say) -> None:
     """Asked again: where the shared store now holds other scores than those this experiment's
     diet chose from (computed again since, by another program, or replaced), say so once a run."""
     recorded = read_json(path, ("scores_digest",))
-    p = plan_of(experiment)
+    p = d.plan
     if p.file is not None or p.score == "random" or recorded["scores_digest"] is None:
         return  # a scores file is in the experiment's hash; random scores are the seed's
-    store = Store(experiment)
+    store = Store(d)
     if not os.path.isfile(store.scores):
         return
     now = file_digest(store.scores, "diet scores")
@@ -610,9 +610,14 @@ def built_on_other_scores(experiment, path: str, say) -> None:
         )
 
 
+def of(experiment) -> "Diet":
+    """The diet of an experiment that has one (its method: ``context`` and ``plan``)."""
+    return next(m for m in experiment.methods if isinstance(m, Diet))
+
+
 def plan_of(experiment) -> Plan:
     """The plan of an experiment that has a diet."""
-    return next(m.plan for m in experiment.methods if isinstance(m, Diet))
+    return of(experiment).plan
 
 
 @method
@@ -623,40 +628,38 @@ class Diet(Method):
     makes_tickets = False  # it changes the dense network the tickets rewind to
     works_with = ("IMP", "AtStart", "EarlyBird")  # those that rewind to the dense network's θk
 
+    check_settings = staticmethod(check)  # its settings' checks that need no data
+
     @staticmethod
     def switch(cfg) -> str:
         return f"diet.score={cfg.diet.score}" if cfg.diet.score is not None else f"diet.scores={cfg.diet.scores}"
 
-    def __init__(self, plan: Plan):
-        self.plan, self.trainer = plan, None
+    def __init__(self, context):
+        super().__init__(context)
+        trainer = context.trainer
+        self.plan = plan(
+            context.cfg,
+            len(trainer.train_host[0]),
+            trainer.iterations_per_epoch,
+            trainer.batch_size,
+            context.end,
+            context.rewind,
+            context.data_fingerprint,
+        )
+        self.trainer = None
 
     @staticmethod
     def chosen(cfg) -> bool:
         return enabled(cfg)
 
-    @classmethod
-    def build(cls, experiment) -> "Diet":
-        trainer = experiment.trainer
-        return cls(
-            plan(
-                experiment.cfg,
-                len(trainer.train_host[0]),
-                trainer.iterations_per_epoch,
-                trainer.batch_size,
-                experiment.end,
-                experiment.rewind,
-                experiment.data_fingerprint,
-            )
-        )
-
     def dense_identity(self) -> dict:
         return {"diet": self.plan.dense}
 
-    def level_0_trainer(self, experiment, trainer, dense_directory: str, say):
+    def level_0_trainer(self, trainer, dense_directory: str, say):
         """Its pre-training steps on the subset the dense run keeps (chosen the first time)."""
         if self.trainer is None:
-            self.trainer = trainer.with_diet(subset(experiment, dense_directory, say), self.plan.pretrain)
+            self.trainer = trainer.with_diet(subset(self, dense_directory, say), self.plan.pretrain)
         return self.trainer
 
-    def level_0(self, experiment, dense_directory: str, say) -> None:
-        record(experiment, dense_directory, say)  # what the dense runs pre-trained on: diet.json
+    def level_0(self, dense_directory: str, say) -> None:
+        record(self, dense_directory, say)  # what the dense runs pre-trained on: diet.json

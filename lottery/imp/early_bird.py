@@ -28,9 +28,9 @@ import jax
 import numpy as np
 
 from lottery.errors import LotteryError
-from lottery.imp import dense
+
 from lottery.imp.iterative import IMP
-from lottery.imp.method import Outcome, method
+from lottery.imp.method import Context, Outcome, method
 from lottery.pruning import criteria, masks
 from lottery.results.store import fresh, load_tree, read_json, save_tree, write_json
 from lottery.step import Step
@@ -76,43 +76,43 @@ def settled(distances: Sequence[float], epsilon: float, window: int) -> Optional
     return None
 
 
-def every(experiment) -> int:
-    value = Step.length(experiment.cfg.early_bird.every, experiment.trainer.iterations_per_epoch, "early_bird.every")
-    if value >= experiment.end:  # the end itself is the last check: with no check before it, nothing is drawn early
+def every(context) -> int:
+    value = Step.length(context.cfg.early_bird.every, context.trainer.iterations_per_epoch, "early_bird.every")
+    if value >= context.end:  # the end itself is the last check: with no check before it, nothing is drawn early
         raise LotteryError(
-            f"early_bird.every={experiment.cfg.early_bird.every} ({value} iterations) leaves no check "
-            f"before the end of training (training.steps={experiment.cfg.training.steps}, "
-            f"{experiment.end} iterations); use a shorter interval"
+            f"early_bird.every={context.cfg.early_bird.every} ({value} iterations) leaves no check "
+            f"before the end of training (training.steps={context.cfg.training.steps}, "
+            f"{context.end} iterations); use a shorter interval"
         )
     return value
 
 
-def check_steps(experiment, start: int, end: int) -> List[int]:
+def check_steps(context: Context, start: int, end: int) -> List[int]:
     """The steps of [start, end) at which a level's masks are compared (the end is the last check)."""
-    return list(range(start + every(experiment), end, every(experiment)))
+    return list(range(start + every(context), end, every(context)))
 
 
 class Draws:
     """The masks a level's weights would give the next level, check by check, until they settle."""
 
-    def __init__(self, experiment, survivors):
-        self.experiment, self.survivors = experiment, survivors
+    def __init__(self, context: Context, survivors):
+        self.context, self.survivors = context, survivors
         self.masks, self.steps, self.distances, self.found = [], [], [], None
 
     def add(self, step: int, params) -> bool:
         """The check at ``step`` with the level's weights there; True once the masks have settled."""
-        self.masks.append(criteria.prune(params, self.survivors, self.experiment.cfg.pruning, self.experiment.prunable))
+        self.masks.append(criteria.prune(params, self.survivors, self.context.cfg.pruning, self.context.prunable))
         self.steps.append(step)
         if len(self.masks) > 1:
-            self.distances.append(distance(self.masks[-2], self.masks[-1], self.experiment.prunable))
-        cfg = self.experiment.cfg.early_bird
+            self.distances.append(distance(self.masks[-2], self.masks[-1], self.context.prunable))
+        cfg = self.context.cfg.early_bird
         self.found = settled(self.distances, cfg.epsilon, cfg.window)
         return self.found is not None
 
     def result(self, end: int) -> Tuple[dict, dict]:
         """The mask drawn (the settled one, else the last) and the record of the draw."""
         index = self.found if self.found is not None else len(self.masks) - 1
-        cfg = self.experiment.cfg.early_bird
+        cfg = self.context.cfg.early_bird
         return self.masks[index], {
             "step": self.steps[index],
             "reached": self.found is not None,
@@ -124,10 +124,10 @@ class Draws:
         }
 
 
-def draw(experiment, survivors, weights: Sequence[Tuple[int, dict]], end: int) -> Tuple[dict, dict]:
+def draw(context: Context, survivors, weights: Sequence[Tuple[int, dict]], end: int) -> Tuple[dict, dict]:
     """The next level's mask from a level's ``weights`` at its checks ((step, params), in order,
     the last at the end of training), and the record of the draw."""
-    draws = Draws(experiment, survivors)
+    draws = Draws(context, survivors)
     for step, params in weights:
         if draws.add(step, params):
             break
@@ -143,32 +143,32 @@ def save(directory: str, mask, record: dict) -> None:
     os.rename(work, target)
 
 
-def load(experiment, level_dir: str):
+def load(context: Context, level_dir: str):
     """A level's early-bird mask (the next level's), or None where it has none yet."""
     target = os.path.join(level_dir, DIRECTORY)
     if not os.path.isdir(target):
         return None
     read_json(paths.metrics_file(target), KEYS)
-    return load_tree(os.path.join(target, "mask"), masks.full_mask(experiment.trainer.init_params))
+    return load_tree(os.path.join(target, "mask"), masks.full_mask(context.trainer.init_params))
 
 
-def probe_level_0(experiment, replicate: int, dense_directory: str, say=print) -> None:
+def probe_level_0(context: Context, replicate: int, dense_directory: str, say=print) -> None:
     """Level 0's draw: the dense network (of the run in ``dense_directory``) trained again from θ0,
     check by check, until its masks settle (or to the end), its early-bird mask saved in
     ``level_0/early_bird/``."""
-    end, keys = experiment.end, experiment.keys(replicate)
+    end, keys = context.end, context.keys(replicate)
     network = Network(
         replicate,
         "ticket",
-        experiment.level_dir(replicate, 0),
-        experiment.dense_start(replicate),
+        context.level_dir(replicate, 0),
+        context.dense_start(replicate),
         keys["data"],
         keys["augment"],
     )
     state, step = training.stack([network.state]), 0
-    draws = Draws(experiment, masks.full_mask(experiment.trainer.init_params))
-    trainer = experiment.level_0_trainer(dense_directory, say)  # with a data diet's pre-training (diet.py)
-    for stop in check_steps(experiment, 0, end) + [end]:
+    draws = Draws(context, masks.full_mask(context.trainer.init_params))
+    trainer = context.level_0_trainer(dense_directory, say)  # with a data diet's pre-training (diet.py)
+    for stop in check_steps(context, 0, end) + [end]:
         state, _, _, _ = loop.train(
             trainer,
             state,
@@ -185,7 +185,7 @@ def probe_level_0(experiment, replicate: int, dense_directory: str, say=print) -
         if draws.add(step, jax.device_get(training.unstack(state, 0)["params"])):
             break
     mask, record = draws.result(end)
-    save(experiment.level_dir(replicate, 0), mask, record)
+    save(context.level_dir(replicate, 0), mask, record)
     say(
         f"level 0, replicate {replicate}: early-bird mask drawn at step {record['step']} of {end}"
         + ("" if record["reached"] else " (the masks never settled: the end of training)")
@@ -202,6 +202,8 @@ class EarlyBird(IMP):
     honours = frozenset({"retrain", "rewind_optimizer"})
     ranks = False  # drawn from earlier weights than the previous level's final ones, which invert reverses
 
+    check_settings = staticmethod(check)  # its settings' checks that need no data
+
     @staticmethod
     def switch(cfg) -> str:
         return "early_bird.enabled=true"
@@ -210,19 +212,19 @@ class EarlyBird(IMP):
     def chosen(cfg) -> bool:
         return cfg.early_bird.enabled
 
-    @classmethod
-    def build(cls, experiment) -> "EarlyBird":
-        every(experiment)  # a bad interval is refused now, not after the dense level 0
-        return cls()
+    def __init__(self, context: Context):
+        super().__init__(context)
+        every(context)  # a bad interval is refused now, not after the dense level 0
 
-    def mask(self, experiment, replicate: int, level: int):
+    def mask(self, replicate: int, level: int):
         """Level ``level``'s mask as the previous level drew it; level 0's by a probe of the dense
         training, run here the first time it is asked for."""
-        previous = experiment.level_dir(replicate, level - 1)
-        mask = load(experiment, previous)
+        c = self.context
+        previous = c.level_dir(replicate, level - 1)
+        mask = load(c, previous)
         if mask is None and level == 1:
-            probe_level_0(experiment, replicate, dense.Dense(experiment).directory)
-            mask = load(experiment, previous)
+            probe_level_0(c, replicate, c.dense_directory())
+            mask = load(c, previous)
         if mask is None:
             raise LotteryError(
                 f"{previous}: has no early_bird/ draw (trained without early_bird.enabled); delete it and "
@@ -230,10 +232,10 @@ class EarlyBird(IMP):
             )
         return mask
 
-    def keep_steps(self, experiment, networks, start: int, end: int) -> List[int]:
-        return check_steps(experiment, start, end)  # every level draws the next (the last too: levels may grow)
+    def keep_steps(self, networks, start: int, end: int) -> List[int]:
+        return check_steps(self.context, start, end)  # every level draws the next (the last too: levels may grow)
 
-    def after_training(self, experiment, networks, states, kept, histories, end: int):
+    def after_training(self, networks, states, kept, histories, end: int):
         """Each ticket's draw from its weights at each check, then at the end."""
         out = {}
         for i, network in enumerate(networks):
@@ -242,7 +244,7 @@ class EarlyBird(IMP):
                 weights = [(s, training.unstack(kept[s], i)["params"]) for s in sorted(kept)] + [
                     (end, finished["params"])
                 ]
-                drawn_mask, record = draw(experiment, network.state["mask"], weights, end)
+                drawn_mask, record = draw(self.context, network.state["mask"], weights, end)
                 out[i] = Outcome(
                     record={"early_bird": record}, save=lambda work_dir, m=drawn_mask, r=record: save(work_dir, m, r)
                 )

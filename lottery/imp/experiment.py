@@ -6,6 +6,7 @@ starts); ``prepare`` loads the data, builds the trainer and names the directory,
 """
 
 import dataclasses
+import functools
 import math
 import os
 import shutil
@@ -20,12 +21,9 @@ from lottery import hosts, models, tracking
 from lottery.analysis import objective
 from lottery.config import check_unused
 from lottery.errors import LotteryError
-from lottery.imp import at_start, iterative, sparse_training  # noqa: F401 (each registers its method)
-from lottery.imp import diet as diets
-from lottery.imp import early_bird, swamp, transfer
 from lottery.imp import method as methods
-from lottery.imp.method import Method
-from lottery.pruning import controls, criteria, masks, sparse
+from lottery.imp.method import Context, Method
+from lottery.pruning import controls, criteria, masks
 from lottery.pruning import structure as structures
 from lottery.results import identity, paths
 from lottery.results.invocations import INVOCATIONS, Invocation
@@ -105,7 +103,7 @@ class Experiment:
         if level == 0:
             return self.end
         copies = math.prod(m.copies for m in self.methods)
-        return self.method.cost(self, level, *self.segment(level), copies)
+        return self.method.cost(level, *self.segment(level), copies)
 
     def trains(self, level: int) -> bool:
         """Whether ``level`` is trained (level 0 always; sparse training may train only some)."""
@@ -128,7 +126,7 @@ class Experiment:
         pre-training steps on the subset that run keeps (chosen the first time: diet.py)."""
         trainer = self.trainer
         for method in self.methods:
-            trainer = method.level_0_trainer(self, trainer, dense_directory, say)
+            trainer = method.level_0_trainer(trainer, dense_directory, say)
         return trainer
 
     def level_dir(self, replicate: int, level: int) -> str:
@@ -162,6 +160,33 @@ class Experiment:
     def rewind_point(self, replicate: int) -> dict:
         """θk of ``replicate``: the dense level 0's state at the rewind step."""
         return self.load(self.level_dir(replicate, 0), "rewind_point")
+
+    @functools.cached_property
+    def context(self) -> Context:
+        """What its methods read of it (imp/method.py), and nothing else."""
+        from lottery.imp import dense
+
+        return Context(
+            cfg=self.cfg,
+            trainer=self.trainer,
+            prunable=self.prunable,
+            structure=self.structure,
+            end=self.end,
+            rewind=self.rewind,
+            checkpoint_every=self.checkpoint_every,
+            directory=self.directory,
+            data_fingerprint=self.data_fingerprint,
+            keys=self.keys,
+            sparse_key=self.sparse_key,
+            dense_start=self.dense_start,
+            level_dir=self.level_dir,
+            template=self.template,
+            load=self.load,
+            rewind_point=self.rewind_point,
+            scoring_context=self.scoring_context,
+            dense_directory=lambda: dense.Dense(self).directory,
+            level_0_trainer=self.level_0_trainer,
+        )
 
     def announce_other_directories(self, say) -> None:
         """Where this experiment's results may already lie under another directory: an older
@@ -220,13 +245,8 @@ def check(cfg) -> None:
     if cfg.training.stack != "auto":
         training.stack_width(cfg.training.stack)
     criteria.check(cfg)
-    transfer.check(cfg)
-    sparse.check(cfg)
-    swamp.check(cfg)
-    early_bird.check(cfg)
-    diets.check(cfg)
     structures.check(cfg)
-    methods.check(cfg)  # what the chosen methods declare they honour and work with: one check
+    methods.check(cfg)  # each method's own settings, then what the chosen ones declare they honour and work with
     if any(level > cfg.levels for level in cfg.sparsity.levels):
         raise LotteryError(f"sparsity.levels={list(cfg.sparsity.levels)} must be levels 1..{cfg.levels}")
     if cfg.retrain not in RETRAIN:
@@ -304,7 +324,7 @@ def prepare(cfg) -> Experiment:
         # densities; a structured experiment's follow its units (checked after training, as they are reached)
         full = masks.full_mask(trainer.init_params)
         objective.check_reach(cfg, masks.level_densities(full, cfg.pruning, prunable, cfg.levels))
-    cfg = transfer.resolve(cfg, data.fingerprint, rewind)  # a transfer's source by its directory
+    cfg = methods.resolve(cfg, data.fingerprint, rewind)  # a transfer's source by its directory
     directory = paths.experiment_directory(cfg, data.fingerprint)
     tracker = tracking.Tracker(cfg, directory, enabled=hosts.primary())  # process 0 logs for all
     experiment = Experiment(
@@ -325,5 +345,5 @@ def prepare(cfg) -> Experiment:
     )
     shapes = {name: np.shape(leaf) for name, leaf in masks.flatten(trainer.init_params).items()}
     experiment.structure = structures.Structure(cfg.pruning, prunable, models.units(cfg.model, shapes), shapes)
-    experiment.methods = methods.choose(experiment)
+    experiment.methods = methods.choose(experiment.context)
     return experiment

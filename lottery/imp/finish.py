@@ -1,8 +1,10 @@
 """The end of a run, once every level is trained: the results collected, the objective measured,
 W&B's summary and mask similarity, the figures and the table; and the warnings a finished network
-can give (layer collapse, chance accuracy).
+can give (layer collapse, chance accuracy). Also how a run's invocation is recorded from its start
+to its end (finished, preempted, interrupted or failed) and the progress bars it shows meanwhile.
 """
 
+import contextlib
 import os
 import shutil
 import sys
@@ -10,12 +12,16 @@ from typing import List, Optional
 
 import numpy as np
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lottery import hosts
+from lottery import backend, hosts
+from lottery.errors import Preempted
+from lottery.training import loop
 from lottery.analysis import figures, objective, runs, tables, tickets
 from lottery.imp.experiment import Experiment
 from lottery.pruning import controls, masks
 from lottery.results import paths
+from lottery.results.invocations import Invocation, program
 from lottery.results.metrics import LMC_KEYS, NETWORK_KEYS
 from lottery.results.store import read_json
 
@@ -25,6 +31,44 @@ class Results(list):
     the value of the objective config ``objective`` names (None: none, or not process 0)."""
 
     objective: Optional[float] = None
+
+
+@contextlib.contextmanager
+def recorded(experiment, console: Console):
+    """This invocation's record in invocations.jsonl (``experiment.invocation``) around its levels:
+    its program (with a note where results here were trained by another), then how it ended."""
+    cfg, trainer = experiment.cfg, experiment.trainer
+    invocation = experiment.invocation = Invocation(
+        experiment.directory,
+        cfg,
+        program(trainer.host_loop, cfg.mesh, trainer.width, backend.deterministic_ops()),  # set before JAX started
+        write=hosts.primary(),
+    )
+    if paths.replicates(experiment.directory):
+        invocation.note_other_programs(console.print)
+    record_sweep_job(experiment.directory)
+    try:
+        yield invocation
+    except Preempted:
+        experiment.tracker.abort()
+        invocation.end("preempted")
+        loop.PREEMPTION.pass_on()  # under submitit: requeue the job and exit (SystemExit)
+        raise
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, nothing failed
+        experiment.tracker.abort()
+        invocation.end("interrupted")
+        raise
+    except BaseException as error:
+        experiment.tracker.abort()
+        invocation.end(f"failed: {type(error).__name__}: {error}".splitlines()[0])
+        raise
+    invocation.end("finished")
+
+
+def progress(console: Console, enabled: bool) -> Progress:
+    """The bars of the levels being trained (none where ``enabled`` is false or the console quiet)."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, TimeRemainingColumn(), console=console, disable=not enabled or console.quiet)
 
 
 def finish(experiment, console: Console, trained: int) -> Results:

@@ -24,27 +24,27 @@ class IMP(Method):
     def chosen(cfg) -> bool:
         return True
 
-    def mask(self, experiment, replicate: int, level: int):
-        scores, survivors = self.ranking(experiment, replicate, level)
-        return experiment.structure.prune(scores, survivors, level)
+    def mask(self, replicate: int, level: int):
+        scores, survivors = self.ranking(replicate, level)
+        return self.context.structure.prune(scores, survivors, level)
 
-    def ranking(self, experiment, replicate: int, level: int):
+    def ranking(self, replicate: int, level: int):
         """The previous level's trained weights under its mask, scored by ``pruning.criterion``."""
-        previous = experiment.level_dir(replicate, level - 1)
-        survivors = experiment.load(previous, "ticket")["mask"]
-        weights = experiment.load(previous, "trained")
-        scores = criteria.score(
-            experiment.cfg.pruning.criterion, experiment.scoring_context(replicate, level, weights, survivors)
-        )
+        c = self.context
+        previous = c.level_dir(replicate, level - 1)
+        survivors = c.load(previous, "ticket")["mask"]
+        weights = c.load(previous, "trained")
+        scores = criteria.score(c.cfg.pruning.criterion, c.scoring_context(replicate, level, weights, survivors))
         return scores, survivors
 
-    def start(self, experiment, replicate: int, level: int, mask) -> dict:
-        if experiment.cfg.retrain == "rewind":
-            return self.rewound(experiment, replicate, mask)
-        this_level = experiment.level_dir(replicate, level)  # lr_rewind, finetune: the trained weights kept
+    def start(self, replicate: int, level: int, mask) -> dict:
+        c = self.context
+        if c.cfg.retrain == "rewind":
+            return self.rewound(replicate, mask)
+        this_level = c.level_dir(replicate, level)  # lr_rewind, finetune: the trained weights kept
         kept = (
-            experiment.load(this_level, "ticket")
+            c.load(this_level, "ticket")
             if os.path.isdir(this_level)
-            else experiment.load(experiment.level_dir(replicate, level - 1), "trained")
+            else c.load(c.level_dir(replicate, level - 1), "trained")
         )
-        return experiment.trainer.init_state(kept["params"], kept["batch_stats"], mask)
+        return c.trainer.init_state(kept["params"], kept["batch_stats"], mask)

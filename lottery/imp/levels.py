@@ -22,22 +22,12 @@ program, so that a network's bits never depend on what it was trained beside. At
 ``lmc.levels``, two more copies per replicate train from the level's start with different data
 orders, and the test error along the line between them gives the level's instability (``lmc.py``).
 
-Results go to ``<output_dir>/<name>-<hash>/replicate_<r>/level_<L>/``:
-  metrics.json  test accuracy (final and at early stop), densities, the evaluation history
-  ticket/       orbax: the mask and the weights training started from (θk ⊙ mask)
-  trained/      orbax: the weights and batch statistics after training
-  rewind_point/ (level 0) orbax: θk with its batch statistics and optimizer state (level 0 is linked
-                from the shared dense run, ``<output_dir>/dense/``: dense.py, which records what in
-                linked.json)
-  random_reinit/, random_prune/   the controls, laid out the same way
-  lmc/          copy_a/, copy_b/ (orbax: the two trained copies), metrics.json (error along the
-                path at lmc.points points, barrier) and path.png
-Each of these directories appears, by one rename, only when it is complete: re-running the command
-skips finished work and redoes interrupted work; asking for more levels, replicates, controls or
-LMC levels adds to the same experiment. ``config.yaml`` holds the experiment's identity (what the
-hash is of: results/identity.py) and ``invocations.jsonl`` what each invocation asked for, ran on and
-added (results/invocations.py); ``objectives.json`` the values config ``objective`` asked of the
-finished results (analysis/objective.py). The layout is results/paths.py's.
+Results go to ``<output_dir>/<name>-<hash>/replicate_<r>/level_<L>/`` (the layout is results/paths.py's):
+metrics.json, the ticket's start (ticket/: mask and θk ⊙ mask) and end (trained/), each control and
+LMC measurement laid out alike. Each directory appears, by one rename, only when it is complete:
+re-running the command skips finished work and redoes interrupted work; asking for more levels,
+replicates, controls or LMC levels adds to the same experiment. ``config.yaml`` holds its identity
+(results/identity.py), ``invocations.jsonl`` what each invocation asked for, ran on and added.
 """
 
 import os
@@ -46,7 +36,7 @@ from typing import List
 import jax
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from lottery import backend, hosts
 from lottery.analysis import tables
@@ -57,7 +47,6 @@ from lottery.imp.finish import Results
 from lottery.imp.method import Outcome, theta_k_start
 from lottery.pruning import controls, masks
 from lottery.results import identity, metrics as result_metrics, paths
-from lottery.results.invocations import Invocation, program
 from lottery.results.metrics import NETWORK_KEYS
 from lottery.results.store import fresh, open_locked, read_json, save_tree, write_json
 from lottery.training import trainer as training
@@ -70,11 +59,7 @@ def run(cfg, console: Console = None) -> Results:
     console = console or tables.console()
     backend.deterministic(cfg.deterministic)  # before JAX's first computation, as:
     hosts.initialize(cfg.distributed)
-    if cfg.compilation_cache:
-        jax.config.update(
-            "jax_compilation_cache_dir", backend.compilation_cache(cfg.compilation_cache, backend.cache_key(cfg))
-        )
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    backend.use_compilation_cache(cfg)
     backend.announce(console.print)  # what the run computes on; a warning when a GPU machine computes on its CPU
     experiment = prepare(cfg)
     cfg = experiment.cfg  # as prepared (a transfer's source resolved)
@@ -99,62 +84,22 @@ def run(cfg, console: Console = None) -> Results:
 def run_locked(experiment: Experiment, console: Console) -> Results:
     """Every level in turn, under the experiment's lock, then the results: table, figures, objective."""
     cfg = experiment.cfg
-    trainer, deterministic = experiment.trainer, backend.deterministic_ops()  # set by run, before JAX started
-    invocation = experiment.invocation = Invocation(
-        experiment.directory,
-        cfg,
-        program(trainer.host_loop, cfg.mesh, trainer.width, deterministic),
-        write=hosts.primary(),
-    )
-    if invocation.other_programs() and paths.replicates(experiment.directory):
-        others = "; ".join(", ".join(f"{k} {v}" for k, v in p.items()) for p in invocation.other_programs())
-        now = ", ".join(f"{k} {v}" for k, v in invocation.program.items())
-        console.print(
-            f"note: results in {experiment.directory} were also trained by another program ({others}); "
-            f"this invocation trains with {now}: their bits are not comparable (docs/reproducibility.md)"
-        )
-    finish.record_sweep_job(experiment.directory)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
     trained = 0  # networks trained by this invocation
-    try:
-        with (
-            loop.PREEMPTION,
-            Progress(*columns, console=console, disable=not cfg.progress or console.quiet) as progress,
-        ):
-            for level in range(cfg.levels + 1):
-                hosts.barrier(f"level {level}")  # what process 0 finished is on disk for everyone
-                if level == 0:
-                    trained += dense_level(experiment, progress)
-                elif experiment.trains(level):
-                    trained += train_level(experiment, level, progress)
-                if cfg.lmc.between_levels and level > 0 and experiment.trains(level):
-                    hosts.barrier(f"lmc levels {level}")
-                    lmc.between_levels(experiment, level, progress.console.print)
-                if level in cfg.lmc.levels:
-                    hosts.barrier(f"lmc {level}")
-                    trained += lmc.run(experiment, level, progress, lambda r: lmc_start(experiment, r, level))
-                if loop.PREEMPTION.agreed() and level < cfg.levels:
-                    raise loop.PREEMPTION.stop(f"stopped after level {level}")
-    except Preempted:
-        experiment.tracker.abort()
-        invocation.end("preempted")
-        loop.PREEMPTION.pass_on()  # under submitit: requeue the job and exit (SystemExit)
-        raise
-    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, nothing failed
-        experiment.tracker.abort()
-        invocation.end("interrupted")
-        raise
-    except BaseException as error:
-        experiment.tracker.abort()
-        invocation.end(f"failed: {type(error).__name__}: {error}".splitlines()[0])
-        raise
-    invocation.end("finished")
+    with finish.recorded(experiment, console), loop.PREEMPTION, finish.progress(console, cfg.progress) as progress:
+        for level in range(cfg.levels + 1):
+            hosts.barrier(f"level {level}")  # what process 0 finished is on disk for everyone
+            if level == 0:
+                trained += dense_level(experiment, progress)
+            elif experiment.trains(level):
+                trained += train_level(experiment, level, progress)
+            if cfg.lmc.between_levels and level > 0 and experiment.trains(level):
+                hosts.barrier(f"lmc levels {level}")
+                lmc.between_levels(experiment, level, progress.console.print)
+            if level in cfg.lmc.levels:
+                hosts.barrier(f"lmc {level}")
+                trained += lmc.run(experiment, level, progress, lambda r: lmc_start(experiment, r, level))
+            if loop.PREEMPTION.agreed() and level < cfg.levels:
+                raise loop.PREEMPTION.stop(f"stopped after level {level}")
     hosts.barrier("finished")
     return finish.finish(experiment, console, trained)
 
@@ -192,7 +137,7 @@ def dense_level(experiment: Experiment, progress: Progress) -> int:
             experiment.tracker.log_level(metrics)
             finish.warn_at_chance(experiment, metrics)
     for method in experiment.methods:  # what a method did to the dense runs (a diet: diet.json)
-        method.level_0(experiment, dense.Dense(experiment).directory, progress.console.print)
+        method.level_0(dense.Dense(experiment).directory, progress.console.print)
     return len(missing)
 
 
@@ -231,7 +176,7 @@ def level_networks(experiment: Experiment, replicate: int, level: int) -> List[N
         return [network("ticket", ticket)]
     networks = [] if ticket_done else [network("ticket", ticket)]
     if networks:
-        networks += [n for m in experiment.methods for n in m.extra_networks(experiment, replicate, level, networks[0])]
+        networks += [n for m in experiment.methods for n in m.extra_networks(replicate, level, networks[0])]
     return networks + [network(c, control_start(experiment, replicate, level, c, ticket)) for c in to_train]
 
 
@@ -240,8 +185,8 @@ def ticket_start(experiment: Experiment, replicate: int, level: int) -> dict:
     θk -- or what the method starts from instead (imp/method.py)."""
     this_level = experiment.level_dir(replicate, level)
     if os.path.isdir(this_level):  # finished; its controls and LMC copies need its start
-        return experiment.method.start(experiment, replicate, level, experiment.load(this_level, "ticket")["mask"])
-    return experiment.method.ticket(experiment, replicate, level)
+        return experiment.method.start(replicate, level, experiment.load(this_level, "ticket")["mask"])
+    return experiment.method.ticket(replicate, level)
 
 
 def control_start(experiment: Experiment, replicate: int, level: int, name: str, ticket: dict) -> dict:
@@ -255,9 +200,9 @@ def control_start(experiment: Experiment, replicate: int, level: int, name: str,
         key=key,
         rng=np.random.default_rng(np.asarray(jax.random.key_data(key))),
         fresh_weights=experiment.initial_weights,
-        rewound=lambda mask: method.rewound(experiment, replicate, mask),
+        rewound=lambda mask: method.rewound(replicate, mask),
         init_state=experiment.trainer.init_state,
-        ranking=lambda: method.ranking(experiment, replicate, level),
+        ranking=lambda: method.ranking(replicate, level),
         structure=experiment.structure,
     )
     return controls.start(name, context)
@@ -266,7 +211,7 @@ def control_start(experiment: Experiment, replicate: int, level: int, name: str,
 def lmc_start(experiment: Experiment, replicate: int, level: int) -> dict:
     """Where an LMC measurement's copies start: θk on level 0, the level's ticket start otherwise."""
     if level == 0:
-        return theta_k_start(experiment, replicate, masks.full_mask(experiment.trainer.init_params))
+        return theta_k_start(experiment.context, replicate, masks.full_mask(experiment.trainer.init_params))
     return ticket_start(experiment, replicate, level)
 
 
@@ -286,7 +231,7 @@ def train_networks(
     kinds = ", ".join(sorted({n.kind for n in networks}))
     task = progress.add_task(f"level {level} ({density:.1%} of weights): {len(networks)} x {kinds}", total=end - start)
     checkpoints = group_checkpoints(experiment.directory, "train", level, networks, start, end)
-    keep = sorted({s for m in experiment.methods for s in m.keep_steps(experiment, networks, start, end)})
+    keep = sorted({s for m in experiment.methods for s in m.keep_steps(networks, start, end)})
     states, histories, kept, seconds = experiment.train(
         states,
         networks,
@@ -299,7 +244,7 @@ def train_networks(
         checkpoints=checkpoints,
         say=progress.console.print,
     )
-    outcomes = [m.after_training(experiment, networks, states, kept, histories, end) for m in experiment.methods]
+    outcomes = [m.after_training(networks, states, kept, histories, end) for m in experiment.methods]
     recorded = ("ticket", *experiment.cfg.controls)  # a method's networks beside a ticket are folded into it
     for i, network in sorted(enumerate(networks), key=lambda item: item[1].kind != "ticket"):  # tickets' dirs first
         if network.kind not in recorded:
@@ -328,7 +273,7 @@ def save_network(
     its methods add (``outcomes`` of training: an early-bird draw, SWAMP's particles)."""
     work_dir = fresh(network.directory + ".partial")
     start_state = jax.device_get(network.state)
-    method_records = [m.record(experiment, network, level, start_state, finished) for m in experiment.methods]
+    method_records = [m.record(network, level, start_state, finished) for m in experiment.methods]
     start_state = experiment.method.saved_start(start_state, finished)
     save_tree(paths.ticket_dir(work_dir), {key: start_state[key] for key in ("mask", "params", "batch_stats")})
     save_tree(paths.trained_dir(work_dir), {key: finished[key] for key in ("params", "batch_stats")})

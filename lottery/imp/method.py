@@ -26,12 +26,17 @@ answered by one module (its class, a subclass of ``Method``, registered with ``@
 Exactly one method makes tickets (``makes_tickets``); the others change how they train (SWAMP) or
 how the dense network they rewind to is trained (diets), and are chosen beside it. ``choose`` reads
 the config once, in ``prepare``; nothing else asks which method runs. Each registered class says
-when it is chosen (``chosen(cfg)``) and builds itself from the experiment (``build``); the modules
-register by being imported (experiment.py imports each).
+when it is chosen (``chosen(cfg)``) and is built from a ``Context``: what it may read of its
+experiment, and nothing else (as a control reads ``controls.Context``). A method registers by being
+imported: every module of ``lottery.imp`` is (``load``), so adding one is its module, its config
+group (config.py) and its tests.
 """
 
 import dataclasses
-from typing import Callable, Dict, List, Optional, Tuple
+import importlib
+import os
+import pkgutil
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from lottery.errors import LotteryError
 from lottery.training import trainer as training
@@ -49,6 +54,33 @@ class Outcome:
     save: Optional[Callable[[str], None]] = None  # writes into the network's directory being made
 
 
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What a method reads of its experiment (built once by ``prepare``; the method keeps it as
+    ``self.context``): its settings, trainer and names, and the few things every level asks of the
+    experiment's results. Nothing else of the experiment (its tracker, invocation, other methods)."""
+
+    cfg: Any  # the experiment's config (a transfer's source resolved)
+    trainer: training.Trainer  # the experiment's (a method with mask updates builds its own from it)
+    prunable: List[str]  # paths of the prunable tensors
+    structure: Any  # pruning.structure.Structure: what a level prunes (weights, units, N:M blocks)
+    end: int  # T, the last step of training
+    rewind: int  # k, the rewind step
+    checkpoint_every: int
+    directory: str  # the experiment's directory
+    data_fingerprint: str
+    keys: Callable[[int], Dict[str, Any]]  # a replicate's PRNG keys (init, data, augment, controls, lmc)
+    sparse_key: Callable[[int, int], Any]  # (replicate, level): sparse training's key
+    dense_start: Callable[[int], dict]  # a replicate's θ0, dense, as a training state
+    level_dir: Callable[[int, int], str]  # (replicate, level) -> its ticket's directory
+    template: Callable[[str], dict]  # what orbax restores a saved ``ticket``/``trained``/... to
+    load: Callable[[str, str], dict]  # (directory, what): one saved tree of a network's directory
+    rewind_point: Callable[[int], dict]  # θk of a replicate, with its optimizer state
+    scoring_context: Callable[..., Any]  # (replicate, level, weights, mask) -> criteria.Context
+    dense_directory: Callable[[], str]  # the shared dense run level 0 links to (dense.py)
+    level_0_trainer: Callable[..., training.Trainer]  # (dense_directory, say): level 0's trainer (a diet's)
+
+
 class Method:
     """The seams of a level, answered as IMP answers them; a method overrides what it changes."""
 
@@ -60,6 +92,9 @@ class Method:
     ranks = False  # its masks come from a ranking that a control can reverse (invert)
     works_with: Tuple[str, ...] = ()  # a method that does not make tickets: the makers it changes
 
+    def __init__(self, context: Context):
+        self.context = context
+
     @staticmethod
     def switch(cfg) -> str:
         """The setting that chose it, as a user wrote it."""
@@ -69,65 +104,72 @@ class Method:
     def chosen(cfg) -> bool:
         return False
 
-    @classmethod
-    def build(cls, experiment) -> "Method":
-        return cls()
+    @staticmethod
+    def check_settings(cfg) -> None:
+        """Its own settings' checks that need no data (run on every config: leftover keys of a
+        method not chosen are config.check_unused's)."""
+
+    @staticmethod
+    def resolve(cfg, data_fingerprint: str, rewind: int):
+        """The config as the chosen method runs it, once the data is known (a transfer's source by
+        its directory): ``cfg`` itself, or a copy."""
+        return cfg
 
     # --- what a level trains ---
 
     def trains(self, level: int) -> bool:
         return True
 
-    def mask(self, experiment, replicate: int, level: int):
+    def mask(self, replicate: int, level: int):
         raise NotImplementedError
 
-    def start(self, experiment, replicate: int, level: int, mask) -> dict:
+    def start(self, replicate: int, level: int, mask) -> dict:
         """The ticket's training state under ``mask``: the survivors rewound to θk."""
-        return self.rewound(experiment, replicate, mask)
+        return self.rewound(replicate, mask)
 
-    def ticket(self, experiment, replicate: int, level: int) -> dict:
+    def ticket(self, replicate: int, level: int) -> dict:
         """An unfinished level's ticket: 1. prune, 2. rewind (or keep the trained weights)."""
-        return self.start(experiment, replicate, level, self.mask(experiment, replicate, level))
+        return self.start(replicate, level, self.mask(replicate, level))
 
-    def rewound(self, experiment, replicate: int, mask) -> dict:
-        return theta_k_start(experiment, replicate, mask)
+    def rewound(self, replicate: int, mask) -> dict:
+        return theta_k_start(self.context, replicate, mask)
 
-    def ranking(self, experiment, replicate: int, level: int):
+    def ranking(self, replicate: int, level: int):
         raise LotteryError("this experiment's tickets are not ranked by a criterion")
 
     updating: Optional[training.Trainer] = None
 
-    def extra_networks(self, experiment, replicate: int, level: int, ticket: Network) -> List[Network]:
+    def extra_networks(self, replicate: int, level: int, ticket: Network) -> List[Network]:
         return []
 
-    def keep_steps(self, experiment, networks: List[Network], start: int, end: int) -> List[int]:
+    def keep_steps(self, networks: List[Network], start: int, end: int) -> List[int]:
         return []
 
     def after_training(
-        self, experiment, networks: List[Network], states, kept: Dict[int, dict], histories, end: int
+        self, networks: List[Network], states, kept: Dict[int, dict], histories, end: int
     ) -> Dict[int, Outcome]:
         return {}
 
     # --- what is recorded ---
 
-    def record(self, experiment, network: Network, level: int, start_state: dict, finished: dict) -> dict:
+    def record(self, network: Network, level: int, start_state: dict, finished: dict) -> dict:
         return {}
 
     def saved_start(self, start_state: dict, finished: dict) -> dict:
         return start_state
 
-    def cost(self, experiment, level: int, start: int, end: int, copies: int) -> Optional[int]:
+    def cost(self, level: int, start: int, end: int, copies: int) -> Optional[int]:
         """IMP's: the dense T and every retraining up to the level (``copies``: SWAMP's particles)."""
-        return experiment.end + level * copies * (end - start)
+        return self.context.end + level * copies * (end - start)
 
     copies = 1  # networks trained for each ticket (SWAMP's particles)
 
     # --- level 0 ---
 
-    def level_0(self, experiment, dense_directory: str, say) -> None:
+    def level_0(self, dense_directory: str, say) -> None:
         pass
 
-    def level_0_trainer(self, experiment, trainer: training.Trainer, dense_directory: str, say) -> training.Trainer:
+    def level_0_trainer(self, trainer: training.Trainer, dense_directory: str, say) -> training.Trainer:
         return trainer
 
     def dense_identity(self) -> dict:
@@ -145,10 +187,25 @@ def method(cls: type) -> type:
     return cls
 
 
-def choose(experiment) -> Tuple[Method, ...]:
-    """The methods of ``experiment.cfg``: the one that makes its tickets first (IMP when no other
-    does), then those that change how they train."""
-    chosen = [cls for cls in REGISTRY if cls.chosen(experiment.cfg)]
+def load() -> None:
+    """Import every module of ``lottery.imp``: each method registers by being imported, in the order
+    of its module's name (the order ``choose`` returns the methods that change how tickets train)."""
+    for module in sorted(m.name for m in pkgutil.iter_modules([os.path.dirname(__file__)])):
+        importlib.import_module(f"{__package__}.{module}")
+
+
+def registered() -> List[type]:
+    """Every registered method, those of ``lottery.imp`` by their module's name, then any other (a
+    user's, a test's) in the order they were registered."""
+    load()
+    ours = sorted((cls for cls in REGISTRY if cls.__module__.startswith("lottery.imp.")), key=lambda c: c.__module__)
+    return ours + [cls for cls in REGISTRY if cls not in ours]
+
+
+def choose(context: Context) -> Tuple[Method, ...]:
+    """The methods of ``context.cfg``, built: the one that makes its tickets first (IMP when no
+    other does), then those that change how they train."""
+    chosen = [cls for cls in registered() if cls.chosen(context.cfg)]
     makers = [cls for cls in chosen if cls.makes_tickets and not cls.fallback] or [
         cls for cls in chosen if cls.makes_tickets
     ]
@@ -157,7 +214,15 @@ def choose(experiment) -> Tuple[Method, ...]:
             f"{' and '.join(cls.__name__ for cls in makers) or 'no method'} would make this "
             "experiment's tickets; choose one"
         )
-    return tuple(cls.build(experiment) for cls in makers + [cls for cls in chosen if not cls.makes_tickets])
+    return tuple(cls(context) for cls in makers + [cls for cls in chosen if not cls.makes_tickets])
+
+
+def resolve(cfg, data_fingerprint: str, rewind: int):
+    """The config as its chosen methods run it (``Method.resolve``)."""
+    for cls in registered():
+        if cls.chosen(cfg):
+            cfg = cls.resolve(cfg, data_fingerprint, rewind)
+    return cfg
 
 
 # Settings whose meaning belongs to the method that makes the tickets, at the value that means
@@ -171,15 +236,18 @@ SETTINGS = {
 
 
 def check(cfg) -> None:
-    """The one compatibility check of the methods a config chooses, read from what each declares
-    (``makes_tickets``, ``honours``, ``ranks``, ``works_with``, ``between_levels``): one method makes
+    """Each method's own settings (``check_settings``), then the one compatibility check of the
+    methods a config chooses, read from what each declares (``makes_tickets``, ``honours``,
+    ``ranks``, ``works_with``, ``between_levels``): one method makes
     the tickets; a setting it does not honour stays at its default; a method that changes how
     tickets train works with the one that makes them; ``invert`` needs a ranking; level-to-level LMC
     needs levels pruned from the last. No data needed: each job of a sweep is checked before any starts."""
     from omegaconf import OmegaConf
 
     text = lambda value: str(value).lower() if isinstance(value, bool) else str(value)
-    chosen = [cls for cls in REGISTRY if cls.chosen(cfg)]
+    for cls in registered():
+        cls.check_settings(cfg)
+    chosen = [cls for cls in registered() if cls.chosen(cfg)]
     makers = [cls for cls in chosen if cls.makes_tickets and not cls.fallback] or [
         cls for cls in chosen if cls.makes_tickets
     ]
@@ -222,14 +290,14 @@ REGISTRY_LABELS: Dict[str, str] = {}  # class name -> label, for messages
 # --- the start every method rewinds to unless it has its own ---------------------------------------
 
 
-def theta_k_start(experiment, replicate: int, mask) -> dict:
+def theta_k_start(context: Context, replicate: int, mask) -> dict:
     """A network that starts from θk under ``mask``: θk ⊙ mask, θk's batch statistics, and with
     ``rewind_optimizer`` θk's optimizer state with the moments of pruned weights zeroed (else a
     fresh one). The ticket, the random-prune control and the LMC copies all start this way, so
     they are trained alike."""
-    trainer = experiment.trainer
-    theta_k = experiment.rewind_point(replicate)
+    trainer = context.trainer
+    theta_k = context.rewind_point(replicate)
     opt_state = None
-    if experiment.cfg.rewind_optimizer:
+    if context.cfg.rewind_optimizer:
         opt_state = training.mask_optimizer_state(trainer.tx, theta_k["opt_state"], mask)
     return trainer.init_state(theta_k["params"], theta_k["batch_stats"], mask, opt_state)

@@ -7,8 +7,6 @@ alone first, with its mask updates in the step: its controls need the mask it en
 its ticket (saved on θ0).
 """
 
-from typing import Optional
-
 import jax
 import numpy as np
 
@@ -16,7 +14,6 @@ from lottery.errors import LotteryError
 from lottery.imp.method import Method, method, theta_k_start
 from lottery.pruning import masks, sparse
 from lottery.step import Step
-from lottery.training import trainer as training
 from lottery.training.loop import Network
 
 
@@ -27,24 +24,23 @@ class SparseTraining(Method):
     # nothing of IMP's: each level trains once from θ0 (θ0's optimizer state is a fresh one), by its own rule
     honours = frozenset()
 
-    def __init__(self, cfg, updates: sparse.Updates, updating: Optional[training.Trainer]):
-        self.cfg, self.updates, self.updating = cfg, updates, updating
+    def __init__(self, context):
+        super().__init__(context)
+        cfg = context.cfg
+        if context.rewind != 0:
+            raise LotteryError(
+                f"rewind={cfg.rewind}: sparsity.method={cfg.sparsity.method} trains each level from θ0; use rewind=0it"
+            )
+        every = Step.length(cfg.sparsity.update_every, context.trainer.iterations_per_epoch, "sparsity.update_every")
+        self.cfg = cfg
+        self.updates = sparse.Updates(sparse.Schedule.of(cfg, context.end, every), sparse.groups(cfg, context.prunable))
+        self.updating = context.trainer.with_updates(self.updates) if sparse.dynamic(cfg) else None
 
     @staticmethod
     def chosen(cfg) -> bool:
         return sparse.method(cfg) is not None
 
-    @classmethod
-    def build(cls, experiment) -> "SparseTraining":
-        cfg = experiment.cfg
-        if experiment.rewind != 0:
-            raise LotteryError(
-                f"rewind={cfg.rewind}: sparsity.method={cfg.sparsity.method} trains each level from θ0; use rewind=0it"
-            )
-        every = Step.length(cfg.sparsity.update_every, experiment.trainer.iterations_per_epoch, "sparsity.update_every")
-        schedule = sparse.Schedule.of(cfg, experiment.end, every)
-        updates = sparse.Updates(schedule, sparse.groups(cfg, experiment.prunable))
-        return cls(cfg, updates, experiment.trainer.with_updates(updates) if sparse.dynamic(cfg) else None)
+    check_settings = staticmethod(sparse.check)  # its settings' checks that need no data
 
     @staticmethod
     def switch(cfg) -> str:
@@ -53,28 +49,28 @@ class SparseTraining(Method):
     def trains(self, level: int) -> bool:
         return sparse.trains(self.cfg, level)
 
-    def ticket(self, experiment, replicate: int, level: int) -> dict:
+    def ticket(self, replicate: int, level: int) -> dict:
         """θ0 under the method's start mask (dense for GMP; the level's counts at random positions
         for the others), with what its mask updates read: each group's counts at every update and
         its random key. Once trained, its ticket is the mask it ended with, on θ0 (``saved_start``)."""
-        cfg = self.cfg
-        full = masks.full_mask(experiment.trainer.init_params)
-        targets = sparse.level_targets(cfg, full, experiment.prunable, level)
-        key = experiment.sparse_key(replicate, level)
+        cfg, c = self.cfg, self.context
+        full = masks.full_mask(c.trainer.init_params)
+        targets = sparse.level_targets(cfg, full, c.prunable, level)
+        key = c.sparse_key(replicate, level)
         rng = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(key, 0))))
-        mask = sparse.start_mask(cfg, full, experiment.prunable, targets, rng)
-        state = theta_k_start(experiment, replicate, mask)
+        mask = sparse.start_mask(cfg, full, c.prunable, targets, rng)
+        state = theta_k_start(c, replicate, mask)
         if self.updating is not None:
             flat = masks.flatten(mask)
             start = [int(sum(np.sum(flat[name]) for name in group)) for group in self.updates.groups]
             state["sparse"] = self.updates.state(start, targets, jax.random.fold_in(key, 1))
         return state
 
-    def record(self, experiment, network: Network, level: int, start_state: dict, finished: dict) -> dict:
+    def record(self, network: Network, level: int, start_state: dict, finished: dict) -> dict:
         """The method, its distribution, the ticket's counts at the start and end, its mask updates."""
         if network.kind != "ticket":
             return {}
-        remaining = lambda mask: sum(c["remaining"] for c in masks.counts(mask, experiment.prunable).values())
+        remaining = lambda mask: sum(c["remaining"] for c in masks.counts(mask, self.context.prunable).values())
         events = self.updates.schedule.events
         return {
             "sparse_training": {
@@ -96,6 +92,6 @@ class SparseTraining(Method):
             "params": masks.apply_mask(start_state["params"], finished["mask"]),
         }
 
-    def cost(self, experiment, level: int, start: int, end: int, copies: int):
+    def cost(self, level: int, start: int, end: int, copies: int):
         """One training, θk's k steps included (k = 0: sparse training starts from θ0)."""
-        return experiment.rewind + end - start
+        return self.context.rewind + end - start

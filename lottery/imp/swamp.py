@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from lottery.errors import LotteryError
-from lottery.imp.method import Method, Outcome, method
+from lottery.imp.method import Context, Method, Outcome, method
 from lottery.results.store import save_tree
 from lottery.training import trainer as training
 from lottery.training.loop import Network
@@ -44,24 +44,24 @@ def check(cfg) -> None:
     # the methods it works with: imp/method.py's check (Swamp.works_with)
 
 
-def particles(experiment, replicate: int, level: int, ticket: Network) -> List[Network]:
+def particles(context: Context, replicate: int, level: int, ticket: Network) -> List[Network]:
     """Particles 1..K-1 of ``ticket``: its start, each with its own data order and augmentation."""
     out = []
-    for p in range(1, experiment.cfg.swamp.particles):
-        key = jax.random.fold_in(jax.random.fold_in(experiment.keys(replicate)["lmc"], 2**16 + level), p)
+    for p in range(1, context.cfg.swamp.particles):
+        key = jax.random.fold_in(jax.random.fold_in(context.keys(replicate)["lmc"], 2**16 + level), p)
         data_key, augment_key = jax.random.split(key)
         out.append(Network(replicate, f"{PARTICLE}{p}", ticket.directory, ticket.state, data_key, augment_key))
     return out
 
 
-def snapshot_steps(experiment, start: int, end: int) -> List[int]:
+def snapshot_steps(context: Context, start: int, end: int) -> List[int]:
     """The epoch ends in [average_from x T, T) that each particle averages with its final weights."""
-    per_epoch = experiment.trainer.iterations_per_epoch
-    first = experiment.cfg.swamp.average_from * end
+    per_epoch = context.trainer.iterations_per_epoch
+    first = context.cfg.swamp.average_from * end
     return [s for s in range(per_epoch, end, per_epoch) if s >= first and s > start]
 
 
-def average(experiment, networks: List[Network], states, kept: Dict[int, dict], histories) -> Dict[int, dict]:
+def average(context: Context, networks: List[Network], states, kept: Dict[int, dict], histories) -> Dict[int, dict]:
     """Per replicate with a ticket among ``networks``: the mean of its particles' weight averages
     (``trained``), its evaluation (``history``), and each particle's average (``particles``)."""
     out = {}
@@ -76,7 +76,7 @@ def average(experiment, networks: List[Network], states, kept: Dict[int, dict], 
             snapshots = [training.unstack(kept[s], i) for s in sorted(kept)] + [training.unstack(states, i)]
             averages.append(_mean([{k: s[k] for k in ("params", "batch_stats")} for s in snapshots]))
         trained = _mean(averages)
-        evaluated = {split: experiment.trainer.evaluate(training.stack([trained]), split) for split in ("val", "test")}
+        evaluated = {split: context.trainer.evaluate(training.stack([trained]), split) for split in ("val", "test")}
         record = {
             "step": histories[members[0]][-1]["step"],
             "train_loss": float(np.mean([histories[i][-1]["train_loss"] for i in members])),
@@ -84,14 +84,14 @@ def average(experiment, networks: List[Network], states, kept: Dict[int, dict], 
         for split, result in evaluated.items():
             if result is not None:
                 record[f"{split}_loss"], record[f"{split}_accuracy"] = float(result[0][0]), float(result[1][0])
-        tested = experiment.trainer.evaluate(training.stack(averages), "test")  # each particle's average, one call
+        tested = context.trainer.evaluate(training.stack(averages), "test")  # each particle's average, one call
         out[replicate] = {
             "trained": trained,
             "history": [record],
             "particles": averages,
             "record": {
                 "particles": len(members),
-                "average_from": experiment.cfg.swamp.average_from,
+                "average_from": context.cfg.swamp.average_from,
                 "snapshots": len(kept) + 1,
                 "particle_test_accuracy": None if tested is None else [float(a) for a in tested[1]],
             },
@@ -122,32 +122,31 @@ class Swamp(Method):
     makes_tickets = False  # it changes how IMP's (or a transfer's) tickets train
     works_with = ("IMP", "Transfer")  # the average is what the next level prunes, or a transferred ticket's
 
+    check_settings = staticmethod(check)  # its settings' checks that need no data
+
     @staticmethod
     def switch(cfg) -> str:
         return f"swamp.particles={cfg.swamp.particles}"
 
-    def __init__(self, particles: int):
-        self.copies = particles
+    def __init__(self, context):
+        super().__init__(context)
+        self.copies = context.cfg.swamp.particles
 
     @staticmethod
     def chosen(cfg) -> bool:
         return cfg.swamp.particles != 1
 
-    @classmethod
-    def build(cls, experiment) -> "Swamp":
-        return cls(experiment.cfg.swamp.particles)
+    def extra_networks(self, replicate: int, level: int, ticket: Network) -> List[Network]:
+        return particles(self.context, replicate, level, ticket)
 
-    def extra_networks(self, experiment, replicate: int, level: int, ticket: Network) -> List[Network]:
-        return particles(experiment, replicate, level, ticket)
-
-    def keep_steps(self, experiment, networks, start: int, end: int) -> List[int]:
+    def keep_steps(self, networks, start: int, end: int) -> List[int]:
         averaging = any(n.kind.startswith(PARTICLE) for n in networks)
-        return snapshot_steps(experiment, start, end) if averaging else []
+        return snapshot_steps(self.context, start, end) if averaging else []
 
-    def after_training(self, experiment, networks, states, kept, histories, end: int):
+    def after_training(self, networks, states, kept, histories, end: int):
         if not any(n.kind.startswith(PARTICLE) for n in networks):
             return {}
-        averaged = average(experiment, networks, states, kept, histories)
+        averaged = average(self.context, networks, states, kept, histories)
         return {
             i: Outcome(
                 trained=averaged[n.replicate]["trained"],

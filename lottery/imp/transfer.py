@@ -222,47 +222,46 @@ class Transfer(Method):
     # source's); no retraining rule, criterion or rewound optimizer state of this experiment's
     honours = frozenset({"pruning.structure"})
 
+    check_settings = staticmethod(check)  # its settings' checks that need no data
+    resolve = staticmethod(resolve)  # transfer.source by its directory
+
     @staticmethod
     def switch(cfg) -> str:
         return "transfer.source is set"
 
-    def __init__(self, source: Source):
-        self.source = source
+    def __init__(self, context):
+        super().__init__(context)
+        cfg, trainer = context.cfg, context.trainer
+        self.source = Source(cfg.transfer.source, cfg.transfer.weights)
+        self.source.check(
+            cfg.replicates,
+            cfg.levels,
+            {"params": trainer.init_params, "batch_stats": trainer.init_batch_stats},
+            context.directory,
+            cfg.pruning.structure,
+        )
 
     @staticmethod
     def chosen(cfg) -> bool:
         return cfg.transfer.source is not None
 
-    @classmethod
-    def build(cls, experiment) -> "Transfer":
-        cfg, trainer = experiment.cfg, experiment.trainer
-        source = Source(cfg.transfer.source, cfg.transfer.weights)
-        source.check(
-            cfg.replicates,
-            cfg.levels,
-            {"params": trainer.init_params, "batch_stats": trainer.init_batch_stats},
-            experiment.directory,
-            cfg.pruning.structure,
-        )
-        return cls(source)
+    def mask(self, replicate: int, level: int):
+        return self.source.mask(replicate, level, self.context.template("ticket"))
 
-    def mask(self, experiment, replicate: int, level: int):
-        return self.source.mask(replicate, level, experiment.template("ticket"))
-
-    def rewound(self, experiment, replicate: int, mask) -> dict:
+    def rewound(self, replicate: int, mask) -> dict:
         """The source's start weights under ``mask``, with a fresh optimizer state."""
-        trainer = experiment.trainer
+        trainer = self.context.trainer
         templates = {
             "params": trainer.init_params,
             "batch_stats": trainer.init_batch_stats,
-            "ticket": experiment.template("ticket"),
+            "ticket": self.context.template("ticket"),
         }
         start = self.source.start_weights(replicate, templates)
         return trainer.init_state(start["params"], start["batch_stats"], mask)
 
-    def record(self, experiment, network, level: int, start_state: dict, finished: dict) -> dict:
+    def record(self, network, level: int, start_state: dict, finished: dict) -> dict:
         origin = self.source.recorded(network.replicate, level)
         return {} if origin is None else {"transfer": origin}
 
-    def cost(self, experiment, level: int, start: int, end: int, copies: int):
+    def cost(self, level: int, start: int, end: int, copies: int):
         return None  # its source's

@@ -107,6 +107,16 @@ class Invocation:
                 program = found if isinstance(found, dict) and found and found != self.program else None
         return differing
 
+    def note_other_programs(self, say) -> None:
+        """Say so where results here were also trained by another program than this invocation's."""
+        if self.other_programs():
+            others = "; ".join(", ".join(f"{k} {v}" for k, v in p.items()) for p in self.other_programs())
+            now = ", ".join(f"{k} {v}" for k, v in self.program.items())
+            say(
+                f"note: results in {os.path.dirname(self.path)} were also trained by another program ({others}); "
+                f"this invocation trains with {now}: their bits are not comparable (docs/reproducibility.md)"
+            )
+
     def add(self, **what) -> None:
         self.added.append(what)
 

@@ -165,10 +165,10 @@ def dieted(tmp_path_factory):
     first = compose_config(common + ["diet.keep=0.2"])
     levels.run(first)
     second = prepare(compose_config(common + ["diet.keep=0.3", "diet.subset=hard"]))
-    store = diet.Store(prepare(first))
+    store = diet.Store(diet.of(prepare(first)))
     before = os.stat(store.scores)
     os.makedirs(second.directory)
-    diet.record(second, Dense(second).directory)  # what the second would pre-train on, from the first's scores
+    diet.record(diet.of(second), Dense(second).directory)  # what the second would pre-train on, from the first's scores
     return prepare(first), second, store, before
 
 
@@ -203,7 +203,7 @@ def test_the_scores_are_the_mean_over_the_scoring_networks_and_shared(dieted):
     assert np.allclose(saved, np.mean(each, axis=0), rtol=1e-6, atol=1e-7)
     # the second experiment read them: the file is the one the first wrote
     assert os.stat(store.scores).st_ino == before.st_ino and os.stat(store.scores).st_mtime_ns == before.st_mtime_ns
-    assert diet.Store(other).directory == store.directory and experiment.directory != other.directory
+    assert diet.Store(diet.of(other)).directory == store.directory and experiment.directory != other.directory
     with open(os.path.join(experiment.directory, diet.RECORD)) as f:
         record = json.load(f)
     chosen = np.load(os.path.join(experiment.directory, diet.SUBSET))
@@ -223,7 +223,7 @@ def test_the_scores_are_the_mean_over_the_scoring_networks_and_shared(dieted):
     assert np.array_equal(np.load(os.path.join(dense_dir, diet.SUBSET)), chosen)
     np.save(store.scores, saved[::-1].copy())
     try:
-        assert np.array_equal(diet.subset(experiment, dense_dir), chosen)
+        assert np.array_equal(diet.subset(diet.of(experiment), dense_dir), chosen)
         assert not np.array_equal(diet.choose(np.load(store.scores), diet.plan_of(experiment)), chosen)
     finally:
         restore(store.scores, saved, before)
@@ -266,7 +266,7 @@ def test_the_rewind_point_is_pretrained_on_the_subset_and_the_dense_run_is_the_d
 
 def test_random_scores_need_no_networks_and_a_scores_file_is_hashed_by_content(tmp_path):
     experiment = prepare(compose_config(TINY + ["diet.score=random", f"output_dir={tmp_path}"]))
-    drawn = diet.scores(experiment)
+    drawn = diet.scores(diet.of(experiment))
     assert np.array_equal(drawn, diet.random_scores(experiment.cfg, len(drawn))) and not os.path.exists(
         tmp_path / "diets"
     )
@@ -283,10 +283,10 @@ def test_random_scores_need_no_networks_and_a_scores_file_is_hashed_by_content(t
     np.save(moved, drawn[::-1].copy())
     assert experiment_hash(compose_config(TINY + [f"diet.scores={moved}"]), fp) != first
     reading = prepare(compose_config(TINY + [f"diet.scores={moved}"]))
-    assert np.array_equal(diet.scores(reading), drawn[::-1])
+    assert np.array_equal(diet.scores(diet.of(reading)), drawn[::-1])
     np.save(moved, drawn)  # replaced after the run began: its hash holds the content it began with
     with pytest.raises(LotteryError, match="changed since this run began"):
-        diet.scores(reading)
+        diet.scores(diet.of(reading))
 
 
 def bad_file(tmp_path, kind):
@@ -327,7 +327,7 @@ def test_a_bad_scores_file_is_one_line(tmp_path, kind, message):
     path = tmp_path / "none.npy" if kind == "missing" else bad_file(tmp_path, kind)
     with pytest.raises(LotteryError) as error:
         experiment = prepare(compose_config(TINY + [f"diet.scores={path}", f"output_dir={tmp_path}"]))
-        diet.scores(experiment)
+        diet.scores(diet.of(experiment))
     assert message in str(error.value) and "\n" not in str(error.value)
     assert "allow_pickle" not in str(error.value) and "trust" not in str(error.value)  # not NumPy's advice
 
@@ -389,22 +389,24 @@ def test_a_replaced_scores_file_in_the_store_is_named_never_used_and_a_finished_
         assert not os.path.exists(prepare(new).directory)
         # the experiment built on the scores the store held then says so when asked again
         said = []
-        diet.record(experiment, Dense(experiment).directory, say=said.append)
+        diet.record(diet.of(experiment), Dense(experiment).directory, say=said.append)
         assert len(said) == 1 and said[0].startswith(f"note: {os.path.join(experiment.directory, diet.RECORD)}: ")
         assert f"{store.scores} now holds others" in said[0]
     finally:
         restore(store.scores, saved, before)
     said = []
-    diet.record(experiment, Dense(experiment).directory, say=said.append)
+    diet.record(diet.of(experiment), Dense(experiment).directory, say=said.append)
     assert said == []
 
 
 @pytest.mark.slow
 def test_an_interrupted_scoring_keeps_the_networks_it_trained_and_resumes_bitwise(tmp_path, monkeypatch):
     common = TINY + ["diet.score=el2n", "diet.networks=3", "diet.score_at=20it"]
-    whole = diet.scores(prepare(compose_config(common + [f"output_dir={tmp_path / 'whole'}"])), say=lambda line: None)
+    whole = diet.scores(
+        diet.of(prepare(compose_config(common + [f"output_dir={tmp_path / 'whole'}"]))), say=lambda line: None
+    )
     experiment = prepare(compose_config(common + [f"output_dir={tmp_path / 'stopped'}"]))
-    store = diet.Store(experiment)
+    store = diet.Store(diet.of(experiment))
     scored, calls = diet.example_scores, []
 
     def ctrl_c_at_the_second(*args):
@@ -415,7 +417,7 @@ def test_an_interrupted_scoring_keeps_the_networks_it_trained_and_resumes_bitwis
 
     monkeypatch.setattr(diet, "example_scores", ctrl_c_at_the_second)
     with pytest.raises(KeyboardInterrupt):
-        diet.scores(experiment, say=lambda line: None)
+        diet.scores(diet.of(experiment), say=lambda line: None)
     assert not store.complete() and os.path.isfile(os.path.join(store.networks, "0.npy"))
     assert all(os.path.isdir(os.path.join(store.networks, str(i))) for i in range(3))  # every network trained: kept
     monkeypatch.setattr(diet, "example_scores", scored)
@@ -425,7 +427,7 @@ def test_an_interrupted_scoring_keeps_the_networks_it_trained_and_resumes_bitwis
 
     monkeypatch.setattr(loop, "train", no_training)
     said = []
-    resumed = diet.scores(experiment, say=said.append)
+    resumed = diet.scores(diet.of(experiment), say=said.append)
     assert "resuming with 3 networks already trained" in said[0]
     assert np.array_equal(resumed, whole) and resumed.tobytes() == whole.tobytes()
     assert store.complete() and not os.path.exists(store.networks)  # what scoring kept on the way is gone

@@ -127,7 +127,7 @@ def test_each_level_is_pruned_from_the_weights_at_its_early_bird_step(tmp_path):
         ),
         (
             ["early_bird.enabled=true", "sparsity=rigl"],
-            "sparsity.method=rigl and early_bird.enabled=true: each makes the levels' tickets",
+            "early_bird.enabled=true and sparsity.method=rigl: each makes the levels' tickets",
         ),
         (
             ["swamp.average_from=0.5"],

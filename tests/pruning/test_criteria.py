@@ -105,7 +105,7 @@ def test_pruning_at_start_reaches_each_levels_imp_counts_from_theta_0_in_one_run
     experiment3 = imp.prepare(rounds)
     experiment3.directory = experiment.directory  # the same θ0 (its own level 0 would link the same dense run)
     for level in (1, 2):
-        one, three = (pruning.flatten(e.method.mask(e, 0, level)) for e in (experiment, experiment3))
+        one, three = (pruning.flatten(e.method.mask(0, level)) for e in (experiment, experiment3))
         assert all(np.array_equal(one[n], three[n]) for n in experiment.prunable)
 
 

@@ -76,11 +76,11 @@ def test_a_method_registered_alone_in_a_test_module_trains_reports_and_exports(s
         def chosen(cfg) -> bool:
             return cfg.name == "smallest-first"
 
-        def mask(self, experiment, replicate, level):
-            scores, survivors = self.ranking(experiment, replicate, level)
-            return experiment.structure.prune(jax.tree.map(np.negative, scores), survivors, level)
+        def mask(self, replicate, level):
+            scores, survivors = self.ranking(replicate, level)
+            return self.context.structure.prune(jax.tree.map(np.negative, scores), survivors, level)
 
-        def record(self, experiment, network, level, start_state, finished):
+        def record(self, network, level, start_state, finished):
             return {"toy": {"kept": "smallest"}} if network.kind == "ticket" and level > 0 else {}
 
     try:
