@@ -4,6 +4,8 @@ a machine with an NVIDIA GPU computes on its CPU, and the CUDA libraries a resul
 (run.py, with its TPU probe); the warning here says what to install instead.
 """
 
+from __future__ import annotations
+
 import errno
 import os
 import shutil
@@ -11,7 +13,10 @@ import sys
 from importlib import metadata
 from typing import Callable, Dict, Optional
 
-import jax
+
+from lottery import lazy
+
+jax = lazy.module("jax")
 
 # JAX's CUDA plugins, by the extra that installs each (setup.cfg: cuda, cuda12).
 CUDA_PLUGINS = ("jax-cuda13-plugin", "jax-cuda12-plugin")

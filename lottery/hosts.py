@@ -12,14 +12,18 @@ share a GPU allocate its memory as they go rather than each taking 75% of it at 
 (``gpu_memory_environment``).
 """
 
+from __future__ import annotations
+
 import ipaddress
 import os
 from typing import Dict, List, Optional
 
-import jax
 import numpy as np
 
+from lottery import lazy
 from lottery.errors import LotteryError
+
+jax = lazy.module("jax")
 
 
 def plan(cfg, environ=os.environ) -> Optional[Dict]:

@@ -52,7 +52,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     """One experiment; returns its objective's value (None: objective.name=none, or a failed job,
     which the Optuna sweeper then counts as a failed trial: lottery/search.py). In a sweep, the job
     leaves its status in its job directory (lottery/sweeps.py) and an error does not end the sweep."""
-    from lottery import imp  # imported here so that `--help` and config errors stay fast
+    from lottery.imp.checks import with_data  # imports no JAX: a mistaken setting is refused at once
 
     status = None
     if HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -61,7 +61,10 @@ def main(cfg: DictConfig) -> Optional[float]:
         status = functools.partial(sweeps.write, HydraConfig.get().runtime.output_dir, label=label)
         status("running")
     try:
-        value = imp.run(cfg).objective
+        checked = with_data(cfg)  # the config, then with its data (NumPy)
+        from lottery import imp  # JAX and Flax: only once the config holds
+
+        value = imp.run(cfg, checked=checked).objective
         if status:
             status("finished")
         return value
@@ -192,7 +195,7 @@ def check_sweep(arguments: List[str]) -> None:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from lottery import imp
+    from lottery.imp.checks import check
 
     # Where the jobs run (hydra/launcher=slurm, hydra.launcher.nodes=2) is not what they are.
     launcher = re.compile(r"hydra[./]launcher\b")
@@ -210,7 +213,7 @@ def check_sweep(arguments: List[str]) -> None:
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         for number, job in enumerate(jobs):
             try:
-                imp.check(compose(config_name="config", overrides=list(job)))
+                check(compose(config_name="config", overrides=list(job)))
             except (LotteryError, HydraException, OmegaConfBaseException) as error:
                 message = str(error) if isinstance(error, LotteryError) else one_line(error)
                 problems.append(f"job {number} ({','.join(job) or 'no overrides'}): {message}")

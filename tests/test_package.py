@@ -21,6 +21,7 @@ LAYERS = (
         "lottery.hosts",
         "lottery.backend",
         "lottery.compat",
+        "lottery.lazy",
     ),
     ("lottery.results", "lottery.models", "lottery.data", "lottery.pruning"),
     ("lottery.training",),

@@ -13,17 +13,6 @@ tickets.py    what a ticket is: mask similarity, per-layer densities, layer coll
 objective.py  one number from an experiment's results, for searches
 """
 
-from lottery.analysis.runs import METRICS, POINTER, STANDARD_COLUMNS, diet, experiment_dirs, load_runs, summarize
-from lottery.analysis.figures import (
-    plot_accuracy_vs_cost,
-    plot_accuracy_vs_sparsity,
-    plot_early_stopping,
-    plot_instability,
-    plot_layer_densities,
-    save_figures,
-)
-from lottery.analysis.tickets import collapsed, layer_densities, similarity_table, summarize_similarity
-
 __all__ = [
     "METRICS",
     "POINTER",
@@ -43,3 +32,24 @@ __all__ = [
     "summarize",
     "summarize_similarity",
 ]
+
+_HOMES = {
+    **{name: "runs" for name in ("METRICS", "POINTER", "STANDARD_COLUMNS", "diet", "experiment_dirs", "load_runs")},
+    "summarize": "runs",
+    **{name: "figures" for name in __all__ if name.startswith("plot_") or name == "save_figures"},
+    **{name: "tickets" for name in ("collapsed", "layer_densities", "similarity_table", "summarize_similarity")},
+}
+
+
+def __getattr__(name):
+    """Each name from its module when first asked for: importing ``lottery.analysis.objective``
+    (a config's check, before JAX starts) loads neither pandas' runs nor matplotlib's figures."""
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_HOMES))

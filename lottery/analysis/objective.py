@@ -19,6 +19,8 @@ density, or the last level. A target past the last level by more than half a lev
 density) was not reached: an error, as is any other value the results do not hold.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import datetime
 import math
@@ -26,11 +28,14 @@ import os
 from typing import Dict, List, Optional
 
 import numpy as np
-import pandas as pd
+
+from lottery import lazy
 
 from lottery.errors import LotteryError
 from lottery.pruning import controls
 from lottery.results.store import read_json, write_json
+
+pd = lazy.module("pandas")
 
 NAMES = ("none", "accuracy", "auc", "lmc_barrier")
 AT = ("early_stop", "final")

@@ -18,13 +18,19 @@ The methods, one module each (a new one is a module here, its config group and i
 ``run(cfg)`` runs (or continues) an experiment; ``prepare(cfg)`` builds it without writing anything.
 """
 
-from lottery.imp.experiment import Experiment, check, prepare
-from lottery.imp.levels import Results, run
-
 __all__ = ["Experiment", "Results", "check", "prepare", "run"]
 
+_HOMES = {"Experiment": "experiment", "prepare": "experiment", "check": "checks", "Results": "levels", "run": "levels"}
 
-def __getattr__(name):  # the names the old lottery/imp.py held (compat.py), with a DeprecationWarning
+
+def __getattr__(name):
+    """The public names, from their modules when first asked for (``lottery.imp.checks`` imports no
+    JAX: a config is refused before it starts); else the names the old lottery/imp.py held
+    (compat.py), with a DeprecationWarning."""
+    if name in _HOMES:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
     from lottery import compat
 
     return compat.moved(__name__, name)

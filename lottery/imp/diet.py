@@ -57,6 +57,8 @@ holds says so). One subset serves every replicate (random scores too: a control 
 not of its draw).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import functools
 import math
@@ -65,11 +67,9 @@ import shutil
 import time
 from typing import Optional
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
+from lottery import lazy
 from lottery import backend, hosts
 from lottery.errors import LotteryError
 from lottery.imp.method import Method, method
@@ -81,6 +81,10 @@ from lottery.step import Step
 from lottery.training import loop
 from lottery.training import trainer as training
 from lottery.training.loop import Network
+
+jax = lazy.module("jax")
+jnp = lazy.module("jax.numpy")
+optax = lazy.module("optax")
 
 SCORES = ("el2n", "grand", "random")
 SUBSETS = ("easy", "hard")
@@ -647,6 +651,12 @@ class Diet(Method):
             context.data_fingerprint,
         )
         self.trainer = None
+
+    @staticmethod
+    def check_data(cfg, checked) -> None:
+        data = checked.data
+        size = len(data.train_x)
+        plan(cfg, size, checked.per_epoch, cfg.training.batch_size, checked.end, checked.rewind, data.fingerprint)
 
     @staticmethod
     def chosen(cfg) -> bool:

@@ -21,12 +21,14 @@ Each draw is ``level_L/early_bird/``: ``mask`` (orbax) and ``metrics.json`` (the
 distances, the step drawn at, the steps saved).
 """
 
+from __future__ import annotations
+
 import os
 from typing import List, Optional, Sequence, Tuple
 
-import jax
 import numpy as np
 
+from lottery import lazy
 from lottery.errors import LotteryError
 
 from lottery.imp.iterative import IMP
@@ -38,6 +40,8 @@ from lottery.training import loop
 from lottery.training import trainer as training
 from lottery.training.loop import Network
 from lottery.results import paths
+
+jax = lazy.module("jax")
 
 DIRECTORY = "early_bird"
 KEYS = ("step", "reached", "checks", "distances", "saved_steps")
@@ -77,12 +81,17 @@ def settled(distances: Sequence[float], epsilon: float, window: int) -> Optional
 
 
 def every(context) -> int:
-    value = Step.length(context.cfg.early_bird.every, context.trainer.iterations_per_epoch, "early_bird.every")
-    if value >= context.end:  # the end itself is the last check: with no check before it, nothing is drawn early
+    return interval(context.cfg, context.trainer.iterations_per_epoch, context.end)
+
+
+def interval(cfg, per_epoch: int, end: int) -> int:
+    """``early_bird.every`` in iterations, refused where it leaves no check before ``end``."""
+    value = Step.length(cfg.early_bird.every, per_epoch, "early_bird.every")
+    if value >= end:  # the end itself is the last check: with no check before it, nothing is drawn early
         raise LotteryError(
-            f"early_bird.every={context.cfg.early_bird.every} ({value} iterations) leaves no check "
-            f"before the end of training (training.steps={context.cfg.training.steps}, "
-            f"{context.end} iterations); use a shorter interval"
+            f"early_bird.every={cfg.early_bird.every} ({value} iterations) leaves no check "
+            f"before the end of training (training.steps={cfg.training.steps}, "
+            f"{end} iterations); use a shorter interval"
         )
     return value
 
@@ -215,6 +224,10 @@ class EarlyBird(IMP):
     def __init__(self, context: Context):
         super().__init__(context)
         every(context)  # a bad interval is refused now, not after the dense level 0
+
+    @staticmethod
+    def check_data(cfg, checked) -> None:
+        interval(cfg, checked.per_epoch, checked.end)
 
     def mask(self, replicate: int, level: int):
         """Level ``level``'s mask as the previous level drew it; level 0's by a probe of the dense

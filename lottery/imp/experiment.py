@@ -1,7 +1,7 @@
 """An IMP experiment as the levels see it: its config checked, its data loaded, its model built, its
 directory named, and what every level needs of them (PRNG keys, θ0, θk, the saved trees).
 
-``check`` is every check that needs no data (cheap enough for each job of a sweep before the first
+``check`` (checks.py) is every check that needs no data (cheap enough for each job of a sweep before the first
 starts); ``prepare`` loads the data, builds the trainer and names the directory, writing nothing.
 """
 
@@ -16,24 +16,18 @@ import jax
 import numpy as np
 from flax import nnx
 
-from lottery import data as datasets
 from lottery import hosts, models, tracking
 from lottery.analysis import objective
-from lottery.config import check_unused
-from lottery.errors import LotteryError
 from lottery.imp import method as methods
+from lottery.imp.checks import Checked, check, with_data  # noqa: F401 (check: its home before checks.py)
 from lottery.imp.method import Context, Method
-from lottery.pruning import controls, criteria, masks
+from lottery.pruning import criteria, masks
 from lottery.pruning import structure as structures
 from lottery.results import identity, paths
 from lottery.results.invocations import INVOCATIONS, Invocation
 from lottery.results.lock import LOCK
 from lottery.results.store import load_tree
-from lottery.step import Step
 from lottery.training import loop, mesh, trainer as training
-
-RETRAIN = ("rewind", "lr_rewind", "finetune")
-MAX_NAME = 100  # characters of `name`: it names the results directory and the W&B runs
 
 
 @dataclasses.dataclass
@@ -234,76 +228,16 @@ class Experiment:
         )
 
 
-def check(cfg) -> None:
-    """Every check of the config that needs no data: cheap enough to run on each job of a sweep
-    before the first one starts."""
-    check_unused(cfg)  # a key of a group not in use (a method not chosen): refused alike for every group
-    masks.check(cfg.pruning)
-    models.check(cfg.model)
-    training.make_optimizer(cfg.optimizer)
-    training.compute_dtype(cfg.training.precision)
-    if cfg.training.stack != "auto":
-        training.stack_width(cfg.training.stack)
-    criteria.check(cfg)
-    structures.check(cfg)
-    methods.check(cfg)  # each method's own settings, then what the chosen ones declare they honour and work with
-    if any(level > cfg.levels for level in cfg.sparsity.levels):
-        raise LotteryError(f"sparsity.levels={list(cfg.sparsity.levels)} must be levels 1..{cfg.levels}")
-    if cfg.retrain not in RETRAIN:
-        raise LotteryError(f"retrain={cfg.retrain!r} is not an option; choose one of: {', '.join(RETRAIN)}")
-    controls.check(cfg)
-    if cfg.levels < 0:
-        raise LotteryError(f"levels={cfg.levels} must be 0 or more (pruning levels after the dense level 0)")
-    if cfg.replicates < 1:
-        raise LotteryError(f"replicates={cfg.replicates} must be 1 or more")
-    if any(not 0 <= level <= cfg.levels for level in cfg.lmc.levels):
-        raise LotteryError(f"lmc.levels={list(cfg.lmc.levels)} must be levels 0..{cfg.levels}")
-    if cfg.lmc.points < 2:
-        raise LotteryError(f"lmc.points={cfg.lmc.points} must be 2 or more (the path's two ends, and points between)")
-    if not 0 <= cfg.seed < 2**32:  # jax.random.key keeps 32 bits: seed 2**32 would silently be seed 0
-        raise LotteryError(f"seed={cfg.seed} must be between 0 and {2**32 - 1}")
-    if not 0 < len(cfg.name) <= MAX_NAME:
-        raise LotteryError(
-            f"name is {len(cfg.name)} characters long; use 1 to {MAX_NAME} (it names the results "
-            "directory and the W&B runs)"
-        )
-    objective.check(cfg)
-
-
-def prepare(cfg) -> Experiment:
-    """Check the whole config, load the data and build the model; writes nothing."""
-    check(cfg)
+def prepare(cfg, checked: Optional[Checked] = None) -> Experiment:
+    """Check the whole config, load the data and build the model; writes nothing (``checked``: the
+    config already checked with its data, ``checks.with_data``, before JAX started)."""
+    checked = checked or with_data(cfg)
+    data, per_epoch, batch_size = checked.data, checked.per_epoch, cfg.training.batch_size
+    end, rewind, finetune_steps = checked.end, checked.rewind, checked.finetune_steps
+    eval_every, checkpoint_every = checked.eval_every, checked.checkpoint_every
     tx = training.make_optimizer(cfg.optimizer)
-    data = datasets.load(cfg.dataset)
-    batch_size = cfg.training.batch_size
-    if not 1 <= batch_size <= len(data.train_x):
-        raise LotteryError(
-            f"training.batch_size={batch_size} must be between 1 and the {len(data.train_x)} training examples"
-        )
-    if cfg.pruning.criterion in criteria.ON_DATA and cfg.pruning.examples > len(data.train_x):  # x[:n] quietly fewer
-        raise LotteryError(
-            f"pruning.examples={cfg.pruning.examples} is more than the {len(data.train_x)} training "
-            f"examples of {cfg.dataset.name}; set it to at most {len(data.train_x)}"
-        )
-    if cfg.training.eval_batch_size < 1:
-        raise LotteryError(f"training.eval_batch_size={cfg.training.eval_batch_size} must be positive")
-    per_epoch = len(data.train_x) // batch_size
-
-    def length(key: str, text: str) -> int:
-        return Step.length(text, per_epoch, key)
-
-    end = length("training.steps", cfg.training.steps)
-    rewind = Step.parse(cfg.rewind, per_epoch, "rewind").iteration
-    if rewind >= end:
-        raise LotteryError(
-            f"rewind={cfg.rewind} is at or past the end of training (training.steps={cfg.training.steps})"
-        )
-    finetune_steps = end - rewind if cfg.finetune_steps is None else length("finetune_steps", cfg.finetune_steps)
-    eval_every = length("training.eval_every", cfg.training.eval_every)
-    checkpoint_every = length("checkpoint_every", cfg.checkpoint_every)
     schedule = training.make_schedule(cfg.optimizer, cfg.training, per_epoch)
 
-    models.check_input(cfg.model, data.input_shape, cfg.dataset.name)
     model = models.build(cfg.model, data.input_shape, data.num_classes, jax.random.key(0))  # a template
     mesh.check(cfg.mesh, jax.device_count())
     trainer = training.Trainer(

@@ -54,14 +54,15 @@ from lottery.training import loop
 from lottery.training.loop import Network, group_checkpoints, remove_checkpoints
 
 
-def run(cfg, console: Console = None) -> Results:
-    """Run (or continue) levels 0..cfg.levels of every replicate; print and return the results."""
+def run(cfg, console: Console = None, checked=None) -> Results:
+    """Run (or continue) levels 0..cfg.levels of every replicate; print and return the results
+    (``checked``: the config already checked with its data before JAX started, imp/checks.py)."""
     console = console or tables.console()
     backend.deterministic(cfg.deterministic)  # before JAX's first computation, as:
     hosts.initialize(cfg.distributed)
     backend.use_compilation_cache(cfg)
     backend.announce(console.print)  # what the run computes on; a warning when a GPU machine computes on its CPU
-    experiment = prepare(cfg)
+    experiment = prepare(cfg, checked)
     cfg = experiment.cfg  # as prepared (a transfer's source resolved)
     if not hosts.primary():  # process 0 reports for all
         console = Console(quiet=True)

@@ -110,6 +110,11 @@ class Method:
         method not chosen are config.check_unused's)."""
 
     @staticmethod
+    def check_data(cfg, checked) -> None:
+        """Its checks that need the data set too (``checks.Checked``: its size, the points of
+        training in iterations), run where it is chosen, before JAX starts."""
+
+    @staticmethod
     def resolve(cfg, data_fingerprint: str, rewind: int):
         """The config as the chosen method runs it, once the data is known (a transfer's source by
         its directory): ``cfg`` itself, or a copy."""
@@ -187,11 +192,17 @@ def method(cls: type) -> type:
     return cls
 
 
+# The modules of lottery.imp that tell the story and hold no method; every other one is a method's.
+STORY = ("checks", "dense", "experiment", "finish", "levels", "lmc", "method")
+
+
 def load() -> None:
-    """Import every module of ``lottery.imp``: each method registers by being imported, in the order
-    of its module's name (the order ``choose`` returns the methods that change how tickets train)."""
+    """Import every method module of ``lottery.imp``: each method registers by being imported, in the
+    order of its module's name (the order ``choose`` returns the methods that change how tickets
+    train). They import no JAX until they run (``check`` runs before JAX starts)."""
     for module in sorted(m.name for m in pkgutil.iter_modules([os.path.dirname(__file__)])):
-        importlib.import_module(f"{__package__}.{module}")
+        if module not in STORY:
+            importlib.import_module(f"{__package__}.{module}")
 
 
 def registered() -> List[type]:
@@ -215,6 +226,13 @@ def choose(context: Context) -> Tuple[Method, ...]:
             "experiment's tickets; choose one"
         )
     return tuple(cls(context) for cls in makers + [cls for cls in chosen if not cls.makes_tickets])
+
+
+def check_data(cfg, checked) -> None:
+    """The chosen methods' checks that need the data set too (``Method.check_data``)."""
+    for cls in registered():
+        if cls.chosen(cfg):
+            cls.check_data(cfg, checked)
 
 
 def resolve(cfg, data_fingerprint: str, rewind: int):

@@ -7,14 +7,18 @@ alone first, with its mask updates in the step: its controls need the mask it en
 its ticket (saved on θ0).
 """
 
-import jax
+from __future__ import annotations
+
 import numpy as np
 
+from lottery import lazy
 from lottery.errors import LotteryError
 from lottery.imp.method import Method, method, theta_k_start
 from lottery.pruning import masks, sparse
 from lottery.step import Step
 from lottery.training.loop import Network
+
+jax = lazy.module("jax")
 
 
 @method
@@ -26,15 +30,24 @@ class SparseTraining(Method):
 
     def __init__(self, context):
         super().__init__(context)
-        cfg = context.cfg
-        if context.rewind != 0:
+        self.cfg = cfg = context.cfg
+        schedule = self.schedule(cfg, context.rewind, context.trainer.iterations_per_epoch, context.end)
+        self.updates = sparse.Updates(schedule, sparse.groups(cfg, context.prunable))
+        self.updating = context.trainer.with_updates(self.updates) if sparse.dynamic(cfg) else None
+
+    @staticmethod
+    def schedule(cfg, rewind: int, per_epoch: int, end: int) -> sparse.Schedule:
+        """Its mask updates over [0, end) (refused where none fits), from θ0 (rewind 0)."""
+        if rewind != 0:
             raise LotteryError(
                 f"rewind={cfg.rewind}: sparsity.method={cfg.sparsity.method} trains each level from θ0; use rewind=0it"
             )
-        every = Step.length(cfg.sparsity.update_every, context.trainer.iterations_per_epoch, "sparsity.update_every")
-        self.cfg = cfg
-        self.updates = sparse.Updates(sparse.Schedule.of(cfg, context.end, every), sparse.groups(cfg, context.prunable))
-        self.updating = context.trainer.with_updates(self.updates) if sparse.dynamic(cfg) else None
+        every = Step.length(cfg.sparsity.update_every, per_epoch, "sparsity.update_every")
+        return sparse.Schedule.of(cfg, end, every)
+
+    @classmethod
+    def check_data(cls, cfg, checked) -> None:
+        cls.schedule(cfg, checked.rewind, checked.per_epoch, checked.end)
 
     @staticmethod
     def chosen(cfg) -> bool:

@@ -17,17 +17,21 @@ like the weights instead of recomputed by a pass over the data (SWA's ``bn_updat
 networks without batch norm (LeNet, Conv-2/4/6), an approximation for ResNets and VGG.
 """
 
+from __future__ import annotations
+
 import os
 from typing import Dict, List
 
-import jax
 import numpy as np
 
+from lottery import lazy
 from lottery.errors import LotteryError
 from lottery.imp.method import Context, Method, Outcome, method
 from lottery.results.store import save_tree
 from lottery.training import trainer as training
 from lottery.training.loop import Network
+
+jax = lazy.module("jax")
 
 PARTICLE = "particle_"  # the kind of particles 1..K-1 while they train (never saved as networks)
 

@@ -8,64 +8,67 @@ Every model names its last dense layer ``output`` (layerwise pruning gives it it
 conv / dense weights ``kernel`` (the prunable parameters).
 """
 
-from flax import nnx
+from __future__ import annotations
 
+import importlib
+
+from lottery import lazy
 from lottery.errors import LotteryError
-from lottery.models import conv, lenet, resnet, vgg, vit
+from lottery.models import plans
 
-__all__ = ["INITIALIZERS", "VIT_KEYS", "build", "check", "check_input", "names", "units"]
+nnx = lazy.module("flax.nnx")
 
-_BUILDERS = {
-    "lenet": lenet.build,
-    "conv2": conv.build,
-    "conv4": conv.build,
-    "conv6": conv.build,
-    "resnet": resnet.build,
-    "vgg": vgg.build,
-    "vit": vit.build,
+__all__ = ["INITIALIZERS", "VIT_KEYS", "build", "check", "check_input", "initializer", "names", "units"]
+
+# Each family's module (imported when a model of it is built: the checks below import no Flax)
+_FAMILIES = {
+    "lenet": "lenet",
+    "conv2": "conv",
+    "conv4": "conv",
+    "conv6": "conv",
+    "resnet": "resnet",
+    "vgg": "vgg",
+    "vit": "vit",
 }
+
+
+def _family(name: str):
+    return importlib.import_module(f"{__name__}.{_FAMILIES[name]}")
+
 
 # The ViT's sizes (conf/model/vit.yaml sets them); None for every other model, which does not read
 # them, so that they stay out of those models' experiment hashes (results/identity.py).
 VIT_KEYS = ("patch", "dim", "heads", "head_dim", "mlp_dim")
 
-INITIALIZERS = {
-    # Untruncated Gaussian Glorot, N(0, 2 / (fan_in + fan_out)), as torch.nn.init.xavier_normal_
-    # (Frankle & Carbin 2019). Conv fans count the receptive field: 9 x channels for a 3x3 kernel.
-    "glorot_normal": nnx.initializers.variance_scaling(1.0, "fan_avg", "normal"),
-    # torch.nn.init.kaiming_normal_ defaults (a=0, mode fan_in, gain sqrt(2)): N(0, 2 / fan_in),
-    # untruncated, as open_lth's models/initializers.py kaiming_normal. Kernels only: biases are
-    # initialized by each model (open_lth's keep torch's default, Frankle & Carbin's are 0).
-    "kaiming_normal": nnx.initializers.variance_scaling(2.0, "fan_in", "normal"),
-}
+# Untruncated Gaussian Glorot, N(0, 2 / (fan_in + fan_out)), as torch.nn.init.xavier_normal_
+# (Frankle & Carbin 2019). Conv fans count the receptive field: 9 x channels for a 3x3 kernel.
+# kaiming_normal: torch.nn.init.kaiming_normal_ defaults (a=0, mode fan_in, gain sqrt(2)):
+# N(0, 2 / fan_in), untruncated, as open_lth's models/initializers.py kaiming_normal. Kernels only:
+# biases are initialized by each model (open_lth's keep torch's default, Frankle & Carbin's are 0).
+_SCALING = {"glorot_normal": (1.0, "fan_avg"), "kaiming_normal": (2.0, "fan_in")}
+INITIALIZERS = tuple(_SCALING)
 
 
-_UNITS = {
-    "lenet": lenet.units,
-    "conv2": conv.units,
-    "conv4": conv.units,
-    "conv6": conv.units,
-    "resnet": resnet.units,
-    "vgg": vgg.units,
-    "vit": lambda shapes, cfg: vit.units(shapes, cfg.heads),
-}
+def initializer(name: str):
+    """The kernel initializer ``model.init`` names (an NNX initializer)."""
+    scale, mode = _SCALING[name]
+    return nnx.initializers.variance_scaling(scale, mode, "normal")
 
 
 def units(cfg, shapes) -> list:
     """The model's units (neurons, channels, heads) for structured pruning (pruning/structure.py),
     from its parameters' shapes by '/'-path (``hidden/0/kernel``)."""
-    if cfg.name not in _UNITS:
-        return []
-    return _UNITS[cfg.name](shapes, cfg) if cfg.name == "vit" else _UNITS[cfg.name](shapes)
+    family = _family(cfg.name)
+    return family.units(shapes, cfg.heads) if cfg.name == "vit" else family.units(shapes)
 
 
 def names():
-    return sorted(_BUILDERS)
+    return sorted(_FAMILIES)
 
 
 def check(cfg) -> None:
     """Raise a one-line LotteryError for a model config that cannot be built."""
-    if cfg.name not in _BUILDERS:
+    if cfg.name not in _FAMILIES:
         raise LotteryError(f"model.name={cfg.name!r} is not a model; choose one of: {', '.join(names())}")
     if cfg.init not in INITIALIZERS:
         raise LotteryError(
@@ -73,9 +76,9 @@ def check(cfg) -> None:
         )
     if cfg.name == "resnet" and (cfg.depth < 8 or (cfg.depth - 2) % 6):
         raise LotteryError(f"model.depth={cfg.depth} is not a CIFAR ResNet depth: expected 6n+2, e.g. 20, 56, 110")
-    if cfg.name == "vgg" and cfg.depth not in vgg.PLANS:
+    if cfg.name == "vgg" and cfg.depth not in plans.VGG:
         raise LotteryError(
-            f"model.depth={cfg.depth} is not a VGG depth; choose one of: {', '.join(map(str, vgg.PLANS))}"
+            f"model.depth={cfg.depth} is not a VGG depth; choose one of: {', '.join(map(str, plans.VGG))}"
         )
     if cfg.name in ("lenet", "resnet") and (min(cfg.hidden, default=1) < 1 or cfg.width < 1):
         raise LotteryError("model.hidden and model.width must be positive")
@@ -126,7 +129,7 @@ def check_input(cfg, input_shape, dataset: str) -> None:
                 f"that divides {height} and {width}"
             )
         return
-    plan = conv.PLANS.get(cfg.name) or (vgg.PLANS[cfg.depth] if cfg.name == "vgg" else [])
+    plan = plans.CONV.get(cfg.name) or (plans.VGG[cfg.depth] if cfg.name == "vgg" else [])
     pools = plan.count("M")
     height, width = input_shape[:2]
     if min(height, width) < 2**pools:
@@ -137,8 +140,7 @@ def check_input(cfg, input_shape, dataset: str) -> None:
         )
 
 
-def build(cfg, input_shape, num_classes: int, key) -> nnx.Module:
+def build(cfg, input_shape, num_classes: int, key):
     """Build the model of `cfg` with its initial weights drawn from the PRNG `key`."""
     check(cfg)
-    init = INITIALIZERS[cfg.init]
-    return _BUILDERS[cfg.name](cfg, tuple(input_shape), num_classes, init, nnx.Rngs(params=key))
+    return _family(cfg.name).build(cfg, tuple(input_shape), num_classes, initializer(cfg.init), nnx.Rngs(params=key))

@@ -17,7 +17,7 @@ nets is not public (open_lth has none of them), so the rest is assumed here:
   ``network_builders.py``), have the same layers: 'same' 3x3 convs with zero-initialized biases,
   2x2 max-pools of stride 2, Glorot normal kernels;
 - Gaussian Glorot as an untruncated normal of variance 2 / (fan_in + fan_out), fans counting the
-  3x3 receptive field (``models.INITIALIZERS['glorot_normal']``);
+  3x3 receptive field (``models.initializer('glorot_normal')``);
 - ReLU after every conv and hidden fc layer; the feature map is flattened in (H, W, C) order
   (Keras's; torch's would be (C, H, W): with i.i.d. weights only a fixed permutation of fc rows).
 """
@@ -27,14 +27,11 @@ import math
 import jax
 from flax import nnx
 
+from lottery.models import plans
 from lottery.models.layers import PAD_3X3
 from lottery.units import Units
 
-PLANS = {
-    "conv2": [64, 64, "M"],
-    "conv4": [64, 64, "M", 128, 128, "M"],
-    "conv6": [64, 64, "M", 128, 128, "M", 256, 256, "M"],
-}
+PLANS = plans.CONV
 FC_WIDTHS = (256, 256)
 
 

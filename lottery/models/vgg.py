@@ -17,15 +17,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lottery.models import plans
 from lottery.models.layers import PAD_3X3, BatchNorm, torch_bias_init
 from lottery.units import Units
 
-PLANS = {
-    11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
-    13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
-    16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512],
-    19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512],
-}
+PLANS = plans.VGG
 
 
 class VGG(nnx.Module):

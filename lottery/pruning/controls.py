@@ -23,14 +23,18 @@ ticket's own weights (the report then shows no sign agreement, which is 1 by con
 ``transfers`` says whether it means anything for a ticket transferred from another experiment.
 """
 
+from __future__ import annotations
+
 import dataclasses
 from typing import Callable, Dict, List, Optional, Tuple
 
-import jax
 import numpy as np
 
+from lottery import lazy
 from lottery.errors import LotteryError
 from lottery.pruning import masks, structure
+
+jax = lazy.module("jax")
 
 
 @dataclasses.dataclass

@@ -15,17 +15,21 @@ weight (0 for all three), and the ranking keeps it pruned anyway. ``iterate`` pr
 over rounds of an exponential schedule, re-scoring under each round's mask (SynFlow's Algorithm 1).
 """
 
+from __future__ import annotations
+
 import dataclasses
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
+from lottery import lazy
 from lottery.errors import LotteryError
 from lottery.pruning import masks
 from lottery.pruning.masks import apply_mask, flatten, unflatten
+
+jax = lazy.module("jax")
+jnp = lazy.module("jax.numpy")
+optax = lazy.module("optax")
 
 Scores = Dict[str, np.ndarray]
 

@@ -15,16 +15,20 @@ nested from level to level. Pruning before training goes straight to a count ins
 exponential schedule whose counts are rounded exactly too (``exponential_counts``).
 """
 
+from __future__ import annotations
+
 import math
 import re
 from fractions import Fraction
 from typing import Dict, List
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from lottery import lazy
 from lottery.errors import LotteryError
+
+jax = lazy.module("jax")
+jnp = lazy.module("jax.numpy")
 
 STRATEGIES = ("layerwise", "global")
 

@@ -60,17 +60,21 @@ exceed density 1 kept dense (their code). Every distribution keeps exactly IMP's
 level, divided among layers by largest remainders.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import math
 from fractions import Fraction
 from typing import Dict, List, Optional, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from lottery import lazy
 from lottery.errors import LotteryError
 from lottery.pruning import masks
+
+jax = lazy.module("jax")
+jnp = lazy.module("jax.numpy")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,17 +7,21 @@ the code and the program: backend, device, jax version, loop placement) and one 
 says which invocation produced each result and with what.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import sys
 import time
 from typing import List
 
-import jax
 
+from lottery import lazy
 from lottery.errors import at
 from lottery.results.identity import unhashed_settings
 from lottery.results.provenance import provenance
+
+jax = lazy.module("jax")
 
 INVOCATIONS = "invocations.jsonl"
 

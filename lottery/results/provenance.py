@@ -1,6 +1,8 @@
 """Where a result came from: code version, library versions and machine, stored with every
 trained network so that a number in a table can be traced to what produced it."""
 
+from __future__ import annotations
+
 import functools
 import os
 import platform
@@ -8,10 +10,12 @@ import subprocess
 import sys
 from importlib import metadata
 
-import jax
 
 import lottery
+from lottery import lazy
 from lottery import backend
+
+jax = lazy.module("jax")
 
 LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint")
 

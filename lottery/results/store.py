@@ -8,6 +8,8 @@ shared dense level 0) is guarded by an exclusive ``flock`` on its ``lock`` file:
 it when the process ends, however it ends, so no lock is ever stale.
 """
 
+from __future__ import annotations
+
 import asyncio
 import contextlib
 import errno
@@ -19,13 +21,15 @@ import shutil
 import sys
 from typing import Callable, Optional
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
+from lottery import lazy
 from lottery import hosts
 from lottery.errors import LotteryError, at
 from lottery.results import lock
+
+jax = lazy.module("jax")
+ocp = lazy.module("orbax.checkpoint")
 
 # orbax reports through absl's logger what it then raises (a truncated file: "Failed to json parse
 # ..."), and we turn what it raises into one line naming the directory: its own reports are noise.
@@ -33,7 +37,9 @@ logging.getLogger("absl").setLevel(logging.CRITICAL)
 
 
 # Every process calls each save and restore (orbax synchronizes them); process 0 writes.
-MULTIPROCESS = ocp.options.MultiprocessingOptions(primary_host=0)
+def multiprocess():
+    """Orbax's options for a multi-process run: process 0 writes."""
+    return ocp.options.MultiprocessingOptions(primary_host=0)
 
 
 class _ReadLoop(asyncio.SelectorEventLoop):
@@ -65,7 +71,7 @@ def _reading():
 
 def save_tree(path: str, tree) -> None:
     """Write a pytree of host arrays to the new directory ``path`` and wait until it is on disk."""
-    checkpointer = ocp.StandardCheckpointer(multiprocessing_options=MULTIPROCESS)
+    checkpointer = ocp.StandardCheckpointer(multiprocessing_options=multiprocess())
     with at(path):
         checkpointer.save(os.path.abspath(path), tree)
         checkpointer.wait_until_finished()
@@ -84,7 +90,7 @@ def load_tree(path: str, like, owner: Optional[str] = None, then: str = RETRAIN)
     """Read the pytree at ``path`` with the structure, shapes and dtypes of ``like``; if it cannot be
     read, say so in one line (``unreadable``: ``owner`` and ``then``)."""
     target = abstract(like)
-    checkpointer = ocp.StandardCheckpointer(multiprocessing_options=MULTIPROCESS)
+    checkpointer = ocp.StandardCheckpointer(multiprocessing_options=multiprocess())
     try:
         with _reading():
             tree = checkpointer.restore(os.path.abspath(path), target)
@@ -208,7 +214,7 @@ class LevelCheckpoints:
     def __init__(self, directory: str):
         self.directory = directory
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=2, create=True, enable_async_checkpointing=True, multiprocessing_options=MULTIPROCESS
+            max_to_keep=2, create=True, enable_async_checkpointing=True, multiprocessing_options=multiprocess()
         )
         self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
 

@@ -8,6 +8,8 @@ it bitwise. What the loop reports (each evaluation, the histories of a resumed g
 ``Log`` it is handed (W&B: lottery/tracking.py); it knows nothing of experiments.
 """
 
+from __future__ import annotations
+
 import contextlib
 import dataclasses
 import hashlib
@@ -19,13 +21,15 @@ import threading
 import time
 from typing import List, Optional, Protocol, Sequence
 
-import jax
 import numpy as np
 
+from lottery import lazy
 from lottery import hosts
 from lottery.errors import LotteryError, Preempted
 from lottery.results import paths
 from lottery.results.store import LevelCheckpoints
+
+jax = lazy.module("jax")
 
 
 @dataclasses.dataclass

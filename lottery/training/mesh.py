@@ -20,16 +20,19 @@ checkpoints) the states are host arrays, identical in every process. With severa
 (``lottery.hosts``) the mesh spans every process's devices and each runs the same program on its part.
 """
 
+from __future__ import annotations
+
 import math
 from typing import Tuple
 
-import jax
 import numpy as np
-from jax.sharding import AxisType, NamedSharding
-from jax.sharding import PartitionSpec as P
 
+from lottery import lazy
 from lottery.pruning import masks
 from lottery.errors import LotteryError
+
+jax = lazy.module("jax")
+sharding_ = lazy.module("jax.sharding")
 
 AXES = ("members", "data")
 
@@ -62,7 +65,7 @@ def check(cfg, devices: int) -> None:
 
 def to_global(tree, mesh, spec):
     """Host arrays (the same in every process) as arrays laid over ``mesh`` by ``spec``."""
-    sharding = NamedSharding(mesh, spec)
+    sharding = sharding_.NamedSharding(mesh, spec)
     return jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, sharding, lambda index: a[index]), tree)
 
 
@@ -82,10 +85,10 @@ class MeshTrainer:
         self.trainer, self.members, self.data = trainer, members, data
         devices = jax.devices()[: members * data]
         self.mesh = jax.make_mesh(
-            (members, data), AXES, devices=devices, axis_types=(AxisType.Auto, AxisType.Auto)
+            (members, data), AXES, devices=devices, axis_types=(sharding_.AxisType.Auto, sharding_.AxisType.Auto)
         )  # Explicit breaks gathers (jax#36562)
         axis = "data" if data > 1 else None
-        block, every = P("members"), P()
+        block, every = sharding_.PartitionSpec("members"), sharding_.PartitionSpec()
         key = jax.random.wrap_key_data  # a PRNG key travels as its raw uint32 data
         self._train = self._program(
             lambda state, data, order, k, *rest: trainer.train_steps(state, data, order, key(k), *rest, data_axis=axis),
@@ -112,10 +115,11 @@ class MeshTrainer:
 
         def per_device(*args):
             if width > 1:
-                axes = [0 if spec == P("members") else None for spec in in_specs]
+                axes = [0 if spec == sharding_.PartitionSpec("members") else None for spec in in_specs]
                 return jax.vmap(one_network, in_axes=axes)(*args)
             args = [
-                jax.tree.map(lambda a: a[0], arg) if spec == P("members") else arg for arg, spec in zip(args, in_specs)
+                jax.tree.map(lambda a: a[0], arg) if spec == sharding_.PartitionSpec("members") else arg
+                for arg, spec in zip(args, in_specs)
             ]
             return jax.tree.map(lambda a: a[None], one_network(*args))
 
@@ -127,7 +131,7 @@ class MeshTrainer:
         """A host pytree (the data, an evaluation batch) replicated on every device of the mesh,
         made once per ``name``."""
         if name not in self._replicated:
-            self._replicated[name] = to_global(host, self.mesh, P())
+            self._replicated[name] = to_global(host, self.mesh, sharding_.PartitionSpec())
         return self._replicated[name]
 
     def rounds(self, networks: int):
@@ -143,8 +147,10 @@ class MeshTrainer:
         host, sums = jax.device_get(state), np.asarray(loss_sum)
         augment = np.asarray(jax.random.key_data(augment_key))
         data = self.replicated("train", trainer.train_host)
-        members = lambda tree, ids: to_global(jax.tree.map(lambda a: a[np.asarray(ids)], tree), self.mesh, P("members"))
-        scalar = lambda v: to_global(np.int32(v), self.mesh, P())
+        members = lambda tree, ids: to_global(
+            jax.tree.map(lambda a: a[np.asarray(ids)], tree), self.mesh, sharding_.PartitionSpec("members")
+        )
+        scalar = lambda v: to_global(np.int32(v), self.mesh, sharding_.PartitionSpec())
         out_states, out_sums = [], []
         for ids in self.rounds(len(sums)):
             block, block_sum, keys = members(host, ids), members(sums, ids), members(augment, ids)
@@ -156,7 +162,7 @@ class MeshTrainer:
                 orders = to_global(
                     np.stack([np.asarray(trainer.data_order(data_key[i], epoch, subset)) for i in ids]),
                     self.mesh,
-                    P("members"),
+                    sharding_.PartitionSpec("members"),
                 )
                 if trainer.host_loop:
                     for j in range(step, end):
@@ -173,7 +179,9 @@ class MeshTrainer:
         networks = len(jax.tree.leaves(host)[0])
         out = []
         for ids in self.rounds(networks):
-            block = to_global(jax.tree.map(lambda a: a[np.asarray(ids)], host), self.mesh, P("members"))
+            block = to_global(
+                jax.tree.map(lambda a: a[np.asarray(ids)], host), self.mesh, sharding_.PartitionSpec("members")
+            )
             if trainer.host_loop:
                 count = trainer.eval_host[split][0].shape[0]
                 one = lambda b: self.replicated((split, b), jax.tree.map(lambda a: a[b], trainer.eval_host[split]))
@@ -196,13 +204,15 @@ class MeshTrainer:
         n = self.members * trainer.width
         stacked = jax.tree.map(lambda a: np.stack([np.asarray(a)] * n), one)
         args = (
-            to_global(stacked, self.mesh, P("members")),
+            to_global(stacked, self.mesh, sharding_.PartitionSpec("members")),
             self.replicated("train", trainer.train_host),
-            to_global(np.zeros((n, len(trainer.train_host[1])), np.int32), self.mesh, P("members")),
-            to_global(np.zeros((n, 2), np.uint32), self.mesh, P("members")),
-            to_global(np.int32(0), self.mesh, P()),
-            to_global(np.int32(1), self.mesh, P()),
-            to_global(np.zeros(n, np.float32), self.mesh, P("members")),
+            to_global(
+                np.zeros((n, len(trainer.train_host[1])), np.int32), self.mesh, sharding_.PartitionSpec("members")
+            ),
+            to_global(np.zeros((n, 2), np.uint32), self.mesh, sharding_.PartitionSpec("members")),
+            to_global(np.int32(0), self.mesh, sharding_.PartitionSpec()),
+            to_global(np.int32(1), self.mesh, sharding_.PartitionSpec()),
+            to_global(np.zeros(n, np.float32), self.mesh, sharding_.PartitionSpec("members")),
         )
         program = self._train_step if trainer.host_loop else self._train
         if trainer.host_loop:

@@ -22,40 +22,33 @@ not by the optimizer's own step count: a level that restarts at the rewind step 
 optimizer state still continues the schedule from k (Frankle et al. 2020).
 """
 
+from __future__ import annotations
+
 import copy
 import dataclasses
 import functools
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
+from lottery import lazy
 from lottery.data import Dataset
 from lottery.errors import LotteryError
 from lottery.pruning.masks import apply_mask
 from lottery.step import Step
-from lottery.training import mesh
+from lottery.training import mesh, settings
 
-OPTIMIZERS = ("sgd", "adam")
+jax = lazy.module("jax")
+jnp = lazy.module("jax.numpy")
+optax = lazy.module("optax")
+nnx = lazy.module("flax.nnx")
+
+OPTIMIZERS = settings.OPTIMIZERS
 
 
 def make_optimizer(cfg) -> optax.GradientTransformation:
     """The update direction of ``cfg.name``, before the learning rate (see the module docstring)."""
-    if cfg.name not in OPTIMIZERS:
-        raise LotteryError(f"optimizer.name={cfg.name!r} is not an optimizer; choose one of: {', '.join(OPTIMIZERS)}")
-    if not math.isfinite(cfg.lr) or cfg.lr <= 0:
-        raise LotteryError(f"optimizer.lr={cfg.lr} must be a positive number")
-    for key, low, high in (("momentum", 0, 1), ("b1", 0, 1), ("b2", 0, 1)):
-        value = getattr(cfg, key)
-        if not low <= value < high:  # also false for nan
-            raise LotteryError(f"optimizer.{key}={value} must be in [{low}, {high})")
-    for key in ("weight_decay", "eps"):
-        value = getattr(cfg, key)
-        if not math.isfinite(value) or value < 0:
-            raise LotteryError(f"optimizer.{key}={value} must be a finite number >= 0")
+    settings.check_optimizer(cfg)
     # L2 weight decay added to the gradient, as torch.optim.SGD / Adam (open_lth) do.
     decay = [optax.add_decayed_weights(cfg.weight_decay)] if cfg.weight_decay else []
     if cfg.name == "sgd":
@@ -459,12 +452,24 @@ def stack(trees):
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
+def _jit(function, **options):
+    """``jax.jit(function, **options)``, made at its first call (importing this module imports no JAX)."""
+    compiled = []
+
+    def call(*args):
+        if not compiled:
+            compiled.append(jax.jit(function, **options))
+        return compiled[0](*args)
+
+    return call
+
+
 # The same as compiled programs, one dispatch for a whole tree instead of one per leaf: they run
 # between every chunk of every block. Copies, so they change no bit.
-_member = jax.jit(member)
-_stack = jax.jit(stack)
-_gather = jax.jit(lambda stacked, ids: jax.tree.map(lambda leaf: leaf[ids], stacked))
-_concatenate = jax.jit(
+_member = _jit(member)
+_stack = _jit(stack)
+_gather = _jit(lambda stacked, ids: jax.tree.map(lambda leaf: leaf[ids], stacked))
+_concatenate = _jit(
     lambda blocks, members: jax.tree.map(lambda *parts: jnp.concatenate(parts)[:members], *blocks), static_argnums=(1,)
 )
 
@@ -474,21 +479,15 @@ def stack_width(text: str) -> int:
     was; 8 on GPU/TPU, not yet measured: experiments/bench/device.sh measures widths)."""
     if str(text) == "auto":
         return 1 if jax.default_backend() == "cpu" else AUTO_WIDTH
-    if not str(text).isdigit() or int(text) < 1:
-        raise LotteryError(f"training.stack={text!r} must be a positive number of networks per program, or auto")
-    return int(text)
+    return settings.stack_width(text)
 
 
 AUTO_WIDTH = 8
-PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def compute_dtype(precision: str):
-    if precision not in PRECISIONS:
-        raise LotteryError(
-            f"training.precision={precision!r} is not a precision; choose one of: {', '.join(PRECISIONS)}"
-        )
-    return PRECISIONS[precision]
+    settings.check_precision(precision)
+    return getattr(jnp, precision)
 
 
 def _cast(tree, dtype):

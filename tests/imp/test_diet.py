@@ -314,7 +314,7 @@ def bad_file(tmp_path, kind):
 @pytest.mark.parametrize(
     "kind, message",
     [
-        ("missing", "No such file"),
+        ("missing", "none.npy: no such file; give a scores.npy"),
         ("short", "holds 10 scores; the training split has 1257"),
         ("pickled", "holds Python objects (a pickled object array)"),
         ("2-d", "of shape (1257, 2), not one real score"),

@@ -1,0 +1,21 @@
+"""Modules imported where they are first used, so that a command that needs none of them (a config
+refused before JAX starts, ``--help``) does not wait for them.
+
+``jax = lazy.module("jax")`` at the top of a module reads as ``import jax`` and imports JAX at the
+first ``jax.<name>``; after that each ``jax.<name>`` is one dictionary lookup more than it was. A
+module read at import time (a base class, a dataclass field's type, a value of a constant) is
+imported normally or behind a function.
+"""
+
+import importlib
+import types
+
+
+class _Module(types.ModuleType):
+    def __getattr__(self, name: str):
+        return getattr(importlib.import_module(self.__name__), name)
+
+
+def module(name: str) -> types.ModuleType:
+    """``name``, imported at the first attribute read of what this returns."""
+    return _Module(name)
