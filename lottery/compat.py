@@ -83,8 +83,8 @@ NAMES = {
     "lottery.imp": {
         **dict.fromkeys(_LEVELS, "lottery.imp.levels"),
         **dict.fromkeys(_FINISH, "lottery.imp.finish"),
-        "MAX_NAME": "lottery.imp.experiment",
-        "RETRAIN": "lottery.imp.experiment",
+        "MAX_NAME": "lottery.imp.checks",
+        "RETRAIN": "lottery.imp.checks",
         "experiment_directory": "lottery.results.paths",
     },
 }

@@ -8,6 +8,7 @@ controls, where data live, ...) is recorded by invocations.py.
 """
 
 import glob
+import functools
 import hashlib
 import json
 import os
@@ -129,8 +130,13 @@ def legacy(dotted: str) -> bool:
     it said nothing about what this version computes."""
     if dotted in ("name", "dataset.fingerprint"):
         return False
-    schema = flatten(OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
-    return not any(dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + ".") for key in schema)
+    return not any(dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + ".") for key in _schema())
+
+
+@functools.cache
+def _schema() -> Tuple[str, ...]:
+    """Every key of this version's config schema, dotted (built once: 0.1 s each time)."""
+    return tuple(flatten(OmegaConf.to_container(OmegaConf.structured(Config), resolve=False)))
 
 
 DEFAULT_NAME = "quickstart"  # conf/config.yaml's name: the quickstart's, and every experiment's that set none
