@@ -2,9 +2,9 @@
 refused before JAX starts, ``--help``) does not wait for them.
 
 ``jax = lazy.module("jax")`` at the top of a module reads as ``import jax`` and imports JAX at the
-first ``jax.<name>``; after that each ``jax.<name>`` is one dictionary lookup more than it was. A
-module read at import time (a base class, a dataclass field's type, a value of a constant) is
-imported normally or behind a function.
+first ``jax.<name>``; each name, once read, is kept on the stand-in, so that reading it again costs
+what reading it from the module costs. A module read at import time (a base class, a dataclass
+field's type, a value of a constant) is imported normally or behind a function.
 """
 
 import importlib
@@ -12,8 +12,10 @@ import types
 
 
 class _Module(types.ModuleType):
-    def __getattr__(self, name: str):
-        return getattr(importlib.import_module(self.__name__), name)
+    def __getattr__(self, name: str):  # only for a name not kept yet
+        value = getattr(importlib.import_module(self.__name__), name)
+        setattr(self, name, value)
+        return value
 
 
 def module(name: str) -> types.ModuleType:
