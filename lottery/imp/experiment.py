@@ -52,6 +52,7 @@ class Experiment:
     # (IMP, pruning before training, transfer, sparse training, Early-Bird), then those that change
     # how they train (SWAMP, a data diet). Chosen once, by ``prepare``.
     methods: Tuple[Method, ...] = ()
+    _rewind_points: Dict[int, dict] = dataclasses.field(default_factory=dict, repr=False)  # rewind_point's
 
     @property
     def method(self) -> Method:
@@ -152,8 +153,15 @@ class Experiment:
         return load_tree(os.path.join(directory, what), self.template(what))
 
     def rewind_point(self, replicate: int) -> dict:
-        """θk of ``replicate``: the dense level 0's state at the rewind step."""
-        return self.load(self.level_dir(replicate, 0), "rewind_point")
+        """θk of ``replicate``: the dense level 0's state at the rewind step (read once a process:
+        every level's ticket and controls start from it; its arrays are read-only)."""
+        if replicate not in self._rewind_points:
+            tree = self.load(self.level_dir(replicate, 0), "rewind_point")
+            for leaf in jax.tree.leaves(tree):
+                if isinstance(leaf, np.ndarray):
+                    leaf.setflags(write=False)
+            self._rewind_points[replicate] = tree
+        return self._rewind_points[replicate]
 
     @functools.cached_property
     def context(self) -> Context:
