@@ -1,5 +1,5 @@
 """Every check of an experiment's config that needs no device, run before JAX is imported (this
-module imports none of JAX, Flax, optax or orbax: tests/test_package.py), so that a mistaken setting
+module imports none of JAX, Flax, optax or orbax: tests/imp/test_checks.py), so that a mistaken setting
 is refused at once: ``check``, what needs only the config (cheap enough to run on each job of a
 sweep before the first one starts), and ``with_data``, what needs the data set too (its size: the
 points of training, batch sizes).
