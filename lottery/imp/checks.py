@@ -8,11 +8,11 @@ points of training, batch sizes).
 import dataclasses
 
 from lottery import data as datasets
+from lottery import models
 from lottery.analysis import objective
 from lottery.config import check_unused
 from lottery.errors import LotteryError
 from lottery.imp import method as methods
-from lottery import models
 from lottery.pruning import controls, criteria, masks
 from lottery.pruning import structure as structures
 from lottery.step import Step

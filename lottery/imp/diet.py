@@ -654,9 +654,8 @@ class Diet(Method):
 
     @staticmethod
     def check_data(cfg, checked) -> None:
-        data = checked.data
-        size = len(data.train_x)
-        plan(cfg, size, checked.per_epoch, cfg.training.batch_size, checked.end, checked.rewind, data.fingerprint)
+        data, batch_size = checked.data, cfg.training.batch_size
+        plan(cfg, len(data.train_x), checked.per_epoch, batch_size, checked.end, checked.rewind, data.fingerprint)
 
     @staticmethod
     def chosen(cfg) -> bool:

@@ -67,8 +67,9 @@ def recorded(experiment, console: Console):
 
 def progress(console: Console, enabled: bool) -> Progress:
     """The bars of the levels being trained (none where ``enabled`` is false or the console quiet)."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    return Progress(*columns, TimeRemainingColumn(), console=console, disable=not enabled or console.quiet)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    columns += (TimeElapsedColumn(), TimeRemainingColumn())
+    return Progress(*columns, console=console, disable=not enabled or console.quiet)
 
 
 def finish(experiment, console: Console, trained: int) -> Results:

@@ -33,6 +33,7 @@ group (config.py) and its tests.
 """
 
 import dataclasses
+import functools
 import importlib
 import os
 import pkgutil
@@ -196,10 +197,12 @@ def method(cls: type) -> type:
 STORY = ("checks", "dense", "experiment", "finish", "levels", "lmc", "method")
 
 
+@functools.cache
 def load() -> None:
     """Import every method module of ``lottery.imp``: each method registers by being imported, in the
     order of its module's name (the order ``choose`` returns the methods that change how tickets
-    train). They import no JAX until they run (``check`` runs before JAX starts)."""
+    train). They import no JAX until they run (``check`` runs before JAX starts). Once a process:
+    ``registered`` asks at every check of a sweep's jobs."""
     for module in sorted(m.name for m in pkgutil.iter_modules([os.path.dirname(__file__)])):
         if module not in STORY:
             importlib.import_module(f"{__package__}.{module}")
