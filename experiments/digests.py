@@ -51,6 +51,7 @@ EXPERIMENTS = {
     ],
     "gmp": [*QUICK, "sparsity=gmp", "sparsity.update_every=10it"],
     "rigl": [*QUICK, "sparsity=rigl", "sparsity.update_every=10it", "controls=[random_prune]"],
+    "set": [*QUICK, "sparsity=set", "sparsity.update_every=7it", "sparsity.decay=constant"],
     "static-levels": [*QUICK, "sparsity=static", "sparsity.levels=[2]"],
     "neurons": [*QUICK, "pruning.structure=neurons", "controls=[random_prune]"],
     "2-4": [*QUICK, "pruning.structure=2:4"],

@@ -5,12 +5,12 @@ counts), each program timed over the same steps (median of repeats):
 
   masked       the IMP step (masks in the step, no updates): the baseline
   dense        the same step without masks (the cost of one dense gradient step)
-  <m> idle     the step of method m (gmp, set, rigl) with its update compiled in but no update due
-               (an update is chosen by lax.cond on the step number: this is what most steps cost)
-  <m> update   the same with an update after every step (what an update step costs)
+  <m> idle     the program of method m (gmp, set, rigl) with its updates compiled in but none due
+               (the masked steps between two updates run as one inner loop: what most steps cost)
+  <m> update   the same with an update at every step (what an update step costs)
 
-Ratios: idle / masked (the issue's target: at most 1.10) and (update - masked) / dense (the extra
-cost of an update in dense steps: target at most 1).
+Ratios: idle / masked (issue 36's target: at most 1.05) and (update - masked) / dense (the extra
+cost of an update in dense steps: issue 36's target at most 2).
 
     python experiments/bench/sparse_training.py [--steps 500] [--density 0.2] [--repeats 5] [--smoke]
 """

@@ -49,8 +49,11 @@ as before.
 Counts are exact, as everywhere here: each update drops and grows exactly k per layer (ties by
 position: the earlier weight is dropped first, as in masks.py, and the earlier inactive weight is
 grown first); every count is computed on the host in exact arithmetic (``Schedule``) and handed to
-the compiled step as a table, so an update is part of the step's one compiled program, chosen by
-``lax.cond`` on the step number (no recompilation per update, per level or per replicate).
+the compiled step as a table, so an update is part of training's one compiled program (no
+recompilation per update, per level or per replicate): for SET and RigL the masked steps between
+two updates run as one inner loop with no branch, each update's step after them; GMP's step
+carries its update by ``lax.cond`` on the step number (in an inner loop XLA fuses its steps
+differently: other bits, so another experiment).
 
 Layer densities (``sparsity.distribution``): ``imp``, IMP's own per-layer counts at the level (a
 DST network then matches a ticket's layer densities exactly); ``uniform``, one density in every
@@ -308,24 +311,52 @@ class Schedule:
 # --- the compiled updates ------------------------------------------------------------------------
 
 
+def _crossing(histogram, k):
+    """Where the running count of ``histogram`` (65536 buckets) reaches ``k`` (>= 1): the bucket and
+    how many fall in the buckets before it. Two levels of 256 (row totals, then one row), so no
+    65536-long running sum (slow on XLA:CPU)."""
+    rows = histogram.reshape(256, 256)
+    totals = jnp.sum(rows, axis=1)
+    ends = jnp.cumsum(totals)
+    r = jnp.minimum(jnp.sum(ends < k), 255)
+    row = rows[r]
+    within = ends[r] - totals[r] + jnp.cumsum(row)
+    c = jnp.minimum(jnp.sum(within < k), 255)
+    return r * 256 + c, within[c] - row[c]
+
+
+def kth(keys, k):
+    """The ``k``-th smallest of ``keys`` (flat uint32, 1 <= k <= size) and how many keys are below it,
+    exactly: a 65536-bucket histogram of the keys' top 16 bits finds the bucket holding it, a second
+    one of the low 16 bits of that bucket's keys the key itself (two scatter-adds, no sort)."""
+    top = (keys >> 16).astype(jnp.int32)
+    high, before_high = _crossing(jnp.zeros(65536, jnp.int32).at[top].add(1), k)
+    low = jnp.where(top == high, (keys & 0xFFFF).astype(jnp.int32), 65536)  # others: out of range, dropped
+    rest, before_rest = _crossing(jnp.zeros(65536, jnp.int32).at[low].add(1, mode="drop"), k - before_high)
+    return (high.astype(jnp.uint32) << 16) | rest.astype(jnp.uint32), before_high + before_rest
+
+
 def lowest(scores, k):
     """The ``k`` lowest of ``scores`` (flat float32) as a boolean mask, equal values taken from the
     earliest position: exact, and without a sort (XLA:CPU sorts 266K values in ~100 ms). A float's
-    bits, sign-adjusted, order like the float, so the k-th lowest value is found by bisection on
-    32-bit keys (32 counting passes), then the ties at it are taken in position order."""
-    bits = jax.lax.bitcast_convert_type(scores + 0.0, jnp.uint32)  # + 0.0: -0.0 and 0.0 are one value
+    bits, sign-adjusted, order like the float, so the k-th lowest value is the k-th smallest 32-bit
+    key (``kth``); if more keys tie at it than are still to be taken, the earliest of them are found
+    the same way, as the smallest positions among the tied."""
+    scores = jnp.where(scores == 0, jnp.zeros_like(scores), scores)  # -0.0 and 0.0 are one value
+    bits = jax.lax.bitcast_convert_type(scores, jnp.uint32)
     keys = jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))  # unsigned order = float order
-
-    def narrow(_, bounds):  # the least key t with #(keys <= t) >= k lies in [low, high]
-        low, high = bounds
-        middle = low + (high - low) // 2
-        enough = jnp.sum(keys <= middle) >= k
-        return jnp.where(enough, low, middle + 1), jnp.where(enough, middle, high)
-
-    threshold, _ = jax.lax.fori_loop(0, 32, narrow, (jnp.uint32(0), jnp.uint32(0xFFFFFFFF)))
-    below = keys < threshold
+    k = jnp.asarray(k, jnp.int32)
+    threshold, below = kth(keys, jnp.maximum(k, 1))
+    need = k - below
     tied = keys == threshold
-    return below | (tied & (jnp.cumsum(tied) <= k - jnp.sum(below)))
+    positions = jnp.arange(keys.size, dtype=jnp.uint32)
+
+    def earliest():  # the ``need`` tied keys of the lowest positions
+        last, _ = kth(jnp.where(tied, positions, jnp.uint32(0xFFFFFFFF)), jnp.maximum(need, 1))
+        return tied & (positions <= last)
+
+    taken = jax.lax.cond(jnp.sum(tied) <= need, lambda: tied, earliest)
+    return ((keys < threshold) | taken) & (k > 0)
 
 
 def prune_to(weights, mask, keep):
@@ -354,6 +385,33 @@ class Updates:
     def __init__(self, schedule: Schedule, groups: List[List[str]]):
         self.schedule, self.groups = schedule, groups
         self.events = np.asarray(schedule.events, np.int32)
+
+    @property
+    def replaces_step(self) -> bool:
+        """Whether an update replaces the optimizer step (SET, RigL) rather than following it (GMP)."""
+        return self.schedule.method.updates == "drop_grow"
+
+    def steps(self) -> np.ndarray:
+        """The training steps that carry an update (int32, ascending): SET/RigL, the update
+        iterations; GMP, the steps after which it prunes."""
+        return self.events - (1 if self.schedule.method.updates == "prune" else 0)
+
+    def next_step(self, step):
+        """The first step at or after ``step`` that carries an update (int32 max: none left)."""
+        steps = jnp.asarray(self.steps())
+        if not len(steps):
+            return jnp.int32(np.iinfo(np.int32).max)
+        i = jnp.searchsorted(steps, step)
+        return jnp.where(i < len(steps), steps[jnp.minimum(i, len(steps) - 1)], np.iinfo(np.int32).max)
+
+    def update_step(self, optimizer_step, params, mask, opt_state, grads, step, sparse, mask_opt_state):
+        """``step`` as ``step`` computes it where ``step`` carries an update (one of ``steps()``),
+        without the branch: SET/RigL's update instead of the optimizer step, GMP's after it."""
+        at = step if self.schedule.method.updates == "drop_grow" else step + 1
+        if self.schedule.method.updates != "drop_grow":
+            params, opt_state = optimizer_step()
+        row = jnp.minimum(jnp.searchsorted(jnp.asarray(self.events), at), len(self.events) - 1)
+        return self._update(params, mask, opt_state, grads, at, sparse, row, mask_opt_state)
 
     def state(self, start: List[int], targets: List[int], key) -> dict:
         """A member's ``state["sparse"]``: its counts table and its key for random growth (SET)."""

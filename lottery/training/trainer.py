@@ -13,9 +13,13 @@ the mask. Masking is part of the step, so nothing outside it has to re-apply a m
 - the updated weights are selected with ``where(mask, w, 0.0)``, so a pruned weight is exactly
   0.0 after every step, whatever the optimizer computed.
 
-A sparse-training method's mask updates are part of the step too (``Updates.step``): GMP prunes
-after the optimizer step; SET and RigL update the mask instead of it on an update iteration (Evci
-et al. 2020, Algorithm 1).
+A sparse-training method's mask updates are part of the program too (pruning/sparse.py,
+``Updates``): GMP prunes after the optimizer step; SET and RigL update the mask instead of it on an
+update iteration (Evci et al. 2020, Algorithm 1). For SET and RigL the compiled loop runs the
+masked steps between two updates as one inner loop and each update's step after it, so a step
+without an update costs the masked step; GMP's steps, and a step dispatched alone (the host loop),
+pick their update by ``lax.cond`` on the step number (GMP's steps in an inner loop round
+differently: XLA fuses the step before the branch otherwise, so that would be a new experiment).
 
 The learning rate is applied here from an optax schedule indexed by the *global* training step,
 not by the optimizer's own step count: a level that restarts at the rewind step k with a fresh
@@ -330,16 +334,36 @@ class Trainer:
         return _split(self.inputs(images[index], key), data_axis), _split(labels[index], data_axis)
 
     def train_steps(self, state, train_data, order, augment_key, start, stop, loss_sum, data_axis=None):
-        """Steps [start, stop) of one epoch in one compiled loop, adding the losses to loss_sum."""
-        body = lambda step, carry: self.train_step(carry[0], train_data, order, augment_key, step, carry[1], data_axis)
-        return jax.lax.fori_loop(start, stop, body, (state, loss_sum))
+        """Steps [start, stop) of one epoch in one compiled loop, adding the losses to loss_sum. With
+        SET's or RigL's updates, the steps between two updates are one inner loop of the masked step
+        alone (no branch in it: what a step costs without an update), each update step after it:
+        the same steps, in the same order, on the same batches, the same bits."""
 
-    def train_step(self, state, train_data, order, augment_key, step, loss_sum, data_axis=None):
-        """One step: its batch, the masked update, and its loss added to loss_sum."""
-        state, loss = self._step(state, *self._batch(train_data, order, augment_key, step, data_axis), step)
+        def steps(first, last, carry, update=False):
+            body = lambda step, c: self.train_step(c[0], train_data, order, augment_key, step, c[1], data_axis, update)
+            return jax.lax.fori_loop(first, last, body, carry)
+
+        if self.updates is None or not self.updates.replaces_step:  # GMP: its branch in every step (below)
+            return steps(start, stop, (state, loss_sum), None)
+
+        def segment(carry):  # the masked steps up to the next update, then that update's step
+            step, inner = carry
+            upto = jnp.minimum(self.updates.next_step(step), stop)
+            inner = steps(step, upto, inner)
+            inner = jax.lax.cond(upto < stop, lambda c: steps(upto, upto + 1, c, True), lambda c: c, inner)
+            return jnp.minimum(upto + 1, stop), inner
+
+        _, carry = jax.lax.while_loop(lambda c: c[0] < stop, segment, (start, (state, loss_sum)))
+        return carry
+
+    def train_step(self, state, train_data, order, augment_key, step, loss_sum, data_axis=None, update=None):
+        """One step: its batch, the masked update, and its loss added to loss_sum. ``update``: with
+        a sparse-training method, whether the step carries its mask update (None: decided by the
+        step number inside the program; True/False: known beforehand, no branch)."""
+        state, loss = self._step(state, *self._batch(train_data, order, augment_key, step, data_axis), step, update)
         return state, loss_sum + loss
 
-    def _step(self, state, x, y, step):
+    def _step(self, state, x, y, step, update=None):
         mask = state["mask"]
 
         def loss_fn(params):
@@ -360,10 +384,10 @@ class Trainer:
                 params = jax.tree.map(lambda p, u: p - lr * u, state["params"], updates)
             return params, opt_state
 
-        if self.updates is None:
+        if self.updates is None or update is False:
             params, opt_state = optimizer_step()
         else:  # a sparse-training method's step: the optimizer's, and its mask update (pruning/sparse.py)
-            params, mask, opt_state = self.updates.step(
+            params, mask, opt_state = (self.updates.step if update is None else self.updates.update_step)(
                 optimizer_step,
                 state["params"],
                 mask,

@@ -2,6 +2,7 @@
 update checked against an independent computation (closed forms, NumPy references), the compiled
 updates inside the training step, and the pipeline's curves at IMP's densities."""
 
+import copy
 import json
 import math
 import os
@@ -110,6 +111,33 @@ def test_drop_and_grow_and_gmp_pruning_against_numpy_with_ties():
         np.testing.assert_array_equal(pruned, reference)
 
 
+def test_lowest_is_the_stable_order_of_numpy():
+    """``lowest`` (two histogram passes over the floats' 32-bit keys, ties by position) against
+    NumPy's stable sort, on what makes each pass and the tie rule matter: values spread over many
+    binades, values sharing their top 16 bits (the second pass decides), signed zeros and infinities,
+    big tie blocks (found by position), k = 0 and k = all; and under vmap, as a stack of networks runs it."""
+    rng = np.random.default_rng(1)
+    n = 3001
+    close = (1.0 + np.arange(n) * 2.0**-22).astype(np.float32)  # all within one top-16-bit bucket
+    cases = {
+        "binades": (np.exp(rng.normal(size=n) * 8) * rng.choice([-1, 1], n)).astype(np.float32),
+        "one bucket": rng.permutation(close),
+        "zeros and infinities": rng.choice(np.float32([0.0, -0.0, np.inf, -np.inf, 1.5, -2.5]), n),
+        "tie blocks": rng.integers(0, 4, n).astype(np.float32),
+    }
+    select = jax.jit(sparse.lowest)
+    for name, scores in cases.items():
+        order = np.lexsort((np.arange(n), scores))
+        for k in (0, 1, 2, 1000, 1500, n - 1, n, int(rng.integers(0, n))):
+            expected = np.zeros(n, bool)
+            expected[order[:k]] = True
+            np.testing.assert_array_equal(np.asarray(select(jnp.asarray(scores), k)), expected, err_msg=f"{name} k={k}")
+    stacked = np.stack([cases["tie blocks"], cases["one bucket"]])
+    together = np.asarray(jax.jit(jax.vmap(sparse.lowest))(jnp.asarray(stacked), jnp.asarray([1700, 9])))
+    for row, k in ((0, 1700), (1, 9)):
+        np.testing.assert_array_equal(together[row], np.asarray(select(jnp.asarray(stacked[row]), k)))
+
+
 @pytest.fixture(scope="module")
 def rigl(tmp_path_factory):
     """A RigL experiment's trainer and a network's start, with an update every 7 steps."""
@@ -165,6 +193,13 @@ def test_rigl_inside_the_step_regrows_at_zero_keeps_counts_and_compiles_once(rig
     for a, b in zip(jax.tree.leaves(jax.device_get(whole)), jax.tree.leaves(jax.device_get(split))):
         np.testing.assert_array_equal(a, b)
     assert trainer._train._cache_size() == 1
+    # the compiled loop runs the masked steps between updates as one inner loop and each update's
+    # step after it; one step at a time (the host loop) picks the update by lax.cond: the same bits
+    stepwise = copy.copy(trainer)
+    stepwise.host_loop = True
+    alone, _ = stepwise.train(training.stack([make()]), data_key, augment_key, 0, 30)
+    for a, b in zip(jax.tree.leaves(jax.device_get(whole)), jax.tree.leaves(jax.device_get(alone))):
+        np.testing.assert_array_equal(a, b)
 
 
 def _start(cfg):
