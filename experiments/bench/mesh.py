@@ -8,7 +8,10 @@ the speed-up over one device, side by side, and whether the member-parallel stac
 the one-device stack (it must). On a CPU the virtual devices share the host's cores, so the
 speed-up is bounded by what one network leaves idle; on a multi-GPU host each device is its own.
 
-    python experiments/bench/mesh.py [--networks 8] [--steps 500] [--repeats 3] [--smoke]
+    python experiments/bench/mesh.py [--networks 8] [--steps 500] [--chunk 0] [--repeats 3] [--smoke]
+
+``--chunk N`` trains in calls of N steps, as evaluations and checkpoints split a level's training:
+what the mesh costs between chunks.
 """
 
 import argparse
@@ -48,7 +51,10 @@ def measure(args):
     for attempt in range(args.repeats + 1):  # the first compiles
         state = training.stack(members)
         begin = time.perf_counter()
-        state, loss = trainer.train(state, keys[0], keys[1], 0, args.steps)
+        loss = None
+        for start in range(0, args.steps, args.chunk or args.steps):  # chunks, as evaluations split training
+            stop = min(start + (args.chunk or args.steps), args.steps)
+            state, loss = trainer.train(state, keys[0], keys[1], start, stop, loss)
         jax.block_until_ready((state, loss))
         if attempt:
             times.append(time.perf_counter() - begin)
@@ -61,6 +67,7 @@ def main():
     parser.add_argument("--networks", type=int, default=8)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunk", type=int, default=0, help="steps per call of the trainer (0: all in one)")
     parser.add_argument(
         "--smoke",
         action="store_true",
@@ -78,7 +85,8 @@ def main():
     from common import machine
 
     print(f"machine: {machine()}")
-    print(f"lenet, {args.networks} networks x {args.steps} steps, {args.repeats} timings each (median [min-max] s)")
+    chunks = f", in chunks of {args.chunk}" if args.chunk else ""
+    print(f"lenet, {args.networks} networks x {args.steps} steps{chunks}, {args.repeats} timings each (median [min-max] s)")
     print(f"{'layout':>12s} {'seconds':>22s} {'speed-up':>9s} {'bitwise one device':>19s}")
     base = None
     layouts = (
@@ -94,6 +102,7 @@ def main():
                 f"--networks={args.networks}",
                 f"--steps={args.steps}",
                 f"--repeats={args.repeats}",
+                f"--chunk={args.chunk}",
                 f"--members={members}",
                 f"--data={data}",
             ],

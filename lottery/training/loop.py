@@ -28,6 +28,7 @@ from lottery import hosts
 from lottery.errors import LotteryError, Preempted
 from lottery.results import paths
 from lottery.results.store import LevelCheckpoints
+from lottery.training import mesh
 
 jax = lazy.module("jax")
 
@@ -266,7 +267,7 @@ def train(
             if stopping:
                 checkpoints.close()
                 raise PREEMPTION.stop(f"checkpoint written at level {level}, step {step}")
-    return states, histories, kept, elapsed()
+    return mesh.settled(states), histories, kept, elapsed()
 
 
 def checkpoint_tree(states, kept: Sequence[int]):

@@ -16,8 +16,16 @@ over a 2-D mesh ``members x data``:
 - both at once on a 2-D mesh.
 
 The data are replicated on every device of the mesh. Between compiled chunks (at evaluations and
-checkpoints) the states are host arrays, identical in every process. With several processes
-(``lottery.hosts``) the mesh spans every process's devices and each runs the same program on its part.
+checkpoints) the states stay on the mesh's devices when the stack fills whole rounds (its networks a
+multiple of members x the trainer's width) in one process: the stack is one array split along
+``members``, device d holding networks [d R W, (d + 1) R W) of a stack of R rounds, and round r is
+each device's networks [r W, (r + 1) W) of its own, cut out and written back by per-device slices
+(no communication at all, no copy through the host; which networks share a round changes no bit,
+as a network's bits do not depend on its mates). Only what is saved or evaluated comes to the host,
+and the training loop brings a group's states to the default device once, when its training ends
+(``settled``). Otherwise (a stack padded to whole rounds, or several processes) the states are host
+arrays between chunks, identical in every process. With several processes (``lottery.hosts``) the
+mesh spans every process's devices and each runs the same program on its part.
 """
 
 from __future__ import annotations
@@ -78,6 +86,15 @@ def to_host(tree):
     return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
 
+def settled(tree):
+    """Arrays left on a mesh's devices (``MeshTrainer`` between chunks) as arrays of the default
+    device, as one-device training leaves them; anything else as it is."""
+    on_mesh = lambda a: isinstance(a, jax.Array) and len(a.sharding.device_set) > 1
+    if not any(on_mesh(a) for a in jax.tree.leaves(tree)):
+        return tree
+    return jax.tree.map(lambda a: jax.numpy.asarray(np.asarray(a)) if on_mesh(a) else a, tree)
+
+
 class MeshTrainer:
     """A ``members x data`` mesh and the trainer's programs compiled over it."""
 
@@ -107,6 +124,28 @@ class MeshTrainer:
             lambda *a: trainer.evaluate_batch(*a, data_axis=axis), (block, block, every), (block, block)
         )
         self._replicated = {}
+        self._split = sharding_.NamedSharding(self.mesh, block)
+        local = lambda f: jax.jit(
+            jax.shard_map(f, mesh=self.mesh, in_specs=(block, every), out_specs=block, axis_names={"members"})
+        )
+        width = trainer.width
+        # round r of a stack kept on the mesh: each device's networks [r W, (r + 1) W) of its own
+        self._cut = local(
+            lambda tree, r: jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, r * width, width), tree)
+        )
+        self._put = jax.jit(
+            jax.shard_map(
+                lambda tree, part, r: jax.tree.map(
+                    lambda a, b: jax.lax.dynamic_update_slice_in_dim(a, b, r * width, 0), tree, part
+                ),
+                mesh=self.mesh,
+                in_specs=(block, block, every),
+                out_specs=block,
+                axis_names={"members"},
+            ),
+            donate_argnums=(0,),
+        )
+        self._orders = {}  # (id of the data keys, epoch, subset) -> (the keys, each round's orders)
 
     def _program(self, one_network, in_specs, out_specs):
         """``one_network`` run by each device on its block of the stack: one network (width 1) or
@@ -142,7 +181,65 @@ class MeshTrainer:
         index = list(range(networks)) + [0] * (padded - networks)
         return [index[i : i + per_round] for i in range(0, padded, per_round)]
 
+    def resident(self, networks: int) -> bool:
+        """Whether a stack of ``networks`` stays on the mesh between chunks (whole rounds, one process)."""
+        return jax.process_count() == 1 and networks % (self.members * self.trainer.width) == 0
+
+    def kept_rounds(self, networks: int):
+        """The rounds of a stack kept on the mesh: round r is each device's networks [r W, (r + 1) W)."""
+        width, per_device = self.trainer.width, networks // self.members
+        return [
+            [d * per_device + r * width + j for d in range(self.members) for j in range(width)]
+            for r in range(per_device // width)
+        ]
+
+    def _on_mesh(self, tree):
+        """``tree`` split along ``members`` on the mesh: as it is where it already is (the previous
+        chunk's states), else copied there (from the default device or the host)."""
+        here = lambda a: isinstance(a, jax.Array) and a.sharding == self._split
+        return jax.tree.map(lambda a: a if here(a) else jax.device_put(a, self._split), tree)
+
+    def _round_orders(self, data_key, epoch: int, subset: bool):
+        """Each kept round's data orders for ``epoch`` (the trainer's, per network), split along
+        ``members``: computed on the device once per epoch and copied between devices."""
+        key = (id(data_key), epoch, subset)
+        if key not in self._orders or self._orders[key][0] is not data_key:
+            if len(self._orders) > 8:
+                self._orders.clear()
+            trainer = self.trainer
+            orders = [
+                jax.device_put(
+                    jax.numpy.stack([trainer.data_order(data_key[i], epoch, subset) for i in ids]), self._split
+                )
+                for ids in self.kept_rounds(len(data_key))
+            ]
+            self._orders[key] = (data_key, orders)
+        return self._orders[key][1]
+
     def train(self, state, data_key, augment_key, start: int, stop: int, loss_sum, check=None):
+        if not self.resident(len(loss_sum)):
+            return self._train_through_host(state, data_key, augment_key, start, stop, loss_sum, check)
+        trainer = self.trainer
+        data = self.replicated("train", trainer.train_host)
+        state, loss_sum, augment = self._on_mesh((state, loss_sum, jax.random.key_data(augment_key)))
+        scalar = lambda v: to_global(np.int32(v), self.mesh, sharding_.PartitionSpec())
+        for r in range(len(self.kept_rounds(len(loss_sum)))):
+            block, block_sum, keys = self._cut((state, loss_sum, augment), scalar(r))
+            for step, end, epoch, subset in trainer.epochs(start, stop):  # one compiled loop per epoch touched
+                if check:
+                    check()
+                orders = self._round_orders(data_key, epoch, subset)[r]
+                if trainer.host_loop:
+                    for j in range(step, end):
+                        block, block_sum = self._train_step(block, data, orders, keys, scalar(j), block_sum)
+                else:
+                    block, block_sum = self._train(block, data, orders, keys, scalar(step), scalar(end), block_sum)
+            state, loss_sum = self._put((state, loss_sum), (block, block_sum), scalar(r))
+        return state, loss_sum
+
+    def _train_through_host(self, state, data_key, augment_key, start: int, stop: int, loss_sum, check=None):
+        """A stack padded to whole rounds, or several processes: the states as whole host arrays
+        between chunks, in every process."""
         trainer = self.trainer
         host, sums = jax.device_get(state), np.asarray(loss_sum)
         augment = np.asarray(jax.random.key_data(augment_key))
@@ -175,13 +272,22 @@ class MeshTrainer:
 
     def evaluate(self, state, split: str):
         trainer = self.trainer
-        host = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
-        networks = len(jax.tree.leaves(host)[0])
-        out = []
-        for ids in self.rounds(networks):
-            block = to_global(
-                jax.tree.map(lambda a: a[np.asarray(ids)], host), self.mesh, sharding_.PartitionSpec("members")
+        weights = {"params": state["params"], "batch_stats": state["batch_stats"]}
+        networks = len(jax.tree.leaves(weights)[0])
+        if self.resident(networks):  # cut from the stack where it is
+            weights = self._on_mesh(weights)
+            rounds = self.kept_rounds(networks)
+            scalar = lambda v: to_global(np.int32(v), self.mesh, sharding_.PartitionSpec())
+            take = lambda r: self._cut(weights, scalar(r))
+        else:
+            host = jax.device_get(weights)
+            rounds = self.rounds(networks)
+            take = lambda r: to_global(
+                jax.tree.map(lambda a: a[np.asarray(rounds[r])], host), self.mesh, sharding_.PartitionSpec("members")
             )
+        out = []
+        for r in range(len(rounds)):
+            block = take(r)
             if trainer.host_loop:
                 count = trainer.eval_host[split][0].shape[0]
                 one = lambda b: self.replicated((split, b), jax.tree.map(lambda a: a[b], trainer.eval_host[split]))
@@ -194,7 +300,8 @@ class MeshTrainer:
             else:
                 batches = self.replicated(split, trainer.eval_host[split])
                 out.append(to_host(self._evaluate(block["params"], block["batch_stats"], batches)))
-        loss, accuracy = (np.concatenate(column)[:networks] for column in zip(*out))
+        _, first = np.unique(np.concatenate(rounds), return_index=True)  # each network's place (not its copies)
+        loss, accuracy = (np.concatenate(column)[first] for column in zip(*out))
         return loss, accuracy
 
     def compiled_text(self) -> str:

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from conftest import child_env, compose_config
 from lottery import hosts, imp
+from lottery.training import mesh as mesh_module
 from lottery.training import trainer as training
 from lottery.errors import LotteryError
 
@@ -89,19 +90,30 @@ def reference(tmp_path_factory):
 
 
 def diet_digest(mesh) -> str:
-    """4 networks trained 45 steps by a trainer with a data diet (every third example until step 30:
+    """8 networks trained 45 steps by a trainer with a data diet (every third example until step 30:
     5 epochs of the subset, then the whole set from the middle of its second epoch), on this
     process's devices as ``mesh`` lays them: a digest of their weights."""
     experiment = imp.prepare(compose_config([*RUN, *mesh]))  # writes nothing
     trainer = experiment.trainer.with_diet(np.arange(0, len(experiment.trainer.train_host[0]), 3), 30)
-    keys = [experiment.keys(r) for r in range(4)]
-    states, _ = trainer.train(
-        training.stack([experiment.dense_start(r) for r in range(4)]),
-        jax.numpy.stack([k["data"] for k in keys]),
-        jax.numpy.stack([k["augment"] for k in keys]),
-        0,
-        45,
+    keys = [experiment.keys(r) for r in range(8)]
+    data_keys, augment_keys = (jax.numpy.stack([k[name] for k in keys]) for name in ("data", "augment"))
+    states, sums = trainer.train(
+        training.stack([experiment.dense_start(r) for r in range(8)]), data_keys, augment_keys, 0, 20
     )
+    if jax.device_count() == 1:
+        states, _ = trainer.train(states, data_keys, augment_keys, 20, 45, sums)
+    else:  # between chunks the states (two rounds of 4) stay split along members on the mesh, never via the host
+        assert all(len(a.sharding.device_set) == 4 for a in jax.tree.leaves((states, sums)))
+        refuse = lambda *a, **k: pytest.fail("a chunk's states went through the host")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(mesh_module, "to_host", refuse)
+            patch.setattr(mesh_module.jax, "device_get", refuse)
+            states, _ = trainer.train(states, data_keys, augment_keys, 20, 45, sums)
+        assert all(len(a.sharding.device_set) == 4 for a in jax.tree.leaves(states))
+        loss, accuracy = trainer.evaluate(states, "val")  # evaluated there, only the results to the host
+        assert loss.shape == accuracy.shape == (8,)
+        six = jax.tree.map(lambda a: a[:6], mesh_module.settled(states))  # padded to 8: through the host, as before
+        np.testing.assert_array_equal(loss[:6], trainer.evaluate(six, "val")[0])  # each result the network's
     return hashlib.sha256(
         b"".join(np.asarray(a).tobytes() for a in jax.tree.leaves(jax.device_get(states)))
     ).hexdigest()
