@@ -86,7 +86,9 @@ def main():
 
     print(f"machine: {machine()}")
     chunks = f", in chunks of {args.chunk}" if args.chunk else ""
-    print(f"lenet, {args.networks} networks x {args.steps} steps{chunks}, {args.repeats} timings each (median [min-max] s)")
+    print(
+        f"lenet, {args.networks} networks x {args.steps} steps{chunks}, {args.repeats} timings each (median, range s)"
+    )
     print(f"{'layout':>12s} {'seconds':>22s} {'speed-up':>9s} {'bitwise one device':>19s}")
     base = None
     layouts = (

@@ -195,9 +195,10 @@ class MeshTrainer:
 
     def _on_mesh(self, tree):
         """``tree`` split along ``members`` on the mesh: as it is where it already is (the previous
-        chunk's states), else copied there (from the default device or the host)."""
+        chunk's states), else copied there (from the default device or the host; a copy, never the
+        caller's buffer, which ``train`` would consume)."""
         here = lambda a: isinstance(a, jax.Array) and a.sharding == self._split
-        return jax.tree.map(lambda a: a if here(a) else jax.device_put(a, self._split), tree)
+        return jax.tree.map(lambda a: a if here(a) else jax.device_put(a, self._split, may_alias=False), tree)
 
     def _round_orders(self, data_key, epoch: int, subset: bool):
         """Each kept round's data orders for ``epoch`` (the trainer's, per network), split along
@@ -217,6 +218,9 @@ class MeshTrainer:
         return self._orders[key][1]
 
     def train(self, state, data_key, augment_key, start: int, stop: int, loss_sum, check=None):
+        """As ``Trainer.train``. A stack of whole rounds comes back on the mesh, and one that came in
+        from a previous call is consumed (its buffers donated), as the training loop passes each
+        chunk's states on; one from the default device or the host is copied and left as it was."""
         if not self.resident(len(loss_sum)):
             return self._train_through_host(state, data_key, augment_key, start, stop, loss_sum, check)
         trainer = self.trainer

@@ -97,9 +97,9 @@ def diet_digest(mesh) -> str:
     trainer = experiment.trainer.with_diet(np.arange(0, len(experiment.trainer.train_host[0]), 3), 30)
     keys = [experiment.keys(r) for r in range(8)]
     data_keys, augment_keys = (jax.numpy.stack([k[name] for k in keys]) for name in ("data", "augment"))
-    states, sums = trainer.train(
-        training.stack([experiment.dense_start(r) for r in range(8)]), data_keys, augment_keys, 0, 20
-    )
+    start = training.stack([experiment.dense_start(r) for r in range(8)])
+    states, sums = trainer.train(start, data_keys, augment_keys, 0, 20)
+    assert not any(a.is_deleted() for a in jax.tree.leaves(start))  # the caller's stack: copied, not consumed
     if jax.device_count() == 1:
         states, _ = trainer.train(states, data_keys, augment_keys, 20, 45, sums)
     else:  # between chunks the states (two rounds of 4) stay split along members on the mesh, never via the host
@@ -137,7 +137,8 @@ from test_distributed import diet_digest
 print(json.dumps({{"members": found(trainer.over_mesh(4).compiled_text()),
                   "data": found(trainer.over_mesh(1).compiled_text()),
                   "shapes": [list(trainer.over_mesh(n).mesh.devices.shape) for n in (1, 3, 4, 6)],
-                  "diet": diet_digest(["mesh=members"])}}))
+                  "diet": diet_digest(["mesh=members"]),
+                  "diet_stacked": diet_digest(["mesh=members", "training.stack=2"])}}))  # 2 on each device
 """
 
 
@@ -171,6 +172,7 @@ def test_member_data_and_2d_meshes_on_4_devices_match_one_device(request, tmp_pa
     assert report["members"] == []  # member-parallel: no communication at all
     assert "all-reduce" in report["data"]  # data-parallel: XLA averages the gradients
     assert report["diet"] == diet_digest([])  # a data diet's subset epochs over the mesh: bitwise one device
+    assert report["diet_stacked"] == diet_digest(["training.stack=2"])  # stacks of 2 kept on the mesh, too
     members = results(str(tmp_path / "members"))
     assert bitwise(members, reference)  # each device runs the one-network program: bitwise one device
     for layout in ("data", "grid"):
