@@ -51,10 +51,9 @@ def measure(args):
     for attempt in range(args.repeats + 1):  # the first compiles
         state = training.stack(members)
         begin = time.perf_counter()
-        loss = None
-        for start in range(0, args.steps, args.chunk or args.steps):  # chunks, as evaluations split training
-            stop = min(start + (args.chunk or args.steps), args.steps)
-            state, loss = trainer.train(state, keys[0], keys[1], start, stop, loss)
+        loss, chunk = None, args.chunk or args.steps
+        for start in range(0, args.steps, chunk):  # chunks, as evaluations split a level's training
+            state, loss = trainer.train(state, keys[0], keys[1], start, min(start + chunk, args.steps), loss)
         jax.block_until_ready((state, loss))
         if attempt:
             times.append(time.perf_counter() - begin)

@@ -326,14 +326,16 @@ def _crossing(histogram, k):
 
 
 def kth(keys, k):
-    """The ``k``-th smallest of ``keys`` (flat uint32, 1 <= k <= size) and how many keys are below it,
-    exactly: a 65536-bucket histogram of the keys' top 16 bits finds the bucket holding it, a second
-    one of the low 16 bits of that bucket's keys the key itself (two scatter-adds, no sort)."""
+    """The ``k``-th smallest of ``keys`` (flat uint32, 1 <= k <= size), how many keys are below it and
+    how many equal it, exactly: a 65536-bucket histogram of the keys' top 16 bits finds the bucket
+    holding it, a second one of the low 16 bits of that bucket's keys the key itself (two
+    scatter-adds, no sort)."""
     top = (keys >> 16).astype(jnp.int32)
     high, before_high = _crossing(jnp.zeros(65536, jnp.int32).at[top].add(1), k)
     low = jnp.where(top == high, (keys & 0xFFFF).astype(jnp.int32), 65536)  # others: out of range, dropped
-    rest, before_rest = _crossing(jnp.zeros(65536, jnp.int32).at[low].add(1, mode="drop"), k - before_high)
-    return (high.astype(jnp.uint32) << 16) | rest.astype(jnp.uint32), before_high + before_rest
+    within = jnp.zeros(65536, jnp.int32).at[low].add(1, mode="drop")
+    rest, before_rest = _crossing(within, k - before_high)
+    return (high.astype(jnp.uint32) << 16) | rest.astype(jnp.uint32), before_high + before_rest, within[rest]
 
 
 def lowest(scores, k):
@@ -346,16 +348,16 @@ def lowest(scores, k):
     bits = jax.lax.bitcast_convert_type(scores, jnp.uint32)
     keys = jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))  # unsigned order = float order
     k = jnp.asarray(k, jnp.int32)
-    threshold, below = kth(keys, jnp.maximum(k, 1))
+    threshold, below, equal = kth(keys, jnp.maximum(k, 1))
     need = k - below
     tied = keys == threshold
     positions = jnp.arange(keys.size, dtype=jnp.uint32)
 
     def earliest():  # the ``need`` tied keys of the lowest positions
-        last, _ = kth(jnp.where(tied, positions, jnp.uint32(0xFFFFFFFF)), jnp.maximum(need, 1))
+        last, _, _ = kth(jnp.where(tied, positions, jnp.uint32(0xFFFFFFFF)), jnp.maximum(need, 1))
         return tied & (positions <= last)
 
-    taken = jax.lax.cond(jnp.sum(tied) <= need, lambda: tied, earliest)
+    taken = jax.lax.cond(equal <= need, lambda: tied, earliest)
     return ((keys < threshold) | taken) & (k > 0)
 
 
@@ -391,27 +393,19 @@ class Updates:
         """Whether an update replaces the optimizer step (SET, RigL) rather than following it (GMP)."""
         return self.schedule.method.updates == "drop_grow"
 
-    def steps(self) -> np.ndarray:
-        """The training steps that carry an update (int32, ascending): SET/RigL, the update
-        iterations; GMP, the steps after which it prunes."""
-        return self.events - (1 if self.schedule.method.updates == "prune" else 0)
-
     def next_step(self, step):
-        """The first step at or after ``step`` that carries an update (int32 max: none left)."""
-        steps = jnp.asarray(self.steps())
-        if not len(steps):
-            return jnp.int32(np.iinfo(np.int32).max)
-        i = jnp.searchsorted(steps, step)
-        return jnp.where(i < len(steps), steps[jnp.minimum(i, len(steps) - 1)], np.iinfo(np.int32).max)
+        """SET/RigL: the first update iteration at or after ``step`` (int32 max: none left)."""
+        ends = jnp.asarray(np.append(self.events, np.iinfo(np.int32).max).astype(np.int32))
+        return ends[jnp.searchsorted(ends, step)]
 
-    def update_step(self, optimizer_step, params, mask, opt_state, grads, step, sparse, mask_opt_state):
-        """``step`` as ``step`` computes it where ``step`` carries an update (one of ``steps()``),
-        without the branch: SET/RigL's update instead of the optimizer step, GMP's after it."""
-        at = step if self.schedule.method.updates == "drop_grow" else step + 1
-        if self.schedule.method.updates != "drop_grow":
-            params, opt_state = optimizer_step()
-        row = jnp.minimum(jnp.searchsorted(jnp.asarray(self.events), at), len(self.events) - 1)
-        return self._update(params, mask, opt_state, grads, at, sparse, row, mask_opt_state)
+    def update_step(self, params, mask, opt_state, grads, step, sparse, mask_opt_state):
+        """SET/RigL's update iteration ``step`` (one of the events), without the branch of ``step``:
+        the mask update instead of the optimizer step."""
+        return self._update(params, mask, opt_state, grads, step, sparse, self._row(step), mask_opt_state)
+
+    def _row(self, at):
+        """The events table's row of ``at`` (the next event's, if ``at`` is none)."""
+        return jnp.minimum(jnp.searchsorted(jnp.asarray(self.events), at), len(self.events) - 1)
 
     def state(self, start: List[int], targets: List[int], key) -> dict:
         """A member's ``state["sparse"]``: its counts table and its key for random growth (SET)."""
@@ -421,7 +415,7 @@ class Updates:
         """Training step ``step`` with the method's updates. ``optimizer_step()`` is the masked
         optimizer step from ``params`` and ``opt_state`` (the new params and state); ``grads`` the
         step's dense gradient at ``params``. Returns the params, mask and optimizer state after it."""
-        if self.schedule.method.updates == "drop_grow":
+        if self.replaces_step:
             # Evci et al. 2020, Algorithm 1 (rigl's apply_gradients): the mask update replaces the
             # optimizer step, on the weights and gradient before it
             return self.apply(params, mask, opt_state, grads, step, sparse, mask_opt_state, otherwise=optimizer_step)
@@ -435,8 +429,7 @@ class Updates:
         if not len(self.events):
             params, opt_state, mask = unchanged()
             return params, mask, opt_state
-        events = jnp.asarray(self.events)
-        row = jnp.minimum(jnp.searchsorted(events, at), len(self.events) - 1)
+        row = self._row(at)
 
         def update():
             new_params, new_mask, new_opt_state = self._update(
@@ -444,7 +437,7 @@ class Updates:
             )
             return new_params, new_opt_state, new_mask
 
-        params, opt_state, mask = jax.lax.cond(events[row] == at, update, unchanged)
+        params, opt_state, mask = jax.lax.cond(jnp.asarray(self.events)[row] == at, update, unchanged)
         return params, mask, opt_state
 
     def _update(self, params, mask, opt_state, grads, done, sparse, row, mask_opt_state):

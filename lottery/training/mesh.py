@@ -125,26 +125,17 @@ class MeshTrainer:
         )
         self._replicated = {}
         self._split = sharding_.NamedSharding(self.mesh, block)
-        local = lambda f: jax.jit(
-            jax.shard_map(f, mesh=self.mesh, in_specs=(block, every), out_specs=block, axis_names={"members"})
+        per_device = lambda f, in_specs: jax.shard_map(
+            f, mesh=self.mesh, in_specs=in_specs, out_specs=block, axis_names={"members"}
         )
         width = trainer.width
         # round r of a stack kept on the mesh: each device's networks [r W, (r + 1) W) of its own
-        self._cut = local(
-            lambda tree, r: jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, r * width, width), tree)
+        cut = lambda tree, r: jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, r * width, width), tree)
+        put = lambda tree, part, r: jax.tree.map(
+            lambda a, b: jax.lax.dynamic_update_slice_in_dim(a, b, r * width, 0), tree, part
         )
-        self._put = jax.jit(
-            jax.shard_map(
-                lambda tree, part, r: jax.tree.map(
-                    lambda a, b: jax.lax.dynamic_update_slice_in_dim(a, b, r * width, 0), tree, part
-                ),
-                mesh=self.mesh,
-                in_specs=(block, block, every),
-                out_specs=block,
-                axis_names={"members"},
-            ),
-            donate_argnums=(0,),
-        )
+        self._cut = jax.jit(per_device(cut, (block, every)))
+        self._put = jax.jit(per_device(put, (block, block, every)), donate_argnums=(0,))
         self._orders = {}  # (id of the data keys, epoch, subset) -> (the keys, each round's orders)
 
     def _program(self, one_network, in_specs, out_specs):
@@ -181,6 +172,15 @@ class MeshTrainer:
         index = list(range(networks)) + [0] * (padded - networks)
         return [index[i : i + per_round] for i in range(0, padded, per_round)]
 
+    def _scalar(self, value):
+        """An int32 the same on every device of the mesh (a step, a round)."""
+        return to_global(np.int32(value), self.mesh, sharding_.PartitionSpec())
+
+    def _members(self, host, ids):
+        """The networks ``ids`` of a host stack, laid out along ``members`` (one round)."""
+        chosen = jax.tree.map(lambda a: a[np.asarray(ids)], host)
+        return to_global(chosen, self.mesh, sharding_.PartitionSpec("members"))
+
     def resident(self, networks: int) -> bool:
         """Whether a stack of ``networks`` stays on the mesh between chunks (whole rounds, one process)."""
         return jax.process_count() == 1 and networks % (self.members * self.trainer.width) == 0
@@ -203,8 +203,8 @@ class MeshTrainer:
     def _round_orders(self, data_key, epoch: int, subset: bool):
         """Each kept round's data orders for ``epoch`` (the trainer's, per network), split along
         ``members``: computed on the device once per epoch and copied between devices."""
-        key = (id(data_key), epoch, subset)
-        if key not in self._orders or self._orders[key][0] is not data_key:
+        key = (id(data_key), epoch, subset)  # the entry keeps data_key alive: its id is not reused
+        if key not in self._orders:
             if len(self._orders) > 8:
                 self._orders.clear()
             trainer = self.trainer
@@ -223,23 +223,31 @@ class MeshTrainer:
         chunk's states on; one from the default device or the host is copied and left as it was."""
         if not self.resident(len(loss_sum)):
             return self._train_through_host(state, data_key, augment_key, start, stop, loss_sum, check)
+        state, loss_sum, augment = self._on_mesh((state, loss_sum, jax.random.key_data(augment_key)))
+        for r in range(len(self.kept_rounds(len(loss_sum)))):
+            block, block_sum, keys = self._cut((state, loss_sum, augment), self._scalar(r))
+            orders = lambda epoch, subset: self._round_orders(data_key, epoch, subset)[r]
+            block, block_sum = self._round(block, block_sum, keys, orders, start, stop, check)
+            state, loss_sum = self._put((state, loss_sum), (block, block_sum), self._scalar(r))
+        return state, loss_sum
+
+    def _round(self, block, block_sum, keys, orders, start: int, stop: int, check=None):
+        """One round's block trained over [start, stop): one compiled loop per epoch touched, as on
+        one device (``orders(epoch, subset)``: its networks' data orders, laid out as the block)."""
         trainer = self.trainer
         data = self.replicated("train", trainer.train_host)
-        state, loss_sum, augment = self._on_mesh((state, loss_sum, jax.random.key_data(augment_key)))
-        scalar = lambda v: to_global(np.int32(v), self.mesh, sharding_.PartitionSpec())
-        for r in range(len(self.kept_rounds(len(loss_sum)))):
-            block, block_sum, keys = self._cut((state, loss_sum, augment), scalar(r))
-            for step, end, epoch, subset in trainer.epochs(start, stop):  # one compiled loop per epoch touched
-                if check:
-                    check()
-                orders = self._round_orders(data_key, epoch, subset)[r]
-                if trainer.host_loop:
-                    for j in range(step, end):
-                        block, block_sum = self._train_step(block, data, orders, keys, scalar(j), block_sum)
-                else:
-                    block, block_sum = self._train(block, data, orders, keys, scalar(step), scalar(end), block_sum)
-            state, loss_sum = self._put((state, loss_sum), (block, block_sum), scalar(r))
-        return state, loss_sum
+        for step, end, epoch, subset in trainer.epochs(start, stop):
+            if check:
+                check()
+            order = orders(epoch, subset)
+            if trainer.host_loop:
+                for j in range(step, end):
+                    block, block_sum = self._train_step(block, data, order, keys, self._scalar(j), block_sum)
+            else:
+                block, block_sum = self._train(
+                    block, data, order, keys, self._scalar(step), self._scalar(end), block_sum
+                )
+        return block, block_sum
 
     def _train_through_host(self, state, data_key, augment_key, start: int, stop: int, loss_sum, check=None):
         """A stack padded to whole rounds, or several processes: the states as whole host arrays
@@ -247,29 +255,15 @@ class MeshTrainer:
         trainer = self.trainer
         host, sums = jax.device_get(state), np.asarray(loss_sum)
         augment = np.asarray(jax.random.key_data(augment_key))
-        data = self.replicated("train", trainer.train_host)
-        members = lambda tree, ids: to_global(
-            jax.tree.map(lambda a: a[np.asarray(ids)], tree), self.mesh, sharding_.PartitionSpec("members")
-        )
-        scalar = lambda v: to_global(np.int32(v), self.mesh, sharding_.PartitionSpec())
         out_states, out_sums = [], []
         for ids in self.rounds(len(sums)):
-            block, block_sum, keys = members(host, ids), members(sums, ids), members(augment, ids)
-            for step, end, epoch, subset in trainer.epochs(
-                start, stop
-            ):  # one compiled loop per epoch touched, as on one device
-                if check:
-                    check()
-                orders = to_global(
-                    np.stack([np.asarray(trainer.data_order(data_key[i], epoch, subset)) for i in ids]),
-                    self.mesh,
-                    sharding_.PartitionSpec("members"),
-                )
-                if trainer.host_loop:
-                    for j in range(step, end):
-                        block, block_sum = self._train_step(block, data, orders, keys, scalar(j), block_sum)
-                else:
-                    block, block_sum = self._train(block, data, orders, keys, scalar(step), scalar(end), block_sum)
+            block, block_sum, keys = (self._members(tree, ids) for tree in (host, sums, augment))
+            orders = lambda epoch, subset: to_global(
+                np.stack([np.asarray(trainer.data_order(data_key[i], epoch, subset)) for i in ids]),
+                self.mesh,
+                sharding_.PartitionSpec("members"),
+            )
+            block, block_sum = self._round(block, block_sum, keys, orders, start, stop, check)
             out_states.append(to_host(block))
             out_sums.append(to_host(block_sum))
         return _joined(out_states, len(sums)), _joined(out_sums, len(sums))
@@ -281,14 +275,11 @@ class MeshTrainer:
         if self.resident(networks):  # cut from the stack where it is
             weights = self._on_mesh(weights)
             rounds = self.kept_rounds(networks)
-            scalar = lambda v: to_global(np.int32(v), self.mesh, sharding_.PartitionSpec())
-            take = lambda r: self._cut(weights, scalar(r))
+            take = lambda r: self._cut(weights, self._scalar(r))
         else:
             host = jax.device_get(weights)
             rounds = self.rounds(networks)
-            take = lambda r: to_global(
-                jax.tree.map(lambda a: a[np.asarray(rounds[r])], host), self.mesh, sharding_.PartitionSpec("members")
-            )
+            take = lambda r: self._members(host, rounds[r])
         out = []
         for r in range(len(rounds)):
             block = take(r)

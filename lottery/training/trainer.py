@@ -339,7 +339,7 @@ class Trainer:
         alone (no branch in it: what a step costs without an update), each update step after it:
         the same steps, in the same order, on the same batches, the same bits."""
 
-        def steps(first, last, carry, update=False):
+        def steps(first, last, carry, update):
             body = lambda step, c: self.train_step(c[0], train_data, order, augment_key, step, c[1], data_axis, update)
             return jax.lax.fori_loop(first, last, body, carry)
 
@@ -349,7 +349,7 @@ class Trainer:
         def segment(carry):  # the masked steps up to the next update, then that update's step
             step, inner = carry
             upto = jnp.minimum(self.updates.next_step(step), stop)
-            inner = steps(step, upto, inner)
+            inner = steps(step, upto, inner, False)
             inner = jax.lax.cond(upto < stop, lambda c: steps(upto, upto + 1, c, True), lambda c: c, inner)
             return jnp.minimum(upto + 1, stop), inner
 
@@ -387,16 +387,12 @@ class Trainer:
         if self.updates is None or update is False:
             params, opt_state = optimizer_step()
         else:  # a sparse-training method's step: the optimizer's, and its mask update (pruning/sparse.py)
-            params, mask, opt_state = (self.updates.step if update is None else self.updates.update_step)(
-                optimizer_step,
-                state["params"],
-                mask,
-                state["opt_state"],
-                dense_grads,
-                step,
-                state["sparse"],
-                lambda o, m: mask_optimizer_state(self.tx, o, m),
-            )
+            mask_opt_state = lambda o, m: mask_optimizer_state(self.tx, o, m)
+            at = (state["params"], mask, state["opt_state"], dense_grads, step, state["sparse"], mask_opt_state)
+            if update is None:  # picked by the step number, inside the program
+                params, mask, opt_state = self.updates.step(optimizer_step, *at)
+            else:  # an update iteration of SET/RigL, known beforehand: the update instead of the step
+                params, mask, opt_state = self.updates.update_step(*at)
         return {**state, "params": params, "batch_stats": batch_stats, "opt_state": opt_state, "mask": mask}, loss
 
     # --- evaluation -------------------------------------------------------------------------
