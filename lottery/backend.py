@@ -193,7 +193,7 @@ def use_compilation_cache(cfg) -> None:
     for programs that take 0.2 s or more to compile."""
     if cfg.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", compilation_cache(cfg.compilation_cache, cache_key(cfg)))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def cache_key(cfg) -> str:

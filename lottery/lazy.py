@@ -21,3 +21,19 @@ class _Module(types.ModuleType):
 def module(name: str) -> types.ModuleType:
     """``name``, imported at the first attribute read of what this returns."""
     return _Module(name)
+
+
+def jit(function, **options):
+    """``jax.jit(function, **options)``, made at its first call (importing the caller imports no JAX).
+    For work between compiled programs on a whole tree: one dispatch and one compiled program where
+    eager ``jax.numpy`` makes one of each per leaf (and per shape, each traced and looked up in the
+    compilation cache at every process start)."""
+    compiled = []
+
+    def call(*args, **kwargs):
+        if not compiled:
+            compiled.append(importlib.import_module("jax").jit(function, **options))
+        return compiled[0](*args, **kwargs)
+
+    call.__wrapped__ = function
+    return call

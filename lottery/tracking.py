@@ -26,11 +26,13 @@ import glob
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import socket
 import sys
 import tempfile
+import threading
 import warnings
 from typing import Dict, List, Optional, Tuple
 
@@ -292,9 +294,59 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class Worker:
+    """One thread that makes a tracker's W&B calls, in the order they were asked for, so that
+    training never waits for W&B: importing it (~1 s) and opening a run (``wandb.init``, 2-3 s, its
+    service process started) happen beside the first level. An error there is raised in the caller's
+    thread at its next call (``submit``, ``wait``): the run stops with the same one line as before,
+    a little later. Rows are logged once at their ledger steps whichever thread logs them (``Record``),
+    so what a killed process leaves is what it was before: rows not yet logged are restated from
+    disk by the process that resumes."""
+
+    def __init__(self):
+        self.jobs: queue.Queue = queue.Queue()
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, name="lottery-wandb", daemon=True)
+        self.thread.start()
+        atexit.register(self.drain)  # before the interpreter stops the thread: nothing half-written
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            try:
+                if self.error is None:
+                    job()
+            except BaseException as error:  # raised in the caller's thread (raise_error)
+                self.error = error
+            finally:
+                self.jobs.task_done()
+
+    def submit(self, job) -> None:
+        self.raise_error()
+        self.jobs.put(job)
+
+    def drain(self) -> Optional[BaseException]:
+        """Wait for every job asked for; the error of one that failed, if any."""
+        self.jobs.join()
+        return self.error
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def wait(self) -> None:
+        self.drain()
+        self.raise_error()
+
+
 class Tracker:
-    def __init__(self, cfg, directory: str, enabled: bool = True):
+    """The W&B runs of one experiment. With ``background`` (a run of levels: imp/levels.py), the
+    calls that log are made by a ``Worker`` thread; otherwise (tests, notebooks) in the caller's."""
+
+    def __init__(self, cfg, directory: str, enabled: bool = True, background: bool = False):
         self.cfg, self.directory = cfg, directory
+        self.background, self.worker = background, None
         self.mode = cfg.wandb.mode if enabled else "disabled"
         if self.mode not in MODES:
             raise LotteryError(f"wandb.mode={self.mode!r} is not a mode; choose one of: {', '.join(MODES)}")
@@ -483,9 +535,28 @@ class Tracker:
             self.defined.add((replicate, kind))
             define_metrics(run, prefix(replicate, kind))
 
+    def _submit(self, job) -> None:
+        """``job`` now, or by the worker thread (``background``)."""
+        if not self.background:
+            return job()
+        if self.worker is None:
+            self.worker = Worker()
+        self.worker.submit(job)
+
+    def begin(self) -> None:
+        """Import W&B beside what follows (``background``; a no-op otherwise)."""
+        if self.enabled and self.background:
+            self._submit(lambda: import_wandb(os.path.join(self.directory, "wandb", "tmp")))
+
+    def wait(self) -> None:
+        """Every call asked for made (``background``); raises the error of one that failed."""
+        if self.worker is not None:
+            self.worker.wait()
+
     def log_evaluation(self, replicate: int, kind: str, level: int, record: dict) -> None:
         if self.enabled:
-            self._log(replicate, kind, evaluation_row(level, record))
+            row = evaluation_row(level, record)  # made here: the worker never reads what the caller may change
+            self._submit(lambda: self._log(replicate, kind, row))
 
     def log_history(self, replicate: int, kind: str, level: int, history: List[dict]) -> None:
         """The evaluations of a level resumed from a checkpoint: the killed process may have lost
@@ -495,11 +566,13 @@ class Tracker:
 
     def log_level(self, metrics: dict) -> None:
         if self.enabled:
-            self._log(metrics["replicate"], metrics["kind"], level_row(metrics))
+            replicate, kind, row = metrics["replicate"], metrics["kind"], level_row(metrics)
+            self._submit(lambda: self._log(replicate, kind, row))
 
     def log_lmc(self, replicate: int, level: int, density: float, path: dict) -> None:
         if self.enabled:
-            self._log(replicate, "ticket", lmc_row(level, density, path))
+            row = lmc_row(level, density, path)
+            self._submit(lambda: self._log(replicate, "ticket", row))
 
     def finish(self, df, summary: Optional[dict] = None, similarity=None) -> None:
         """Tables and plots of every level of the runs this invocation touched, and of those a
@@ -510,6 +583,7 @@ class Tracker:
         how alike its masks are to the other replicates' and to its ticket's controls."""
         if not self.enabled:
             return
+        self.wait()
         with self._own_directories(), at(self.wandb_dir):
             self._finish(df, summary or {}, similarity)
 
@@ -594,7 +668,11 @@ class Tracker:
 
     def abort(self) -> None:
         """Close the runs after an error, marking them failed. The error at hand is what the user
-        needs to hear: W&B failing to close a run (its files on the same full disk) is dropped."""
+        needs to hear: W&B failing to close a run (its files on the same full disk) is dropped, and
+        so is a failure of the worker thread's calls (made first: every row asked for is logged)."""
+        if self.worker is not None:
+            self.worker.drain()
+            self.worker.error = None
         for record in self.runs.values():
             with contextlib.suppress(Exception):
                 record.run.finish(exit_code=1)

@@ -268,7 +268,8 @@ def prepare(cfg, checked: Optional[Checked] = None) -> Experiment:
         objective.check_reach(cfg, masks.level_densities(full, cfg.pruning, prunable, cfg.levels))
     cfg = methods.resolve(cfg, data.fingerprint, rewind)  # a transfer's source by its directory
     directory = paths.experiment_directory(cfg, data.fingerprint)
-    tracker = tracking.Tracker(cfg, directory, enabled=hosts.primary())  # process 0 logs for all
+    # process 0 logs for all; W&B's calls made by a thread of their own, beside training
+    tracker = tracking.Tracker(cfg, directory, enabled=hosts.primary(), background=True)
     experiment = Experiment(
         cfg,
         trainer,

@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from lottery import backend, hosts
-from lottery.analysis import tables
+from lottery.analysis import figures, tables
 from lottery.errors import Preempted
 from lottery.imp import dense, finish, lmc
 from lottery.imp.experiment import Experiment, prepare
@@ -86,6 +86,9 @@ def run_locked(experiment: Experiment, console: Console) -> Results:
     """Every level in turn, under the experiment's lock, then the results: table, figures, objective."""
     cfg = experiment.cfg
     trained = 0  # networks trained by this invocation
+    experiment.tracker.begin()  # W&B imported beside level 0
+    if hosts.primary():
+        figures.preload()  # and pyplot, for the figures at the end
     with finish.recorded(experiment, console), loop.PREEMPTION, finish.progress(console, cfg.progress) as progress:
         for level in range(cfg.levels + 1):
             hosts.barrier(f"level {level}")  # what process 0 finished is on disk for everyone

@@ -59,9 +59,13 @@ def prunable(params, ignore=()) -> List[str]:
     return [name for name in kernels if not any(re.fullmatch(p, name) for p in ignore)]
 
 
-def apply_mask(tree, mask):
-    """``tree`` with the entries ``mask`` prunes set to exactly 0 (on the host or in a compiled program)."""
+def _masked(tree, mask):
     return jax.tree.map(lambda v, m: jnp.where(m, v, jnp.zeros_like(v)), tree, mask)
+
+
+# ``tree`` with the entries ``mask`` prunes set to exactly 0 (on the host: one compiled program for
+# the whole tree; inside a compiled program, inlined there).
+apply_mask = lazy.jit(_masked)
 
 
 def full_mask(params):
@@ -235,7 +239,9 @@ def level_densities(mask, cfg, names: List[str], levels: int) -> List[float]:
 def counts(mask, names: List[str]) -> Dict[str, Dict[str, int]]:
     """Remaining and total weights of each prunable tensor."""
     flat = flatten(mask)
-    return {name: {"remaining": int(np.sum(flat[name])), "total": int(np.size(flat[name]))} for name in names}
+    return {
+        name: {"remaining": int(np.sum(np.asarray(flat[name]))), "total": int(np.size(flat[name]))} for name in names
+    }
 
 
 def density(layer_counts) -> float:

@@ -166,6 +166,7 @@ class Trainer:
             evaluate = jax.jit(jax.vmap(self.evaluate_batches, in_axes=(block, block, shared)))
             evaluate_batch = jax.jit(jax.vmap(self.evaluate_batch, in_axes=(block, block, shared)))
         self._train, self._train_step, self._evaluate, self._evaluate_batch = train, step, evaluate, evaluate_batch
+        self._init_state = None  # init_state's program, made at its first call
 
     def with_updates(self, updates) -> "Trainer":
         """This trainer with a sparse-training method's mask updates inside every step
@@ -219,7 +220,13 @@ class Trainer:
 
     def init_state(self, params, batch_stats, mask, opt_state=None, sparse=None):
         """One member's training state; the optimizer state is fresh unless one is given. ``sparse``:
-        what a sparse-training method's updates read (pruning/sparse.py, ``Updates.state``)."""
+        what a sparse-training method's updates read (pruning/sparse.py, ``Updates.state``). One
+        compiled program (masking, zeros and copies: no bit differs from doing it op by op)."""
+        if self._init_state is None:
+            self._init_state = jax.jit(self._fresh_state)
+        return self._init_state(params, batch_stats, mask, opt_state, sparse)
+
+    def _fresh_state(self, params, batch_stats, mask, opt_state, sparse):
         params = apply_mask(params, mask)
         if opt_state is None:
             opt_state = self.tx.init(params)
@@ -467,29 +474,21 @@ def member(stacked, i: int):
     return jax.tree.map(lambda leaf: leaf[i], stacked)
 
 
-def stack(trees):
-    """Stack members' pytrees along a new leading axis."""
+def _stacked(trees):
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
-def _jit(function, **options):
-    """``jax.jit(function, **options)``, made at its first call (importing this module imports no JAX)."""
-    compiled = []
-
-    def call(*args):
-        if not compiled:
-            compiled.append(jax.jit(function, **options))
-        return compiled[0](*args)
-
-    return call
+def stack(trees):
+    """Stack members' pytrees along a new leading axis (one compiled program, on the device)."""
+    return _stack(trees)
 
 
 # The same as compiled programs, one dispatch for a whole tree instead of one per leaf: they run
 # between every chunk of every block. Copies, so they change no bit.
-_member = _jit(member)
-_stack = _jit(stack)
-_gather = _jit(lambda stacked, ids: jax.tree.map(lambda leaf: leaf[ids], stacked))
-_concatenate = _jit(
+_member = lazy.jit(member)
+_stack = lazy.jit(_stacked)
+_gather = lazy.jit(lambda stacked, ids: jax.tree.map(lambda leaf: leaf[ids], stacked))
+_concatenate = lazy.jit(
     lambda blocks, members: jax.tree.map(lambda *parts: jnp.concatenate(parts)[:members], *blocks), static_argnums=(1,)
 )
 
@@ -517,7 +516,7 @@ def _cast(tree, dtype):
 
 def unstack(tree, i: int):
     """Member ``i`` of a stack, as host arrays."""
-    return jax.tree.map(lambda leaf: np.asarray(leaf[i]), tree)
+    return jax.tree.map(np.asarray, jax.device_get(_member(tree, i)))
 
 
 def epoch_order(data_key, epoch, n):
