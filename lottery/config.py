@@ -378,7 +378,10 @@ class Config:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
     output_dir: str = "runs"
-    checkpoint_every: str = "10ep"
+    # Inside a level: steps (500it, 10ep) or a duration of training (30s, 5min, 1h; at the first
+    # epoch or chunk end after it). A duration costs nothing on a short level, where steps would write
+    # checkpoints that take longer than what they save (the quickstart: 22 in 0.5 s levels).
+    checkpoint_every: str = "5min"
     # XLA's deterministic GPU operations (--xla_gpu_deterministic_ops): the same bits from run to
     # run on one GPU, at some speed. CPU runs are deterministic either way. Recorded, not hashed.
     deterministic: bool = False  # checkpoints inside a level (at the end of a compiled chunk)

@@ -48,3 +48,47 @@ class Step:
         if self.ep and self.it:
             return f"{self.ep}ep{self.it}it"
         return f"{self.ep}ep" if self.ep else f"{self.it}it"
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|min|h)\s*$")
+_SECONDS = {"s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class Every:
+    """How often a level writes a checkpoint (config ``checkpoint_every``): every ``steps``
+    iterations (``500it``, ``10ep``), or at the first chunk end after ``seconds`` of training since
+    the level started in this process or since its last checkpoint (``30s``, ``5min``, ``1h``): then
+    chunks end at least at every epoch, to look at the clock. Where a checkpoint falls changes no bit
+    (a resumed run is bitwise the run that was not stopped), so a wall-clock interval is as exact as
+    a step count; it costs nothing on a level shorter than it (no checkpoint is written)."""
+
+    steps: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str, iterations_per_epoch: int, key: str) -> "Every":
+        match = _DURATION.match(str(text))
+        if match:
+            seconds = float(match.group(1)) * _SECONDS[match.group(2)]
+            if seconds <= 0:
+                raise LotteryError(f"{key}={text} must be longer than 0 seconds")
+            return cls(seconds=seconds)
+        steps = _PATTERN.match(str(text))
+        if not steps or not any(steps.groups()):
+            raise LotteryError(
+                f"{key}={text!r} is not an interval: expected steps (500it, 2ep, 1ep100it) or a duration "
+                f"(30s, 5min, 1h)"
+            )
+        return cls(steps=Step.length(text, iterations_per_epoch, key))
+
+    def stops(self, start: int, end: int, iterations_per_epoch: int) -> set:
+        """The steps in (start, end) where a chunk ends to write a checkpoint (steps) or to look at
+        the clock (a duration: every epoch's end)."""
+        every = self.steps or iterations_per_epoch
+        first = (start // every + 1) * every if self.seconds else start + every
+        return set(range(first, end, every))
+
+    def due(self, step: int, stops: set, seconds_since: float) -> bool:
+        """Whether a checkpoint is due at the chunk end ``step`` (``stops``: ``self.stops(...)``)."""
+        return step in stops and (not self.seconds or seconds_since >= self.seconds)

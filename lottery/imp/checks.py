@@ -15,7 +15,7 @@ from lottery.errors import LotteryError
 from lottery.imp import method as methods
 from lottery.pruning import controls, criteria, masks
 from lottery.pruning import structure as structures
-from lottery.step import Step
+from lottery.step import Every, Step
 from lottery.training import settings
 
 RETRAIN = ("rewind", "lr_rewind", "finetune")
@@ -69,7 +69,7 @@ class Checked:
     rewind: int  # k
     finetune_steps: int
     eval_every: int
-    checkpoint_every: int
+    checkpoint_every: Every
 
 
 def with_data(cfg) -> Checked:
@@ -110,5 +110,5 @@ def lengths(cfg, per_epoch: int):
         )
     finetune_steps = end - rewind if cfg.finetune_steps is None else length("finetune_steps", cfg.finetune_steps)
     eval_every = length("training.eval_every", cfg.training.eval_every)
-    checkpoint_every = length("checkpoint_every", cfg.checkpoint_every)
+    checkpoint_every = Every.parse(cfg.checkpoint_every, per_epoch, "checkpoint_every")
     return end, rewind, finetune_steps, eval_every, checkpoint_every

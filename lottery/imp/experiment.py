@@ -23,6 +23,7 @@ from lottery.imp.checks import Checked, check, with_data  # noqa: F401 (check: i
 from lottery.imp.method import Context, Method
 from lottery.pruning import criteria, masks
 from lottery.pruning import structure as structures
+from lottery.step import Every
 from lottery.results import identity, paths
 from lottery.results.invocations import INVOCATIONS, Invocation
 from lottery.results.lock import LOCK
@@ -39,7 +40,7 @@ class Experiment:
     rewind: int  # k, the rewind step
     finetune_steps: int
     eval_every: int
-    checkpoint_every: int
+    checkpoint_every: Every  # lottery/step.py
     input_shape: tuple
     num_classes: int
     directory: str  # <output_dir>/<name>-<hash>

@@ -40,6 +40,7 @@ import pkgutil
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from lottery.errors import LotteryError
+from lottery.step import Every
 from lottery.training import trainer as training
 from lottery.training.loop import Network
 
@@ -67,7 +68,7 @@ class Context:
     structure: Any  # pruning.structure.Structure: what a level prunes (weights, units, N:M blocks)
     end: int  # T, the last step of training
     rewind: int  # k, the rewind step
-    checkpoint_every: int
+    checkpoint_every: Every  # lottery/step.py
     directory: str  # the experiment's directory
     data_fingerprint: str
     keys: Callable[[int], Dict[str, Any]]  # a replicate's PRNG keys (init, data, augment, controls, lmc)

@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from typing import List, Optional, Protocol, Sequence
+from typing import List, Optional, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from lottery import hosts
 from lottery.errors import LotteryError, Preempted
 from lottery.results import paths
 from lottery.results.store import LevelCheckpoints
+from lottery.step import Every
 from lottery.training import mesh
 
 jax = lazy.module("jax")
@@ -176,6 +177,11 @@ def remove_checkpoints(checkpoints) -> None:
             pass
 
 
+def now() -> float:
+    """The clock of ``checkpoint_every``'s durations."""
+    return time.monotonic()
+
+
 def train(
     trainer,
     states,
@@ -186,7 +192,7 @@ def train(
     advance,
     *,
     eval_every: int,
-    checkpoint_every: int,
+    checkpoint_every: Union[Every, int],
     keep: Sequence[int] = (),
     evaluate: bool = True,
     checkpoints: Optional[LevelCheckpoints] = None,
@@ -200,7 +206,8 @@ def train(
     evaluation and chunks only at ``keep`` and checkpoints.
 
     With ``checkpoints``, the run resumes from the newest checkpoint of this group, writes one
-    every ``checkpoint_every`` steps (at chunk ends), and on SIGTERM writes one and stops. The data
+    every ``checkpoint_every`` (``step.Every``: steps, or a duration of training; an int: steps) at
+    chunk ends, and on SIGTERM writes one and stops. The data
     order and augmentation are functions of (key, step), the running loss sum is saved, and
     splitting a range into chunks changes no bit, so a resumed run is bitwise the run that was not
     interrupted. The seconds returned last are the training time of [start, end), summed over the
@@ -211,7 +218,8 @@ def train(
     data_keys = jax.numpy.stack([network.data_key for network in networks])
     augment_keys = jax.numpy.stack([network.augment_key for network in networks])
     evaluations = set(range((start // every + 1) * every, end + 1, every)) | {end} if evaluate else set()
-    checkpoint_stops = set(range(start + checkpoint_every, end, checkpoint_every))
+    every = checkpoint_every if isinstance(checkpoint_every, Every) else Every(steps=checkpoint_every)
+    checkpoint_stops = every.stops(start, end, trainer.iterations_per_epoch) if checkpoints or every.steps else set()
     stops = sorted(evaluations | {end} | checkpoint_stops | {s for s in keep if s > start})
     snapshot = lambda s: jax.device_get({key: s[key] for key in ("params", "batch_stats", "opt_state")})
     kept = {start: snapshot(states)} if start in keep else {}
@@ -230,6 +238,7 @@ def train(
         for network, history in zip(networks, histories):  # W&B may have lost them with the killed process
             log.log_history(network.replicate, network.kind, level, history)
 
+    last_save = now()  # a duration counts from here, then from each checkpoint
     for stop in [s for s in stops if s > step]:
         states, loss_sum = trainer.train(states, data_keys, augment_keys, step, stop, loss_sum, check=PREEMPTION.check)
         jax.block_until_ready(loss_sum)  # dispatch is asynchronous: count steps when they are done
@@ -256,7 +265,10 @@ def train(
                 history.append(record)
                 log.log_evaluation(network.replicate, network.kind, level, record)
         stopping = PREEMPTION.agreed() if checkpoints and step < end else None  # by every process, at every chunk end
-        if checkpoints and step < end and (step in checkpoint_stops or stopping):
+        due = checkpoints and step < end and every.due(step, checkpoint_stops, now() - last_save)
+        if checkpoints and every.seconds and step in checkpoint_stops:  # each process's clock: agree
+            due = bool(hosts.agree(int(bool(due))).any())
+        if checkpoints and step < end and (due or stopping):
             if loss_sum is None:
                 loss_sum = jax.numpy.zeros(len(networks), jax.numpy.float32)
             arrays = {"states": states, "loss_sum": loss_sum}
@@ -264,6 +276,7 @@ def train(
                 arrays["kept"] = {str(s): snapshot for s, snapshot in kept.items()}
             meta = {"histories": histories, "record_from": record_from, "kept": sorted(kept), "seconds": elapsed()}
             checkpoints.save(step, arrays, meta)
+            last_save = now()
             if stopping:
                 checkpoints.close()
                 raise PREEMPTION.stop(f"checkpoint written at level {level}, step {step}")

@@ -96,6 +96,9 @@ def test_the_digits_are_scikit_learns_read_without_importing_it():
         (["early_bird.enabled=true", "early_bird.every=30ep"], "early_bird.every=30ep (600 iterations) leaves no"),
         (["diet.score=el2n", "rewind=20it", "diet.pretrain=21it"], "diet.pretrain=21it must be between 1 iteration"),
         (["training.batch_size=100000"], "training.batch_size=100000 must be between 1 and the 1257 training"),
+        (["checkpoint_every=0min"], "checkpoint_every=0min must be longer than 0 seconds"),
+        (["checkpoint_every=5m"], "checkpoint_every='5m' is not an interval: expected steps (500it, 2ep, 1ep100it) or"),
+        (["checkpoint_every=0it"], "checkpoint_every=0it must be longer than 0 iterations"),
     ],
 )
 def test_a_methods_checks_that_need_the_data_set_run_with_it(overrides, expected):

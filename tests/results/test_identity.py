@@ -141,12 +141,14 @@ def test_checkpoint_every_does_not_change_a_bit(small_config, tmp_path):
     from test_controls import saved
 
     runs = {}
-    for every in ("7it", "10ep"):  # chunks cut every 7 steps (checkpoints written) vs. at evaluations only
+    # chunks cut every 7 steps (checkpoints written) vs. at evaluations only vs. a checkpoint at
+    # every epoch's end (a duration shorter than any epoch: wherever the clock says)
+    for every in ("7it", "10ep", "0.001s"):
         cfg = small_config("levels=1", f"checkpoint_every={every}", f"output_dir={tmp_path / every}")
         imp.run(cfg, console=QUIET)
         experiment = imp.prepare(cfg)
         runs[every] = [saved(experiment, experiment.level_dir(0, level)) for level in (0, 1)]
-    assert runs["7it"] == runs["10ep"]
+    assert runs["7it"] == runs["10ep"] == runs["0.001s"]
 
 
 @pytest.mark.slow

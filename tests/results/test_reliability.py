@@ -317,7 +317,8 @@ def test_wall_time_of_a_resumed_level_sums_every_process_that_trained_it(small_c
     from lottery.errors import Preempted
 
     clock = iter(range(0, 1000, 10))  # each reading of the training clock is 10 s after the one before
-    monkeypatch.setattr(loop, "time", types.SimpleNamespace(time=lambda: float(next(clock))))
+    # (checkpoint_every's durations read their own clock, time.monotonic: left still here)
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(time=lambda: float(next(clock)), monotonic=lambda: 0.0))
 
     class PreemptedAtOnce(loop.Preemption):
         def __enter__(self):

@@ -1,7 +1,7 @@
 import pytest
 
 from lottery.errors import LotteryError
-from lottery.step import Step
+from lottery.step import Every, Step
 
 
 @pytest.mark.parametrize(
@@ -30,3 +30,30 @@ def test_steps_compare_by_iteration():
 def test_malformed_step_names_the_key(text):
     with pytest.raises(LotteryError, match=r"^rewind=.*expected e\.g\. 500it, 2ep or 1ep100it"):
         Step.parse(text, 100, key="rewind")
+
+
+@pytest.mark.parametrize(
+    "text, every",
+    [
+        ("500it", Every(steps=500)),
+        ("2ep", Every(steps=200)),
+        ("30s", Every(seconds=30.0)),
+        ("5min", Every(seconds=300.0)),
+    ]
+    + [("1h", Every(seconds=3600.0)), ("0.5s", Every(seconds=0.5))],
+)
+def test_an_interval_is_steps_or_a_duration(text, every):
+    assert Every.parse(text, 100, "checkpoint_every") == every
+
+
+def test_a_duration_looks_at_the_clock_at_every_epoch_end_and_steps_cut_where_they_fall():
+    assert Every(steps=7).stops(3, 30, 10) == {10, 17, 24}  # from the range's start, as before durations
+    assert Every(seconds=5.0).stops(3, 30, 10) == {10, 20}  # epoch ends inside (3, 30)
+    assert Every(seconds=5.0).due(20, {10, 20}, 5.0) and not Every(seconds=5.0).due(20, {10, 20}, 4.9)
+    assert not Every(seconds=5.0).due(15, {10, 20}, 60.0)  # not a stop of its own: never mid-chunk
+
+
+@pytest.mark.parametrize("text", ["5m", "min", "-1s", "2 hours", "1.5ep"])
+def test_a_malformed_interval_names_the_key_and_both_forms(text):
+    with pytest.raises(LotteryError, match=r"^checkpoint_every=.*not an interval: expected steps .* or a duration"):
+        Every.parse(text, 100, "checkpoint_every")

@@ -53,3 +53,58 @@ def test_unknown_loop_placement_is_named(small_config):
     ):
         imp.prepare(small_config("training.loop=gpu"))
     assert training.LOOPS == ("auto", "device", "host")
+
+
+class SavedSteps:
+    """A group's checkpoints as the loop sees them: the steps saved, and the clock when each was."""
+
+    def __init__(self, clock):
+        self.clock, self.saved = clock, []
+
+    def latest(self, like):
+        return None
+
+    def save(self, step, arrays, meta):
+        self.saved.append((step, self.clock.time))
+
+    def close(self):
+        pass
+
+
+def test_a_duration_writes_a_checkpoint_at_the_first_epoch_end_after_it(small_config, monkeypatch):
+    """checkpoint_every=100s on a clock that moves 30 s at each look: checkpoints only at epoch ends,
+    at least 100 s apart, the first at the first epoch end 100 s after the start; a level shorter than
+    the duration writes none."""
+    from lottery.step import Every
+    from lottery.training import loop
+
+    experiment = imp.prepare(small_config())
+    trainer = experiment.trainer
+    per_epoch = trainer.iterations_per_epoch
+
+    class Clock:
+        time = 0.0
+
+        def __call__(self):
+            self.time += 30.0
+            return self.time
+
+    state = trainer.init_state(trainer.init_params, trainer.init_batch_stats, pruning.full_mask(trainer.init_params))
+    data, augment = member_keys(experiment)
+    network = loop.Network(0, "ticket", "", state, data[0], augment[0])
+    for seconds, end in ((100.0, 12 * per_epoch), (10**6, 4 * per_epoch)):
+        clock = Clock()
+        monkeypatch.setattr(loop, "now", clock)
+        checkpoints = SavedSteps(clock)
+        loop.train(
+            trainer, stack([state]), [network], 1, 0, end, lambda n: None,
+            eval_every=end, checkpoint_every=Every(seconds=seconds), evaluate=False, checkpoints=checkpoints,
+        )  # fmt: skip
+        steps = [step for step, _ in checkpoints.saved]
+        if seconds > 10**5:
+            assert steps == []
+            continue
+        assert steps and all(step % per_epoch == 0 and 0 < step < end for step in steps)
+        times = [30.0] + [t for _, t in checkpoints.saved]  # the start looked at the clock first
+        assert all(b - a >= seconds for a, b in zip(times, times[1:]))
+        assert steps[0] == 4 * per_epoch  # looks at 60, 90, 120 (s) at epochs 1-3: 90 s; at epoch 4 120 s
