@@ -2,7 +2,7 @@
 batch 60, validation (5K) and test (10K) evaluated every 100 iterations. Reports wall time and its
 shares: compilation, training, evaluation, host work (metrics, checkpoints).
 
-    python experiments/bench/lenet_level.py [--steps 50000] [--data-root ../shared/data]
+    python experiments/bench/lenet_level.py [--steps 50000it] [--data-root ../shared/data] [--smoke]
 """
 
 import argparse
@@ -16,15 +16,20 @@ from rich.console import Console
 
 from common import compose_config, machine
 from lottery import imp
+from lottery.pruning.masks import full_mask
 from lottery.training import trainer as training
 from lottery.imp import levels
+from lottery.results import identity
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default="50000it")
+    parser.add_argument("--smoke", action="store_true", help="200 iterations: that the script runs (the suite)")
     parser.add_argument("--data-root", default=os.environ.get("LOTTERY_DATA_DIR", "~/.cache/lottery"))
     args = parser.parse_args()
+    if args.smoke:
+        args.steps = "200it"
 
     seconds = {"compile": 0.0, "train": 0.0, "evaluate": 0.0}
     train, evaluate = training.Trainer.train, training.Trainer.evaluate
@@ -59,11 +64,7 @@ def main():
         trainer = experiment.trainer
         keys = experiment.keys(0)
         state = training.stack(
-            [
-                trainer.init_state(
-                    trainer.init_params, trainer.init_batch_stats, imp.pruning.full_mask(trainer.init_params)
-                )
-            ]
+            [trainer.init_state(trainer.init_params, trainer.init_batch_stats, full_mask(trainer.init_params))]
         )
         start = time.perf_counter()
         state, _ = train(trainer, state, jax.numpy.stack([keys["data"]]), jax.numpy.stack([keys["augment"]]), 0, 1)
@@ -73,6 +74,7 @@ def main():
         seconds["compile"] = time.perf_counter() - start
         level_start = time.perf_counter()  # the same experiment (trainer, data), so nothing loads or compiles again
         os.makedirs(experiment.directory)
+        identity.write_identity(experiment.directory, experiment.cfg, experiment.data_fingerprint)  # as imp.run does
         (metrics,) = levels.run_locked(experiment, Console(file=io.StringIO()))
         level = time.perf_counter() - level_start
         total = time.perf_counter() - began

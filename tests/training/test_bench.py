@@ -42,6 +42,24 @@ def device_script(request, tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_lenet_level_benchmark_runs_and_its_shares_add_up_to_the_level():
+    result = subprocess.run(
+        [sys.executable, "lenet_level.py", "--smoke"],
+        cwd=REPO / "experiments" / "bench",
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    seconds = {line[:24].strip(): float(line[24:].split()[0]) for line in result.stdout.splitlines() if " s" in line}
+    parts = seconds["train"] + seconds["evaluate"] + seconds["host (metrics, saving)"]
+    assert seconds["train"] > 0 and abs(parts - seconds["level (after compile)"]) < 0.02, result.stdout
+    final = float(result.stdout.split("test accuracy ")[1].split("%")[0])
+    assert final > 80.0, result.stdout  # 200 iterations of LeNet-300-100 on the real MNIST learn it (~95%)
+
+
+@pytest.mark.slow
 def test_mesh_benchmark_runs_and_member_parallel_is_bitwise_one_device():
     result = subprocess.run(
         [sys.executable, "mesh.py", "--smoke"],
