@@ -379,7 +379,7 @@ class Config:
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
     output_dir: str = "runs"
     # Inside a level: steps (500it, 10ep) or a duration of training (30s, 5min, 1h; at the first
-    # epoch or chunk end after it). A duration costs nothing on a short level, where steps would write
+    # epoch end after it). A duration costs nothing on a short level, where steps would write
     # checkpoints that take longer than what they save (the quickstart: 22 in 0.5 s levels).
     checkpoint_every: str = "5min"
     # XLA's deterministic GPU operations (--xla_gpu_deterministic_ops): the same bits from run to

@@ -57,9 +57,9 @@ _SECONDS = {"s": 1.0, "min": 60.0, "h": 3600.0}
 @dataclasses.dataclass(frozen=True)
 class Every:
     """How often a level writes a checkpoint (config ``checkpoint_every``): every ``steps``
-    iterations (``500it``, ``10ep``), or at the first chunk end after ``seconds`` of training since
+    iterations (``500it``, ``10ep``), or at the first epoch end after ``seconds`` of training since
     the level started in this process or since its last checkpoint (``30s``, ``5min``, ``1h``): then
-    chunks end at least at every epoch, to look at the clock. Where a checkpoint falls changes no bit
+    chunks end at least at every epoch, to look at the clock there. Where a checkpoint falls changes no bit
     (a resumed run is bitwise the run that was not stopped), so a wall-clock interval is as exact as
     a step count; it costs nothing on a level shorter than it (no checkpoint is written)."""
 

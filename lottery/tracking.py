@@ -306,15 +306,23 @@ class Worker:
     def __init__(self):
         self.jobs: queue.Queue = queue.Queue()
         self.error: Optional[BaseException] = None
+        self.cancelled = False  # jobs not started yet are dropped (a second Ctrl-C: stop at once)
         self.thread = threading.Thread(target=self._run, name="lottery-wandb", daemon=True)
         self.thread.start()
-        atexit.register(self.drain)  # before the interpreter stops the thread: nothing half-written
+        # Drained at exit before atexit's handlers run (W&B's own teardown is one of them, registered
+        # later, so it would run first), as concurrent.futures' threads are.
+        try:
+            threading._register_atexit(self.drain)
+        except (AttributeError, RuntimeError):  # another Python; or the interpreter is already stopping
+            atexit.register(self.drain)
 
     def _run(self) -> None:
         while True:
             job = self.jobs.get()
             try:
-                if self.error is None:
+                if job is None:  # close(): this thread ends
+                    return
+                if self.error is None and not self.cancelled:
                     job()
             except BaseException as error:  # raised in the caller's thread (raise_error)
                 self.error = error
@@ -339,6 +347,16 @@ class Worker:
         self.drain()
         self.raise_error()
 
+    def cancel(self) -> None:
+        """Drop the jobs not started yet and wait for the one running (at most one W&B call)."""
+        self.cancelled = True
+        self.jobs.join()
+
+    def close(self) -> None:
+        """End the thread once its jobs are done (a Hydra multirun runs many experiments in one process)."""
+        if self.thread.is_alive():
+            self.jobs.put(None)
+
 
 class Tracker:
     """The W&B runs of one experiment. With ``background`` (a run of levels: imp/levels.py), the
@@ -346,7 +364,7 @@ class Tracker:
 
     def __init__(self, cfg, directory: str, enabled: bool = True, background: bool = False):
         self.cfg, self.directory = cfg, directory
-        self.background, self.worker = background, None
+        self.background, self.worker, self._owned = background, None, None
         self.mode = cfg.wandb.mode if enabled else "disabled"
         if self.mode not in MODES:
             raise LotteryError(f"wandb.mode={self.mode!r} is not a mode; choose one of: {', '.join(MODES)}")
@@ -489,6 +507,8 @@ class Tracker:
                     os.environ[key] = value
 
     def _init(self, replicate: int, kind: str):
+        if self._owned is not None:  # set by begin(), in the main thread: a thread never changes os.environ
+            return self._start(replicate, kind)
         with self._own_directories():
             return self._start(replicate, kind)
 
@@ -546,7 +566,23 @@ class Tracker:
     def begin(self) -> None:
         """Import W&B beside what follows (``background``; a no-op otherwise)."""
         if self.enabled and self.background:
-            self._submit(lambda: import_wandb(os.path.join(self.directory, "wandb", "tmp")))
+            self._owned = contextlib.ExitStack()  # the environment changed here, in the main thread
+            self._owned.enter_context(self._own_directories())
+            self._submit(self._import_quietly)
+
+    def _import_quietly(self) -> None:
+        """W&B's import ahead of its first run; a failure here is the first run's to report."""
+        with contextlib.suppress(Exception):
+            import_wandb(os.path.join(self.directory, "wandb", "tmp"))
+
+    def _release(self) -> None:
+        """The environment as it was before ``begin``, and the worker thread ended."""
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            owned.close()
 
     def wait(self) -> None:
         """Every call asked for made (``background``); raises the error of one that failed."""
@@ -584,8 +620,14 @@ class Tracker:
         if not self.enabled:
             return
         self.wait()
-        with self._own_directories(), at(self.wandb_dir):
-            self._finish(df, summary or {}, similarity)
+        try:
+            with contextlib.ExitStack() as stack:
+                if self._owned is None:
+                    stack.enter_context(self._own_directories())
+                stack.enter_context(at(self.wandb_dir))
+                self._finish(df, summary or {}, similarity)
+        finally:
+            self._release()
 
     def _finish(self, df, summary: dict, similarity=None) -> None:
         networks = {(int(r), k) for r, k in zip(df["replicate"], df["kind"])} if len(df) else set()
@@ -666,17 +708,23 @@ class Tracker:
         record.run.finish()
         record.ledger.mark("finished", directory=directory, next=record.ledger.next)  # after finish(): written
 
-    def abort(self) -> None:
+    def abort(self, at_once: bool = False) -> None:
         """Close the runs after an error, marking them failed. The error at hand is what the user
         needs to hear: W&B failing to close a run (its files on the same full disk) is dropped, and
-        so is a failure of the worker thread's calls (made first: every row asked for is logged)."""
+        so is a failure of the worker thread's calls (made first: every row asked for is logged).
+        ``at_once`` (a second Ctrl-C): the rows not logged yet are dropped (the run that resumes
+        restates them from disk), only the W&B call under way is waited for."""
         if self.worker is not None:
-            self.worker.drain()
+            if at_once:
+                self.worker.cancel()
+            else:
+                self.worker.drain()
             self.worker.error = None
         for record in self.runs.values():
             with contextlib.suppress(Exception):
                 record.run.finish(exit_code=1)
         self.runs.clear()
+        self._release()
 
 
 def quiet_debug_log() -> None:

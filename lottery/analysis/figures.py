@@ -216,10 +216,17 @@ def plot_instability(df: pd.DataFrame, x: str = "rewind", ax=None):
 _preloading: List[threading.Thread] = []
 
 
+def _import_pyplot() -> None:
+    try:
+        importlib.import_module("matplotlib.pyplot")
+    except Exception:  # e.g. an import deadlock between threads: save_figures imports it again itself
+        pass
+
+
 def preload() -> None:
     """Import pyplot (~0.4 s) in a thread beside training (imp/levels.py), for ``save_figures``."""
     if not _preloading and "matplotlib.pyplot" not in sys.modules:
-        _preloading.append(threading.Thread(target=importlib.import_module, args=("matplotlib.pyplot",), daemon=True))
+        _preloading.append(threading.Thread(target=_import_pyplot, daemon=True))
         _preloading[0].start()
         atexit.register(_preloading[0].join)  # never stopped half-imported at exit
 

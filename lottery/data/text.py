@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import os
 from typing import List, Optional, Sequence, Tuple
@@ -42,7 +43,7 @@ class Corpus:
 
 def _decode(path: str, data: bytes, latin1: bool) -> Tuple[str, bool]:
     try:
-        return data.decode("utf-8"), False
+        return data.decode("utf-8-sig"), False  # a byte-order mark (a CSV saved by Excel) dropped
     except UnicodeDecodeError as error:
         if not latin1:
             raise LotteryError(
@@ -95,7 +96,8 @@ def read_table(path: str, classes: Optional[Sequence[str]] = None) -> Corpus:
     content, _ = _decode(path, data, latin1=False)
     rows: List[Tuple[str, str, int]] = []
     if path.endswith(".jsonl"):
-        for number, line in enumerate(content.splitlines(), 1):
+        # Lines end at \n alone (JSON escapes the rest; str.splitlines would also cut at U+2028, \x0c, ...)
+        for number, line in enumerate(content.split("\n"), 1):
             if not line.strip():
                 continue
             try:
@@ -106,10 +108,12 @@ def read_table(path: str, classes: Optional[Sequence[str]] = None) -> Corpus:
                 raise LotteryError(f"{path}:{number}: expected an object with text and label")
             rows.append((row["text"], row["label"], number))
     else:
-        reader = csv.DictReader(content.splitlines())
+        reader = csv.DictReader(io.StringIO(content, newline=""))  # quoted fields keep their newlines
         if reader.fieldnames is None or not {"text", "label"} <= set(reader.fieldnames):
             raise LotteryError(f"{path}: the first line must name the columns text and label (has {reader.fieldnames})")
-        rows = [(row["text"], row["label"], number) for number, row in enumerate(reader, 2)]
+        rows = []
+        for row in reader:
+            rows.append((row["text"], row["label"], reader.line_num))  # the line the record ends on
     if not rows:
         raise LotteryError(f"{path}: no rows")
     texts, names = [], []

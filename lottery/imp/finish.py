@@ -55,7 +55,7 @@ def recorded(experiment, console: Console):
         loop.PREEMPTION.pass_on()  # under submitit: requeue the job and exit (SystemExit)
         raise
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, nothing failed
-        experiment.tracker.abort()
+        experiment.tracker.abort(at_once=True)
         invocation.end("interrupted")
         raise
     except BaseException as error:

@@ -104,6 +104,7 @@ def run_locked(experiment: Experiment, console: Console) -> Results:
                 trained += lmc.run(experiment, level, progress, lambda r: lmc_start(experiment, r, level))
             if loop.PREEMPTION.agreed() and level < cfg.levels:
                 raise loop.PREEMPTION.stop(f"stopped after level {level}")
+        experiment.tracker.wait()  # every row logged: a W&B failure ends the invocation as failed
     hosts.barrier("finished")
     return finish.finish(experiment, console, trained)
 

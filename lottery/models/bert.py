@@ -182,6 +182,11 @@ class Bert(nnx.Module):
 
     def encode(self, ids, attention_mask, token_types=None):
         """The last layer's hidden states (batch, tokens, hidden)."""
+        if ids.shape[1] > self.config.max_position_embeddings:  # nnx.Embed would give NaN past its table
+            raise LotteryError(
+                f"{ids.shape[1]} tokens are more than the checkpoint's max_position_embeddings="
+                f"{self.config.max_position_embeddings}: set dataset.max_length to at most that"
+            )
         if token_types is None:
             token_types = jnp.zeros_like(ids)
         bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
@@ -250,7 +255,7 @@ def read_weights(directory: str, config: BertConfig) -> Dict[str, np.ndarray]:
         raise LotteryError(f"{path}: not found (only safetensors weights are read; convert a pytorch_model.bin first)")
     try:
         tensors = load_file(path)
-    except (SafetensorError, OSError, ValueError) as error:
+    except (SafetensorError, OSError, ValueError, TypeError) as error:  # TypeError: a dtype NumPy lacks
         raise LotteryError(f"{path}: cannot be read as safetensors ({type(error).__name__}: {error})")
     prefix = "bert." if any(name.startswith("bert.") for name in tensors) else ""
     shapes = _shapes(config)
@@ -264,6 +269,8 @@ def read_weights(directory: str, config: BertConfig) -> Dict[str, np.ndarray]:
         if name not in tensors:
             raise LotteryError(f"{path}: no tensor {prefix + theirs} (the checkpoint does not match its config.json)")
         array = np.asarray(tensors[name])
+        if array.dtype.name == "bfloat16":  # ml_dtypes' (safetensors reads BF16 as it): widened exactly
+            array = array.astype(np.float32)
         if not np.issubdtype(array.dtype, np.floating):
             raise LotteryError(f"{path}: {name} is {array.dtype}, expected floating-point weights")
         array = array.T if transposed else array

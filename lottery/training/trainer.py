@@ -516,6 +516,8 @@ def _cast(tree, dtype):
 
 def unstack(tree, i: int):
     """Member ``i`` of a stack, as host arrays."""
+    if not 0 <= i < members_of(tree):  # a traced index would clamp: say it
+        raise IndexError(f"member {i} of a stack of {members_of(tree)}")
     return jax.tree.map(np.asarray, jax.device_get(_member(tree, i)))
 
 

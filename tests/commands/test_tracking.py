@@ -292,3 +292,25 @@ def test_the_sample_sweep_file_runs_lottery_run_with_overrides_that_compose():
         15,
         "online",
     )
+
+
+def test_the_worker_makes_calls_in_order_raises_a_failure_at_the_next_call_and_can_drop_the_rest():
+    import threading
+
+    worker = tracking.Worker()
+    done, gate = [], threading.Event()
+    worker.submit(lambda: done.append(1))
+    worker.submit(lambda: (_ for _ in ()).throw(OSError("disk full")))
+    worker.submit(lambda: done.append(3))  # after a failure: not made
+    worker.drain()
+    with pytest.raises(OSError, match="disk full"):
+        worker.submit(lambda: done.append(4))  # the failure, in the caller's thread, once
+    assert done == [1]
+    worker.submit(gate.wait)  # a call under way, and one waiting behind it
+    worker.submit(lambda: done.append(5))
+    threading.Timer(0.2, gate.set).start()
+    worker.cancel()  # a second Ctrl-C: the call under way finishes, the waiting one is dropped
+    assert done == [1]
+    worker.close()
+    worker.thread.join(timeout=5)
+    assert not worker.thread.is_alive()

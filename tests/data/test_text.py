@@ -71,6 +71,17 @@ def test_a_csv_and_a_jsonl_file_of_texts_and_labels(tmp_path):
     assert test.labels.tolist() == [1, 0]
 
 
+def test_quoted_newlines_a_byte_order_mark_and_unicode_line_separators_are_read_as_written(tmp_path):
+    (tmp_path / "a.csv").write_bytes('\ufefftext,label\n"Line one\nline two",x\nplain,y\n'.encode())
+    corpus = text.read_table(str(tmp_path / "a.csv"))  # Excel's BOM; a quoted field over two lines
+    assert corpus.texts == ["Line one\nline two", "plain"] and corpus.classes == ("x", "y")
+    (tmp_path / "b.csv").write_bytes(b'text,label\n"two\nlines",x\n   ,y\n')
+    with pytest.raises(LotteryError, match=r"b\.csv:4: empty text"):  # the line the record is on
+        text.read_table(str(tmp_path / "b.csv"))
+    (tmp_path / "c.jsonl").write_text('{"text": "a\u2028b\u0085c", "label": "x"}\n', encoding="utf-8")
+    assert text.read_table(str(tmp_path / "c.jsonl")).texts == ["a\u2028b\u0085c"]
+
+
 @pytest.mark.parametrize(
     "name, content, expected",
     [

@@ -198,6 +198,24 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_naming_the_file(tmp_path, ch
     assert message.startswith(str(tmp_path)) and expected in message and "\n" not in message
 
 
+def test_a_bfloat16_checkpoint_loads_widened_and_too_many_tokens_are_one_line(tmp_path):
+    import jax
+    import ml_dtypes
+    from flax import nnx
+
+    tensors = {name: value.astype(ml_dtypes.bfloat16) for name, value in tiny_tensors().items()}
+    fake_checkpoint(tmp_path, TINY, tensors)
+    model = bert.load_pretrained(bert.build(bert.read_config(str(tmp_path)), 2, jax.random.key(0)), str(tmp_path))
+    flat = {"/".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    expected = tensors["encoder.layer.0.output.dense.weight"].astype(np.float32).T
+    assert flat["layers/0/output/kernel"].dtype == np.float32 and np.array_equal(
+        flat["layers/0/output/kernel"], expected
+    )
+    ids = np.ones((1, 13), np.int32)  # TINY has 12 positions: nnx.Embed would give NaN past them
+    with pytest.raises(LotteryError, match="13 tokens are more than the checkpoint's max_position_embeddings=12"):
+        model(ids, np.ones_like(ids))
+
+
 def test_files_that_are_not_a_checkpoint_are_one_line(tmp_path):
     with pytest.raises(LotteryError, match=r"config\.json: not found"):
         bert.read_config(str(tmp_path))
