@@ -89,6 +89,6 @@ class Every:
         first = (start // every + 1) * every if self.seconds else start + every
         return set(range(first, end, every))
 
-    def due(self, step: int, stops: set, seconds_since: float) -> bool:
-        """Whether a checkpoint is due at the chunk end ``step`` (``stops``: ``self.stops(...)``)."""
-        return step in stops and (not self.seconds or seconds_since >= self.seconds)
+    def due(self, seconds_since: float) -> bool:
+        """Whether a checkpoint is due at one of ``stops``, ``seconds_since`` the last (or the start)."""
+        return not self.seconds or seconds_since >= self.seconds

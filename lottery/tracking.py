@@ -333,10 +333,9 @@ class Worker:
         self.raise_error()
         self.jobs.put(job)
 
-    def drain(self) -> Optional[BaseException]:
-        """Wait for every job asked for; the error of one that failed, if any."""
+    def drain(self) -> None:
+        """Wait for every job asked for (a failure stays in ``error``)."""
         self.jobs.join()
-        return self.error
 
     def raise_error(self) -> None:
         if self.error is not None:
@@ -489,7 +488,11 @@ class Tracker:
         """W&B stages every logged table as an artifact file in ~/.local/share/wandb (and caches
         artifacts in ~/.cache/wandb), read-only and never removed offline: dozens a day. Unless the
         user chose those places (WANDB_DATA_DIR, WANDB_CACHE_DIR), they go into the experiment's own
-        wandb/ directory, next to the runs that need them for `wandb sync`."""
+        wandb/ directory, next to the runs that need them for `wandb sync`. Set once by ``begin`` for
+        a background tracker (the main thread changes os.environ, never the worker): then a no-op."""
+        if self._owned is not None:
+            yield
+            return
         own = {
             "WANDB_DATA_DIR": os.path.join(self.directory, "wandb", "data"),
             "WANDB_CACHE_DIR": os.path.join(self.directory, "wandb", "cache"),
@@ -507,8 +510,6 @@ class Tracker:
                     os.environ[key] = value
 
     def _init(self, replicate: int, kind: str):
-        if self._owned is not None:  # set by begin(), in the main thread: a thread never changes os.environ
-            return self._start(replicate, kind)
         with self._own_directories():
             return self._start(replicate, kind)
 
@@ -566,8 +567,9 @@ class Tracker:
     def begin(self) -> None:
         """Import W&B beside what follows (``background``; a no-op otherwise)."""
         if self.enabled and self.background:
-            self._owned = contextlib.ExitStack()  # the environment changed here, in the main thread
-            self._owned.enter_context(self._own_directories())
+            owned = contextlib.ExitStack()  # the environment changed here, in the main thread
+            owned.enter_context(self._own_directories())
+            self._owned = owned
             self._submit(self._import_quietly)
 
     def _import_quietly(self) -> None:
@@ -621,10 +623,7 @@ class Tracker:
             return
         self.wait()
         try:
-            with contextlib.ExitStack() as stack:
-                if self._owned is None:
-                    stack.enter_context(self._own_directories())
-                stack.enter_context(at(self.wandb_dir))
+            with self._own_directories(), at(self.wandb_dir):
                 self._finish(df, summary or {}, similarity)
         finally:
             self._release()

@@ -32,3 +32,23 @@ class Units:
     def consumed(self, kernel):
         """A consumer kernel as (positions, unit, width, outputs)."""
         return np.reshape(kernel, (-1, self.count, self.width, np.shape(kernel)[-1]))
+
+
+# --- the units of a transformer layer (models/vit.py, models/bert.py) ------------------------------
+
+
+def attention_heads(attention: str, heads: int, shapes, biases: bool = False) -> Units:
+    """The heads of the attention layer at ``attention``: head h is columns [h w, (h + 1) w) of its
+    query, key and value kernels (w: their width / ``heads``) and the same rows of ``out/kernel``;
+    with ``biases``, the query, key and value biases' entries go with them."""
+    projections = ("query", "key", "value")
+    kernels = tuple(f"{attention}/{p}/kernel" for p in projections)
+    companions = tuple(f"{attention}/{p}/bias" for p in projections) if biases else ()
+    width = shapes[kernels[0]][-1] // heads
+    return Units("heads", kernels, (f"{attention}/out/kernel",), heads, width, companions=companions)
+
+
+def hidden_neurons(hidden: str, out: str, shapes) -> Units:
+    """The hidden units of an MLP: columns of ``hidden``'s kernel (and its bias), rows of ``out``'s."""
+    kernel = f"{hidden}/kernel"
+    return Units("neurons", (kernel,), (f"{out}/kernel",), shapes[kernel][-1], companions=(f"{hidden}/bias",))

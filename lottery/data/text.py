@@ -32,8 +32,8 @@ BBC_CLASSES = ("business", "entertainment", "politics", "sports", "tech")
 
 @dataclasses.dataclass
 class Corpus:
-    """Texts and their labels (indices into ``classes``), in a fixed order; ``decoded`` says how many
-    files needed Latin-1."""
+    """Texts and their labels (indices into ``classes``), in a fixed order; ``latin1``: how many
+    files were not UTF-8 and were read as Latin-1."""
 
     texts: List[str]
     labels: np.ndarray  # (N,) int32

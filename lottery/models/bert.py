@@ -36,13 +36,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
 from lottery import lazy
 from lottery.errors import LotteryError
-from lottery.units import Units
+from lottery.units import attention_heads, hidden_neurons
 
 jax = lazy.module("jax")
 jnp = lazy.module("jax.numpy")
@@ -207,34 +207,43 @@ def build(config: BertConfig, num_classes: int, key) -> Bert:
 # --- a checkpoint's weights, by name ------------------------------------------------------------
 
 
-def checkpoint_names(config: BertConfig) -> Dict[str, tuple]:
+def checkpoint_names(config: BertConfig) -> Dict[str, Tuple[str, bool, tuple]]:
     """Each parameter of the encoder and pooler: its '/'-path here -> (the checkpoint's name, whether
-    torch stores it transposed: a Linear's weight is (out, in), a kernel here (in, out))."""
+    torch stores it transposed: a Linear's weight is (out, in), a kernel here (in, out); its shape here)."""
+    h, m = config.hidden_size, config.intermediate_size
     names = {
-        "embeddings/word/embedding": ("embeddings.word_embeddings.weight", False),
-        "embeddings/position/embedding": ("embeddings.position_embeddings.weight", False),
-        "embeddings/token_type/embedding": ("embeddings.token_type_embeddings.weight", False),
-        "embeddings/norm/scale": ("embeddings.LayerNorm.weight", False),
-        "embeddings/norm/bias": ("embeddings.LayerNorm.bias", False),
-        "pooler/kernel": ("pooler.dense.weight", True),
-        "pooler/bias": ("pooler.dense.bias", False),
+        "embeddings/word/embedding": ("embeddings.word_embeddings.weight", False, (config.vocab_size, h)),
+        "embeddings/position/embedding": (
+            "embeddings.position_embeddings.weight",
+            False,
+            (config.max_position_embeddings, h),
+        ),
+        "embeddings/token_type/embedding": (
+            "embeddings.token_type_embeddings.weight",
+            False,
+            (config.type_vocab_size, h),
+        ),
+        "embeddings/norm/scale": ("embeddings.LayerNorm.weight", False, (h,)),
+        "embeddings/norm/bias": ("embeddings.LayerNorm.bias", False, (h,)),
+        "pooler/kernel": ("pooler.dense.weight", True, (h, h)),
+        "pooler/bias": ("pooler.dense.bias", False, (h,)),
     }
-    parts = {
-        "attention/query": "attention.self.query",
-        "attention/key": "attention.self.key",
-        "attention/value": "attention.self.value",
-        "attention/out": "attention.output.dense",
-        "intermediate": "intermediate.dense",
-        "output": "output.dense",
+    linears = {  # here: (theirs, inputs, outputs)
+        "attention/query": ("attention.self.query", h, h),
+        "attention/key": ("attention.self.key", h, h),
+        "attention/value": ("attention.self.value", h, h),
+        "attention/out": ("attention.output.dense", h, h),
+        "intermediate": ("intermediate.dense", h, m),
+        "output": ("output.dense", m, h),
     }
     norms = {"attention_norm": "attention.output.LayerNorm", "output_norm": "output.LayerNorm"}
     for i in range(config.num_hidden_layers):
-        for ours, theirs in parts.items():
-            names[f"layers/{i}/{ours}/kernel"] = (f"encoder.layer.{i}.{theirs}.weight", True)
-            names[f"layers/{i}/{ours}/bias"] = (f"encoder.layer.{i}.{theirs}.bias", False)
+        for ours, (theirs, a, b) in linears.items():
+            names[f"layers/{i}/{ours}/kernel"] = (f"encoder.layer.{i}.{theirs}.weight", True, (a, b))
+            names[f"layers/{i}/{ours}/bias"] = (f"encoder.layer.{i}.{theirs}.bias", False, (b,))
         for ours, theirs in norms.items():
-            names[f"layers/{i}/{ours}/scale"] = (f"encoder.layer.{i}.{theirs}.weight", False)
-            names[f"layers/{i}/{ours}/bias"] = (f"encoder.layer.{i}.{theirs}.bias", False)
+            names[f"layers/{i}/{ours}/scale"] = (f"encoder.layer.{i}.{theirs}.weight", False, (h,))
+            names[f"layers/{i}/{ours}/bias"] = (f"encoder.layer.{i}.{theirs}.bias", False, (h,))
     return names
 
 
@@ -258,9 +267,8 @@ def read_weights(directory: str, config: BertConfig) -> Dict[str, np.ndarray]:
     except (SafetensorError, OSError, ValueError, TypeError) as error:  # TypeError: a dtype NumPy lacks
         raise LotteryError(f"{path}: cannot be read as safetensors ({type(error).__name__}: {error})")
     prefix = "bert." if any(name.startswith("bert.") for name in tensors) else ""
-    shapes = _shapes(config)
     weights = {}
-    for ours, (theirs, transposed) in checkpoint_names(config).items():
+    for ours, (theirs, transposed, shape) in checkpoint_names(config).items():
         name = prefix + theirs
         if name not in tensors and "LayerNorm" in name:
             for new, old in _OLD_NAMES.items():
@@ -274,38 +282,12 @@ def read_weights(directory: str, config: BertConfig) -> Dict[str, np.ndarray]:
         if not np.issubdtype(array.dtype, np.floating):
             raise LotteryError(f"{path}: {name} is {array.dtype}, expected floating-point weights")
         array = array.T if transposed else array
-        if array.shape != shapes[ours]:
+        if array.shape != shape:
             theirs_shape = array.T.shape if transposed else array.shape
-            expected = shapes[ours][::-1] if transposed else shapes[ours]
+            expected = shape[::-1] if transposed else shape
             raise LotteryError(f"{path}: {name} has shape {theirs_shape}, config.json implies {expected}")
         weights[ours] = np.ascontiguousarray(array, dtype=np.float32)
     return weights
-
-
-def _shapes(config: BertConfig) -> Dict[str, tuple]:
-    h, m = config.hidden_size, config.intermediate_size
-    shapes = {
-        "embeddings/word/embedding": (config.vocab_size, h),
-        "embeddings/position/embedding": (config.max_position_embeddings, h),
-        "embeddings/token_type/embedding": (config.type_vocab_size, h),
-        "embeddings/norm/scale": (h,),
-        "embeddings/norm/bias": (h,),
-        "pooler/kernel": (h, h),
-        "pooler/bias": (h,),
-    }
-    for i in range(config.num_hidden_layers):
-        for part, (a, b) in {
-            "attention/query": (h, h),
-            "attention/key": (h, h),
-            "attention/value": (h, h),
-            "attention/out": (h, h),
-            "intermediate": (h, m),
-            "output": (m, h),
-        }.items():
-            shapes[f"layers/{i}/{part}/kernel"], shapes[f"layers/{i}/{part}/bias"] = (a, b), (b,)
-        for norm in ("attention_norm", "output_norm"):
-            shapes[f"layers/{i}/{norm}/scale"] = shapes[f"layers/{i}/{norm}/bias"] = (h,)
-    return shapes
 
 
 def load_pretrained(model: Bert, directory: str) -> Bert:
@@ -323,31 +305,13 @@ def load_pretrained(model: Bert, directory: str) -> Bert:
 
 
 def units(shapes, heads: int):
-    """Each layer's attention heads (query, key and value columns, attention out's rows) and its
-    intermediate (FFN) neurons (pruning/structure.py), as the ViT's (lottery/models/vit.py)."""
+    """Each layer's attention heads (query, key and value columns and biases, attention out's rows)
+    and its intermediate (FFN) neurons (pruning/structure.py), as the ViT's (lottery/units.py)."""
     layers = sorted({int(name.split("/")[1]) for name in shapes if name.startswith("layers/")})
     found = []
     for i in layers:
-        attention = f"layers/{i}/attention"
-        found.append(
-            Units(
-                "heads",
-                tuple(f"{attention}/{p}/kernel" for p in ("query", "key", "value")),
-                (f"{attention}/out/kernel",),
-                heads,
-                shapes[f"{attention}/query/kernel"][-1] // heads,
-                companions=tuple(f"{attention}/{p}/bias" for p in ("query", "key", "value")),
-            )
-        )
-        found.append(
-            Units(
-                "neurons",
-                (f"layers/{i}/intermediate/kernel",),
-                (f"layers/{i}/output/kernel",),
-                shapes[f"layers/{i}/intermediate/kernel"][-1],
-                companions=(f"layers/{i}/intermediate/bias",),
-            )
-        )
+        found.append(attention_heads(f"layers/{i}/attention", heads, shapes, biases=True))
+        found.append(hidden_neurons(f"layers/{i}/intermediate", f"layers/{i}/output", shapes))
     return found
 
 

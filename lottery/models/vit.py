@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lottery.units import Units
+from lottery.units import attention_heads, hidden_neurons
 
 LAYER_NORM_EPSILON = 1e-5  # torch's nn.LayerNorm default, as the paper's code
 
@@ -169,26 +169,8 @@ def units(shapes, heads: int):
     blocks = sorted({int(name.split("/")[1]) for name in shapes if name.startswith("blocks/")})
     out = []
     for i in blocks:
-        attention, mlp = f"blocks/{i}/attention", f"blocks/{i}/mlp"
-        width = shapes[f"{attention}/query/kernel"][-1] // heads
-        out.append(
-            Units(
-                "heads",
-                tuple(f"{attention}/{p}/kernel" for p in ("query", "key", "value")),
-                (f"{attention}/out/kernel",),
-                heads,
-                width,
-            )
-        )
-        out.append(
-            Units(
-                "neurons",
-                (f"{mlp}/hidden/kernel",),
-                (f"{mlp}/out/kernel",),
-                shapes[f"{mlp}/hidden/kernel"][-1],
-                companions=(f"{mlp}/hidden/bias",),
-            )
-        )
+        out.append(attention_heads(f"blocks/{i}/attention", heads, shapes))
+        out.append(hidden_neurons(f"blocks/{i}/mlp/hidden", f"blocks/{i}/mlp/out", shapes))
     return out
 
 

@@ -93,7 +93,7 @@ def sparsegpt(
     (inputs x inputs, 2XᵀX/n); pruned weights exactly 0."""
     w = jnp.asarray(kernel, jnp.float32).T  # (outputs, inputs): the reference code's rows and columns
     h = jnp.asarray(hessian, jnp.float32)
-    rows, columns = w.shape
+    columns = w.shape[1]
     if h.shape != (columns, columns):
         raise LotteryError(f"the Hessian's shape {tuple(h.shape)} does not match the kernel's {columns} inputs")
     _check(sparsity, nm, columns)

@@ -265,9 +265,10 @@ def train(
                 history.append(record)
                 log.log_evaluation(network.replicate, network.kind, level, record)
         stopping = PREEMPTION.agreed() if checkpoints and step < end else None  # by every process, at every chunk end
-        due = checkpoints and step < end and every.due(step, checkpoint_stops, now() - last_save)
-        if checkpoints and every.seconds and step in checkpoint_stops:  # each process's clock: agree
-            due = bool(hosts.agree(int(bool(due))).any())
+        at_stop = checkpoints is not None and step in checkpoint_stops  # the same on every process
+        due = at_stop and every.due(now() - last_save)
+        if at_stop and every.seconds:  # a duration: each process reads its own clock, so they agree
+            due = bool(hosts.agree(int(due)).any())
         if checkpoints and step < end and (due or stopping):
             if loss_sum is None:
                 loss_sum = jax.numpy.zeros(len(networks), jax.numpy.float32)

@@ -166,7 +166,7 @@ class Trainer:
             evaluate = jax.jit(jax.vmap(self.evaluate_batches, in_axes=(block, block, shared)))
             evaluate_batch = jax.jit(jax.vmap(self.evaluate_batch, in_axes=(block, block, shared)))
         self._train, self._train_step, self._evaluate, self._evaluate_batch = train, step, evaluate, evaluate_batch
-        self._init_state = None  # init_state's program, made at its first call
+        self._init_state = jax.jit(self._fresh_state)  # init_state's (traced at its first call)
 
     def with_updates(self, updates) -> "Trainer":
         """This trainer with a sparse-training method's mask updates inside every step
@@ -222,8 +222,6 @@ class Trainer:
         """One member's training state; the optimizer state is fresh unless one is given. ``sparse``:
         what a sparse-training method's updates read (pruning/sparse.py, ``Updates.state``). One
         compiled program (masking, zeros and copies: no bit differs from doing it op by op)."""
-        if self._init_state is None:
-            self._init_state = jax.jit(self._fresh_state)
         return self._init_state(params, batch_stats, mask, opt_state, sparse)
 
     def _fresh_state(self, params, batch_stats, mask, opt_state, sparse):
@@ -319,7 +317,7 @@ class Trainer:
 
     def _join(self, blocks, members: int):
         """Blocks back into one stack of ``members`` (padding dropped), on the device."""
-        return _stack(blocks) if self.width == 1 else _concatenate(blocks, members)
+        return stack(blocks) if self.width == 1 else _concatenate(blocks, members)
 
     def data_order(self, data_key, epoch: int, subset: bool = False):
         """The indices of the training examples in ``epoch``'s order (``subset``: of a diet's
@@ -478,15 +476,10 @@ def _stacked(trees):
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
-def stack(trees):
-    """Stack members' pytrees along a new leading axis (one compiled program, on the device)."""
-    return _stack(trees)
-
-
 # The same as compiled programs, one dispatch for a whole tree instead of one per leaf: they run
 # between every chunk of every block. Copies, so they change no bit.
 _member = lazy.jit(member)
-_stack = lazy.jit(_stacked)
+stack = lazy.jit(_stacked)  # members' pytrees stacked along a new leading axis, on the device
 _gather = lazy.jit(lambda stacked, ids: jax.tree.map(lambda leaf: leaf[ids], stacked))
 _concatenate = lazy.jit(
     lambda blocks, members: jax.tree.map(lambda *parts: jnp.concatenate(parts)[:members], *blocks), static_argnums=(1,)

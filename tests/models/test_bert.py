@@ -140,16 +140,11 @@ TINY |= {"intermediate_size": 16, "max_position_embeddings": 12}
 
 def tiny_tensors(prefix=""):
     """A checkpoint for TINY in torch's names and layouts, random."""
-    import jax
-
     config = bert.BertConfig(**{k: v for k, v in TINY.items() if k != "model_type"})
     rng = np.random.default_rng(0)
-    shapes = bert._shapes(config)
     tensors = {}
-    for ours, (theirs, transposed) in bert.checkpoint_names(config).items():
-        shape = shapes[ours][::-1] if transposed else shapes[ours]
-        tensors[prefix + theirs] = rng.normal(size=shape).astype(np.float32)
-    del jax
+    for theirs, transposed, shape in bert.checkpoint_names(config).values():
+        tensors[prefix + theirs] = rng.normal(size=shape[::-1] if transposed else shape).astype(np.float32)
     return tensors
 
 

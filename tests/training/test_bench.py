@@ -41,10 +41,10 @@ def device_script(request, tmp_path_factory):
                 os.killpg(process.pid, signal.SIGKILL)
 
 
-@pytest.mark.slow
-def test_lenet_level_benchmark_runs_and_its_shares_add_up_to_the_level():
+def smoke(script: str) -> subprocess.CompletedProcess:
+    """experiments/bench/``script`` --smoke, run to its end (its output captured)."""
     result = subprocess.run(
-        [sys.executable, "lenet_level.py", "--smoke"],
+        [sys.executable, script, "--smoke"],
         cwd=REPO / "experiments" / "bench",
         env=child_env(),
         capture_output=True,
@@ -52,6 +52,12 @@ def test_lenet_level_benchmark_runs_and_its_shares_add_up_to_the_level():
         timeout=600,
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.mark.slow
+def test_lenet_level_benchmark_runs_and_its_shares_add_up_to_the_level():
+    result = smoke("lenet_level.py")
     seconds = {line[:24].strip(): float(line[24:].split()[0]) for line in result.stdout.splitlines() if " s" in line}
     parts = seconds["train"] + seconds["evaluate"] + seconds["host (metrics, saving)"]
     assert seconds["train"] > 0 and abs(parts - seconds["level (after compile)"]) < 0.02, result.stdout
@@ -61,15 +67,7 @@ def test_lenet_level_benchmark_runs_and_its_shares_add_up_to_the_level():
 
 @pytest.mark.slow
 def test_mesh_benchmark_runs_and_member_parallel_is_bitwise_one_device():
-    result = subprocess.run(
-        [sys.executable, "mesh.py", "--smoke"],
-        cwd=REPO / "experiments" / "bench",
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
+    result = smoke("mesh.py")
     rows = {line[:13].strip(): line.split() for line in result.stdout.splitlines() if line.endswith(("True", "False"))}
     assert set(rows) == {"one device", "members x2"}, result.stdout
     assert rows["members x2"][-1] == "True", result.stdout  # each device runs the one-network program
@@ -77,15 +75,7 @@ def test_mesh_benchmark_runs_and_member_parallel_is_bitwise_one_device():
 
 @pytest.mark.slow
 def test_sparse_inference_benchmark_runs_and_sparse_accuracies_equal_dense():
-    result = subprocess.run(
-        [sys.executable, "sparse_inference.py", "--smoke"],
-        cwd=REPO / "experiments" / "bench",
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
+    result = smoke("sparse_inference.py")
     lines = result.stdout.splitlines()
     checks = [line.split() for line in lines if line.split()[:1] and line.split()[0].isdigit()]
     assert [row[0] for row in checks] == ["0", "1", "2"], result.stdout  # a quickstart ticket per level
@@ -100,15 +90,7 @@ def test_sparse_inference_benchmark_runs_and_sparse_accuracies_equal_dense():
 
 @pytest.mark.slow
 def test_structured_inference_benchmark_runs_and_compact_networks_give_the_same_logits():
-    result = subprocess.run(
-        [sys.executable, "structured_inference.py", "--smoke"],
-        cwd=REPO / "experiments" / "bench",
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
+    result = smoke("structured_inference.py")
     rows = [line.split() for line in result.stdout.splitlines() if line.split()[:1] in (["lenet"], ["conv2"])]
     assert len(rows) == 8 and all(row[-1] == "True" for row in rows), result.stdout
 
